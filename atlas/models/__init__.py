@@ -1,0 +1,15 @@
+"""Model registry, preprocessing, layer discovery and truncated forward passes."""
+
+from atlas.models.loaded import LOGITS, LayerInfo, LoadedModel, UnknownLayerError, load_model, pick_device
+from atlas.models.registry import ModelError, Preprocessing
+
+__all__ = [
+    "LOGITS",
+    "LayerInfo",
+    "LoadedModel",
+    "ModelError",
+    "Preprocessing",
+    "UnknownLayerError",
+    "load_model",
+    "pick_device",
+]

@@ -1,0 +1,167 @@
+"""A loaded model with layer discovery and a forward pass truncated at the deepest needed layer."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from atlas.models.registry import Preprocessing, build
+
+LOGITS = "logits"
+
+
+class UnknownLayerError(KeyError):
+    """A layer name that the model does not have; the message lists the closest names."""
+
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    channels: int
+    height: int
+    width: int
+
+
+class _StopForward(Exception):
+    """Raised by a hook once every requested layer has been seen, to skip the rest of the net."""
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    module: nn.Module
+    preprocessing: Preprocessing
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing.input_size
+
+    @cached_property
+    def digest(self) -> str:
+        """sha256 over the weights, so a changed checkpoint changes every content key."""
+        h = hashlib.sha256(self.name.encode())
+        for key, tensor in sorted(self.module.state_dict().items()):
+            h.update(key.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    @cached_property
+    def _mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tensor(self.preprocessing.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.preprocessing.std, device=self.device).view(1, 3, 1, 1)
+        return mean, std
+
+    def normalize(self, x01: torch.Tensor) -> torch.Tensor:
+        mean, std = self._mean_std
+        return (x01 - mean.to(x01.dtype)) / std.to(x01.dtype)
+
+    @cached_property
+    def _modules(self) -> dict[str, nn.Module]:
+        return {name: mod for name, mod in self.module.named_modules() if name}
+
+    @cached_property
+    def _layer_infos(self) -> list[LayerInfo]:
+        shapes: dict[str, tuple[int, ...]] = {}
+        handles = []
+        for name, mod in self._modules.items():
+
+            def hook(_m, _i, out, name=name):
+                if isinstance(out, torch.Tensor) and name not in shapes:
+                    shapes[name] = tuple(out.shape)
+
+            handles.append(mod.register_forward_hook(hook))
+        try:
+            with torch.no_grad():
+                size = self.input_size
+                self.module(torch.zeros(1, 3, size, size, device=self.device))
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [
+            LayerInfo(name, shape[1], shape[2], shape[3])
+            for name, shape in shapes.items()
+            if len(shape) == 4
+        ]
+
+    def layers(self) -> list[LayerInfo]:
+        """Every module whose output is a (B, C, H, W) map, in forward order, at input_size."""
+        return list(self._layer_infos)
+
+    def resolve_layer(self, name: str) -> str:
+        if name == LOGITS or name in self._modules:
+            return name
+        known = [info.name for info in self._layer_infos]
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.4)
+        if not close:
+            close = [n for n in known if name.lower() in n.lower()][:5]
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise UnknownLayerError(
+            f"model {self.name!r} has no layer {name!r}{hint} (run `atlas layers {self.name}` for all)"
+        )
+
+    def channels(self, name: str) -> int:
+        name = self.resolve_layer(name)
+        for info in self._layer_infos:
+            if info.name == name:
+                return info.channels
+        if name == LOGITS:
+            with torch.no_grad():
+                return int(self.activations(torch.zeros(1, 3, 8, 8, device=self.device), [LOGITS])[LOGITS].shape[1])
+        raise UnknownLayerError(f"layer {name!r} of {self.name!r} does not output a (B, C, H, W) map")
+
+    def activations(self, x01: torch.Tensor, layer_names: list[str] | tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Outputs of the requested layers for [0, 1] RGB images; nothing after the deepest runs."""
+        wanted = {self.resolve_layer(n) for n in layer_names}
+        captured: dict[str, torch.Tensor] = {}
+        handles = []
+        needs_logits = LOGITS in wanted
+        for name in wanted - {LOGITS}:
+
+            def hook(_m, _i, out, name=name):
+                captured[name] = out
+                if not needs_logits and len(captured) == len(wanted):
+                    raise _StopForward
+
+            handles.append(self._modules[name].register_forward_hook(hook))
+        try:
+            out = self.module(self.normalize(x01))
+            if needs_logits:
+                captured[LOGITS] = out
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return captured
+
+
+def load_model(
+    name: str,
+    checkpoint: str | Path | None = None,
+    weights: str = "default",
+    device: str | torch.device = "cpu",
+) -> LoadedModel:
+    """Build, load and freeze a model from the registry for inference and input optimization."""
+    module, preprocessing = build(name, weights, Path(checkpoint) if checkpoint else None)
+    device = torch.device(device)
+    module = module.to(device).eval()
+    for param in module.parameters():
+        param.requires_grad_(False)
+    return LoadedModel(name=name, module=module, preprocessing=preprocessing, device=device)
+
+
+def pick_device(prefer: str = "auto") -> torch.device:
+    """CUDA when present (or asked for), CPU otherwise."""
+    if prefer == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(prefer)

