@@ -1,0 +1,213 @@
+"""The atlas store: one Parquet shard per finished unit plus a manifest, written atomically.
+
+Layout under the output folder::
+
+    job.json                      what the job was (model, digest, layers, spec)
+    manifest.json                 every unit: key, kind, layer, rows, sha256, status
+    shards/<kind>/<unit_key>.parquet
+
+The driver is the only writer. Every file is written to a temporary name and renamed, so a
+reader (or a rerun after a crash) never sees half a shard, and a shard whose checksum does not
+match the manifest is treated as missing and recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "manifest.json"
+JOB = "job.json"
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    key: str
+    kind: str
+    layer: str
+    channels: tuple[int, ...] = ()
+    status: str = "done"  # "done" or "failed"
+    rows: int = 0
+    sha256: str = ""
+    path: str = ""  # relative to the store root
+    reason: str = ""
+    attempts: int = 1
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over the target."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def table_to_parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+class Store:
+    """Reads and writes one atlas output folder."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self._entries: dict[str, ManifestEntry] = self._load_manifest()
+
+    # -- manifest ---------------------------------------------------------------------------
+    def _load_manifest(self) -> dict[str, ManifestEntry]:
+        path = self.root / MANIFEST
+        if not path.exists():
+            return {}
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise StoreError(f"{path} is not valid JSON ({err}); delete it to rebuild from scratch") from err
+        entries = {}
+        for item in raw.get("units", []):
+            item["channels"] = tuple(item.get("channels", ()))
+            entries[item["key"]] = ManifestEntry(**item)
+        return entries
+
+    def _save_manifest(self) -> None:
+        units = [asdict(entry) for entry in self._entries.values()]
+        data = json.dumps({"version": 1, "units": units}, indent=1).encode()
+        atomic_write_bytes(self.root / MANIFEST, data)
+
+    def entries(self) -> list[ManifestEntry]:
+        return list(self._entries.values())
+
+    def entry(self, key: str) -> ManifestEntry | None:
+        return self._entries.get(key)
+
+    # -- state of units ---------------------------------------------------------------------
+    def has(self, key: str, verify: bool = True) -> bool:
+        """True when the unit finished and its shard is intact (checksum checked when verify)."""
+        entry = self._entries.get(key)
+        if entry is None or entry.status != "done":
+            return False
+        path = self.root / entry.path
+        if not path.is_file():
+            return False
+        return not verify or _sha256(path.read_bytes()) == entry.sha256
+
+    def is_failed(self, key: str) -> bool:
+        entry = self._entries.get(key)
+        return entry is not None and entry.status == "failed"
+
+    # -- writing ----------------------------------------------------------------------------
+    def write_unit(
+        self,
+        unit_key: str,
+        kind: str,
+        layer: str,
+        table: pa.Table,
+        channels: Sequence[int] = (),
+        attempts: int = 1,
+        seconds: float = 0.0,
+        extra: dict | None = None,
+    ) -> ManifestEntry:
+        """Write a finished unit's shard atomically, then record it in the manifest."""
+        data = table_to_parquet_bytes(table)
+        rel = f"shards/{kind}/{unit_key}.parquet"
+        atomic_write_bytes(self.root / rel, data)
+        entry = ManifestEntry(
+            key=unit_key,
+            kind=kind,
+            layer=layer,
+            channels=tuple(int(c) for c in channels),
+            rows=table.num_rows,
+            sha256=_sha256(data),
+            path=rel,
+            attempts=attempts,
+            seconds=round(seconds, 3),
+            extra=extra or {},
+        )
+        self._entries[unit_key] = entry
+        self._save_manifest()
+        return entry
+
+    def record_failure(
+        self, unit_key: str, kind: str, layer: str, reason: str, channels: Sequence[int] = (), attempts: int = 1
+    ) -> None:
+        self._entries[unit_key] = ManifestEntry(
+            key=unit_key,
+            kind=kind,
+            layer=layer,
+            channels=tuple(int(c) for c in channels),
+            status="failed",
+            reason=reason,
+            attempts=attempts,
+        )
+        self._save_manifest()
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop units from the manifest (their shards stay until `prune`)."""
+        for key in keys:
+            self._entries.pop(key, None)
+        self._save_manifest()
+
+    def prune(self, keep: Iterable[str]) -> int:
+        """Delete shards and manifest entries of units not in `keep` (stale after a spec change)."""
+        keep = set(keep)
+        stale = [e for e in self._entries.values() if e.key not in keep]
+        for entry in stale:
+            if entry.path:
+                (self.root / entry.path).unlink(missing_ok=True)
+            del self._entries[entry.key]
+        if stale:
+            self._save_manifest()
+        return len(stale)
+
+    def write_job(self, info: dict) -> None:
+        atomic_write_bytes(self.root / JOB, json.dumps(info, indent=1, default=str).encode())
+
+    def job(self) -> dict:
+        path = self.root / JOB
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    # -- reading ----------------------------------------------------------------------------
+    def layers(self, kind: str) -> list[str]:
+        """Layers that have finished shards of this kind, in the order they were first written."""
+        seen: dict[str, None] = {}
+        for entry in self._entries.values():
+            if entry.kind == kind and entry.status == "done":
+                seen.setdefault(entry.layer, None)
+        return list(seen)
+
+    def read(self, kind: str, layer: str | None = None, columns: list[str] | None = None) -> pa.Table | None:
+        """All finished shards of a kind (optionally one layer) as one table; None when there are none."""
+        tables = [
+            pq.read_table(self.root / entry.path, columns=columns)
+            for entry in self._entries.values()
+            if entry.kind == kind and entry.status == "done" and (layer is None or entry.layer == layer)
+        ]
+        if not tables:
+            return None
+        return pa.concat_tables(tables, promote_options="default")
+
+
+class StoreError(RuntimeError):
+    """The output folder cannot be used as it is; the message says how to fix it."""
