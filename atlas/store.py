@@ -150,7 +150,13 @@ class Store:
         return entry
 
     def record_failure(
-        self, unit_key: str, kind: str, layer: str, reason: str, channels: Sequence[int] = (), attempts: int = 1
+        self,
+        unit_key: str,
+        kind: str,
+        layer: str,
+        reason: str,
+        channels: Sequence[int] = (),
+        attempts: int = 1,
     ) -> None:
         self._entries[unit_key] = ManifestEntry(
             key=unit_key,

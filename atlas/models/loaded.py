@@ -88,9 +88,7 @@ class LoadedModel:
             for handle in handles:
                 handle.remove()
         return [
-            LayerInfo(name, shape[1], shape[2], shape[3])
-            for name, shape in shapes.items()
-            if len(shape) == 4
+            LayerInfo(name, shape[1], shape[2], shape[3]) for name, shape in shapes.items() if len(shape) == 4
         ]
 
     def layers(self) -> list[LayerInfo]:
@@ -116,10 +114,14 @@ class LoadedModel:
                 return info.channels
         if name == LOGITS:
             with torch.no_grad():
-                return int(self.activations(torch.zeros(1, 3, 8, 8, device=self.device), [LOGITS])[LOGITS].shape[1])
+                return int(
+                    self.activations(torch.zeros(1, 3, 8, 8, device=self.device), [LOGITS])[LOGITS].shape[1]
+                )
         raise UnknownLayerError(f"layer {name!r} of {self.name!r} does not output a (B, C, H, W) map")
 
-    def activations(self, x01: torch.Tensor, layer_names: list[str] | tuple[str, ...]) -> dict[str, torch.Tensor]:
+    def activations(
+        self, x01: torch.Tensor, layer_names: list[str] | tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
         """Outputs of the requested layers for [0, 1] RGB images; nothing after the deepest runs."""
         wanted = {self.resolve_layer(n) for n in layer_names}
         captured: dict[str, torch.Tensor] = {}

@@ -92,7 +92,7 @@ def _torchvision(name: str, weights: str, checkpoint: Path | None) -> tuple[nn.M
             raise ModelError(
                 f"could not load torchvision weights {chosen} for {name!r} ({err}); this machine "
                 "cannot download weights: put the file in torch's hub cache, pass a checkpoint "
-                "(model.checkpoint) or use weights = \"none\""
+                '(model.checkpoint) or use weights = "none"'
             ) from err
     return module, Preprocessing(input_size=size)
 
@@ -149,7 +149,9 @@ def _close(name: str, choices: list[str]) -> str:
     return f"; did you mean: {', '.join(matches)}?" if matches else ""
 
 
-def build(name: str, weights: str = "default", checkpoint: Path | None = None) -> tuple[nn.Module, Preprocessing]:
+def build(
+    name: str, weights: str = "default", checkpoint: Path | None = None
+) -> tuple[nn.Module, Preprocessing]:
     """Build the named model with its weights; raise ModelError naming the fix when impossible."""
     if name in BUILTIN:
         return BUILTIN[name](weights, checkpoint)
