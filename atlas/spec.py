@@ -397,7 +397,8 @@ def check_against_model(spec: JobSpec, model: Any) -> None:
         try:
             model.resolve_layer(layer)
         except UnknownLayerError as err:
-            raise SpecError(f"{ctx.source}: {err}") from err
+            line = next((n for n, text in enumerate(ctx.lines, 1) if f'"{layer}"' in text), None)
+            raise SpecError(f"{ctx.source}{f', line {line}' if line else ''}: {err}") from err
     for layer in spec.layers:
         count = model.channels(layer.name)
         bad = [c for c in layer.channels or () if c >= count]

@@ -37,8 +37,9 @@ class ManifestEntry:
     status: str = "done"  # "done" or "failed"
     rows: int = 0
     sha256: str = ""
-    path: str = ""  # relative to the store root
+    path: str = ""  # relative to the store root: the shard of the unit's own kind
     reason: str = ""
+    tables: dict = field(default_factory=dict)  # kind -> {"path", "sha256", "rows"}, for every shard
     attempts: int = 1
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
@@ -104,14 +105,15 @@ class Store:
 
     # -- state of units ---------------------------------------------------------------------
     def has(self, key: str, verify: bool = True) -> bool:
-        """True when the unit finished and its shard is intact (checksum checked when verify)."""
+        """True when the unit finished and all its shards are intact (checksums checked when verify)."""
         entry = self._entries.get(key)
         if entry is None or entry.status != "done":
             return False
-        path = self.root / entry.path
-        if not path.is_file():
-            return False
-        return not verify or _sha256(path.read_bytes()) == entry.sha256
+        for info in entry.tables.values():
+            path = self.root / info["path"]
+            if not path.is_file() or (verify and _sha256(path.read_bytes()) != info["sha256"]):
+                return False
+        return True
 
     def is_failed(self, key: str) -> bool:
         entry = self._entries.get(key)
@@ -130,20 +132,41 @@ class Store:
         extra: dict | None = None,
     ) -> ManifestEntry:
         """Write a finished unit's shard atomically, then record it in the manifest."""
-        data = table_to_parquet_bytes(table)
-        rel = f"shards/{kind}/{unit_key}.parquet"
-        atomic_write_bytes(self.root / rel, data)
+        return self.write_unit_tables(
+            unit_key, kind, layer, {kind: table}, channels, attempts, seconds, extra
+        )
+
+    def write_unit_tables(
+        self,
+        unit_key: str,
+        kind: str,
+        layer: str,
+        tables: dict[str, pa.Table],
+        channels: Sequence[int] = (),
+        attempts: int = 1,
+        seconds: float = 0.0,
+        extra: dict | None = None,
+    ) -> ManifestEntry:
+        """Write every table a unit produced (one shard per table kind), then record the unit."""
+        written = {}
+        for table_kind, table in tables.items():
+            data = table_to_parquet_bytes(table)
+            rel = f"shards/{table_kind}/{unit_key}.parquet"
+            atomic_write_bytes(self.root / rel, data)
+            written[table_kind] = {"path": rel, "sha256": _sha256(data), "rows": table.num_rows}
+        main = written.get(kind) or next(iter(written.values()))
         entry = ManifestEntry(
             key=unit_key,
             kind=kind,
             layer=layer,
             channels=tuple(int(c) for c in channels),
-            rows=table.num_rows,
-            sha256=_sha256(data),
-            path=rel,
+            rows=main["rows"],
+            sha256=main["sha256"],
+            path=main["path"],
             attempts=attempts,
             seconds=round(seconds, 3),
             extra=extra or {},
+            tables=written,
         )
         self._entries[unit_key] = entry
         self._save_manifest()
@@ -180,8 +203,8 @@ class Store:
         keep = set(keep)
         stale = [e for e in self._entries.values() if e.key not in keep]
         for entry in stale:
-            if entry.path:
-                (self.root / entry.path).unlink(missing_ok=True)
+            for info in entry.tables.values():
+                (self.root / info["path"]).unlink(missing_ok=True)
             del self._entries[entry.key]
         if stale:
             self._save_manifest()
@@ -199,16 +222,16 @@ class Store:
         """Layers that have finished shards of this kind, in the order they were first written."""
         seen: dict[str, None] = {}
         for entry in self._entries.values():
-            if entry.kind == kind and entry.status == "done":
+            if entry.status == "done" and kind in entry.tables:
                 seen.setdefault(entry.layer, None)
         return list(seen)
 
     def read(self, kind: str, layer: str | None = None, columns: list[str] | None = None) -> pa.Table | None:
         """All finished shards of a kind (optionally one layer) as one table; None when there are none."""
         tables = [
-            pq.read_table(self.root / entry.path, columns=columns)
+            pq.read_table(self.root / entry.tables[kind]["path"], columns=columns)
             for entry in self._entries.values()
-            if entry.kind == kind and entry.status == "done" and (layer is None or entry.layer == layer)
+            if entry.status == "done" and kind in entry.tables and (layer is None or entry.layer == layer)
         ]
         if not tables:
             return None

@@ -1,0 +1,164 @@
+"""The `atlas` command: parse, call the library, print. Nothing here computes anything itself."""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from atlas.spec import JobSpec, SpecError, load_spec
+
+
+def _packaged_spec(name: str) -> Path:
+    return Path(str(resources.files("atlas") / "jobs" / f"{name}.toml"))
+
+
+def _load(path: Path, out: Path | None) -> JobSpec:
+    spec = load_spec(path)
+    return spec.replace(out=out) if out else spec
+
+
+def _progress(total: int):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="unit", desc="atlas", dynamic_ncols=True, file=sys.stderr)
+
+    def tick(unit, outcome: str) -> None:
+        bar.set_postfix_str(f"{outcome} {unit.label}", refresh=False)
+        bar.update(1)
+        if bar.n >= bar.total:
+            bar.close()
+
+    return tick
+
+
+class _Group(click.Group):
+    """Turns the library's errors about bad input into one clear line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from atlas.execute import ExecuteError
+        from atlas.models import ModelError, UnknownLayerError
+        from atlas.store import StoreError
+
+        try:
+            return super().invoke(ctx)
+        except (SpecError, ModelError, UnknownLayerError, ExecuteError, StoreError) as err:
+            raise click.ClickException(str(err)) from err
+
+
+def _run(spec: JobSpec, force: bool, build: bool, only: tuple[str, ...] | None = None) -> None:
+    from atlas.job import run_job
+
+    result = run_job(spec, force=force, build=build, only=only, progress=_progress)
+    where = result.site or result.out
+    skipped_images = sum(result.scan_skipped.values())
+    extra = f", {skipped_images} bad images skipped" if skipped_images else ""
+    click.echo(
+        f"built {spec.name}: {result.done} units done, {result.skipped} already done, "
+        f"{len(result.failed)} failed{extra} in {result.seconds:.0f} s -> {where}"
+    )
+    for label, reason in result.failed:
+        click.echo(f"  failed: {label}: {reason}", err=True)
+    if result.failed:
+        sys.exit(1)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="neuron-atlas")
+def main() -> None:
+    """neuron-atlas: feature visualizations and dataset examples for every channel, as a static site."""
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("atlas-out/demo"), show_default=True)
+@click.option("--force", is_flag=True, help="Recompute units that are already done.")
+def demo(out: Path, force: bool) -> None:
+    """Build the demo atlas (EfficientNet-Lite0, demo photos, local Ray)."""
+    _run(_load(_packaged_spec("demo"), out), force, build=True)
+
+
+@main.command()
+@click.argument("job", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: the spec's job.out).")
+@click.option("--force", is_flag=True, help="Recompute units that are already done.")
+@click.option("--no-site", is_flag=True, help="Only compute and store; do not build the site.")
+def run(job: Path, out: Path | None, force: bool, no_site: bool) -> None:
+    """Run a job spec: render, scan, store and build the site."""
+    _run(_load(job, out), force, build=not no_site)
+
+
+@main.command()
+@click.argument("job", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True)
+def scan(job: Path, out: Path | None, force: bool) -> None:
+    """Run only the dataset side of a job (scan + examples)."""
+    _run(_load(job, out), force, build=False, only=("scan", "examples"))
+
+
+@main.command()
+@click.argument("job", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path))
+def plan(job: Path, out: Path | None) -> None:
+    """List the units a job would run, without running them."""
+    from atlas.job import prepare
+
+    prepared = prepare(_load(job, out))
+    counts: dict[str, int] = {}
+    for unit in prepared.plan.units:
+        counts[unit.kind] = counts.get(unit.kind, 0) + 1
+        click.echo(f"{unit.key}  {unit.label}")
+    layers = len(prepared.spec.layers) if prepared.plan.scan_keys else 0
+    summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+    click.echo(f"{len(prepared.plan.units)} units ({summary}) + {layers} examples units after the scan")
+
+
+@main.command()
+@click.argument("job", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path))
+@click.option("-v", "--verbose", is_flag=True, help="List every unit, not only the counts.")
+def status(job: Path, out: Path | None, verbose: bool) -> None:
+    """Show which units of a job are done, pending, stale or failed."""
+    from atlas.job import job_status
+
+    state = job_status(_load(job, out))
+    click.echo("  ".join(f"{name}: {len(items)}" for name, items in state.items()))
+    for name, items in state.items():
+        if name == "failed" or verbose:
+            for item in items:
+                click.echo(f"  {name}: {item}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--checkpoint", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--weights", default="default", show_default=True)
+@click.option("--all", "show_all", is_flag=True, help="Also list sub-modules inside blocks.")
+def layers(model: str, checkpoint: Path | None, weights: str, show_all: bool) -> None:
+    """List a model's layers with channel counts and spatial sizes at its input size."""
+    from atlas.models import load_model
+
+    loaded = load_model(model, checkpoint, weights)
+    infos = loaded.layers()
+    if not show_all:  # the blocks a user picks from, not every conv inside them
+        depth = min(info.name.count(".") for info in infos)
+        infos = [i for i in infos if i.name.count(".") <= depth + 1 and "static_padding" not in i.name]
+    click.echo(f"{loaded.name}: input {loaded.input_size}x{loaded.input_size}")
+    width = max(len(i.name) for i in infos)
+    for info in infos:
+        click.echo(f"  {info.name:<{width}}  {info.channels:>5} channels  {info.height}x{info.width}")
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path, exists=True, file_okay=False))
+def site(out: Path) -> None:
+    """(Re)build the static HTML atlas from an output folder."""
+    from atlas.site import build_site
+
+    click.echo(f"site: {build_site(out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Running a whole job: spec -> plan -> execute (two phases) -> store -> site.
+
+Phase one runs every independent unit: renders, interactions and dataset-shard scans. Phase two
+merges the scan partials and crops each layer's examples. Everything is checked before any work
+starts, and every finished unit is in the store before the next one is collected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from atlas.models import LoadedModel, load_model
+from atlas.plan import ModelFacts, Plan, Unit, examples_units, make_plan
+from atlas.spec import JobSpec, check_against_model, spec_to_dict
+from atlas.store import Store
+
+
+@dataclass
+class Prepared:
+    """A checked job with its plan, ready to run or to report on."""
+
+    spec: JobSpec
+    model: LoadedModel
+    facts: ModelFacts
+    plan: Plan
+    source: Any = None
+
+
+@dataclass
+class JobResult:
+    out: Path
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    retried: int = 0
+    seconds: float = 0.0
+    site: Path | None = None
+    scan_skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def prepare(spec: JobSpec) -> Prepared:
+    """Load the model on the driver, check the spec against it, open the data, plan the units."""
+    model = load_model(spec.model.name, spec.model.checkpoint, spec.model.weights)
+    check_against_model(spec, model)
+    facts = ModelFacts(model.digest, {layer.name: model.channels(layer.name) for layer in spec.layers})
+    source, shards, fingerprints = None, [], []
+    if spec.examples.enabled:
+        from atlas.data import open_source
+
+        source = open_source(spec.examples.source, column=spec.examples.column)
+        shards = source.shards(spec.examples.shard_size)
+        fingerprints = [source.shard_fingerprint(shard) for shard in shards]
+    plan = make_plan(spec, facts, shards, fingerprints)
+    return Prepared(spec, model, facts, plan, source)
+
+
+def job_info(prepared: Prepared, started: str, finished: str | None = None) -> dict:
+    spec, model = prepared.spec, prepared.model
+    infos = {info.name: info for info in model.layers()}
+    layers = []
+    for layer in spec.layers:
+        info = infos.get(layer.name)
+        total = prepared.facts.channels[layer.name]
+        layers.append(
+            {
+                "name": layer.name,
+                "channels": list(layer.channels or range(total)),
+                "total_channels": total,
+                "height": info.height if info else 0,
+                "width": info.width if info else 0,
+            }
+        )
+    from atlas.plan import CODE_VERSIONS
+
+    return {
+        "name": spec.name,
+        "model": spec.model.name,
+        "model_digest": prepared.facts.digest,
+        "input_size": model.input_size,
+        "layers": layers,
+        "spec": spec_to_dict(spec),
+        "started": started,
+        "finished": finished,
+        "renderer_version": CODE_VERSIONS["render"],
+    }
+
+
+def merged_scan(store: Store, scan_keys: tuple[str, ...]) -> Any:
+    """Merge every dataset shard's partial result, read back from the store."""
+    from atlas.examples import PartialScan
+
+    merged = None
+    for key in scan_keys:
+        entry = store.entry(key)
+        if entry is None:
+            continue
+        import pyarrow.parquet as pq
+
+        partial = PartialScan.from_table(pq.read_table(store.root / entry.tables["scan"]["path"]))
+        merged = partial if merged is None else merged.merge(partial)
+    return merged
+
+
+def run_job(
+    spec: JobSpec,
+    force: bool = False,
+    build: bool = True,
+    only: tuple[str, ...] | None = None,
+    progress: Callable[[int], Callable[[Unit, str], None]] | None = None,
+) -> JobResult:
+    """Run a job end to end. `only` limits the unit kinds (e.g. scan + examples for `atlas scan`)."""
+    from atlas.execute import Executor
+
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    prepared = prepare(spec)
+    store = Store(spec.out)
+    store.write_job(job_info(prepared, started))
+    units = [u for u in prepared.plan.units if only is None or u.kind in only]
+    phase_two_possible = spec.examples.enabled and (only is None or "examples" in only)
+    total = len(units) + (len(spec.layers) if phase_two_possible and prepared.plan.scan_keys else 0)
+    tick = progress(total) if progress else None
+    executor = Executor(spec)
+    result = JobResult(out=spec.out)
+    try:
+        report = executor.run(units, store, force=force, on_progress=tick)
+        finished: tuple[str, ...] = ()
+        if phase_two_possible and prepared.plan.scan_keys:
+            finished = tuple(k for k in prepared.plan.scan_keys if store.has(k, verify=False))
+            if finished:
+                pending = examples_units(spec, prepared.facts, finished)
+                if force or not all(store.has(u.key) for u in pending):
+                    merged = merged_scan(store, finished)
+                    pending = examples_units(spec, prepared.facts, finished, partial=merged)
+                    result.scan_skipped = dict(getattr(merged, "skipped", {}) or {})
+                report.add(executor.run(pending, store, force=force, on_progress=tick))
+        if only is None:  # units of older settings would show up beside the new ones
+            keep = {u.key for u in prepared.plan.units}
+            keep |= {u.key for u in examples_units(spec, prepared.facts, finished)}
+            store.prune(keep)
+    finally:
+        executor.shutdown()
+    result.done, result.skipped, result.failed, result.retried = (
+        report.done,
+        report.skipped,
+        report.failed,
+        report.retried,
+    )
+    finished_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    store.write_job(job_info(prepared, started, finished_at))
+    if build:
+        from atlas.site import build_site
+
+        result.site = build_site(spec.out)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def job_status(spec: JobSpec) -> dict[str, list[str]]:
+    """Which units of the job are done, pending, failed, and which stored units are stale."""
+    prepared = prepare(spec)
+    store = Store(spec.out)
+    wanted = list(prepared.plan.units)
+    finished_scans = tuple(k for k in prepared.plan.scan_keys if store.has(k, verify=False))
+    if len(finished_scans) == len(prepared.plan.scan_keys):
+        wanted += examples_units(spec, prepared.facts, finished_scans)
+    status: dict[str, list[str]] = {"done": [], "pending": [], "failed": [], "stale": []}
+    for unit in wanted:
+        if store.has(unit.key):
+            status["done"].append(unit.label)
+        elif store.is_failed(unit.key):
+            status["failed"].append(f"{unit.label}: {store.entry(unit.key).reason}")
+        else:
+            status["pending"].append(unit.label)
+    keys = {u.key for u in wanted}
+    status["stale"] = [f"{e.kind} {e.layer} ({e.key})" for e in store.entries() if e.key not in keys]
+    return status

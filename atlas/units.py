@@ -1,0 +1,182 @@
+"""Running one unit inside a worker: dispatch by kind to the renderer or the dataset scan.
+
+Handlers return Arrow tables keyed by table kind (the columns are documented in the README);
+they never write anything themselves, the driver does.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from atlas.models import LoadedModel
+from atlas.plan import Unit
+from atlas.spec import ExamplesSpec, JobSpec, RenderSpec
+
+
+class UnitFailed(RuntimeError):
+    """A failure that retrying will not fix (NaN during optimization, bad data); recorded as failed."""
+
+
+RENDER_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("channel", pa.int32()),
+        ("channel_b", pa.int32()),
+        ("objective", pa.string()),
+        ("variant", pa.int32()),
+        ("label", pa.string()),
+        ("image", pa.binary()),
+        ("activation", pa.float32()),
+        ("loss", pa.list_(pa.float32())),
+        ("unit_key", pa.string()),
+    ]
+)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """uint8 HxWx3 array -> PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def rendered_table(images: Sequence[Any], unit_key: str) -> pa.Table:
+    """RenderedImage records -> the `render` table."""
+    columns = {
+        "layer": [r.layer for r in images],
+        "channel": [int(r.channel) for r in images],
+        "channel_b": [int(r.channel_b) for r in images],
+        "objective": [r.objective for r in images],
+        "variant": [int(r.variant) for r in images],
+        "label": [r.label for r in images],
+        "image": [png_bytes(r.image) for r in images],
+        "activation": [float(r.activation) for r in images],
+        "loss": [[float(v) for v in r.loss] for r in images],
+        "unit_key": [unit_key] * len(images),
+    }
+    return pa.table(columns, schema=RENDER_SCHEMA)
+
+
+def render_spec_from(settings: dict) -> RenderSpec:
+    names = {f.name for f in fields(RenderSpec)}
+    return RenderSpec(
+        **{k: (tuple(v) if isinstance(v, list) else v) for k, v in settings.items() if k in names}
+    )
+
+
+@dataclass
+class WorkerContext:
+    """What a worker keeps between units: the model (loaded once) and open image sources."""
+
+    model: LoadedModel
+    examples: ExamplesSpec
+    sources: dict[str, Any] = field(default_factory=dict)
+
+    def source(self) -> Any:
+        from atlas.data import open_source
+
+        key = f"{self.examples.source}|{self.examples.column}"
+        if key not in self.sources:
+            self.sources[key] = open_source(self.examples.source, column=self.examples.column)
+        return self.sources[key]
+
+
+def _render(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
+    from atlas.optvis import render_channels
+
+    images = render_channels(ctx.model, unit.layer, unit.channels, render_spec_from(dict(unit.settings)))
+    return {"render": rendered_table(images, unit.key)}
+
+
+def _directions(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
+    from atlas.optvis import render_directions
+
+    settings = dict(unit.settings)
+    images = render_directions(
+        ctx.model, unit.layer, settings["directions"], render_spec_from(settings), seed=settings["seed"]
+    )
+    return {"render": rendered_table(images, unit.key)}
+
+
+def _pair(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
+    from atlas.optvis import render_pair
+
+    settings = dict(unit.settings)
+    a, b = unit.channels
+    images = render_pair(
+        ctx.model, unit.layer, a, b, render_spec_from(settings), steps_between=settings["interpolation_steps"]
+    )
+    return {"render": rendered_table(images, unit.key)}
+
+
+def _scan(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
+    from atlas.examples import scan_shard
+    from atlas.optvis import random_directions
+
+    settings = dict(unit.settings)
+    directions = None
+    if settings["directions"]:
+        directions = {
+            layer: random_directions(ctx.model, layer, settings["directions"], seed=settings["seed"])
+            for layer in settings["layers"]
+        }
+    partial = scan_shard(
+        ctx.model,
+        settings["layers"],
+        ctx.source(),
+        unit.inputs,
+        k=settings["k"],
+        bins=settings["bins"],
+        batch_size=settings["batch_size"],
+        directions=directions,
+    )
+    return {"scan": partial.to_table()}
+
+
+def _examples(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
+    from atlas.examples import finalize_layer
+
+    settings = dict(unit.settings)
+    examples, histogram = finalize_layer(
+        ctx.model,
+        unit.layer,
+        unit.inputs,
+        ctx.source(),
+        crop_size=settings["crop_size"],
+        thumb_size=settings["thumb_size"],
+        unit_key=unit.key,
+    )
+    return {"examples": examples, "histogram": histogram}
+
+
+HANDLERS: dict[str, Callable[[WorkerContext, Unit], dict[str, pa.Table]]] = {
+    "render": _render,
+    "directions": _directions,
+    "pair": _pair,
+    "scan": _scan,
+    "examples": _examples,
+}
+
+
+def run_unit(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
+    """Compute one unit; deterministic failures are raised as UnitFailed with the reason."""
+    try:
+        return HANDLERS[unit.kind](ctx, unit)
+    except UnitFailed:
+        raise
+    except (FloatingPointError, ValueError) as err:  # NaN/Inf and bad inputs do not heal on retry
+        raise UnitFailed(f"{unit.label}: {err}") from err
+
+
+def make_context(spec: JobSpec, device: str = "auto") -> WorkerContext:
+    from atlas.models import load_model, pick_device
+
+    model = load_model(spec.model.name, spec.model.checkpoint, spec.model.weights, device=pick_device(device))
+    return WorkerContext(model=model, examples=spec.examples)
