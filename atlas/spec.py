@@ -366,7 +366,8 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
     for key in job:
         if key not in ("name", "out"):
             raise ctx.error("job", key, f"unknown key. {_close(key, ['name', 'out'])}Valid keys: name, out")
-    name = job.get("name", Path(source).stem)
+    default_name = re.sub(r"[^A-Za-z0-9_.\-]+", "", Path(source).stem) or "job"
+    name = job.get("name", default_name)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
         raise ctx.error("job", "name", f"expected a name of letters, digits, '.', '_' or '-', got {name!r}")
     out = job.get("out", f"atlas-out/{name}")
