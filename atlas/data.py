@@ -1,0 +1,475 @@
+"""Image sources for dataset examples: a folder of images, a Parquet column of image bytes, or
+the demo photos that scikit-image and scikit-learn install.
+
+Every image has a stable *source id* (a string), so partial scans computed on different machines
+can name the same image, and the final crops can be cut from it again later. Sources are small
+picklable descriptions: a Ray worker receives the source and a `ShardRef` and decodes the images
+itself. Decoding never raises on bad data: unreadable images are skipped and converted ones
+(grayscale, CMYK, alpha, palette, huge) are fixed, and both are counted by reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import math
+import warnings
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MIN_SIDE = 16  # smaller images carry too little to be an example of anything
+MAX_SIDE = 2048  # larger images are downscaled on load; crops never need more
+DEMO_SCALES = (1.0, 0.6, 0.35)  # crop sides as fractions of a photo's short side
+# Drawings and test patterns in skimage/data that are not photos of the world.
+DEMO_EXCLUDED = frozenset(
+    {"chessboard_GRAY.png", "chessboard_RGB.png", "color.png", "logo.png", "phantom.png"}
+)
+DEMO_SCHEME = "demo-v1"  # bump when the crop scheme changes, so fingerprints change with it
+
+
+class SourceError(ValueError):
+    """A dataset source that cannot be used (missing, empty, no image column...)."""
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """A slice of a source: what the driver ships to a worker (ids only, never pixels)."""
+
+    index: int
+    source_ids: tuple[str, ...]
+
+
+@dataclass
+class Decoded:
+    """Outcome of decoding one image: the RGB image or None, and why it was changed or skipped."""
+
+    image: Image.Image | None
+    reasons: list[str] = field(default_factory=list)
+
+
+def decode_image(
+    raw: bytes | Path, draft_size: int | None = None, max_side: int = MAX_SIDE, min_side: int = MIN_SIDE
+) -> Decoded:
+    """Decode bytes or a file to RGB; never raises on bad data.
+
+    `draft_size` lets JPEG decode straight at a reduced scale (the scan only needs the model's
+    input size). Reasons are `skipped:<why>` (the image is None) or `converted:<what>`.
+    """
+    reasons: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(raw) if isinstance(raw, bytes) else raw)
+            if draft_size is not None and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return Decoded(None, ["skipped:too_large"])
+    except FileNotFoundError:
+        return Decoded(None, ["skipped:missing"])
+    except OSError as err:
+        return Decoded(None, ["skipped:truncated" if "truncated" in str(err) else "skipped:corrupt"])
+    except (ValueError, SyntaxError, Image.UnidentifiedImageError):
+        return Decoded(None, ["skipped:corrupt"])
+    if min(image.size) < min_side:
+        return Decoded(None, ["skipped:tiny"])
+    if image.mode != "RGB":
+        image, reason = _to_rgb(image)
+        reasons.append(reason)
+    if max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        reasons.append("converted:downscaled")
+    return Decoded(image, reasons)
+
+
+def _to_rgb(image: Image.Image) -> tuple[Image.Image, str]:
+    """Convert any PIL mode to RGB; transparent pixels become mid gray (no colour of their own)."""
+    mode = image.mode
+    if mode == "P":
+        has_alpha = "transparency" in image.info
+        image = image.convert("RGBA" if has_alpha else "RGB")
+        if not has_alpha:
+            return image, "converted:palette"
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (128, 128, 128, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB"), "converted:alpha"
+    if mode == "CMYK":
+        return image.convert("RGB"), "converted:cmyk"
+    if mode in ("1", "L"):
+        return image.convert("RGB"), "converted:grayscale"
+    if mode.startswith("I") or mode == "F":  # 16/32-bit grayscale: rescale to 8 bits first
+        import numpy as np
+
+        values = np.asarray(image, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) / (high - low or 1.0) * 255.0
+        return Image.fromarray(scaled.astype(np.uint8)).convert("RGB"), "converted:grayscale"
+    return image.convert("RGB"), f"converted:{mode.lower()}"
+
+
+def square_view(image: Image.Image) -> tuple[int, int, int]:
+    """The centered square (left, top, side) of an image: the part the model sees."""
+    width, height = image.size
+    side = min(width, height)
+    return (width - side) // 2, (height - side) // 2, side
+
+
+def model_view(image: Image.Image, size: int) -> Image.Image:
+    """Center square of `image` resized to `size` x `size`: the model's preprocessing."""
+    left, top, side = square_view(image)
+    return image.resize(
+        (size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side), reducing_gap=2.0
+    )
+
+
+class ImageSource(ABC):
+    """Ordered, addressable images. Subclasses list ids and fetch raw bytes or files."""
+
+    description: str
+
+    @abstractmethod
+    def ids(self) -> list[str]:
+        """Every source id, in a stable order."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """Content hash of the ids and what they point at, for content keys."""
+
+    @abstractmethod
+    def load_many(
+        self, source_ids: Sequence[str], draft_size: int | None = None
+    ) -> Iterator[tuple[str, Decoded]]:
+        """Decode each id in order; bad images come back with image None and a reason."""
+
+    def __len__(self) -> int:
+        return len(self.ids())
+
+    def shards(self, shard_size: int) -> list[ShardRef]:
+        """Consecutive slices of `shard_size` ids, in source order."""
+        if shard_size < 1:
+            raise SourceError(f"shard_size must be at least 1, got {shard_size}")
+        ids = self.ids()
+        return [
+            ShardRef(i, tuple(ids[start : start + shard_size]))
+            for i, start in enumerate(range(0, len(ids), shard_size))
+        ]
+
+    def load(self, source_id: str) -> Image.Image:
+        """One RGB image; raises SourceError when it cannot be decoded."""
+        for _, decoded in self.load_many([source_id]):
+            if decoded.image is None:
+                raise SourceError(
+                    f"{self.description}: cannot load {source_id!r} ({', '.join(decoded.reasons)})"
+                )
+            return decoded.image
+        raise SourceError(f"{self.description}: unknown source id {source_id!r}")
+
+    def load_batch(
+        self, source_ids: Sequence[str], draft_size: int | None = None
+    ) -> tuple[list[tuple[str, Image.Image]], Counter[str]]:
+        """Good images with their ids, and counts of skipped/converted images by reason."""
+        good: list[tuple[str, Image.Image]] = []
+        counts: Counter[str] = Counter()
+        for source_id, decoded in self.load_many(source_ids, draft_size):
+            counts.update(decoded.reasons)
+            if decoded.image is not None:
+                good.append((source_id, decoded.image))
+        return good, counts
+
+
+def _decode_all(
+    raw_items: Iterable[tuple[str, bytes | Path | None]], draft_size: int | None
+) -> Iterator[tuple[str, Decoded]]:
+    for source_id, raw in raw_items:
+        if raw is None:
+            yield source_id, Decoded(None, ["skipped:missing"])
+        else:
+            yield source_id, decode_image(raw, draft_size)
+
+
+def _hash_lines(lines: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for line in lines:
+        digest.update(line.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class FolderSource(ImageSource):
+    """Every image file below a folder (recursive); ids are POSIX paths relative to it."""
+
+    root: Path
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return f"folder {self.root}"
+
+    @cached_property
+    def _ids(self) -> list[str]:
+        found = [
+            path.relative_to(self.root).as_posix()
+            for path in self.root.rglob("*")
+            if path.suffix.lower() in IMAGE_SUFFIXES
+            and path.is_file()
+            and not any(part.startswith(".") for part in path.relative_to(self.root).parts)
+        ]
+        return sorted(found)
+
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def fingerprint(self) -> str:
+        def line(source_id: str) -> str:
+            stat = (self.root / source_id).stat()
+            return f"{source_id}\t{stat.st_size}\t{stat.st_mtime_ns}"
+
+        return _hash_lines(line(i) for i in self._ids)
+
+    def load_many(
+        self, source_ids: Sequence[str], draft_size: int | None = None
+    ) -> Iterator[tuple[str, Decoded]]:
+        paths = ((i, self.root / i) for i in source_ids)
+        return _decode_all(((i, path if path.is_file() else None) for i, path in paths), draft_size)
+
+
+@dataclass
+class ParquetSource(ImageSource):
+    """One image per row of a Parquet file; ids are `<file name>#row<i>`."""
+
+    path: Path
+    column: str
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return f"parquet {self.path} column {self.column!r}"
+
+    @cached_property
+    def _num_rows(self) -> int:
+        return pq.ParquetFile(self.path).metadata.num_rows
+
+    def ids(self) -> list[str]:
+        return [f"{self.path.name}#row{i}" for i in range(self._num_rows)]
+
+    def fingerprint(self) -> str:
+        stat = self.path.stat()
+        return _hash_lines([self.path.name, self.column, str(stat.st_size), str(stat.st_mtime_ns)])
+
+    def _row(self, source_id: str) -> int | None:
+        prefix = f"{self.path.name}#row"
+        if not source_id.startswith(prefix) or not source_id[len(prefix) :].isdigit():
+            return None
+        row = int(source_id[len(prefix) :])
+        return row if row < self._num_rows else None
+
+    def load_many(
+        self, source_ids: Sequence[str], draft_size: int | None = None
+    ) -> Iterator[tuple[str, Decoded]]:
+        return _decode_all(self._raw_many(source_ids), draft_size)
+
+    def _raw_many(self, source_ids: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
+        """Reads each needed row group once, so a shard costs one pass over its row groups."""
+        parquet = pq.ParquetFile(self.path)
+        starts = [0]
+        for group in range(parquet.num_row_groups):
+            starts.append(starts[-1] + parquet.metadata.row_group(group).num_rows)
+        cached_group, cached_column = -1, None
+        for source_id in source_ids:
+            row = self._row(source_id)
+            if row is None:
+                yield source_id, None
+                continue
+            group = next(g for g in range(len(starts) - 1) if starts[g] <= row < starts[g + 1])
+            if group != cached_group:
+                cached_group = group
+                cached_column = _image_bytes(parquet.read_row_group(group, columns=[self.column]).column(0))
+            value = cached_column[row - starts[group]].as_py()
+            yield source_id, value if isinstance(value, bytes) and value else None
+
+
+def _image_bytes(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The bytes of an image column: plain binary, or the `bytes` field of a struct (Hugging Face)."""
+    if pa.types.is_struct(column.type):
+        return pa.chunked_array(
+            [chunk.field("bytes") for chunk in column.chunks], column.type.field("bytes").type
+        )
+    return column
+
+
+def _is_image_column(field_: pa.Field) -> bool:
+    kind = field_.type
+    if pa.types.is_struct(kind):
+        return any(f.name == "bytes" and _is_binary(f.type) for f in kind)
+    return _is_binary(kind)
+
+
+def _is_binary(kind: pa.DataType) -> bool:
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+
+
+@lru_cache(maxsize=4)
+def _demo_photo(path: str) -> Decoded:
+    """Decoded demo photos are reused by their many crops (a shard holds consecutive crops)."""
+    return decode_image(Path(path))
+
+
+def _package_dir(name: str) -> Path:
+    """A package's folder without importing it (importing scikit-learn takes a second)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise SourceError(f"the demo photos need {name!r} installed: pip install scikit-image scikit-learn")
+    return Path(spec.origin).parent
+
+
+def demo_photos() -> list[Path]:
+    """The photos installed with scikit-image and scikit-learn, in a fixed order."""
+    folders = [_package_dir("skimage") / "data", _package_dir("sklearn") / "datasets" / "images"]
+    photos = [
+        path
+        for folder in folders
+        for path in sorted(folder.glob("*"))
+        if path.suffix.lower() in (".png", ".jpg") and path.name not in DEMO_EXCLUDED
+    ]
+    return photos
+
+
+def demo_crop_boxes(width: int, height: int) -> list[tuple[int, int, int]]:
+    """Square crops (left, top, side) at several scales, evenly tiling the photo at each scale."""
+    boxes = []
+    short = min(width, height)
+    for scale in DEMO_SCALES:
+        side = max(MIN_SIDE, round(short * scale))
+        across, down = math.ceil(width / side - 1e-9), math.ceil(height / side - 1e-9)
+        for row in range(down):
+            for col in range(across):
+                left = round(col * (width - side) / (across - 1)) if across > 1 else (width - side) // 2
+                top = round(row * (height - side) / (down - 1)) if down > 1 else (height - side) // 2
+                boxes.append((left, top, side))
+    return boxes
+
+
+@dataclass
+class DemoSource(ImageSource):
+    """Square crops at several scales of the photos installed with scikit-image and scikit-learn.
+
+    Ids look like `demo:astronaut.png@256x256+128+0` (side x side + left + top), so an id alone
+    says which pixels it is. Nothing is copied: the photos are read from the package folders.
+    """
+
+    description: str = "demo photos"
+
+    @cached_property
+    def _photos(self) -> dict[str, Path]:
+        return {path.name: path for path in demo_photos()}
+
+    @cached_property
+    def _ids(self) -> list[str]:
+        ids = []
+        for name, path in self._photos.items():
+            with Image.open(path) as image:
+                width, height = image.size
+            ids.extend(
+                f"demo:{name}@{side}x{side}+{left}+{top}"
+                for left, top, side in demo_crop_boxes(width, height)
+            )
+        return ids
+
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def fingerprint(self) -> str:
+        sizes = [f"{name}\t{path.stat().st_size}" for name, path in self._photos.items()]
+        return _hash_lines([DEMO_SCHEME, *sizes, *self._ids])
+
+    def _parse(self, source_id: str) -> tuple[Path, tuple[int, int, int]] | None:
+        if not source_id.startswith("demo:") or "@" not in source_id:
+            return None
+        name, _, geometry = source_id[len("demo:") :].rpartition("@")
+        try:
+            size, left, top = geometry.split("+")
+            side = int(size.split("x")[0])
+            return self._photos[name], (int(left), int(top), side)
+        except (KeyError, ValueError):
+            return None
+
+    def load_many(
+        self, source_ids: Sequence[str], draft_size: int | None = None
+    ) -> Iterator[tuple[str, Decoded]]:
+        for source_id in source_ids:
+            parsed = self._parse(source_id)
+            if parsed is None:
+                yield source_id, Decoded(None, ["skipped:missing"])
+                continue
+            path, (left, top, side) = parsed
+            photo = _demo_photo(str(path))
+            if photo.image is None:
+                yield source_id, Decoded(None, list(photo.reasons))
+                continue
+            crop = photo.image.crop((left, top, left + side, top + side))
+            yield source_id, Decoded(crop, list(photo.reasons))
+
+
+def open_source(source: str | Path, column: str | None = None) -> ImageSource:
+    """`demo`, a folder of images or a `.parquet` file; fails now (not mid-scan) when unusable."""
+    if str(source) == "demo":
+        demo = DemoSource()
+        if not demo.ids():
+            raise SourceError("the demo photos were not found: reinstall scikit-image and scikit-learn")
+        return demo
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise SourceError(
+            f"dataset source {str(source)!r} does not exist; use 'demo', a folder of images or a .parquet file"
+        )
+    if path.is_dir():
+        folder = FolderSource(path.resolve())
+        if not folder.ids():
+            raise SourceError(
+                f"folder {path} holds no images (looked recursively for {', '.join(IMAGE_SUFFIXES)}); "
+                "point examples.source at a folder with images"
+            )
+        return folder
+    if path.suffix.lower() == ".parquet":
+        return _open_parquet(path.resolve(), column)
+    raise SourceError(
+        f"dataset source {path} is neither a folder nor a .parquet file; use 'demo', a folder or a .parquet file"
+    )
+
+
+def _open_parquet(path: Path, column: str | None) -> ParquetSource:
+    try:
+        schema = pq.read_schema(path)
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except (OSError, pa.ArrowInvalid) as err:
+        raise SourceError(f"cannot read Parquet file {path}: {err}") from err
+    image_columns = [f.name for f in schema if _is_image_column(f)]
+    if column is None:
+        column = "image" if "image" in image_columns else (image_columns[0] if image_columns else None)
+        if column is None:
+            names = ", ".join(f"{f.name} ({f.type})" for f in schema)
+            raise SourceError(
+                f"Parquet file {path} has no binary image column (columns: {names}); "
+                "store encoded image bytes (PNG/JPEG) in a binary column"
+            )
+    elif column not in schema.names:
+        raise SourceError(f"Parquet file {path} has no column {column!r}; columns: {', '.join(schema.names)}")
+    elif column not in image_columns:
+        raise SourceError(
+            f"column {column!r} of {path} is {schema.field(column).type}, not image bytes; "
+            f"binary columns: {', '.join(image_columns) or 'none'}"
+        )
+    if rows == 0:
+        raise SourceError(f"Parquet file {path} has no rows; it must hold at least one image")
+    return ParquetSource(path, column)
