@@ -118,7 +118,7 @@ def run_job(
     progress: Callable[[int], Callable[[Unit, str], None]] | None = None,
 ) -> JobResult:
     """Run a job end to end. `only` limits the unit kinds (e.g. scan + examples for `atlas scan`)."""
-    from atlas.execute import Executor
+    from atlas.execute import Executor, RunReport
 
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
@@ -129,10 +129,25 @@ def run_job(
     phase_two_possible = spec.examples.enabled and (only is None or "examples" in only)
     total = len(units) + (len(spec.layers) if phase_two_possible and prepared.plan.scan_keys else 0)
     tick = progress(total) if progress else None
-    executor = Executor(spec)
     result = JobResult(out=spec.out)
+    executor: Executor | None = None
+    report = RunReport()
+
+    def run_units(batch: list[Unit]) -> None:
+        """Start Ray only when something is left to compute: a finished job reruns in a second."""
+        nonlocal executor
+        if not force and all(store.has(u.key) for u in batch):
+            report.skipped += len(batch)
+            for unit in batch:
+                if tick:
+                    tick(unit, "skipped")
+            return
+        if executor is None:
+            executor = Executor(spec)
+        report.add(executor.run(batch, store, force=force, on_progress=tick))
+
     try:
-        report = executor.run(units, store, force=force, on_progress=tick)
+        run_units(units)
         finished: tuple[str, ...] = ()
         if phase_two_possible and prepared.plan.scan_keys:
             finished = tuple(k for k in prepared.plan.scan_keys if store.has(k, verify=False))
@@ -142,13 +157,14 @@ def run_job(
                     merged = merged_scan(store, finished)
                     pending = examples_units(spec, prepared.facts, finished, partial=merged)
                     result.scan_skipped = dict(getattr(merged, "skipped", {}) or {})
-                report.add(executor.run(pending, store, force=force, on_progress=tick))
+                run_units(pending)
         if only is None:  # units of older settings would show up beside the new ones
             keep = {u.key for u in prepared.plan.units}
             keep |= {u.key for u in examples_units(spec, prepared.facts, finished)}
             store.prune(keep)
     finally:
-        executor.shutdown()
+        if executor is not None:
+            executor.shutdown()
     result.done, result.skipped, result.failed, result.retried = (
         report.done,
         report.skipped,
