@@ -1,0 +1,255 @@
+"""Build the static atlas site from an output folder, one layer at a time, and switch it in atomically.
+
+The site is plain files (HTML, PNG, one CSS and one JS file) that work from `file://` with no
+server and no external request. It is built in a temporary sibling folder and renamed over the
+previous site only when complete, so a failed nightly rebuild leaves yesterday's site in place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from atlas.site.changes import build_summary, channel_ranges, diff_builds, load_summary
+from atlas.site.channels import ChannelEntry, read_layer
+from atlas.site.images import LayerImages, Picture
+from atlas.site.interactions import read_interactions
+from atlas.site.slugs import layer_slugs
+from atlas.store import JOB, MANIFEST, ManifestEntry, Store
+
+SUMMARY_FILE = "build.json"
+SAMPLES_PER_LAYER = 6
+# Column order of a channel row; the CSS shows a subset per view (appendix or spectrum).
+ROW_COLUMNS = ("channel", "neuron", "diversity", "max", "negative", "min",
+               "slightly_negative", "slightly_positive")
+
+
+class SiteError(RuntimeError):
+    """The site cannot be built from this folder; the message says what to do instead."""
+
+
+@dataclass
+class LayerSummary:
+    """What the index and the layer bar need to know about a layer once its page is written."""
+
+    name: str
+    slug: str
+    total_channels: int | None
+    planned: int | None  # channels the job asked for: known before the layer is read
+    height: int | None
+    width: int | None
+    shown: int = 0
+    optimized: int = 0
+    with_examples: int = 0
+    samples: list[tuple[int, Picture]] = field(default_factory=list)
+    failed: list[ManifestEntry] = field(default_factory=list)
+    has_interactions: bool = False
+
+
+def build_site(out: Path, site_dir: Path | None = None) -> Path:
+    """Build the atlas site for the output folder `out`; returns the path of its index.html."""
+    out = Path(out)
+    site_dir = Path(site_dir) if site_dir is not None else out / "site"
+    if not (out / JOB).is_file() and not (out / MANIFEST).is_file():
+        raise SiteError(
+            f"{out} has neither {JOB} nor {MANIFEST}: point build_site at the output folder of "
+            "an atlas run (the `out` of the job spec), or run the job first"
+        )
+    if site_dir.exists() and not site_dir.is_dir():
+        raise SiteError(f"{site_dir} exists and is not a folder; remove it or choose another site folder")
+    site_dir.parent.mkdir(parents=True, exist_ok=True)
+    previous = load_summary(site_dir / SUMMARY_FILE)
+    staging = Path(tempfile.mkdtemp(prefix=f".{site_dir.name}.building-", dir=site_dir.parent))
+    try:
+        _build_into(staging, Store(out), previous)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _switch(staging, site_dir)
+    return site_dir / "index.html"
+
+
+def _switch(staging: Path, site_dir: Path) -> None:
+    """Put the new site in place with renames; on failure the previous site is restored."""
+    if not site_dir.exists():
+        os.replace(staging, site_dir)
+        return
+    retired = site_dir.with_name(f".{site_dir.name}.old-{os.getpid()}-{time.time_ns()}")
+    os.replace(site_dir, retired)
+    try:
+        os.replace(staging, site_dir)
+    except BaseException:
+        os.replace(retired, site_dir)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("atlas.site", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["value"] = _format_value
+    env.filters["values"] = lambda values: " ".join(_format_value(v) for v in values)
+    env.filters["ranges"] = channel_ranges
+    return env
+
+
+def _format_value(value: float | None) -> str:
+    """Activations as short text; missing or non-finite values as an en dash."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:.3g}"
+
+
+def _layer_plan(store: Store, job: dict) -> list[dict]:
+    """Layers of the job in its order, then any layer found only in the store."""
+    planned = [dict(layer) for layer in job.get("layers", []) if isinstance(layer, dict) and "name" in layer]
+    known = {layer["name"] for layer in planned}
+    for kind in ("render", "examples", "histogram"):
+        for name in store.layers(kind):
+            if name not in known:
+                planned.append({"name": name})
+                known.add(name)
+    return planned
+
+
+def _build_into(root: Path, store: Store, previous: dict | None) -> None:
+    job = store.job()
+    env = _environment()
+    built = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    entries = store.entries()
+    plan = _layer_plan(store, job)
+    slugs = layer_slugs(layer["name"] for layer in plan)
+    summaries = [
+        LayerSummary(
+            name=layer["name"],
+            slug=slugs[layer["name"]],
+            total_channels=layer.get("total_channels"),
+            planned=len(layer.get("channels") or ()) or layer.get("total_channels"),
+            height=layer.get("height"),
+            width=layer.get("width"),
+            failed=[e for e in entries if e.status == "failed" and e.layer == layer["name"]],
+        )
+        for layer in plan
+    ]
+    common = {"job": job, "built": built, "nav": summaries, "settings": _settings(job)}
+    for index, (layer, summary) in enumerate(zip(plan, summaries, strict=True)):
+        neighbours = (summaries[index - 1] if index else None,
+                      summaries[index + 1] if index + 1 < len(summaries) else None)
+        _build_layer(root, store, env, layer, summary, neighbours, common)
+    current = build_summary(entries, str(job.get("model_digest", "")), built)
+    changes = diff_builds(previous, current)
+    env.get_template("index.html").stream(
+        current=None, changes=changes, failed=[e for e in entries if e.status == "failed"],
+        done=sum(e.status == "done" for e in entries), **common,
+    ).dump(str(root / "index.html"), encoding="utf-8")
+    _copy_static(root / "static")
+    (root / SUMMARY_FILE).write_text(json.dumps(current, indent=1))
+
+
+def _build_layer(
+    root: Path,
+    store: Store,
+    env: Environment,
+    layer: dict,
+    summary: LayerSummary,
+    neighbours: tuple[LayerSummary | None, LayerSummary | None],
+    common: dict,
+) -> None:
+    """Write one layer's images and pages, then keep only its summary."""
+    images = LayerImages(root, summary.slug)
+    content = read_layer(store, summary.name, images, layer.get("channels") or ())
+    interactions = read_interactions(content.interaction_renders, content.direction_examples, images)
+    channels = content.channels
+    summary.shown = len(channels)
+    summary.optimized = sum(bool(c.optimized) for c in channels)
+    summary.with_examples = sum(bool(c.examples) for c in channels)
+    summary.samples = _samples(channels)
+    summary.has_interactions = interactions is not None
+    columns = _present_columns(channels)
+    page = {"current": summary, "layer": summary, "previous_layer": neighbours[0],
+            "next_layer": neighbours[1], **common}
+    env.get_template("layer.html").stream(
+        channels=channels, columns=columns, aspects=_aspects(channels, columns), **page
+    ).dump(str(root / f"{summary.slug}.html"), encoding="utf-8")
+    if interactions is not None:
+        by_channel = {c.channel: c for c in channels}
+        basis = [c for c in channels if "channel" in c.optimized][: max(len(interactions.directions), 4)]
+        env.get_template("interactions.html").stream(
+            interactions=interactions, basis=basis, by_channel=by_channel, **page
+        ).dump(str(root / f"{summary.slug}.interactions.html"), encoding="utf-8")
+
+
+def _samples(channels: list[ChannelEntry]) -> list[tuple[int, Picture]]:
+    samples = []
+    for entry in channels:
+        picture = entry.optimized.get("channel") or entry.optimized.get("neuron")
+        if picture is not None:
+            samples.append((entry.channel, picture))
+        if len(samples) == SAMPLES_PER_LAYER:
+            break
+    return samples
+
+
+def _present_columns(channels: list[ChannelEntry]) -> list[str]:
+    """Row columns that at least one channel of the layer fills, in row order."""
+    present = set()
+    for entry in channels:
+        present.update(entry.optimized)
+        present.update(entry.examples)
+        if entry.diversity is not None:
+            present.add("diversity")
+    return [column for column in ROW_COLUMNS if column in present]
+
+
+def _aspects(channels: list[ChannelEntry], columns: list[str]) -> dict[str, float]:
+    """Width / height of each column's widest picture, so rows align before images load."""
+    aspects = dict.fromkeys(columns, 1.0)
+    for entry in channels:
+        pictures = dict(entry.optimized)
+        pictures.update({bucket: sheet.picture for bucket, sheet in entry.examples.items()})
+        if entry.diversity is not None:
+            pictures["diversity"] = entry.diversity.picture
+        for column, picture in pictures.items():
+            if column in aspects and picture.height:
+                aspects[column] = max(aspects[column], round(picture.width / picture.height, 3))
+    return aspects
+
+
+def _settings(job: dict) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The job spec's render and examples settings as (section, [(key, text)]) for display."""
+    spec = job.get("spec") or {}
+    sections = []
+    for section in ("render", "examples", "interactions"):
+        values = spec.get(section)
+        if isinstance(values, dict) and values:
+            sections.append((section, [(str(k), _setting_text(v)) for k, v in values.items()]))
+    return sections
+
+
+def _setting_text(value: object) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_setting_text(v) for v in value) or "none"
+    return str(value)
+
+
+def _copy_static(target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for item in resources.files("atlas.site").joinpath("static").iterdir():
+        if item.is_file():
+            (target / item.name).write_bytes(item.read_bytes())

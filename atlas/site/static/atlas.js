@@ -1,0 +1,289 @@
+// neuron-atlas site behaviour: channel view from the URL fragment, keyboard navigation,
+// jump and filter, the appendix / spectrum views and the index search. Plain DOM, no network.
+(function () {
+  "use strict";
+
+  const CHANNEL_HASH = /^#channel-(\d+)$/;
+  const BIG_CELL = 88; // px per example in the channel view
+  const BIG_IMAGE = 224; // px for an optimized image in the channel view
+
+  function storageGet(key) {
+    try { return window.localStorage.getItem(key); } catch (err) { return null; }
+  }
+  function storageSet(key, value) {
+    try { window.localStorage.setItem(key, value); } catch (err) { /* file:// may forbid storage */ }
+  }
+  function isTyping(target) {
+    return target instanceof HTMLElement && target.matches("input, textarea, select, [contenteditable]");
+  }
+  function make(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+  function followRel(rel) {
+    const link = document.querySelector('a[rel="' + rel + '"]');
+    if (link) window.location.href = link.href;
+  }
+
+  // ---- Layer page -----------------------------------------------------------------------
+  function setupLayerPage(list) {
+    const rows = Array.from(list.querySelectorAll("article.ch"));
+    const view = document.getElementById("channel-view");
+    const body = view.querySelector(".channel-view-body");
+    const title = document.getElementById("channel-view-title");
+    const prevLink = view.querySelector("a.prev");
+    const nextLink = view.querySelector("a.next");
+    const status = document.getElementById("filter-status");
+    const filter = document.getElementById("filter");
+    const jump = document.getElementById("jump");
+    let current = null;
+
+    function visibleRows() { return rows.filter(function (row) { return !row.hidden; }); }
+    function rowFor(channel) { return document.getElementById("channel-" + channel); }
+    function columnLabel(kind) {
+      const head = list.querySelector(".colheads .k-" + kind + " " +
+        (list.classList.contains("view-spectrum") ? ".in-spectrum" : ".in-appendix"));
+      return head ? head.textContent : kind;
+    }
+
+    function bigFigure(cell, kind) {
+      const source = cell.querySelector("img");
+      const figure = make("figure", "big");
+      const frame = make("div", "frame");
+      const image = document.createElement("img");
+      image.src = source.getAttribute("src");
+      image.alt = source.alt;
+      const values = (source.dataset.v || "").split(" ").filter(Boolean);
+      const aspect = Number(source.getAttribute("height")) / Number(source.getAttribute("width"));
+      const caption = make("figcaption");
+      caption.appendChild(make("b", "", columnLabel(kind)));
+      if (source.dataset.cols) {
+        const cols = Number(source.dataset.cols);
+        const rowsCount = Number(source.dataset.rows);
+        const width = Math.min(cols * (kind === "diversity" ? BIG_IMAGE / 2 : BIG_CELL), 840);
+        image.style.width = width + "px";
+        image.style.height = width * aspect + "px";
+        frame.appendChild(image);
+        const overlay = make("div", "values");
+        overlay.style.gridTemplateColumns = "repeat(" + cols + ", 1fr)";
+        overlay.style.gridTemplateRows = "repeat(" + rowsCount + ", 1fr)";
+        values.forEach(function (value) { overlay.appendChild(make("span", "", value)); });
+        frame.appendChild(overlay);
+      } else {
+        image.style.width = BIG_IMAGE + "px";
+        image.style.height = BIG_IMAGE * aspect + "px";
+        frame.appendChild(image);
+        if (values.length) caption.appendChild(document.createTextNode(" · reaches " + values[0]));
+      }
+      figure.appendChild(frame);
+      figure.appendChild(caption);
+      return figure;
+    }
+
+    function histogramFigure(svg) {
+      const figure = make("figure", "big histogram");
+      const copy = svg.cloneNode(true);
+      copy.removeAttribute("class");
+      figure.appendChild(copy);
+      const axis = make("div", "axis");
+      axis.appendChild(make("span", "", svg.dataset.lo));
+      axis.appendChild(make("span", "", "activation histogram over the dataset (√ scale, red line at 0)"));
+      axis.appendChild(make("span", "", svg.dataset.hi));
+      figure.appendChild(axis);
+      return figure;
+    }
+
+    function fill(row) {
+      const channel = row.id.slice("channel-".length);
+      title.textContent = "Channel " + channel;
+      body.replaceChildren();
+      const groups = { optimized: [], examples: [] };
+      row.querySelectorAll(".cell").forEach(function (cell) {
+        if (cell.classList.contains("k-num") || cell.classList.contains("none")) return;
+        const kind = Array.from(cell.classList).find(function (name) { return name.startsWith("k-"); }).slice(2);
+        const isExample = ["max", "min", "slightly-negative", "slightly-positive"].indexOf(kind) >= 0;
+        groups[isExample ? "examples" : "optimized"].push(bigFigure(cell, kind));
+      });
+      if (groups.optimized.length) body.appendChild(make("h3", "group-title", "Optimized images"));
+      groups.optimized.forEach(function (figure) { body.appendChild(figure); });
+      if (groups.examples.length) body.appendChild(make("h3", "group-title", "Dataset examples"));
+      groups.examples.forEach(function (figure) { body.appendChild(figure); });
+      const svg = row.querySelector("svg.hist");
+      if (svg) body.appendChild(histogramFigure(svg));
+      if (!body.childElementCount) body.appendChild(make("p", "empty", "Nothing has been computed for this channel yet."));
+      const order = visibleRows();
+      const index = order.indexOf(row);
+      [[prevLink, order[index - 1]], [nextLink, order[index + 1]]].forEach(function (pair) {
+        const target = index >= 0 ? pair[1] : undefined;
+        pair[0].setAttribute("href", target ? "#" + target.id : "#");
+        pair[0].setAttribute("aria-disabled", target ? "false" : "true");
+      });
+    }
+
+    function open(row) {
+      if (current) current.classList.remove("current");
+      current = row;
+      row.classList.add("current");
+      fill(row);
+      view.hidden = false;
+      row.scrollIntoView({ block: "center" });
+    }
+
+    function close() {
+      if (view.hidden) return;
+      view.hidden = true;
+      try {
+        window.history.replaceState(null, "", window.location.pathname + window.location.search);
+      } catch (err) { /* keep the fragment when history is not available */ }
+    }
+
+    function fromHash() {
+      const match = CHANNEL_HASH.exec(window.location.hash);
+      if (!match) { view.hidden = true; return; }
+      const row = rowFor(match[1]);
+      if (row) { open(row); return; }
+      status.textContent = "Channel " + match[1] + " is not on this page.";
+      view.hidden = true;
+    }
+
+    function step(delta) {
+      const order = visibleRows();
+      if (!order.length) return;
+      const index = current ? order.indexOf(current) : -1;
+      const next = index < 0 ? order[delta > 0 ? 0 : order.length - 1] : order[index + delta];
+      if (next) window.location.hash = next.id;
+    }
+
+    function applyFilter() {
+      const text = filter.value.trim();
+      if (!text) {
+        rows.forEach(function (row) { row.hidden = false; });
+        status.textContent = "";
+        return;
+      }
+      const ranges = [];
+      const valid = text.split(/[\s,]+/).filter(Boolean).every(function (token) {
+        const match = /^(\d+)(?:\s*[-–]\s*(\d+))?$/.exec(token);
+        if (!match) return false;
+        const low = Number(match[1]);
+        const high = match[2] === undefined ? low : Number(match[2]);
+        ranges.push([Math.min(low, high), Math.max(low, high)]);
+        return true;
+      });
+      if (!valid) {
+        status.textContent = "Filter by channel numbers and ranges, e.g. 3, 10-20.";
+        return;
+      }
+      let shown = 0;
+      rows.forEach(function (row) {
+        const channel = Number(row.id.slice("channel-".length));
+        row.hidden = !ranges.some(function (range) { return channel >= range[0] && channel <= range[1]; });
+        if (!row.hidden) shown += 1;
+      });
+      status.textContent = "Showing " + shown + " of " + rows.length + " channels.";
+    }
+
+    function setView(name) {
+      list.classList.remove("view-appendix", "view-spectrum");
+      list.classList.add("view-" + name);
+      document.querySelectorAll(".views button").forEach(function (button) {
+        button.setAttribute("aria-pressed", String(button.dataset.view === name));
+      });
+      storageSet("atlas-view", name);
+      if (!view.hidden && current) fill(current);
+    }
+
+    document.querySelectorAll(".views button").forEach(function (button) {
+      button.addEventListener("click", function () { setView(button.dataset.view); });
+    });
+    const saved = storageGet("atlas-view");
+    if (saved === "spectrum" || saved === "appendix") setView(saved);
+
+    filter.addEventListener("input", applyFilter);
+    jump.addEventListener("change", function () {
+      if (jump.value === "") return;
+      if (rowFor(jump.value)) {
+        window.location.hash = "channel-" + jump.value;
+        status.textContent = "";
+      } else {
+        status.textContent = "Channel " + jump.value + " is not on this page.";
+      }
+    });
+    view.querySelector(".close").addEventListener("click", close);
+    view.addEventListener("click", function (event) { if (event.target === view) close(); });
+    window.addEventListener("hashchange", fromHash);
+
+    document.addEventListener("keydown", function (event) {
+      if (event.metaKey || event.ctrlKey || event.altKey) return;
+      if (isTyping(event.target)) {
+        if (event.key === "Escape") event.target.blur();
+        return;
+      }
+      switch (event.key) {
+        case "j": case "ArrowRight": step(1); break;
+        case "k": case "ArrowLeft": step(-1); break;
+        case "Escape": close(); break;
+        case "/": filter.focus(); break;
+        case "[": followRel("prev"); break;
+        case "]": followRel("next"); break;
+        default: return;
+      }
+      event.preventDefault();
+    });
+    fromHash();
+  }
+
+  // ---- Index page -----------------------------------------------------------------------
+  function setupIndex(search) {
+    const cards = Array.from(document.querySelectorAll(".layer-card"));
+    const status = document.getElementById("search-status");
+
+    function parse() {
+      const text = search.value.trim();
+      const match = /^(.*?)[\s:#]+(\d+)$/.exec(text);
+      return match ? { name: match[1].toLowerCase(), channel: match[2] } : { name: text.toLowerCase(), channel: null };
+    }
+    function matching(query) {
+      return cards.filter(function (card) { return card.dataset.name.toLowerCase().indexOf(query.name) >= 0; });
+    }
+    search.addEventListener("input", function () {
+      const query = parse();
+      const found = matching(query);
+      cards.forEach(function (card) { card.hidden = found.indexOf(card) < 0; });
+      status.textContent = search.value.trim() ? found.length + " of " + cards.length + " layers" +
+        (query.channel !== null && found.length === 1 ? " · press Enter for channel " + query.channel : "") : "";
+    });
+    search.addEventListener("keydown", function (event) {
+      if (event.key !== "Enter") return;
+      const query = parse();
+      const found = matching(query);
+      const exact = found.filter(function (card) { return card.dataset.name.toLowerCase() === query.name; });
+      const target = exact.length === 1 ? exact[0] : found.length === 1 ? found[0] : null;
+      if (target) {
+        window.location.href = target.dataset.slug + ".html" + (query.channel !== null ? "#channel-" + query.channel : "");
+      }
+    });
+    document.addEventListener("keydown", function (event) {
+      if (event.key === "/" && !isTyping(event.target)) {
+        search.focus();
+        event.preventDefault();
+      }
+    });
+  }
+
+  function setupPageKeys() {
+    document.addEventListener("keydown", function (event) {
+      if (event.metaKey || event.ctrlKey || event.altKey || isTyping(event.target)) return;
+      if (event.key === "[") followRel("prev");
+      if (event.key === "]") followRel("next");
+    });
+  }
+
+  const list = document.getElementById("channels");
+  const search = document.getElementById("layer-search");
+  if (list) setupLayerPage(list);
+  else if (search) setupIndex(search);
+  else setupPageKeys();
+})();
