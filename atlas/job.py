@@ -58,7 +58,8 @@ def prepare(spec: JobSpec) -> Prepared:
 
         source = open_source(spec.examples.source, column=spec.examples.column)
         shards = source.shards(spec.examples.shard_size)
-        fingerprints = [source.shard_fingerprint(shard) for shard in shards]
+        whole = source.fingerprint()  # any change to the data rescans: top-k are global
+        fingerprints = [f"{whole}:{shard.index}:{len(shard.source_ids)}" for shard in shards]
     plan = make_plan(spec, facts, shards, fingerprints)
     return Prepared(spec, model, facts, plan, source)
 
@@ -156,7 +157,7 @@ def run_job(
                 if force or not all(store.has(u.key) for u in pending):
                     merged = merged_scan(store, finished)
                     pending = examples_units(spec, prepared.facts, finished, partial=merged)
-                    result.scan_skipped = dict(getattr(merged, "skipped", {}) or {})
+                    result.scan_skipped = {k: v for k, v in merged.stats.items() if k.startswith("skipped")}
                 run_units(pending)
         if only is None:  # units of older settings would show up beside the new ones
             keep = {u.key for u in prepared.plan.units}

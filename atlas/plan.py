@@ -122,7 +122,6 @@ def scan_units(
     settings = {
         "layers": [layer.name for layer in spec.layers],
         "k": ex.k,
-        "bins": ex.bins,
         "batch_size": ex.batch_size,
         "directions": spec.interactions.random_directions,
         "seed": spec.render.seed,
@@ -141,11 +140,18 @@ def examples_units(
     if not spec.examples.enabled or not scan_keys:
         return []
     ex = spec.examples
-    settings = {"scans": sorted(scan_keys), "crop_size": ex.crop_size, "thumb_size": ex.thumb_size}
+    settings = {
+        "scans": sorted(scan_keys),
+        "crop_size": ex.crop_size,
+        "thumb_size": ex.thumb_size,
+        "bins": ex.bins,
+        "directions": spec.interactions.random_directions,
+    }
     units = []
     for layer in spec.layers:
-        key = content_key("examples", facts.digest, layer.name, (), settings)
-        units.append(Unit("examples", layer.name, (), key, settings, inputs=partial))
+        channels = layer.channels or ()  # () = every channel
+        key = content_key("examples", facts.digest, layer.name, channels, settings)
+        units.append(Unit("examples", layer.name, channels, key, settings, inputs=partial))
     return units
 
 

@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
 from atlas.models import LoadedModel
+from atlas.optvis import RenderError
 from atlas.plan import Unit
 from atlas.spec import ExamplesSpec, JobSpec, RenderSpec
 
@@ -133,7 +135,6 @@ def _scan(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
         ctx.source(),
         unit.inputs,
         k=settings["k"],
-        bins=settings["bins"],
         batch_size=settings["batch_size"],
         directions=directions,
     )
@@ -141,19 +142,38 @@ def _scan(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
 
 
 def _examples(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
+    """Crop the chosen examples of a layer and of its random directions (as channels -1, -2, ...)."""
     from atlas.examples import finalize_layer
 
     settings = dict(unit.settings)
-    examples, histogram = finalize_layer(
-        ctx.model,
-        unit.layer,
-        unit.inputs,
-        ctx.source(),
-        crop_size=settings["crop_size"],
-        thumb_size=settings["thumb_size"],
-        unit_key=unit.key,
-    )
-    return {"examples": examples, "histogram": histogram}
+    merged = unit.inputs
+    names = [unit.layer] + ([f"{unit.layer}@direction"] if settings["directions"] else [])
+    examples, histograms = [], []
+    for name in names:
+        tables = finalize_layer(
+            ctx.model,
+            name,
+            merged,
+            ctx.source(),
+            crop_size=settings["crop_size"],
+            thumb_size=settings["thumb_size"],
+            unit_key=unit.key,
+            bins=settings["bins"],
+            channels=(unit.channels or None) if name == unit.layer else None,
+        )
+        if name != unit.layer:
+            tables = tuple(_as_directions(t, unit.layer) for t in tables)
+        examples.append(tables[0])
+        histograms.append(tables[1])
+    return {"examples": pa.concat_tables(examples), "histogram": pa.concat_tables(histograms)}
+
+
+def _as_directions(table: pa.Table, layer: str) -> pa.Table:
+    """Rows of the `<layer>@direction` pseudo-layer become rows of `layer` with channel -1 - i."""
+    index = table.schema.get_field_index
+    channels = pc.subtract(pa.scalar(-1, pa.int32()), table.column("channel"))
+    table = table.set_column(index("channel"), "channel", channels.cast(pa.int32()))
+    return table.set_column(index("layer"), "layer", pa.array([layer] * table.num_rows, pa.string()))
 
 
 HANDLERS: dict[str, Callable[[WorkerContext, Unit], dict[str, pa.Table]]] = {
@@ -171,7 +191,7 @@ def run_unit(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
         return HANDLERS[unit.kind](ctx, unit)
     except UnitFailed:
         raise
-    except (FloatingPointError, ValueError) as err:  # NaN/Inf and bad inputs do not heal on retry
+    except (FloatingPointError, ValueError, RenderError) as err:  # NaN/Inf, bad inputs: retry won't heal
         raise UnitFailed(f"{unit.label}: {err}") from err
 
 
