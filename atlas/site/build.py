@@ -106,6 +106,7 @@ def _environment() -> Environment:
     env.filters["value"] = _format_value
     env.filters["values"] = lambda values: " ".join(_format_value(v) for v in values)
     env.filters["ranges"] = channel_ranges
+    env.filters["when"] = _format_time
     return env
 
 
@@ -114,6 +115,20 @@ def _format_value(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return "–"
     return f"{value:.3g}"
+
+
+def _format_time(value: object) -> str:
+    """ISO times from job.json as `2026-01-01 00:10 UTC`; other text as it is."""
+    if not value:
+        return "–"
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        return str(value)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+        return moment.strftime("%Y-%m-%d %H:%M UTC")
+    return moment.strftime("%Y-%m-%d %H:%M")
 
 
 def _layer_plan(store: Store, job: dict) -> list[dict]:
@@ -128,8 +143,12 @@ def _layer_plan(store: Store, job: dict) -> list[dict]:
     return planned
 
 
+JOB_DEFAULTS = {"name": "", "model": "", "model_digest": "", "started": "", "finished": "",
+                "renderer_version": "", "layers": [], "spec": {}}
+
+
 def _build_into(root: Path, store: Store, previous: dict | None) -> None:
-    job = store.job()
+    job = {**JOB_DEFAULTS, **store.job()}  # a store without job.json still gets a site
     env = _environment()
     built = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     entries = store.entries()

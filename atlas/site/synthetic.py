@@ -65,7 +65,7 @@ class SyntheticOptions:
     seed: int = 0
 
 
-class _PatternPool:
+class PatternPool:
     """A fixed number of distinct PNG patterns per size, reused round-robin."""
 
     def __init__(self, seed: int, pool: int = 97):
@@ -105,7 +105,7 @@ def write_synthetic_store(
     """Write job.json, manifest and shards for `layers` into `out`, like a finished run would."""
     options = options or SyntheticOptions()
     store = Store(out)
-    pool = _PatternPool(options.seed)
+    pool = PatternPool(options.seed)
     store.write_job({
         "name": job_name,
         "model": model,
@@ -135,7 +135,7 @@ def write_synthetic_store(
 
 
 def _write_channel_units(
-    store: Store, pool: _PatternPool, layer: str, channels: list[int], options: SyntheticOptions
+    store: Store, pool: PatternPool, layer: str, channels: list[int], options: SyntheticOptions
 ) -> None:
     render_key = _key("render", layer, channels[0], options.seed)
     if layer in options.failed_layers:
@@ -161,7 +161,7 @@ def _write_channel_units(
     store.write_unit_tables(scan_key, "examples", layer, tables, channels)
 
 
-def _render_row(pool: _PatternPool, layer: str, channel: int, objective: str, variant: int,
+def _render_row(pool: PatternPool, layer: str, channel: int, objective: str, variant: int,
                 size: int, channel_b: int = -1, label: str = "") -> dict:
     sign = -1.0 if objective == "negative" else 1.0
     return {
@@ -172,7 +172,7 @@ def _render_row(pool: _PatternPool, layer: str, channel: int, objective: str, va
     }
 
 
-def _example_rows(pool: _PatternPool, layer: str, channel: int, options: SyntheticOptions) -> list[dict]:
+def _example_rows(pool: PatternPool, layer: str, channel: int, options: SyntheticOptions) -> list[dict]:
     rows = []
     for bucket, sign in BUCKET_SIGNS.items():
         for rank in range(options.examples_k):
@@ -193,7 +193,7 @@ def _histogram_row(layer: str, channel: int, bins: int) -> dict:
     return {"layer": layer, "channel": channel, "edges": edges.tolist(), "counts": counts.tolist()}
 
 
-def _write_interactions(store: Store, pool: _PatternPool, layer: SyntheticLayer,
+def _write_interactions(store: Store, pool: PatternPool, layer: SyntheticLayer,
                         options: SyntheticOptions) -> None:
     size = options.image_size
     renders = [

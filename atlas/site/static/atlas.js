@@ -5,7 +5,7 @@
 
   const CHANNEL_HASH = /^#channel-(\d+)$/;
   const BIG_CELL = 88; // px per example in the channel view
-  const BIG_IMAGE = 224; // px for an optimized image in the channel view
+  const BIG_DIVERSITY = 112; // px per diversity image in the channel view
 
   function storageGet(key) {
     try { return window.localStorage.getItem(key); } catch (err) { return null; }
@@ -55,16 +55,16 @@
       const image = document.createElement("img");
       image.src = source.getAttribute("src");
       image.alt = source.alt;
+      image.setAttribute("width", source.getAttribute("width"));
+      image.setAttribute("height", source.getAttribute("height"));
       const values = (source.dataset.v || "").split(" ").filter(Boolean);
-      const aspect = Number(source.getAttribute("height")) / Number(source.getAttribute("width"));
       const caption = make("figcaption");
       caption.appendChild(make("b", "", columnLabel(kind)));
       if (source.dataset.cols) {
         const cols = Number(source.dataset.cols);
         const rowsCount = Number(source.dataset.rows);
-        const width = Math.min(cols * (kind === "diversity" ? BIG_IMAGE / 2 : BIG_CELL), 840);
+        const width = Math.min(cols * (kind === "diversity" ? BIG_DIVERSITY : BIG_CELL), 840);
         image.style.width = width + "px";
-        image.style.height = width * aspect + "px";
         frame.appendChild(image);
         const overlay = make("div", "values");
         overlay.style.gridTemplateColumns = "repeat(" + cols + ", 1fr)";
@@ -72,8 +72,7 @@
         values.forEach(function (value) { overlay.appendChild(make("span", "", value)); });
         frame.appendChild(overlay);
       } else {
-        image.style.width = BIG_IMAGE + "px";
-        image.style.height = BIG_IMAGE * aspect + "px";
+        figure.classList.add("single");
         frame.appendChild(image);
         if (values.length) caption.appendChild(document.createTextNode(" · reaches " + values[0]));
       }

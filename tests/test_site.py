@@ -1,0 +1,234 @@
+"""The site builder: pages, images, escaping, slugs, the atomic switch and the build diff."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from atlas.site import SiteError, build_site
+from atlas.site.changes import channel_ranges
+from atlas.site.sheets import compose_sheet, grid_columns, png_size
+from atlas.site.slugs import layer_slugs
+from atlas.site.synthetic import (
+    RENDER_SCHEMA,
+    PatternPool,
+    SyntheticLayer,
+    SyntheticOptions,
+    write_synthetic_store,
+)
+from atlas.store import Store
+
+HOSTILE = '<script>alert("x")</script>/../../evil'
+
+
+class _Links(HTMLParser):
+    """Collects every src and href of a page, and the ids it defines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+        self.links: list[str] = []
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if values.get("src"):
+            self.sources.append(values["src"])
+        if values.get("href"):
+            self.links.append(values["href"])
+        if values.get("id"):
+            self.ids.add(values["id"])
+
+
+def _parse(page: Path) -> _Links:
+    parser = _Links()
+    parser.feed(page.read_text(encoding="utf-8"))
+    return parser
+
+
+def _small(**changes) -> SyntheticOptions:
+    base = {"image_size": 16, "crop_size": 12, "examples_k": 4, "diversity": 2, "bins": 8,
+            "channels_per_unit": 8}
+    base.update(changes)
+    return SyntheticOptions(**base)
+
+
+@pytest.fixture(scope="module")
+def full_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("full")
+    write_synthetic_store(
+        out,
+        [SyntheticLayer("mixed3a", 12), SyntheticLayer("mixed4a", 10, 7, 7)],
+        _small(random_directions=2, pairs=(("mixed4a", 1, 5),)),
+    )
+    return build_site(out).parent
+
+
+def test_every_page_and_every_referenced_file_exists(full_site: Path) -> None:
+    pages = sorted(full_site.glob("*.html"))
+    assert {p.name for p in pages} == {
+        "index.html", "mixed3a.html", "mixed4a.html",
+        "mixed3a.interactions.html", "mixed4a.interactions.html",
+    }
+    for page in pages:
+        found = _parse(page)
+        for reference in found.sources + found.links:
+            assert not re.match(r"^(https?:)?//", reference), f"external reference {reference} in {page.name}"
+            if reference.startswith(("#", "data:")):
+                continue
+            target, _, fragment = reference.partition("#")
+            assert (full_site / target).is_file(), f"{page.name} refers to missing {target}"
+            if fragment:
+                assert fragment in _parse(full_site / target).ids, f"{reference} lands nowhere"
+
+
+def test_layer_page_has_every_channel_with_its_images(full_site: Path) -> None:
+    found = _parse(full_site / "mixed4a.html")
+    assert {f"channel-{c}" for c in range(10)} <= found.ids
+    for suffix in ("channel", "neuron", "negative", "diversity", "max", "min",
+                   "slightly-negative", "slightly-positive"):
+        assert f"img/mixed4a/3-{suffix}.png" in found.sources
+    html = (full_site / "mixed4a.html").read_text()
+    assert html.count('<svg class="hist"') == 10
+
+
+def test_sheets_hold_every_example_in_rank_order(full_site: Path) -> None:
+    width, height = png_size((full_site / "img/mixed3a/0-max.png").read_bytes())
+    columns = grid_columns(4)
+    assert (width, height) == (12 * columns, 12 * ((4 + columns - 1) // columns))
+    html = (full_site / "mixed3a.html").read_text()
+    values = re.search(r'src="img/mixed3a/0-max.png"[^>]*data-v="([^"]+)"', html).group(1)
+    numbers = [float(v) for v in values.split()]
+    assert len(numbers) == 4 and numbers == sorted(numbers, reverse=True)
+
+
+def test_interactions_page_shows_directions_pairs_and_interpolation(full_site: Path) -> None:
+    found = _parse(full_site / "mixed4a.interactions.html")
+    assert {"direction-0", "direction-1", "pair-1-5"} <= found.ids
+    assert "img/mixed4a/direction-1-max.png" in found.sources  # examples of channel -2
+    assert "img/mixed4a/pair-1-5-interpolation.png" in found.sources
+    strip_width, _ = png_size((full_site / "img/mixed4a/pair-1-5-interpolation.png").read_bytes())
+    assert strip_width == 16 * 5
+
+
+def test_optional_parts_are_left_out_cleanly(tmp_path: Path) -> None:
+    write_synthetic_store(tmp_path, [SyntheticLayer("only", 6)], _small(examples=False, histograms=False))
+    site = build_site(tmp_path).parent
+    html = (site / "only.html").read_text()
+    assert "k-max" not in html and '<svg class="hist"' not in html
+    assert not list(site.glob("*.interactions.html"))
+    assert "Interactions" not in (site / "index.html").read_text()
+
+
+def test_hostile_names_are_escaped_and_files_stay_inside(tmp_path: Path) -> None:
+    options = _small(random_directions=1)
+    store = write_synthetic_store(tmp_path, [SyntheticLayer(HOSTILE, 3)], options, job_name="<b>job</b>")
+    rows = [{
+        "layer": HOSTILE, "channel": -1, "channel_b": -1, "objective": "direction", "variant": 0,
+        "label": "<img src=x onerror=alert(1)>", "image": PatternPool(0).png(16, 1),
+        "activation": 1.0, "loss": [], "unit_key": "evil",
+    }]
+    store.write_unit("evil", "render", HOSTILE, pa.Table.from_pylist(rows, schema=RENDER_SCHEMA))
+    site = build_site(tmp_path).parent
+    for page in site.glob("*.html"):
+        text = page.read_text()
+        assert "<script>alert" not in text and "<img src=x" not in text and "<b>job</b>" not in text
+    layer_pages = [p for p in site.glob("*.html") if p.name != "index.html" and ".interactions" not in p.name]
+    assert len(layer_pages) == 1 and "&lt;script&gt;" in layer_pages[0].read_text()
+    for path in tmp_path.rglob("*"):
+        assert path.resolve().is_relative_to(tmp_path.resolve())
+    assert not (tmp_path.parent / "evil").exists()
+    assert all(re.fullmatch(r"[a-z0-9.-]+\.html", p.name) for p in site.glob("*.html"))
+
+
+def test_slugs_are_safe_unique_and_stable() -> None:
+    names = ["Conv.1", "conv-1", "conv_1", "index", "../..", "", "mixed4a"]
+    slugs = layer_slugs(names)
+    assert len(set(slugs.values())) == len(names)
+    assert all(re.fullmatch(r"[a-z0-9][a-z0-9-]*", s) for s in slugs.values())
+    assert slugs["mixed4a"] == "mixed4a" and slugs["index"] != "index"
+    assert layer_slugs(reversed(names)) == slugs
+
+
+def test_colliding_layer_names_get_their_own_pages(tmp_path: Path) -> None:
+    write_synthetic_store(tmp_path, [SyntheticLayer("block.1", 2), SyntheticLayer("block_1", 3)], _small())
+    site = build_site(tmp_path).parent
+    pages = {p.name: p.read_text() for p in site.glob("block-1-*.html")}
+    assert len(pages) == 2
+    titles = sorted(re.search(r"<h1>(.*?)</h1>", text).group(1) for text in pages.values())
+    assert titles == ["block.1", "block_1"]
+
+
+def test_failed_build_keeps_the_previous_site(tmp_path: Path) -> None:
+    store = write_synthetic_store(tmp_path, [SyntheticLayer("mixed3a", 4)], _small())
+    index = build_site(tmp_path)
+    before = index.read_text()
+    shard = tmp_path / next(e.path for e in store.entries() if e.kind == "render")
+    shard.write_bytes(b"not parquet")
+    with pytest.raises(Exception):  # noqa: B017 - whatever pyarrow raises, the old site must stay
+        build_site(tmp_path)
+    assert index.read_text() == before
+    assert (index.parent / "img/mixed3a/0-channel.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".site")) == []
+
+
+def test_rebuild_replaces_the_site_and_reports_what_changed(tmp_path: Path) -> None:
+    store = write_synthetic_store(tmp_path, [SyntheticLayer("mixed3a", 16)], _small())
+    first = build_site(tmp_path).read_text()
+    assert "first build" in first
+    assert "Nothing changed" in build_site(tmp_path).read_text()
+    old = next(e for e in store.entries() if e.kind == "render" and e.channels[0] == 8)
+    table = pq.read_table(tmp_path / old.path)
+    store.forget([old.key])
+    store.write_unit("recomputed", "render", "mixed3a", table, old.channels)
+    write_synthetic_store(tmp_path / "other", [SyntheticLayer("mixed4b", 2)], _small())
+    text = build_site(tmp_path).read_text()
+    assert "1 unit recomputed" in text and "channels 8–15" in text
+    summary = json.loads((tmp_path / "site/build.json").read_text())
+    assert "recomputed" in summary["layers"]["mixed3a"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".site")] == []
+
+
+def test_failed_units_are_reported_on_the_layer_page(tmp_path: Path) -> None:
+    write_synthetic_store(tmp_path, [SyntheticLayer("mixed3a", 4)], _small(failed_layers=("mixed3a",)))
+    site = build_site(tmp_path).parent
+    html = (site / "mixed3a.html").read_text()
+    assert "1 unit failed" in html and "CUDA out of memory" in html
+    assert html.count('class="row ch"') == 4  # examples still shown; renders missing
+
+
+def test_not_an_output_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SiteError, match="output folder"):
+        build_site(tmp_path)
+
+
+def test_layer_html_stays_small_per_channel(tmp_path: Path) -> None:
+    write_synthetic_store(tmp_path, [SyntheticLayer("wide", 96)], _small(diversity=4, examples_k=10))
+    site = build_site(tmp_path).parent
+    per_channel = (site / "wide.html").stat().st_size / 96
+    assert per_channel < 2900, f"{per_channel:.0f} bytes per channel: a 1,024-channel page passes 3 MB"
+
+
+def test_sheet_and_png_helpers() -> None:
+    pool = PatternPool(0)
+    sheet = compose_sheet([pool.png(8, i) for i in range(5)] + [pool.png(12, 9)])
+    assert (sheet.columns, sheet.rows) == (3, 2) and (sheet.width, sheet.height) == (24, 16)
+    assert png_size(sheet.png) == (24, 16)
+    with pytest.raises(ValueError, match="not a PNG"):
+        png_size(b"GIF89a" + bytes(30))
+    assert channel_ranges([5, 0, 1, 2, 7, 8]) == "0–2, 5, 7–8"
+    assert channel_ranges([]) == ""
+
+
+def test_store_without_job_json_still_builds(tmp_path: Path) -> None:
+    write_synthetic_store(tmp_path, [SyntheticLayer("mixed3a", 3)], _small())
+    (tmp_path / "job.json").unlink()
+    site = build_site(tmp_path).parent
+    assert "mixed3a" in (site / "index.html").read_text()
+    assert Store(tmp_path).job() == {}
