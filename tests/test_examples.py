@@ -1,0 +1,249 @@
+"""Dataset-example scans: exact merges in any grouping, a planted known answer, contract tables."""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from atlas.data import ImageSource, ShardRef, open_source
+from atlas.examples import (
+    PartialScan,
+    ScanError,
+    TopK,
+    direction_layer,
+    finalize_layer,
+    scan_shard,
+    source_priority,
+)
+from atlas.models import LoadedModel, load_model
+from atlas.receptive import receptive_field
+
+LAYERS = ("conv2", "conv3")
+SHARD = 8
+PLANT_CHANNEL = 5
+PLANT_MAX_AT = (2, 5)  # (y, x) on conv3's 8 x 8 map
+PLANT_MIN_AT = (6, 1)
+
+
+@pytest.fixture(scope="module")
+def model() -> LoadedModel:
+    return load_model("tiny-cnn")
+
+
+def _photos(count: int) -> list[Image.Image]:
+    demo = open_source("demo")
+    ids = demo.ids()
+    step = len(ids) // count
+    return [demo.load(ids[i * step]).resize((64, 64)) for i in range(count)]
+
+
+def _excite(model: LoadedModel, photo: Image.Image, at: tuple[int, int], sign: float) -> Image.Image:
+    """Push PLANT_CHANNEL of conv3 at one position up (sign 1) or down (-1) by editing its
+    receptive field only, while keeping the other positions of that channel unremarkable."""
+    base = torch.from_numpy(np.array(photo)).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    left, top, right, bottom = (round(v) for v in receptive_field(model, "conv3").box(*at, min_side=1))
+    mask = torch.zeros_like(base)
+    mask[..., top:bottom, left:right] = 1.0
+    logits = torch.logit(base.clamp(0.02, 0.98)).requires_grad_(True)
+    optimizer = torch.optim.Adam([logits], lr=0.3)
+    for _ in range(25):
+        image = base * (1 - mask) + torch.sigmoid(logits) * mask
+        act = model.activations(image, ["conv3"])["conv3"][0, PLANT_CHANNEL]
+        others = torch.cat([act.flatten()[: at[0] * 8 + at[1]], act.flatten()[at[0] * 8 + at[1] + 1:]])
+        loss = -sign * (act[at] - others.abs().mean())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    final = (base * (1 - mask) + torch.sigmoid(logits) * mask).detach()[0]
+    return Image.fromarray((final.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory, model: LoadedModel) -> ImageSource:
+    """Forty demo photos plus two images built to excite / inhibit one channel at known spots."""
+    root = tmp_path_factory.mktemp("dataset")
+    photos = _photos(42)
+    for index, photo in enumerate(photos[:40]):
+        photo.save(root / f"photo{index:02d}.png")
+    _excite(model, photos[40], PLANT_MAX_AT, 1.0).save(root / "planted_max.png")
+    _excite(model, photos[41], PLANT_MIN_AT, -1.0).save(root / "planted_min.png")
+    return open_source(root)
+
+
+@pytest.fixture(scope="module")
+def partials(model: LoadedModel, dataset: ImageSource) -> list[PartialScan]:
+    return [scan_shard(model, LAYERS, dataset, shard, k=4, batch_size=SHARD)
+            for shard in dataset.shards(SHARD)]
+
+
+def _merge_randomly(parts: list[PartialScan], rng: random.Random) -> PartialScan:
+    """Merge in a random order and a random tree shape."""
+    if len(parts) == 1:
+        return parts[0]
+    cut = rng.randrange(1, len(parts))
+    return _merge_randomly(parts[:cut], rng).merge(_merge_randomly(parts[cut:], rng))
+
+
+def _assert_same(a: PartialScan, b: PartialScan) -> None:
+    assert (a.k, a.sample_size, a.stats) == (b.k, b.sample_size, b.stats)
+    assert np.array_equal(a.sample_ids, b.sample_ids)
+    assert np.array_equal(a.sample_priority, b.sample_priority)
+    assert a.layers.keys() == b.layers.keys()
+    for name in a.layers:
+        for part in fields(a.layers[name]):
+            mine, theirs = getattr(a.layers[name], part.name), getattr(b.layers[name], part.name)
+            if isinstance(mine, TopK):
+                for array in fields(TopK):
+                    assert np.array_equal(getattr(mine, array.name), getattr(theirs, array.name)), (name, part.name)
+            else:
+                assert np.array_equal(mine, theirs), (name, part.name)
+
+
+def test_merge_in_any_grouping_equals_one_scan(model: LoadedModel, dataset: ImageSource,
+                                               partials: list[PartialScan]) -> None:
+    everything = ShardRef(0, tuple(dataset.ids()))
+    single = scan_shard(model, LAYERS, dataset, everything, k=4, batch_size=SHARD)
+    rng = random.Random(0)
+    for _ in range(5):
+        shuffled = partials[:]
+        rng.shuffle(shuffled)
+        _assert_same(_merge_randomly(shuffled, rng), single)
+    assert single.stats == {"scanned": len(dataset.ids())}
+
+
+def test_planted_images_are_the_channels_extremes_at_their_positions(partials: list[PartialScan]) -> None:
+    merged = _merge_randomly(partials, random.Random(1))
+    conv3 = merged.layers["conv3"]
+    assert conv3.top.ids[PLANT_CHANNEL, 0] == "planted_max.png"
+    assert (conv3.top.ys[PLANT_CHANNEL, 0], conv3.top.xs[PLANT_CHANNEL, 0]) == PLANT_MAX_AT
+    assert conv3.bottom.ids[PLANT_CHANNEL, 0] == "planted_min.png"
+    assert (conv3.bottom.ys[PLANT_CHANNEL, 0], conv3.bottom.xs[PLANT_CHANNEL, 0]) == PLANT_MIN_AT
+    # The planted image is not simply the brightest image: other channels rank other images first.
+    assert set(conv3.top.ids[:, 0]) != {"planted_max.png"}
+
+
+def test_partial_survives_parquet(tmp_path: Path, partials: list[PartialScan]) -> None:
+    merged = _merge_randomly(partials, random.Random(2))
+    pq.write_table(merged.to_table(), tmp_path / "scan.parquet")
+    _assert_same(PartialScan.from_table(pq.read_table(tmp_path / "scan.parquet")), merged)
+
+
+def test_sample_is_the_smallest_hashes_whatever_the_sharding(model: LoadedModel, dataset: ImageSource) -> None:
+    parts = [scan_shard(model, ["conv3"], dataset, shard, k=2, sample_size=5) for shard in dataset.shards(16)]
+    merged = parts[2].merge(parts[0]).merge(parts[1])
+    ids = np.array(dataset.ids())
+    expected = ids[np.lexsort((ids, source_priority(list(ids))))[:5]]
+    assert merged.sample_ids.tolist() == expected.tolist()
+    assert merged.layers["conv3"].sample_max.shape == (5, 32)
+
+
+def test_finalize_writes_the_contract_tables(model: LoadedModel, dataset: ImageSource,
+                                             partials: list[PartialScan]) -> None:
+    merged = _merge_randomly(partials, random.Random(3))
+    examples, histogram = finalize_layer(model, "conv3", merged, dataset, crop_size=40, thumb_size=24,
+                                         unit_key="key1", channels=[PLANT_CHANNEL, 0], bins=12)
+    assert examples.schema.names == ["layer", "channel", "bucket", "rank", "activation", "source_id",
+                                     "x", "y", "crop", "thumb", "unit_key"]
+    assert histogram.schema.names == ["layer", "channel", "edges", "counts", "unit_key"]
+    rows = examples.to_pylist()
+    for channel in (PLANT_CHANNEL, 0):
+        for bucket in ("max", "min", "slightly_positive", "slightly_negative"):
+            chosen = sorted((r for r in rows if r["channel"] == channel and r["bucket"] == bucket),
+                            key=lambda r: r["rank"])
+            assert [r["rank"] for r in chosen] == list(range(4))
+            values = [r["activation"] for r in chosen]
+            descending = bucket in ("max", "slightly_positive")
+            assert values == sorted(values, reverse=descending)
+    planted = next(r for r in rows if r["channel"] == PLANT_CHANNEL and r["bucket"] == "max" and r["rank"] == 0)
+    assert (planted["source_id"], planted["y"], planted["x"]) == ("planted_max.png", *PLANT_MAX_AT)
+    assert Image.open(io.BytesIO(planted["crop"])).size == (40, 40)
+    assert Image.open(io.BytesIO(planted["thumb"])).size == (24, 24)
+    scanned = merged.stats["scanned"]
+    for hist in histogram.to_pylist():
+        assert sum(hist["counts"]) == scanned * 8 * 8  # every position of every image
+        assert len(hist["edges"]) == len(hist["counts"]) + 1 <= 13
+        assert hist["edges"] == sorted(hist["edges"])
+        extremes = [r["activation"] for r in rows if r["channel"] == hist["channel"] and r["rank"] == 0
+                    and r["bucket"] in ("min", "max")]
+        assert hist["edges"][0] == pytest.approx(min(extremes))
+        assert hist["edges"][-1] == pytest.approx(max(extremes))
+
+
+def test_slight_buckets_sit_at_the_quantiles_of_all_images(model: LoadedModel, dataset: ImageSource,
+                                                           partials: list[PartialScan]) -> None:
+    merged = _merge_randomly(partials, random.Random(4))  # sample_size (512) holds every image
+    examples, _ = finalize_layer(model, "conv2", merged, dataset, 32, 16, "k", channels=[3],
+                                 quantiles=(0.3, 0.6))
+    good, _ = dataset.load_batch(dataset.ids())
+    pixels = torch.stack([torch.from_numpy(np.asarray(image)).permute(2, 0, 1) for _, image in good])
+    with torch.no_grad():
+        act = model.activations(pixels.float() / 255, ["conv2"])["conv2"][:, 3].flatten(1)
+    ids = np.array([i for i, _ in good])
+    for bucket, per_image, q in (("slightly_positive", act.max(1).values, 0.6),
+                                 ("slightly_negative", act.min(1).values, 0.3)):
+        values = per_image.numpy()
+        nearest = ids[np.argsort(np.abs(values - np.quantile(values, q)), kind="stable")[:4]]
+        chosen = [r["source_id"] for r in examples.to_pylist() if r["bucket"] == bucket]
+        assert sorted(chosen) == sorted(nearest.tolist())
+
+
+def test_directions_score_projections(model: LoadedModel, dataset: ImageSource) -> None:
+    basis = torch.zeros(2, 32)
+    basis[0, 3] = basis[1, 7] = 1.0
+    shard = dataset.shards(16)[0]
+    scan = scan_shard(model, ["conv3"], dataset, shard, k=3, directions={"conv3": basis})
+    projected = scan.layers[direction_layer("conv3")]
+    for row, channel in enumerate((3, 7)):
+        assert projected.top.ids[row].tolist() == scan.layers["conv3"].top.ids[channel].tolist()
+        assert np.allclose(projected.top.values[row], scan.layers["conv3"].top.values[channel], atol=1e-5)
+    examples, _ = finalize_layer(model, direction_layer("conv3"), scan, dataset, 32, 16, "k")
+    assert set(examples.column("channel").to_pylist()) == {0, 1}
+    with pytest.raises(ScanError, match=r"shape \[n, 32\]"):
+        scan_shard(model, ["conv3"], dataset, shard, directions={"conv3": torch.zeros(2, 5)})
+
+
+def test_bad_images_are_counted_not_fatal(model: LoadedModel, tmp_path: Path) -> None:
+    good = _photos(2)
+    good[0].save(tmp_path / "a.png")
+    good[1].convert("L").save(tmp_path / "gray.png")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    encoded = io.BytesIO()
+    good[1].save(encoded, format="PNG")
+    (tmp_path / "cut.png").write_bytes(encoded.getvalue()[:300])
+    source = open_source(tmp_path)
+    scan = scan_shard(model, ["conv3"], source, source.shards(10)[0], k=3)
+    assert scan.stats == {"scanned": 2, "converted:grayscale": 1, "skipped:corrupt": 1, "skipped:truncated": 1}
+    assert scan.layers["conv3"].top.ids[0, 2] == ""  # fewer images than k: padded, not invented
+
+
+def test_merge_and_finalize_refuse_mismatches(model: LoadedModel, partials: list[PartialScan],
+                                              dataset: ImageSource) -> None:
+    other = PartialScan.empty({"conv3": 32}, k=4)
+    with pytest.raises(ScanError, match="different layers"):
+        partials[0].merge(other)
+    with pytest.raises(ScanError, match="k/sample_size"):
+        partials[0].merge(PartialScan.empty({"conv2": 32, "conv3": 32}, k=3))
+    with pytest.raises(ScanError, match="no layer 'relu1'"):
+        finalize_layer(model, "relu1", partials[0], dataset, 32, 16, "k")
+    with pytest.raises(ScanError, match="no channel 99"):
+        finalize_layer(model, "conv3", partials[0], dataset, 32, 16, "k", channels=[99])
+
+
+def test_receptive_field_grows_with_depth_and_boxes_stay_inside(model: LoadedModel) -> None:
+    fields_ = [receptive_field(model, name) for name in ("conv1", "conv2", "conv3")]
+    sizes = [f.height for f in fields_]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    assert sizes[0] >= 5  # conv1 has 5 x 5 kernels: it sees at least that much
+    conv3 = fields_[-1]
+    for y, x in ((0, 0), (7, 7), (3, 4)):
+        left, top, right, bottom = conv3.box(y, x)
+        assert 0 <= left < right <= 64 and 0 <= top < bottom <= 64
+        assert right - left == bottom - top == max(conv3.height, 8)
