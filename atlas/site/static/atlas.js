@@ -142,6 +142,7 @@
       const match = CHANNEL_HASH.exec(window.location.hash);
       if (!match) { view.hidden = true; return; }
       const row = rowFor(match[1]);
+      if (row && row === current && !view.hidden) return;
       if (row) { open(row); return; }
       status.textContent = "Channel " + match[1] + " is not on this page.";
       view.hidden = true;
@@ -152,7 +153,9 @@
       if (!order.length) return;
       const index = current ? order.indexOf(current) : -1;
       const next = index < 0 ? order[delta > 0 ? 0 : order.length - 1] : order[index + delta];
-      if (next) window.location.hash = next.id;
+      if (!next) return;
+      open(next); // at once, so quick repeated keys step from the channel just shown
+      window.location.hash = next.id;
     }
 
     function applyFilter() {

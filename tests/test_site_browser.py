@@ -1,0 +1,155 @@
+"""The site in a real browser (Debian's chromium driven by Playwright), from file:// URLs.
+
+Checks what a reader would notice: console errors, broken images, requests leaving the
+machine, fragment links, keyboard navigation, the filter; screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from atlas.site import build_site
+from atlas.site.synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("browser")
+    options = SyntheticOptions(
+        image_size=48, crop_size=32, examples_k=6, diversity=4, bins=24, channels_per_unit=16,
+        random_directions=3, pairs=(("mixed4a", 2, 7),),
+    )
+    write_synthetic_store(out, [SyntheticLayer("mixed3a", 40), SyntheticLayer("mixed4a", 24, 7, 7)], options)
+    return build_site(out).parent
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield launched
+        launched.close()
+
+
+class Visit:
+    """A page opened from the site with its console errors and every request it made."""
+
+    def __init__(self, browser: object, url: str, viewport: dict) -> None:
+        self.page = browser.new_page(viewport=viewport)
+        self.errors: list[str] = []
+        self.requests: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.goto(url)
+
+    def load_every_image(self) -> list[str]:
+        """Force lazy images to load; return the sources that did not decode."""
+        self.page.evaluate("document.querySelectorAll('img').forEach(i => { i.loading = 'eager'; })")
+        self.page.wait_for_function(
+            "Array.from(document.images).every(i => i.complete)", timeout=20_000
+        )
+        return self.page.evaluate(
+            "Array.from(document.images).filter(i => !(i.naturalWidth > 0)).map(i => i.src)"
+        )
+
+    def shot(self, name: str, full_page: bool = False) -> None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / f"site-{name}.png"), full_page=full_page)
+
+
+@pytest.mark.parametrize("page", ["index.html", "mixed3a.html", "mixed4a.html", "mixed4a.interactions.html"])
+def test_pages_load_cleanly_with_every_image_and_nothing_external(browser, site: Path, page: str) -> None:
+    visit = Visit(browser, (site / page).as_uri(), DESKTOP)
+    broken = visit.load_every_image()
+    assert broken == []
+    assert visit.page.evaluate("document.images.length") > 0
+    assert visit.errors == []
+    outside = [url for url in visit.requests if not url.startswith(("file://", "data:"))]
+    assert outside == []
+    visit.shot(f"desktop-{page.replace('.html', '')}", full_page=page != "mixed3a.html")
+    visit.page.close()
+
+
+def test_fragment_opens_the_channel_and_keys_move_between_channels(browser, site: Path) -> None:
+    visit = Visit(browser, (site / "mixed3a.html").as_uri() + "#channel-17", DESKTOP)
+    page = visit.page
+    view = page.locator("#channel-view")
+    assert view.is_visible()
+    assert page.locator("#channel-view-title").inner_text() == "Channel 17"
+    row = page.locator("#channel-17")
+    assert "current" in row.get_attribute("class")
+    box, height = row.bounding_box(), page.viewport_size["height"]
+    assert 0 <= box["y"] and box["y"] + box["height"] <= height
+    assert page.locator("#channel-view .big img").count() >= 6
+    visit.shot("desktop-channel-view")
+    page.keyboard.press("j")
+    page.wait_for_function("location.hash === '#channel-18'")
+    assert page.locator("#channel-view-title").inner_text() == "Channel 18"
+    page.keyboard.press("k")
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_function("location.hash === '#channel-16'")
+    assert page.locator("#channel-view-title").inner_text() == "Channel 16"
+    page.keyboard.press("Escape")
+    assert not view.is_visible()
+    page.keyboard.press("]")
+    page.wait_for_url("**/mixed4a.html")
+    assert visit.errors == []
+    page.close()
+
+
+def test_jump_filter_and_spectrum_view(browser, site: Path) -> None:
+    visit = Visit(browser, (site / "mixed3a.html").as_uri(), DESKTOP)
+    page = visit.page
+    page.fill("#filter", "3, 10-12")
+    assert page.locator("article.ch:visible").count() == 4
+    page.fill("#filter", "")
+    assert page.locator("article.ch:visible").count() == 40
+    page.click("button[data-view=spectrum]")
+    assert page.locator("#channel-5 .k-slightly-negative").is_visible()
+    assert not page.locator("#channel-5 .k-neuron").is_visible()
+    visit.shot("desktop-spectrum")
+    page.fill("#jump", "33")
+    page.press("#jump", "Enter")
+    page.wait_for_function("location.hash === '#channel-33'")
+    assert page.locator("#channel-view-title").inner_text() == "Channel 33"
+    assert visit.errors == []
+    page.close()
+
+
+def test_index_search_jumps_to_a_channel(browser, site: Path) -> None:
+    visit = Visit(browser, (site / "index.html").as_uri(), DESKTOP)
+    page = visit.page
+    page.fill("#layer-search", "4a")
+    assert page.locator(".layer-card:visible").count() == 1
+    page.fill("#layer-search", "mixed4a 9")
+    page.press("#layer-search", "Enter")
+    page.wait_for_url("**/mixed4a.html#channel-9")
+    assert page.locator("#channel-view-title").inner_text() == "Channel 9"
+    assert visit.errors == []
+    page.close()
+
+
+@pytest.mark.parametrize("page", ["index.html", "mixed3a.html", "mixed3a.html#channel-4"])
+def test_phone_width_fits_the_screen(browser, site: Path, page: str) -> None:
+    visit = Visit(browser, (site / page).as_uri() if "#" not in page else
+                  (site / page.split("#")[0]).as_uri() + "#" + page.split("#")[1], PHONE)
+    overflow = visit.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0
+    visit.shot("phone-" + page.replace(".html", "").replace("#", "-"))
+    assert visit.errors == []
+    visit.page.close()
