@@ -30,7 +30,9 @@ def test_demo_spec_loads():
 
 
 def test_channels_forms():
-    spec = parse_spec(BASE + '\n[[layers]]\nname = "conv3"\nchannels = [3, 1, 3]\n[[layers]]\nname = "relu1"\n')
+    spec = parse_spec(
+        BASE + '\n[[layers]]\nname = "conv3"\nchannels = [3, 1, 3]\n[[layers]]\nname = "relu1"\n'
+    )
     assert spec.layers[0].channels == (0, 1, 2, 3)
     assert spec.layers[1].channels == (3, 1)  # order kept, duplicates dropped
     assert spec.layers[2].channels is None
@@ -60,7 +62,9 @@ def test_unknown_section_and_bad_choice():
 
 def test_missing_files_fail_early(tmp_path):
     with pytest.raises(SpecError, match="model.checkpoint: file .*nope.pt does not exist"):
-        parse_spec(BASE.replace('name = "tiny-cnn"', 'name = "tiny-cnn"\ncheckpoint = "nope.pt"'), base=tmp_path)
+        parse_spec(
+            BASE.replace('name = "tiny-cnn"', 'name = "tiny-cnn"\ncheckpoint = "nope.pt"'), base=tmp_path
+        )
     with pytest.raises(SpecError, match="examples.source: .*missing-folder does not exist"):
         parse_spec(BASE + '\n[examples]\nsource = "missing-folder"\n', base=tmp_path)
     with pytest.raises(SpecError, match="does not exist"):

@@ -23,7 +23,11 @@ def test_write_read_and_reopen(tmp_path):
     assert reopened.read("histogram", layer="l2").num_rows == 1
     assert reopened.read("render", layer="l2") is None
     assert reopened.layers("examples") == ["l2"]
-    assert pq.read_table(tmp_path / "shards" / "render" / "k1.parquet").column("channel").to_pylist() == [0, 1, 2]
+    assert pq.read_table(tmp_path / "shards" / "render" / "k1.parquet").column("channel").to_pylist() == [
+        0,
+        1,
+        2,
+    ]
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert {u["key"] for u in manifest["units"]} == {"k1", "k2"}
     assert not list(tmp_path.rglob("*.tmp"))  # no temporary files left behind
