@@ -105,6 +105,10 @@
         const isExample = ["max", "min", "slightly-negative", "slightly-positive"].indexOf(kind) >= 0;
         groups[isExample ? "examples" : "optimized"].push(bigFigure(cell, kind));
       });
+      // single images first, then the diversity set on its own line
+      groups.optimized.sort(function (a, b) {
+        return Number(!a.classList.contains("single")) - Number(!b.classList.contains("single"));
+      });
       if (groups.optimized.length) body.appendChild(make("h3", "group-title", "Optimized images"));
       groups.optimized.forEach(function (figure) { body.appendChild(figure); });
       if (groups.examples.length) body.appendChild(make("h3", "group-title", "Dataset examples"));
