@@ -4,6 +4,10 @@ This is the only module that knows Ray. Workers are actors that load the model o
 task gets a fresh process per call otherwise). The driver keeps at most `max_in_flight` calls
 outstanding, writes each finished unit to the store as it arrives (so a crash loses only
 unfinished units), replaces workers that die and retries their units.
+
+Work goes only to workers whose actor has started. A replacement that cannot be placed (its
+node is gone and the others are full) then costs nothing: the live workers take the work, and
+the job fails with a clear message only when no worker at all can run for `start_timeout` s.
 """
 
 from __future__ import annotations
@@ -11,16 +15,21 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import ray
-from ray.exceptions import RayError, RayTaskError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from atlas.plan import Unit
 from atlas.spec import ExecuteSpec, JobSpec
 from atlas.store import Store
 from atlas.units import UnitFailed, make_context, run_unit
+
+# How long the driver waits for a first live worker before it gives up (model load included).
+DEFAULT_START_TIMEOUT_S = 600.0
+# How often the driver wakes up while waiting, to notice that no worker can start.
+_POLL_S = 1.0
 
 
 class ExecuteError(RuntimeError):
@@ -36,6 +45,11 @@ class WorkerPlan:
     @property
     def device(self) -> str:
         return "cuda" if self.gpus > 0 else "cpu"
+
+    def describe(self) -> str:
+        """E.g. '4 workers x 1 GPU' for logs and summaries."""
+        each = f"{self.gpus:g} GPU" if self.gpus > 0 else f"{self.cpus:g} CPU"
+        return f"{self.count} worker{'s' if self.count != 1 else ''} x {each}"
 
 
 @dataclass
@@ -65,29 +79,50 @@ def connect(execute: ExecuteSpec) -> None:
         ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
 
 
-def plan_workers(execute: ExecuteSpec, resources: dict[str, float]) -> WorkerPlan:
-    """How many workers and what each holds, from the spec and what the cluster has."""
+def plan_workers(
+    execute: ExecuteSpec,
+    resources: Mapping[str, float],
+    node_resources: Sequence[Mapping[str, float]] = (),
+) -> WorkerPlan:
+    """How many workers and what each holds, from the spec and what the cluster has.
+
+    `resources` is the cluster total; `node_resources` (one mapping per live node) keeps a
+    worker from asking for more than any single node has, which Ray would wait for forever.
+    """
     total_gpus = float(resources.get("GPU", 0))
     total_cpus = float(resources.get("CPU", 1))
+    node_gpus = max((float(n.get("GPU", 0)) for n in node_resources), default=total_gpus)
+    node_cpus = max((float(n.get("CPU", 0)) for n in node_resources), default=total_cpus)
     if execute.gpus_per_worker == "auto":
-        gpus = 1.0 if total_gpus >= 1 else 0.0
+        gpus = 1.0 if node_gpus >= 1 else 0.0
     else:
         gpus = float(execute.gpus_per_worker)
-    if gpus > 0 and total_gpus < gpus:
+    if gpus > 0 and node_gpus < gpus:
         raise ExecuteError(
-            f"the job asks for {gpus:g} GPU(s) per worker but the cluster has {total_gpus:g}; "
-            'set execute.gpus_per_worker = 0 (CPU) or "auto", or add GPU nodes'
+            f"the job asks for {gpus:g} GPU(s) per worker but the cluster has {total_gpus:g} "
+            f"(at most {node_gpus:g} on one node); set execute.gpus_per_worker = 0 (CPU) or "
+            '"auto", or add GPU nodes (with `ray up`, give the GPU node type min_workers >= 1)'
         )
+    if gpus > 0 and node_cpus < 1:
+        raise ExecuteError("every GPU worker needs one CPU but no node offers one; give the GPU nodes CPUs")
     if isinstance(execute.workers, int):
         count = execute.workers
     elif gpus > 0:
         count = max(1, int(total_gpus // gpus))
     else:
         count = max(1, int(total_cpus // 2))  # two cores each: torch's intra-op threads use them
-    cpus = 1.0 if gpus > 0 else max(1.0, float(int(total_cpus // count)))
-    if gpus == 0 and cpus * count > total_cpus:
+    if gpus > 0:
+        return WorkerPlan(count=count, cpus=1.0, gpus=gpus)
+    cpus = max(1.0, float(int(total_cpus // count)))
+    if cpus * count > total_cpus:
         cpus = max(0.5, total_cpus / count)
-    return WorkerPlan(count=count, cpus=cpus, gpus=gpus)
+    return WorkerPlan(count=count, cpus=min(cpus, max(node_cpus, 0.5)), gpus=0.0)
+
+
+def cluster_worker_plan(execute: ExecuteSpec) -> WorkerPlan:
+    """plan_workers for the cluster this process is connected to (live nodes only)."""
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    return plan_workers(execute, ray.cluster_resources(), nodes)
 
 
 @ray.remote
@@ -110,34 +145,54 @@ class UnitWorker:
         return os.getpid()
 
 
+@dataclass(eq=False)
+class _Worker:
+    """One actor as the driver sees it: started yet, and how many calls it holds."""
+
+    handle: ray.actor.ActorHandle
+    started: ray.ObjectRef  # resolves to the pid once the model is loaded
+    pid: int | None = None
+    load: int = 0
+    lost: bool = False
+
+
 @dataclass
 class _Call:
     unit: Unit
-    worker: ray.actor.ActorHandle
+    worker: _Worker
     attempt: int
 
 
 class Executor:
     """Runs units on a pool of UnitWorker actors and streams results into the store."""
 
-    def __init__(self, spec: JobSpec, workers: WorkerPlan | None = None):
+    def __init__(
+        self,
+        spec: JobSpec,
+        workers: WorkerPlan | None = None,
+        start_timeout: float = DEFAULT_START_TIMEOUT_S,
+    ):
         connect(spec.execute)
         self.spec = spec
-        self.workers_plan = workers or plan_workers(spec.execute, ray.cluster_resources())
-        self.workers: list[ray.actor.ActorHandle] = [
-            self._new_worker() for _ in range(self.workers_plan.count)
-        ]
+        self.start_timeout = start_timeout
+        self.workers_plan = workers or cluster_worker_plan(spec.execute)
+        self.workers: list[_Worker] = [self._new_worker() for _ in range(self.workers_plan.count)]
 
-    def _new_worker(self) -> ray.actor.ActorHandle:
+    def _new_worker(self) -> _Worker:
         plan = self.workers_plan
-        return UnitWorker.options(num_cpus=plan.cpus, num_gpus=plan.gpus).remote(self.spec, plan.device)
+        handle = UnitWorker.options(num_cpus=plan.cpus, num_gpus=plan.gpus).remote(self.spec, plan.device)
+        return _Worker(handle, handle.pid.remote())
 
-    def worker_pids(self) -> list[int]:
-        return ray.get([w.pid.remote() for w in self.workers])
+    def worker_pids(self, timeout: float | None = None) -> list[int]:
+        """Process ids of the live workers, waiting for them to start (for tests and debugging)."""
+        pids = ray.get([w.started for w in self.workers if not w.lost], timeout=timeout)
+        for worker, pid in zip([w for w in self.workers if not w.lost], pids, strict=True):
+            worker.pid = pid
+        return pids
 
     def shutdown(self) -> None:
         for worker in self.workers:
-            ray.kill(worker)
+            ray.kill(worker.handle)
         self.workers = []
 
     def run(
@@ -147,7 +202,10 @@ class Executor:
         force: bool = False,
         on_progress: Callable[[Unit, str], None] | None = None,
     ) -> RunReport:
-        """Run every unit not already in the store; return what happened."""
+        """Run every unit not already in the store; return what happened.
+
+        `on_progress(unit, outcome)` is called once per unit with "done", "skipped" or "failed".
+        """
         report = RunReport()
         start = time.perf_counter()
         pending: deque[tuple[Unit, int]] = deque()
@@ -160,26 +218,48 @@ class Executor:
                 pending.append((unit, 1))
         limit = self.spec.execute.max_in_flight or 2 * len(self.workers)
         in_flight: dict[ray.ObjectRef, _Call] = {}
-        load: dict[int, int] = {id(w): 0 for w in self.workers}
+        last_live = time.monotonic()
 
-        def submit() -> None:
-            while pending and len(in_flight) < limit:
-                unit, attempt = pending.popleft()
-                worker = min(self.workers, key=lambda w: load[id(w)])
-                load[id(worker)] += 1
-                in_flight[worker.run.remote(unit)] = _Call(unit, worker, attempt)
-
-        submit()
-        while in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            call = in_flight.pop(ready[0])
-            load[id(call.worker)] = load.get(id(call.worker), 1) - 1
-            outcome = self._collect(ready[0], call, store, report, pending, load)
-            if on_progress and outcome != "retry":
-                on_progress(call.unit, outcome)
-            submit()
+        while pending or in_flight:
+            self._submit(pending, in_flight, limit)
+            starting = {w.started: w for w in self.workers if w.pid is None and not w.lost}
+            ready, _ = ray.wait([*in_flight, *starting], num_returns=1, timeout=_POLL_S)
+            for ref in ready:
+                if ref in starting:
+                    self._started(starting[ref])
+                    continue
+                call = in_flight.pop(ref)
+                call.worker.load -= 1
+                outcome = self._collect(ref, call, store, report, pending)
+                if on_progress and outcome != "retry":
+                    on_progress(call.unit, outcome)
+            if any(w.pid is not None and not w.lost for w in self.workers) or in_flight:
+                last_live = time.monotonic()
+            elif time.monotonic() - last_live > self.start_timeout:
+                raise ExecuteError(self._no_worker_message())
         report.seconds = time.perf_counter() - start
         return report
+
+    def _submit(self, pending: deque, in_flight: dict[ray.ObjectRef, _Call], limit: int) -> None:
+        live = [w for w in self.workers if w.pid is not None and not w.lost]
+        while pending and live and len(in_flight) < limit:
+            unit, attempt = pending.popleft()
+            worker = min(live, key=lambda w: w.load)
+            worker.load += 1
+            in_flight[worker.handle.run.remote(unit)] = _Call(unit, worker, attempt)
+
+    def _started(self, worker: _Worker) -> None:
+        """A worker finished loading the model, or failed to: a failed load stops the job."""
+        try:
+            worker.pid = ray.get(worker.started)
+        except RayActorError as err:
+            if err.actor_init_failed:
+                raise ExecuteError(
+                    f"a worker could not load the model: {_last_line(err)}. If it loads on this "
+                    "machine, the workers lack the code or files: submit with --working-dir "
+                    "(see docs/CLUSTER.md) or install the package on every node"
+                ) from err
+            self._replace(worker)  # its node went away before it started
 
     def _collect(
         self,
@@ -188,50 +268,65 @@ class Executor:
         store: Store,
         report: RunReport,
         pending: deque,
-        load: dict[int, int],
     ) -> str:
         unit = call.unit
         try:
             tables, seconds = ray.get(ref)
         except UnitFailed as err:  # deterministic: record it, do not retry
-            store.record_failure(unit.key, unit.kind, unit.layer, _reason(err), unit.channels, call.attempt)
-            report.failed.append((unit.label, _reason(err)))
-            return "failed"
+            return self._fail(call, store, report, _reason(err))
         except RayError as err:
             if isinstance(err, RayTaskError) and not _is_system_failure(err):
                 reason = _reason(err)
             else:  # the worker died (killed, OOM, node lost): replace it, retry the unit
-                self._replace(call.worker, load)
+                self._replace(call.worker)
                 reason = f"worker lost: {type(err).__name__}"
             if call.attempt <= self.spec.execute.retries:
                 report.retried += 1
                 pending.append((unit, call.attempt + 1))
                 return "retry"
-            store.record_failure(unit.key, unit.kind, unit.layer, reason, unit.channels, call.attempt)
-            report.failed.append((unit.label, reason))
-            return "failed"
+            return self._fail(call, store, report, reason)
         store.write_unit_tables(
             unit.key, unit.kind, unit.layer, tables, unit.channels, attempts=call.attempt, seconds=seconds
         )
         report.done += 1
         return "done"
 
-    def _replace(self, worker: ray.actor.ActorHandle, load: dict[int, int]) -> None:
-        if worker not in self.workers:
+    @staticmethod
+    def _fail(call: _Call, store: Store, report: RunReport, reason: str) -> str:
+        unit = call.unit
+        store.record_failure(unit.key, unit.kind, unit.layer, reason, unit.channels, call.attempt)
+        report.failed.append((unit.label, reason))
+        return "failed"
+
+    def _replace(self, worker: _Worker) -> None:
+        if worker.lost:
             return  # already replaced by an earlier failed call
-        index = self.workers.index(worker)
-        ray.kill(worker, no_restart=True)
-        self.workers[index] = self._new_worker()
-        load[id(self.workers[index])] = 0
+        worker.lost = True
+        ray.kill(worker.handle, no_restart=True)
+        self.workers[self.workers.index(worker)] = self._new_worker()
+
+    def _no_worker_message(self) -> str:
+        plan = self.workers_plan
+        free = ray.available_resources()
+        return (
+            f"no worker could start within {self.start_timeout:g} s: each needs {plan.cpus:g} CPU"
+            f"{f' and {plan.gpus:g} GPU' if plan.gpus else ''}, the cluster has "
+            f"{free.get('CPU', 0):g} CPU and {free.get('GPU', 0):g} GPU free. Add nodes, lower "
+            "execute.workers, or check `ray status`"
+        )
 
 
 def _is_system_failure(err: RayTaskError) -> bool:
     return isinstance(err.cause, ray.exceptions.RayError | MemoryError | SystemExit)
 
 
+def _last_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
 def _reason(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
     cause = getattr(err, "cause", None)
     if cause is not None:
         return f"{type(cause).__name__}: {cause}"
-    return text[-1] if text else type(err).__name__
+    return _last_line(err)
