@@ -10,9 +10,9 @@ Every piece of a partial merges exactly:
 
 - top-k / bottom-k: a total order (activation, then source id) makes "k best of the union"
   independent of grouping, ties included.
-- histogram: fixed bin edges that never depend on the data: a symmetric log scale
-  (0, +-2^(j/4) for j in -40..40) covers activations from 1e-3 to 1e3 with 4 bins per octave;
-  counts add. `finalize_layer` trims empty bins and merges neighbours down to `bins`, which is
+- histogram: fixed bin edges that never depend on the data: a symmetric, roughly logarithmic
+  scale (0 and +-(1 + q/4) 2^e, see HIST_EDGES) covers activations from 1e-3 to 1e3 with 4 bins
+  per octave; counts add. `finalize_layer` trims empty bins and merges neighbours down to `bins`, which is
   exact, and replaces the outer edges with the true minimum and maximum.
 - the "slightly positive/negative" buckets: a quantile of a distribution cannot be merged from
   per-shard quantiles, and its examples cannot be chosen before the quantile is known. So each
@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import types
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,9 +48,15 @@ from atlas.receptive import ReceptiveField, receptive_field
 
 DIRECTION_SUFFIX = "@direction"
 DEFAULT_SAMPLE_SIZE = 512
-_POSITIVE_EDGES = 2.0 ** (np.arange(-40, 41) / 4.0)
+# Histogram edges: 0 and +-(1 + q/4) * 2^e for e in -10..9, q in 0..3, and +-2^10. These are the
+# float32 values whose low 21 bits are zero, so a bin is read off the float's bits (sign, exponent,
+# two mantissa bits) instead of searched for; that keeps the histogram cheap next to the forward.
+_STEPS = np.arange(81)
+_POSITIVE_EDGES = (1 + (_STEPS % 4) / 4) * 2.0 ** (-10 + _STEPS // 4)
 HIST_EDGES = np.concatenate([-_POSITIVE_EDGES[::-1], [0.0], _POSITIVE_EDGES]).astype(np.float32)
 HIST_BINS = len(HIST_EDGES) - 1  # the outermost bins also hold everything beyond +-1024
+_SIDE_BINS = HIST_BINS // 2
+_FIRST_CODE = (127 - 10) * 4 - 1  # (biased exponent, 2 mantissa bits) code of 2^-10, minus one
 BUCKETS = ("max", "min", "slightly_positive", "slightly_negative")
 
 EXAMPLES_SCHEMA = pa.schema([
@@ -310,6 +317,37 @@ def _as_map(output: torch.Tensor) -> torch.Tensor:
     return output[:, :, None, None] if output.ndim == 2 else output
 
 
+def _bin_index(bits: np.ndarray | torch.Tensor, xp: types.ModuleType) -> np.ndarray | torch.Tensor:
+    """Histogram bin of each float32 (given as its int32 bits), for numpy or torch alike."""
+    step = xp.clip(((bits & 0x7FFFFFFF) >> 21) - _FIRST_CODE, 0, _SIDE_BINS - 1)
+    return xp.where(bits < 0, _SIDE_BINS - 1 - step, _SIDE_BINS + step)
+
+
+def _reduce(act: torch.Tensor) -> tuple[np.ndarray, ...]:
+    """Per image and channel: max, argmax, min, argmin over positions ([B, C]) and the histogram.
+
+    On CUDA the reductions stay on the GPU; on CPU numpy does them, because single-threaded numpy
+    beats torch's thread pool by 10x for these memory-bound passes on a shared machine.
+    """
+    batch, channels = act.shape[:2]
+    if act.device.type == "cpu":
+        flat = act.contiguous().numpy().reshape(batch, channels, -1)
+        max_i, min_i = flat.argmax(axis=2), flat.argmin(axis=2)
+        max_v = np.take_along_axis(flat, max_i[..., None], axis=2)[..., 0]
+        min_v = np.take_along_axis(flat, min_i[..., None], axis=2)[..., 0]
+        offsets = (np.arange(channels, dtype=np.int32) * HIST_BINS)[None, :, None]
+        bins = _bin_index(flat.view(np.int32), np) + offsets
+        histogram = np.bincount(bins.ravel(), minlength=channels * HIST_BINS)
+        return max_v, max_i, min_v, min_i, histogram.reshape(channels, HIST_BINS)
+    flat = act.contiguous().flatten(2)
+    max_v, max_i = flat.max(dim=2)
+    min_v, min_i = flat.min(dim=2)
+    offsets = (torch.arange(channels, device=act.device, dtype=torch.int32) * HIST_BINS).view(1, channels, 1)
+    bins = _bin_index(flat.view(torch.int32), torch) + offsets
+    histogram = torch.bincount(bins.flatten(), minlength=channels * HIST_BINS).view(channels, HIST_BINS)
+    return tuple(t.cpu().numpy() for t in (max_v, max_i, min_v, min_i, histogram))
+
+
 def _batch_partial(maps: Mapping[str, torch.Tensor], ids: list[str], k: int, sample_size: int) -> PartialScan:
     """The partial scan of one batch, so a shard's scan is a fold of `merge` (same code path)."""
     priority = source_priority(ids)
@@ -318,21 +356,14 @@ def _batch_partial(maps: Mapping[str, torch.Tensor], ids: list[str], k: int, sam
     layers = {}
     for name, act in maps.items():
         batch, channels, _, width = act.shape
-        flat = act.flatten(2).contiguous()
-        max_v, max_i = flat.max(dim=2)
-        min_v, min_i = flat.min(dim=2)
-        edges = torch.as_tensor(HIST_EDGES[1:-1], device=act.device)
-        bins = torch.bucketize(flat, edges, right=True)
-        bins += (torch.arange(channels, device=act.device) * HIST_BINS).view(1, channels, 1)
-        histogram = torch.bincount(bins.flatten(), minlength=channels * HIST_BINS).view(channels, HIST_BINS)
-        max_v, max_i, min_v, min_i = (t.cpu().numpy() for t in (max_v, max_i, min_v, min_i))
+        max_v, max_i, min_v, min_i, histogram = _reduce(act)
         max_y, max_x = (max_i // width).astype(np.int32), (max_i % width).astype(np.int32)
         min_y, min_x = (min_i // width).astype(np.int32), (min_i % width).astype(np.int32)
         ids_cb = np.broadcast_to(id_grid, (channels, batch))
         layers[name] = LayerScan(
             TopK.empty(channels, k).merge(TopK(max_v.T, ids_cb, max_y.T, max_x.T)),
             TopK.empty(channels, k).merge(TopK(-min_v.T, ids_cb, min_y.T, min_x.T)),
-            histogram.cpu().numpy().astype(np.int64),
+            histogram.astype(np.int64),
             max_v[keep], max_y[keep], max_x[keep], min_v[keep], min_y[keep], min_x[keep],
         )
     return PartialScan(k, sample_size, layers, id_grid[keep], priority[keep], {})

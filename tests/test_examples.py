@@ -247,3 +247,15 @@ def test_receptive_field_grows_with_depth_and_boxes_stay_inside(model: LoadedMod
         left, top, right, bottom = conv3.box(y, x)
         assert 0 <= left < right <= 64 and 0 <= top < bottom <= 64
         assert right - left == bottom - top == max(conv3.height, 8)
+
+
+def test_histogram_bins_match_numpy_on_both_backends() -> None:
+    from atlas.examples import HIST_EDGES, _bin_index, _reduce
+
+    values = torch.cat([torch.randn(3000) * 4, torch.tensor([0.0, 5000.0, -5000.0, 1e-6, -1e-6])])
+    act = values.view(1, 1, -1, 1)
+    counts = _reduce(act)[4][0]
+    expected, _ = np.histogram(values.clamp(float(HIST_EDGES[0]), float(HIST_EDGES[-2])).numpy(), HIST_EDGES)
+    assert counts.tolist() == expected.tolist()
+    bits = values.numpy().view(np.int32)
+    assert _bin_index(bits, np).tolist() == _bin_index(torch.from_numpy(bits), torch).tolist()

@@ -1,0 +1,168 @@
+"""Benchmark of the dataset scan: throughput against a bare forward pass, and memory vs dataset size.
+
+    python scripts/bench_scan.py                                   # tiny-cnn, CPU
+    python scripts/bench_scan.py --model efficientnet-lite0 --layers _blocks.3,_blocks.5,_blocks.9
+
+Figures printed:
+- decode: images/s of decoding + resizing alone (the loader, no model);
+- forward: images/s of the truncated forward pass alone, on images already decoded into memory;
+- scan: images/s of `scan_shard` (decode in a background thread + forward + per-channel extremes,
+  histograms, sample, merges) over the same images;
+- memory: peak RSS of fresh processes that scan N images shard by shard and merge the partials
+  the way the driver does, for several N: the scan keeps top-k, fixed histograms and a bounded
+  sample, so the peak should not grow with N.
+
+The images are demo photo crops (JPEG, at most 256 px) repeated into a Parquet file as needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from atlas.data import ShardRef, model_view, open_source
+from atlas.examples import PartialScan, scan_shard
+from atlas.models import load_model, pick_device
+
+DEFAULT_LAYERS = {"tiny-cnn": "conv2,conv3", "efficientnet-lite0": "_blocks.3,_blocks.5,_blocks.9"}
+
+
+def write_dataset(path: Path, count: int) -> None:
+    """`count` rows of JPEG bytes cycling through the demo crops."""
+    demo = open_source("demo")
+    encoded = []
+    for source_id in demo.ids():
+        image = demo.load(source_id)
+        image.thumbnail((256, 256))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        encoded.append(buffer.getvalue())
+    rows = [encoded[i % len(encoded)] for i in range(count)]
+    pq.write_table(pa.table({"image": pa.array(rows, pa.binary())}), path, row_group_size=256)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def scan_all(args: argparse.Namespace, path: Path) -> dict:
+    """Child process: scan every shard of `path` and merge, as the driver would."""
+    model = load_model(args.model, device=pick_device(args.device))
+    layers = args.layers.split(",")
+    source = open_source(path)
+    model.layers()
+    baseline = current_rss_mb()
+    start = time.perf_counter()
+    merged: PartialScan | None = None
+    for shard in source.shards(args.shard_size):
+        partial = scan_shard(model, layers, source, shard, k=args.k, batch_size=args.batch_size)
+        merged = partial if merged is None else merged.merge(partial)
+    seconds = time.perf_counter() - start
+    return {"images": len(source), "seconds": seconds, "rss_after_model_mb": baseline,
+            "peak_rss_mb": peak_rss_mb(), "scanned": merged.stats.get("scanned", 0) if merged else 0}
+
+
+def throughput(args: argparse.Namespace, path: Path) -> None:
+    device = pick_device(args.device)
+    model = load_model(args.model, device=device)
+    layers = args.layers.split(",")
+    source = open_source(path)
+    ids = source.ids()
+    size = model.input_size
+    model.layers()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    start = time.perf_counter()
+    batches = []
+    for i in range(0, len(ids), args.batch_size):
+        good, _ = source.load_batch(ids[i:i + args.batch_size], draft_size=size)
+        pixels = np.stack([np.asarray(model_view(image, size)) for _, image in good])
+        batches.append(torch.from_numpy(pixels).permute(0, 3, 1, 2))
+    decode = len(ids) / (time.perf_counter() - start)
+
+    def forward_pass() -> None:
+        with torch.no_grad():
+            for pixels in batches:
+                model.activations(pixels.to(device).float().div_(255), layers)
+
+    def scan_pass() -> PartialScan:
+        return scan_shard(model, layers, source, ShardRef(0, tuple(ids)), k=args.k, batch_size=args.batch_size)
+
+    def best_rate(run: Callable[[], object]) -> float:
+        """Best of several rounds: other processes on a shared machine only ever slow a round down."""
+        best = float("inf")
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            run()
+            sync()
+            best = min(best, time.perf_counter() - start)
+        return len(ids) / best
+
+    forward_pass()  # warm up (allocator, cudnn autotune, lazy init)
+    partial = scan_pass()
+    forward, scan = best_rate(forward_pass), best_rate(scan_pass)
+    assert partial.stats["scanned"] == len(ids)
+    print(f"model {args.model} on {device} ({torch.get_num_threads()} threads), layers {args.layers}, "
+          f"{len(ids)} images, batch {args.batch_size}, k {args.k}, best of {args.rounds} rounds")
+    print(f"  decode+resize only : {decode:8.1f} images/s")
+    print(f"  bare forward only  : {forward:8.1f} images/s (pre-decoded, truncated at the deepest layer)")
+    print(f"  scan_shard         : {scan:8.1f} images/s "
+          f"(x{scan / forward:.2f} of bare forward, x{scan / min(forward, decode):.2f} of the slower stage)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny-cnn")
+    parser.add_argument("--layers", default=None, help="comma-separated; default depends on the model")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--images", type=int, default=512, help="images for the throughput figures")
+    parser.add_argument("--memory", default="500,4000", help="dataset sizes for the memory figures ('' skips)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--shard-size", type=int, default=256)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds; the best is reported")
+    parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.layers = args.layers or DEFAULT_LAYERS.get(args.model, "")
+    if args.child is not None:
+        print(json.dumps(scan_all(args, args.child)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "throughput.parquet"
+        write_dataset(path, args.images)
+        throughput(args, path)
+        for count in [int(c) for c in args.memory.split(",") if c]:
+            data = Path(tmp) / f"memory{count}.parquet"
+            write_dataset(data, count)
+            command = [sys.executable, __file__, "--child", str(data), "--model", args.model, "--layers",
+                       args.layers, "--device", args.device, "--batch-size", str(args.batch_size),
+                       "--shard-size", str(args.shard_size), "--k", str(args.k)]
+            result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+            print(f"  memory, {result['images']:5d} images: peak RSS {result['peak_rss_mb']:7.1f} MB "
+                  f"(after model load {result['rss_after_model_mb']:.1f} MB), "
+                  f"{result['images'] / result['seconds']:.1f} images/s")
+
+
+if __name__ == "__main__":
+    main()
