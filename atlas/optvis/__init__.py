@@ -1,0 +1,30 @@
+"""Feature visualization by optimization: parameterizations, transforms, objectives, rendering."""
+
+from atlas.optvis.objectives import Objective, ObjectiveError
+from atlas.optvis.param import ParamError, maco_magnitude, make_param
+from atlas.optvis.recipes import (
+    RenderedImage,
+    random_directions,
+    render_channels,
+    render_directions,
+    render_pair,
+)
+from atlas.optvis.render import RenderError, RenderResult, render
+from atlas.optvis.transforms import TransformError
+
+__all__ = [
+    "Objective",
+    "ObjectiveError",
+    "ParamError",
+    "RenderError",
+    "RenderResult",
+    "RenderedImage",
+    "TransformError",
+    "maco_magnitude",
+    "make_param",
+    "random_directions",
+    "render",
+    "render_channels",
+    "render_directions",
+    "render_pair",
+]

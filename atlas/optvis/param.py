@@ -1,0 +1,193 @@
+"""Image parameterizations: what the optimizer actually changes to produce a batch of images.
+
+Every parameterization is an ``nn.Module`` whose ``forward()`` returns a batch of RGB images
+(B, 3, H, W) in [0, 1]. Changing the parameterization changes the geometry of steepest descent
+(the article's "preconditioning"), not the objective.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Square root of the colour covariance of ImageNet pixels (columns: decorrelated components),
+# the empirical statistic published with lucid; mixing through it makes the optimizer step in a
+# space where the three colour components are uncorrelated.
+IMAGENET_COLOR_CORRELATION_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+# lucid scales the initial spectrum and the decorrelated image down by these constants so that a
+# sigmoid of the result starts as a near-grey image with faint structure.
+SPECTRUM_INIT_STD = 0.01
+FOURIER_IMAGE_SCALE = 0.25
+
+PARAMS = ("fourier", "pixel", "maco")
+
+
+class ParamError(ValueError):
+    """A parameterization that cannot be built from the given options."""
+
+
+def decorrelate_colors(x: torch.Tensor) -> torch.Tensor:
+    """Map (B, 3, H, W) values from the decorrelated colour basis to RGB (still unbounded)."""
+    matrix = IMAGENET_COLOR_CORRELATION_SQRT.to(device=x.device, dtype=x.dtype)
+    matrix = matrix / matrix.norm(dim=0).max()
+    return torch.einsum("ij,bjhw->bihw", matrix, x)
+
+
+def to_rgb(x: torch.Tensor, decorrelate: bool) -> torch.Tensor:
+    """Unbounded values to valid [0, 1] RGB; sigmoid keeps gradients alive at the edges."""
+    if decorrelate:
+        x = decorrelate_colors(x)
+    return torch.sigmoid(x)
+
+
+def frequency_scale(height: int, width: int, decay_power: float) -> torch.Tensor:
+    """1 / f^decay per rfft2 bin: equalizes the energy of natural-image frequencies (H, W//2+1)."""
+    fy = torch.fft.fftfreq(height)[:, None]
+    fx = torch.fft.rfftfreq(width)[None, :]
+    frequency = torch.sqrt(fx * fx + fy * fy).clamp_min(1.0 / max(height, width))
+    return frequency.pow(-decay_power)
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+class PixelParam(nn.Module):
+    """One free value per pixel and colour: the plain basis (L2 steepest descent = the gradient)."""
+
+    def __init__(self, batch: int, size: int, seed: int = 0, decorrelate: bool = False):
+        super().__init__()
+        init = torch.randn(batch, 3, size, size, generator=_generator(seed)) * SPECTRUM_INIT_STD
+        self.pixels = nn.Parameter(init)
+        self.decorrelate = decorrelate
+
+    def forward(self) -> torch.Tensor:
+        return to_rgb(self.pixels, self.decorrelate)
+
+
+class FourierParam(nn.Module):
+    """Spectrum scaled by 1/f^decay (+ colour decorrelation): the article's whitened basis.
+
+    ``shared=True`` adds one spectrum common to the whole batch on top of the per-image ones,
+    which the interpolation figure uses so neighbouring images stay alike.
+    """
+
+    def __init__(
+        self,
+        batch: int,
+        size: int,
+        seed: int = 0,
+        decay_power: float = 1.0,
+        decorrelate: bool = True,
+        shared: bool = False,
+    ):
+        super().__init__()
+        generator = _generator(seed)
+        shape = (3, size, size // 2 + 1, 2)
+        own = torch.randn(batch, *shape, generator=generator) * SPECTRUM_INIT_STD
+        self.spectrum = nn.Parameter(own)
+        self.shared = (
+            nn.Parameter(torch.randn(1, *shape, generator=generator) * SPECTRUM_INIT_STD) if shared else None
+        )
+        self.register_buffer("scale", frequency_scale(size, size, decay_power))
+        self.size = size
+        self.decorrelate = decorrelate
+
+    def forward(self) -> torch.Tensor:
+        spectrum = self.spectrum if self.shared is None else self.spectrum + self.shared
+        coefficients = torch.view_as_complex(spectrum.float()) * self.scale
+        image = torch.fft.irfft2(coefficients, s=(self.size, self.size), norm="ortho")
+        return to_rgb(image * FOURIER_IMAGE_SCALE, self.decorrelate)
+
+
+def default_maco_magnitude(size: int, decay_power: float = 1.0) -> torch.Tensor:
+    """The documented MACO default: a 1/f^decay amplitude per colour, the natural-image law.
+
+    Used when no dataset magnitude is given; ``maco_magnitude`` estimates one from real images.
+    """
+    magnitude = frequency_scale(size, size, decay_power)
+    magnitude[0, 0] = 0.0  # the mean colour comes from the standardization, not the phase
+    return magnitude.expand(3, -1, -1).clone()
+
+
+def maco_magnitude(images: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """Mean Fourier amplitude (3, S, S//2+1) of [0, 1] RGB images (N, 3, H, W), mean removed.
+
+    MACO keeps this amplitude fixed and only optimizes the phase, so the images inherit the
+    frequency statistics of the dataset they were measured on.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ParamError(f"maco_magnitude needs images shaped (N, 3, H, W), got {tuple(images.shape)}")
+    size = size or images.shape[-1]
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
+    centred = resized - resized.mean(dim=(2, 3), keepdim=True)
+    return torch.fft.rfft2(centred, norm="ortho").abs().mean(dim=0)
+
+
+class MacoParam(nn.Module):
+    """MACO: a fixed amplitude spectrum, only the phase is optimized (Fel et al., 2023)."""
+
+    def __init__(self, batch: int, size: int, seed: int = 0, magnitude: torch.Tensor | None = None):
+        super().__init__()
+        magnitude = default_maco_magnitude(size) if magnitude is None else magnitude.float()
+        expected = (3, size, size // 2 + 1)
+        if tuple(magnitude.shape) != expected:
+            raise ParamError(
+                f"MACO magnitude must be shaped {expected} for {size}px images, got "
+                f"{tuple(magnitude.shape)}; compute it with maco_magnitude(images, size={size})"
+            )
+        phase = (torch.rand(batch, *expected, generator=_generator(seed)) * 2 - 1) * math.pi
+        self.phase = nn.Parameter(phase)
+        self.register_buffer("magnitude", magnitude)
+        self.size = size
+
+    def forward(self) -> torch.Tensor:
+        coefficients = torch.polar(self.magnitude.expand_as(self.phase), self.phase.float())
+        image = torch.fft.irfft2(coefficients, s=(self.size, self.size), norm="ortho")
+        standardized = (image - image.mean(dim=(1, 2, 3), keepdim=True)) / (
+            image.std(dim=(1, 2, 3), keepdim=True) + 1e-8
+        )
+        return torch.sigmoid(standardized)
+
+
+class GeneratorParam(nn.Module):
+    """A learned prior: optimize the latent of any module that maps latents to [0, 1] images."""
+
+    def __init__(self, generator: nn.Module, batch: int, latent_shape: Sequence[int], seed: int = 0):
+        super().__init__()
+        self.generator = generator
+        for weight in self.generator.parameters():
+            weight.requires_grad_(False)
+        self.latent = nn.Parameter(torch.randn(batch, *latent_shape, generator=_generator(seed)))
+
+    def forward(self) -> torch.Tensor:
+        images = self.generator(self.latent)
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ParamError(f"the generator must return (B, 3, H, W) images, got {tuple(images.shape)}")
+        return images
+
+
+def make_param(
+    kind: str,
+    batch: int,
+    size: int,
+    seed: int = 0,
+    decay_power: float = 1.0,
+    decorrelate: bool = True,
+    shared: bool = False,
+    magnitude: torch.Tensor | None = None,
+) -> nn.Module:
+    """Build a parameterization by the name a job spec or the CLI uses."""
+    if kind == "fourier":
+        return FourierParam(batch, size, seed, decay_power, decorrelate, shared)
+    if shared:
+        raise ParamError(f"shared parameters need param 'fourier', not {kind!r}")
+    if kind == "pixel":
+        return PixelParam(batch, size, seed, decorrelate)
+    if kind == "maco":
+        return MacoParam(batch, size, seed, magnitude)
+    raise ParamError(f"unknown parameterization {kind!r}; use one of {', '.join(PARAMS)}")

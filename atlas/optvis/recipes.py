@@ -1,0 +1,315 @@
+"""What the atlas renders for a unit: channel sets, random directions and neuron pairs.
+
+These functions turn job settings (``atlas.spec.RenderSpec`` or anything with the same attribute
+names) into batched ``render`` calls and flatten the result into ``RenderedImage`` rows that
+match the ``render`` shard columns of docs/CONTRACTS.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from atlas.models import LoadedModel
+from atlas.optvis import objectives as obj
+from atlas.optvis.param import make_param
+from atlas.optvis.render import RenderError, RenderResult, render
+
+CHANNEL_OBJECTIVES = ("channel", "neuron", "negative", "diversity")
+# Weight of the neighbour-alignment term in interpolations, relative to the channel objectives.
+ALIGNMENT_WEIGHT = 1e-2
+
+
+class RenderSettings(Protocol):
+    """The attributes of ``atlas.spec.RenderSpec`` that rendering reads."""
+
+    steps: int
+    size: int
+    batch: int
+    lr: float
+    param: str
+    decorrelate: bool
+    decay_power: float
+    transforms: str
+    objectives: Sequence[str]
+    diversity: int
+    diversity_weight: float
+    seed: int
+    precision: str
+
+
+@dataclass
+class RenderedImage:
+    """One row of a ``render`` shard (without the unit key, which the caller knows)."""
+
+    layer: str
+    channel: int
+    objective: str
+    variant: int
+    label: str
+    image: np.ndarray  # H x W x 3 uint8
+    activation: float
+    loss: list[float] = field(default_factory=list)
+    channel_b: int = -1
+
+
+def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
+    """(B, 3, H, W) floats in [0, 1] to a list of H x W x 3 uint8 arrays."""
+    array = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return list(array)
+
+
+def _run(
+    model: LoadedModel,
+    objective: obj.Objective,
+    settings: RenderSettings,
+    batch: int,
+    seed: int,
+    labels: Sequence[str],
+    shared: bool = False,
+) -> RenderResult:
+    param = make_param(
+        settings.param,
+        batch,
+        settings.size,
+        seed=seed,
+        decay_power=settings.decay_power,
+        decorrelate=settings.decorrelate,
+        shared=shared,
+    )
+    return render(
+        model,
+        objective,
+        param,
+        steps=settings.steps,
+        lr=settings.lr,
+        transforms=settings.transforms,
+        seed=seed,
+        snapshots=tuple(getattr(settings, "snapshots", ())),
+        precision=settings.precision,
+        labels=labels,
+    )
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One requested visualization of a channel: ``count`` images (more than one for diversity)."""
+
+    channel: int
+    objective: str
+    count: int
+
+
+def _pack(items: Sequence[_Item], batch: int) -> list[list[_Item]]:
+    """Greedy chunks of at most ``batch`` images; a diversity group is never split."""
+    chunks: list[list[_Item]] = []
+    used = batch
+    for item in items:
+        if used + item.count > batch:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(item)
+        used += item.count
+    return chunks
+
+
+def _check_channels(model: LoadedModel, layer: str, channels: Sequence[int]) -> None:
+    count = model.channels(layer)
+    bad = [c for c in channels if not 0 <= c < count]
+    if bad:
+        raise RenderError(
+            f"channel {bad[0]} is out of range for layer {layer!r} of {model.name!r}, which has "
+            f"{count} channels (0..{count - 1})"
+        )
+
+
+def _chunk_objective(layer: str, chunk: Sequence[_Item], settings: RenderSettings) -> obj.Objective:
+    """One objective for a whole chunk: a few vectorized terms, not one term per element."""
+    by_kind: dict[str, tuple[list[int], list[int]]] = {}
+    groups: list[list[int]] = []
+    position = 0
+    for item in chunk:
+        kind = "channel" if item.objective == "diversity" else item.objective
+        elements, channels = by_kind.setdefault(kind, ([], []))
+        members = list(range(position, position + item.count))
+        elements.extend(members)
+        channels.extend([item.channel] * item.count)
+        if item.objective == "diversity" and item.count > 1:
+            groups.append(members)
+        position += item.count
+    terms: list[obj.Objective] = []
+    for kind, (elements, channels) in by_kind.items():
+        if kind == "neuron":
+            terms.append(obj.neuron(layer, channels, batch=elements))
+        else:
+            term = obj.channel(layer, channels, batch=elements)
+            terms.append(-term if kind == "negative" else term)
+    if groups:
+        terms.append(settings.diversity_weight * obj.diversity(layer, groups))
+    return sum(terms[1:], terms[0])
+
+
+def _label(channel: int, objective: str, variant: int, count: int) -> str:
+    if objective == "diversity":
+        return f"channel {channel} (diversity {variant + 1}/{count})"
+    if objective == "channel":
+        return f"channel {channel}"
+    return f"channel {channel} ({objective})"
+
+
+def render_channels(
+    model: LoadedModel, layer: str, channels: Sequence[int], settings: RenderSettings
+) -> list[RenderedImage]:
+    """Every requested objective for every channel, in as few batched optimizations as fit.
+
+    Objectives come from ``settings.objectives`` (channel, neuron, negative, diversity); the
+    images are packed into chunks of ``settings.batch`` and each chunk is one optimization.
+    """
+    unknown = [o for o in settings.objectives if o not in CHANNEL_OBJECTIVES]
+    if unknown:
+        raise RenderError(
+            f"unknown render objective {unknown[0]!r}; use some of {', '.join(CHANNEL_OBJECTIVES)}"
+        )
+    layer = model.resolve_layer(layer)
+    _check_channels(model, layer, channels)
+    items = [
+        _Item(c, o, settings.diversity if o == "diversity" else 1)
+        for c in channels
+        for o in settings.objectives
+    ]
+    rows: list[RenderedImage] = []
+    for index, chunk in enumerate(_pack(items, settings.batch)):
+        slots = [(item, variant) for item in chunk for variant in range(item.count)]
+        labels = [f"{layer} {_label(i.channel, i.objective, v, i.count)}" for i, v in slots]
+        result = _run(
+            model,
+            _chunk_objective(layer, chunk, settings),
+            settings,
+            len(slots),
+            settings.seed + index,
+            labels,
+        )
+        means = result.activations[layer].mean(dim=(2, 3))
+        images = to_uint8(result.images)
+        for element, (item, variant) in enumerate(slots):
+            rows.append(
+                RenderedImage(
+                    layer=layer,
+                    channel=item.channel,
+                    objective=item.objective,
+                    variant=variant,
+                    label=_label(item.channel, item.objective, variant, item.count),
+                    image=images[element],
+                    activation=float(means[element, item.channel]),
+                    loss=result.loss[:, element].tolist(),
+                )
+            )
+    return rows
+
+
+def random_directions(model: LoadedModel, layer: str, n: int, seed: int) -> torch.Tensor:
+    """``n`` seeded random unit vectors (n, C) in the activation space of ``layer``.
+
+    Pure: the same (model layer width, n, seed) always gives the same vectors, so dataset
+    examples can be scored along exactly the directions that were rendered.
+    """
+    return obj.random_unit_vectors(model.channels(layer), n, seed)
+
+
+def render_directions(
+    model: LoadedModel,
+    layer: str,
+    n: int,
+    settings: RenderSettings,
+    seed: int,
+    cosine_power: float = 0.0,
+) -> list[RenderedImage]:
+    """Feature visualizations of ``n`` random directions (channel -1, variant = direction id).
+
+    ``activation`` is the projection of the final image's activations onto the direction, averaged
+    over positions.
+    """
+    layer = model.resolve_layer(layer)
+    vectors = random_directions(model, layer, n, seed)
+    rows: list[RenderedImage] = []
+    for index, start in enumerate(range(0, n, settings.batch)):
+        chunk = vectors[start : start + settings.batch]
+        ids = list(range(start, start + len(chunk)))
+        labels = [f"random direction {i}" for i in ids]
+        objective = obj.direction(layer, chunk, cosine_power=cosine_power)
+        result = _run(model, objective, settings, len(chunk), settings.seed + index, labels)
+        projections = torch.einsum("bchw,bc->b", result.activations[layer], chunk) / (
+            result.activations[layer].shape[2] * result.activations[layer].shape[3]
+        )
+        for element, (image, direction_id) in enumerate(zip(to_uint8(result.images), ids, strict=True)):
+            rows.append(
+                RenderedImage(
+                    layer=layer,
+                    channel=-1,
+                    objective="direction",
+                    variant=direction_id,
+                    label=labels[element],
+                    image=image,
+                    activation=float(projections[element]),
+                    loss=result.loss[:, element].tolist(),
+                )
+            )
+    return rows
+
+
+def render_pair(
+    model: LoadedModel,
+    layer: str,
+    a: int,
+    b: int,
+    settings: RenderSettings,
+    steps_between: int,
+) -> list[RenderedImage]:
+    """Neuron arithmetic (a + b jointly) and an interpolation from a to b, in one optimization.
+
+    Element 0 maximizes channel a + channel b ("pair"); elements 1..steps_between score
+    (1 - t) a + t b for t from 0 to 1 ("interpolation", variant = step), tied together by a small
+    alignment term between neighbours and (with the Fourier parameterization) a spectrum shared
+    by the whole batch.
+    """
+    if steps_between < 2:
+        raise RenderError(f"an interpolation needs at least 2 steps, got {steps_between}")
+    layer = model.resolve_layer(layer)
+    _check_channels(model, layer, [a, b])
+    size = 1 + steps_between
+    row_elements = list(range(1, size))
+    objective = (
+        obj.channel(layer, a, batch=0)
+        + obj.channel(layer, b, batch=0)
+        + obj.interpolate(
+            obj.channel(layer, a, batch=row_elements),
+            obj.channel(layer, b, batch=row_elements),
+            row_elements,
+            size,
+        )
+        + ALIGNMENT_WEIGHT * obj.alignment(layer, row_elements)
+    )
+    labels = [f"{a} + {b}"] + [f"{a} to {b}, step {i + 1}/{steps_between}" for i in range(steps_between)]
+    shared = settings.param == "fourier"  # only the Fourier basis has a shared part
+    result = _run(model, objective, settings, size, settings.seed, labels, shared=shared)
+    means = result.activations[layer].mean(dim=(2, 3))
+    rows: list[RenderedImage] = []
+    for element, image in enumerate(to_uint8(result.images)):
+        rows.append(
+            RenderedImage(
+                layer=layer,
+                channel=a,
+                channel_b=b,
+                objective="pair" if element == 0 else "interpolation",
+                variant=max(element - 1, 0),
+                label=labels[element],
+                image=image,
+                activation=float(means[element, a]),
+                loss=result.loss[:, element].tolist(),
+            )
+        )
+    return rows

@@ -1,0 +1,160 @@
+"""The optimization loop: one batched run where every element may have its own objective.
+
+Each step is one parameterization forward, one transform call, one truncated model forward (it
+stops at the deepest layer any objective reads) and one backward, whatever the batch holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from atlas.models import LoadedModel
+from atlas.optvis.objectives import Objective, ObjectiveError, StepState
+from atlas.optvis.transforms import Transform, preset
+
+OPTIMIZERS = ("adam", "l2", "linf")
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The article's three notions of steepest descent, as (parameterization, decorrelate, optimizer).
+STEEPEST_DESCENT: dict[str, tuple[str, bool, str]] = {
+    "l2": ("pixel", False, "l2"),
+    "linf": ("pixel", False, "linf"),
+    "decorrelated": ("fourier", True, "l2"),
+}
+
+
+class RenderError(RuntimeError):
+    """An optimization that cannot run or that diverged; the message names the unit and step."""
+
+
+@dataclass
+class RenderResult:
+    """Final images (B, 3, H, W) in [0, 1], their activations without transforms, and curves."""
+
+    images: torch.Tensor
+    activations: dict[str, torch.Tensor]
+    loss: torch.Tensor  # (steps, B): minus the objective of each element at each step
+    snapshots: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class SteepestDescent(torch.optim.Optimizer):
+    """Plain steepest descent per batch element under the L2 (scaled gradient) or L-inf (sign) norm.
+
+    Both step with a root-mean-square size of ``lr`` per coordinate so the two are comparable.
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float, norm: str):
+        if norm not in ("l2", "linf"):
+            raise RenderError(f"steepest descent norm must be 'l2' or 'linf', got {norm!r}")
+        super().__init__(params, {"lr": lr, "norm": norm})
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                if group["norm"] == "linf":
+                    direction = grad.sign()
+                else:
+                    per_element = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+                    scale = (grad[0].numel() ** 0.5) / per_element
+                    direction = grad * scale.view(-1, *([1] * (grad.ndim - 1)))
+                param.sub_(group["lr"] * direction)
+
+
+def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """Adam by default; ``l2``/``linf`` for the article's steepest-descent comparison."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name in ("l2", "linf"):
+        return SteepestDescent(params, lr, name)
+    raise RenderError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}")
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision not in PRECISIONS:
+        raise RenderError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _check_finite(loss: torch.Tensor, labels: Sequence[str] | None) -> None:
+    bad = ~torch.isfinite(loss)
+    if not bad.any():
+        return
+    step, element = (int(i) for i in bad.nonzero()[0])
+    who = labels[element] if labels else f"batch element {element}"
+    raise RenderError(
+        f"optimization diverged for {who} at step {step + 1}: the objective became "
+        f"{loss[step, element].item()} (try a lower lr, precision 'fp32' or another parameterization)"
+    )
+
+
+def render(
+    model: LoadedModel,
+    objective: Objective,
+    param: nn.Module,
+    steps: int = 256,
+    lr: float = 0.05,
+    transforms: str | Transform = "standard",
+    optimizer: str = "adam",
+    seed: int = 0,
+    snapshots: Sequence[int] = (),
+    precision: str = "fp32",
+    labels: Sequence[str] | None = None,
+) -> RenderResult:
+    """Maximize ``objective`` over the images of ``param`` (one batch, one loop).
+
+    ``labels`` name the batch elements in error messages; ``snapshots`` are steps (1-based) at
+    which to keep a copy of the images. Deterministic on CPU for a given seed.
+    """
+    if steps < 1:
+        raise RenderError(f"steps must be at least 1, got {steps}")
+    try:
+        objective.validate(model)
+    except ObjectiveError as err:
+        raise RenderError(str(err)) from err
+    layers = sorted(objective.layers)
+    if not layers:
+        raise RenderError(f"objective {objective.name!r} reads no layer of the model; add one")
+    transform = preset(transforms) if isinstance(transforms, str) else transforms
+    param = param.to(model.device)
+    trainable = [p for p in param.parameters() if p.requires_grad]
+    opt = make_optimizer(optimizer, trainable, lr)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    cast = _autocast(model.device, precision)
+    losses: list[torch.Tensor] = []
+    kept: dict[int, torch.Tensor] = {}
+    wanted_snapshots = set(snapshots)
+    for step in range(1, steps + 1):
+        opt.zero_grad(set_to_none=True)
+        images = param()
+        with cast:
+            activations = model.activations(transform(images, generator), layers)
+        score = objective(StepState(activations, images))
+        (-score.sum()).backward()
+        opt.step()
+        losses.append(-score.detach())
+        if step in wanted_snapshots:
+            with torch.no_grad():
+                kept[step] = param().detach().float().cpu()
+    loss = torch.stack(losses).float().cpu()
+    _check_finite(loss, labels)
+    with torch.no_grad():
+        final = param().detach()
+        _check_finite(final.flatten(1).sum(dim=1, keepdim=True).T.cpu(), labels)
+        activations = model.activations(final, layers)
+    return RenderResult(
+        images=final.float().cpu(),
+        activations={name: act.float().cpu() for name, act in activations.items()},
+        loss=loss,
+        snapshots=kept,
+    )

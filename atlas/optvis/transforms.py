@@ -1,0 +1,185 @@
+"""Transformation robustness: random, differentiable transforms drawn per batch element.
+
+Pad, jitter, scale and rotate are all affine maps of pixel coordinates, so a chain of them is
+composed into one 3x3 matrix per batch element and applied with a single ``grid_sample``: every
+element gets its own random offset / scale / angle, yet the whole batch costs one resampling
+(and one bilinear interpolation, instead of one per transform). Areas outside the image take the
+pad value (grey). Randomness comes from a seeded CPU ``torch.Generator``, so renders are
+reproducible on any device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+DEFAULT_FILL = 0.5
+
+
+class TransformError(ValueError):
+    """A transform preset or argument that cannot be used."""
+
+
+def _translation(dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    matrices = torch.eye(3).repeat(len(dx), 1, 1)
+    matrices[:, 0, 2] = dx
+    matrices[:, 1, 2] = dy
+    return matrices
+
+
+@dataclass(frozen=True)
+class Pad:
+    """A constant border so later jitter/rotation never shows the image edge."""
+
+    width: int
+    value: float = DEFAULT_FILL
+
+    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        return size[0] + 2 * self.width, size[1] + 2 * self.width
+
+    def sampling(self, count: int, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+        shift = torch.full((count,), -float(self.width))
+        return _translation(shift, shift)
+
+
+@dataclass(frozen=True)
+class Jitter:
+    """Crop each image at its own random integer offset in [0, distance] (each side shrinks)."""
+
+    distance: int
+
+    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        if self.distance >= min(size):
+            raise TransformError(f"jitter({self.distance}) is larger than the {size[0]}x{size[1]} image")
+        return size[0] - self.distance, size[1] - self.distance
+
+    def sampling(self, count: int, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+        offsets = torch.randint(self.distance + 1, (2, count), generator=generator).float()
+        return _translation(offsets[0], offsets[1])
+
+
+@dataclass(frozen=True)
+class Affine:
+    """Zoom by a factor from ``scales`` and rotate by an angle (degrees) from ``degrees``."""
+
+    scales: tuple[float, ...] = (1.0,)
+    degrees: tuple[float, ...] = (0.0,)
+
+    def __post_init__(self) -> None:
+        if not self.scales or min(self.scales) <= 0:
+            raise TransformError(f"scale factors must be positive, got {list(self.scales)}")
+        if not self.degrees:
+            raise TransformError("rotation needs at least one angle")
+
+    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        return size
+
+    def sampling(self, count: int, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+        scales = torch.tensor(self.scales)[torch.randint(len(self.scales), (count,), generator=generator)]
+        degrees = torch.tensor(self.degrees)[torch.randint(len(self.degrees), (count,), generator=generator)]
+        radians = degrees * (math.pi / 180.0)
+        centre_y, centre_x = (size[0] - 1) / 2, (size[1] - 1) / 2
+        to_centre = _translation(torch.full((count,), -centre_x), torch.full((count,), -centre_y))
+        back = _translation(torch.full((count,), centre_x), torch.full((count,), centre_y))
+        rotation = torch.eye(3).repeat(count, 1, 1)
+        rotation[:, 0, 0] = torch.cos(radians) / scales
+        rotation[:, 0, 1] = -torch.sin(radians) / scales
+        rotation[:, 1, 0] = torch.sin(radians) / scales
+        rotation[:, 1, 1] = torch.cos(radians) / scales
+        return back @ rotation @ to_centre
+
+
+Step = Pad | Jitter | Affine
+
+
+def pad(width: int, value: float = DEFAULT_FILL) -> Pad:
+    return Pad(width, value)
+
+
+def jitter(distance: int) -> Jitter:
+    return Jitter(distance)
+
+
+def random_scale(scales: Sequence[float]) -> Affine:
+    return Affine(scales=tuple(float(s) for s in scales))
+
+
+def random_rotate(degrees: Sequence[float]) -> Affine:
+    return Affine(degrees=tuple(float(d) for d in degrees))
+
+
+def compose(steps: Sequence[Step]) -> Transform:
+    """One transform applying ``steps`` in order, as a single resampling per batch."""
+    fills = {step.value for step in steps if isinstance(step, Pad)}
+    if len(fills) > 1:
+        raise TransformError(f"pads in one chain must share a fill value, got {sorted(fills)}")
+    fill = fills.pop() if fills else DEFAULT_FILL
+
+    def apply(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if not steps:
+            return images
+        count = images.shape[0]
+        size = (images.shape[2], images.shape[3])
+        # Maps output pixel coordinates to source pixel coordinates: first step's map leftmost.
+        total = torch.eye(3).repeat(count, 1, 1)
+        for step in steps:
+            total = total @ step.sampling(count, size, generator)
+            size = step.output_size(size)
+        return _resample(images, total, size, fill)
+
+    return apply
+
+
+def _resample(
+    images: torch.Tensor, sampling: torch.Tensor, size: tuple[int, int], fill: float
+) -> torch.Tensor:
+    height, width = size
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    output = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).float().view(-1, 3)
+    source = torch.einsum("bij,pj->bpi", sampling, output)[..., :2]
+    scale = torch.tensor([2.0 / max(images.shape[3] - 1, 1), 2.0 / max(images.shape[2] - 1, 1)])
+    grid = (source * scale - 1).view(-1, height, width, 2).to(device=images.device, dtype=images.dtype)
+    sampled = F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return sampled + fill
+
+
+def _standard() -> list[Step]:
+    # lucid's standard_transforms: pad 12, jitter 8, scale 0.9..1.1, rotate -10..10 deg
+    # (0 weighted 6x), jitter 4.
+    return [
+        pad(12),
+        jitter(8),
+        random_scale([1 + (i - 5) / 50 for i in range(11)]),
+        random_rotate(list(range(-10, 11)) + [0] * 5),
+        jitter(4),
+    ]
+
+
+def _distill() -> list[Step]:
+    # The Distill appendix: pad 16, jitter 16, scale {1, .975, 1.025, .95, 1.05}, rotate +-5, jitter 8.
+    return [
+        pad(16),
+        jitter(16),
+        random_scale([1, 0.975, 1.025, 0.95, 1.05]),
+        random_rotate(list(range(-5, 6))),
+        jitter(8),
+    ]
+
+
+PRESETS: dict[str, Callable[[], list[Step]]] = {
+    "none": list,
+    "standard": _standard,
+    "distill": _distill,
+}
+
+
+def preset(name: str) -> Transform:
+    """The named transform set: ``none``, ``standard`` (lucid) or ``distill`` (the appendix)."""
+    if name not in PRESETS:
+        raise TransformError(f"unknown transforms {name!r}; use one of {', '.join(PRESETS)}")
+    return compose(PRESETS[name]())
