@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from html.parser import HTMLParser
@@ -10,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from atlas.site import SiteError, build_site
 from atlas.site.changes import channel_ranges
@@ -52,6 +54,11 @@ def _parse(page: Path) -> _Links:
     return parser
 
 
+def _size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size
+
+
 def _small(**changes) -> SyntheticOptions:
     base = {"image_size": 16, "crop_size": 12, "examples_k": 4, "diversity": 2, "bins": 8,
             "channels_per_unit": 8}
@@ -91,19 +98,26 @@ def test_every_page_and_every_referenced_file_exists(full_site: Path) -> None:
 def test_layer_page_has_every_channel_with_its_images(full_site: Path) -> None:
     found = _parse(full_site / "mixed4a.html")
     assert {f"channel-{c}" for c in range(10)} <= found.ids
-    for suffix in ("channel", "neuron", "negative", "diversity", "max", "min",
-                   "slightly-negative", "slightly-positive"):
-        assert f"img/mixed4a/3-{suffix}.png" in found.sources
+    for name in ("channel.png", "neuron.png", "negative.png", "diversity.jpg", "max.jpg", "min.jpg",
+                 "slightly-negative.jpg", "slightly-positive.jpg"):
+        assert f"img/mixed4a/3-{name}" in found.sources
     html = (full_site / "mixed4a.html").read_text()
     assert html.count('<svg class="hist"') == 10
 
 
+def test_layer_images_are_lazy_and_sized_so_the_page_lays_out_before_they_load(full_site: Path) -> None:
+    tags = re.findall(r"<img [^>]*>", (full_site / "mixed3a.html").read_text())
+    assert len(tags) == 12 * 8
+    for tag in tags:
+        assert 'loading="lazy"' in tag and re.search(r'width="\d+" height="\d+"', tag), tag
+
+
 def test_sheets_hold_every_example_in_rank_order(full_site: Path) -> None:
-    width, height = png_size((full_site / "img/mixed3a/0-max.png").read_bytes())
+    width, height = _size(full_site / "img/mixed3a/0-max.jpg")
     columns = grid_columns(4)
     assert (width, height) == (12 * columns, 12 * ((4 + columns - 1) // columns))
     html = (full_site / "mixed3a.html").read_text()
-    values = re.search(r'src="img/mixed3a/0-max.png"[^>]*data-v="([^"]+)"', html).group(1)
+    values = re.search(r'src="img/mixed3a/0-max.jpg"[^>]*data-v="([^"]+)"', html).group(1)
     numbers = [float(v) for v in values.split()]
     assert len(numbers) == 4 and numbers == sorted(numbers, reverse=True)
 
@@ -111,9 +125,9 @@ def test_sheets_hold_every_example_in_rank_order(full_site: Path) -> None:
 def test_interactions_page_shows_directions_pairs_and_interpolation(full_site: Path) -> None:
     found = _parse(full_site / "mixed4a.interactions.html")
     assert {"direction-0", "direction-1", "pair-1-5"} <= found.ids
-    assert "img/mixed4a/direction-1-max.png" in found.sources  # examples of channel -2
-    assert "img/mixed4a/pair-1-5-interpolation.png" in found.sources
-    strip_width, _ = png_size((full_site / "img/mixed4a/pair-1-5-interpolation.png").read_bytes())
+    assert "img/mixed4a/direction-1-max.jpg" in found.sources  # examples of channel -2
+    assert "img/mixed4a/pair-1-5-interpolation.jpg" in found.sources
+    strip_width, _ = _size(full_site / "img/mixed4a/pair-1-5-interpolation.jpg")
     assert strip_width == 16 * 5
 
 
@@ -219,7 +233,7 @@ def test_sheet_and_png_helpers() -> None:
     pool = PatternPool(0)
     sheet = compose_sheet([pool.png(8, i) for i in range(5)] + [pool.png(12, 9)])
     assert (sheet.columns, sheet.rows) == (3, 2) and (sheet.width, sheet.height) == (24, 16)
-    assert png_size(sheet.png) == (24, 16)
+    assert Image.open(io.BytesIO(sheet.jpeg)).size == (24, 16)
     with pytest.raises(ValueError, match="not a PNG"):
         png_size(b"GIF89a" + bytes(30))
     assert channel_ranges([5, 0, 1, 2, 7, 8]) == "0–2, 5, 7–8"

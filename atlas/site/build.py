@@ -261,9 +261,11 @@ def _settings(job: dict) -> list[tuple[str, list[tuple[str, str]]]]:
     return sections
 
 
-def _setting_text(value: object) -> str:
+def _setting_text(value: object, nested: bool = False) -> str:
+    """Lists as `a, b`; lists inside lists (interaction pairs) as `(layer, 1, 5)`."""
     if isinstance(value, (list, tuple)):
-        return ", ".join(_setting_text(v) for v in value) or "none"
+        text = ", ".join(_setting_text(v, nested=True) for v in value)
+        return f"({text})" if nested else text or "none"
     return str(value)
 
 

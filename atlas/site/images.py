@@ -49,8 +49,8 @@ class LayerImages:
     def write_sheet(
         self, name: str, pngs: Sequence[bytes], values: Sequence[float] = (), columns: int | None = None
     ) -> SheetPicture:
-        """Compose several PNGs into one grid file; `values` label the cells in reading order."""
+        """Compose several PNGs into one JPEG grid; `values` label the cells in reading order."""
         sheet = compose_sheet(pngs, columns)
-        (self.folder / f"{name}.png").write_bytes(sheet.png)
-        picture = Picture(f"{self.prefix}/{name}.png", sheet.width, sheet.height)
+        (self.folder / f"{name}.jpg").write_bytes(sheet.jpeg)
+        picture = Picture(f"{self.prefix}/{name}.jpg", sheet.width, sheet.height)
         return SheetPicture(picture, sheet.columns, sheet.rows, tuple(float(v) for v in values))

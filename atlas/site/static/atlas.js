@@ -132,11 +132,13 @@
       fill(row);
       view.hidden = false;
       row.scrollIntoView({ block: "center" });
+      view.querySelector(".close").focus({ preventScroll: true });
     }
 
     function close() {
       if (view.hidden) return;
       view.hidden = true;
+      if (current) current.querySelector(".k-num a").focus({ preventScroll: true });
       try {
         window.history.replaceState(null, "", window.location.pathname + window.location.search);
       } catch (err) { /* keep the fragment when history is not available */ }

@@ -1,0 +1,116 @@
+"""Scale benchmark for the site builder: an InceptionV1-sized atlas from synthetic shards.
+
+Makes a synthetic store with the nine mixed layers of torchvision's GoogLeNet (their real
+channel counts), small images, ten examples per bucket and four diversity images per channel,
+then builds the site in a child process and reports wall time, peak RSS and the largest layer
+page. A second child builds a store holding only the largest layer: if the full build's peak
+RSS is close to that one, memory is bounded by a layer, not by the atlas.
+
+    python scripts/bench_site.py [--out bench-out/site] [--image-size 32] [--crop-size 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from atlas.models import load_model
+from atlas.site.synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
+
+ISSUE_CHANNEL_COUNT = 5484  # the figure the issue quotes for InceptionV1
+
+# VmHWM is the peak RSS of this process image only (ru_maxrss would inherit the parent's peak).
+CHILD = """
+import json, re, sys, time
+from pathlib import Path
+from atlas.site import build_site
+start, cpu = time.perf_counter(), time.process_time()
+index = build_site(Path(sys.argv[1]))
+seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+status = Path("/proc/self/status").read_text()
+peak_kib = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
+print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_mib": peak_kib / 1024, "index": str(index)}))
+"""
+
+
+def googlenet_mixed_layers() -> list[SyntheticLayer]:
+    """The inception (mixed) layers of GoogLeNet with their channel counts and spatial sizes."""
+    model = load_model("torchvision:googlenet", weights="none")
+    return [
+        SyntheticLayer(info.name, info.channels, info.height, info.width)
+        for info in model.layers()
+        if info.name.startswith("inception") and "." not in info.name
+    ]
+
+
+def build_in_child(out: Path) -> dict:
+    """Build the site in a fresh interpreter so its peak RSS is the builder's alone."""
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, str(out)], check=True, capture_output=True, text=True
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def load_average() -> str:
+    """The machine is shared: the load says how much of the wall time was waiting for a core."""
+    return " ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def folder_size(path: Path) -> tuple[int, int]:
+    files = [p for p in path.rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench-out/site"))
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--crop-size", type=int, default=24)
+    parser.add_argument("--examples-k", type=int, default=10)
+    parser.add_argument("--diversity", type=int, default=4)
+    args = parser.parse_args()
+
+    layers = googlenet_mixed_layers()
+    total = sum(layer.channels for layer in layers)
+    print(f"layers: {', '.join(f'{layer.name} {layer.channels}' for layer in layers)}")
+    print(f"channels: {total} (the issue says {ISSUE_CHANNEL_COUNT}; these are torchvision's counts)")
+    options = SyntheticOptions(
+        image_size=args.image_size, crop_size=args.crop_size, examples_k=args.examples_k,
+        diversity=args.diversity, bins=32, channels_per_unit=64,
+    )
+    shutil.rmtree(args.out, ignore_errors=True)
+    largest = max(layers, key=lambda layer: layer.channels)
+    start = time.perf_counter()
+    write_synthetic_store(args.out / "atlas", layers, options, model="torchvision:googlenet")
+    write_synthetic_store(args.out / "largest", [largest], options, model="torchvision:googlenet")
+    print(f"synthetic stores written in {time.perf_counter() - start:.1f} s "
+          f"(images {args.image_size} px, crops {args.crop_size} px, k={args.examples_k}, "
+          f"diversity={args.diversity})")
+
+    full = build_in_child(args.out / "atlas")
+    rebuild = build_in_child(args.out / "atlas")
+    only_largest = build_in_child(args.out / "largest")
+    site = Path(full["index"]).parent
+    pages = {layer.name: site / f"{layer.name}.html" for layer in layers}
+    biggest_page = max(pages.items(), key=lambda item: item[1].stat().st_size)
+    files, size = folder_size(site)
+    print(f"build: {full['seconds']:.1f} s wall, {full['cpu']:.1f} s CPU for {total} channels "
+          f"({1000 * full['seconds'] / total:.1f} ms per channel); load average {load_average()}")
+    print(f"rebuild over that site (nightly case, old site removed after the switch): "
+          f"{rebuild['seconds']:.1f} s wall, {rebuild['cpu']:.1f} s CPU")
+    print(f"peak RSS: {full['peak_mib']:.0f} MiB for the whole atlas; "
+          f"{only_largest['peak_mib']:.0f} MiB for a store of only {largest.name} "
+          f"({largest.channels} channels, built in {only_largest['seconds']:.1f} s)")
+    print(f"largest layer page: {biggest_page[0]} {biggest_page[1].stat().st_size / 1e6:.2f} MB "
+          f"(index.html {(site / 'index.html').stat().st_size / 1e3:.0f} kB)")
+    print(f"site: {files} files, {size / 1e6:.0f} MB on disk at {site}")
+
+
+if __name__ == "__main__":
+    main()
