@@ -10,6 +10,7 @@ itself. Decoding never raises on bad data: unreadable images are skipped and con
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import importlib.util
 import io
@@ -151,7 +152,10 @@ class ImageSource(ABC):
     def load_many(
         self, source_ids: Sequence[str], draft_size: int | None = None
     ) -> Iterator[tuple[str, Decoded]]:
-        """Decode each id in order; bad images come back with image None and a reason."""
+        """Decode each id, in whatever order is cheapest for the source (callers key by id).
+
+        Bad images come back with image None and the reason.
+        """
 
     def __len__(self) -> int:
         return len(self.ids())
@@ -280,18 +284,21 @@ class ParquetSource(ImageSource):
         return _decode_all(self._raw_many(source_ids), draft_size)
 
     def _raw_many(self, source_ids: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
-        """Reads each needed row group once, so a shard costs one pass over its row groups."""
+        """Rows in file order, so each needed row group is read once whatever order was asked."""
         parquet = pq.ParquetFile(self.path)
         starts = [0]
         for group in range(parquet.num_row_groups):
             starts.append(starts[-1] + parquet.metadata.row_group(group).num_rows)
-        cached_group, cached_column = -1, None
+        located = []
         for source_id in source_ids:
             row = self._row(source_id)
             if row is None:
                 yield source_id, None
-                continue
-            group = next(g for g in range(len(starts) - 1) if starts[g] <= row < starts[g + 1])
+            else:
+                located.append((row, source_id))
+        cached_group, cached_column = -1, None
+        for row, source_id in sorted(located):
+            group = bisect.bisect_right(starts, row) - 1
             if group != cached_group:
                 cached_group = group
                 cached_column = _image_bytes(parquet.read_row_group(group, columns=[self.column]).column(0))

@@ -168,6 +168,13 @@ class PartialScan:
         stats.update(other.stats)
         return PartialScan(self.k, self.sample_size, layers, ids[keep], priority[keep], dict(sorted(stats.items())))
 
+    def select(self, layers: Sequence[str]) -> PartialScan:
+        """Only the named layers: what one layer's examples unit needs to receive."""
+        missing = [name for name in layers if name not in self.layers]
+        if missing:
+            raise ScanError(f"the scan has no layer {missing[0]!r}; scanned: {', '.join(self.layers)}")
+        return replace(self, layers={name: self.layers[name] for name in layers})
+
     def to_table(self) -> pa.Table:
         """One row per layer; arrays are flattened into list columns (shapes follow from the row)."""
         names = list(self.layers)

@@ -136,6 +136,14 @@ def test_partial_survives_parquet(tmp_path: Path, partials: list[PartialScan]) -
     _assert_same(PartialScan.from_table(pq.read_table(tmp_path / "scan.parquet")), merged)
 
 
+def test_select_keeps_one_layer_that_merges_like_the_whole(partials: list[PartialScan]) -> None:
+    whole = partials[0].merge(partials[1]).select(["conv3"])
+    assert list(whole.layers) == ["conv3"]
+    _assert_same(partials[0].select(["conv3"]).merge(partials[1].select(["conv3"])), whole)
+    with pytest.raises(ScanError, match="no layer 'fc'"):
+        partials[0].select(["fc"])
+
+
 def test_sample_is_the_smallest_hashes_whatever_the_sharding(model: LoadedModel, dataset: ImageSource) -> None:
     parts = [scan_shard(model, ["conv3"], dataset, shard, k=2, sample_size=5) for shard in dataset.shards(16)]
     merged = parts[2].merge(parts[0]).merge(parts[1])
