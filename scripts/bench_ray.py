@@ -1,0 +1,176 @@
+"""Ray overhead and memory: the demo job's units under ``run_job`` vs the same units in one process.
+
+Each mode runs in a fresh interpreter (this file with ``--mode``) so that its peak RSS is its
+own; the parent alternates the modes and takes medians:
+- ``inprocess``: plan the demo job, load the model once, ``run_unit`` every unit, merge the scans,
+  run the examples units, write every table to a store: what ``run_job`` does, minus Ray;
+- ``ray``: start the local Ray cluster (timed on its own: cluster start-up), then ``run_job``
+  (worker start and model load included) while a thread polls the RSS of the worker actors.
+
+    python scripts/bench_ray.py --steps 2 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from importlib import resources
+from pathlib import Path
+
+from bench_common import median, peak_rss_mib
+
+WORKER_TITLE = "ray::UnitWorker"
+
+
+def demo_spec(out: Path, steps: int):
+    """The packaged demo job with ``steps`` optimization steps, writing to ``out``."""
+    from atlas.spec import load_spec
+
+    spec = load_spec(Path(str(resources.files("atlas") / "jobs" / "demo.toml")))
+    return spec.replace(out=out, render=replace(spec.render, steps=steps))
+
+
+def run_in_process(out: Path, steps: int) -> dict[str, float]:
+    """Every unit of the demo job in this process, in the order ``run_job`` would run them."""
+    from atlas.job import merged_scan, prepare
+    from atlas.plan import examples_units
+    from atlas.store import Store
+    from atlas.units import make_context, run_unit
+
+    spec = demo_spec(out, steps)
+    start = time.perf_counter()
+    prepared = prepare(spec)
+    context = make_context(spec)
+    store = Store(spec.out)
+
+    def run_all(units) -> int:
+        for unit in units:
+            tables = run_unit(context, unit)
+            store.write_unit_tables(unit.key, unit.kind, unit.layer, tables, unit.channels)
+        return len(units)
+
+    count = run_all(prepared.plan.units)
+    finished = prepared.plan.scan_keys
+    count += run_all(examples_units(spec, prepared.facts, finished, partial=merged_scan(store, finished)))
+    return {"seconds": time.perf_counter() - start, "units": count, "peak_rss_mib": peak_rss_mib()}
+
+
+class WorkerMemory:
+    """Polls the RSS of this process's Ray worker actors (its descendants) in the background."""
+
+    def __init__(self, interval: float = 0.2):
+        import psutil
+
+        self._me = psutil.Process()
+        self._interval = interval
+        self._stop = threading.Event()
+        self.peak_mib: dict[int, float] = {}
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> WorkerMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _poll(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            for process in self._me.children(recursive=True):
+                try:
+                    if " ".join(process.cmdline()).startswith(WORKER_TITLE):
+                        rss = process.memory_info().rss / 2**20
+                        self.peak_mib[process.pid] = max(rss, self.peak_mib.get(process.pid, 0.0))
+                except psutil.Error:
+                    continue  # it exited between the listing and the read
+            self._stop.wait(self._interval)
+
+
+def run_on_ray(out: Path, steps: int) -> dict[str, object]:
+    """Start the local cluster, then ``run_job`` the demo (no site build) and watch the workers."""
+    import ray
+
+    from atlas.execute import connect
+    from atlas.job import run_job
+
+    spec = demo_spec(out, steps)
+    start = time.perf_counter()
+    connect(spec.execute)
+    startup = time.perf_counter() - start
+    try:
+        with WorkerMemory() as memory:
+            start = time.perf_counter()
+            result = run_job(spec, build=False)
+            seconds = time.perf_counter() - start
+    finally:
+        ray.shutdown()
+    if not result.ok:
+        raise RuntimeError(f"the demo job failed under Ray: {result.failed}")
+    return {
+        "seconds": seconds,
+        "cluster_start_seconds": startup,
+        "units": result.done,
+        "driver_peak_rss_mib": peak_rss_mib(),
+        "worker_peak_rss_mib": sorted(memory.peak_mib.values(), reverse=True),
+    }
+
+
+def _child(mode: str, steps: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, __file__, "--mode", mode, "--steps", str(steps), "--out", tmp]
+        done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare(steps: int, repeats: int) -> dict[str, object]:
+    """Alternate in-process and Ray runs of the reduced demo; medians and the overhead ratio."""
+    runs: dict[str, list[dict]] = {"inprocess": [], "ray": []}
+    for round_index in range(repeats):
+        order = ["inprocess", "ray"] if round_index % 2 == 0 else ["ray", "inprocess"]
+        for mode in order:
+            runs[mode].append(_child(mode, steps))
+    in_process = median([r["seconds"] for r in runs["inprocess"]])
+    on_ray = median([r["seconds"] for r in runs["ray"]])
+    return {
+        "steps": steps,
+        "repeats": repeats,
+        "units": runs["inprocess"][0]["units"],
+        "in_process_seconds": in_process,
+        "ray_job_seconds": on_ray,
+        "cluster_start_seconds": median([r["cluster_start_seconds"] for r in runs["ray"]]),
+        "overhead": on_ray / in_process - 1,
+        "in_process_peak_rss_mib": max(r["peak_rss_mib"] for r in runs["inprocess"]),
+        "driver_peak_rss_mib": max(r["driver_peak_rss_mib"] for r in runs["ray"]),
+        "worker_peak_rss_mib": max(max(r["worker_peak_rss_mib"], default=0.0) for r in runs["ray"]),
+        "runs": runs,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=2, help="render steps of the reduced demo")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--mode", choices=("inprocess", "ray"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.mode == "inprocess":
+        print(json.dumps(run_in_process(args.out, args.steps)))
+    elif args.mode == "ray":
+        print(json.dumps(run_on_ray(args.out, args.steps)))
+    else:
+        print(json.dumps(compare(args.steps, args.repeats), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Render speed: the atlas renderer against torch-lucent, and against the model's own cost.
+
+Two figures, each measured with interleaved repetitions (see bench_common):
+- throughput: channel visualizations per minute, ours (``render_channels``) vs lucent
+  (``render_vis``) on the same model, layer, image size, steps, batch and transforms;
+- overhead: the renderer's seconds per optimization step vs a bare forward + backward of the
+  truncated model on a batch of the same shape (the physical limit of any renderer that uses
+  this forward pass).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from bench_common import interleaved, median
+from bench_lucent import install_shim, lucent_renderer
+
+from atlas.models import LoadedModel
+from atlas.optvis import make_param, render, render_channels
+from atlas.optvis import objectives as obj
+from atlas.optvis.transforms import preset
+from atlas.spec import RenderSpec
+
+
+@dataclass(frozen=True)
+class RenderCase:
+    """What both renderers are asked to do."""
+
+    layer: str
+    channels: tuple[int, ...]
+    size: int
+    steps: int
+    transforms: str = "standard"
+
+
+def model_input_size(size: int, transforms: str) -> int:
+    """Side of the images the model sees after the transforms (standard: 128 px -> 140 px)."""
+    probe = torch.zeros(1, 3, size, size)
+    return int(preset(transforms)(probe, torch.Generator().manual_seed(0)).shape[-1])
+
+
+def ours_renderer(model: LoadedModel, case: RenderCase) -> Callable[[], object]:
+    """One ``render_channels`` call: every channel in one batch, the channel objective only."""
+    settings = RenderSpec(
+        steps=case.steps,
+        size=case.size,
+        batch=len(case.channels),
+        objectives=("channel",),
+        transforms=case.transforms,
+    )
+    return lambda: render_channels(model, case.layer, case.channels, settings)
+
+
+def throughput(
+    model: LoadedModel, case: RenderCase, repeats: int, single_channels: int = 0
+) -> dict[str, object]:
+    """Channels per minute for ours and lucent, interleaved; lucent sees the same input size.
+
+    ``single_channels > 0`` also times lucent one channel per call (batch 1), the way its
+    README renders, on that many channels.
+    """
+    install_shim(model.device)
+    input_size = model_input_size(case.size, case.transforms)
+    candidates = {
+        "ours": ours_renderer(model, case),
+        "lucent": lucent_renderer(model.module, case.layer, case.channels, case.size, case.steps, input_size),
+    }
+    counts = {"ours": len(case.channels), "lucent": len(case.channels)}
+    if single_channels:
+        singles = [
+            lucent_renderer(model.module, case.layer, [c], case.size, case.steps, input_size)
+            for c in case.channels[:single_channels]
+        ]
+        candidates["lucent, batch 1"] = lambda: [run() for run in singles]
+        counts["lucent, batch 1"] = len(singles)
+    seconds = interleaved(candidates, repeats, model.device)
+    per_minute = {name: 60 * counts[name] / median(times) for name, times in seconds.items()}
+    return {
+        "layer": case.layer,
+        "channels": list(case.channels),
+        "size": case.size,
+        "model_input_size": input_size,
+        "steps": case.steps,
+        "transforms": case.transforms,
+        "repeats": repeats,
+        "seconds": seconds,
+        "channels_per_minute": per_minute,
+        "speedup_vs_lucent": per_minute["ours"] / per_minute["lucent"],
+    }
+
+
+def _channel_loss(activations: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+    rows = torch.arange(len(channels), device=activations.device)
+    return -activations[rows, channels].mean(dim=(1, 2)).sum()
+
+
+def overhead(model: LoadedModel, case: RenderCase, repeats: int) -> dict[str, object]:
+    """Seconds per step: ``render`` vs truncated forward + backward on the same batch shape.
+
+    The render timing includes its set-up and the final no-grad forward pass (it is what a unit
+    pays), so the ratio slightly overstates the per-step overhead for few steps.
+    """
+    batch = len(case.channels)
+    input_size = model_input_size(case.size, case.transforms)
+    channels = torch.tensor(case.channels, device=model.device)
+    objective = obj.channel(case.layer, list(case.channels), batch=list(range(batch)))
+
+    def ours() -> None:
+        param = make_param("fourier", batch, case.size, decorrelate=True)
+        render(model, objective, param, steps=case.steps, transforms=case.transforms)
+
+    def bare() -> None:
+        images = torch.rand(batch, 3, input_size, input_size, device=model.device, requires_grad=True)
+        for _ in range(case.steps):
+            images.grad = None
+            activations = model.activations(images, [case.layer])[case.layer]
+            _channel_loss(activations, channels).backward()
+
+    seconds = interleaved({"render": ours, "bare forward+backward": bare}, repeats, model.device)
+    per_step = {name: median(times) / case.steps for name, times in seconds.items()}
+    return {
+        "layer": case.layer,
+        "batch": batch,
+        "size": case.size,
+        "model_input_size": input_size,
+        "steps": case.steps,
+        "repeats": repeats,
+        "seconds": seconds,
+        "seconds_per_step": per_step,
+        "ratio": per_step["render"] / per_step["bare forward+backward"],
+    }
+
+
+def batch_scaling(
+    model: LoadedModel, layer: str, size: int, steps: int, batches: Sequence[int], repeats: int
+) -> dict[str, object]:
+    """Channels per minute of ``render_channels`` for several batch sizes (one call each)."""
+    candidates = {
+        f"batch {batch}": ours_renderer(model, RenderCase(layer, tuple(range(batch)), size, steps))
+        for batch in batches
+    }
+    seconds = interleaved(candidates, repeats, model.device)
+    return {
+        "layer": layer,
+        "size": size,
+        "steps": steps,
+        "channels_per_minute": {
+            name: 60 * batch / median(seconds[name]) for name, batch in zip(candidates, batches, strict=True)
+        },
+        "seconds": seconds,
+    }
