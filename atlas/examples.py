@@ -327,17 +327,19 @@ def _as_map(output: torch.Tensor) -> torch.Tensor:
 def _bin_index(bits: np.ndarray | torch.Tensor, xp: types.ModuleType) -> np.ndarray | torch.Tensor:
     """Histogram bin of each float32 (given as its int32 bits), for numpy or torch alike."""
     step = xp.clip(((bits & 0x7FFFFFFF) >> 21) - _FIRST_CODE, 0, _SIDE_BINS - 1)
-    return xp.where(bits < 0, _SIDE_BINS - 1 - step, _SIDE_BINS + step)
+    negative = (bits < 0) & (bits != -(2**31))  # -0.0 counts as zero, like numpy does
+    return xp.where(negative, _SIDE_BINS - 1 - step, _SIDE_BINS + step)
 
 
-def _reduce(act: torch.Tensor) -> tuple[np.ndarray, ...]:
+def _reduce(act: torch.Tensor, in_numpy: bool) -> tuple[np.ndarray, ...]:
     """Per image and channel: max, argmax, min, argmin over positions ([B, C]) and the histogram.
 
-    On CUDA the reductions stay on the GPU; on CPU numpy does them, because single-threaded numpy
-    beats torch's thread pool by 10x for these memory-bound passes on a shared machine.
+    On CUDA the reductions stay on the GPU; on CPU numpy does them (`in_numpy`), because
+    single-threaded numpy beats torch's thread pool by 10x for these memory-bound passes on a
+    shared machine. Both give the same numbers.
     """
     batch, channels = act.shape[:2]
-    if act.device.type == "cpu":
+    if in_numpy:
         flat = act.contiguous().numpy().reshape(batch, channels, -1)
         max_i, min_i = flat.argmax(axis=2), flat.argmin(axis=2)
         max_v = np.take_along_axis(flat, max_i[..., None], axis=2)[..., 0]
@@ -363,7 +365,7 @@ def _batch_partial(maps: Mapping[str, torch.Tensor], ids: list[str], k: int, sam
     layers = {}
     for name, act in maps.items():
         batch, channels, _, width = act.shape
-        max_v, max_i, min_v, min_i, histogram = _reduce(act)
+        max_v, max_i, min_v, min_i, histogram = _reduce(act, in_numpy=act.device.type == "cpu")
         max_y, max_x = (max_i // width).astype(np.int32), (max_i % width).astype(np.int32)
         min_y, min_x = (min_i // width).astype(np.int32), (min_i % width).astype(np.int32)
         ids_cb = np.broadcast_to(id_grid, (channels, batch))

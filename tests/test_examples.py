@@ -257,13 +257,17 @@ def test_receptive_field_grows_with_depth_and_boxes_stay_inside(model: LoadedMod
         assert right - left == bottom - top == max(conv3.height, 8)
 
 
-def test_histogram_bins_match_numpy_on_both_backends() -> None:
-    from atlas.examples import HIST_EDGES, _bin_index, _reduce
+def test_reductions_match_numpy_histogram_on_both_backends() -> None:
+    from atlas.examples import HIST_EDGES, _reduce
 
     values = torch.cat([torch.randn(3000) * 4, torch.tensor([0.0, 5000.0, -5000.0, 1e-6, -1e-6])])
-    act = values.view(1, 1, -1, 1)
-    counts = _reduce(act)[4][0]
-    expected, _ = np.histogram(values.clamp(float(HIST_EDGES[0]), float(HIST_EDGES[-2])).numpy(), HIST_EDGES)
-    assert counts.tolist() == expected.tolist()
-    bits = values.numpy().view(np.int32)
-    assert _bin_index(bits, np).tolist() == _bin_index(torch.from_numpy(bits), torch).tolist()
+    act = values.view(1, 1, -1, 1).repeat(2, 3, 1, 1) * torch.tensor([1.0, -2.0, 0.5]).view(1, 3, 1, 1)
+    in_numpy, in_torch = _reduce(act, in_numpy=True), _reduce(act, in_numpy=False)
+    for mine, theirs in zip(in_numpy, in_torch, strict=True):
+        assert np.array_equal(mine, theirs)
+    for channel in range(3):
+        flat = act[0, channel].flatten().clamp(float(HIST_EDGES[0]), float(HIST_EDGES[-2])).numpy()
+        expected, _ = np.histogram(flat, HIST_EDGES)
+        assert in_numpy[4][channel].tolist() == (expected * 2).tolist()  # two identical images
+        assert in_numpy[0][0, channel] == act[0, channel].max()
+        assert in_numpy[3][0, channel] == int(act[0, channel].flatten().argmin())
