@@ -52,6 +52,7 @@ def tiny_spec_text(
     layer: str = "conv2",
     channels: str = "0:4",
     steps: int = 4,
+    workers: int = 2,
     extra: str = "",
 ) -> str:
     """A spec that renders one channel per unit with a few steps and no dataset examples."""
@@ -73,7 +74,7 @@ channels_per_unit = 1
 [examples]
 enabled = false
 [execute]
-workers = 2
+workers = {workers}
 {extra}
 """
 

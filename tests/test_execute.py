@@ -1,0 +1,116 @@
+"""Worker planning from cluster resources, and incremental reruns (status, skip, stale, --force)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from raytools import local_ray, write_spec
+
+from atlas.cli import main
+from atlas.execute import ExecuteError, WorkerPlan, plan_workers
+from atlas.models.registry import build
+from atlas.spec import ExecuteSpec
+from atlas.store import Store
+
+AUTO = ExecuteSpec()
+
+
+def test_auto_uses_one_worker_per_gpu_when_the_cluster_has_gpus():
+    nodes = [{"CPU": 8, "GPU": 4}, {"CPU": 8, "GPU": 4}]
+    plan = plan_workers(AUTO, {"CPU": 16, "GPU": 8}, nodes)
+    assert plan == WorkerPlan(8, cpus=1, gpus=1) and plan.device == "cuda"
+    assert plan.describe() == "8 workers x 1 GPU"
+
+
+def test_auto_without_gpus_gives_cpu_workers_of_two_cores():
+    plan = plan_workers(AUTO, {"CPU": 8}, [{"CPU": 8}])
+    assert plan == WorkerPlan(4, cpus=2, gpus=0) and plan.device == "cpu"
+
+
+def test_fractional_gpus_share_a_device():
+    plan = plan_workers(ExecuteSpec(gpus_per_worker=0.5), {"CPU": 8, "GPU": 2}, [{"CPU": 8, "GPU": 2}])
+    assert (plan.count, plan.gpus) == (4, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("execute", "total", "nodes", "message"),
+    [
+        (
+            ExecuteSpec(gpus_per_worker=1),
+            {"CPU": 4},
+            [{"CPU": 4}],
+            r"1 GPU\(s\) per worker but the cluster has 0",
+        ),
+        (
+            ExecuteSpec(gpus_per_worker=2),
+            {"CPU": 8, "GPU": 2},
+            [{"CPU": 4, "GPU": 1}, {"CPU": 4, "GPU": 1}],
+            "at most 1 on one node",
+        ),
+        (ExecuteSpec(gpus_per_worker=1), {"CPU": 0, "GPU": 1}, [{"CPU": 0, "GPU": 1}], "needs one CPU"),
+    ],
+)
+def test_gpu_requests_the_cluster_cannot_meet_fail_with_the_fix(execute, total, nodes, message):
+    with pytest.raises(ExecuteError, match=message) as info:
+        plan_workers(execute, total, nodes)
+    assert "gpus_per_worker" in str(info.value) or "CPU" in str(info.value)
+
+
+def test_a_cpu_worker_never_asks_for_more_than_one_node_has():
+    plan = plan_workers(ExecuteSpec(workers=1), {"CPU": 4}, [{"CPU": 2}, {"CPU": 2}])
+    assert plan == WorkerPlan(1, cpus=2, gpus=0)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with local_ray(num_cpus=2) as address:
+        yield address
+
+
+def status_counts(spec: Path) -> dict[str, int]:
+    result = CliRunner().invoke(main, ["status", str(spec)])
+    assert result.exit_code == 0, result.output
+    return {name: int(n) for name, n in re.findall(r"(\w+): (\d+)", result.output.splitlines()[0])}
+
+
+def run_cli(*args: str) -> str:
+    result = CliRunner().invoke(main, ["run", *args, "--no-site"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.slow
+def test_reruns_compute_exactly_what_changed(cluster, tmp_path):
+    out = tmp_path / "out"
+    spec = write_spec(tmp_path / "job.toml", out, channels="0:3", workers=1)
+    assert status_counts(spec) == {"done": 0, "pending": 3, "failed": 0, "stale": 0}
+    assert "3 units done, 0 already done, 0 failed" in run_cli(str(spec))
+    assert status_counts(spec) == {"done": 3, "pending": 0, "failed": 0, "stale": 0}
+    first = {e.key: e.sha256 for e in Store(out).entries()}
+
+    more = write_spec(tmp_path / "more.toml", out, channels="0:4", workers=1)
+    assert status_counts(more) == {"done": 3, "pending": 1, "failed": 0, "stale": 0}
+    assert "1 units done, 3 already done" in run_cli(str(more))
+    assert {k: v for k, v in ((e.key, e.sha256) for e in Store(out).entries()) if k in first} == first
+
+    slower = write_spec(tmp_path / "slower.toml", out, channels="0:4", steps=5, workers=1)
+    assert status_counts(slower) == {"done": 0, "pending": 4, "failed": 0, "stale": 4}
+
+    weights = tmp_path / "tiny.pt"
+    module, _ = build("tiny-cnn")
+    state = {name: tensor + 0.01 for name, tensor in module.state_dict().items()}
+    torch.save(state, weights)
+    retrained = (
+        write_spec(tmp_path / "retrained.toml", out, channels="0:4", workers=1)
+        .read_text()
+        .replace('name = "tiny-cnn"', f'name = "tiny-cnn"\ncheckpoint = "{weights}"')
+    )
+    (tmp_path / "retrained.toml").write_text(retrained)
+    assert status_counts(tmp_path / "retrained.toml") == {"done": 0, "pending": 4, "failed": 0, "stale": 4}
+
+    assert "4 units done, 0 already done" in run_cli(str(more), "--force")
+    assert status_counts(more) == {"done": 4, "pending": 0, "failed": 0, "stale": 0}
