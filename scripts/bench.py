@@ -31,9 +31,11 @@ sys.path.insert(0, str(SCRIPTS))
 
 from bench_common import machine, median  # noqa: E402
 
+from atlas.models import LoadedModel  # noqa: E402
+
 SECTIONS = ("render", "overhead", "scan", "ray", "quality", "site", "batch")
 MODEL = "efficientnet-lite0"
-MID_LAYER = "_blocks.9"  # of _blocks.0.._blocks.15: 112 channels, 14x14 at 224 px
+MID_LAYERS = {MODEL: "_blocks.9"}  # of _blocks.0.._blocks.15: 112 channels, 14x14 at 224 px
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class Settings:
     scan_images: int = 256
     ray_steps: int = 2
     ray_repeats: int = 1
-    quality_channels: tuple[int, ...] = (0, 28, 56, 84)
+    quality_channels: int = 4  # spread evenly over the layer: 0, 28, 56, 84 of 112
+    quality_photos: int | None = None  # dataset crops searched for the best example (None: all)
     quality_size: int = 96
     quality_steps: int = 64
     quality_every: int = 8
@@ -63,7 +66,8 @@ QUICK = Settings(
     lucent_single_channels=0,
     scan_images=32,
     ray_steps=1,
-    quality_channels=(0, 28),
+    quality_channels=2,
+    quality_photos=64,
     quality_size=64,
     quality_steps=4,
     quality_every=2,
@@ -98,11 +102,11 @@ def _number(pattern: str, text: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
-def run_render(model, settings: Settings) -> dict:
+def run_render(model: LoadedModel, layer: str, settings: Settings) -> dict:
     from bench_render import RenderCase, throughput
 
     case = RenderCase(
-        MID_LAYER, tuple(range(settings.render_channels)), settings.render_size, settings.render_steps
+        layer, tuple(range(settings.render_channels)), settings.render_size, settings.render_steps
     )
     result = throughput(model, case, settings.repeats, settings.lucent_single_channels)
     print(
@@ -116,11 +120,11 @@ def run_render(model, settings: Settings) -> dict:
     return result
 
 
-def run_overhead(model, settings: Settings) -> dict:
+def run_overhead(model: LoadedModel, layer: str, settings: Settings) -> dict:
     from bench_render import RenderCase, overhead
 
     case = RenderCase(
-        MID_LAYER, tuple(range(settings.render_channels)), settings.render_size, settings.render_steps
+        layer, tuple(range(settings.render_channels)), settings.render_size, settings.render_steps
     )
     result = overhead(model, case, settings.repeats)
     print(
@@ -129,7 +133,11 @@ def run_overhead(model, settings: Settings) -> dict:
     )
     for name, seconds in result["seconds_per_step"].items():
         print(f"  {name:22s} {seconds:7.3f} s/step   (runs: {result['seconds'][name]})")
-    print(f"  render / bare: x{result['ratio']:.3f}   target <= 1.15")
+    print(
+        f"  render / bare: x{result['ratio']:.3f} (whole call), x{result['ratio_steps_only']:.3f} "
+        f"(without the final no-grad forward, {median(result['seconds']['final forward']):.3f} s)   "
+        "target <= 1.15"
+    )
     return result
 
 
@@ -172,20 +180,24 @@ def run_ray(settings: Settings) -> dict:
     return result
 
 
-def run_quality(model, settings: Settings) -> dict:
+def run_quality(model: LoadedModel, layer: str, settings: Settings) -> dict:
     from bench_quality import quality
 
+    width = model.channels(layer)
+    count = min(settings.quality_channels, width)
+    channels = [i * width // count for i in range(count)]
     result = quality(
         model,
-        MID_LAYER,
-        settings.quality_channels,
+        layer,
+        channels,
         settings.quality_size,
         settings.quality_steps,
         settings.quality_every,
+        photos=settings.quality_photos,
     )
     reference = result["dataset"]
     print(
-        f"quality: {MID_LAYER} channels {list(settings.quality_channels)}, {result['size']} px, "
+        f"quality: {layer} channels {channels}, {result['size']} px, "
         f"{result['steps']} steps, lr {result['lr']}; best demo photo of {reference['images']}: "
         f"{[round(v, 2) for v in reference['best_mean_activation']]}, photos' HF share "
         f"{reference['high_frequency_share']:.3f}"
@@ -211,13 +223,13 @@ def run_site() -> dict:
     }
 
 
-def run_batch(model, settings: Settings) -> dict:
+def run_batch(model: LoadedModel, layer: str, settings: Settings) -> dict:
     from bench_render import batch_scaling
 
     result = batch_scaling(
-        model, MID_LAYER, settings.render_size, settings.render_steps, settings.batches, settings.repeats
+        model, layer, settings.render_size, settings.render_steps, settings.batches, settings.repeats
     )
-    print(f"batch scaling: {MID_LAYER}, {settings.render_size} px, {settings.render_steps} steps")
+    print(f"batch scaling: {layer}, {settings.render_size} px, {settings.render_steps} steps")
     for name, per_minute in result["channels_per_minute"].items():
         print(
             f"  {name:10s} {per_minute:9.1f} channels/min  (median {median(result['seconds'][name]):.2f} s)"
@@ -232,6 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", help=f"comma-separated sections: {', '.join(SECTIONS)}")
     parser.add_argument("--quick", action="store_true", help="tiny settings: checks that everything runs")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    parser.add_argument("--model", default=MODEL, help=f"model of the render and quality sections ({MODEL})")
+    parser.add_argument("--layer", help=f"mid layer to render (default for {MODEL}: {MID_LAYERS[MODEL]})")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
@@ -239,25 +253,35 @@ def main(argv: list[str] | None = None) -> dict:
     from atlas.models import load_model, pick_device
 
     device = pick_device(args.device)
+    layer = args.layer or MID_LAYERS.get(args.model)
+    if layer is None:
+        parser.error(
+            f"--layer is needed for {args.model!r} (a mid layer; `atlas layers {args.model}` lists them)"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = QUICK if args.quick else Settings()
     sections = parse_sections(args.only, device)
-    figures: dict[str, object] = {"machine": machine(device), "quick": args.quick}
+    figures: dict[str, object] = {
+        "machine": machine(device),
+        "quick": args.quick,
+        "model": args.model,
+        "layer": layer,
+    }
     print(json.dumps(figures["machine"]))
     model = (
-        load_model(MODEL, device=device)
+        load_model(args.model, device=device)
         if {"render", "overhead", "quality", "batch"} & set(sections)
         else None
     )
     runners = {
-        "render": lambda: run_render(model, settings),
-        "overhead": lambda: run_overhead(model, settings),
+        "render": lambda: run_render(model, layer, settings),
+        "overhead": lambda: run_overhead(model, layer, settings),
         "scan": lambda: run_scan(device, settings),
         "ray": lambda: run_ray(settings),
-        "quality": lambda: run_quality(model, settings),
+        "quality": lambda: run_quality(model, layer, settings),
         "site": run_site,
-        "batch": lambda: run_batch(model, settings),
+        "batch": lambda: run_batch(model, layer, settings),
     }
     for section in sections:
         figures[section] = runners[section]()

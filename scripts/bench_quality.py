@@ -45,10 +45,18 @@ VARIANTS = (
 
 
 def high_frequency_share(images: torch.Tensor, cutoff: float = HIGH_FREQUENCY_CUTOFF) -> torch.Tensor:
-    """Share (B,) of the luminance spectral power above ``cutoff`` cycles per pixel, mean removed."""
+    """Share (B,) of the luminance spectral power above ``cutoff`` cycles per pixel, mean removed.
+
+    A Hann window first: the DFT treats the image as periodic, and the jump between opposite
+    edges would otherwise count as high-frequency energy in any photo.
+    """
     luminance = images.float().mean(dim=1)
     luminance = luminance - luminance.mean(dim=(1, 2), keepdim=True)
-    power = torch.fft.rfft2(luminance).abs().pow(2)
+    height, width = luminance.shape[-2:]
+    window = (
+        torch.hann_window(height, periodic=False)[:, None] * torch.hann_window(width, periodic=False)[None, :]
+    )
+    power = torch.fft.rfft2(luminance * window).abs().pow(2)
     fy = torch.fft.fftfreq(images.shape[-2])[:, None]
     fx = torch.fft.rfftfreq(images.shape[-1])[None, :]
     high = torch.sqrt(fx * fx + fy * fy) > cutoff
@@ -75,11 +83,19 @@ def steps_to_fraction(steps: Sequence[int], curve: torch.Tensor, fraction: float
 
 @torch.no_grad()
 def dataset_reference(
-    model: LoadedModel, layer: str, channels: Sequence[int], size: int, batch_size: int = 32
+    model: LoadedModel,
+    layer: str,
+    channels: Sequence[int],
+    size: int,
+    photos: int | None = None,
+    batch_size: int = 32,
 ) -> dict[str, object]:
-    """Best mean activation per channel over the demo photos at ``size`` px, and their HF share."""
+    """Best mean activation per channel over the demo photos at ``size`` px, and their HF share.
+
+    ``photos`` limits the search to the first crops (smoke runs); None searches them all.
+    """
     source = open_source("demo")
-    ids = source.ids()
+    ids = source.ids()[:photos]
     best = torch.full((len(channels),), -float("inf"))
     shares = []
     for start in range(0, len(ids), batch_size):
@@ -119,9 +135,10 @@ def quality(
     every: int,
     lr: float = 0.05,
     seed: int = 0,
+    photos: int | None = None,
 ) -> dict[str, object]:
     """Every variant with and without transforms: relative activation, HF share, steps to 90%."""
-    reference = dataset_reference(model, layer, channels, size)
+    reference = dataset_reference(model, layer, channels, size, photos)
     best = torch.tensor(reference["best_mean_activation"])
     objective = obj.channel(layer, list(channels), batch=list(range(len(channels))))
     snapshot_steps = tuple(range(every, steps + 1, every)) if every < steps else (steps,)
