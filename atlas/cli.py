@@ -160,5 +160,56 @@ def site(out: Path) -> None:
     click.echo(f"site: {build_site(out)}")
 
 
+@main.command()
+@click.option("--model", "model_name", default="efficientnet-lite0", show_default=True)
+@click.option("--layer", required=True, help="Layer name (see `atlas layers MODEL`).")
+@click.option(
+    "--channel", type=int, default=0, show_default=True, help="Channel, or class for logit/probability."
+)
+@click.option(
+    "--objective",
+    default="channel",
+    show_default=True,
+    help="channel, neuron, negative, deepdream, logit, probability, diversity.",
+)
+@click.option(
+    "--count", type=int, default=1, show_default=True, help="Images in the batch (diversity needs >= 2)."
+)
+@click.option("--param", default="fourier", show_default=True, help="fourier, pixel or maco.")
+@click.option("--no-decorrelate", is_flag=True, help="Skip the ImageNet colour decorrelation.")
+@click.option(
+    "--descent", default="adam", show_default=True, help="adam, or the article's l2, linf, decorrelated."
+)
+@click.option("--steps", type=int, default=256, show_default=True)
+@click.option("--size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=0.05, show_default=True)
+@click.option("--transforms", default="standard", show_default=True, help="none, standard or distill.")
+@click.option("--penalty", multiple=True, help="NAME=WEIGHT with NAME one of l1, tv, blur (repeatable).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--precision", default="fp32", show_default=True, help="fp32, fp16 or bf16 (autocast).")
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="PNG to write.")
+def render(
+    model_name: str, out: Path, penalty: tuple[str, ...], device: str, no_decorrelate: bool, **options
+) -> None:
+    """Render one feature visualization (one objective, one or more images) to a PNG."""
+    from atlas.models import load_model, pick_device
+    from atlas.optvis import ObjectiveError, ParamError, RenderError, TransformError
+    from atlas.optvis.oneoff import OneOffRequest, read_out, render_one_off, save_strip
+
+    try:
+        weights = {name: float(value) for name, _, value in (p.partition("=") for p in penalty)}
+    except ValueError as err:
+        raise click.BadParameter(f"penalties are NAME=WEIGHT, e.g. tv=0.05 ({err})") from err
+    request = OneOffRequest(penalties=weights, decorrelate=not no_decorrelate, **options)
+    try:
+        result = render_one_off(load_model(model_name, device=pick_device(device)), request)
+    except (RenderError, ObjectiveError, ParamError, TransformError) as err:
+        raise click.ClickException(str(err)) from err
+    save_strip(result.images, out)
+    reached = ", ".join(f"{value:.3f}" for value in read_out(result, request))
+    click.echo(f"wrote {out} ({request.objective} {request.layer}:{request.channel} reached {reached})")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,115 @@
+"""One-off renders for research use (`atlas render`): any objective, parameterization and descent.
+
+Unlike the atlas recipes this renders a single objective, possibly over several images (a
+diversity set), and writes them side by side into one PNG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from atlas.models import LOGITS, LoadedModel
+from atlas.optvis import objectives as obj
+from atlas.optvis.param import make_param
+from atlas.optvis.recipes import to_uint8
+from atlas.optvis.render import STEEPEST_DESCENT, RenderError, RenderResult, render
+
+ONE_OFF_OBJECTIVES = ("channel", "neuron", "negative", "deepdream", "logit", "probability", "diversity")
+DESCENTS = ("adam", *STEEPEST_DESCENT)
+PENALTIES = {"l1": obj.l1, "tv": obj.total_variation, "blur": obj.blur}
+
+
+@dataclass(frozen=True)
+class OneOffRequest:
+    """Everything `atlas render` can choose; defaults are the atlas defaults."""
+
+    layer: str
+    channel: int = 0
+    objective: str = "channel"
+    count: int = 1
+    param: str = "fourier"
+    decorrelate: bool = True
+    decay_power: float = 1.0
+    descent: str = "adam"
+    steps: int = 256
+    size: int = 128
+    lr: float = 0.05
+    transforms: str = "standard"
+    diversity_weight: float = 5.0
+    penalties: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    precision: str = "fp32"
+
+
+def build_objective(request: OneOffRequest) -> obj.Objective:
+    """The objective a request names, plus its weighted penalties."""
+    layer, channel = request.layer, request.channel
+    builders = {
+        "channel": lambda: obj.channel(layer, channel),
+        "neuron": lambda: obj.neuron(layer, channel),
+        "negative": lambda: -obj.channel(layer, channel),
+        "deepdream": lambda: obj.deepdream(layer),
+        "logit": lambda: obj.class_logit(channel),
+        "probability": lambda: obj.class_probability(channel),
+        "diversity": lambda: obj.channel(layer, channel) + request.diversity_weight * obj.diversity(layer),
+    }
+    if request.objective not in builders:
+        raise RenderError(
+            f"unknown objective {request.objective!r}; use one of {', '.join(ONE_OFF_OBJECTIVES)}"
+        )
+    objective = builders[request.objective]()
+    for name, weight in request.penalties.items():
+        if name not in PENALTIES:
+            raise RenderError(f"unknown penalty {name!r}; use some of {', '.join(PENALTIES)}")
+        objective = objective - weight * PENALTIES[name]()
+    return objective
+
+
+def render_one_off(model: LoadedModel, request: OneOffRequest) -> RenderResult:
+    """Render ``request.count`` images of one objective in one batch."""
+    if request.descent not in DESCENTS:
+        raise RenderError(f"unknown descent {request.descent!r}; use one of {', '.join(DESCENTS)}")
+    if request.objective == "diversity" and request.count < 2:
+        raise RenderError("a diversity render needs at least 2 images (--count)")
+    kind, decorrelate, optimizer = request.param, request.decorrelate, "adam"
+    if request.descent != "adam":
+        kind, decorrelate, optimizer = STEEPEST_DESCENT[request.descent]
+    param = make_param(
+        kind,
+        request.count,
+        request.size,
+        seed=request.seed,
+        decay_power=request.decay_power,
+        decorrelate=decorrelate,
+    )
+    return render(
+        model,
+        build_objective(request),
+        param,
+        steps=request.steps,
+        lr=request.lr,
+        transforms=request.transforms,
+        optimizer=optimizer,
+        seed=request.seed,
+        precision=request.precision,
+    )
+
+
+def read_out(result: RenderResult, request: OneOffRequest) -> list[float]:
+    """What each image reached: the channel's mean activation, or the class logit."""
+    if request.objective in ("logit", "probability"):
+        return result.activations[LOGITS][:, request.channel].tolist()
+    if request.objective == "deepdream":
+        return result.activations[request.layer].pow(2).mean(dim=(1, 2, 3)).tolist()
+    return result.activations[request.layer][:, request.channel].mean(dim=(1, 2)).tolist()
+
+
+def save_strip(images: torch.Tensor, path: Path) -> None:
+    """Images (B, 3, H, W) in [0, 1] side by side in one PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(to_uint8(images), axis=1)).save(path)
