@@ -131,6 +131,17 @@ def test_interactions_page_shows_directions_pairs_and_interpolation(full_site: P
     assert strip_width == 16 * 5
 
 
+def test_worker_processes_write_the_same_site_as_inline(tmp_path: Path) -> None:
+    write_synthetic_store(tmp_path, [SyntheticLayer("mixed3a", 24)], _small(random_directions=1))
+    inline = build_site(tmp_path, tmp_path / "inline", workers=1).parent
+    pooled = build_site(tmp_path, tmp_path / "pooled", workers=2).parent
+    files = sorted(p.relative_to(inline) for p in inline.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(pooled) for p in pooled.rglob("*") if p.is_file())
+    for name in files:
+        if name.suffix in (".jpg", ".png", ".js"):
+            assert (inline / name).read_bytes() == (pooled / name).read_bytes(), name
+
+
 def test_optional_parts_are_left_out_cleanly(tmp_path: Path) -> None:
     write_synthetic_store(tmp_path, [SyntheticLayer("only", 6)], _small(examples=False, histograms=False))
     site = build_site(tmp_path).parent

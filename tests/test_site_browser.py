@@ -94,7 +94,7 @@ def test_fragment_opens_the_channel_and_keys_move_between_channels(browser, site
     row = page.locator("#channel-17")
     assert "current" in row.get_attribute("class")
     box, height = row.bounding_box(), page.viewport_size["height"]
-    assert 0 <= box["y"] and box["y"] + box["height"] <= height
+    assert box["y"] >= 0 and box["y"] + box["height"] <= height
     assert page.locator("#channel-view .big img").count() >= 6
     visit.shot("desktop-channel-view")
     page.keyboard.press("j")

@@ -25,9 +25,11 @@ from atlas.site.channels import ChannelEntry, read_layer
 from atlas.site.images import LayerImages, Picture
 from atlas.site.interactions import read_interactions
 from atlas.site.slugs import layer_slugs
+from atlas.site.workers import SheetJobs, auto_workers
 from atlas.store import JOB, MANIFEST, ManifestEntry, Store
 
 SUMMARY_FILE = "build.json"
+DETAILS_FILE = "details.js"
 SAMPLES_PER_LAYER = 6
 # Column order of a channel row; the CSS shows a subset per view (appendix or spectrum).
 ROW_COLUMNS = ("channel", "neuron", "diversity", "max", "negative", "min",
@@ -56,8 +58,12 @@ class LayerSummary:
     has_interactions: bool = False
 
 
-def build_site(out: Path, site_dir: Path | None = None) -> Path:
-    """Build the atlas site for the output folder `out`; returns the path of its index.html."""
+def build_site(out: Path, site_dir: Path | None = None, workers: int | None = None) -> Path:
+    """Build the atlas site for the output folder `out`; returns the path of its index.html.
+
+    `workers` processes compose the example sheets (default: one per core for large atlases,
+    inline for small ones).
+    """
     out = Path(out)
     site_dir = Path(site_dir) if site_dir is not None else out / "site"
     if not (out / JOB).is_file() and not (out / MANIFEST).is_file():
@@ -71,7 +77,7 @@ def build_site(out: Path, site_dir: Path | None = None) -> Path:
     previous = load_summary(site_dir / SUMMARY_FILE)
     staging = Path(tempfile.mkdtemp(prefix=f".{site_dir.name}.building-", dir=site_dir.parent))
     try:
-        _build_into(staging, Store(out), previous)
+        _build_into(staging, Store(out), previous, workers)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -147,7 +153,7 @@ JOB_DEFAULTS = {"name": "", "model": "", "model_digest": "", "started": "", "fin
                 "renderer_version": "", "layers": [], "spec": {}}
 
 
-def _build_into(root: Path, store: Store, previous: dict | None) -> None:
+def _build_into(root: Path, store: Store, previous: dict | None, workers: int | None) -> None:
     job = {**JOB_DEFAULTS, **store.job()}  # a store without job.json still gets a site
     env = _environment()
     built = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -167,10 +173,15 @@ def _build_into(root: Path, store: Store, previous: dict | None) -> None:
         for layer in plan
     ]
     common = {"job": job, "built": built, "nav": summaries, "settings": _settings(job)}
-    for index, (layer, summary) in enumerate(zip(plan, summaries, strict=True)):
-        neighbours = (summaries[index - 1] if index else None,
-                      summaries[index + 1] if index + 1 < len(summaries) else None)
-        _build_layer(root, store, env, layer, summary, neighbours, common)
+    if workers is None:
+        workers = auto_workers(sum(summary.planned or 0 for summary in summaries))
+    with SheetJobs(workers) as jobs:
+        for index, (layer, summary) in enumerate(zip(plan, summaries, strict=True)):
+            neighbours = (summaries[index - 1] if index else None,
+                          summaries[index + 1] if index + 1 < len(summaries) else None)
+            images = LayerImages(root, summary.slug, jobs)
+            _build_layer(store, env, images, layer, summary, neighbours, common)
+            jobs.drain()  # one layer's sheets in flight at most: memory stays bounded by a layer
     current = build_summary(entries, str(job.get("model_digest", "")), built)
     changes = diff_builds(previous, current)
     env.get_template("index.html").stream(
@@ -182,16 +193,16 @@ def _build_into(root: Path, store: Store, previous: dict | None) -> None:
 
 
 def _build_layer(
-    root: Path,
     store: Store,
     env: Environment,
+    images: LayerImages,
     layer: dict,
     summary: LayerSummary,
     neighbours: tuple[LayerSummary | None, LayerSummary | None],
     common: dict,
 ) -> None:
     """Write one layer's images and pages, then keep only its summary."""
-    images = LayerImages(root, summary.slug)
+    root = images.root
     content = read_layer(store, summary.name, images, layer.get("channels") or ())
     interactions = read_interactions(content.interaction_renders, content.direction_examples, images)
     channels = content.channels
@@ -200,6 +211,7 @@ def _build_layer(
     summary.with_examples = sum(bool(c.examples) for c in channels)
     summary.samples = _samples(channels)
     summary.has_interactions = interactions is not None
+    _write_details(images.folder / DETAILS_FILE, summary.slug, channels)
     columns = _present_columns(channels)
     page = {"current": summary, "layer": summary, "previous_layer": neighbours[0],
             "next_layer": neighbours[1], **common}
@@ -212,6 +224,21 @@ def _build_layer(
         env.get_template("interactions.html").stream(
             interactions=interactions, basis=basis, by_channel=by_channel, **page
         ).dump(str(root / f"{summary.slug}.interactions.html"), encoding="utf-8")
+
+
+def _write_details(path: Path, slug: str, channels: list[ChannelEntry]) -> None:
+    """Per-channel extras the channel view loads on demand, as a script (file:// has no fetch)."""
+    details = {
+        str(entry.channel): {"loss": entry.losses, "sources": entry.sources}
+        for entry in channels
+        if entry.losses or entry.sources
+    }
+    text = json.dumps(details, separators=(",", ":"), allow_nan=False)
+    path.write_text(
+        "window.atlasDetails = window.atlasDetails || {};\n"
+        f"window.atlasDetails[{json.dumps(slug)}] = {text};\n",
+        encoding="utf-8",
+    )
 
 
 def _samples(channels: list[ChannelEntry]) -> list[tuple[int, Picture]]:

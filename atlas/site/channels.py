@@ -7,6 +7,7 @@ file names; anything else in the store is ignored rather than trusted.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,8 +22,9 @@ OPTIMIZED_OBJECTIVES = ("channel", "neuron", "negative")
 INTERACTION_OBJECTIVES = ("direction", "pair", "interpolation")
 BUCKETS = ("max", "min", "slightly_positive", "slightly_negative")
 
-RENDER_COLUMNS = ["channel", "channel_b", "objective", "variant", "label", "image", "activation"]
-EXAMPLE_COLUMNS = ["channel", "bucket", "rank", "activation", "crop"]
+RENDER_COLUMNS = ["channel", "channel_b", "objective", "variant", "label", "image", "activation", "loss"]
+EXAMPLE_COLUMNS = ["channel", "bucket", "rank", "activation", "source_id", "x", "y", "crop"]
+LOSS_POINTS = 48  # a loss curve is drawn from this many samples: enough for its shape
 HISTOGRAM_COLUMNS = ["channel", "edges", "counts"]
 
 
@@ -36,6 +38,10 @@ class ChannelEntry:
     diversity: SheetPicture | None = None
     examples: dict[str, SheetPicture] = field(default_factory=dict)
     histogram: HistogramShape | None = None
+    # Loaded by the channel view only (details.js): loss curves per objective and, per bucket,
+    # where each example comes from as [source_id, x, y].
+    losses: dict[str, list[float]] = field(default_factory=dict)
+    sources: dict[str, list[list]] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -85,6 +91,7 @@ def _read_renders(store: Store, layer: str, images: LayerImages, entry: EntryFor
     channels = table.column("channel").to_pylist()
     variants = table.column("variant").to_pylist()
     reached = table.column("activation").to_pylist()
+    losses = table.column("loss")
     pngs = table.column("image")
     diversity: dict[int, dict[int, int]] = defaultdict(dict)  # channel -> variant -> row
     for row, (objective, channel) in enumerate(zip(objectives, channels, strict=True)):
@@ -96,6 +103,7 @@ def _read_renders(store: Store, layer: str, images: LayerImages, entry: EntryFor
             target = entry(channel)
             target.optimized[objective] = images.write(f"{channel}-{objective}", pngs[row].as_py())
             target.reached[objective] = _number(reached[row])
+            target.losses[objective] = downsample(losses[row].as_py() or [], LOSS_POINTS)
     for channel, rows_by_variant in diversity.items():
         rows = [rows_by_variant[v] for v in sorted(rows_by_variant)]
         entry(channel).diversity = images.write_sheet(
@@ -119,6 +127,8 @@ def _read_examples(store: Store, layer: str, images: LayerImages, entry: EntryFo
     buckets = table.column("bucket").to_pylist()
     ranks = table.column("rank").to_pylist()
     values = table.column("activation").to_pylist()
+    source_ids = table.column("source_id").to_pylist()
+    xs, ys = table.column("x").to_pylist(), table.column("y").to_pylist()
     crops = table.column("crop")
     groups: dict[tuple[int, str], dict[int, int]] = defaultdict(dict)  # -> rank -> row
     for row, (channel, bucket) in enumerate(zip(channels, buckets, strict=True)):
@@ -126,14 +136,24 @@ def _read_examples(store: Store, layer: str, images: LayerImages, entry: EntryFo
             groups[(channel, bucket)][ranks[row]] = row
     for (channel, bucket), rows_by_rank in sorted(groups.items()):
         rows = [rows_by_rank[r] for r in sorted(rows_by_rank)]
-        entry(channel).examples[bucket] = images.write_sheet(
+        target = entry(channel)
+        target.examples[bucket] = images.write_sheet(
             f"{channel}-{bucket.replace('_', '-')}",
             [crops[r].as_py() for r in rows],
             [_number(values[r]) for r in rows],
         )
+        target.sources[bucket] = [[source_ids[r], xs[r], ys[r]] for r in rows]
     directions = table.filter(pa.array([c < 0 for c in channels]))
     return directions if directions.num_rows else None
 
 
 def _number(value: float | None) -> float:
     return float("nan") if value is None else float(value)
+
+
+def downsample(values: list[float], points: int) -> list[float | None]:
+    """At most `points` evenly spaced samples, first and last kept, rounded for a small file."""
+    if len(values) > points:
+        step = (len(values) - 1) / (points - 1)
+        values = [values[round(i * step)] for i in range(points)]
+    return [float(f"{v:.4g}") if math.isfinite(v) else None for v in values]

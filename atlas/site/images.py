@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from atlas.site.sheets import compose_sheet, png_size
+from atlas.site.sheets import png_size, sheet_layout
+from atlas.site.workers import SheetJobs
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,11 @@ class SheetPicture:
 class LayerImages:
     """Writes one layer's image files into `img/<slug>/` of the site being built."""
 
-    def __init__(self, site_root: Path, slug: str):
+    def __init__(self, site_root: Path, slug: str, jobs: SheetJobs):
+        self.root = site_root
         self.folder = site_root / "img" / slug
         self.prefix = f"img/{slug}"
+        self.jobs = jobs
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def write(self, name: str, png: bytes) -> Picture:
@@ -49,8 +52,12 @@ class LayerImages:
     def write_sheet(
         self, name: str, pngs: Sequence[bytes], values: Sequence[float] = (), columns: int | None = None
     ) -> SheetPicture:
-        """Compose several PNGs into one JPEG grid; `values` label the cells in reading order."""
-        sheet = compose_sheet(pngs, columns)
-        (self.folder / f"{name}.jpg").write_bytes(sheet.jpeg)
-        picture = Picture(f"{self.prefix}/{name}.jpg", sheet.width, sheet.height)
-        return SheetPicture(picture, sheet.columns, sheet.rows, tuple(float(v) for v in values))
+        """Queue several PNGs to become one JPEG grid; `values` label the cells in reading order.
+
+        The layout comes from the PNG headers, so the page can be written while the sheet is
+        still being composed; the builder drains the jobs before it calls the layer done.
+        """
+        width, height, columns, rows = sheet_layout(pngs, columns)
+        self.jobs.submit(self.folder / f"{name}.jpg", pngs, columns)
+        picture = Picture(f"{self.prefix}/{name}.jpg", width, height)
+        return SheetPicture(picture, columns, rows, tuple(float(v) for v in values))

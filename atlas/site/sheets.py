@@ -14,6 +14,7 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
 
@@ -73,3 +74,20 @@ def compose_sheet(pngs: Sequence[bytes], columns: int | None = None) -> Sheet:
     buffer = io.BytesIO()
     sheet.save(buffer, format="JPEG", quality=SHEET_QUALITY, subsampling=0)  # 4:4:4 keeps small crops crisp
     return Sheet(buffer.getvalue(), sheet.width, sheet.height, columns, rows)
+
+
+def sheet_layout(pngs: Sequence[bytes], columns: int | None = None) -> tuple[int, int, int, int]:
+    """(width, height, columns, rows) of the sheet `compose_sheet` will make, from headers only."""
+    if not pngs:
+        raise ValueError("a sheet needs at least one image")
+    columns = columns or grid_columns(len(pngs))
+    rows = math.ceil(len(pngs) / columns)
+    cell_w, cell_h = png_size(pngs[0])
+    return cell_w * columns, cell_h * rows, columns, rows
+
+
+def write_sheets(jobs: Sequence[tuple[Path, Sequence[bytes], int]]) -> None:
+    """Compose and write a batch of (path, pngs, columns) sheets; runs in a worker process."""
+    for path, pngs, columns in jobs:
+        path.write_bytes(compose_sheet(pngs, columns).jpeg)
+

@@ -6,6 +6,7 @@
   const CHANNEL_HASH = /^#channel-(\d+)$/;
   const BIG_CELL = 88; // px per example in the channel view
   const BIG_DIVERSITY = 112; // px per diversity image in the channel view
+  const SVG = "http://www.w3.org/2000/svg"; // a namespace name, never fetched
 
   function storageGet(key) {
     try { return window.localStorage.getItem(key); } catch (err) { return null; }
@@ -39,6 +40,24 @@
     const filter = document.getElementById("filter");
     const jump = document.getElementById("jump");
     let current = null;
+    let detailsState = "none"; // "loading", "ready" or "failed": details.js is loaded on first open
+
+    function details(channel) {
+      const layer = (window.atlasDetails || {})[list.dataset.slug];
+      return (layer && layer[channel]) || { loss: {}, sources: {} };
+    }
+    function ensureDetails() {
+      if (detailsState !== "none" || !list.dataset.details) return;
+      detailsState = "loading";
+      const script = document.createElement("script");
+      script.src = list.dataset.details;
+      script.onload = function () {
+        detailsState = "ready";
+        if (current && !view.hidden) fill(current);
+      };
+      script.onerror = function () { detailsState = "failed"; };
+      document.head.appendChild(script);
+    }
 
     function visibleRows() { return rows.filter(function (row) { return !row.hidden; }); }
     function rowFor(channel) { return document.getElementById("channel-" + channel); }
@@ -48,36 +67,78 @@
       return head ? head.textContent : kind;
     }
 
-    function bigFigure(cell, kind) {
+    function sparkline(values) {
+      const points = values.map(function (v, i) { return [i, v]; })
+        .filter(function (p) { return typeof p[1] === "number" && isFinite(p[1]); });
+      if (points.length < 2) return null;
+      const ys = points.map(function (p) { return p[1]; });
+      const low = Math.min.apply(null, ys);
+      const span = (Math.max.apply(null, ys) - low) || 1;
+      const last = values.length - 1 || 1;
+      const svg = document.createElementNS(SVG, "svg");
+      svg.setAttribute("class", "loss");
+      svg.setAttribute("viewBox", "0 0 100 24");
+      svg.setAttribute("preserveAspectRatio", "none");
+      const line = document.createElementNS(SVG, "polyline");
+      line.setAttribute("points", points.map(function (p) {
+        return (100 * p[0] / last).toFixed(1) + "," + (22 - 20 * (p[1] - low) / span).toFixed(1);
+      }).join(" "));
+      svg.appendChild(line);
+      return svg;
+    }
+
+    function sourceList(sources, values) {
+      const box = make("details", "sources");
+      box.appendChild(make("summary", "", "Sources"));
+      const items = make("ol");
+      sources.forEach(function (source, index) {
+        const text = source[0] + " at (" + source[1] + ", " + source[2] + ")" +
+          (values[index] !== undefined ? " · " + values[index] : "");
+        items.appendChild(make("li", "", text));
+      });
+      box.appendChild(items);
+      return box;
+    }
+
+    function bigFigure(cell, kind, extra) {
       const source = cell.querySelector("img");
       const figure = make("figure", "big");
       const frame = make("div", "frame");
+      const caption = make("figcaption");
       const image = document.createElement("img");
       image.src = source.getAttribute("src");
       image.alt = source.alt;
       image.setAttribute("width", source.getAttribute("width"));
       image.setAttribute("height", source.getAttribute("height"));
-      const values = (source.dataset.v || "").split(" ").filter(Boolean);
-      const caption = make("figcaption");
-      caption.appendChild(make("b", "", columnLabel(kind)));
-      if (source.dataset.cols) {
-        const cols = Number(source.dataset.cols);
-        const rowsCount = Number(source.dataset.rows);
-        const width = Math.min(cols * (kind === "diversity" ? BIG_DIVERSITY : BIG_CELL), 840);
-        image.style.width = width + "px";
-        frame.appendChild(image);
-        const overlay = make("div", "values");
-        overlay.style.gridTemplateColumns = "repeat(" + cols + ", 1fr)";
-        overlay.style.gridTemplateRows = "repeat(" + rowsCount + ", 1fr)";
-        values.forEach(function (value) { overlay.appendChild(make("span", "", value)); });
-        frame.appendChild(overlay);
-      } else {
-        figure.classList.add("single");
-        frame.appendChild(image);
-        if (values.length) caption.appendChild(document.createTextNode(" · reaches " + values[0]));
-      }
+      frame.appendChild(image);
       figure.appendChild(frame);
       figure.appendChild(caption);
+      caption.appendChild(make("b", "", columnLabel(kind)));
+      const values = (source.dataset.v || "").split(" ").filter(Boolean);
+      if (!source.dataset.cols) {
+        figure.classList.add("single");
+        if (values.length) caption.appendChild(document.createTextNode(" · reaches " + values[0]));
+        const curve = sparkline(extra.loss[kind] || []);
+        if (curve) {
+          caption.appendChild(curve);
+          caption.appendChild(make("span", "loss-label", "loss during optimization"));
+        }
+        return figure;
+      }
+      const cols = Number(source.dataset.cols);
+      const rowsCount = Number(source.dataset.rows);
+      image.style.width = Math.min(cols * (kind === "diversity" ? BIG_DIVERSITY : BIG_CELL), 840) + "px";
+      const overlay = make("div", "values");
+      overlay.style.gridTemplateColumns = "repeat(" + cols + ", 1fr)";
+      overlay.style.gridTemplateRows = "repeat(" + rowsCount + ", 1fr)";
+      const sources = extra.sources[kind.replace(/-/g, "_")] || [];
+      values.forEach(function (value, index) {
+        const badge = make("span", "", value);
+        if (sources[index]) badge.title = sources[index][0] + " at (" + sources[index][1] + ", " + sources[index][2] + ")";
+        overlay.appendChild(badge);
+      });
+      frame.appendChild(overlay);
+      if (sources.length) figure.appendChild(sourceList(sources, values));
       return figure;
     }
 
@@ -99,11 +160,13 @@
       title.textContent = "Channel " + channel;
       body.replaceChildren();
       const groups = { optimized: [], examples: [] };
+      const extra = details(channel);
+      ensureDetails();
       row.querySelectorAll(".cell").forEach(function (cell) {
         if (cell.classList.contains("k-num") || cell.classList.contains("none")) return;
         const kind = Array.from(cell.classList).find(function (name) { return name.startsWith("k-"); }).slice(2);
         const isExample = ["max", "min", "slightly-negative", "slightly-positive"].indexOf(kind) >= 0;
-        groups[isExample ? "examples" : "optimized"].push(bigFigure(cell, kind));
+        groups[isExample ? "examples" : "optimized"].push(bigFigure(cell, kind, extra));
       });
       // single images first, then the diversity set on its own line
       groups.optimized.sort(function (a, b) {
