@@ -135,15 +135,21 @@ def compose(steps: Sequence[Step]) -> Transform:
     return apply
 
 
+def _pixels_to_unit(height: int, width: int) -> torch.Tensor:
+    """Pixel-centre coordinates to grid_sample's [-1, 1] (align_corners=True)."""
+    return torch.tensor(
+        [[2.0 / max(width - 1, 1), 0.0, -1.0], [0.0, 2.0 / max(height - 1, 1), -1.0], [0.0, 0.0, 1.0]]
+    )
+
+
 def _resample(
     images: torch.Tensor, sampling: torch.Tensor, size: tuple[int, int], fill: float
 ) -> torch.Tensor:
-    height, width = size
-    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    output = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).float().view(-1, 3)
-    source = torch.einsum("bij,pj->bpi", sampling, output)[..., :2]
-    scale = torch.tensor([2.0 / max(images.shape[3] - 1, 1), 2.0 / max(images.shape[2] - 1, 1)])
-    grid = (source * scale - 1).view(-1, height, width, 2).to(device=images.device, dtype=images.dtype)
+    """Sample ``images`` where the (B, 3, 3) pixel maps point; the grid is built on the device."""
+    to_unit_in = _pixels_to_unit(images.shape[2], images.shape[3])
+    from_unit_out = torch.linalg.inv(_pixels_to_unit(*size))
+    theta = (to_unit_in @ sampling @ from_unit_out)[:, :2].to(device=images.device, dtype=images.dtype)
+    grid = F.affine_grid(theta, [images.shape[0], images.shape[1], *size], align_corners=True)
     sampled = F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     return sampled + fill
 
