@@ -55,7 +55,12 @@ def write_dataset(path: Path, count: int) -> None:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """VmHWM of this process; not getrusage's ru_maxrss, which survives exec and so would report
+    the parent's peak (the parent held the whole synthetic dataset while writing it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status: the memory figures need Linux")
 
 
 def current_rss_mb() -> float:
@@ -72,11 +77,14 @@ def scan_all(args: argparse.Namespace, path: Path) -> dict:
     baseline = current_rss_mb()
     start = time.perf_counter()
     merged: PartialScan | None = None
+    after_first = 0.0
     for shard in source.shards(args.shard_size):
         partial = scan_shard(model, layers, source, shard, k=args.k, batch_size=args.batch_size)
         merged = partial if merged is None else merged.merge(partial)
+        after_first = after_first or current_rss_mb()
     seconds = time.perf_counter() - start
     return {"images": len(source), "seconds": seconds, "rss_after_model_mb": baseline,
+            "rss_after_first_shard_mb": after_first, "rss_at_end_mb": current_rss_mb(),
             "peak_rss_mb": peak_rss_mb(), "scanned": merged.stats.get("scanned", 0) if merged else 0}
 
 
@@ -159,8 +167,9 @@ def main() -> None:
                        args.layers, "--device", args.device, "--batch-size", str(args.batch_size),
                        "--shard-size", str(args.shard_size), "--k", str(args.k)]
             result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-            print(f"  memory, {result['images']:5d} images: peak RSS {result['peak_rss_mb']:7.1f} MB "
-                  f"(after model load {result['rss_after_model_mb']:.1f} MB), "
+            print(f"  memory, {result['images']:5d} images: peak RSS {result['peak_rss_mb']:6.1f} MB; RSS after "
+                  f"model load {result['rss_after_model_mb']:.1f}, after the first shard "
+                  f"{result['rss_after_first_shard_mb']:.1f}, at the end {result['rss_at_end_mb']:.1f} MB; "
                   f"{result['images'] / result['seconds']:.1f} images/s")
 
 

@@ -271,3 +271,15 @@ def test_reductions_match_numpy_histogram_on_both_backends() -> None:
         assert in_numpy[4][channel].tolist() == (expected * 2).tolist()  # two identical images
         assert in_numpy[0][0, channel] == act[0, channel].max()
         assert in_numpy[3][0, channel] == int(act[0, channel].flatten().argmin())
+
+
+def test_prefetched_batches_equal_sequential_ones(dataset: ImageSource) -> None:
+    from atlas.examples import _batches
+
+    ids = dataset.ids()[:20]
+    sequential = list(_batches(dataset, ids, 6, 32, prefetch=False))
+    prefetched = list(_batches(dataset, ids, 6, 32, prefetch=True))
+    assert len(sequential) == len(prefetched) == 4
+    for (ids_a, pixels_a, counts_a), (ids_b, pixels_b, counts_b) in zip(sequential, prefetched, strict=True):
+        assert ids_a == ids_b and counts_a == counts_b
+        assert torch.equal(pixels_a, pixels_b)
