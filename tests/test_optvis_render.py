@@ -164,3 +164,27 @@ def test_spec_dataclass_is_accepted(model):
     render_spec = replace(spec.RenderSpec(), steps=2, size=32, objectives=("channel",))
     rows = render_channels(model, "conv1", [0], render_spec)
     assert len(rows) == 1 and rows[0].image.shape == (32, 32, 3)
+
+
+def test_chunks_are_packed_full_without_splitting_groups(model, monkeypatch):
+    import atlas.optvis.recipes as recipes
+
+    batches = []
+    real_render = recipes.render
+
+    def counting_render(model, objective, param, **kwargs):
+        batches.append(param().shape[0])
+        return real_render(model, objective, param, **kwargs)
+
+    monkeypatch.setattr(recipes, "render", counting_render)
+    rows = render_channels(model, "conv1", [0, 1, 2, 3], settings(steps=1))
+    assert sorted(batches) == [8, 8, 8]  # 4 x (3 singles + a group of 3) = 24 images
+    assert [r.variant for r in rows if r.channel == 2 and r.objective == "diversity"] == [0, 1, 2]
+
+
+def test_mixed_precision_and_bad_precision(model):
+    objective = obj.channel("conv2", 1)
+    result = render(model, objective, make_param("fourier", 1, 32), steps=3, precision="bf16")
+    assert torch.isfinite(result.images).all()
+    with pytest.raises(RenderError, match="unknown precision 'fp8'"):
+        render(model, objective, make_param("fourier", 1, 32), steps=1, precision="fp8")
