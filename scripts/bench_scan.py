@@ -6,8 +6,9 @@
 Figures printed:
 - decode: images/s of decoding + resizing alone (the loader, no model);
 - forward: images/s of the truncated forward pass alone, on images already decoded into memory;
-- scan: images/s of `scan_shard` (decode in a background thread + forward + per-channel extremes,
-  histograms, sample, merges) over the same images;
+- decode + forward: the bare pass over the images, without any statistics;
+- scan: images/s of `scan_shard` (decode + forward + per-channel extremes, histograms, sample,
+  merges) over the same images; its ratio to the bare pass is the cost of the statistics;
 - memory: peak RSS of fresh processes that scan N images shard by shard and merge the partials
   the way the driver does, for several N: the scan keeps top-k, fixed histograms and a bounded
   sample, so the peak should not grow with N.
@@ -97,46 +98,42 @@ def throughput(args: argparse.Namespace, path: Path) -> None:
     size = model.input_size
     model.layers()
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    def decode(chunk: list[str]) -> torch.Tensor:
+        good, _ = source.load_batch(chunk, draft_size=size)
+        return torch.from_numpy(np.stack([np.asarray(model_view(image, size)) for _, image in good])).permute(0, 3, 1, 2)
 
-    start = time.perf_counter()
-    batches = []
-    for i in range(0, len(ids), args.batch_size):
-        good, _ = source.load_batch(ids[i:i + args.batch_size], draft_size=size)
-        pixels = np.stack([np.asarray(model_view(image, size)) for _, image in good])
-        batches.append(torch.from_numpy(pixels).permute(0, 3, 1, 2))
-    decode = len(ids) / (time.perf_counter() - start)
+    chunks = [ids[i:i + args.batch_size] for i in range(0, len(ids), args.batch_size)]
+    decoded = [decode(chunk) for chunk in chunks]
 
-    def forward_pass() -> None:
+    def forward(pixels: torch.Tensor) -> None:
         with torch.no_grad():
-            for pixels in batches:
-                model.activations(pixels.to(device).float().div_(255), layers)
+            model.activations(pixels.to(device).float().div_(255), layers)
 
-    def scan_pass() -> PartialScan:
-        return scan_shard(model, layers, source, ShardRef(0, tuple(ids)), k=args.k, batch_size=args.batch_size)
-
-    def best_rate(run: Callable[[], object]) -> float:
-        """Best of several rounds: other processes on a shared machine only ever slow a round down."""
-        best = float("inf")
-        for _ in range(args.rounds):
+    runs: dict[str, Callable[[], object]] = {
+        "decode+resize only": lambda: [decode(chunk) for chunk in chunks],
+        "forward only": lambda: [forward(pixels) for pixels in decoded],
+        "decode + forward": lambda: [forward(decode(chunk)) for chunk in chunks],
+        "scan_shard": lambda: scan_shard(model, layers, source, ShardRef(0, tuple(ids)), k=args.k,
+                                         batch_size=args.batch_size),
+    }
+    for run in runs.values():  # warm up (allocator, cudnn autotune, lazy init)
+        run()
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(args.rounds):  # interleaved, best of: other load only ever slows a round down
+        for name, run in runs.items():
             start = time.perf_counter()
             run()
-            sync()
-            best = min(best, time.perf_counter() - start)
-        return len(ids) / best
-
-    forward_pass()  # warm up (allocator, cudnn autotune, lazy init)
-    partial = scan_pass()
-    forward, scan = best_rate(forward_pass), best_rate(scan_pass)
-    assert partial.stats["scanned"] == len(ids)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best[name] = min(best[name], time.perf_counter() - start)
+    rate = {name: len(ids) / seconds for name, seconds in best.items()}
     print(f"model {args.model} on {device} ({torch.get_num_threads()} threads), layers {args.layers}, "
-          f"{len(ids)} images, batch {args.batch_size}, k {args.k}, best of {args.rounds} rounds")
-    print(f"  decode+resize only : {decode:8.1f} images/s")
-    print(f"  bare forward only  : {forward:8.1f} images/s (pre-decoded, truncated at the deepest layer)")
-    print(f"  scan_shard         : {scan:8.1f} images/s "
-          f"(x{scan / forward:.2f} of bare forward, x{scan / min(forward, decode):.2f} of the slower stage)")
+          f"{len(ids)} images, batch {args.batch_size}, k {args.k}, best of {args.rounds} interleaved rounds")
+    print(f"  decode+resize only : {rate['decode+resize only']:8.1f} images/s")
+    print(f"  forward only       : {rate['forward only']:8.1f} images/s (pre-decoded; truncated at the deepest layer)")
+    print(f"  decode + forward   : {rate['decode + forward']:8.1f} images/s (the bare pass: no statistics)")
+    print(f"  scan_shard         : {rate['scan_shard']:8.1f} images/s "
+          f"(x{rate['scan_shard'] / rate['decode + forward']:.2f} of the bare pass)")
 
 
 def main() -> None:
