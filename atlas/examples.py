@@ -12,8 +12,8 @@ Every piece of a partial merges exactly:
   independent of grouping, ties included.
 - histogram: fixed bin edges that never depend on the data: a symmetric, roughly logarithmic
   scale (0 and +-(1 + q/4) 2^e, see HIST_EDGES) covers activations from 1e-3 to 1e3 with 4 bins
-  per octave; counts add. `finalize_layer` trims empty bins and merges neighbours down to `bins`, which is
-  exact, and replaces the outer edges with the true minimum and maximum.
+  per octave; counts add. `finalize_layer` trims empty bins and merges neighbours down to
+  `bins`, which is exact, and replaces the outer edges with the true minimum and maximum.
 - the "slightly positive/negative" buckets: a quantile of a distribution cannot be merged from
   per-shard quantiles, and its examples cannot be chosen before the quantile is known. So each
   partial keeps a bounded uniform sample of images (bottom-m hashing: the m images with the
@@ -57,7 +57,6 @@ HIST_EDGES = np.concatenate([-_POSITIVE_EDGES[::-1], [0.0], _POSITIVE_EDGES]).as
 HIST_BINS = len(HIST_EDGES) - 1  # the outermost bins also hold everything beyond +-1024
 _SIDE_BINS = HIST_BINS // 2
 _FIRST_CODE = (127 - 10) * 4 - 1  # (biased exponent, 2 mantissa bits) code of 2^-10, minus one
-BUCKETS = ("max", "min", "slightly_positive", "slightly_negative")
 
 EXAMPLES_SCHEMA = pa.schema([
     ("layer", pa.string()), ("channel", pa.int32()), ("bucket", pa.string()), ("rank", pa.int32()),
@@ -189,9 +188,9 @@ class PartialScan:
             "sample_ids": _list_column([self.sample_ids] * len(names)),
             "sample_priority": _list_column([self.sample_priority] * len(names)),
         }
-        for prefix, attribute in (("top", "top"), ("bottom", "bottom")):
+        for side in ("top", "bottom"):
             for f in fields(TopK):
-                columns[f"{prefix}_{f.name}"] = _list_column([getattr(getattr(s, attribute), f.name) for s in scans])
+                columns[f"{side}_{f.name}"] = _list_column([getattr(getattr(s, side), f.name) for s in scans])
         columns["histogram"] = _list_column([s.histogram for s in scans])
         for name in _SAMPLE_FIELDS:
             columns[name] = _list_column([getattr(s, name) for s in scans])
