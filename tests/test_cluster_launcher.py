@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import ray
 import ray.autoscaler
 import yaml
 from click.testing import CliRunner
@@ -54,6 +55,11 @@ def test_every_node_starts_ray_with_token_auth_and_gets_the_token(config):
         starts = [c for c in config[key] if "ray start" in c]
         assert starts and all("RAY_AUTH_MODE=token ray start" in c for c in starts), key
     assert config["file_mounts"]["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
+
+
+def test_nodes_install_the_ray_version_that_submits(config):
+    pins = [c for c in config["setup_commands"] if "ray[default]==" in c]
+    assert pins == [f'python -m pip install "ray[default]=={ray.__version__}"']
 
 
 @pytest.mark.slow

@@ -78,6 +78,26 @@ def read_shards(out: Path) -> dict:
     return {e.key: pq.read_table(out / e.path) for e in Store(out).entries() if e.status == "done"}
 
 
+def test_calls_in_flight_stay_bounded_and_results_stream_in(executor, tmp_path, monkeypatch):
+    spec = tiny_spec(tmp_path / "out", channels="0:8", steps=4, **SLOW)
+    in_flight_seen: list[int] = []
+    manifest_seen: list[int] = []
+    submit = executor._submit
+
+    def recording_submit(pending, in_flight, limit):
+        submit(pending, in_flight, limit)
+        in_flight_seen.append(len(in_flight))
+
+    monkeypatch.setattr(executor, "_submit", recording_submit)
+    units = prepare(spec).plan.units
+    report = executor.run(
+        units, Store(spec.out), on_progress=lambda u, o: manifest_seen.append(len(manifest_units(spec.out)))
+    )
+    assert report.done == 8
+    assert max(in_flight_seen) == 2 * len(executor.workers)  # the default bound, reached
+    assert manifest_seen == list(range(1, 9))  # each unit is on disk when it is reported
+
+
 def test_killed_worker_is_replaced_and_each_unit_written_once(executor, tmp_path):
     spec = tiny_spec(tmp_path / "out", channels="0:6", steps=6, **SLOW)
     units = prepare(spec).plan.units
