@@ -122,6 +122,8 @@ def test_demo_source_ids_are_stable_and_load_their_crop() -> None:
     assert len(set(ids)) == len(ids)
     photos = {i.split("@")[0] for i in ids}
     assert {"demo:astronaut.png", "demo:china.jpg"} <= photos  # skimage and sklearn both present
+    astronaut_sides = {i.rsplit("@", 1)[1].split("x")[0] for i in ids if i.startswith("demo:astronaut.png@")}
+    assert len(astronaut_sides) >= 3  # crops at several scales
     sample = ids[len(ids) // 2]
     side = int(sample.rsplit("@", 1)[1].split("x")[0])
     image = first.load(sample)

@@ -283,3 +283,12 @@ def test_prefetched_batches_equal_sequential_ones(dataset: ImageSource) -> None:
     for (ids_a, pixels_a, counts_a), (ids_b, pixels_b, counts_b) in zip(sequential, prefetched, strict=True):
         assert ids_a == ids_b and counts_a == counts_b
         assert torch.equal(pixels_a, pixels_b)
+
+
+def test_logits_are_scanned_as_one_position_seeing_everything(model: LoadedModel, dataset: ImageSource) -> None:
+    scan = scan_shard(model, ["logits"], dataset, dataset.shards(8)[0], k=2)
+    examples, histogram = finalize_layer(model, "logits", scan, dataset, 32, 16, "k", channels=[0, 9])
+    assert set(zip(examples.column("x").to_pylist(), examples.column("y").to_pylist(), strict=True)) == {(0, 0)}
+    assert histogram.column("channel").to_pylist() == [0, 9]
+    field_ = receptive_field(model, "logits")
+    assert field_.box(0, 0) == (0.0, 0.0, 64.0, 64.0)
