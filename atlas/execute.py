@@ -16,7 +16,8 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
@@ -136,9 +137,10 @@ class UnitWorker:
         torch.set_num_threads(max(1, int(assigned)))
         self.context = make_context(spec, device)
 
-    def run(self, unit: Unit) -> tuple[dict, float]:
+    def run(self, unit: Unit, inputs: Any = None) -> tuple[dict, float]:
+        """Run one unit; `inputs` arrives separately so that units sharing it ship it once."""
         start = time.perf_counter()
-        tables = run_unit(self.context, unit)
+        tables = run_unit(self.context, replace(unit, inputs=inputs))
         return tables, time.perf_counter() - start
 
     def pid(self) -> int:
@@ -218,10 +220,11 @@ class Executor:
                 pending.append((unit, 1))
         limit = self.spec.execute.max_in_flight or 2 * len(self.workers)
         in_flight: dict[ray.ObjectRef, _Call] = {}
+        shipped: dict[int, tuple[Any, ray.ObjectRef]] = {}  # id(inputs) -> (inputs, its object ref)
         last_live = time.monotonic()
 
         while pending or in_flight:
-            self._submit(pending, in_flight, limit)
+            self._submit(pending, in_flight, limit, shipped)
             starting = {w.started: w for w in self.workers if w.pid is None and not w.lost}
             ready, _ = ray.wait([*in_flight, *starting], num_returns=1, timeout=_POLL_S)
             for ref in ready:
@@ -240,13 +243,30 @@ class Executor:
         report.seconds = time.perf_counter() - start
         return report
 
-    def _submit(self, pending: deque, in_flight: dict[ray.ObjectRef, _Call], limit: int) -> None:
+    def _submit(
+        self,
+        pending: deque,
+        in_flight: dict[ray.ObjectRef, _Call],
+        limit: int,
+        shipped: dict[int, tuple[Any, ray.ObjectRef]],
+    ) -> None:
+        """Hand pending units to the least busy started workers, up to `limit` calls in flight.
+
+        A unit's `inputs` (e.g. the merged dataset scan that every examples unit reads) goes into
+        the object store once and travels as a reference, not once per call.
+        """
         live = [w for w in self.workers if w.pid is not None and not w.lost]
         while pending and live and len(in_flight) < limit:
             unit, attempt = pending.popleft()
             worker = min(live, key=lambda w: w.load)
             worker.load += 1
-            in_flight[worker.handle.run.remote(unit)] = _Call(unit, worker, attempt)
+            inputs = None
+            if unit.inputs is not None:
+                if id(unit.inputs) not in shipped:
+                    shipped[id(unit.inputs)] = (unit.inputs, ray.put(unit.inputs))
+                inputs = shipped[id(unit.inputs)][1]
+            ref = worker.handle.run.remote(replace(unit, inputs=None), inputs)
+            in_flight[ref] = _Call(unit, worker, attempt)
 
     def _started(self, worker: _Worker) -> None:
         """A worker finished loading the model, or failed to: a failed load stops the job."""

@@ -12,10 +12,12 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import ray
 from click.testing import CliRunner
 from faultmodels import POISONED_CHANNEL
 from raytools import env_with_tests_on_path, local_ray, manifest_units, tiny_spec, write_spec
@@ -84,18 +86,22 @@ def test_calls_in_flight_stay_bounded_and_results_stream_in(executor, tmp_path, 
     manifest_seen: list[int] = []
     submit = executor._submit
 
-    def recording_submit(pending, in_flight, limit):
-        submit(pending, in_flight, limit)
+    def recording_submit(pending, in_flight, limit, shipped):
+        submit(pending, in_flight, limit, shipped)
         in_flight_seen.append(len(in_flight))
 
     monkeypatch.setattr(executor, "_submit", recording_submit)
-    units = prepare(spec).plan.units
+    puts: list[object] = []
+    monkeypatch.setattr(ray, "put", lambda value, _put=ray.put: puts.append(value) or _put(value))
+    shared = {"merged scan": list(range(1000))}  # as every examples unit carries the same partial
+    units = [replace(u, inputs=shared) for u in prepare(spec).plan.units]
     report = executor.run(
         units, Store(spec.out), on_progress=lambda u, o: manifest_seen.append(len(manifest_units(spec.out)))
     )
     assert report.done == 8
     assert max(in_flight_seen) == 2 * len(executor.workers)  # the default bound, reached
     assert manifest_seen == list(range(1, 9))  # each unit is on disk when it is reported
+    assert puts == [shared]  # shared inputs travel once, not once per call
 
 
 def test_killed_worker_is_replaced_and_each_unit_written_once(executor, tmp_path):
