@@ -136,7 +136,7 @@ def model_view(image: Image.Image, size: int) -> Image.Image:
 
 
 class ImageSource(ABC):
-    """Ordered, addressable images. Subclasses list ids and fetch raw bytes or files."""
+    """Ordered images addressed by source id; subclasses list the ids and decode them."""
 
     description: str
 
