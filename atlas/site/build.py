@@ -1,7 +1,7 @@
 """Build the static atlas site from an output folder, one layer at a time, and switch it in atomically.
 
-The site is plain files (HTML, PNG, one CSS and one JS file) that work from `file://` with no
-server and no external request. It is built in a temporary sibling folder and renamed over the
+The site is plain files (HTML, PNG images, JPEG sheets, a CSS and a JS file, and one small
+data script per layer) that work from `file://` with no server and no external request. It is built in a temporary sibling folder and renamed over the
 previous site only when complete, so a failed nightly rebuild leaves yesterday's site in place.
 """
 
@@ -32,6 +32,8 @@ SUMMARY_FILE = "build.json"
 DETAILS_FILE = "details.js"
 SAMPLES_PER_LAYER = 6
 # Column order of a channel row; the CSS shows a subset per view (appendix or spectrum).
+JOB_DEFAULTS = {"name": "", "model": "", "model_digest": "", "started": "", "finished": "",
+                "renderer_version": "", "layers": [], "spec": {}}
 ROW_COLUMNS = ("channel", "neuron", "diversity", "max", "negative", "min",
                "slightly_negative", "slightly_positive")
 
@@ -147,10 +149,6 @@ def _layer_plan(store: Store, job: dict) -> list[dict]:
                 planned.append({"name": name})
                 known.add(name)
     return planned
-
-
-JOB_DEFAULTS = {"name": "", "model": "", "model_digest": "", "started": "", "finished": "",
-                "renderer_version": "", "layers": [], "spec": {}}
 
 
 def _build_into(root: Path, store: Store, previous: dict | None, workers: int | None) -> None:

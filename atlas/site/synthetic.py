@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,7 @@ class SyntheticOptions:
     random_directions: int = 0
     pairs: tuple[tuple[str, int, int], ...] = ()
     interpolation_steps: int = 5
-    failed_layers: tuple[str, ...] = field(default=())
+    failed_layers: tuple[str, ...] = ()
     seed: int = 0
 
 
