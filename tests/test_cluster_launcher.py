@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -17,7 +18,10 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 from raytools import REPO
 
 from atlas.cli import main
+from atlas.job import prepare
 from atlas.models import load_model
+from atlas.spec import LayerSpec, ModelSpec, load_spec
+from atlas.units import make_context, run_unit
 
 CLUSTER = REPO / "cluster.yaml"
 INCEPTION = REPO / "jobs" / "inceptionv1.toml"
@@ -83,3 +87,21 @@ def test_inceptionv1_plan_lists_every_channel_of_the_nine_mixed_layers(tmp_path)
     units = sum(len(range(0, model.channels(layer), 8)) for layer in mixed)
     assert re.search(rf"^\d+ units \({units} render, \d+ scan\)", result.output, re.M)
     assert not (tmp_path / "out").exists()  # planning runs nothing and writes nothing
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="atlas.spec accepts transforms = 'appendix' but atlas.optvis names that preset 'distill'; "
+    "remove this mark once they agree",
+)
+def test_inceptionv1_render_settings_render(tmp_path):
+    """The appendix job's render settings work end to end, shrunk: tiny-cnn, 2 steps, 32 px."""
+    spec = load_spec(INCEPTION)
+    small = replace(spec.render, steps=2, size=32, batch=2, diversity=2)
+    spec = spec.replace(
+        out=tmp_path, model=ModelSpec("tiny-cnn"), layers=(LayerSpec("conv2", (0,)),), render=small
+    )
+    spec = spec.replace(examples=replace(spec.examples, enabled=False))
+    (unit,) = prepare(spec).plan.units
+    table = run_unit(make_context(spec, "cpu"), unit)["render"]
+    assert set(table.column("objective").to_pylist()) == set(spec.render.objectives)
