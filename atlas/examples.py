@@ -418,7 +418,8 @@ def finalize_layer(
     `quantiles[0]` quantile of all images' minima, `slightly_positive` those whose maximum is
     nearest the `quantiles[1]` quantile of the maxima. Rank 0 is the most extreme in every bucket
     (highest for max / slightly_positive, lowest for min / slightly_negative).
-    Crops are the layer's receptive field around the position; thumbs are the square the model saw.
+    Crops are the layer's receptive field around the position, cut from the centered square the
+    model saw; thumbs show the whole image, longest side `thumb_size`.
     """
     if layer not in partial.layers:
         raise ScanError(f"the scan has no layer {layer!r}; scanned: {', '.join(partial.layers)}")
@@ -501,7 +502,9 @@ def _cut(source: ImageSource, picks: Sequence[_Pick], field_: ReceptiveField, cr
             box_left, box_top, box_right, box_bottom = field_.box(y, x)
             box = (left + box_left * scale, top + box_top * scale, left + box_right * scale, top + box_bottom * scale)
             crops[(y, x)] = _png(image.resize((crop_size, crop_size), Image.Resampling.BICUBIC, box=box))
-        cut[source_id] = (crops, _png(model_view(image, thumb_size)))
+        thumb = image.copy()
+        thumb.thumbnail((thumb_size, thumb_size), Image.Resampling.BICUBIC)
+        cut[source_id] = (crops, _png(thumb))
     return cut
 
 

@@ -292,3 +292,19 @@ def test_logits_are_scanned_as_one_position_seeing_everything(model: LoadedModel
     assert histogram.column("channel").to_pylist() == [0, 9]
     field_ = receptive_field(model, "logits")
     assert field_.box(0, 0) == (0.0, 0.0, 64.0, 64.0)
+
+
+def test_thumb_shows_the_whole_image_and_crop_the_seen_square(model: LoadedModel, tmp_path: Path) -> None:
+    wide = Image.new("RGB", (150, 50), (200, 0, 0))
+    wide.paste((0, 0, 200), (50, 0, 100, 50))  # the centered square the model sees is blue
+    wide.save(tmp_path / "wide.png")
+    source = open_source(tmp_path)
+    scan = scan_shard(model, ["logits"], source, source.shards(1)[0], k=1)
+    examples, _ = finalize_layer(model, "logits", scan, source, crop_size=20, thumb_size=30, unit_key="k",
+                                 channels=[0])
+    row = examples.to_pylist()[0]
+    thumb = Image.open(io.BytesIO(row["thumb"])).convert("RGB")
+    assert thumb.size == (30, 10)
+    assert thumb.getpixel((2, 5))[0] > 150  # the red sides are in the thumbnail
+    crop = np.asarray(Image.open(io.BytesIO(row["crop"])).convert("RGB"))
+    assert (crop[..., 2] > 150).all()  # but not in the crop
