@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MIN_SIDE = 16  # smaller images carry too little to be an example of anything
@@ -35,6 +35,7 @@ DEMO_SCALES = (1.0, 0.6, 0.35)  # crop sides as fractions of a photo's short sid
 DEMO_EXCLUDED = frozenset(
     {"chessboard_GRAY.png", "chessboard_RGB.png", "color.png", "logo.png", "phantom.png"}
 )
+EXIF_ORIENTATION = 0x0112
 DEMO_SCHEME = "demo-v1"  # bump when the crop scheme changes, so fingerprints change with it
 
 
@@ -82,6 +83,9 @@ def decode_image(
         return Decoded(None, ["skipped:truncated" if "truncated" in str(err) else "skipped:corrupt"])
     except (ValueError, SyntaxError, Image.UnidentifiedImageError):
         return Decoded(None, ["skipped:corrupt"])
+    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # phone photos: upright, as people saw them
+        image = ImageOps.exif_transpose(image)
+        reasons.append("converted:rotated")
     if min(image.size) < min_side:
         return Decoded(None, ["skipped:tiny"])
     if image.mode != "RGB":

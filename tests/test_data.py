@@ -52,8 +52,14 @@ def _write_bad_folder(root: Path) -> dict[str, str | None]:
     rgba.putalpha(Image.new("L", (50, 50), 10))
     palette_alpha = _noise(40, 40, 3).convert("P")
     palette_alpha.info["transparency"] = 0
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees to view"
+    rotated = io.BytesIO()
+    _noise(60, 30, 11).save(rotated, format="JPEG", exif=exif)
     files = {
         "good.jpg": (good, None),
+        "phone.jpg": (rotated.getvalue(), "converted:rotated"),
+        "icon.webp": (_encoded(_noise(40, 40, 12), "WEBP"), None),
         "nested/deeper/good.png": (_encoded(_noise(64, 64, 4), "PNG"), None),
         "corrupt.jpg": (b"this is not an image" * 20, "skipped:corrupt"),
         "truncated.png": (truncated_png[: len(truncated_png) // 2], "skipped:truncated"),
@@ -86,6 +92,7 @@ def test_folder_source_counts_every_kind_of_bad_image(tmp_path: Path) -> None:
     assert set(loaded) == {name for name, reason in expected.items() if not (reason or "").startswith("skipped")}
     assert all(image.mode == "RGB" for image in loaded.values())
     assert max(loaded["huge.png"].size) == MAX_SIDE
+    assert loaded["phone.jpg"].size == (30, 60)  # stored landscape, shown portrait
     # Transparent pixels become neutral gray, not black.
     assert loaded["alpha.png"].getpixel((0, 0)) != (0, 0, 0)
 
