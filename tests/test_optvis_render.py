@@ -188,3 +188,14 @@ def test_mixed_precision_and_bad_precision(model):
     assert torch.isfinite(result.images).all()
     with pytest.raises(RenderError, match="unknown precision 'fp8'"):
         render(model, objective, make_param("fourier", 1, 32), steps=1, precision="fp8")
+
+
+def test_diversity_term_lowers_gram_similarity(model):
+    def mean_cosine(objective: obj.Objective) -> float:
+        result = render(model, objective, make_param("fourier", 4, 32), steps=15, lr=0.1)
+        cosines = obj.gram_cosines(result.activations["conv2"])
+        return float((cosines.sum() - cosines.diagonal().sum()) / 12)
+
+    plain = mean_cosine(obj.channel("conv2", 5))
+    diverse = mean_cosine(obj.channel("conv2", 5) + 1.0 * obj.diversity("conv2"))
+    assert diverse < plain - 0.1
