@@ -8,6 +8,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -15,8 +16,9 @@ from PIL import Image
 
 from atlas.site import SiteError, build_site
 from atlas.site.changes import channel_ranges
-from atlas.site.sheets import compose_sheet, grid_columns, png_size
+from atlas.site.sheets import compose, grid_placements, png_size
 from atlas.site.slugs import layer_slugs
+from atlas.site.sprites import sprite_layout
 from atlas.site.synthetic import (
     RENDER_SCHEMA,
     PatternPool,
@@ -98,10 +100,12 @@ def test_every_page_and_every_referenced_file_exists(full_site: Path) -> None:
 def test_layer_page_has_every_channel_with_its_images(full_site: Path) -> None:
     found = _parse(full_site / "mixed4a.html")
     assert {f"channel-{c}" for c in range(10)} <= found.ids
-    for name in ("channel.png", "neuron.png", "negative.png", "diversity.jpg", "max.jpg", "min.jpg",
-                 "slightly-negative.jpg", "slightly-positive.jpg"):
-        assert f"img/mixed4a/3-{name}" in found.sources
+    assert "img/mixed4a/3.jpg" in found.sources
     html = (full_site / "mixed4a.html").read_text()
+    row = re.search(r'<article class="row ch" id="channel-3">(.*?)</article>', html, re.S).group(1)
+    for column in ("channel", "neuron", "negative", "diversity", "max", "min",
+                   "slightly-negative", "slightly-positive"):
+        assert f'<div class="cell k-{column}"><img src="img/mixed4a/3.jpg"' in row
     assert html.count('<svg class="hist"') == 10
 
 
@@ -112,14 +116,42 @@ def test_layer_images_are_lazy_and_sized_so_the_page_lays_out_before_they_load(f
         assert 'loading="lazy"' in tag and re.search(r'width="\d+" height="\d+"', tag), tag
 
 
-def test_sheets_hold_every_example_in_rank_order(full_site: Path) -> None:
-    width, height = _size(full_site / "img/mixed3a/0-max.jpg")
-    columns = grid_columns(4)
-    assert (width, height) == (12 * columns, 12 * ((4 + columns - 1) // columns))
+def test_sprites_put_each_image_in_its_region(full_site: Path) -> None:
     html = (full_site / "mixed3a.html").read_text()
-    values = re.search(r'src="img/mixed3a/0-max.jpg"[^>]*data-v="([^"]+)"', html).group(1)
+    row = re.search(r'id="channel-5">(.*?)</article>', html, re.S).group(1)
+    values = re.search(r'k-max"><img [^>]*data-v="([^"]+)"', row).group(1)
     numbers = [float(v) for v in values.split()]
     assert len(numbers) == 4 and numbers == sorted(numbers, reverse=True)
+    layout = sprite_layout(["channel", "neuron", "negative"], (16, 16), 2,
+                           [("max", 4), ("min", 4), ("slightly_positive", 4), ("slightly_negative", 4)],
+                           (12, 12))
+    with Image.open(full_site / "img/mixed3a/5.jpg") as sprite:
+        assert sprite.size == (layout.width, layout.height)
+        for column in ("channel", "negative"):
+            region = layout.regions[column]
+            box = (region.x, region.y, region.x + region.width, region.y + region.height)
+            cropped = np.asarray(sprite.convert("RGB").crop(box), dtype=float)
+            png = _stored_png(full_site.parent, "mixed3a", 5, column)
+            expected = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=float)
+            assert np.abs(cropped - expected).mean() < 12, column
+
+
+def _stored_png(out: Path, layer: str, channel: int, objective: str) -> bytes:
+    rows = Store(out).read("render", layer).to_pylist()
+    return next(r["image"] for r in rows if r["channel"] == channel and r["objective"] == objective)
+
+
+def test_sprite_regions_tile_without_overlap() -> None:
+    layout = sprite_layout(["channel", "neuron"], (128, 128), 4, [("max", 10), ("min", 7)], (96, 96))
+    boxes = list(layout.regions.items())
+    for index, (name, region) in enumerate(boxes):
+        assert region.x + region.width <= layout.width and region.y + region.height <= layout.height, name
+        for other_name, other in boxes[index + 1:]:
+            apart = (region.x + region.width <= other.x or other.x + other.width <= region.x
+                     or region.y + region.height <= other.y or other.y + other.height <= region.y)
+            assert apart, (name, other_name)
+    assert (layout.regions["max"].columns, layout.regions["max"].rows) == (5, 2)
+    assert layout.crop_style("channel").startswith(f"width:{100 * layout.width / 128:.4g}%")
 
 
 def test_interactions_page_shows_directions_pairs_and_interpolation(full_site: Path) -> None:
@@ -199,7 +231,7 @@ def test_failed_build_keeps_the_previous_site(tmp_path: Path) -> None:
     with pytest.raises(Exception):  # noqa: B017 - whatever pyarrow raises, the old site must stay
         build_site(tmp_path)
     assert index.read_text() == before
-    assert (index.parent / "img/mixed3a/0-channel.png").is_file()
+    assert (index.parent / "img/mixed3a/0.jpg").is_file()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".site")) == []
 
 
@@ -242,9 +274,11 @@ def test_layer_html_stays_small_per_channel(tmp_path: Path) -> None:
 
 def test_sheet_and_png_helpers() -> None:
     pool = PatternPool(0)
-    sheet = compose_sheet([pool.png(8, i) for i in range(5)] + [pool.png(12, 9)])
-    assert (sheet.columns, sheet.rows) == (3, 2) and (sheet.width, sheet.height) == (24, 16)
-    assert Image.open(io.BytesIO(sheet.jpeg)).size == (24, 16)
+    width, height, columns, rows, placements = grid_placements(
+        [pool.png(8, i) for i in range(5)] + [pool.png(12, 9)]
+    )
+    assert (columns, rows) == (3, 2) and (width, height) == (24, 16)
+    assert Image.open(io.BytesIO(compose(width, height, placements))).size == (24, 16)
     with pytest.raises(ValueError, match="not a PNG"):
         png_size(b"GIF89a" + bytes(30))
     assert channel_ranges([5, 0, 1, 2, 7, 8]) == "0–2, 5, 7–8"

@@ -1,6 +1,6 @@
 """Build the static atlas site from an output folder, one layer at a time, and switch it in atomically.
 
-The site is plain files (HTML, PNG images, JPEG sheets, a CSS and a JS file, and one small
+The site is plain files (HTML, a JPEG sprite per channel, a CSS and a JS file, and one small
 data script per layer) that work from `file://` with no server and no external request. It is built in a temporary sibling folder and renamed over the
 previous site only when complete, so a failed nightly rebuild leaves yesterday's site in place.
 """
@@ -21,11 +21,12 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from atlas.site.changes import build_summary, channel_ranges, diff_builds, load_summary
-from atlas.site.channels import ChannelEntry, read_layer
+from atlas.site.channels import BUCKETS, OPTIMIZED_OBJECTIVES, ChannelEntry, read_layer
 from atlas.site.images import LayerImages, Picture
 from atlas.site.interactions import read_interactions
 from atlas.site.slugs import layer_slugs
-from atlas.site.workers import SheetJobs, auto_workers
+from atlas.site.sprites import SpriteLayout
+from atlas.site.workers import ComposeJobs, auto_workers
 from atlas.store import JOB, MANIFEST, ManifestEntry, Store
 
 SUMMARY_FILE = "build.json"
@@ -42,6 +43,16 @@ class SiteError(RuntimeError):
     """The site cannot be built from this folder; the message says what to do instead."""
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One optimized image on the index: a crop of a channel's sprite."""
+
+    channel: int
+    sprite: Picture
+    crop_style: str
+    aspect: float
+
+
 @dataclass
 class LayerSummary:
     """What the index and the layer bar need to know about a layer once its page is written."""
@@ -55,7 +66,7 @@ class LayerSummary:
     shown: int = 0
     optimized: int = 0
     with_examples: int = 0
-    samples: list[tuple[int, Picture]] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
     failed: list[ManifestEntry] = field(default_factory=list)
     has_interactions: bool = False
 
@@ -63,7 +74,7 @@ class LayerSummary:
 def build_site(out: Path, site_dir: Path | None = None, workers: int | None = None) -> Path:
     """Build the atlas site for the output folder `out`; returns the path of its index.html.
 
-    `workers` processes compose the example sheets (default: one per core for large atlases,
+    `workers` processes compose the channel sprites (default: one per core for large atlases,
     inline for small ones).
     """
     out = Path(out)
@@ -173,13 +184,13 @@ def _build_into(root: Path, store: Store, previous: dict | None, workers: int | 
     common = {"job": job, "built": built, "nav": summaries, "settings": _settings(job)}
     if workers is None:
         workers = auto_workers(sum(summary.planned or 0 for summary in summaries))
-    with SheetJobs(workers) as jobs:
+    with ComposeJobs(workers) as jobs:
         for index, (layer, summary) in enumerate(zip(plan, summaries, strict=True)):
             neighbours = (summaries[index - 1] if index else None,
                           summaries[index + 1] if index + 1 < len(summaries) else None)
             images = LayerImages(root, summary.slug, jobs)
             _build_layer(store, env, images, layer, summary, neighbours, common)
-            jobs.drain()  # one layer's sheets in flight at most: memory stays bounded by a layer
+            jobs.drain()  # one layer's sprites in flight at most: memory stays bounded by a layer
     current = build_summary(entries, str(job.get("model_digest", "")), built)
     changes = diff_builds(previous, current)
     env.get_template("index.html").stream(
@@ -205,22 +216,27 @@ def _build_layer(
     interactions = read_interactions(content.interaction_renders, content.direction_examples, images)
     channels = content.channels
     summary.shown = len(channels)
-    summary.optimized = sum(bool(c.optimized) for c in channels)
-    summary.with_examples = sum(bool(c.examples) for c in channels)
-    summary.samples = _samples(channels)
+    summary.optimized = sum(any(o in c.values for o in OPTIMIZED_OBJECTIVES) for c in channels)
+    summary.with_examples = sum(any(b in c.values for b in BUCKETS) for c in channels)
+    summary.samples = _samples(channels, content.layout)
     summary.has_interactions = interactions is not None
     _write_details(images.folder / DETAILS_FILE, summary.slug, channels)
     columns = _present_columns(channels)
     page = {"current": summary, "layer": summary, "previous_layer": neighbours[0],
             "next_layer": neighbours[1], **common}
+    layout = content.layout
+    page = {**page, "layout": layout}
     env.get_template("layer.html").stream(
-        channels=channels, columns=columns, aspects=_aspects(channels, columns), **page
+        channels=channels, columns=columns,
+        grids={c: [layout.regions[c].columns, layout.regions[c].rows] for c in columns} if layout else {},
+        **page,
     ).dump(str(root / f"{summary.slug}.html"), encoding="utf-8")
     if interactions is not None:
-        by_channel = {c.channel: c for c in channels}
-        basis = [c for c in channels if "channel" in c.optimized][: max(len(interactions.directions), 4)]
+        by_channel = {c.channel: c for c in channels if c.sprite is not None}
+        basis = [c for c in channels if c.sprite is not None and "channel" in c.values]
         env.get_template("interactions.html").stream(
-            interactions=interactions, basis=basis, by_channel=by_channel, **page
+            interactions=interactions, basis=basis[: max(len(interactions.directions), 4)],
+            by_channel=by_channel, **page,
         ).dump(str(root / f"{summary.slug}.interactions.html"), encoding="utf-8")
 
 
@@ -239,12 +255,13 @@ def _write_details(path: Path, slug: str, channels: list[ChannelEntry]) -> None:
     )
 
 
-def _samples(channels: list[ChannelEntry]) -> list[tuple[int, Picture]]:
-    samples = []
+def _samples(channels: list[ChannelEntry], layout: SpriteLayout | None) -> list[Sample]:
+    """The first few channels' optimized images, cropped out of their sprites for the index."""
+    samples: list[Sample] = []
     for entry in channels:
-        picture = entry.optimized.get("channel") or entry.optimized.get("neuron")
-        if picture is not None:
-            samples.append((entry.channel, picture))
+        column = next((c for c in ("channel", "neuron") if c in entry.values), None)
+        if column is not None and entry.sprite is not None and layout is not None:
+            samples.append(Sample(entry.channel, entry.sprite, layout.crop_style(column), layout.aspect(column)))
         if len(samples) == SAMPLES_PER_LAYER:
             break
     return samples
@@ -252,27 +269,8 @@ def _samples(channels: list[ChannelEntry]) -> list[tuple[int, Picture]]:
 
 def _present_columns(channels: list[ChannelEntry]) -> list[str]:
     """Row columns that at least one channel of the layer fills, in row order."""
-    present = set()
-    for entry in channels:
-        present.update(entry.optimized)
-        present.update(entry.examples)
-        if entry.diversity is not None:
-            present.add("diversity")
+    present = {column for entry in channels for column in entry.values}
     return [column for column in ROW_COLUMNS if column in present]
-
-
-def _aspects(channels: list[ChannelEntry], columns: list[str]) -> dict[str, float]:
-    """Width / height of each column's widest picture, so rows align before images load."""
-    aspects = dict.fromkeys(columns, 1.0)
-    for entry in channels:
-        pictures = dict(entry.optimized)
-        pictures.update({bucket: sheet.picture for bucket, sheet in entry.examples.items()})
-        if entry.diversity is not None:
-            pictures["diversity"] = entry.diversity.picture
-        for column, picture in pictures.items():
-            if column in aspects and picture.height:
-                aspects[column] = max(aspects[column], round(picture.width / picture.height, 3))
-    return aspects
 
 
 def _settings(job: dict) -> list[tuple[str, list[tuple[str, str]]]]:

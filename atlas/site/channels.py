@@ -1,4 +1,4 @@
-"""One layer's channels: read its shards, write its image files, keep only a light view model.
+"""One layer's channels: read its shards, queue one sprite per channel, keep a light view model.
 
 The builder calls `read_layer` once per layer and drops the result after rendering the page,
 so memory is bounded by the largest layer. Only known objective and bucket words become part of
@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from atlas.site.images import LayerImages, Picture, SheetPicture
+from atlas.site.images import LayerImages, Picture
+from atlas.site.sheets import png_size
+from atlas.site.sprites import SpriteLayout, sprite_layout
 from atlas.site.svg import HistogramShape, histogram_shape
 from atlas.store import Store
 
@@ -30,121 +32,130 @@ HISTOGRAM_COLUMNS = ["channel", "edges", "counts"]
 
 @dataclass
 class ChannelEntry:
-    """What a layer page shows for one channel; paths and numbers only, no pixels."""
+    """What a layer page shows for one channel: its sprite and numbers, no pixels."""
 
     channel: int
-    optimized: dict[str, Picture] = field(default_factory=dict)
-    reached: dict[str, float] = field(default_factory=dict)  # objective -> activation of its image
-    diversity: SheetPicture | None = None
-    examples: dict[str, SheetPicture] = field(default_factory=dict)
+    sprite: Picture | None = None
+    # column ("channel", "diversity", "max", ...) -> values shown for it: the activation an
+    # optimized image reaches, or one activation per example in rank order.
+    values: dict[str, tuple[float, ...]] = field(default_factory=dict)
     histogram: HistogramShape | None = None
     # Loaded by the channel view only (details.js): loss curves per objective and, per bucket,
     # where each example comes from as [source_id, x, y].
-    losses: dict[str, list[float]] = field(default_factory=dict)
+    losses: dict[str, list[float | None]] = field(default_factory=dict)
     sources: dict[str, list[list]] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
-        return not (self.optimized or self.diversity or self.examples or self.histogram)
-
-
-EntryFor = Callable[[int], ChannelEntry]
+        return not (self.values or self.histogram)
 
 
 @dataclass
 class LayerContent:
-    """A layer's channel entries plus the rows the interactions page needs (or None)."""
+    """A layer's channel entries, their shared sprite layout, and the rows for interactions."""
 
     channels: list[ChannelEntry]
+    layout: SpriteLayout | None
     interaction_renders: pa.Table | None
     direction_examples: pa.Table | None
 
 
+@dataclass
+class _Rows:
+    """Row numbers of one channel's images in the layer's render and examples tables."""
+
+    optimized: dict[str, int] = field(default_factory=dict)  # objective -> row
+    diversity: dict[int, int] = field(default_factory=dict)  # variant -> row
+    buckets: dict[str, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))  # rank -> row
+
+
 def read_layer(store: Store, layer: str, images: LayerImages, expected: Iterable[int]) -> LayerContent:
-    """Read render, examples and histogram shards of one layer and write their images."""
+    """Read render, examples and histogram shards of one layer and queue one sprite per channel."""
     entries: dict[int, ChannelEntry] = {c: ChannelEntry(c) for c in expected}
-
-    def entry(channel: int) -> ChannelEntry:
-        return entries.setdefault(channel, ChannelEntry(channel))
-
-    interaction_renders = _read_renders(store, layer, images, entry)
-    direction_examples = _read_examples(store, layer, images, entry)
+    renders = _read(store, "render", layer, RENDER_COLUMNS)
+    examples = _read(store, "examples", layer, EXAMPLE_COLUMNS)
+    rows: dict[int, _Rows] = defaultdict(_Rows)
+    interaction_renders = direction_examples = None
+    if renders is not None:
+        objectives = renders.column("objective").to_pylist()
+        variants = renders.column("variant").to_pylist()
+        for row, channel in enumerate(renders.column("channel").to_pylist()):
+            if channel >= 0 and objectives[row] == "diversity":
+                rows[channel].diversity[variants[row]] = row
+            elif channel >= 0 and objectives[row] in OPTIMIZED_OBJECTIVES:
+                rows[channel].optimized[objectives[row]] = row
+        interactions = renders.filter(pa.array([o in INTERACTION_OBJECTIVES for o in objectives]))
+        interaction_renders = interactions if interactions.num_rows else None
+    if examples is not None:
+        channels = examples.column("channel").to_pylist()
+        buckets, ranks = examples.column("bucket").to_pylist(), examples.column("rank").to_pylist()
+        for row, channel in enumerate(channels):
+            if channel >= 0 and buckets[row] in BUCKETS:
+                rows[channel].buckets[buckets[row]][ranks[row]] = row
+        directions = examples.filter(pa.array([c < 0 for c in channels]))
+        direction_examples = directions if directions.num_rows else None
+    layout = _layout(rows, renders, examples)
+    for channel in sorted(rows):
+        entry = entries.setdefault(channel, ChannelEntry(channel))
+        _queue_sprite(entry, rows[channel], layout, renders, examples, images)
     histograms = store.read("histogram", layer, HISTOGRAM_COLUMNS)
     if histograms is not None:
         for row in histograms.to_pylist():
             if row["channel"] >= 0:
-                entry(row["channel"]).histogram = histogram_shape(row["edges"], row["counts"])
-    return LayerContent(
-        channels=[entries[c] for c in sorted(entries)],
-        interaction_renders=interaction_renders,
-        direction_examples=direction_examples,
-    )
+                entry = entries.setdefault(row["channel"], ChannelEntry(row["channel"]))
+                entry.histogram = histogram_shape(row["edges"], row["counts"])
+    return LayerContent([entries[c] for c in sorted(entries)], layout, interaction_renders, direction_examples)
 
 
-def _read_renders(store: Store, layer: str, images: LayerImages, entry: EntryFor) -> pa.Table | None:
-    """Write optimized images and diversity sheets; hand back the interaction rows untouched."""
-    table = store.read("render", layer, RENDER_COLUMNS)
-    if table is None:
+def _read(store: Store, kind: str, layer: str, columns: list[str]) -> pa.Table | None:
+    table = store.read(kind, layer, columns)
+    return None if table is None else table.combine_chunks()
+
+
+def _layout(rows: dict[int, _Rows], renders: pa.Table | None, examples: pa.Table | None) -> SpriteLayout | None:
+    """The layer's sprite layout: present objectives, largest diversity set and bucket sizes."""
+    if not rows:
         return None
-    table = table.combine_chunks()
-    objectives = table.column("objective").to_pylist()
-    channels = table.column("channel").to_pylist()
-    variants = table.column("variant").to_pylist()
-    reached = table.column("activation").to_pylist()
-    losses = table.column("loss")
-    pngs = table.column("image")
-    diversity: dict[int, dict[int, int]] = defaultdict(dict)  # channel -> variant -> row
-    for row, (objective, channel) in enumerate(zip(objectives, channels, strict=True)):
-        if channel < 0:
-            continue
-        if objective == "diversity":
-            diversity[channel][variants[row]] = row
-        elif objective in OPTIMIZED_OBJECTIVES:
-            target = entry(channel)
-            target.optimized[objective] = images.write(f"{channel}-{objective}", pngs[row].as_py())
-            target.reached[objective] = _number(reached[row])
-            target.losses[objective] = downsample(losses[row].as_py() or [], LOSS_POINTS)
-    for channel, rows_by_variant in diversity.items():
-        rows = [rows_by_variant[v] for v in sorted(rows_by_variant)]
-        entry(channel).diversity = images.write_sheet(
-            f"{channel}-diversity",
-            [pngs[r].as_py() for r in rows],
-            [_number(reached[r]) for r in rows],
-            columns=len(rows),
-        )
-    interaction_mask = pa.array([o in INTERACTION_OBJECTIVES for o in objectives])
-    interactions = table.filter(interaction_mask)
-    return interactions if interactions.num_rows else None
+    objectives = [o for o in OPTIMIZED_OBJECTIVES if any(o in r.optimized for r in rows.values())]
+    diversity = max(len(r.diversity) for r in rows.values())
+    buckets = [(b, max(len(r.buckets.get(b, ())) for r in rows.values())) for b in BUCKETS]
+    buckets = [(bucket, count) for bucket, count in buckets if count]
+    optimized_size = crop_size = (1, 1)
+    first_render = next((r for c in rows.values() for r in [*c.optimized.values(), *c.diversity.values()]), None)
+    if first_render is not None:
+        optimized_size = png_size(renders.column("image")[first_render].as_py())
+    first_crop = next((r for c in rows.values() for ranks in c.buckets.values() for r in ranks.values()), None)
+    if first_crop is not None:
+        crop_size = png_size(examples.column("crop")[first_crop].as_py())
+    return sprite_layout(objectives, optimized_size, diversity, buckets, crop_size)
 
 
-def _read_examples(store: Store, layer: str, images: LayerImages, entry: EntryFor) -> pa.Table | None:
-    """Write one sheet per (channel, bucket), best rank first; hand back the directions' rows."""
-    table = store.read("examples", layer, EXAMPLE_COLUMNS)
-    if table is None:
-        return None
-    table = table.combine_chunks()
-    channels = table.column("channel").to_pylist()
-    buckets = table.column("bucket").to_pylist()
-    ranks = table.column("rank").to_pylist()
-    values = table.column("activation").to_pylist()
-    source_ids = table.column("source_id").to_pylist()
-    xs, ys = table.column("x").to_pylist(), table.column("y").to_pylist()
-    crops = table.column("crop")
-    groups: dict[tuple[int, str], dict[int, int]] = defaultdict(dict)  # -> rank -> row
-    for row, (channel, bucket) in enumerate(zip(channels, buckets, strict=True)):
-        if channel >= 0 and bucket in BUCKETS:
-            groups[(channel, bucket)][ranks[row]] = row
-    for (channel, bucket), rows_by_rank in sorted(groups.items()):
-        rows = [rows_by_rank[r] for r in sorted(rows_by_rank)]
-        target = entry(channel)
-        target.examples[bucket] = images.write_sheet(
-            f"{channel}-{bucket.replace('_', '-')}",
-            [crops[r].as_py() for r in rows],
-            [_number(values[r]) for r in rows],
-        )
-        target.sources[bucket] = [[source_ids[r], xs[r], ys[r]] for r in rows]
-    directions = table.filter(pa.array([c < 0 for c in channels]))
-    return directions if directions.num_rows else None
+def _queue_sprite(
+    entry: ChannelEntry, rows: _Rows, layout: SpriteLayout, renders: pa.Table | None,
+    examples: pa.Table | None, images: LayerImages,
+) -> None:
+    """Place every image of the channel in its region and queue the sprite; keep the numbers."""
+    placements = []
+    if renders is not None:
+        pngs, reached, losses = renders.column("image"), renders.column("activation"), renders.column("loss")
+        for objective, row in rows.optimized.items():
+            placements += layout.placements(objective, [pngs[row].as_py()])
+            entry.values[objective] = (_number(reached[row].as_py()),)
+            entry.losses[objective] = downsample(losses[row].as_py() or [], LOSS_POINTS)
+        if rows.diversity:
+            ordered = [rows.diversity[v] for v in sorted(rows.diversity)]
+            placements += layout.placements("diversity", [pngs[r].as_py() for r in ordered])
+            entry.values["diversity"] = tuple(_number(reached[r].as_py()) for r in ordered)
+    if examples is not None:
+        crops, values = examples.column("crop"), examples.column("activation")
+        sources, xs, ys = examples.column("source_id"), examples.column("x"), examples.column("y")
+        for bucket, by_rank in rows.buckets.items():
+            ordered = [by_rank[rank] for rank in sorted(by_rank)]
+            placements += layout.placements(bucket, [crops[r].as_py() for r in ordered])
+            entry.values[bucket] = tuple(_number(values[r].as_py()) for r in ordered)
+            entry.sources[bucket] = [[sources[r].as_py(), xs[r].as_py(), ys[r].as_py()] for r in ordered]
+    if placements:
+        entry.sprite = images.compose(str(entry.channel), layout.width, layout.height, placements)
 
 
 def _number(value: float | None) -> float:

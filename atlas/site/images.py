@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from atlas.site.sheets import png_size, sheet_layout
-from atlas.site.workers import SheetJobs
+from atlas.site.sheets import Placement, grid_placements, png_size
+from atlas.site.workers import ComposeJobs
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Picture:
 
 @dataclass(frozen=True)
 class SheetPicture:
-    """A grid of examples in one file, with the values shown for each cell."""
+    """A grid of images in one file, with the values shown for each cell."""
 
     picture: Picture
     columns: int
@@ -34,9 +34,14 @@ class SheetPicture:
 
 
 class LayerImages:
-    """Writes one layer's image files into `img/<slug>/` of the site being built."""
+    """Writes one layer's image files into `img/<slug>/` of the site being built.
 
-    def __init__(self, site_root: Path, slug: str, jobs: SheetJobs):
+    Composed images (sprites, grids) are queued on `jobs`; their size is known from the PNG
+    headers at once, so pages can be written while workers compose them. The builder drains
+    the jobs before it calls the layer done.
+    """
+
+    def __init__(self, site_root: Path, slug: str, jobs: ComposeJobs):
         self.root = site_root
         self.folder = site_root / "img" / slug
         self.prefix = f"img/{slug}"
@@ -49,15 +54,15 @@ class LayerImages:
         (self.folder / f"{name}.png").write_bytes(png)
         return Picture(f"{self.prefix}/{name}.png", width, height)
 
+    def compose(self, name: str, width: int, height: int, placements: Sequence[Placement]) -> Picture:
+        """Queue a JPEG of `width` x `height` with each PNG pasted at its place."""
+        self.jobs.submit(self.folder / f"{name}.jpg", width, height, placements)
+        return Picture(f"{self.prefix}/{name}.jpg", width, height)
+
     def write_sheet(
         self, name: str, pngs: Sequence[bytes], values: Sequence[float] = (), columns: int | None = None
     ) -> SheetPicture:
-        """Queue several PNGs to become one JPEG grid; `values` label the cells in reading order.
-
-        The layout comes from the PNG headers, so the page can be written while the sheet is
-        still being composed; the builder drains the jobs before it calls the layer done.
-        """
-        width, height, columns, rows = sheet_layout(pngs, columns)
-        self.jobs.submit(self.folder / f"{name}.jpg", pngs, columns)
-        picture = Picture(f"{self.prefix}/{name}.jpg", width, height)
+        """Queue a grid of PNGs as one JPEG; `values` label the cells in reading order."""
+        width, height, columns, rows, placements = grid_placements(pngs, columns)
+        picture = self.compose(name, width, height, placements)
         return SheetPicture(picture, columns, rows, tuple(float(v) for v in values))

@@ -1,10 +1,10 @@
-"""Tile small PNGs into one JPEG sheet, so a layer page makes a handful of image requests per channel.
+"""Compose many small PNGs into one JPEG: a channel's sprite, or a grid of examples.
 
-A 1,024-channel layer with ten examples per bucket would otherwise need tens of thousands of
-files and `<img>` tags; one sheet per (channel, group) keeps the HTML and the file count small.
-Sheets hold photos and photo-like optimized images, so they are JPEG: encoding one is about
-twenty times faster than PNG and the file is about a quarter of the size, which is what keeps
-an InceptionV1-sized site build within minutes.
+A 1,024-channel layer has tens of thousands of images (optimized images, diversity sets,
+examples per bucket). Written one per file they cost tens of thousands of file creations on
+every build and deletions on every rebuild, and as many `<img>` tags; one sprite per channel
+keeps both small. Sprites hold photos and photo-like optimized images, so they are JPEG:
+encoding is about twenty times faster than PNG and the file about a quarter of the size.
 """
 
 from __future__ import annotations
@@ -13,25 +13,16 @@ import io
 import math
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SHEET_BACKGROUND = (255, 255, 255)
-SHEET_QUALITY = 90
+BACKGROUND = (255, 255, 255)
+JPEG_QUALITY = 90
 
-
-@dataclass(frozen=True)
-class Sheet:
-    """A composed grid of equally sized cells, encoded as JPEG."""
-
-    jpeg: bytes
-    width: int
-    height: int
-    columns: int
-    rows: int
+# Where one PNG goes in a composed image: (x, y, width, height, png bytes).
+Placement = tuple[int, int, int, int, bytes]
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -45,11 +36,27 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 
 def grid_columns(count: int) -> int:
-    """Columns for `count` cells: one row up to four, then a wide grid about 2.5 times wider than tall."""
+    """Columns for `count` cells: one row up to four, then a grid about 2.5 times wider than tall."""
     if count <= 4:
         return max(count, 1)
     rows = max(1, round(math.sqrt(count / 2.5)))
     return math.ceil(count / rows)
+
+
+def grid_placements(
+    pngs: Sequence[bytes], columns: int | None = None
+) -> tuple[int, int, int, int, list[Placement]]:
+    """Cells of a grid sized like the first PNG: (width, height, columns, rows, placements)."""
+    if not pngs:
+        raise ValueError("a grid needs at least one image")
+    columns = columns or grid_columns(len(pngs))
+    rows = math.ceil(len(pngs) / columns)
+    cell_w, cell_h = png_size(pngs[0])
+    placements = [
+        ((i % columns) * cell_w, (i // columns) * cell_h, cell_w, cell_h, png)
+        for i, png in enumerate(pngs)
+    ]
+    return cell_w * columns, cell_h * rows, columns, rows, placements
 
 
 def _decode_rgb(data: bytes) -> Image.Image:
@@ -58,36 +65,20 @@ def _decode_rgb(data: bytes) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def compose_sheet(pngs: Sequence[bytes], columns: int | None = None) -> Sheet:
-    """Paste PNGs into a grid; cells take the first image's size and others are resized to fit."""
-    if not pngs:
-        raise ValueError("compose_sheet needs at least one image")
-    columns = columns or grid_columns(len(pngs))
-    rows = math.ceil(len(pngs) / columns)
-    cells = [_decode_rgb(data) for data in pngs]
-    cell_w, cell_h = cells[0].size
-    sheet = Image.new("RGB", (cell_w * columns, cell_h * rows), SHEET_BACKGROUND)
-    for index, cell in enumerate(cells):
-        if cell.size != (cell_w, cell_h):
-            cell = cell.resize((cell_w, cell_h), Image.Resampling.BILINEAR)
-        sheet.paste(cell, ((index % columns) * cell_w, (index // columns) * cell_h))
+def compose(width: int, height: int, placements: Sequence[Placement]) -> bytes:
+    """Paste each PNG at its place (resized to its cell when it differs) and encode as JPEG."""
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    for x, y, cell_w, cell_h, png in placements:
+        image = _decode_rgb(png)
+        if image.size != (cell_w, cell_h):
+            image = image.resize((cell_w, cell_h), Image.Resampling.BILINEAR)
+        canvas.paste(image, (x, y))
     buffer = io.BytesIO()
-    sheet.save(buffer, format="JPEG", quality=SHEET_QUALITY, subsampling=0)  # 4:4:4 keeps small crops crisp
-    return Sheet(buffer.getvalue(), sheet.width, sheet.height, columns, rows)
+    canvas.save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)  # 4:4:4: crisp small cells
+    return buffer.getvalue()
 
 
-def sheet_layout(pngs: Sequence[bytes], columns: int | None = None) -> tuple[int, int, int, int]:
-    """(width, height, columns, rows) of the sheet `compose_sheet` will make, from headers only."""
-    if not pngs:
-        raise ValueError("a sheet needs at least one image")
-    columns = columns or grid_columns(len(pngs))
-    rows = math.ceil(len(pngs) / columns)
-    cell_w, cell_h = png_size(pngs[0])
-    return cell_w * columns, cell_h * rows, columns, rows
-
-
-def write_sheets(jobs: Sequence[tuple[Path, Sequence[bytes], int]]) -> None:
-    """Compose and write a batch of (path, pngs, columns) sheets; runs in a worker process."""
-    for path, pngs, columns in jobs:
-        path.write_bytes(compose_sheet(pngs, columns).jpeg)
-
+def write_composed(jobs: Sequence[tuple[Path, int, int, Sequence[Placement]]]) -> None:
+    """Compose and write a batch of (path, width, height, placements); runs in a worker process."""
+    for path, width, height, placements in jobs:
+        path.write_bytes(compose(width, height, placements))

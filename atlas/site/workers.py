@@ -1,6 +1,6 @@
-"""Sheet composition in worker processes: the one CPU-heavy step of a site build.
+"""Sprite composition in worker processes: the one CPU-heavy step of a site build.
 
-Decoding examples and encoding sheets is most of a build's CPU time, and a Python thread pool
+Decoding images and encoding sprites is most of a build's CPU time, and a Python thread pool
 does not help (the Python side of Pillow holds the GIL). Jobs go to processes in batches, with
 a bounded number of batches in flight, so memory stays bounded by a few batches plus the layer
 being read. With one worker everything runs inline, which small builds and tests prefer.
@@ -16,9 +16,9 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
-from atlas.site.sheets import write_sheets
+from atlas.site.sheets import Placement, write_composed
 
-BATCH = 48  # sheets per task: large enough to amortize pickling, small enough to spread work
+BATCH = 24  # sprites per task: large enough to amortize pickling, small enough to spread work
 MAX_AUTO_WORKERS = 8
 SMALL_BUILD_CHANNELS = 512  # below this, starting processes costs more than it saves
 
@@ -30,8 +30,8 @@ def auto_workers(channels: int) -> int:
     return max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
 
 
-class SheetJobs:
-    """Queue of sheets to compose; `drain` waits for all of them and raises the first failure."""
+class ComposeJobs:
+    """Queue of images to compose; `drain` waits for all of them and raises the first failure."""
 
     def __init__(self, workers: int):
         if workers < 1:
@@ -41,11 +41,11 @@ class SheetJobs:
             if workers > 1 else None
         )
         self._limit = 2 * workers
-        self._batch: list[tuple[Path, Sequence[bytes], int]] = []
+        self._batch: list[tuple[Path, int, int, Sequence[Placement]]] = []
         self._running: deque[Future] = deque()
 
-    def submit(self, path: Path, pngs: Sequence[bytes], columns: int) -> None:
-        self._batch.append((path, list(pngs), columns))
+    def submit(self, path: Path, width: int, height: int, placements: Sequence[Placement]) -> None:
+        self._batch.append((path, width, height, list(placements)))
         if len(self._batch) >= BATCH:
             self._flush()
 
@@ -54,19 +54,19 @@ class SheetJobs:
         if not batch:
             return
         if self._pool is None:
-            write_sheets(batch)
+            write_composed(batch)
             return
         while len(self._running) >= self._limit:
             self._running.popleft().result()
-        self._running.append(self._pool.submit(write_sheets, batch))
+        self._running.append(self._pool.submit(write_composed, batch))
 
     def drain(self) -> None:
-        """Finish every queued sheet (call before a page that shows them is considered done)."""
+        """Finish every queued image (call before a page that shows them is considered done)."""
         self._flush()
         while self._running:
             self._running.popleft().result()
 
-    def __enter__(self) -> SheetJobs:
+    def __enter__(self) -> ComposeJobs:
         return self
 
     def __exit__(

@@ -40,6 +40,7 @@
     const filter = document.getElementById("filter");
     const jump = document.getElementById("jump");
     let current = null;
+    const grids = JSON.parse(list.dataset.grids || "{}"); // column -> [columns, rows] of its grid
     let detailsState = "none"; // "loading", "ready" or "failed": details.js is loaded on first open
 
     function details(channel) {
@@ -102,8 +103,9 @@
 
     function bigFigure(cell, kind, extra) {
       const source = cell.querySelector("img");
+      const grid = grids[kind.replace(/-/g, "_")] || [1, 1];
       const figure = make("figure", "big");
-      const frame = make("div", "frame");
+      const frame = make("div", "frame crop k-" + kind);
       const caption = make("figcaption");
       const image = document.createElement("img");
       image.src = source.getAttribute("src");
@@ -115,7 +117,7 @@
       figure.appendChild(caption);
       caption.appendChild(make("b", "", columnLabel(kind)));
       const values = (source.dataset.v || "").split(" ").filter(Boolean);
-      if (!source.dataset.cols) {
+      if (kind === "channel" || kind === "neuron" || kind === "negative") {
         figure.classList.add("single");
         if (values.length) caption.appendChild(document.createTextNode(" · reaches " + values[0]));
         const curve = sparkline(extra.loss[kind] || []);
@@ -125,9 +127,9 @@
         }
         return figure;
       }
-      const cols = Number(source.dataset.cols);
-      const rowsCount = Number(source.dataset.rows);
-      image.style.width = Math.min(cols * (kind === "diversity" ? BIG_DIVERSITY : BIG_CELL), 840) + "px";
+      const cols = grid[0];
+      const rowsCount = grid[1];
+      frame.style.width = Math.min(cols * (kind === "diversity" ? BIG_DIVERSITY : BIG_CELL), 840) + "px";
       const overlay = make("div", "values");
       overlay.style.gridTemplateColumns = "repeat(" + cols + ", 1fr)";
       overlay.style.gridTemplateRows = "repeat(" + rowsCount + ", 1fr)";

@@ -1,0 +1,87 @@
+"""The layout of a channel's sprite: where each optimized image and example grid sits.
+
+Every channel of a layer shares one layout (sizes and counts are the layer's largest), so the
+page crops each cell out of the sprite with a handful of CSS rules per layer rather than
+per-image styles, and rows line up before any image has loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from atlas.site.sheets import Placement, grid_columns
+
+GUTTER = 2  # px between regions, so scaling a crop never samples its neighbour
+
+
+@dataclass(frozen=True)
+class Region:
+    """A rectangle of the sprite holding one image or a grid of `columns` x `rows` cells."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    columns: int = 1
+    rows: int = 1
+
+    def cell(self, index: int) -> tuple[int, int, int, int]:
+        """(x, y, width, height) of the index-th cell, in reading order."""
+        cell_w, cell_h = self.width // self.columns, self.height // self.rows
+        return (self.x + (index % self.columns) * cell_w, self.y + (index // self.columns) * cell_h,
+                cell_w, cell_h)
+
+
+@dataclass(frozen=True)
+class SpriteLayout:
+    width: int
+    height: int
+    regions: dict[str, Region]
+
+    def aspect(self, column: str) -> float:
+        region = self.regions[column]
+        return round(region.width / region.height, 4)
+
+    def crop_style(self, column: str) -> str:
+        """CSS that makes an `<img>` of the whole sprite show only this column's region."""
+        region = self.regions[column]
+        return (
+            f"width:{100 * self.width / region.width:.4g}%;"
+            f"height:{100 * self.height / region.height:.4g}%;"
+            f"left:{-100 * region.x / region.width:.4g}%;"
+            f"top:{-100 * region.y / region.height:.4g}%"
+        )
+
+    def placements(self, column: str, pngs: Sequence[bytes]) -> list[Placement]:
+        region = self.regions[column]
+        return [(*region.cell(index), png) for index, png in enumerate(pngs)]
+
+
+def sprite_layout(
+    optimized: Sequence[str],
+    optimized_size: tuple[int, int],
+    diversity: int,
+    buckets: Sequence[tuple[str, int]],
+    crop_size: tuple[int, int],
+) -> SpriteLayout:
+    """Optimized images and the diversity set on the first row, example grids on the second."""
+    regions: dict[str, Region] = {}
+    opt_w, opt_h = optimized_size
+    x = 0
+    for objective in optimized:
+        regions[objective] = Region(x, 0, opt_w, opt_h)
+        x += opt_w + GUTTER
+    if diversity:
+        regions["diversity"] = Region(x, 0, opt_w * diversity, opt_h, diversity, 1)
+        x += opt_w * diversity + GUTTER
+    first_row_height = opt_h + GUTTER if regions else 0
+    crop_w, crop_h = crop_size
+    bucket_x, grid_height = 0, 0
+    for bucket, count in buckets:
+        columns = grid_columns(count)
+        rows = -(-count // columns)
+        regions[bucket] = Region(bucket_x, first_row_height, crop_w * columns, crop_h * rows, columns, rows)
+        bucket_x += crop_w * columns + GUTTER
+        grid_height = max(grid_height, crop_h * rows)
+    return SpriteLayout(max(x, bucket_x, 1), max(first_row_height + grid_height, 1), regions)
