@@ -89,11 +89,6 @@ def test_inceptionv1_plan_lists_every_channel_of_the_nine_mixed_layers(tmp_path)
     assert not (tmp_path / "out").exists()  # planning runs nothing and writes nothing
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="atlas.spec accepts transforms = 'appendix' but atlas.optvis names that preset 'distill'; "
-    "remove this mark once they agree",
-)
 def test_inceptionv1_render_settings_render(tmp_path):
     """The appendix job's render settings work end to end, shrunk: tiny-cnn, 2 steps, 32 px."""
     spec = load_spec(INCEPTION)

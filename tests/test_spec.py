@@ -84,3 +84,10 @@ def test_channel_out_of_range(tmp_path):
     spec = parse_spec(BASE.replace('"0:4"', "[1, 99]"))
     with pytest.raises(SpecError, match=r"has 32 channels.*\[99\] out of range"):
         check_against_model(spec, load_model("tiny-cnn"))
+
+
+def test_transform_presets_match_the_renderer():
+    from atlas.optvis.transforms import PRESETS
+    from atlas.spec import TRANSFORM_PRESETS
+
+    assert set(TRANSFORM_PRESETS) == set(PRESETS)
