@@ -155,7 +155,9 @@ def _queue_sprite(
             entry.values[bucket] = tuple(_number(values[r].as_py()) for r in ordered)
             entry.sources[bucket] = [[sources[r].as_py(), xs[r].as_py(), ys[r].as_py()] for r in ordered]
     if placements:
-        entry.sprite = images.compose(str(entry.channel), layout.width, layout.height, placements)
+        entry.sprite = images.compose(
+            str(entry.channel), layout.width, layout.height, placements, layout.boxes()
+        )
 
 
 def _number(value: float | None) -> float:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from atlas.site.sheets import Placement, grid_placements, png_size
+from atlas.site.sheets import Box, Placement, grid_placements, png_size
 from atlas.site.workers import ComposeJobs
 
 
@@ -54,9 +54,11 @@ class LayerImages:
         (self.folder / f"{name}.png").write_bytes(png)
         return Picture(f"{self.prefix}/{name}.png", width, height)
 
-    def compose(self, name: str, width: int, height: int, placements: Sequence[Placement]) -> Picture:
+    def compose(
+        self, name: str, width: int, height: int, placements: Sequence[Placement], boxes: Sequence[Box] = ()
+    ) -> Picture:
         """Queue a JPEG of `width` x `height` with each PNG pasted at its place."""
-        self.jobs.submit(self.folder / f"{name}.jpg", width, height, placements)
+        self.jobs.submit(self.folder / f"{name}.jpg", width, height, placements, boxes)
         return Picture(f"{self.prefix}/{name}.jpg", width, height)
 
     def write_sheet(

@@ -23,6 +23,8 @@ JPEG_QUALITY = 90
 
 # Where one PNG goes in a composed image: (x, y, width, height, png bytes).
 Placement = tuple[int, int, int, int, bytes]
+# A rectangle (x, y, width, height) whose edges are extended into the gutter around it.
+Box = tuple[int, int, int, int]
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -65,20 +67,31 @@ def _decode_rgb(data: bytes) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def compose(width: int, height: int, placements: Sequence[Placement]) -> bytes:
-    """Paste each PNG at its place (resized to its cell when it differs) and encode as JPEG."""
+def compose(
+    width: int, height: int, placements: Sequence[Placement], boxes: Sequence[Box] = ()
+) -> bytes:
+    """Paste each PNG at its place (resized to its cell when it differs) and encode as JPEG.
+
+    The edge pixels of each box are copied one pixel outwards, into the gutter, so a browser
+    scaling a crop of the sprite blends an image's edge with itself, not with its neighbour.
+    """
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     for x, y, cell_w, cell_h, png in placements:
         image = _decode_rgb(png)
         if image.size != (cell_w, cell_h):
             image = image.resize((cell_w, cell_h), Image.Resampling.BILINEAR)
         canvas.paste(image, (x, y))
+    for x, y, box_w, box_h in boxes:
+        canvas.paste(canvas.crop((x, y, x + 1, y + box_h)), (x - 1, y))
+        canvas.paste(canvas.crop((x + box_w - 1, y, x + box_w, y + box_h)), (x + box_w, y))
+        canvas.paste(canvas.crop((x - 1, y, x + box_w + 1, y + 1)), (x - 1, y - 1))
+        canvas.paste(canvas.crop((x - 1, y + box_h - 1, x + box_w + 1, y + box_h)), (x - 1, y + box_h))
     buffer = io.BytesIO()
     canvas.save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)  # 4:4:4: crisp small cells
     return buffer.getvalue()
 
 
-def write_composed(jobs: Sequence[tuple[Path, int, int, Sequence[Placement]]]) -> None:
-    """Compose and write a batch of (path, width, height, placements); runs in a worker process."""
-    for path, width, height, placements in jobs:
-        path.write_bytes(compose(width, height, placements))
+def write_composed(jobs: Sequence[tuple[Path, int, int, Sequence[Placement], Sequence[Box]]]) -> None:
+    """Compose and write a batch of (path, width, height, placements, boxes); runs in a worker."""
+    for path, width, height, placements, boxes in jobs:
+        path.write_bytes(compose(width, height, placements, boxes))

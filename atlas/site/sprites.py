@@ -53,6 +53,10 @@ class SpriteLayout:
             f"top:{-100 * region.y / region.height:.4g}%"
         )
 
+    def boxes(self) -> list[tuple[int, int, int, int]]:
+        """Every region as (x, y, width, height): the edges to extend into the gutters."""
+        return [(r.x, r.y, r.width, r.height) for r in self.regions.values()]
+
     def placements(self, column: str, pngs: Sequence[bytes]) -> list[Placement]:
         region = self.regions[column]
         return [(*region.cell(index), png) for index, png in enumerate(pngs)]

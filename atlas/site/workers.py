@@ -16,7 +16,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
-from atlas.site.sheets import Placement, write_composed
+from atlas.site.sheets import Box, Placement, write_composed
 
 BATCH = 24  # sprites per task: large enough to amortize pickling, small enough to spread work
 MAX_AUTO_WORKERS = 8
@@ -41,11 +41,14 @@ class ComposeJobs:
             if workers > 1 else None
         )
         self._limit = 2 * workers
-        self._batch: list[tuple[Path, int, int, Sequence[Placement]]] = []
+        self._batch: list[tuple[Path, int, int, Sequence[Placement], Sequence[Box]]] = []
         self._running: deque[Future] = deque()
 
-    def submit(self, path: Path, width: int, height: int, placements: Sequence[Placement]) -> None:
-        self._batch.append((path, width, height, list(placements)))
+    def submit(
+        self, path: Path, width: int, height: int, placements: Sequence[Placement],
+        boxes: Sequence[Box] = (),
+    ) -> None:
+        self._batch.append((path, width, height, list(placements), list(boxes)))
         if len(self._batch) >= BATCH:
             self._flush()
 
