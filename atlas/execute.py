@@ -13,6 +13,7 @@ the job fails with a clear message only when no worker at all can run for `start
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -74,10 +75,38 @@ def connect(execute: ExecuteSpec) -> None:
     if ray.is_initialized():
         return
     address = execute.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
+    if not address:
         ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+        return
+    where = "execute.address" if execute.address else "RAY_ADDRESS"
+    check_address(address, where)
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except (ValueError, ConnectionError, RayError) as err:
+        raise ExecuteError(
+            f"cannot join the Ray cluster at {address} ({where}): {_last_line(err)}. If the cluster uses "
+            "token authentication, set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH (docs/CLUSTER.md)"
+        ) from err
+
+
+def check_address(address: str, where: str, timeout: float = 5.0) -> None:
+    """Fail fast on addresses a driver cannot join; Ray itself waits minutes on an unreachable one."""
+    if address.startswith(("http://", "https://")):
+        raise ExecuteError(
+            f"{where} is {address}, a dashboard URL: `ray job submit` takes that, but a driver joins "
+            "the head's GCS address (e.g. 10.0.0.5:6379). Submit with scripts/submit.sh, set the GCS "
+            "address, or unset it to run on a local Ray"
+        )
+    host, _, port = address.rpartition(":")
+    if address == "auto" or address.startswith("ray://") or not port.isdigit():
+        return  # Ray resolves "auto" from this node; Ray Client addresses are checked by Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ExecuteError(
+            f"nothing answers at {address} ({where}): {err.strerror or err}. Start the head "
+            "(`ray start --head`), fix the address, or unset it to run on a local Ray"
+        ) from err
 
 
 def plan_workers(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 from raytools import local_ray, write_spec
 
 from atlas.cli import main
-from atlas.execute import ExecuteError, WorkerPlan, plan_workers
+from atlas.execute import ExecuteError, WorkerPlan, check_address, plan_workers
 from atlas.models.registry import build
 from atlas.spec import ExecuteSpec
 from atlas.store import Store
@@ -63,6 +64,19 @@ def test_gpu_requests_the_cluster_cannot_meet_fail_with_the_fix(execute, total, 
 def test_a_cpu_worker_never_asks_for_more_than_one_node_has():
     plan = plan_workers(ExecuteSpec(workers=1), {"CPU": 4}, [{"CPU": 2}, {"CPU": 2}])
     assert plan == WorkerPlan(1, cpus=2, gpus=0)
+
+
+def test_a_dashboard_url_is_not_a_driver_address():
+    with pytest.raises(ExecuteError, match="RAY_ADDRESS is http://127.0.0.1:8265, a dashboard URL"):
+        check_address("http://127.0.0.1:8265", "RAY_ADDRESS")
+
+
+def test_an_address_where_nothing_listens_fails_at_once():
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(ExecuteError, match=f"nothing answers at 127.0.0.1:{port} \\(execute.address\\)"):
+        check_address(f"127.0.0.1:{port}", "execute.address")
 
 
 @pytest.fixture(scope="module")
