@@ -162,7 +162,7 @@ def test_validation_against_a_model():
         obj.channel("conv2", 32).validate(model)
     with pytest.raises(UnknownLayerError, match="conv2"):
         obj.channel("conv_2", 0).validate(model)
-    with pytest.raises(obj.ObjectiveError, match="10 channels"):
+    with pytest.raises(obj.ObjectiveError, match="class 10 is out of range.*10 classes"):
         obj.class_logit(10).validate(model)
     with pytest.raises(obj.ObjectiveError, match="3 components"):
         obj.direction("conv2", torch.ones(3)).validate(model)

@@ -213,7 +213,19 @@ def deepdream(layer: str, batch: Batch = None) -> Objective:
 
 
 def _logit_check(label: int) -> Check:
-    return _channel_check(LOGITS, label)
+    def check(model: LoadedModel) -> None:
+        # One forward at the model's own input size: some models cannot run on tiny inputs.
+        size = model.input_size
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, size, size, device=model.device)
+            count = model.activations(probe, [LOGITS])[LOGITS].shape[1]
+        if not 0 <= label < count:
+            raise ObjectiveError(
+                f"class {label} is out of range for {model.name!r}, which has {count} classes "
+                f"(0..{count - 1})"
+            )
+
+    return check
 
 
 def class_logit(label: int, batch: Batch = None) -> Objective:
