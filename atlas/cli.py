@@ -110,9 +110,11 @@ def plan(job: Path, out: Path | None) -> None:
     for unit in prepared.plan.units:
         counts[unit.kind] = counts.get(unit.kind, 0) + 1
         click.echo(f"{unit.key}  {unit.label}")
-    layers = len(prepared.spec.layers) if prepared.plan.scan_keys else 0
+    from atlas.plan import examples_units
+
+    later = len(examples_units(prepared.spec, prepared.facts, prepared.plan.scan_keys))
     summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
-    click.echo(f"{len(prepared.plan.units)} units ({summary}) + {layers} examples units after the scan")
+    click.echo(f"{len(prepared.plan.units)} units ({summary}) + {later} examples units after the scan")
 
 
 @main.command()

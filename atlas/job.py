@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,14 @@ def merged_scan(store: Store, scan_keys: tuple[str, ...]) -> Any:
     return merged
 
 
+def _layer_scan(merged: Any, unit: Unit) -> Any:
+    """The part of the merged scan an examples unit reads: its layer (and that layer's directions)."""
+    from atlas.examples import direction_layer
+
+    names = [unit.layer] + ([direction_layer(unit.layer)] if unit.settings["with_directions"] else [])
+    return merged.select(names)
+
+
 def run_job(
     spec: JobSpec,
     force: bool = False,
@@ -128,7 +136,8 @@ def run_job(
     store.write_job(job_info(prepared, started))
     units = [u for u in prepared.plan.units if only is None or u.kind in only]
     phase_two_possible = spec.examples.enabled and (only is None or "examples" in only)
-    total = len(units) + (len(spec.layers) if phase_two_possible and prepared.plan.scan_keys else 0)
+    later = examples_units(spec, prepared.facts, prepared.plan.scan_keys) if phase_two_possible else []
+    total = len(units) + len(later)
     tick = progress(total) if progress else None
     result = JobResult(out=spec.out)
     executor: Executor | None = None
@@ -156,7 +165,7 @@ def run_job(
                 pending = examples_units(spec, prepared.facts, finished)
                 if force or not all(store.has(u.key) for u in pending):
                     merged = merged_scan(store, finished)
-                    pending = examples_units(spec, prepared.facts, finished, partial=merged)
+                    pending = [replace(u, inputs=_layer_scan(merged, u)) for u in pending]
                     result.scan_skipped = {k: v for k, v in merged.stats.items() if k.startswith("skipped")}
                 run_units(pending)
         if only is None:  # units of older settings would show up beside the new ones

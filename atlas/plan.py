@@ -19,6 +19,9 @@ from atlas.spec import JobSpec
 # Bump when a part's output changes for the same inputs: every unit of that kind is recomputed.
 CODE_VERSIONS = {"render": "1", "directions": "1", "pair": "1", "scan": "1", "examples": "1"}
 
+# Channels per examples unit: bounds the size of one result (crops and thumbnails are PNG bytes).
+EXAMPLES_CHANNELS_PER_UNIT = 64
+
 # Render settings that do not change the pictures stay out of the keys.
 _RENDER_KEYS_IGNORED = ("enabled", "channels_per_unit")
 
@@ -133,14 +136,16 @@ def scan_units(
     return units
 
 
-def examples_units(
-    spec: JobSpec, facts: ModelFacts, scan_keys: Sequence[str], partial: Any = None
-) -> list[Unit]:
-    """Per layer: merge all scan partials, crop the chosen examples. `partial` rides along as input."""
+def examples_units(spec: JobSpec, facts: ModelFacts, scan_keys: Sequence[str]) -> list[Unit]:
+    """Per chunk of a layer's channels: crop the chosen examples from the merged scans.
+
+    The driver attaches the merged partial scan of the unit's layer as `inputs`. The first chunk
+    of a layer also crops the examples of the layer's random directions.
+    """
     if not spec.examples.enabled or not scan_keys:
         return []
     ex = spec.examples
-    settings = {
+    base = {
         "scans": sorted(scan_keys),
         "crop_size": ex.crop_size,
         "thumb_size": ex.thumb_size,
@@ -149,9 +154,11 @@ def examples_units(
     }
     units = []
     for layer in spec.layers:
-        channels = layer.channels or ()  # () = every channel
-        key = content_key("examples", facts.digest, layer.name, channels, settings)
-        units.append(Unit("examples", layer.name, channels, key, settings, inputs=partial))
+        channels = layer.channels or tuple(range(facts.channels[layer.name]))
+        for index, chunk in enumerate(_chunks(channels, EXAMPLES_CHANNELS_PER_UNIT)):
+            settings = {**base, "with_directions": index == 0 and bool(base["directions"])}
+            key = content_key("examples", facts.digest, layer.name, chunk, settings)
+            units.append(Unit("examples", layer.name, chunk, key, settings))
     return units
 
 

@@ -143,11 +143,11 @@ def _scan(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
 
 def _examples(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
     """Crop the chosen examples of a layer and of its random directions (as channels -1, -2, ...)."""
-    from atlas.examples import finalize_layer
+    from atlas.examples import direction_layer, finalize_layer
 
     settings = dict(unit.settings)
     merged = unit.inputs
-    names = [unit.layer] + ([f"{unit.layer}@direction"] if settings["directions"] else [])
+    names = [unit.layer] + ([direction_layer(unit.layer)] if settings["with_directions"] else [])
     examples, histograms = [], []
     for name in names:
         tables = finalize_layer(
@@ -159,7 +159,7 @@ def _examples(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
             thumb_size=settings["thumb_size"],
             unit_key=unit.key,
             bins=settings["bins"],
-            channels=(unit.channels or None) if name == unit.layer else None,
+            channels=unit.channels if name == unit.layer else None,
         )
         if name != unit.layer:
             tables = tuple(_as_directions(t, unit.layer) for t in tables)

@@ -57,8 +57,10 @@ class LoadedModel:
 
     @cached_property
     def _mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = torch.tensor(self.preprocessing.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.preprocessing.std, device=self.device).view(1, 3, 1, 1)
+        # Made outside inference mode: cached here, they must also serve later autograd passes.
+        with torch.inference_mode(False):
+            mean = torch.tensor(self.preprocessing.mean, device=self.device).view(1, 3, 1, 1)
+            std = torch.tensor(self.preprocessing.std, device=self.device).view(1, 3, 1, 1)
         return mean, std
 
     def normalize(self, x01: torch.Tensor) -> torch.Tensor:
