@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -104,16 +105,15 @@ def test_a_wrong_token_is_refused(head):
     assert "token" in (result.stdout + result.stderr).lower()
 
 
-def test_submit_script_reruns_nothing_and_builds_the_site(head, submitted):
+def test_nightly_on_the_cluster_reruns_nothing_and_builds_the_site(head, submitted):
+    """nightly.sh --address goes through submit.sh --then-site: one Ray job, run then site."""
     address, env, _ = head
     spec, out, _ = submitted
-    result = run(
-        [str(SUBMIT), "--address", address, "--then-site", "--id", "atlas-test-rerun", str(spec)], env
-    )
+    result = run([str(NIGHTLY), "--address", address, str(spec)], env)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     assert "0 units done, 3 already done" in log
-    assert "atlas-test-rerun" in log
+    assert re.search(r"submit.sh: atlas-faults-\d{8}-\d{6} -> ", log)  # the submission id it chose
     assert (out / "site" / "index.html").is_file()
 
 
@@ -123,13 +123,15 @@ def test_submit_script_rejects_a_missing_spec(head, tmp_path):
     assert result.returncode == 2 and "does not exist" in result.stderr
 
 
-def test_nightly_rebuilds_the_site_and_keeps_it_when_the_job_fails(head, submitted, tmp_path):
+def test_nightly_here_rebuilds_the_site_and_keeps_it_when_the_job_fails(head, submitted, tmp_path):
     _, env, _ = head
     spec, out, _ = submitted
+    index = out / "site" / "index.html"
+    before = index.stat().st_ino if index.exists() else None
     ok = run([str(NIGHTLY), str(spec)], env)
     assert ok.returncode == 0, ok.stderr[-3000:]
-    index = out / "site" / "index.html"
     built = (index.stat().st_ino, index.read_bytes())
+    assert built[0] != before  # a new build was switched in
 
     broken = write_spec(tmp_path / "broken.toml", out, layer="no_such_layer")
     failed = run([str(NIGHTLY), str(broken)], env)
