@@ -36,7 +36,7 @@ index = build_site(Path(sys.argv[1]))
 seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
 status = Path("/proc/self/status").read_text()
 peak_kib = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
-worker_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # largest sheet worker
+worker_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # largest sprite worker
 print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_mib": peak_kib / 1024,
                   "worker_mib": worker_kib / 1024, "index": str(index)}))
 """
@@ -77,9 +77,15 @@ def main() -> None:
     parser.add_argument("--crop-size", type=int, default=24)
     parser.add_argument("--examples-k", type=int, default=10)
     parser.add_argument("--diversity", type=int, default=4)
+    parser.add_argument("--layers", help="comma-separated subset, e.g. inception4a (default: all nine)")
     args = parser.parse_args()
 
     layers = googlenet_mixed_layers()
+    if args.layers:
+        wanted = args.layers.split(",")
+        layers = [layer for layer in layers if layer.name in wanted]
+        if not layers:
+            parser.error(f"--layers {args.layers}: none of these is a mixed layer of GoogLeNet")
     total = sum(layer.channels for layer in layers)
     print(f"layers: {', '.join(f'{layer.name} {layer.channels}' for layer in layers)}")
     print(f"channels: {total} (the issue says {ISSUE_CHANNEL_COUNT}; these are torchvision's counts)")
@@ -104,12 +110,12 @@ def main() -> None:
     biggest_page = max(pages.items(), key=lambda item: item[1].stat().st_size)
     files, size = folder_size(site)
     print(f"build: {full['seconds']:.1f} s wall, {full['cpu']:.1f} s CPU in the main process "
-          f"(+ {auto_workers(total)} sheet workers on {os.cpu_count()} cores) for {total} channels "
+          f"(+ {auto_workers(total)} sprite workers on {os.cpu_count()} cores) for {total} channels "
           f"({1000 * full['seconds'] / total:.1f} ms per channel); load average {load_average()}")
     print(f"rebuild over that site (nightly case, old site removed after the switch): "
           f"{rebuild['seconds']:.1f} s wall, {rebuild['cpu']:.1f} s CPU")
     print(f"peak RSS: {full['peak_mib']:.0f} MiB for the whole atlas "
-          f"(+ {full['worker_mib']:.0f} MiB per sheet worker at most); "
+          f"(+ {full['worker_mib']:.0f} MiB per sprite worker at most); "
           f"{only_largest['peak_mib']:.0f} MiB for a store of only {largest.name} "
           f"({largest.channels} channels, built in {only_largest['seconds']:.1f} s)")
     print(f"largest layer page: {biggest_page[0]} {biggest_page[1].stat().st_size / 1e6:.2f} MB "
