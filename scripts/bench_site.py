@@ -88,7 +88,8 @@ def main() -> None:
             parser.error(f"--layers {args.layers}: none of these is a mixed layer of GoogLeNet")
     total = sum(layer.channels for layer in layers)
     print(f"layers: {', '.join(f'{layer.name} {layer.channels}' for layer in layers)}")
-    print(f"channels: {total} (the issue says {ISSUE_CHANNEL_COUNT}; these are torchvision's counts)")
+    if not args.layers:
+        print(f"channels: {total} (the issue says {ISSUE_CHANNEL_COUNT}; these are torchvision's counts)")
     options = SyntheticOptions(
         image_size=args.image_size, crop_size=args.crop_size, examples_k=args.examples_k,
         diversity=args.diversity, bins=32, channels_per_unit=64,
