@@ -28,7 +28,7 @@ ISSUE_CHANNEL_COUNT = 5484  # the figure the issue quotes for InceptionV1
 
 # VmHWM is the peak RSS of this process image only (ru_maxrss would inherit the parent's peak).
 CHILD = """
-import json, re, resource, sys, time
+import json, re, sys, time
 from pathlib import Path
 from atlas.site import build_site
 start, cpu = time.perf_counter(), time.process_time()
@@ -36,9 +36,7 @@ index = build_site(Path(sys.argv[1]))
 seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
 status = Path("/proc/self/status").read_text()
 peak_kib = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
-worker_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # largest sprite worker
-print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_mib": peak_kib / 1024,
-                  "worker_mib": worker_kib / 1024, "index": str(index)}))
+print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_mib": peak_kib / 1024, "index": str(index)}))
 """
 
 
@@ -115,8 +113,7 @@ def main() -> None:
           f"({1000 * full['seconds'] / total:.1f} ms per channel); load average {load_average()}")
     print(f"rebuild over that site (nightly case, old site removed after the switch): "
           f"{rebuild['seconds']:.1f} s wall, {rebuild['cpu']:.1f} s CPU")
-    print(f"peak RSS: {full['peak_mib']:.0f} MiB for the whole atlas "
-          f"(+ {full['worker_mib']:.0f} MiB per sprite worker at most); "
+    print(f"peak RSS of the builder: {full['peak_mib']:.0f} MiB for the whole atlas; "
           f"{only_largest['peak_mib']:.0f} MiB for a store of only {largest.name} "
           f"({largest.channels} channels, built in {only_largest['seconds']:.1f} s)")
     print(f"largest layer page: {biggest_page[0]} {biggest_page[1].stat().st_size / 1e6:.2f} MB "
