@@ -104,6 +104,9 @@ def test_fragment_opens_the_channel_and_keys_move_between_channels(browser, site
     page.keyboard.press("ArrowLeft")
     page.wait_for_function("location.hash === '#channel-16'")
     assert page.locator("#channel-view-title").inner_text() == "Channel 16"
+    for _ in range(8):
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.getElementById('channel-view').contains(document.activeElement)")
     page.keyboard.press("Escape")
     assert not view.is_visible()
     page.keyboard.press("]")

@@ -219,6 +219,23 @@
       view.hidden = true;
     }
 
+    function keepFocusInView(event) {
+      // the channel view is modal: Tab cycles through its own links and buttons
+      const focusable = Array.from(view.querySelectorAll("a[href], button, summary"))
+        .filter(function (node) { return node.getAttribute("aria-disabled") !== "true"; });
+      if (!focusable.length) return;
+      const first = focusable[0];
+      const last = focusable[focusable.length - 1];
+      const inside = view.contains(document.activeElement);
+      if (event.shiftKey && (!inside || document.activeElement === first)) {
+        last.focus();
+        event.preventDefault();
+      } else if (!event.shiftKey && (!inside || document.activeElement === last)) {
+        first.focus();
+        event.preventDefault();
+      }
+    }
+
     function step(delta) {
       const order = visibleRows();
       if (!order.length) return;
@@ -294,11 +311,15 @@
         if (event.key === "Escape") event.target.blur();
         return;
       }
+      if (event.key === "Tab" && !view.hidden) {
+        keepFocusInView(event);
+        return;
+      }
       switch (event.key) {
         case "j": case "ArrowRight": step(1); break;
         case "k": case "ArrowLeft": step(-1); break;
         case "Escape": close(); break;
-        case "/": filter.focus(); break;
+        case "/": close(); filter.focus(); break;
         case "[": followRel("prev"); break;
         case "]": followRel("next"); break;
         default: return;
