@@ -199,3 +199,12 @@ def test_diversity_term_lowers_gram_similarity(model):
     plain = mean_cosine(obj.channel("conv2", 5))
     diverse = mean_cosine(obj.channel("conv2", 5) + 1.0 * obj.diversity("conv2"))
     assert diverse < plain - 0.1
+
+
+def test_non_finite_final_images_are_refused():
+    from atlas.optvis.render import _check_finite
+
+    images = torch.zeros(2, 3, 4, 4)
+    images[1, 0, 0, 0] = float("inf")
+    with pytest.raises(RenderError, match="final image of conv2 channel 7 holds NaN/Inf"):
+        _check_finite(torch.zeros(5, 2), images, ["conv2 channel 3", "conv2 channel 7"])

@@ -86,16 +86,28 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _check_finite(loss: torch.Tensor, labels: Sequence[str] | None) -> None:
+DIVERGED_HINT = "try a lower lr, precision 'fp32' or another parameterization"
+
+
+def _name(element: int, labels: Sequence[str] | None) -> str:
+    return labels[element] if labels else f"batch element {element}"
+
+
+def _check_finite(loss: torch.Tensor, images: torch.Tensor, labels: Sequence[str] | None) -> None:
+    """Fail loudly on NaN/Inf, naming the first element and step, rather than save a black image."""
     bad = ~torch.isfinite(loss)
-    if not bad.any():
-        return
-    step, element = (int(i) for i in bad.nonzero()[0])
-    who = labels[element] if labels else f"batch element {element}"
-    raise RenderError(
-        f"optimization diverged for {who} at step {step + 1}: the objective became "
-        f"{loss[step, element].item()} (try a lower lr, precision 'fp32' or another parameterization)"
-    )
+    if bad.any():
+        step, element = (int(i) for i in bad.nonzero()[0])
+        raise RenderError(
+            f"optimization diverged for {_name(element, labels)} at step {step + 1}: the objective "
+            f"became {loss[step, element].item()} ({DIVERGED_HINT})"
+        )
+    bad_images = ~torch.isfinite(images.flatten(1)).all(dim=1)
+    if bad_images.any():
+        element = int(bad_images.nonzero()[0])
+        raise RenderError(
+            f"the final image of {_name(element, labels)} holds NaN/Inf after the last step ({DIVERGED_HINT})"
+        )
 
 
 def render(
@@ -147,10 +159,9 @@ def render(
             with torch.no_grad():
                 kept[step] = param().detach().float().cpu()
     loss = torch.stack(losses).float().cpu()
-    _check_finite(loss, labels)
     with torch.no_grad():
         final = param().detach()
-        _check_finite(final.flatten(1).sum(dim=1, keepdim=True).T.cpu(), labels)
+        _check_finite(loss, final.float().cpu(), labels)
         activations = model.activations(final, layers)
     return RenderResult(
         images=final.float().cpu(),
