@@ -55,9 +55,10 @@ def _run(spec: JobSpec, force: bool, build: bool, only: tuple[str, ...] | None =
     where = result.site or result.out
     skipped_images = sum(result.scan_skipped.values())
     extra = f", {skipped_images} bad images skipped" if skipped_images else ""
+    retried = f", {result.retried} retried" if result.retried else ""
     click.echo(
         f"built {spec.name}: {result.done} units done, {result.skipped} already done, "
-        f"{len(result.failed)} failed{extra} in {result.seconds:.0f} s -> {where}"
+        f"{len(result.failed)} failed{retried}{extra} in {result.seconds:.0f} s -> {where}"
     )
     for label, reason in result.failed:
         click.echo(f"  failed: {label}: {reason}", err=True)

@@ -133,6 +133,7 @@ def run_job(
     t0 = time.perf_counter()
     prepared = prepare(spec)
     store = Store(spec.out)
+    store.sweep_temporary()
     store.write_job(job_info(prepared, started))
     units = [u for u in prepared.plan.units if only is None or u.kind in only]
     phase_two_possible = spec.examples.enabled and (only is None or "examples" in only)

@@ -232,6 +232,8 @@ def _section(ctx: _Context, name: str, cls: type, raw: Any) -> Any:
     for key, value in raw.items():
         if key not in known:
             hint = _close(key, list(known))
+            if key in TOP_LEVEL:  # e.g. `layers = [...]` written below [model]
+                hint = f"{key!r} is a top-level key: move it above the first [table] or write [[{key}]]. "
             raise ctx.error(name, key, f"unknown key. {hint}Valid keys: {', '.join(known)}")
         values[key] = _convert(ctx, name, key, value, str(known[key].type))
     return cls(**values)

@@ -76,6 +76,7 @@ class Store:
     def __init__(self, root: Path | str):
         self.root = Path(root)
         self._entries: dict[str, ManifestEntry] = self._load_manifest()
+        self._lines: dict[str, str] = {}  # key -> the entry's JSON, cached between rewrites
 
     # -- manifest ---------------------------------------------------------------------------
     def _load_manifest(self) -> dict[str, ManifestEntry]:
@@ -93,9 +94,24 @@ class Store:
         return entries
 
     def _save_manifest(self) -> None:
-        units = [asdict(entry) for entry in self._entries.values()]
-        data = json.dumps({"version": 1, "units": units}, indent=1).encode()
-        atomic_write_bytes(self.root / MANIFEST, data)
+        # One line per unit, each serialized once: rewriting after every unit stays cheap at
+        # thousands of units (the whole file is still replaced atomically).
+        for key, entry in self._entries.items():
+            if key not in self._lines:
+                self._lines[key] = json.dumps(asdict(entry), separators=(",", ":"))
+        body = ",\n".join(self._lines[key] for key in self._entries)
+        atomic_write_bytes(self.root / MANIFEST, f'{{"version": 1, "units": [\n{body}\n]}}\n'.encode())
+
+    def _set(self, entry: ManifestEntry) -> None:
+        self._entries[entry.key] = entry
+        self._lines.pop(entry.key, None)
+
+    def sweep_temporary(self) -> int:
+        """Delete temp files a killed driver left mid-write (no reader ever uses them)."""
+        stray = list((self.root / "shards").glob("*/.*.tmp")) + list(self.root.glob(".*.tmp"))
+        for path in stray:
+            path.unlink(missing_ok=True)
+        return len(stray)
 
     def entries(self) -> list[ManifestEntry]:
         return list(self._entries.values())
@@ -168,7 +184,7 @@ class Store:
             extra=extra or {},
             tables=written,
         )
-        self._entries[unit_key] = entry
+        self._set(entry)
         self._save_manifest()
         return entry
 
@@ -181,21 +197,24 @@ class Store:
         channels: Sequence[int] = (),
         attempts: int = 1,
     ) -> None:
-        self._entries[unit_key] = ManifestEntry(
-            key=unit_key,
-            kind=kind,
-            layer=layer,
-            channels=tuple(int(c) for c in channels),
-            status="failed",
-            reason=reason,
-            attempts=attempts,
+        self._set(
+            ManifestEntry(
+                key=unit_key,
+                kind=kind,
+                layer=layer,
+                channels=tuple(int(c) for c in channels),
+                status="failed",
+                reason=reason,
+                attempts=attempts,
+            )
         )
         self._save_manifest()
 
     def forget(self, keys: Iterable[str]) -> None:
-        """Drop units from the manifest (their shards stay until `prune`)."""
+        """Drop units from the manifest, e.g. to recompute them; their shards stay until `prune`."""
         for key in keys:
             self._entries.pop(key, None)
+            self._lines.pop(key, None)
         self._save_manifest()
 
     def prune(self, keep: Iterable[str]) -> int:
@@ -206,6 +225,7 @@ class Store:
             for info in entry.tables.values():
                 (self.root / info["path"]).unlink(missing_ok=True)
             del self._entries[entry.key]
+            self._lines.pop(entry.key, None)
         if stale:
             self._save_manifest()
         return len(stale)

@@ -66,3 +66,21 @@ def test_bad_manifest_is_a_clear_error(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(StoreError, match="delete it"):
         Store(tmp_path)
+
+
+def test_stray_temporary_files_are_swept(tmp_path):
+    store = Store(tmp_path)
+    store.write_unit("k1", "render", "l1", table(1))
+    stray = tmp_path / "shards" / "render" / ".k2.parquet.abc.tmp"
+    stray.write_bytes(b"half a shard")
+    assert store.sweep_temporary() == 1
+    assert not stray.exists() and store.has("k1")
+
+
+def test_manifest_stays_valid_json_across_updates(tmp_path):
+    store = Store(tmp_path)
+    for i in range(5):
+        store.write_unit(f"k{i}", "render", "l1", table(1))
+    store.record_failure("k2", "render", "l1", "boom")
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert [u["status"] for u in manifest["units"]] == ["done", "done", "failed", "done", "done"]
