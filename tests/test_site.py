@@ -252,6 +252,26 @@ def test_rebuild_replaces_the_site_and_reports_what_changed(tmp_path: Path) -> N
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".site")] == []
 
 
+def test_rebuild_links_unchanged_sprites_and_redraws_changed_ones(tmp_path: Path) -> None:
+    store = write_synthetic_store(tmp_path, [SyntheticLayer("mixed3a", 16)], _small())
+    site = build_site(tmp_path).parent
+    before = {c: (site / f"img/mixed3a/{c}.jpg").stat().st_ino for c in (0, 7, 8, 15)}
+    old_bytes = (site / "img/mixed3a/8.jpg").read_bytes()
+    old = next(e for e in store.entries() if e.kind == "render" and e.channels[0] == 8)
+    table = pq.read_table(tmp_path / old.path)
+    redrawn = table.set_column(
+        table.schema.get_field_index("image"), "image",
+        pa.array([PatternPool(seed=5).png(16, i) for i in range(table.num_rows)], pa.binary()),
+    )
+    store.forget([old.key])
+    store.write_unit("redrawn", "render", "mixed3a", redrawn, old.channels)
+    build_site(tmp_path)
+    after = {c: (site / f"img/mixed3a/{c}.jpg").stat().st_ino for c in before}
+    assert after[0] == before[0] and after[7] == before[7]
+    assert after[8] != before[8] and after[15] != before[15]
+    assert (site / "img/mixed3a/8.jpg").read_bytes() != old_bytes
+
+
 def test_failed_units_are_reported_on_the_layer_page(tmp_path: Path) -> None:
     write_synthetic_store(tmp_path, [SyntheticLayer("mixed3a", 4)], _small(failed_layers=("mixed3a",)))
     site = build_site(tmp_path).parent

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
@@ -21,7 +22,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from atlas.site.changes import build_summary, channel_ranges, diff_builds, load_summary
-from atlas.site.channels import BUCKETS, OPTIMIZED_OBJECTIVES, ChannelEntry, read_layer
+from atlas.site.channels import BUCKETS, OPTIMIZED_OBJECTIVES, ChannelEntry, PreviousSprites, read_layer
 from atlas.site.images import LayerImages, Picture
 from atlas.site.interactions import read_interactions
 from atlas.site.slugs import layer_slugs
@@ -69,6 +70,7 @@ class LayerSummary:
     samples: list[Sample] = field(default_factory=list)
     failed: list[ManifestEntry] = field(default_factory=list)
     has_interactions: bool = False
+    sprite_keys: dict[str, str] = field(default_factory=dict)
 
 
 def build_site(out: Path, site_dir: Path | None = None, workers: int | None = None) -> Path:
@@ -90,7 +92,7 @@ def build_site(out: Path, site_dir: Path | None = None, workers: int | None = No
     previous = load_summary(site_dir / SUMMARY_FILE)
     staging = Path(tempfile.mkdtemp(prefix=f".{site_dir.name}.building-", dir=site_dir.parent))
     try:
-        _build_into(staging, Store(out), previous, workers)
+        _build_into(staging, Store(out), previous, site_dir, workers)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -162,7 +164,9 @@ def _layer_plan(store: Store, job: dict) -> list[dict]:
     return planned
 
 
-def _build_into(root: Path, store: Store, previous: dict | None, workers: int | None) -> None:
+def _build_into(
+    root: Path, store: Store, previous: dict | None, previous_site: Path, workers: int | None
+) -> None:
     job = {**JOB_DEFAULTS, **store.job()}  # a store without job.json still gets a site
     env = _environment()
     built = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -189,9 +193,12 @@ def _build_into(root: Path, store: Store, previous: dict | None, workers: int | 
             neighbours = (summaries[index - 1] if index else None,
                           summaries[index + 1] if index + 1 < len(summaries) else None)
             images = LayerImages(root, summary.slug, jobs)
-            _build_layer(store, env, images, layer, summary, neighbours, common)
+            earlier = _previous_sprites(previous, previous_site, summary.name)
+            inputs = _channel_inputs(entries, summary.name)
+            _build_layer(store, env, images, layer, summary, neighbours, common, inputs, earlier)
             jobs.drain()  # one layer's sprites in flight at most: memory stays bounded by a layer
-    current = build_summary(entries, str(job.get("model_digest", "")), built)
+    sprites = {summary.name: {"slug": summary.slug, "keys": summary.sprite_keys} for summary in summaries}
+    current = build_summary(entries, str(job.get("model_digest", "")), built, sprites)
     changes = diff_builds(previous, current)
     env.get_template("index.html").stream(
         current=None, changes=changes, failed=[e for e in entries if e.status == "failed"],
@@ -209,10 +216,12 @@ def _build_layer(
     summary: LayerSummary,
     neighbours: tuple[LayerSummary | None, LayerSummary | None],
     common: dict,
+    inputs: Callable[[int], str],
+    earlier: PreviousSprites | None,
 ) -> None:
     """Write one layer's images and pages, then keep only its summary."""
     root = images.root
-    content = read_layer(store, summary.name, images, layer.get("channels") or ())
+    content = read_layer(store, summary.name, images, layer.get("channels") or (), inputs, earlier)
     interactions = read_interactions(content.interaction_renders, content.direction_examples, images)
     channels = content.channels
     summary.shown = len(channels)
@@ -220,6 +229,7 @@ def _build_layer(
     summary.with_examples = sum(any(b in c.values for b in BUCKETS) for c in channels)
     summary.samples = _samples(channels, content.layout)
     summary.has_interactions = interactions is not None
+    summary.sprite_keys = {str(c.channel): c.sprite_key for c in channels if c.sprite is not None}
     _write_details(images.folder / DETAILS_FILE, summary.slug, channels)
     columns = _present_columns(channels)
     page = {"current": summary, "layer": summary, "previous_layer": neighbours[0],
@@ -238,6 +248,31 @@ def _build_layer(
             interactions=interactions, basis=basis[: max(len(interactions.directions), 4)],
             by_channel=by_channel, **page,
         ).dump(str(root / f"{summary.slug}.interactions.html"), encoding="utf-8")
+
+
+def _channel_inputs(entries: list[ManifestEntry], layer: str) -> Callable[[int], str]:
+    """For each channel, the content keys of the render and examples units that fed it."""
+    own: dict[int, list[str]] = {}
+    shared: list[str] = []  # units without a channel list cover every channel of the layer
+    for entry in entries:
+        if entry.status == "done" and entry.layer == layer and entry.kind in ("render", "examples"):
+            for channel in entry.channels:
+                own.setdefault(channel, []).append(entry.key)
+            if not entry.channels:
+                shared.append(entry.key)
+    shared_text = ",".join(sorted(shared))
+    return lambda channel: ",".join(sorted(own.get(channel, ()))) + "|" + shared_text
+
+
+def _previous_sprites(previous: dict | None, site: Path, layer: str) -> PreviousSprites | None:
+    """The previous build's sprites of a layer, if that build recorded them and is still there."""
+    recorded = (previous or {}).get("sprites", {}).get(layer)
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("slug"), str):
+        return None
+    slug = recorded["slug"]
+    if slug != layer_slugs([slug]).get(slug):  # only a clean slug may name a folder to read from
+        return None
+    return PreviousSprites(site / "img" / slug, dict(recorded.get("keys") or {}))
 
 
 def _write_details(path: Path, slug: str, channels: list[ChannelEntry]) -> None:

@@ -38,13 +38,20 @@ class BuildChanges:
         return self.previous_date is not None and not self.model_changed and not self.layers
 
 
-def build_summary(entries: Iterable[ManifestEntry], model_digest: str, built: str) -> dict:
-    """The summary this build leaves behind for the next one to compare against."""
+def build_summary(
+    entries: Iterable[ManifestEntry], model_digest: str, built: str, sprites: dict | None = None
+) -> dict:
+    """The summary this build leaves behind for the next one to compare against.
+
+    `sprites` maps a layer to its slug and per-channel sprite keys, so the next build can
+    link the sprites that did not change instead of composing them again.
+    """
     layers: dict[str, dict[str, list[int]]] = {}
     for entry in entries:
         if entry.status == "done":
             layers.setdefault(entry.layer, {})[entry.key] = sorted(entry.channels)
-    return {"version": SUMMARY_VERSION, "built": built, "model_digest": model_digest, "layers": layers}
+    return {"version": SUMMARY_VERSION, "built": built, "model_digest": model_digest, "layers": layers,
+            "sprites": sprites or {}}
 
 
 def load_summary(path: Path) -> dict | None:

@@ -7,10 +7,12 @@ file names; anything else in the store is ignored rather than trusted.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -26,6 +28,7 @@ BUCKETS = ("max", "min", "slightly_positive", "slightly_negative")
 
 RENDER_COLUMNS = ["channel", "channel_b", "objective", "variant", "label", "image", "activation", "loss"]
 EXAMPLE_COLUMNS = ["channel", "bucket", "rank", "activation", "source_id", "x", "y", "crop"]
+SPRITE_FORMAT = 1  # bump when sprites are drawn differently, so earlier ones are not reused
 LOSS_POINTS = 48  # a loss curve is drawn from this many samples: enough for its shape
 HISTOGRAM_COLUMNS = ["channel", "edges", "counts"]
 
@@ -44,6 +47,7 @@ class ChannelEntry:
     # where each example comes from as [source_id, x, y].
     losses: dict[str, list[float | None]] = field(default_factory=dict)
     sources: dict[str, list[list]] = field(default_factory=dict)
+    sprite_key: str = ""  # what the sprite was made from; equal keys mean equal sprites
 
     @property
     def empty(self) -> bool:
@@ -69,8 +73,32 @@ class _Rows:
     buckets: dict[str, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))  # rank -> row
 
 
-def read_layer(store: Store, layer: str, images: LayerImages, expected: Iterable[int]) -> LayerContent:
-    """Read render, examples and histogram shards of one layer and queue one sprite per channel."""
+@dataclass(frozen=True)
+class PreviousSprites:
+    """The sprites the previous build made for this layer, and the key each was made from."""
+
+    folder: Path
+    keys: dict[str, str]  # channel (as text) -> sprite key
+
+    def reusable(self, channel: int, key: str) -> Path | None:
+        path = self.folder / f"{channel}.jpg"
+        return path if self.keys.get(str(channel)) == key and path.is_file() else None
+
+
+def read_layer(
+    store: Store,
+    layer: str,
+    images: LayerImages,
+    expected: Iterable[int],
+    inputs: Callable[[int], str],
+    previous: PreviousSprites | None = None,
+) -> LayerContent:
+    """Read render, examples and histogram shards of one layer and queue one sprite per channel.
+
+    `inputs(channel)` names what a channel's sprite is made from (the content keys of its units);
+    with the layout it gives the sprite's key, and a sprite of the previous build with the same
+    key is linked rather than composed again, so a nightly rebuild redoes only what changed.
+    """
     entries: dict[int, ChannelEntry] = {c: ChannelEntry(c) for c in expected}
     renders = _read(store, "render", layer, RENDER_COLUMNS)
     examples = _read(store, "examples", layer, EXAMPLE_COLUMNS)
@@ -97,7 +125,9 @@ def read_layer(store: Store, layer: str, images: LayerImages, expected: Iterable
     layout = _layout(rows, renders, examples)
     for channel in sorted(rows):
         entry = entries.setdefault(channel, ChannelEntry(channel))
-        _queue_sprite(entry, rows[channel], layout, renders, examples, images)
+        entry.sprite_key = hashlib.sha256(f"{SPRITE_FORMAT}|{layout}|{inputs(channel)}".encode()).hexdigest()[:24]
+        earlier = previous.reusable(channel, entry.sprite_key) if previous else None
+        _queue_sprite(entry, rows[channel], layout, renders, examples, images, earlier)
     histograms = store.read("histogram", layer, HISTOGRAM_COLUMNS)
     if histograms is not None:
         for row in histograms.to_pylist():
@@ -132,29 +162,35 @@ def _layout(rows: dict[int, _Rows], renders: pa.Table | None, examples: pa.Table
 
 def _queue_sprite(
     entry: ChannelEntry, rows: _Rows, layout: SpriteLayout, renders: pa.Table | None,
-    examples: pa.Table | None, images: LayerImages,
+    examples: pa.Table | None, images: LayerImages, earlier: Path | None,
 ) -> None:
-    """Place every image of the channel in its region and queue the sprite; keep the numbers."""
+    """Keep the channel's numbers; link its earlier sprite, or place its images and queue a new one."""
     placements = []
+    pixels = earlier is None
     if renders is not None:
         pngs, reached, losses = renders.column("image"), renders.column("activation"), renders.column("loss")
         for objective, row in rows.optimized.items():
-            placements += layout.placements(objective, [pngs[row].as_py()])
+            if pixels:
+                placements += layout.placements(objective, [pngs[row].as_py()])
             entry.values[objective] = (_number(reached[row].as_py()),)
             entry.losses[objective] = downsample(losses[row].as_py() or [], LOSS_POINTS)
         if rows.diversity:
             ordered = [rows.diversity[v] for v in sorted(rows.diversity)]
-            placements += layout.placements("diversity", [pngs[r].as_py() for r in ordered])
+            if pixels:
+                placements += layout.placements("diversity", [pngs[r].as_py() for r in ordered])
             entry.values["diversity"] = tuple(_number(reached[r].as_py()) for r in ordered)
     if examples is not None:
         crops, values = examples.column("crop"), examples.column("activation")
         sources, xs, ys = examples.column("source_id"), examples.column("x"), examples.column("y")
         for bucket, by_rank in rows.buckets.items():
             ordered = [by_rank[rank] for rank in sorted(by_rank)]
-            placements += layout.placements(bucket, [crops[r].as_py() for r in ordered])
+            if pixels:
+                placements += layout.placements(bucket, [crops[r].as_py() for r in ordered])
             entry.values[bucket] = tuple(_number(values[r].as_py()) for r in ordered)
             entry.sources[bucket] = [[sources[r].as_py(), xs[r].as_py(), ys[r].as_py()] for r in ordered]
-    if placements:
+    if earlier is not None:
+        entry.sprite = images.link(str(entry.channel), earlier, layout.width, layout.height)
+    elif placements:
         entry.sprite = images.compose(
             str(entry.channel), layout.width, layout.height, placements, layout.boxes()
         )

@@ -6,6 +6,8 @@ from strings found in the store, so nothing in a shard can choose where a file l
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +62,15 @@ class LayerImages:
         """Queue a JPEG of `width` x `height` with each PNG pasted at its place."""
         self.jobs.submit(self.folder / f"{name}.jpg", width, height, placements, boxes)
         return Picture(f"{self.prefix}/{name}.jpg", width, height)
+
+    def link(self, name: str, earlier: Path, width: int, height: int) -> Picture:
+        """Reuse an identical file of the previous build: a hard link (a copy across devices)."""
+        target = self.folder / f"{name}{earlier.suffix}"
+        try:
+            os.link(earlier, target)
+        except OSError:
+            shutil.copyfile(earlier, target)
+        return Picture(f"{self.prefix}/{target.name}", width, height)
 
     def write_sheet(
         self, name: str, pngs: Sequence[bytes], values: Sequence[float] = (), columns: int | None = None
