@@ -52,9 +52,9 @@ def googlenet_mixed_layers() -> list[SyntheticLayer]:
 
 def build_in_child(out: Path) -> dict:
     """Build the site in a fresh interpreter so its peak RSS is the builder's alone."""
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(out)], check=True, capture_output=True, text=True
-    )
+    result = subprocess.run([sys.executable, "-c", CHILD, str(out)], capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"building the site of {out} failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
