@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -44,16 +45,17 @@ class Settings:
 
     render_channels: int = 8
     render_size: int = 128
-    render_steps: int = 8
+    render_steps: int = 32
     repeats: int = 3
     lucent_single_channels: int = 1
+    lucent_default: bool = True
     scan_images: int = 256
     ray_steps: int = 2
     ray_repeats: int = 1
     quality_channels: int = 4  # spread evenly over the layer: 0, 28, 56, 84 of 112
     quality_photos: int | None = None  # dataset crops searched for the best example (None: all)
-    quality_size: int = 96
-    quality_steps: int = 64
+    quality_size: int = 128
+    quality_steps: int = 128
     quality_every: int = 8
     batches: tuple[int, ...] = (1, 4, 16, 64)
 
@@ -64,6 +66,7 @@ QUICK = Settings(
     render_steps=2,
     repeats=1,
     lucent_single_channels=0,
+    lucent_default=False,
     scan_images=32,
     ray_steps=1,
     quality_channels=2,
@@ -89,9 +92,15 @@ def parse_sections(text: str | None, device: torch.device) -> list[str]:
     return [s for s in SECTIONS if s in wanted]
 
 
-def _script(name: str, *args: str) -> str:
-    """Run another benchmark script of this folder and return what it printed."""
-    done = subprocess.run([sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True)
+def _script(name: str, *args: str, threads: int | None = None) -> str:
+    """Run another benchmark script of this folder and return what it printed.
+
+    ``threads`` reaches torch in the child through OMP_NUM_THREADS (torch reads it at start).
+    """
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, env=env
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return done.stdout
@@ -108,7 +117,9 @@ def run_render(model: LoadedModel, layer: str, settings: Settings) -> dict:
     case = RenderCase(
         layer, tuple(range(settings.render_channels)), settings.render_size, settings.render_steps
     )
-    result = throughput(model, case, settings.repeats, settings.lucent_single_channels)
+    result = throughput(
+        model, case, settings.repeats, settings.lucent_single_channels, settings.lucent_default
+    )
     print(
         f"render: {case.layer}, {len(case.channels)} channels in one batch, {case.size} px "
         f"(model input {result['model_input_size']} px), {case.steps} steps, {case.transforms} transforms, "
@@ -141,7 +152,7 @@ def run_overhead(model: LoadedModel, layer: str, settings: Settings) -> dict:
     return result
 
 
-def run_scan(device: torch.device, settings: Settings) -> dict:
+def run_scan(device: torch.device, settings: Settings, threads: int | None) -> dict:
     text = _script(
         "bench_scan.py",
         "--model",
@@ -152,8 +163,9 @@ def run_scan(device: torch.device, settings: Settings) -> dict:
         "",
         "--device",
         device.type,
+        threads=threads,
     )
-    ratio = _number(r"scan_shard\s*:.*?\(x([\d.]+) of bare forward", text)
+    ratio = _number(r"scan_shard\s*:[^(]*\(x([\d.]+)", text)
     print("scan (scripts/bench_scan.py):\n" + text.rstrip())
     print(f"  scan / bare forward: x{ratio}   target >= 0.85")
     return {"output": text, "ratio": ratio}
@@ -277,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
     runners = {
         "render": lambda: run_render(model, layer, settings),
         "overhead": lambda: run_overhead(model, layer, settings),
-        "scan": lambda: run_scan(device, settings),
+        "scan": lambda: run_scan(device, settings, args.threads),
         "ray": lambda: run_ray(settings),
         "quality": lambda: run_quality(model, layer, settings),
         "site": run_site,

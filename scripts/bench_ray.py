@@ -2,8 +2,8 @@
 
 Each mode runs in a fresh interpreter (this file with ``--mode``) so that its peak RSS is its
 own; the parent alternates the modes and takes medians:
-- ``inprocess``: plan the demo job, load the model once, ``run_unit`` every unit, merge the scans,
-  run the examples units, write every table to a store: what ``run_job`` does, minus Ray;
+- ``inprocess``: ``run_job`` on the demo job with its executor swapped for one that loads the
+  model once and calls ``run_unit`` on each unit here: the same driver logic, minus Ray;
 - ``ray``: start the local Ray cluster (timed on its own: cluster start-up), then ``run_job``
   (worker start and model load included) while a thread polls the RSS of the worker actors.
 
@@ -36,29 +36,57 @@ def demo_spec(out: Path, steps: int):
     return spec.replace(out=out, render=replace(spec.render, steps=steps))
 
 
-def run_in_process(out: Path, steps: int) -> dict[str, float]:
-    """Every unit of the demo job in this process, in the order ``run_job`` would run them."""
-    from atlas.job import merged_scan, prepare
-    from atlas.plan import examples_units
-    from atlas.store import Store
-    from atlas.units import make_context, run_unit
+class InProcessExecutor:
+    """Stands in for ``atlas.execute.Executor``: the same units, run here one after another.
 
-    spec = demo_spec(out, steps)
-    start = time.perf_counter()
-    prepared = prepare(spec)
-    context = make_context(spec)
-    store = Store(spec.out)
+    ``run_job`` keeps all of its driver logic (planning, skipping, merging the scans, writing the
+    store); only where the units run changes, so the two timings differ by Ray alone.
+    """
 
-    def run_all(units) -> int:
+    def __init__(self, spec) -> None:
+        from atlas.units import make_context
+
+        self.context = make_context(spec)
+
+    def run(self, units, store, force: bool = False, on_progress=None):
+        from atlas.execute import RunReport
+        from atlas.units import run_unit
+
+        report = RunReport()
+        start = time.perf_counter()
         for unit in units:
-            tables = run_unit(context, unit)
-            store.write_unit_tables(unit.key, unit.kind, unit.layer, tables, unit.channels)
-        return len(units)
+            unit_start = time.perf_counter()
+            tables = run_unit(self.context, unit)
+            store.write_unit_tables(
+                unit.key,
+                unit.kind,
+                unit.layer,
+                tables,
+                unit.channels,
+                seconds=time.perf_counter() - unit_start,
+            )
+            report.done += 1
+            if on_progress:
+                on_progress(unit, "done")
+        report.seconds = time.perf_counter() - start
+        return report
 
-    count = run_all(prepared.plan.units)
-    finished = prepared.plan.scan_keys
-    count += run_all(examples_units(spec, prepared.facts, finished, partial=merged_scan(store, finished)))
-    return {"seconds": time.perf_counter() - start, "units": count, "peak_rss_mib": peak_rss_mib()}
+    def shutdown(self) -> None:
+        self.context = None
+
+
+def run_in_process(out: Path, steps: int) -> dict[str, float]:
+    """``run_job`` on the demo with every unit run in this process instead of on Ray."""
+    import atlas.execute
+    from atlas.job import run_job
+
+    atlas.execute.Executor = InProcessExecutor
+    start = time.perf_counter()
+    result = run_job(demo_spec(out, steps), build=False)
+    seconds = time.perf_counter() - start
+    if not result.ok:
+        raise RuntimeError(f"the demo job failed in process: {result.failed}")
+    return {"seconds": seconds, "units": result.done, "peak_rss_mib": peak_rss_mib()}
 
 
 class WorkerMemory:
@@ -127,7 +155,9 @@ def run_on_ray(out: Path, steps: int) -> dict[str, object]:
 def _child(mode: str, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, __file__, "--mode", mode, "--steps", str(steps), "--out", tmp]
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench_ray.py --mode {mode} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

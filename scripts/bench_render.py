@@ -53,13 +53,21 @@ def ours_renderer(model: LoadedModel, case: RenderCase) -> Callable[[], object]:
     return lambda: render_channels(model, case.layer, case.channels, settings)
 
 
+LUCENT_DEFAULT = "lucent, its default 224 px input"
+
+
 def throughput(
-    model: LoadedModel, case: RenderCase, repeats: int, single_channels: int = 0
+    model: LoadedModel,
+    case: RenderCase,
+    repeats: int,
+    single_channels: int = 0,
+    lucent_default: bool = False,
 ) -> dict[str, object]:
     """Channels per minute for ours and lucent, interleaved; lucent sees the same input size.
 
     ``single_channels > 0`` also times lucent one channel per call (batch 1), the way its
-    README renders, on that many channels.
+    README renders, on that many channels. ``lucent_default`` also times lucent as it runs out
+    of the box: it upsamples images smaller than 224 px to 224 before the model.
     """
     install_shim(model.device)
     input_size = model_input_size(case.size, case.transforms)
@@ -75,6 +83,11 @@ def throughput(
         ]
         candidates["lucent, batch 1"] = lambda: [run() for run in singles]
         counts["lucent, batch 1"] = len(singles)
+    if lucent_default:
+        candidates[LUCENT_DEFAULT] = lucent_renderer(
+            model.module, case.layer, case.channels, case.size, case.steps, None
+        )
+        counts[LUCENT_DEFAULT] = len(case.channels)
     seconds = interleaved(candidates, repeats, model.device)
     per_minute = {name: 60 * counts[name] / median(times) for name, times in seconds.items()}
     return {
