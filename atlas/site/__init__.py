@@ -1,4 +1,20 @@
-"""The static atlas site: index, layer pages with every channel, interactions, navigation."""
+"""The static atlas site: index, layer pages with every channel, interactions, navigation.
+
+`build_site(out)` turns an atlas output folder into plain files under `out/site/`::
+
+    index.html                    model and job summary, layers with samples, what changed
+    <slug>.html                   one page per layer: every channel, appendix and spectrum views,
+                                  the channel view at `<slug>.html#channel-<n>`
+    <slug>.interactions.html      random directions beside basis channels, pairs, interpolation
+    img/<slug>/<channel>.jpg      one sprite per channel: optimized images, diversity, examples
+    img/<slug>/details.js         loss curves and example sources, loaded by the channel view
+    img/<slug>/direction-*, pair-*  interaction images
+    static/atlas.css, atlas.js    the only style and script; nothing is fetched from elsewhere
+    build.json                    unit keys and sprite keys, for "what changed" and for reuse
+
+Slugs are made from layer names (`slugs.py`); pages are built in a sibling folder and renamed
+into place (`build.py`).
+"""
 
 from atlas.site.build import SiteError, build_site
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -30,16 +31,22 @@ def auto_workers(channels: int) -> int:
     return max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
 
 
+def _start_pool(workers: int) -> ProcessPoolExecutor | None:
+    """A spawn-based pool, or None (work inline) where processes cannot be started."""
+    try:
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    except (OSError, NotImplementedError) as err:  # e.g. no /dev/shm for the pool's semaphores
+        warnings.warn(f"composing sprites inline: cannot start worker processes ({err})", stacklevel=3)
+        return None
+
+
 class ComposeJobs:
     """Queue of images to compose; `drain` waits for all of them and raises the first failure."""
 
     def __init__(self, workers: int):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
-        self._pool = (
-            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-            if workers > 1 else None
-        )
+        self._pool = _start_pool(workers) if workers > 1 else None
         self._limit = 2 * workers
         self._batch: list[tuple[Path, int, int, Sequence[Placement], Sequence[Box]]] = []
         self._running: deque[Future] = deque()
