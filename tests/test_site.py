@@ -277,7 +277,8 @@ def test_failed_units_are_reported_on_the_layer_page(tmp_path: Path) -> None:
     site = build_site(tmp_path).parent
     html = (site / "mixed3a.html").read_text()
     assert "1 unit failed" in html and "CUDA out of memory" in html
-    assert html.count('class="row ch"') == 4  # examples still shown; renders missing
+    assert html.count('class="row ch"') == 4  # examples still shown
+    assert html.count('class="cell k-channel none"') == 4  # the failed renders leave empty cells
 
 
 def test_not_an_output_folder_is_a_clear_error(tmp_path: Path) -> None:

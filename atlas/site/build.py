@@ -231,14 +231,14 @@ def _build_layer(
     summary.has_interactions = interactions is not None
     summary.sprite_keys = {str(c.channel): c.sprite_key for c in channels if c.sprite is not None}
     _write_details(images.folder / DETAILS_FILE, summary.slug, channels)
-    columns = _present_columns(channels)
+    columns = _row_columns(channels, common["job"])
     page = {"current": summary, "layer": summary, "previous_layer": neighbours[0],
             "next_layer": neighbours[1], **common}
     layout = content.layout
     page = {**page, "layout": layout}
     env.get_template("layer.html").stream(
         channels=channels, columns=columns,
-        grids={c: [layout.regions[c].columns, layout.regions[c].rows] for c in columns} if layout else {},
+        grids={c: [r.columns, r.rows] for c, r in layout.regions.items() if c in columns} if layout else {},
         **page,
     ).dump(str(root / f"{summary.slug}.html"), encoding="utf-8")
     if interactions is not None:
@@ -302,10 +302,14 @@ def _samples(channels: list[ChannelEntry], layout: SpriteLayout | None) -> list[
     return samples
 
 
-def _present_columns(channels: list[ChannelEntry]) -> list[str]:
-    """Row columns that at least one channel of the layer fills, in row order."""
-    present = {column for entry in channels for column in entry.values}
-    return [column for column in ROW_COLUMNS if column in present]
+def _row_columns(channels: list[ChannelEntry], job: dict) -> list[str]:
+    """Row columns, in row order: those some channel fills, and the objectives the job asked for
+    (so renders that failed show as empty cells rather than vanish)."""
+    wanted = {column for entry in channels for column in entry.values}
+    render = (job.get("spec") or {}).get("render")
+    if isinstance(render, dict) and render.get("enabled", True):
+        wanted.update(str(objective) for objective in render.get("objectives") or ())
+    return [column for column in ROW_COLUMNS if column in wanted]
 
 
 def _settings(job: dict) -> list[tuple[str, list[tuple[str, str]]]]:
