@@ -147,7 +147,9 @@ def test_index_search_jumps_to_a_channel(browser, site: Path) -> None:
     page.close()
 
 
-@pytest.mark.parametrize("page", ["index.html", "mixed3a.html", "mixed3a.html#channel-4"])
+@pytest.mark.parametrize(
+    "page", ["index.html", "mixed3a.html", "mixed3a.html#channel-4", "mixed4a.interactions.html"]
+)
 def test_phone_width_fits_the_screen(browser, site: Path, page: str) -> None:
     visit = Visit(browser, (site / page).as_uri() if "#" not in page else
                   (site / page.split("#")[0]).as_uri() + "#" + page.split("#")[1], PHONE)

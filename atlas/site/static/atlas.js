@@ -375,6 +375,11 @@
     });
   }
 
+  // Keep the current layer visible in a long layer bar (horizontal scroll only, never the page).
+  const bar = document.querySelector(".layerbar");
+  const here = bar && bar.querySelector('[aria-current="page"]');
+  if (here) bar.scrollLeft = here.offsetLeft - (bar.clientWidth - here.offsetWidth) / 2;
+
   const list = document.getElementById("channels");
   const search = document.getElementById("layer-search");
   if (list) setupLayerPage(list);
