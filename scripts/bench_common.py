@@ -14,6 +14,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,30 +25,48 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(run: Callable[[], object], device: torch.device) -> float:
-    """Seconds one call of ``run`` takes, GPU work included."""
+@dataclass
+class Timings:
+    """Seconds per call of each candidate: wall clock, and CPU time of this process.
+
+    On a shared CPU the CPU time is the steadier figure (another process's load delays us
+    without adding to our CPU time) as long as torch runs one thread: with more, its threads
+    also burn CPU while they wait for each other. On a GPU only the wall clock means anything.
+    """
+
+    wall: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+
+    def medians(self, clock: str) -> dict[str, float]:
+        return {name: median(values) for name, values in getattr(self, clock).items()}
+
+
+def timed(run: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """Wall and CPU seconds one call of ``run`` takes, GPU work included in the wall time."""
     synchronize(device)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()  # user + system, all threads
     run()
     synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def interleaved(
     candidates: Mapping[str, Callable[[], object]], repeats: int, device: torch.device
-) -> dict[str, list[float]]:
+) -> Timings:
     """Time each candidate ``repeats`` times, alternating between them; one warm-up call each first."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     names = list(candidates)
     for name in names:
         candidates[name]()
-    seconds: dict[str, list[float]] = {name: [] for name in names}
+    timings = Timings({name: [] for name in names}, {name: [] for name in names})
     for round_index in range(repeats):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            seconds[name].append(timed(candidates[name], device))
-    return seconds
+            wall, cpu = timed(candidates[name], device)
+            timings.wall[name].append(wall)
+            timings.cpu[name].append(cpu)
+    return timings
 
 
 def median(values: list[float]) -> float:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from bench_common import interleaved, median
+from bench_common import interleaved
 from bench_lucent import install_shim, lucent_renderer
 
 from atlas.models import LoadedModel
@@ -88,8 +88,11 @@ def throughput(
             model.module, case.layer, case.channels, case.size, case.steps, None
         )
         counts[LUCENT_DEFAULT] = len(case.channels)
-    seconds = interleaved(candidates, repeats, model.device)
-    per_minute = {name: 60 * counts[name] / median(times) for name, times in seconds.items()}
+    timings = interleaved(candidates, repeats, model.device)
+    per_minute = {
+        clock: {name: 60 * counts[name] / seconds for name, seconds in timings.medians(clock).items()}
+        for clock in ("wall", "cpu")
+    }
     return {
         "layer": case.layer,
         "channels": list(case.channels),
@@ -98,9 +101,12 @@ def throughput(
         "steps": case.steps,
         "transforms": case.transforms,
         "repeats": repeats,
-        "seconds": seconds,
-        "channels_per_minute": per_minute,
-        "speedup_vs_lucent": per_minute["ours"] / per_minute["lucent"],
+        "seconds": timings.wall,
+        "cpu_seconds": timings.cpu,
+        "channels_per_minute": per_minute["wall"],
+        "channels_per_cpu_minute": per_minute["cpu"],
+        "speedup_vs_lucent": per_minute["wall"]["ours"] / per_minute["wall"]["lucent"],
+        "cpu_speedup_vs_lucent": per_minute["cpu"]["ours"] / per_minute["cpu"]["lucent"],
     }
 
 
@@ -137,9 +143,16 @@ def overhead(model: LoadedModel, case: RenderCase, repeats: int) -> dict[str, ob
         model.activations(torch.rand(batch, 3, case.size, case.size, device=model.device), [case.layer])
 
     candidates = {"render": ours, "bare forward+backward": bare, "final forward": final_forward}
-    seconds = interleaved(candidates, repeats, model.device)
-    per_step = {name: median(seconds[name]) / case.steps for name in ("render", "bare forward+backward")}
-    steps_only = (median(seconds["render"]) - median(seconds["final forward"])) / case.steps
+    timings = interleaved(candidates, repeats, model.device)
+    ratios = {}
+    for clock in ("wall", "cpu"):
+        seconds = timings.medians(clock)
+        bare_step = seconds["bare forward+backward"] / case.steps
+        ratios[clock] = seconds["render"] / case.steps / bare_step
+        ratios[f"{clock}_steps_only"] = (
+            (seconds["render"] - seconds["final forward"]) / case.steps / bare_step
+        )
+    wall = timings.medians("wall")
     return {
         "layer": case.layer,
         "batch": batch,
@@ -147,10 +160,13 @@ def overhead(model: LoadedModel, case: RenderCase, repeats: int) -> dict[str, ob
         "model_input_size": input_size,
         "steps": case.steps,
         "repeats": repeats,
-        "seconds": seconds,
-        "seconds_per_step": per_step,
-        "ratio": per_step["render"] / per_step["bare forward+backward"],
-        "ratio_steps_only": steps_only / per_step["bare forward+backward"],
+        "seconds": timings.wall,
+        "cpu_seconds": timings.cpu,
+        "seconds_per_step": {name: wall[name] / case.steps for name in ("render", "bare forward+backward")},
+        "ratio": ratios["wall"],
+        "ratio_steps_only": ratios["wall_steps_only"],
+        "cpu_ratio": ratios["cpu"],
+        "cpu_ratio_steps_only": ratios["cpu_steps_only"],
     }
 
 
@@ -162,13 +178,14 @@ def batch_scaling(
         f"batch {batch}": ours_renderer(model, RenderCase(layer, tuple(range(batch)), size, steps))
         for batch in batches
     }
-    seconds = interleaved(candidates, repeats, model.device)
+    timings = interleaved(candidates, repeats, model.device)
+    wall = timings.medians("wall")
     return {
         "layer": layer,
         "size": size,
         "steps": steps,
         "channels_per_minute": {
-            name: 60 * batch / median(seconds[name]) for name, batch in zip(candidates, batches, strict=True)
+            name: 60 * batch / wall[name] for name, batch in zip(candidates, batches, strict=True)
         },
-        "seconds": seconds,
+        "seconds": timings.wall,
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,15 +41,30 @@ def test_steps_to_fraction_finds_the_first_step_at_ninety_percent() -> None:
 
 def test_interleaved_warms_up_then_rotates_the_order() -> None:
     calls: list[str] = []
-    seconds = interleaved(
+    timings = interleaved(
         {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
         repeats=2,
         device=torch.device("cpu"),
     )
     assert calls == ["a", "b", "a", "b", "b", "a"]
-    assert {name: len(times) for name, times in seconds.items()} == {"a": 2, "b": 2}
+    assert {name: len(times) for name, times in timings.wall.items()} == {"a": 2, "b": 2}
+    assert {name: len(times) for name, times in timings.cpu.items()} == {"a": 2, "b": 2}
     with pytest.raises(ValueError, match="repeats"):
         interleaved({"a": lambda: None}, repeats=0, device=torch.device("cpu"))
+
+
+def test_cpu_time_counts_work_not_waiting() -> None:
+    def spin() -> None:
+        end = time.perf_counter() + 0.2
+        while time.perf_counter() < end:
+            pass
+
+    timings = interleaved(
+        {"spin": spin, "sleep": lambda: time.sleep(0.2)}, repeats=1, device=torch.device("cpu")
+    )
+    assert timings.wall["sleep"][0] >= 0.2
+    assert timings.cpu["sleep"][0] < 0.05
+    assert timings.cpu["spin"][0] > timings.cpu["sleep"][0]
 
 
 def test_sections_default_to_cpu_ones_and_reject_unknown_names() -> None:
