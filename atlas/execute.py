@@ -12,6 +12,7 @@ the job fails with a clear message only when no worker at all can run for `start
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -76,7 +77,16 @@ def connect(execute: ExecuteSpec) -> None:
         return
     address = execute.address or os.environ.get("RAY_ADDRESS")
     if not address:
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+        # Ray starts workers at niceness 15; on a laptop the atlas workers *are* the job, and at 15
+        # any other busy process (a browser, a build) slows them several times over.
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count() or 1,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
         return
     where = "execute.address" if execute.address else "RAY_ADDRESS"
     check_address(address, where)

@@ -85,3 +85,7 @@ def test_autograd_still_works_after_an_inference_mode_pass():
     x = torch.rand(1, 3, 64, 64, requires_grad=True)
     model.activations(x, ["conv1"])["conv1"].mean().backward()
     assert x.grad is not None
+
+
+def test_logit_count_of_a_model_that_needs_its_input_size():
+    assert load_model("efficientnet-lite0", weights="none").channels(LOGITS) == 1000

@@ -115,10 +115,10 @@ class LoadedModel:
             if info.name == name:
                 return info.channels
         if name == LOGITS:
+            size = self.input_size
             with torch.no_grad():
-                return int(
-                    self.activations(torch.zeros(1, 3, 8, 8, device=self.device), [LOGITS])[LOGITS].shape[1]
-                )
+                probe = torch.zeros(1, 3, size, size, device=self.device)
+                return int(self.activations(probe, [LOGITS])[LOGITS].shape[1])
         raise UnknownLayerError(f"layer {name!r} of {self.name!r} does not output a (B, C, H, W) map")
 
     def activations(
