@@ -10,14 +10,15 @@ Two figures, each measured with interleaved repetitions (see bench_common):
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from bench_common import interleaved
 from bench_lucent import install_shim, lucent_renderer
 
-from atlas.models import LoadedModel
+from atlas.models import LOGITS, LoadedModel
 from atlas.optvis import make_param, render, render_channels
 from atlas.optvis import objectives as obj
 from atlas.optvis.transforms import preset
@@ -115,12 +116,18 @@ def _channel_loss(activations: torch.Tensor, channels: torch.Tensor) -> torch.Te
     return -activations[rows, channels].mean(dim=(1, 2)).sum()
 
 
-def overhead(model: LoadedModel, case: RenderCase, repeats: int) -> dict[str, object]:
+WHOLE_MODEL = "bare, whole model"
+CHANNELS_LAST = "bare, channels_last"
+
+
+def overhead(model: LoadedModel, case: RenderCase, repeats: int, limits: bool = False) -> dict[str, object]:
     """Seconds per step: ``render`` vs truncated forward + backward on the same batch shape.
 
     A ``render`` call also pays one no-grad forward of the final images (to report their
     activations); with few steps that weighs on the per-step figure, so it is timed on its own
     too and ``ratio_steps_only`` leaves it out. ``ratio`` is the whole call, as a unit pays it.
+    ``limits`` also times the bare step through the whole model (what lucent runs: the gain of
+    truncation) and with the weights and images in channels_last memory order.
     """
     batch = len(case.channels)
     input_size = model_input_size(case.size, case.transforms)
@@ -131,18 +138,30 @@ def overhead(model: LoadedModel, case: RenderCase, repeats: int) -> dict[str, ob
         param = make_param("fourier", batch, case.size, decorrelate=True)
         render(model, objective, param, steps=case.steps, transforms=case.transforms)
 
-    def bare() -> None:
-        images = torch.rand(batch, 3, input_size, input_size, device=model.device, requires_grad=True)
-        for _ in range(case.steps):
-            images.grad = None
-            activations = model.activations(images, [case.layer])[case.layer]
-            _channel_loss(activations, channels).backward()
+    def bare_step(loaded: LoadedModel, layer: str, memory_format: torch.memory_format) -> Callable[[], None]:
+        def run() -> None:
+            images = torch.rand(batch, 3, input_size, input_size, device=model.device)
+            images = images.contiguous(memory_format=memory_format).requires_grad_(True)
+            for _ in range(case.steps):
+                images.grad = None
+                activations = loaded.activations(images, [layer])[layer]
+                if activations.ndim == 2:  # logits
+                    activations = activations[:, :, None, None]
+                _channel_loss(activations, channels).backward()
+
+        return run
+
+    bare = bare_step(model, case.layer, torch.contiguous_format)
 
     @torch.no_grad()
     def final_forward() -> None:
         model.activations(torch.rand(batch, 3, case.size, case.size, device=model.device), [case.layer])
 
     candidates = {"render": ours, "bare forward+backward": bare, "final forward": final_forward}
+    if limits:
+        candidates[WHOLE_MODEL] = bare_step(model, LOGITS, torch.contiguous_format)
+        reordered = replace(model, module=copy.deepcopy(model.module).to(memory_format=torch.channels_last))
+        candidates[CHANNELS_LAST] = bare_step(reordered, case.layer, torch.channels_last)
     timings = interleaved(candidates, repeats, model.device)
     ratios = {}
     for clock in ("wall", "cpu"):
@@ -162,7 +181,7 @@ def overhead(model: LoadedModel, case: RenderCase, repeats: int) -> dict[str, ob
         "repeats": repeats,
         "seconds": timings.wall,
         "cpu_seconds": timings.cpu,
-        "seconds_per_step": {name: wall[name] / case.steps for name in ("render", "bare forward+backward")},
+        "seconds_per_step": {name: wall[name] / case.steps for name in candidates if name != "final forward"},
         "ratio": ratios["wall"],
         "ratio_steps_only": ratios["wall_steps_only"],
         "cpu_ratio": ratios["cpu"],
