@@ -45,6 +45,7 @@ from PIL import Image
 from atlas.data import ImageSource, ShardRef, model_view, square_view
 from atlas.models import LoadedModel
 from atlas.receptive import ReceptiveField, receptive_field
+from atlas.schema import EXAMPLES_SCHEMA, HISTOGRAM_SCHEMA
 
 DIRECTION_SUFFIX = "@direction"
 DEFAULT_SAMPLE_SIZE = 512
@@ -58,15 +59,6 @@ HIST_BINS = len(HIST_EDGES) - 1  # the outermost bins also hold everything beyon
 _SIDE_BINS = HIST_BINS // 2
 _FIRST_CODE = (127 - 10) * 4 - 1  # (biased exponent, 2 mantissa bits) code of 2^-10, minus one
 
-EXAMPLES_SCHEMA = pa.schema([
-    ("layer", pa.string()), ("channel", pa.int32()), ("bucket", pa.string()), ("rank", pa.int32()),
-    ("activation", pa.float32()), ("source_id", pa.string()), ("x", pa.int32()), ("y", pa.int32()),
-    ("crop", pa.binary()), ("thumb", pa.binary()), ("unit_key", pa.string()),
-])
-HISTOGRAM_SCHEMA = pa.schema([
-    ("layer", pa.string()), ("channel", pa.int32()), ("edges", pa.list_(pa.float32())),
-    ("counts", pa.list_(pa.int64())), ("unit_key", pa.string()),
-])
 
 
 class ScanError(ValueError):

@@ -19,27 +19,12 @@ from PIL import Image
 from atlas.models import LoadedModel
 from atlas.optvis import RenderError
 from atlas.plan import Unit
+from atlas.schema import RENDER_SCHEMA
 from atlas.spec import ExamplesSpec, JobSpec, RenderSpec
 
 
 class UnitFailed(RuntimeError):
     """A failure that retrying will not fix (NaN during optimization, bad data); recorded as failed."""
-
-
-RENDER_SCHEMA = pa.schema(
-    [
-        ("layer", pa.string()),
-        ("channel", pa.int32()),
-        ("channel_b", pa.int32()),
-        ("objective", pa.string()),
-        ("variant", pa.int32()),
-        ("label", pa.string()),
-        ("image", pa.binary()),
-        ("activation", pa.float32()),
-        ("loss", pa.list_(pa.float32())),
-        ("unit_key", pa.string()),
-    ]
-)
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -14,13 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from atlas.schema import RENDER_SCHEMA
 from atlas.site import SiteError, build_site
 from atlas.site.changes import channel_ranges
 from atlas.site.sheets import compose, grid_placements, png_size
 from atlas.site.slugs import layer_slugs
 from atlas.site.sprites import sprite_layout
 from atlas.site.synthetic import (
-    RENDER_SCHEMA,
     PatternPool,
     SyntheticLayer,
     SyntheticOptions,

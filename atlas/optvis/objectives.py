@@ -136,7 +136,7 @@ def _per_element(values: int | Sequence[int], count: int, what: str) -> torch.Te
     return tensor
 
 
-def _channel_check(layer: str, channels: int | Sequence[int]) -> Check:
+def channel_check(layer: str, channels: int | Sequence[int]) -> Check:
     wanted = [channels] if isinstance(channels, int) else list(channels)
 
     def check(model: LoadedModel) -> None:
@@ -176,7 +176,7 @@ def channel(layer: str, channel: int | Sequence[int], batch: Batch = None) -> Ob
         return acts[torch.arange(len(indices), device=acts.device), chans].mean(dim=(1, 2))
 
     return _layer_objective(
-        layer, batch, f"channel {layer}:{channel}", select, (_channel_check(layer, channel),)
+        layer, batch, f"channel {layer}:{channel}", select, (channel_check(layer, channel),)
     )
 
 
@@ -201,7 +201,7 @@ def neuron(
         return acts[torch.arange(len(indices), device=acts.device), chans, row, col]
 
     return _layer_objective(
-        layer, batch, f"neuron {layer}:{channel}", select, (_channel_check(layer, channel),)
+        layer, batch, f"neuron {layer}:{channel}", select, (channel_check(layer, channel),)
     )
 
 

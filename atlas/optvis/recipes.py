@@ -123,13 +123,11 @@ def _pack(items: Sequence[_Item], batch: int) -> list[list[_Item]]:
 
 
 def _check_channels(model: LoadedModel, layer: str, channels: Sequence[int]) -> None:
-    count = model.channels(layer)
-    bad = [c for c in channels if not 0 <= c < count]
-    if bad:
-        raise RenderError(
-            f"channel {bad[0]} is out of range for layer {layer!r} of {model.name!r}, which has "
-            f"{count} channels (0..{count - 1})"
-        )
+    """The objectives' own range check, reported as a render failure of the unit."""
+    try:
+        obj.channel_check(layer, channels)(model)
+    except obj.ObjectiveError as err:
+        raise RenderError(str(err)) from err
 
 
 def _chunk_objective(layer: str, chunk: Sequence[_Item], settings: RenderSettings) -> obj.Objective:

@@ -17,23 +17,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from atlas.schema import EXAMPLES_SCHEMA, HISTOGRAM_SCHEMA, RENDER_SCHEMA
 from atlas.store import Store
 
-RENDER_SCHEMA = pa.schema([
-    ("layer", pa.string()), ("channel", pa.int32()), ("channel_b", pa.int32()),
-    ("objective", pa.string()), ("variant", pa.int32()), ("label", pa.string()),
-    ("image", pa.binary()), ("activation", pa.float32()), ("loss", pa.list_(pa.float32())),
-    ("unit_key", pa.string()),
-])
-EXAMPLES_SCHEMA = pa.schema([
-    ("layer", pa.string()), ("channel", pa.int32()), ("bucket", pa.string()), ("rank", pa.int32()),
-    ("activation", pa.float32()), ("source_id", pa.string()), ("x", pa.int32()), ("y", pa.int32()),
-    ("crop", pa.binary()), ("thumb", pa.binary()), ("unit_key", pa.string()),
-])
-HISTOGRAM_SCHEMA = pa.schema([
-    ("layer", pa.string()), ("channel", pa.int32()), ("edges", pa.list_(pa.float32())),
-    ("counts", pa.list_(pa.int64())), ("unit_key", pa.string()),
-])
 BUCKET_SIGNS = {"max": 3.0, "slightly_positive": 0.5, "slightly_negative": -0.5, "min": -3.0}
 
 
