@@ -191,7 +191,7 @@ def test_slight_buckets_sit_at_the_quantiles_of_all_images(model: LoadedModel, d
     examples, _ = finalize_layer(model, "conv2", merged, dataset, 32, 16, "k", channels=[3],
                                  quantiles=(0.3, 0.6))
     good, _ = dataset.load_batch(dataset.ids())
-    pixels = torch.stack([torch.from_numpy(np.asarray(image)).permute(2, 0, 1) for _, image in good])
+    pixels = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1) for _, image in good])
     with torch.no_grad():
         act = model.activations(pixels.float() / 255, ["conv2"])["conv2"][:, 3].flatten(1)
     ids = np.array([i for i, _ in good])
