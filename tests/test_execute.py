@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from raytools import local_ray, write_spec
+from raytools import local_ray, tiny_spec, write_spec
 
 from atlas.cli import main
 from atlas.execute import ExecuteError, WorkerPlan, check_address, plan_workers
@@ -128,3 +129,21 @@ def test_reruns_compute_exactly_what_changed(cluster, tmp_path):
 
     assert "4 units done, 0 already done" in run_cli(str(more), "--force")
     assert status_counts(more) == {"done": 4, "pending": 0, "failed": 0, "stale": 0}
+
+
+@pytest.mark.slow
+def test_workers_of_a_started_cluster_run_at_normal_priority(tmp_path):
+    """Ray's default niceness 15 would let any busy process slow the atlas workers several times."""
+    import ray
+
+    from atlas.execute import Executor
+
+    if ray.is_initialized():
+        ray.shutdown()
+    executor = Executor(tiny_spec(tmp_path / "out"))
+    try:
+        pids = executor.worker_pids(timeout=120)
+        assert pids and all(os.getpriority(os.PRIO_PROCESS, pid) == 0 for pid in pids)
+    finally:
+        executor.shutdown()
+        ray.shutdown()
