@@ -26,8 +26,12 @@ def _progress(total: int):
     bar = tqdm(total=total, unit="unit", desc="atlas", dynamic_ncols=True, file=sys.stderr)
 
     def tick(unit, outcome: str) -> None:
-        bar.set_postfix_str(f"{outcome} {unit.label}", refresh=False)
-        bar.update(1)
+        if outcome == "skipped":  # already done: leave it out, or the rate and ETA would count it
+            bar.total -= 1
+            bar.refresh()
+        else:
+            bar.set_postfix_str(f"{outcome} {unit.label}", refresh=False)
+            bar.update(1)
         if bar.n >= bar.total:
             bar.close()
 
