@@ -11,11 +11,13 @@ import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
+from atlas.examples import PartialScan, direction_layer
 from atlas.models import LoadedModel, load_model
-from atlas.plan import ModelFacts, Plan, Unit, examples_units, make_plan
+from atlas.plan import CODE_VERSIONS, ModelFacts, Plan, Unit, examples_units, make_plan
 from atlas.spec import JobSpec, check_against_model, spec_to_dict
 from atlas.store import Store
 
@@ -80,8 +82,6 @@ def job_info(prepared: Prepared, started: str, finished: str | None = None) -> d
                 "width": info.width if info else 0,
             }
         )
-    from atlas.plan import CODE_VERSIONS
-
     return {
         "name": spec.name,
         "model": spec.model.name,
@@ -95,26 +95,14 @@ def job_info(prepared: Prepared, started: str, finished: str | None = None) -> d
     }
 
 
-def merged_scan(store: Store, scan_keys: tuple[str, ...]) -> Any:
+def merged_scan(store: Store, scan_keys: tuple[str, ...]) -> PartialScan:
     """Merge every dataset shard's partial result, read back from the store."""
-    from atlas.examples import PartialScan
-
-    merged = None
-    for key in scan_keys:
-        entry = store.entry(key)
-        if entry is None:
-            continue
-        import pyarrow.parquet as pq
-
-        partial = PartialScan.from_table(pq.read_table(store.root / entry.tables["scan"]["path"]))
-        merged = partial if merged is None else merged.merge(partial)
-    return merged
+    partials = [PartialScan.from_table(store.read_unit(key, "scan")) for key in scan_keys]
+    return reduce(PartialScan.merge, partials)
 
 
-def _layer_scan(merged: Any, unit: Unit) -> Any:
+def _layer_scan(merged: PartialScan, unit: Unit) -> PartialScan:
     """The part of the merged scan an examples unit reads: its layer (and that layer's directions)."""
-    from atlas.examples import direction_layer
-
     names = [unit.layer] + ([direction_layer(unit.layer)] if unit.settings["with_directions"] else [])
     return merged.select(names)
 

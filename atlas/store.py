@@ -246,6 +246,13 @@ class Store:
                 seen.setdefault(entry.layer, None)
         return list(seen)
 
+    def read_unit(self, key: str, kind: str) -> pa.Table:
+        """The table of one kind that a finished unit wrote."""
+        entry = self._entries.get(key)
+        if entry is None or entry.status != "done" or kind not in entry.tables:
+            raise StoreError(f"{self.root}: unit {key} has no finished {kind!r} table; rerun the job")
+        return pq.read_table(self.root / entry.tables[kind]["path"])
+
     def read(self, kind: str, layer: str | None = None, columns: list[str] | None = None) -> pa.Table | None:
         """All finished shards of a kind (optionally one layer) as one table; None when there are none."""
         tables = [
