@@ -150,6 +150,7 @@ def examples_units(spec: JobSpec, facts: ModelFacts, scan_keys: Sequence[str]) -
         "crop_size": ex.crop_size,
         "thumb_size": ex.thumb_size,
         "bins": ex.bins,
+        "quantiles": list(ex.quantiles),
         "directions": spec.interactions.random_directions,
     }
     units = []

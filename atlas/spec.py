@@ -73,6 +73,7 @@ class ExamplesSpec:
     bins: int = 32
     crop_size: int = 96
     thumb_size: int = 64
+    quantiles: tuple[float, float] = (0.25, 0.75)  # "slightly negative" / "slightly positive"
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,11 @@ def _convert(ctx: _Context, section: str, key: str, value: Any, annotation: str)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise bad("an array of strings")
         return tuple(value)
+    if annotation == "tuple[float, float]":
+        ok = isinstance(value, list) and len(value) == 2
+        if not ok or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            raise bad("an array of two numbers like [0.25, 0.75]")
+        return (float(value[0]), float(value[1]))
     if annotation == "tuple[tuple[str, int, int], ...]":
         ok = isinstance(value, list) and all(
             isinstance(p, list)
@@ -305,6 +311,7 @@ def _check_values(ctx: _Context, spec: JobSpec) -> None:
         ("examples", "k", e.k >= 1, "must be at least 1"),
         ("examples", "shard_size", e.shard_size >= 1, "must be at least 1"),
         ("examples", "bins", e.bins >= 2, "must be at least 2"),
+        ("examples", "quantiles", 0 <= e.quantiles[0] <= e.quantiles[1] <= 1, "must be [low, high] within 0..1"),
         ("interactions", "random_directions", i.random_directions >= 0, "must be >= 0"),
         ("interactions", "interpolation_steps", i.interpolation_steps >= 2, "must be at least 2"),
         ("execute", "retries", x.retries >= 0, "must be >= 0"),

@@ -144,6 +144,7 @@ def _examples(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
             thumb_size=settings["thumb_size"],
             unit_key=unit.key,
             bins=settings["bins"],
+            quantiles=tuple(settings["quantiles"]),
             channels=unit.channels if name == unit.layer else None,
         )
         if name != unit.layer:

@@ -66,3 +66,16 @@ def test_new_checkpoint_changes_every_key():
     base = keys(make_plan(spec, FACTS))
     other = keys(make_plan(spec, ModelFacts("digest-b", FACTS.channels)))
     assert not set(base.values()) & set(other.values())
+
+
+def test_examples_units_chunk_channels_and_follow_their_settings():
+    from atlas.plan import EXAMPLES_CHANNELS_PER_UNIT, examples_units
+
+    spec = parse_spec(SPEC.replace("enabled = false", "quantiles = [0.1, 0.9]"))
+    facts = ModelFacts("digest-a", {"conv2": 100, "conv3": 32})
+    spec = spec.replace(layers=(replace(spec.layers[0], channels=None),))
+    units = examples_units(spec, facts, ["scan-1"])
+    assert [len(u.channels) for u in units] == [EXAMPLES_CHANNELS_PER_UNIT, 100 - EXAMPLES_CHANNELS_PER_UNIT]
+    assert [u.settings["with_directions"] for u in units] == [True, False]
+    other = examples_units(spec.replace(examples=replace(spec.examples, quantiles=(0.2, 0.8))), facts, ["scan-1"])
+    assert not {u.key for u in units} & {u.key for u in other}

@@ -97,3 +97,11 @@ def test_top_level_key_below_a_table_gets_a_hint():
     text = '[model]\nname = "tiny-cnn"\nlayers = ["conv2"]\n'
     with pytest.raises(SpecError, match=r"model.layers: unknown key. 'layers' is a top-level key: move it above"):
         parse_spec(text)
+
+
+def test_example_quantiles_are_checked():
+    assert parse_spec(BASE + "\n[examples]\nquantiles = [0.1, 0.9]\n").examples.quantiles == (0.1, 0.9)
+    with pytest.raises(SpecError, match="examples.quantiles: expected an array of two numbers"):
+        parse_spec(BASE + '\n[examples]\nquantiles = ["a", 1]\n')
+    with pytest.raises(SpecError, match=r"examples.quantiles.*within 0..1"):
+        parse_spec(BASE + "\n[examples]\nquantiles = [0.9, 0.1]\n")
