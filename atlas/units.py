@@ -16,8 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from atlas.models import LoadedModel
-from atlas.optvis import RenderError
+from atlas.data import ImageSource, open_source
+from atlas.examples import direction_layer, finalize_layer, scan_shard
+from atlas.models import LoadedModel, load_model, pick_device
+from atlas.optvis import RenderError, random_directions, render_channels, render_directions, render_pair
 from atlas.plan import Unit
 from atlas.schema import RENDER_SCHEMA
 from atlas.spec import ExamplesSpec, JobSpec, RenderSpec
@@ -60,31 +62,25 @@ def render_spec_from(settings: dict) -> RenderSpec:
 
 @dataclass
 class WorkerContext:
-    """What a worker keeps between units: the model (loaded once) and open image sources."""
+    """What a worker keeps between units: the model (loaded once) and the job's image source."""
 
     model: LoadedModel
     examples: ExamplesSpec
-    sources: dict[str, Any] = field(default_factory=dict)
+    _source: ImageSource | None = field(default=None, repr=False)
 
-    def source(self) -> Any:
-        from atlas.data import open_source
-
-        key = f"{self.examples.source}|{self.examples.column}"
-        if key not in self.sources:
-            self.sources[key] = open_source(self.examples.source, column=self.examples.column)
-        return self.sources[key]
+    def source(self) -> ImageSource:
+        """Opened on first use: workers that only render never list the dataset."""
+        if self._source is None:
+            self._source = open_source(self.examples.source, column=self.examples.column)
+        return self._source
 
 
 def _render(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
-    from atlas.optvis import render_channels
-
     images = render_channels(ctx.model, unit.layer, unit.channels, render_spec_from(dict(unit.settings)))
     return {"render": rendered_table(images, unit.key)}
 
 
 def _directions(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
-    from atlas.optvis import render_directions
-
     settings = dict(unit.settings)
     images = render_directions(
         ctx.model, unit.layer, settings["directions"], render_spec_from(settings), seed=settings["seed"]
@@ -93,8 +89,6 @@ def _directions(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
 
 
 def _pair(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
-    from atlas.optvis import render_pair
-
     settings = dict(unit.settings)
     a, b = unit.channels
     images = render_pair(
@@ -104,9 +98,6 @@ def _pair(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
 
 
 def _scan(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
-    from atlas.examples import scan_shard
-    from atlas.optvis import random_directions
-
     settings = dict(unit.settings)
     directions = None
     if settings["directions"]:
@@ -128,8 +119,6 @@ def _scan(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
 
 def _examples(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
     """Crop the chosen examples of a layer and of its random directions (as channels -1, -2, ...)."""
-    from atlas.examples import direction_layer, finalize_layer
-
     settings = dict(unit.settings)
     merged = unit.inputs
     names = [unit.layer] + ([direction_layer(unit.layer)] if settings["with_directions"] else [])
@@ -182,7 +171,5 @@ def run_unit(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
 
 
 def make_context(spec: JobSpec, device: str = "auto") -> WorkerContext:
-    from atlas.models import load_model, pick_device
-
     model = load_model(spec.model.name, spec.model.checkpoint, spec.model.weights, device=pick_device(device))
     return WorkerContext(model=model, examples=spec.examples)
