@@ -60,7 +60,6 @@ _SIDE_BINS = HIST_BINS // 2
 _FIRST_CODE = (127 - 10) * 4 - 1  # (biased exponent, 2 mantissa bits) code of 2^-10, minus one
 
 
-
 class ScanError(ValueError):
     """Partial scans that cannot be merged, or a finalize request the scan cannot answer."""
 
@@ -76,8 +75,12 @@ class TopK:
 
     @classmethod
     def empty(cls, channels: int, k: int) -> TopK:
-        return cls(np.full((channels, k), -np.inf, np.float32), np.full((channels, k), "", "<U1"),
-                   np.zeros((channels, k), np.int32), np.zeros((channels, k), np.int32))
+        return cls(
+            np.full((channels, k), -np.inf, np.float32),
+            np.full((channels, k), "", "<U1"),
+            np.zeros((channels, k), np.int32),
+            np.zeros((channels, k), np.int32),
+        )
 
     @property
     def k(self) -> int:
@@ -128,11 +131,19 @@ class PartialScan:
     stats: dict[str, int] = field(default_factory=dict)  # scanned / skipped:<why> / converted:<what>
 
     @classmethod
-    def empty(cls, channels: Mapping[str, int], k: int, sample_size: int = DEFAULT_SAMPLE_SIZE) -> PartialScan:
+    def empty(
+        cls, channels: Mapping[str, int], k: int, sample_size: int = DEFAULT_SAMPLE_SIZE
+    ) -> PartialScan:
         layers = {
-            name: LayerScan(TopK.empty(count, k), TopK.empty(count, k), np.zeros((count, HIST_BINS), np.int64),
-                            *(np.zeros((0, count), np.float32 if "_y" not in f and "_x" not in f else np.int32)
-                              for f in _SAMPLE_FIELDS))
+            name: LayerScan(
+                TopK.empty(count, k),
+                TopK.empty(count, k),
+                np.zeros((count, HIST_BINS), np.int64),
+                *(
+                    np.zeros((0, count), np.float32 if "_y" not in f and "_x" not in f else np.int32)
+                    for f in _SAMPLE_FIELDS
+                ),
+            )
             for name, count in channels.items()
         }
         return cls(k, sample_size, layers, np.zeros(0, "<U1"), np.zeros(0, np.uint64), {})
@@ -140,8 +151,10 @@ class PartialScan:
     def merge(self, other: PartialScan) -> PartialScan:
         """Combine two partials of disjoint images; associative and commutative."""
         if (self.k, self.sample_size) != (other.k, other.sample_size):
-            raise ScanError(f"cannot merge scans with k/sample_size {self.k}/{self.sample_size} and "
-                            f"{other.k}/{other.sample_size}; rescan with the same settings")
+            raise ScanError(
+                f"cannot merge scans with k/sample_size {self.k}/{self.sample_size} and "
+                f"{other.k}/{other.sample_size}; rescan with the same settings"
+            )
         shapes = {n: s.channels for n, s in self.layers.items()}
         other_shapes = {n: s.channels for n, s in other.layers.items()}
         if shapes != other_shapes:
@@ -152,12 +165,20 @@ class PartialScan:
         layers = {}
         for name, mine in self.layers.items():
             theirs = other.layers[name]
-            sampled = {f: np.concatenate([getattr(mine, f), getattr(theirs, f)])[keep] for f in _SAMPLE_FIELDS}
-            layers[name] = LayerScan(mine.top.merge(theirs.top), mine.bottom.merge(theirs.bottom),
-                                     mine.histogram + theirs.histogram, **sampled)
+            sampled = {
+                f: np.concatenate([getattr(mine, f), getattr(theirs, f)])[keep] for f in _SAMPLE_FIELDS
+            }
+            layers[name] = LayerScan(
+                mine.top.merge(theirs.top),
+                mine.bottom.merge(theirs.bottom),
+                mine.histogram + theirs.histogram,
+                **sampled,
+            )
         stats = Counter(self.stats)
         stats.update(other.stats)
-        return PartialScan(self.k, self.sample_size, layers, ids[keep], priority[keep], dict(sorted(stats.items())))
+        return PartialScan(
+            self.k, self.sample_size, layers, ids[keep], priority[keep], dict(sorted(stats.items()))
+        )
 
     def select(self, layers: Sequence[str]) -> PartialScan:
         """Only the named layers: what one layer's examples unit needs to receive."""
@@ -203,12 +224,20 @@ class PartialScan:
             def grid(column: str, shape: tuple[int, int], row: int = i) -> np.ndarray:
                 return _rows(table, column)[row].reshape(shape)
 
-            tops = [TopK(*(grid(f"{p}_{f.name}", (channels, k)) for f in fields(TopK))) for p in ("top", "bottom")]
+            tops = [
+                TopK(*(grid(f"{p}_{f.name}", (channels, k)) for f in fields(TopK))) for p in ("top", "bottom")
+            ]
             tops = [replace(t, ids=t.ids.astype(str)) for t in tops]
             sampled = {f: grid(f, (m, channels)) for f in _SAMPLE_FIELDS}
             layers[name] = LayerScan(*tops, grid("histogram", (channels, HIST_BINS)), **sampled)
-        return cls(k, table.column("sample_size")[0].as_py(), layers, sample_ids,
-                   _rows(table, "sample_priority")[0], json.loads(table.column("stats")[0].as_py()))
+        return cls(
+            k,
+            table.column("sample_size")[0].as_py(),
+            layers,
+            sample_ids,
+            _rows(table, "sample_priority")[0],
+            json.loads(table.column("stats")[0].as_py()),
+        )
 
 
 def _list_column(arrays: Sequence[np.ndarray]) -> pa.Array:
@@ -224,13 +253,15 @@ def _rows(table: pa.Table, column: str) -> list[np.ndarray]:
     lists = table.column(column).combine_chunks()
     offsets = lists.offsets.to_numpy()
     values = lists.values.to_numpy(zero_copy_only=False)
-    return [values[offsets[i]:offsets[i + 1]] for i in range(len(lists))]
+    return [values[offsets[i] : offsets[i + 1]] for i in range(len(lists))]
 
 
 def source_priority(source_ids: Sequence[str]) -> np.ndarray:
     """Hash of each id: the sample keeps the smallest, which is a uniform, sharding-free choice."""
-    return np.array([int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "big")
-                     for i in source_ids], dtype=np.uint64)
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "big") for i in source_ids],
+        dtype=np.uint64,
+    )
 
 
 def _batches(
@@ -250,7 +281,7 @@ def _batches(
         pixels = np.stack([np.asarray(model_view(image, size)) for _, image in good])
         return [i for i, _ in good], torch.from_numpy(pixels).permute(0, 3, 1, 2), counts
 
-    chunks = [source_ids[i:i + batch_size] for i in range(0, len(source_ids), batch_size)]
+    chunks = [source_ids[i : i + batch_size] for i in range(0, len(source_ids), batch_size)]
     if not prefetch:
         yield from map(load, chunks)
         return
@@ -291,12 +322,15 @@ def scan_shard(
     if k < 1:
         raise ScanError(f"k must be at least 1, got {k}")
     names = [model.resolve_layer(name) for name in layers]
-    directions = {model.resolve_layer(n): d.detach().to(model.device, torch.float32)
-                  for n, d in (directions or {}).items()}
+    directions = {
+        model.resolve_layer(n): d.detach().to(model.device, torch.float32)
+        for n, d in (directions or {}).items()
+    }
     for name, rows in directions.items():
         if rows.ndim != 2 or rows.shape[1] != model.channels(name):
-            raise ScanError(f"directions for {name!r} must have shape [n, {model.channels(name)}], "
-                            f"got {list(rows.shape)}")
+            raise ScanError(
+                f"directions for {name!r} must have shape [n, {model.channels(name)}], got {list(rows.shape)}"
+            )
     channels = {name: model.channels(name) for name in names}
     channels.update({direction_layer(n): rows.shape[0] for n, rows in directions.items()})
     partial = PartialScan.empty(channels, k, sample_size)
@@ -312,8 +346,12 @@ def scan_shard(
         with torch.no_grad():  # not inference_mode: its tensors would poison later autograd
             outputs = model.activations(x01, needed)
             maps = {name: _as_map(outputs[name]) for name in names}
-            maps.update({direction_layer(n): torch.einsum("bchw,nc->bnhw", _as_map(outputs[n]), rows)
-                         for n, rows in directions.items()})
+            maps.update(
+                {
+                    direction_layer(n): torch.einsum("bchw,nc->bnhw", _as_map(outputs[n]), rows)
+                    for n, rows in directions.items()
+                }
+            )
             partial = partial.merge(_batch_partial(maps, ids, k, sample_size))
     return replace(partial, stats=dict(sorted(stats.items())))
 
@@ -373,7 +411,12 @@ def _batch_partial(maps: Mapping[str, torch.Tensor], ids: list[str], k: int, sam
             TopK.empty(channels, k).merge(TopK(max_v.T, ids_cb, max_y.T, max_x.T)),
             TopK.empty(channels, k).merge(TopK(-min_v.T, ids_cb, min_y.T, min_x.T)),
             histogram.astype(np.int64),
-            max_v[keep], max_y[keep], max_x[keep], min_v[keep], min_y[keep], min_x[keep],
+            max_v[keep],
+            max_y[keep],
+            max_x[keep],
+            min_v[keep],
+            min_y[keep],
+            min_x[keep],
         )
     return PartialScan(k, sample_size, layers, id_grid[keep], priority[keep], {})
 
@@ -426,41 +469,58 @@ def finalize_layer(
     field_ = receptive_field(model, base_layer(layer))
     images = _cut(source, picks, field_, crop_size, thumb_size)
     kept = [p for p in picks if p.source_id in images]
-    examples = pa.table({
-        "layer": pa.array([layer] * len(kept), pa.string()),
-        "channel": pa.array([p.channel for p in kept], pa.int32()),
-        "bucket": pa.array([p.bucket for p in kept], pa.string()),
-        "rank": pa.array([p.rank for p in kept], pa.int32()),
-        "activation": pa.array([p.activation for p in kept], pa.float32()),
-        "source_id": pa.array([p.source_id for p in kept], pa.string()),
-        "x": pa.array([p.x for p in kept], pa.int32()),
-        "y": pa.array([p.y for p in kept], pa.int32()),
-        "crop": pa.array([images[p.source_id][0][(p.y, p.x)] for p in kept], pa.binary()),
-        "thumb": pa.array([images[p.source_id][1] for p in kept], pa.binary()),
-        "unit_key": pa.array([unit_key] * len(kept), pa.string()),
-    }, schema=EXAMPLES_SCHEMA)
+    examples = pa.table(
+        {
+            "layer": pa.array([layer] * len(kept), pa.string()),
+            "channel": pa.array([p.channel for p in kept], pa.int32()),
+            "bucket": pa.array([p.bucket for p in kept], pa.string()),
+            "rank": pa.array([p.rank for p in kept], pa.int32()),
+            "activation": pa.array([p.activation for p in kept], pa.float32()),
+            "source_id": pa.array([p.source_id for p in kept], pa.string()),
+            "x": pa.array([p.x for p in kept], pa.int32()),
+            "y": pa.array([p.y for p in kept], pa.int32()),
+            "crop": pa.array([images[p.source_id][0][(p.y, p.x)] for p in kept], pa.binary()),
+            "thumb": pa.array([images[p.source_id][1] for p in kept], pa.binary()),
+            "unit_key": pa.array([unit_key] * len(kept), pa.string()),
+        },
+        schema=EXAMPLES_SCHEMA,
+    )
     histograms = [_coarse_histogram(scan, c, bins) for c in wanted]
-    histogram = pa.table({
-        "layer": pa.array([layer] * len(wanted), pa.string()),
-        "channel": pa.array(wanted, pa.int32()),
-        "edges": pa.array([h[0] for h in histograms], pa.list_(pa.float32())),
-        "counts": pa.array([h[1] for h in histograms], pa.list_(pa.int64())),
-        "unit_key": pa.array([unit_key] * len(wanted), pa.string()),
-    }, schema=HISTOGRAM_SCHEMA)
+    histogram = pa.table(
+        {
+            "layer": pa.array([layer] * len(wanted), pa.string()),
+            "channel": pa.array(wanted, pa.int32()),
+            "edges": pa.array([h[0] for h in histograms], pa.list_(pa.float32())),
+            "counts": pa.array([h[1] for h in histograms], pa.list_(pa.int64())),
+            "unit_key": pa.array([unit_key] * len(wanted), pa.string()),
+        },
+        schema=HISTOGRAM_SCHEMA,
+    )
     return examples, histogram
 
 
-def _picks(scan: LayerScan, sample_ids: np.ndarray, channel: int, k: int,
-           quantiles: tuple[float, float]) -> list[_Pick]:
+def _picks(
+    scan: LayerScan, sample_ids: np.ndarray, channel: int, k: int, quantiles: tuple[float, float]
+) -> list[_Pick]:
     picks = []
     for bucket, top, sign in (("max", scan.top, 1.0), ("min", scan.bottom, -1.0)):
         for rank in range(k):
             if top.ids[channel, rank]:
-                picks.append(_Pick(channel, bucket, rank, sign * float(top.values[channel, rank]),
-                                   str(top.ids[channel, rank]), int(top.ys[channel, rank]),
-                                   int(top.xs[channel, rank])))
-    sides = (("slightly_negative", scan.sample_min, scan.sample_min_y, scan.sample_min_x, quantiles[0], 1.0),
-             ("slightly_positive", scan.sample_max, scan.sample_max_y, scan.sample_max_x, quantiles[1], -1.0))
+                picks.append(
+                    _Pick(
+                        channel,
+                        bucket,
+                        rank,
+                        sign * float(top.values[channel, rank]),
+                        str(top.ids[channel, rank]),
+                        int(top.ys[channel, rank]),
+                        int(top.xs[channel, rank]),
+                    )
+                )
+    sides = (
+        ("slightly_negative", scan.sample_min, scan.sample_min_y, scan.sample_min_x, quantiles[0], 1.0),
+        ("slightly_positive", scan.sample_max, scan.sample_max_y, scan.sample_max_x, quantiles[1], -1.0),
+    )
     for bucket, values, ys, xs, q, order_sign in sides:
         column = values[:, channel]
         if len(column) == 0:
@@ -468,13 +528,24 @@ def _picks(scan: LayerScan, sample_ids: np.ndarray, channel: int, k: int,
         target = float(np.quantile(column, q))
         nearest = np.lexsort((sample_ids, np.abs(column - target)))[:k]
         nearest = nearest[np.lexsort((sample_ids[nearest], order_sign * column[nearest]))]
-        picks.extend(_Pick(channel, bucket, rank, float(column[i]), str(sample_ids[i]), int(ys[i, channel]),
-                           int(xs[i, channel])) for rank, i in enumerate(nearest))
+        picks.extend(
+            _Pick(
+                channel,
+                bucket,
+                rank,
+                float(column[i]),
+                str(sample_ids[i]),
+                int(ys[i, channel]),
+                int(xs[i, channel]),
+            )
+            for rank, i in enumerate(nearest)
+        )
     return picks
 
 
-def _cut(source: ImageSource, picks: Sequence[_Pick], field_: ReceptiveField, crop_size: int,
-         thumb_size: int) -> dict[str, tuple[dict[tuple[int, int], bytes], bytes]]:
+def _cut(
+    source: ImageSource, picks: Sequence[_Pick], field_: ReceptiveField, crop_size: int, thumb_size: int
+) -> dict[str, tuple[dict[tuple[int, int], bytes], bytes]]:
     """Per source id: PNG crops by position and the PNG thumbnail; each image is decoded once.
 
     Ids that no longer load (the source changed since the scan) are left out.
@@ -492,7 +563,12 @@ def _cut(source: ImageSource, picks: Sequence[_Pick], field_: ReceptiveField, cr
         crops = {}
         for y, x in positions[source_id]:
             box_left, box_top, box_right, box_bottom = field_.box(y, x)
-            box = (left + box_left * scale, top + box_top * scale, left + box_right * scale, top + box_bottom * scale)
+            box = (
+                left + box_left * scale,
+                top + box_top * scale,
+                left + box_right * scale,
+                top + box_bottom * scale,
+            )
             crops[(y, x)] = _png(image.resize((crop_size, crop_size), Image.Resampling.BICUBIC, box=box))
         thumb = image.copy()
         thumb.thumbnail((thumb_size, thumb_size), Image.Resampling.BICUBIC)
@@ -516,7 +592,7 @@ def _coarse_histogram(scan: LayerScan, channel: int, bins: int) -> tuple[list[fl
     first, last = int(occupied[0]), int(occupied[-1])
     group = -(-(last - first + 1) // max(1, bins))
     starts = list(range(first, last + 1, group))
-    coarse = [int(counts[s:min(s + group, last + 1)].sum()) for s in starts]
+    coarse = [int(counts[s : min(s + group, last + 1)].sum()) for s in starts]
     edges = [float(HIST_EDGES[s]) for s in starts] + [float(HIST_EDGES[last + 1])]
     edges[0] = -float(scan.bottom.values[channel, 0])
     edges[-1] = float(scan.top.values[channel, 0])

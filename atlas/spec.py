@@ -311,7 +311,12 @@ def _check_values(ctx: _Context, spec: JobSpec) -> None:
         ("examples", "k", e.k >= 1, "must be at least 1"),
         ("examples", "shard_size", e.shard_size >= 1, "must be at least 1"),
         ("examples", "bins", e.bins >= 2, "must be at least 2"),
-        ("examples", "quantiles", 0 <= e.quantiles[0] <= e.quantiles[1] <= 1, "must be [low, high] within 0..1"),
+        (
+            "examples",
+            "quantiles",
+            0 <= e.quantiles[0] <= e.quantiles[1] <= 1,
+            "must be [low, high] within 0..1",
+        ),
         ("interactions", "random_directions", i.random_directions >= 0, "must be >= 0"),
         ("interactions", "interpolation_steps", i.interpolation_steps >= 2, "must be at least 2"),
         ("execute", "retries", x.retries >= 0, "must be >= 0"),

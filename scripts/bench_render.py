@@ -80,7 +80,9 @@ def throughput(
     # What a lucent user passes: the model in PyTorch's default memory layout (the atlas loads
     # models channels_last; the "lucent" row above shares that module, so it gains from it too).
     plain = copy.deepcopy(model.module).to(memory_format=torch.contiguous_format)
-    candidates[LUCENT_PLAIN] = lucent_renderer(plain, case.layer, case.channels, case.size, case.steps, input_size)
+    candidates[LUCENT_PLAIN] = lucent_renderer(
+        plain, case.layer, case.channels, case.size, case.steps, input_size
+    )
     counts = {"ours": len(case.channels), "lucent": len(case.channels), LUCENT_PLAIN: len(case.channels)}
     if single_channels:
         singles = [

@@ -84,9 +84,15 @@ def scan_all(args: argparse.Namespace, path: Path) -> dict:
         merged = partial if merged is None else merged.merge(partial)
         after_first = after_first or current_rss_mb()
     seconds = time.perf_counter() - start
-    return {"images": len(source), "seconds": seconds, "rss_after_model_mb": baseline,
-            "rss_after_first_shard_mb": after_first, "rss_at_end_mb": current_rss_mb(),
-            "peak_rss_mb": peak_rss_mb(), "scanned": merged.stats.get("scanned", 0) if merged else 0}
+    return {
+        "images": len(source),
+        "seconds": seconds,
+        "rss_after_model_mb": baseline,
+        "rss_after_first_shard_mb": after_first,
+        "rss_at_end_mb": current_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
+        "scanned": merged.stats.get("scanned", 0) if merged else 0,
+    }
 
 
 def throughput(args: argparse.Namespace, path: Path) -> None:
@@ -100,9 +106,11 @@ def throughput(args: argparse.Namespace, path: Path) -> None:
 
     def decode(chunk: list[str]) -> torch.Tensor:
         good, _ = source.load_batch(chunk, draft_size=size)
-        return torch.from_numpy(np.stack([np.asarray(model_view(image, size)) for _, image in good])).permute(0, 3, 1, 2)
+        return torch.from_numpy(np.stack([np.asarray(model_view(image, size)) for _, image in good])).permute(
+            0, 3, 1, 2
+        )
 
-    chunks = [ids[i:i + args.batch_size] for i in range(0, len(ids), args.batch_size)]
+    chunks = [ids[i : i + args.batch_size] for i in range(0, len(ids), args.batch_size)]
     decoded = [decode(chunk) for chunk in chunks]
 
     def forward(pixels: torch.Tensor) -> None:
@@ -113,8 +121,9 @@ def throughput(args: argparse.Namespace, path: Path) -> None:
         "decode+resize only": lambda: [decode(chunk) for chunk in chunks],
         "forward only": lambda: [forward(pixels) for pixels in decoded],
         "decode + forward": lambda: [forward(decode(chunk)) for chunk in chunks],
-        "scan_shard": lambda: scan_shard(model, layers, source, ShardRef(0, tuple(ids)), k=args.k,
-                                         batch_size=args.batch_size),
+        "scan_shard": lambda: scan_shard(
+            model, layers, source, ShardRef(0, tuple(ids)), k=args.k, batch_size=args.batch_size
+        ),
     }
     for run in runs.values():  # warm up (allocator, cudnn autotune, lazy init)
         run()
@@ -127,22 +136,32 @@ def throughput(args: argparse.Namespace, path: Path) -> None:
                 torch.cuda.synchronize()
             best[name] = min(best[name], time.perf_counter() - start)
     rate = {name: len(ids) / seconds for name, seconds in best.items()}
-    print(f"model {args.model} on {device} ({torch.get_num_threads()} threads), layers {args.layers}, "
-          f"{len(ids)} images, batch {args.batch_size}, k {args.k}, best of {args.rounds} interleaved rounds")
+    print(
+        f"model {args.model} on {device} ({torch.get_num_threads()} threads), layers {args.layers}, "
+        f"{len(ids)} images, batch {args.batch_size}, k {args.k}, best of {args.rounds} interleaved rounds"
+    )
     print(f"  decode+resize only : {rate['decode+resize only']:8.1f} images/s")
-    print(f"  forward only       : {rate['forward only']:8.1f} images/s (pre-decoded; truncated at the deepest layer)")
+    print(
+        f"  forward only       : {rate['forward only']:8.1f} images/s (pre-decoded; truncated at the deepest layer)"
+    )
     print(f"  decode + forward   : {rate['decode + forward']:8.1f} images/s (the bare pass: no statistics)")
-    print(f"  scan_shard         : {rate['scan_shard']:8.1f} images/s "
-          f"(x{rate['scan_shard'] / rate['decode + forward']:.2f} of the bare pass)")
+    print(
+        f"  scan_shard         : {rate['scan_shard']:8.1f} images/s "
+        f"(x{rate['scan_shard'] / rate['decode + forward']:.2f} of the bare pass)"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="tiny-cnn")
     parser.add_argument("--layers", default=None, help="comma-separated; default depends on the model")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--images", type=int, default=512, help="images for the throughput figures")
-    parser.add_argument("--memory", default="500,4000", help="dataset sizes for the memory figures ('' skips)")
+    parser.add_argument(
+        "--memory", default="500,4000", help="dataset sizes for the memory figures ('' skips)"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--shard-size", type=int, default=256)
     parser.add_argument("--k", type=int, default=10)
@@ -160,14 +179,31 @@ def main() -> None:
         for count in [int(c) for c in args.memory.split(",") if c]:
             data = Path(tmp) / f"memory{count}.parquet"
             write_dataset(data, count)
-            command = [sys.executable, __file__, "--child", str(data), "--model", args.model, "--layers",
-                       args.layers, "--device", args.device, "--batch-size", str(args.batch_size),
-                       "--shard-size", str(args.shard_size), "--k", str(args.k)]
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                str(data),
+                "--model",
+                args.model,
+                "--layers",
+                args.layers,
+                "--device",
+                args.device,
+                "--batch-size",
+                str(args.batch_size),
+                "--shard-size",
+                str(args.shard_size),
+                "--k",
+                str(args.k),
+            ]
             result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-            print(f"  memory, {result['images']:5d} images: peak RSS {result['peak_rss_mb']:6.1f} MB; RSS after "
-                  f"model load {result['rss_after_model_mb']:.1f}, after the first shard "
-                  f"{result['rss_after_first_shard_mb']:.1f}, at the end {result['rss_at_end_mb']:.1f} MB; "
-                  f"{result['images'] / result['seconds']:.1f} images/s")
+            print(
+                f"  memory, {result['images']:5d} images: peak RSS {result['peak_rss_mb']:6.1f} MB; RSS after "
+                f"model load {result['rss_after_model_mb']:.1f}, after the first shard "
+                f"{result['rss_after_first_shard_mb']:.1f}, at the end {result['rss_at_end_mb']:.1f} MB; "
+                f"{result['images'] / result['seconds']:.1f} images/s"
+            )
 
 
 if __name__ == "__main__":

@@ -89,17 +89,23 @@ def main() -> None:
     if not args.layers:
         print(f"channels: {total} (the issue says {ISSUE_CHANNEL_COUNT}; these are torchvision's counts)")
     options = SyntheticOptions(
-        image_size=args.image_size, crop_size=args.crop_size, examples_k=args.examples_k,
-        diversity=args.diversity, bins=32, channels_per_unit=64,
+        image_size=args.image_size,
+        crop_size=args.crop_size,
+        examples_k=args.examples_k,
+        diversity=args.diversity,
+        bins=32,
+        channels_per_unit=64,
     )
     shutil.rmtree(args.out, ignore_errors=True)
     largest = max(layers, key=lambda layer: layer.channels)
     start = time.perf_counter()
     write_synthetic_store(args.out / "atlas", layers, options, model="torchvision:googlenet")
     write_synthetic_store(args.out / "largest", [largest], options, model="torchvision:googlenet")
-    print(f"synthetic stores written in {time.perf_counter() - start:.1f} s "
-          f"(images {args.image_size} px, crops {args.crop_size} px, k={args.examples_k}, "
-          f"diversity={args.diversity})")
+    print(
+        f"synthetic stores written in {time.perf_counter() - start:.1f} s "
+        f"(images {args.image_size} px, crops {args.crop_size} px, k={args.examples_k}, "
+        f"diversity={args.diversity})"
+    )
 
     full = build_in_child(args.out / "atlas")
     rebuild = build_in_child(args.out / "atlas")
@@ -108,16 +114,24 @@ def main() -> None:
     pages = {layer.name: site / f"{layer.name}.html" for layer in layers}
     biggest_page = max(pages.items(), key=lambda item: item[1].stat().st_size)
     files, size = folder_size(site)
-    print(f"build: {full['seconds']:.1f} s wall, {full['cpu']:.1f} s CPU in the main process "
-          f"(+ {auto_workers(total)} sprite workers on {os.cpu_count()} cores) for {total} channels "
-          f"({1000 * full['seconds'] / total:.1f} ms per channel); load average {load_average()}")
-    print(f"rebuild over that site (nightly case, old site removed after the switch): "
-          f"{rebuild['seconds']:.1f} s wall, {rebuild['cpu']:.1f} s CPU")
-    print(f"peak RSS of the builder: {full['peak_mib']:.0f} MiB for the whole atlas; "
-          f"{only_largest['peak_mib']:.0f} MiB for a store of only {largest.name} "
-          f"({largest.channels} channels, built in {only_largest['seconds']:.1f} s)")
-    print(f"largest layer page: {biggest_page[0]} {biggest_page[1].stat().st_size / 1e6:.2f} MB "
-          f"(index.html {(site / 'index.html').stat().st_size / 1e3:.0f} kB)")
+    print(
+        f"build: {full['seconds']:.1f} s wall, {full['cpu']:.1f} s CPU in the main process "
+        f"(+ {auto_workers(total)} sprite workers on {os.cpu_count()} cores) for {total} channels "
+        f"({1000 * full['seconds'] / total:.1f} ms per channel); load average {load_average()}"
+    )
+    print(
+        f"rebuild over that site (nightly case, old site removed after the switch): "
+        f"{rebuild['seconds']:.1f} s wall, {rebuild['cpu']:.1f} s CPU"
+    )
+    print(
+        f"peak RSS of the builder: {full['peak_mib']:.0f} MiB for the whole atlas; "
+        f"{only_largest['peak_mib']:.0f} MiB for a store of only {largest.name} "
+        f"({largest.channels} channels, built in {only_largest['seconds']:.1f} s)"
+    )
+    print(
+        f"largest layer page: {biggest_page[0]} {biggest_page[1].stat().st_size / 1e6:.2f} MB "
+        f"(index.html {(site / 'index.html').stat().st_size / 1e3:.0f} kB)"
+    )
     print(f"site: {files} files, {size / 1e6:.0f} MB on disk at {site}")
 
 

@@ -40,7 +40,9 @@ def demo_photos(size: int) -> torch.Tensor:
     import sklearn.datasets
 
     folder = Path(skimage.__file__).parent / "data"
-    paths = sorted(p for p in folder.iterdir() if p.suffix in (".png", ".jpg") and p.name not in DEMO_EXCLUDED)
+    paths = sorted(
+        p for p in folder.iterdir() if p.suffix in (".png", ".jpg") and p.name not in DEMO_EXCLUDED
+    )
     images = [Image.open(p).convert("RGB") for p in paths]
     images += [Image.fromarray(sklearn.datasets.load_sample_image(n)) for n in ("china.jpg", "flower.jpg")]
     arrays = [np.asarray(model_view(image, size), dtype=np.float32) / 255 for image in images]
@@ -65,14 +67,18 @@ def channel_means(model: LoadedModel, images: torch.Tensor, layer: str) -> torch
 
 
 def optimized_vs_photos(model: LoadedModel, photos: torch.Tensor, steps: int, size: int) -> None:
-    print(f"\n1. optimized / best photo ({len(photos)} photos), fourier+decorrelation+standard, {steps} steps")
+    print(
+        f"\n1. optimized / best photo ({len(photos)} photos), fourier+decorrelation+standard, {steps} steps"
+    )
     for layer, channels in CHANNELS.items():
         best = channel_means(model, photos, layer)[:, list(channels)].max(dim=0).values
         objective = obj.channel(layer, list(channels))
         result = render(model, objective, make_param("fourier", len(channels), size), steps=steps)
         reached = result.activations[layer].mean(dim=(2, 3))[torch.arange(len(channels)), list(channels)]
         for channel, got, photo in zip(channels, reached.tolist(), best.tolist(), strict=True):
-            print(f"  {layer} ch {channel}: optimized {got:7.2f}  best photo {photo:6.2f}  ratio {got / photo:5.2f}")
+            print(
+                f"  {layer} ch {channel}: optimized {got:7.2f}  best photo {photo:6.2f}  ratio {got / photo:5.2f}"
+            )
 
 
 def frequency_energy(model: LoadedModel, photos: torch.Tensor, steps: int, size: int) -> None:

@@ -113,7 +113,9 @@ def test_quick_run_on_tiny_cnn_reports_every_figure(tmp_path: Path) -> None:
         ]
     )
     render = figures["render"]
-    assert {"ours", "lucent", "lucent, model in the default memory layout"} <= set(render["channels_per_minute"])
+    assert {"ours", "lucent", "lucent, model in the default memory layout"} <= set(
+        render["channels_per_minute"]
+    )
     assert all(v > 0 for v in render["channels_per_minute"].values())
     assert figures["overhead"]["ratio"] > 0
     rows = figures["quality"]["rows"]

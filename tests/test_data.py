@@ -40,7 +40,7 @@ def _bomb_gif() -> bytes:
     data = bytearray(_encoded(Image.new("P", (1, 1)), "GIF"))
     data[6:10] = (65535).to_bytes(2, "little") * 2
     descriptor = data.index(b",")
-    data[descriptor + 5:descriptor + 9] = (65535).to_bytes(2, "little") * 2
+    data[descriptor + 5 : descriptor + 9] = (65535).to_bytes(2, "little") * 2
     return bytes(data)
 
 
@@ -68,8 +68,10 @@ def _write_bad_folder(root: Path) -> dict[str, str | None]:
         "alpha.png": (_encoded(rgba, "PNG"), "converted:alpha"),
         "palette.gif": (_encoded(palette_alpha, "GIF"), "converted:alpha"),
         "tiny.png": (_encoded(_noise(MIN_SIDE - 1, 40, 7), "PNG"), "skipped:tiny"),
-        "huge.png": (_encoded(Image.new("RGB", (MAX_SIDE + 500, 300), (10, 200, 30)), "PNG"),
-                     "converted:downscaled"),
+        "huge.png": (
+            _encoded(Image.new("RGB", (MAX_SIDE + 500, 300), (10, 200, 30)), "PNG"),
+            "converted:downscaled",
+        ),
         "bomb.gif": (_bomb_gif(), "skipped:too_large"),
     }
     for name, (data, _) in files.items():
@@ -89,7 +91,9 @@ def test_folder_source_counts_every_kind_of_bad_image(tmp_path: Path) -> None:
     good, counts = source.load_batch(source.ids())
     assert counts == Counter(reason for reason in expected.values() if reason)
     loaded = dict(good)
-    assert set(loaded) == {name for name, reason in expected.items() if not (reason or "").startswith("skipped")}
+    assert set(loaded) == {
+        name for name, reason in expected.items() if not (reason or "").startswith("skipped")
+    }
     assert all(image.mode == "RGB" for image in loaded.values())
     assert max(loaded["huge.png"].size) == MAX_SIDE
     assert loaded["phone.jpg"].size == (30, 60)  # stored landscape, shown portrait
@@ -161,10 +165,12 @@ def test_folder_fingerprint_follows_content(tmp_path: Path) -> None:
 
 def test_parquet_source_reads_rows_across_row_groups(tmp_path: Path) -> None:
     images = [_noise(40, 40, seed) for seed in range(7)]
-    table = pa.table({
-        "label": pa.array([f"n{i}" for i in range(7)]),
-        "png": pa.array([_encoded(image, "PNG") for image in images[:6]] + [None], pa.binary()),
-    })
+    table = pa.table(
+        {
+            "label": pa.array([f"n{i}" for i in range(7)]),
+            "png": pa.array([_encoded(image, "PNG") for image in images[:6]] + [None], pa.binary()),
+        }
+    )
     path = tmp_path / "photos.parquet"
     pq.write_table(table, path, row_group_size=3)
     source = open_source(path)  # the only binary column is picked

@@ -57,7 +57,7 @@ def _excite(model: LoadedModel, photo: Image.Image, at: tuple[int, int], sign: f
     for _ in range(25):
         image = base * (1 - mask) + torch.sigmoid(logits) * mask
         act = model.activations(image, ["conv3"])["conv3"][0, PLANT_CHANNEL]
-        others = torch.cat([act.flatten()[: at[0] * 8 + at[1]], act.flatten()[at[0] * 8 + at[1] + 1:]])
+        others = torch.cat([act.flatten()[: at[0] * 8 + at[1]], act.flatten()[at[0] * 8 + at[1] + 1 :]])
         loss = -sign * (act[at] - others.abs().mean())
         optimizer.zero_grad()
         loss.backward()
@@ -80,8 +80,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory, model: LoadedModel) -> Ima
 
 @pytest.fixture(scope="module")
 def partials(model: LoadedModel, dataset: ImageSource) -> list[PartialScan]:
-    return [scan_shard(model, LAYERS, dataset, shard, k=4, batch_size=SHARD)
-            for shard in dataset.shards(SHARD)]
+    return [
+        scan_shard(model, LAYERS, dataset, shard, k=4, batch_size=SHARD) for shard in dataset.shards(SHARD)
+    ]
 
 
 def _merge_randomly(parts: list[PartialScan], rng: random.Random) -> PartialScan:
@@ -102,13 +103,17 @@ def _assert_same(a: PartialScan, b: PartialScan) -> None:
             mine, theirs = getattr(a.layers[name], part.name), getattr(b.layers[name], part.name)
             if isinstance(mine, TopK):
                 for array in fields(TopK):
-                    assert np.array_equal(getattr(mine, array.name), getattr(theirs, array.name)), (name, part.name)
+                    assert np.array_equal(getattr(mine, array.name), getattr(theirs, array.name)), (
+                        name,
+                        part.name,
+                    )
             else:
                 assert np.array_equal(mine, theirs), (name, part.name)
 
 
-def test_merge_in_any_grouping_equals_one_scan(model: LoadedModel, dataset: ImageSource,
-                                               partials: list[PartialScan]) -> None:
+def test_merge_in_any_grouping_equals_one_scan(
+    model: LoadedModel, dataset: ImageSource, partials: list[PartialScan]
+) -> None:
     everything = ShardRef(0, tuple(dataset.ids()))
     single = scan_shard(model, LAYERS, dataset, everything, k=4, batch_size=SHARD)
     rng = random.Random(0)
@@ -144,7 +149,9 @@ def test_select_keeps_one_layer_that_merges_like_the_whole(partials: list[Partia
         partials[0].select(["fc"])
 
 
-def test_sample_is_the_smallest_hashes_whatever_the_sharding(model: LoadedModel, dataset: ImageSource) -> None:
+def test_sample_is_the_smallest_hashes_whatever_the_sharding(
+    model: LoadedModel, dataset: ImageSource
+) -> None:
     parts = [scan_shard(model, ["conv3"], dataset, shard, k=2, sample_size=5) for shard in dataset.shards(16)]
     merged = parts[2].merge(parts[0]).merge(parts[1])
     ids = np.array(dataset.ids())
@@ -153,24 +160,49 @@ def test_sample_is_the_smallest_hashes_whatever_the_sharding(model: LoadedModel,
     assert merged.layers["conv3"].sample_max.shape == (5, 32)
 
 
-def test_finalize_writes_the_contract_tables(model: LoadedModel, dataset: ImageSource,
-                                             partials: list[PartialScan]) -> None:
+def test_finalize_writes_the_contract_tables(
+    model: LoadedModel, dataset: ImageSource, partials: list[PartialScan]
+) -> None:
     merged = _merge_randomly(partials, random.Random(3))
-    examples, histogram = finalize_layer(model, "conv3", merged, dataset, crop_size=40, thumb_size=24,
-                                         unit_key="key1", channels=[PLANT_CHANNEL, 0], bins=12)
-    assert examples.schema.names == ["layer", "channel", "bucket", "rank", "activation", "source_id",
-                                     "x", "y", "crop", "thumb", "unit_key"]
+    examples, histogram = finalize_layer(
+        model,
+        "conv3",
+        merged,
+        dataset,
+        crop_size=40,
+        thumb_size=24,
+        unit_key="key1",
+        channels=[PLANT_CHANNEL, 0],
+        bins=12,
+    )
+    assert examples.schema.names == [
+        "layer",
+        "channel",
+        "bucket",
+        "rank",
+        "activation",
+        "source_id",
+        "x",
+        "y",
+        "crop",
+        "thumb",
+        "unit_key",
+    ]
     assert histogram.schema.names == ["layer", "channel", "edges", "counts", "unit_key"]
     rows = examples.to_pylist()
     for channel in (PLANT_CHANNEL, 0):
         for bucket in ("max", "min", "slightly_positive", "slightly_negative"):
-            chosen = sorted((r for r in rows if r["channel"] == channel and r["bucket"] == bucket),
-                            key=lambda r: r["rank"])
+            chosen = sorted(
+                (r for r in rows if r["channel"] == channel and r["bucket"] == bucket),
+                key=lambda r: r["rank"],
+            )
             assert [r["rank"] for r in chosen] == list(range(4))
             values = [r["activation"] for r in chosen]
             descending = bucket in ("max", "slightly_positive")
             assert values == sorted(values, reverse=descending)
-    planted = next(r for r in rows if r["channel"] == PLANT_CHANNEL and r["bucket"] == "max" and r["rank"] == 0)
+    planted = next(
+        r for r in rows if r["channel"] == PLANT_CHANNEL and r["bucket"] == "max" and r["rank"] == 0
+    )
     assert (planted["source_id"], planted["y"], planted["x"]) == ("planted_max.png", *PLANT_MAX_AT)
     assert Image.open(io.BytesIO(planted["crop"])).size == (40, 40)
     assert Image.open(io.BytesIO(planted["thumb"])).size == (24, 24)
@@ -179,24 +211,31 @@ def test_finalize_writes_the_contract_tables(model: LoadedModel, dataset: ImageS
         assert sum(hist["counts"]) == scanned * 8 * 8  # every position of every image
         assert len(hist["edges"]) == len(hist["counts"]) + 1 <= 13
         assert hist["edges"] == sorted(hist["edges"])
-        extremes = [r["activation"] for r in rows if r["channel"] == hist["channel"] and r["rank"] == 0
-                    and r["bucket"] in ("min", "max")]
+        extremes = [
+            r["activation"]
+            for r in rows
+            if r["channel"] == hist["channel"] and r["rank"] == 0 and r["bucket"] in ("min", "max")
+        ]
         assert hist["edges"][0] == pytest.approx(min(extremes))
         assert hist["edges"][-1] == pytest.approx(max(extremes))
 
 
-def test_slight_buckets_sit_at_the_quantiles_of_all_images(model: LoadedModel, dataset: ImageSource,
-                                                           partials: list[PartialScan]) -> None:
+def test_slight_buckets_sit_at_the_quantiles_of_all_images(
+    model: LoadedModel, dataset: ImageSource, partials: list[PartialScan]
+) -> None:
     merged = _merge_randomly(partials, random.Random(4))  # sample_size (512) holds every image
-    examples, _ = finalize_layer(model, "conv2", merged, dataset, 32, 16, "k", channels=[3],
-                                 quantiles=(0.3, 0.6))
+    examples, _ = finalize_layer(
+        model, "conv2", merged, dataset, 32, 16, "k", channels=[3], quantiles=(0.3, 0.6)
+    )
     good, _ = dataset.load_batch(dataset.ids())
     pixels = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1) for _, image in good])
     with torch.no_grad():
         act = model.activations(pixels.float() / 255, ["conv2"])["conv2"][:, 3].flatten(1)
     ids = np.array([i for i, _ in good])
-    for bucket, per_image, q in (("slightly_positive", act.max(1).values, 0.6),
-                                 ("slightly_negative", act.min(1).values, 0.3)):
+    for bucket, per_image, q in (
+        ("slightly_positive", act.max(1).values, 0.6),
+        ("slightly_negative", act.min(1).values, 0.3),
+    ):
         values = per_image.numpy()
         nearest = ids[np.argsort(np.abs(values - np.quantile(values, q)), kind="stable")[:4]]
         chosen = [r["source_id"] for r in examples.to_pylist() if r["bucket"] == bucket]
@@ -228,12 +267,18 @@ def test_bad_images_are_counted_not_fatal(model: LoadedModel, tmp_path: Path) ->
     (tmp_path / "cut.png").write_bytes(encoded.getvalue()[:300])
     source = open_source(tmp_path)
     scan = scan_shard(model, ["conv3"], source, source.shards(10)[0], k=3)
-    assert scan.stats == {"scanned": 2, "converted:grayscale": 1, "skipped:corrupt": 1, "skipped:truncated": 1}
+    assert scan.stats == {
+        "scanned": 2,
+        "converted:grayscale": 1,
+        "skipped:corrupt": 1,
+        "skipped:truncated": 1,
+    }
     assert scan.layers["conv3"].top.ids[0, 2] == ""  # fewer images than k: padded, not invented
 
 
-def test_merge_and_finalize_refuse_mismatches(model: LoadedModel, partials: list[PartialScan],
-                                              dataset: ImageSource) -> None:
+def test_merge_and_finalize_refuse_mismatches(
+    model: LoadedModel, partials: list[PartialScan], dataset: ImageSource
+) -> None:
     other = PartialScan.empty({"conv3": 32}, k=4)
     with pytest.raises(ScanError, match="different layers"):
         partials[0].merge(other)
@@ -285,10 +330,14 @@ def test_prefetched_batches_equal_sequential_ones(dataset: ImageSource) -> None:
         assert torch.equal(pixels_a, pixels_b)
 
 
-def test_logits_are_scanned_as_one_position_seeing_everything(model: LoadedModel, dataset: ImageSource) -> None:
+def test_logits_are_scanned_as_one_position_seeing_everything(
+    model: LoadedModel, dataset: ImageSource
+) -> None:
     scan = scan_shard(model, ["logits"], dataset, dataset.shards(8)[0], k=2)
     examples, histogram = finalize_layer(model, "logits", scan, dataset, 32, 16, "k", channels=[0, 9])
-    assert set(zip(examples.column("x").to_pylist(), examples.column("y").to_pylist(), strict=True)) == {(0, 0)}
+    assert set(zip(examples.column("x").to_pylist(), examples.column("y").to_pylist(), strict=True)) == {
+        (0, 0)
+    }
     assert histogram.column("channel").to_pylist() == [0, 9]
     field_ = receptive_field(model, "logits")
     assert field_.box(0, 0) == (0.0, 0.0, 64.0, 64.0)
@@ -300,8 +349,9 @@ def test_thumb_shows_the_whole_image_and_crop_the_seen_square(model: LoadedModel
     wide.save(tmp_path / "wide.png")
     source = open_source(tmp_path)
     scan = scan_shard(model, ["logits"], source, source.shards(1)[0], k=1)
-    examples, _ = finalize_layer(model, "logits", scan, source, crop_size=20, thumb_size=30, unit_key="k",
-                                 channels=[0])
+    examples, _ = finalize_layer(
+        model, "logits", scan, source, crop_size=20, thumb_size=30, unit_key="k", channels=[0]
+    )
     row = examples.to_pylist()[0]
     thumb = Image.open(io.BytesIO(row["thumb"])).convert("RGB")
     assert thumb.size == (30, 10)

@@ -69,8 +69,17 @@ def test_stored_examples_equal_a_local_scan(job: tuple) -> None:
     merged = parts[0]
     for part in parts[1:]:
         merged = merged.merge(part)
-    local, _ = finalize_layer(model, "conv3", merged, source, crop_size=32, thumb_size=16, unit_key="local",
-                              channels=[0, 1, 2], bins=10)
+    local, _ = finalize_layer(
+        model,
+        "conv3",
+        merged,
+        source,
+        crop_size=32,
+        thumb_size=16,
+        unit_key="local",
+        channels=[0, 1, 2],
+        bins=10,
+    )
 
     def rows(table: pa.Table) -> list[tuple]:
         keyed = table.select(["channel", "bucket", "rank", "source_id", "x", "y", "crop", "thumb"])

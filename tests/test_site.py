@@ -62,8 +62,14 @@ def _size(path: Path) -> tuple[int, int]:
 
 
 def _small(**changes) -> SyntheticOptions:
-    base = {"image_size": 16, "crop_size": 12, "examples_k": 4, "diversity": 2, "bins": 8,
-            "channels_per_unit": 8}
+    base = {
+        "image_size": 16,
+        "crop_size": 12,
+        "examples_k": 4,
+        "diversity": 2,
+        "bins": 8,
+        "channels_per_unit": 8,
+    }
     base.update(changes)
     return SyntheticOptions(**base)
 
@@ -82,8 +88,11 @@ def full_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_every_page_and_every_referenced_file_exists(full_site: Path) -> None:
     pages = sorted(full_site.glob("*.html"))
     assert {p.name for p in pages} == {
-        "index.html", "mixed3a.html", "mixed4a.html",
-        "mixed3a.interactions.html", "mixed4a.interactions.html",
+        "index.html",
+        "mixed3a.html",
+        "mixed4a.html",
+        "mixed3a.interactions.html",
+        "mixed4a.interactions.html",
     }
     for page in pages:
         found = _parse(page)
@@ -103,8 +112,16 @@ def test_layer_page_has_every_channel_with_its_images(full_site: Path) -> None:
     assert "img/mixed4a/3.jpg" in found.sources
     html = (full_site / "mixed4a.html").read_text()
     row = re.search(r'<article class="row ch" id="channel-3">(.*?)</article>', html, re.S).group(1)
-    for column in ("channel", "neuron", "negative", "diversity", "max", "min",
-                   "slightly-negative", "slightly-positive"):
+    for column in (
+        "channel",
+        "neuron",
+        "negative",
+        "diversity",
+        "max",
+        "min",
+        "slightly-negative",
+        "slightly-positive",
+    ):
         assert f'<div class="cell k-{column}"><img src="img/mixed4a/3.jpg"' in row
     assert html.count('<svg class="hist"') == 10
 
@@ -122,9 +139,13 @@ def test_sprites_put_each_image_in_its_region(full_site: Path) -> None:
     values = re.search(r'k-max"><img [^>]*data-v="([^"]+)"', row).group(1)
     numbers = [float(v) for v in values.split()]
     assert len(numbers) == 4 and numbers == sorted(numbers, reverse=True)
-    layout = sprite_layout(["channel", "neuron", "negative"], (16, 16), 2,
-                           [("max", 4), ("min", 4), ("slightly_positive", 4), ("slightly_negative", 4)],
-                           (12, 12))
+    layout = sprite_layout(
+        ["channel", "neuron", "negative"],
+        (16, 16),
+        2,
+        [("max", 4), ("min", 4), ("slightly_positive", 4), ("slightly_negative", 4)],
+        (12, 12),
+    )
     with Image.open(full_site / "img/mixed3a/5.jpg") as sprite:
         assert sprite.size == (layout.width, layout.height)
         for column in ("channel", "negative"):
@@ -146,9 +167,13 @@ def test_sprite_regions_tile_without_overlap() -> None:
     boxes = list(layout.regions.items())
     for index, (name, region) in enumerate(boxes):
         assert region.x + region.width <= layout.width and region.y + region.height <= layout.height, name
-        for other_name, other in boxes[index + 1:]:
-            apart = (region.x + region.width <= other.x or other.x + other.width <= region.x
-                     or region.y + region.height <= other.y or other.y + other.height <= region.y)
+        for other_name, other in boxes[index + 1 :]:
+            apart = (
+                region.x + region.width <= other.x
+                or other.x + other.width <= region.x
+                or region.y + region.height <= other.y
+                or other.y + other.height <= region.y
+            )
             assert apart, (name, other_name)
     assert (layout.regions["max"].columns, layout.regions["max"].rows) == (5, 2)
     assert layout.crop_style("channel").startswith(f"width:{100 * layout.width / 128:.4g}%")
@@ -186,11 +211,20 @@ def test_optional_parts_are_left_out_cleanly(tmp_path: Path) -> None:
 def test_hostile_names_are_escaped_and_files_stay_inside(tmp_path: Path) -> None:
     options = _small(random_directions=1)
     store = write_synthetic_store(tmp_path, [SyntheticLayer(HOSTILE, 3)], options, job_name="<b>job</b>")
-    rows = [{
-        "layer": HOSTILE, "channel": -1, "channel_b": -1, "objective": "direction", "variant": 0,
-        "label": "<img src=x onerror=alert(1)>", "image": PatternPool(0).png(16, 1),
-        "activation": 1.0, "loss": [], "unit_key": "evil",
-    }]
+    rows = [
+        {
+            "layer": HOSTILE,
+            "channel": -1,
+            "channel_b": -1,
+            "objective": "direction",
+            "variant": 0,
+            "label": "<img src=x onerror=alert(1)>",
+            "image": PatternPool(0).png(16, 1),
+            "activation": 1.0,
+            "loss": [],
+            "unit_key": "evil",
+        }
+    ]
     store.write_unit("evil", "render", HOSTILE, pa.Table.from_pylist(rows, schema=RENDER_SCHEMA))
     site = build_site(tmp_path).parent
     for page in site.glob("*.html"):
@@ -260,7 +294,8 @@ def test_rebuild_links_unchanged_sprites_and_redraws_changed_ones(tmp_path: Path
     old = next(e for e in store.entries() if e.kind == "render" and e.channels[0] == 8)
     table = pq.read_table(tmp_path / old.path)
     redrawn = table.set_column(
-        table.schema.get_field_index("image"), "image",
+        table.schema.get_field_index("image"),
+        "image",
         pa.array([PatternPool(seed=5).png(16, i) for i in range(table.num_rows)], pa.binary()),
     )
     store.forget([old.key])

@@ -27,8 +27,14 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's ch
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("browser")
     options = SyntheticOptions(
-        image_size=48, crop_size=32, examples_k=6, diversity=4, bins=24, channels_per_unit=16,
-        random_directions=3, pairs=(("mixed4a", 2, 7),),
+        image_size=48,
+        crop_size=32,
+        examples_k=6,
+        diversity=4,
+        bins=24,
+        channels_per_unit=16,
+        random_directions=3,
+        pairs=(("mixed4a", 2, 7),),
     )
     write_synthetic_store(out, [SyntheticLayer("mixed3a", 40), SyntheticLayer("mixed4a", 24, 7, 7)], options)
     return build_site(out).parent
@@ -60,9 +66,7 @@ class Visit:
     def load_every_image(self) -> list[str]:
         """Force lazy images to load; return the sources that did not decode."""
         self.page.evaluate("document.querySelectorAll('img').forEach(i => { i.loading = 'eager'; })")
-        self.page.wait_for_function(
-            "Array.from(document.images).every(i => i.complete)", timeout=20_000
-        )
+        self.page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=20_000)
         return self.page.evaluate(
             "Array.from(document.images).filter(i => !(i.naturalWidth > 0)).map(i => i.src)"
         )
@@ -151,8 +155,13 @@ def test_index_search_jumps_to_a_channel(browser, site: Path) -> None:
     "page", ["index.html", "mixed3a.html", "mixed3a.html#channel-4", "mixed4a.interactions.html"]
 )
 def test_phone_width_fits_the_screen(browser, site: Path, page: str) -> None:
-    visit = Visit(browser, (site / page).as_uri() if "#" not in page else
-                  (site / page.split("#")[0]).as_uri() + "#" + page.split("#")[1], PHONE)
+    visit = Visit(
+        browser,
+        (site / page).as_uri()
+        if "#" not in page
+        else (site / page.split("#")[0]).as_uri() + "#" + page.split("#")[1],
+        PHONE,
+    )
     overflow = visit.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0
     visit.shot("phone-" + page.replace(".html", "").replace("#", "-"))

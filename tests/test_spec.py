@@ -95,7 +95,9 @@ def test_transform_presets_match_the_renderer():
 
 def test_top_level_key_below_a_table_gets_a_hint():
     text = '[model]\nname = "tiny-cnn"\nlayers = ["conv2"]\n'
-    with pytest.raises(SpecError, match=r"model.layers: unknown key. 'layers' is a top-level key: move it above"):
+    with pytest.raises(
+        SpecError, match=r"model.layers: unknown key. 'layers' is a top-level key: move it above"
+    ):
         parse_spec(text)
 
 

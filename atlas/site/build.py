@@ -34,10 +34,26 @@ SUMMARY_FILE = "build.json"
 DETAILS_FILE = "details.js"
 SAMPLES_PER_LAYER = 6
 # Column order of a channel row; the CSS shows a subset per view (appendix or spectrum).
-JOB_DEFAULTS = {"name": "", "model": "", "model_digest": "", "started": "", "finished": "",
-                "renderer_version": "", "layers": [], "spec": {}}
-ROW_COLUMNS = ("channel", "neuron", "diversity", "max", "negative", "min",
-               "slightly_negative", "slightly_positive")
+JOB_DEFAULTS = {
+    "name": "",
+    "model": "",
+    "model_digest": "",
+    "started": "",
+    "finished": "",
+    "renderer_version": "",
+    "layers": [],
+    "spec": {},
+}
+ROW_COLUMNS = (
+    "channel",
+    "neuron",
+    "diversity",
+    "max",
+    "negative",
+    "min",
+    "slightly_negative",
+    "slightly_positive",
+)
 
 
 class SiteError(RuntimeError):
@@ -190,8 +206,10 @@ def _build_into(
         workers = auto_workers(sum(summary.planned or 0 for summary in summaries))
     with ComposeJobs(workers) as jobs:
         for index, (layer, summary) in enumerate(zip(plan, summaries, strict=True)):
-            neighbours = (summaries[index - 1] if index else None,
-                          summaries[index + 1] if index + 1 < len(summaries) else None)
+            neighbours = (
+                summaries[index - 1] if index else None,
+                summaries[index + 1] if index + 1 < len(summaries) else None,
+            )
             images = LayerImages(root, summary.slug, jobs)
             earlier = _previous_sprites(previous, previous_site, summary.name)
             inputs = _channel_inputs(entries, summary.name)
@@ -201,8 +219,11 @@ def _build_into(
     current = build_summary(entries, str(job.get("model_digest", "")), built, sprites)
     changes = diff_builds(previous, current)
     env.get_template("index.html").stream(
-        current=None, changes=changes, failed=[e for e in entries if e.status == "failed"],
-        done=sum(e.status == "done" for e in entries), **common,
+        current=None,
+        changes=changes,
+        failed=[e for e in entries if e.status == "failed"],
+        done=sum(e.status == "done" for e in entries),
+        **common,
     ).dump(str(root / "index.html"), encoding="utf-8")
     _copy_static(root / "static")
     (root / SUMMARY_FILE).write_text(json.dumps(current, indent=1))
@@ -232,12 +253,18 @@ def _build_layer(
     summary.sprite_keys = {str(c.channel): c.sprite_key for c in channels if c.sprite is not None}
     _write_details(images.folder / DETAILS_FILE, summary.slug, channels)
     columns = _row_columns(channels, common["job"])
-    page = {"current": summary, "layer": summary, "previous_layer": neighbours[0],
-            "next_layer": neighbours[1], **common}
+    page = {
+        "current": summary,
+        "layer": summary,
+        "previous_layer": neighbours[0],
+        "next_layer": neighbours[1],
+        **common,
+    }
     layout = content.layout
     page = {**page, "layout": layout}
     env.get_template("layer.html").stream(
-        channels=channels, columns=columns,
+        channels=channels,
+        columns=columns,
         grids={c: [r.columns, r.rows] for c, r in layout.regions.items() if c in columns} if layout else {},
         **page,
     ).dump(str(root / f"{summary.slug}.html"), encoding="utf-8")
@@ -245,8 +272,10 @@ def _build_layer(
         by_channel = {c.channel: c for c in channels if c.sprite is not None}
         basis = [c for c in channels if c.sprite is not None and "channel" in c.values]
         env.get_template("interactions.html").stream(
-            interactions=interactions, basis=basis[: max(len(interactions.directions), 4)],
-            by_channel=by_channel, **page,
+            interactions=interactions,
+            basis=basis[: max(len(interactions.directions), 4)],
+            by_channel=by_channel,
+            **page,
         ).dump(str(root / f"{summary.slug}.interactions.html"), encoding="utf-8")
 
 
@@ -296,7 +325,9 @@ def _samples(channels: list[ChannelEntry], layout: SpriteLayout | None) -> list[
     for entry in channels:
         column = next((c for c in ("channel", "neuron") if c in entry.values), None)
         if column is not None and entry.sprite is not None and layout is not None:
-            samples.append(Sample(entry.channel, entry.sprite, layout.crop_style(column), layout.aspect(column)))
+            samples.append(
+                Sample(entry.channel, entry.sprite, layout.crop_style(column), layout.aspect(column))
+            )
         if len(samples) == SAMPLES_PER_LAYER:
             break
     return samples

@@ -50,8 +50,13 @@ def build_summary(
     for entry in entries:
         if entry.status == "done":
             layers.setdefault(entry.layer, {})[entry.key] = sorted(entry.channels)
-    return {"version": SUMMARY_VERSION, "built": built, "model_digest": model_digest, "layers": layers,
-            "sprites": sprites or {}}
+    return {
+        "version": SUMMARY_VERSION,
+        "built": built,
+        "model_digest": model_digest,
+        "layers": layers,
+        "sprites": sprites or {},
+    }
 
 
 def load_summary(path: Path) -> dict | None:

@@ -125,7 +125,9 @@ def read_layer(
     layout = _layout(rows, renders, examples)
     for channel in sorted(rows):
         entry = entries.setdefault(channel, ChannelEntry(channel))
-        entry.sprite_key = hashlib.sha256(f"{SPRITE_FORMAT}|{layout}|{inputs(channel)}".encode()).hexdigest()[:24]
+        entry.sprite_key = hashlib.sha256(f"{SPRITE_FORMAT}|{layout}|{inputs(channel)}".encode()).hexdigest()[
+            :24
+        ]
         earlier = previous.reusable(channel, entry.sprite_key) if previous else None
         _queue_sprite(entry, rows[channel], layout, renders, examples, images, earlier)
     histograms = store.read("histogram", layer, HISTOGRAM_COLUMNS)
@@ -134,7 +136,9 @@ def read_layer(
             if row["channel"] >= 0:
                 entry = entries.setdefault(row["channel"], ChannelEntry(row["channel"]))
                 entry.histogram = histogram_shape(row["edges"], row["counts"])
-    return LayerContent([entries[c] for c in sorted(entries)], layout, interaction_renders, direction_examples)
+    return LayerContent(
+        [entries[c] for c in sorted(entries)], layout, interaction_renders, direction_examples
+    )
 
 
 def _read(store: Store, kind: str, layer: str, columns: list[str]) -> pa.Table | None:
@@ -142,7 +146,9 @@ def _read(store: Store, kind: str, layer: str, columns: list[str]) -> pa.Table |
     return None if table is None else table.combine_chunks()
 
 
-def _layout(rows: dict[int, _Rows], renders: pa.Table | None, examples: pa.Table | None) -> SpriteLayout | None:
+def _layout(
+    rows: dict[int, _Rows], renders: pa.Table | None, examples: pa.Table | None
+) -> SpriteLayout | None:
     """The layer's sprite layout: present objectives, largest diversity set and bucket sizes."""
     if not rows:
         return None
@@ -151,18 +157,27 @@ def _layout(rows: dict[int, _Rows], renders: pa.Table | None, examples: pa.Table
     buckets = [(b, max(len(r.buckets.get(b, ())) for r in rows.values())) for b in BUCKETS]
     buckets = [(bucket, count) for bucket, count in buckets if count]
     optimized_size = crop_size = (1, 1)
-    first_render = next((r for c in rows.values() for r in [*c.optimized.values(), *c.diversity.values()]), None)
+    first_render = next(
+        (r for c in rows.values() for r in [*c.optimized.values(), *c.diversity.values()]), None
+    )
     if first_render is not None:
         optimized_size = png_size(renders.column("image")[first_render].as_py())
-    first_crop = next((r for c in rows.values() for ranks in c.buckets.values() for r in ranks.values()), None)
+    first_crop = next(
+        (r for c in rows.values() for ranks in c.buckets.values() for r in ranks.values()), None
+    )
     if first_crop is not None:
         crop_size = png_size(examples.column("crop")[first_crop].as_py())
     return sprite_layout(objectives, optimized_size, diversity, buckets, crop_size)
 
 
 def _queue_sprite(
-    entry: ChannelEntry, rows: _Rows, layout: SpriteLayout, renders: pa.Table | None,
-    examples: pa.Table | None, images: LayerImages, earlier: Path | None,
+    entry: ChannelEntry,
+    rows: _Rows,
+    layout: SpriteLayout,
+    renders: pa.Table | None,
+    examples: pa.Table | None,
+    images: LayerImages,
+    earlier: Path | None,
 ) -> None:
     """Keep the channel's numbers; link its earlier sprite, or place its images and queue a new one."""
     placements = []

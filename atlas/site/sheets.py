@@ -30,9 +30,7 @@ Box = tuple[int, int, int, int]
 def png_size(data: bytes) -> tuple[int, int]:
     """Width and height from the PNG header, without decoding the pixels."""
     if len(data) < 24 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
-        raise ValueError(
-            "image bytes are not a PNG (the store's image columns must hold PNG files)"
-        )
+        raise ValueError("image bytes are not a PNG (the store's image columns must hold PNG files)")
     width, height = struct.unpack(">II", data[16:24])
     return int(width), int(height)
 
@@ -55,8 +53,7 @@ def grid_placements(
     rows = math.ceil(len(pngs) / columns)
     cell_w, cell_h = png_size(pngs[0])
     placements = [
-        ((i % columns) * cell_w, (i // columns) * cell_h, cell_w, cell_h, png)
-        for i, png in enumerate(pngs)
+        ((i % columns) * cell_w, (i // columns) * cell_h, cell_w, cell_h, png) for i, png in enumerate(pngs)
     ]
     return cell_w * columns, cell_h * rows, columns, rows, placements
 
@@ -67,9 +64,7 @@ def _decode_rgb(data: bytes) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def compose(
-    width: int, height: int, placements: Sequence[Placement], boxes: Sequence[Box] = ()
-) -> bytes:
+def compose(width: int, height: int, placements: Sequence[Placement], boxes: Sequence[Box] = ()) -> bytes:
     """Paste each PNG at its place (resized to its cell when it differs) and encode as JPEG.
 
     The edge pixels of each box are copied one pixel outwards, into the gutter, so a browser

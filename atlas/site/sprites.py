@@ -29,8 +29,12 @@ class Region:
     def cell(self, index: int) -> tuple[int, int, int, int]:
         """(x, y, width, height) of the index-th cell, in reading order."""
         cell_w, cell_h = self.width // self.columns, self.height // self.rows
-        return (self.x + (index % self.columns) * cell_w, self.y + (index // self.columns) * cell_h,
-                cell_w, cell_h)
+        return (
+            self.x + (index % self.columns) * cell_w,
+            self.y + (index // self.columns) * cell_h,
+            cell_w,
+            cell_h,
+        )
 
 
 @dataclass(frozen=True)

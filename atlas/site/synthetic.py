@@ -85,33 +85,50 @@ def _key(*parts: object) -> str:
 
 
 def write_synthetic_store(
-    out: Path, layers: Sequence[SyntheticLayer], options: SyntheticOptions | None = None,
-    model: str = "synthetic", job_name: str = "synthetic atlas",
+    out: Path,
+    layers: Sequence[SyntheticLayer],
+    options: SyntheticOptions | None = None,
+    model: str = "synthetic",
+    job_name: str = "synthetic atlas",
 ) -> Store:
     """Write job.json, manifest and shards for `layers` into `out`, like a finished run would."""
     options = options or SyntheticOptions()
     store = Store(out)
     pool = PatternPool(options.seed)
-    store.write_job({
-        "name": job_name,
-        "model": model,
-        "model_digest": _key("digest", model, options.seed),
-        "layers": [
-            {"name": layer.name, "channels": list(range(layer.channels)),
-             "total_channels": layer.channels, "height": layer.height, "width": layer.width}
-            for layer in layers
-        ],
-        "spec": {
-            "render": {"steps": 64, "size": options.image_size, "objectives": list(options.objectives),
-                       "diversity": options.diversity, "param": "fourier"},
-            "examples": {"source": "synthetic", "k": options.examples_k, "bins": options.bins},
-            "interactions": {"random_directions": options.random_directions,
-                             "pairs": [list(p) for p in options.pairs]},
-        },
-        "started": "2026-01-01T00:00:00+00:00",
-        "finished": "2026-01-01T00:10:00+00:00",
-        "renderer_version": "synthetic-1",
-    })
+    store.write_job(
+        {
+            "name": job_name,
+            "model": model,
+            "model_digest": _key("digest", model, options.seed),
+            "layers": [
+                {
+                    "name": layer.name,
+                    "channels": list(range(layer.channels)),
+                    "total_channels": layer.channels,
+                    "height": layer.height,
+                    "width": layer.width,
+                }
+                for layer in layers
+            ],
+            "spec": {
+                "render": {
+                    "steps": 64,
+                    "size": options.image_size,
+                    "objectives": list(options.objectives),
+                    "diversity": options.diversity,
+                    "param": "fourier",
+                },
+                "examples": {"source": "synthetic", "k": options.examples_k, "bins": options.bins},
+                "interactions": {
+                    "random_directions": options.random_directions,
+                    "pairs": [list(p) for p in options.pairs],
+                },
+            },
+            "started": "2026-01-01T00:00:00+00:00",
+            "finished": "2026-01-01T00:10:00+00:00",
+            "renderer_version": "synthetic-1",
+        }
+    )
     for layer in layers:
         for start in range(0, layer.channels, options.channels_per_unit):
             channels = list(range(start, min(start + options.channels_per_unit, layer.channels)))
@@ -147,14 +164,27 @@ def _write_channel_units(
     store.write_unit_tables(scan_key, "examples", layer, tables, channels)
 
 
-def _render_row(pool: PatternPool, layer: str, channel: int, objective: str, variant: int,
-                size: int, channel_b: int = -1, label: str = "") -> dict:
+def _render_row(
+    pool: PatternPool,
+    layer: str,
+    channel: int,
+    objective: str,
+    variant: int,
+    size: int,
+    channel_b: int = -1,
+    label: str = "",
+) -> dict:
     sign = -1.0 if objective == "negative" else 1.0
     return {
-        "layer": layer, "channel": channel, "channel_b": channel_b, "objective": objective,
-        "variant": variant, "label": label or f"channel {channel}",
+        "layer": layer,
+        "channel": channel,
+        "channel_b": channel_b,
+        "objective": objective,
+        "variant": variant,
+        "label": label or f"channel {channel}",
         "image": pool.png(size, channel * 7 + variant * 3 + len(objective)),
-        "activation": sign * (4.0 + (channel % 11) / 3 + variant / 10), "loss": [1.0, 0.5, 0.25],
+        "activation": sign * (4.0 + (channel % 11) / 3 + variant / 10),
+        "loss": [1.0, 0.5, 0.25],
     }
 
 
@@ -162,13 +192,20 @@ def _example_rows(pool: PatternPool, layer: str, channel: int, options: Syntheti
     rows = []
     for bucket, sign in BUCKET_SIGNS.items():
         for rank in range(options.examples_k):
-            rows.append({
-                "layer": layer, "channel": channel, "bucket": bucket, "rank": rank,
-                "activation": sign * (1 + (options.examples_k - rank) / options.examples_k),
-                "source_id": f"synthetic/{(channel * 31 + rank) % 500}.png", "x": rank % 7, "y": rank % 5,
-                "crop": pool.png(options.crop_size, channel * 13 + rank + int(sign * 10)),
-                "thumb": pool.png(options.crop_size, channel + rank),
-            })
+            rows.append(
+                {
+                    "layer": layer,
+                    "channel": channel,
+                    "bucket": bucket,
+                    "rank": rank,
+                    "activation": sign * (1 + (options.examples_k - rank) / options.examples_k),
+                    "source_id": f"synthetic/{(channel * 31 + rank) % 500}.png",
+                    "x": rank % 7,
+                    "y": rank % 5,
+                    "crop": pool.png(options.crop_size, channel * 13 + rank + int(sign * 10)),
+                    "thumb": pool.png(options.crop_size, channel + rank),
+                }
+            )
     return rows
 
 
@@ -179,8 +216,9 @@ def _histogram_row(layer: str, channel: int, bins: int) -> dict:
     return {"layer": layer, "channel": channel, "edges": edges.tolist(), "counts": counts.tolist()}
 
 
-def _write_interactions(store: Store, pool: PatternPool, layer: SyntheticLayer,
-                        options: SyntheticOptions) -> None:
+def _write_interactions(
+    store: Store, pool: PatternPool, layer: SyntheticLayer, options: SyntheticOptions
+) -> None:
     size = options.image_size
     renders = [
         _render_row(pool, layer.name, -1, "direction", d, size, label=f"random direction {d}")
@@ -199,9 +237,12 @@ def _write_interactions(store: Store, pool: PatternPool, layer: SyntheticLayer,
     key = _key("interactions", layer.name, options.seed)
     tables = {"render": _table(renders, RENDER_SCHEMA, key)}
     if options.examples and options.random_directions:
-        rows = [row for d in range(options.random_directions)
-                for row in _example_rows(pool, layer.name, -1 - d, options)
-                if row["bucket"] in ("max", "min")]
+        rows = [
+            row
+            for d in range(options.random_directions)
+            for row in _example_rows(pool, layer.name, -1 - d, options)
+            if row["bucket"] in ("max", "min")
+        ]
         tables["examples"] = _table(rows, EXAMPLES_SCHEMA, key)
     store.write_unit_tables(key, "render", layer.name, tables)
 

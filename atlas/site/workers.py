@@ -52,7 +52,11 @@ class ComposeJobs:
         self._running: deque[Future] = deque()
 
     def submit(
-        self, path: Path, width: int, height: int, placements: Sequence[Placement],
+        self,
+        path: Path,
+        width: int,
+        height: int,
+        placements: Sequence[Placement],
         boxes: Sequence[Box] = (),
     ) -> None:
         self._batch.append((path, width, height, list(placements), list(boxes)))
