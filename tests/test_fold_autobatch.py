@@ -79,7 +79,10 @@ def test_efficientnet_folds_every_batchnorm_and_matches():
     assert len(folded.folded.affine) == 49 and plain.digest == folded.digest
     x = torch.rand(2, 3, 224, 224)
     with torch.no_grad():
-        a, b = plain.activations(x, ["_blocks.9"])["_blocks.9"], folded.activations(x, ["_blocks.9"])["_blocks.9"]
+        a, b = (
+            plain.activations(x, ["_blocks.9"])["_blocks.9"],
+            folded.activations(x, ["_blocks.9"])["_blocks.9"],
+        )
     assert (a - b).abs().max() <= 1e-4 * a.abs().max()
 
 
@@ -97,7 +100,9 @@ def test_a_network_that_reuses_the_raw_conv_output_is_left_unfolded():
 def test_capacity_from_fake_free_memory():
     per_image = 50e6  # bytes per image
     free = 80e9
-    assert capacity_from_memory(int(free), per_image, 8) == min(DEFAULT_CAP, int(free * HEADROOM // per_image))
+    assert capacity_from_memory(int(free), per_image, 8) == min(
+        DEFAULT_CAP, int(free * HEADROOM // per_image)
+    )
     assert capacity_from_memory(int(free), per_image, 8, cap=64) == 64
     assert capacity_from_memory(10**8, per_image, 8) == 8  # never below one logical chunk
     assert capacity_from_memory(int(4e9), per_image, 8) == int(4e9 * HEADROOM // per_image)
