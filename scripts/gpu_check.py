@@ -104,7 +104,7 @@ QUICK = Settings(
     render_budget_s=20,
     reserve_s=10,
     render_layer="inception4d",
-    render_size=64,
+    render_size=48,
     render_steps=2,
     batches=(1, 2),
     find_largest=False,
@@ -112,7 +112,7 @@ QUICK = Settings(
     scan_batch=4,
     slice_channels=1,
     slice_steps=2,
-    slice_size=64,
+    slice_size=48,
 )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
@@ -111,11 +110,3 @@ def test_capacity_from_fake_free_memory():
 def test_cpu_keeps_the_spec_batch():
     model = load_model("tiny-cnn")
     assert pass_capacity(model, 8, 32, free_bytes=10**12) == 8
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_capacity_grows_with_free_memory():
-    model = load_model("tiny-cnn", device="cuda")
-    small = pass_capacity(model, 8, 64, free_bytes=10**8)
-    large = pass_capacity(model, 8, 64, free_bytes=10**11)
-    assert 8 <= small <= large <= DEFAULT_CAP
