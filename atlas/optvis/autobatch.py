@@ -44,8 +44,10 @@ def bytes_per_image(model: LoadedModel, size: int) -> float:
         torch.cuda.reset_peak_memory_stats(model.device)
         probe = torch.rand(2, 3, size, size, device=model.device, requires_grad=True)
         out = model.module(model.normalize(probe))
-        out = out if isinstance(out, torch.Tensor) else next(iter(out.values()))
-        out.float().sum().backward()
+        if isinstance(out, dict):
+            out = list(out.values())
+        first = out if isinstance(out, torch.Tensor) else next(t for t in out if isinstance(t, torch.Tensor))
+        first.float().sum().backward()
         peak = torch.cuda.max_memory_allocated(model.device)
         _BYTES_PER_IMAGE[key] = (peak - before) / 2
     return _BYTES_PER_IMAGE[key]
