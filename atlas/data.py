@@ -99,7 +99,9 @@ def decode_image(
         reasons.append("converted:rotated")
     if min(image.size) < min_side:
         width, height = image.size
-        return Decoded(None, ["skipped:tiny"], f"{width}x{height} pixels, under the {min_side} px minimum side")
+        return Decoded(
+            None, ["skipped:tiny"], f"{width}x{height} pixels, under the {min_side} px minimum side"
+        )
     if image.mode != "RGB":
         image, reason = _to_rgb(image)
         reasons.append(reason)

@@ -119,7 +119,7 @@ def run_job(
     """Run a job end to end. `only` limits the unit kinds (e.g. scan + examples for `atlas scan`)."""
     from atlas.execute import Executor, RunReport
 
-    claim_output(spec.out, spec.name)  # before the model loads: a refused folder costs nothing
+    spec = spec.replace(out=claim_output(spec.out, spec.name))  # before any work, even the model
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     prepared = prepare(spec)

@@ -15,6 +15,7 @@ did not write itself.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -54,8 +55,12 @@ def derived_out(name: str, base: Path = DEFAULT_BASE) -> Path:
 
 
 def claim_output(out: Path, job: str) -> Path:
-    """Check the rules for `out`, create it if needed and mark it as the job's; before any work."""
-    out = Path(out)
+    """Check the rules for `out`, create it if needed and mark it as the job's; before any work.
+
+    Returns `out` with `..` folded away (`a/../..` is `..`): the path to write through, which
+    the system could not otherwise open while `a` does not exist.
+    """
+    out = Path(os.path.normpath(out))
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"output folder {out} exists and is not a folder; choose another --out")
     if out.is_dir():
@@ -91,7 +96,9 @@ def check_site_folder(site_dir: Path) -> None:
             f"site is served to {site_dir})"
         )
     if site_dir.exists() and not site_dir.is_dir():
-        raise OutputFolderError(f"{site_dir} exists and is not a folder; remove it or choose another site folder")
+        raise OutputFolderError(
+            f"{site_dir} exists and is not a folder; remove it or choose another site folder"
+        )
     if site_dir.is_dir() and marker_job(site_dir) is None and any(site_dir.iterdir()):
         raise OutputFolderError(
             f"site folder {site_dir} is not empty and has no {MARKER} file: a rebuild replaces only a "

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from atlas.outdir import check_site_folder, marker_job, write_marker
+from atlas.safefs import folder_mode, remove, swap_folder
 from atlas.site.changes import build_summary, channel_ranges, diff_builds, load_summary
 from atlas.site.channels import BUCKETS, OPTIMIZED_OBJECTIVES, ChannelEntry, PreviousSprites, read_layer
 from atlas.site.images import LayerImages, Picture
@@ -25,8 +27,6 @@ from atlas.site.interactions import read_interactions
 from atlas.site.slugs import layer_slugs
 from atlas.site.sprites import SpriteLayout
 from atlas.site.workers import ComposeJobs, auto_workers
-from atlas.outdir import check_site_folder, marker_job, write_marker
-from atlas.safefs import folder_mode, remove, swap_folder
 from atlas.skipped import REASONS, count_reasons, read_skipped
 from atlas.store import JOB, MANIFEST, ManifestEntry, Store
 
