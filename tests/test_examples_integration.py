@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from test_data import write_bad_folder
 
-from atlas.data import open_source
 from atlas.cli import main
+from atlas.data import open_source
 from atlas.examples import finalize_layer, scan_shard
 from atlas.job import run_job
 from atlas.models import load_model
