@@ -55,10 +55,9 @@ class _Group(click.Group):
 
 def _run(spec: JobSpec, force: bool, build: bool, only: tuple[str, ...] | None = None) -> None:
     from atlas.job import run_job
-
-    result = run_job(spec, force=force, build=build, only=only, progress=_progress)
     from atlas.skipped import describe
 
+    result = run_job(spec, force=force, build=build, only=only, progress=_progress)
     where = result.site or result.out
     skipped_inputs = describe(result.skipped_inputs)
     extra = f", {skipped_inputs}" if skipped_inputs else ""

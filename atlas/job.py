@@ -17,7 +17,7 @@ from typing import Any
 
 from atlas.examples import PartialScan, direction_layer
 from atlas.models import LoadedModel, load_model
-from atlas.outdir import claim_output
+from atlas.outdir import check_output, claim_output
 from atlas.plan import CODE_VERSIONS, ModelFacts, Plan, Unit, examples_units, make_plan
 from atlas.skipped import count_reasons, read_skipped
 from atlas.spec import JobSpec, check_against_model, spec_to_dict
@@ -119,10 +119,11 @@ def run_job(
     """Run a job end to end. `only` limits the unit kinds (e.g. scan + examples for `atlas scan`)."""
     from atlas.execute import Executor, RunReport
 
-    spec = spec.replace(out=claim_output(spec.out, spec.name))  # before any work, even the model
+    spec = spec.replace(out=check_output(spec.out, spec.name))  # before any work, even the model
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     prepared = prepare(spec)
+    claim_output(spec.out, spec.name)  # a spec that fails its checks leaves no folder behind
     store = Store(spec.out)
     store.sweep_temporary()
     store.write_job(job_info(prepared, started))

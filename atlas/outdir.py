@@ -54,8 +54,8 @@ def derived_out(name: str, base: Path = DEFAULT_BASE) -> Path:
     return folder
 
 
-def claim_output(out: Path, job: str) -> Path:
-    """Check the rules for `out`, create it if needed and mark it as the job's; before any work.
+def check_output(out: Path, job: str) -> Path:
+    """Check the rules for `out` without writing anything: call it before any work.
 
     Returns `out` with `..` folded away (`a/../..` is `..`): the path to write through, which
     the system could not otherwise open while `a` does not exist.
@@ -63,25 +63,31 @@ def claim_output(out: Path, job: str) -> Path:
     out = Path(os.path.normpath(out))
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"output folder {out} exists and is not a folder; choose another --out")
-    if out.is_dir():
-        owner = marker_job(out)
-        if owner is None and any(out.iterdir()):
-            raise OutputFolderError(
-                f"output folder {out} is not empty and has no {MARKER} file: the atlas writes only "
-                f"into a new or empty folder or one it made itself (marked by {MARKER}), so it never "
-                f"mixes with or replaces your files. Choose another folder (--out or [job] out); if "
-                f"{out} is an atlas output folder from before the marker existed, mark it with "
-                f"`touch {out / MARKER}`"
-            )
-        if owner and owner != job:
-            raise OutputFolderError(
-                f"output folder {out} belongs to job {owner!r} (see {out / MARKER}), not {job!r}: one "
-                f"folder holds one job's store, or each run would prune the other's results. Choose "
-                f"another folder, or set [job] name back to {owner!r}"
-            )
-    else:
+    if not out.is_dir():
         _refuse_case_twin(out)
-        out.mkdir(parents=True)
+        return out
+    owner = marker_job(out)
+    if owner is None and any(out.iterdir()):
+        raise OutputFolderError(
+            f"output folder {out} is not empty and has no {MARKER} file: the atlas writes only "
+            f"into a new or empty folder or one it made itself (marked by {MARKER}), so it never "
+            f"mixes with or replaces your files. Choose another folder (--out or [job] out); if "
+            f"{out} is an atlas output folder from before the marker existed, mark it with "
+            f"`touch {out / MARKER}`"
+        )
+    if owner and owner != job:
+        raise OutputFolderError(
+            f"output folder {out} belongs to job {owner!r} (see {out / MARKER}), not {job!r}: one "
+            f"folder holds one job's store, or each run would prune the other's results. Choose "
+            f"another folder, or set [job] name back to {owner!r}"
+        )
+    return out
+
+
+def claim_output(out: Path, job: str) -> Path:
+    """`check_output`, then create the folder if needed and mark it as the job's."""
+    out = check_output(out, job)
+    out.mkdir(parents=True, exist_ok=True)
     if not marker_job(out):
         write_marker(out, job=job)
     return out
