@@ -10,7 +10,6 @@ names and never follows a symbolic link.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import shutil
 import stat
@@ -83,10 +82,8 @@ def remove(path: Path | str, within: Path | str) -> None:
 
 def _exchange(first: Path, second: Path) -> bool:
     """Swap two paths atomically with Linux's renameat2; False where that is not available."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
-        renameat2 = libc.renameat2
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2  # glibc 2.28+, musl 1.2.2+
     except (OSError, AttributeError, TypeError):
         return False
     at_fdcwd = -100
