@@ -80,10 +80,12 @@ def test_a_module_is_used_as_it_is_without_changing_it():
         assert torch.equal(value, before[key]), key
 
 
-def test_examples_of_a_layer_from_images_in_memory():
+def test_examples_of_a_layer_from_images_in_memory(tmp_path):
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (48, 56, 3), dtype=np.uint8)) for _ in range(9)]
     images[4] = images[4].convert("L")  # converted, not skipped
+    images[0].save(tmp_path / "first.png")
+    images[0] = tmp_path / "first.png"  # paths and PIL images mix
     found = atlas.examples("tiny-cnn", "conv2", images, channels=[1, 6], k=3)
     assert isinstance(found, Examples) and found.channels == [1, 6]
     top, bottom = found.top(6), found.bottom(6)
@@ -91,6 +93,7 @@ def test_examples_of_a_layer_from_images_in_memory():
     assert [e.activation for e in top] == sorted((e.activation for e in top), reverse=True)
     assert top[0].activation >= bottom[0].activation and top[0].crop.size == (96, 96)
     assert "conv2:6" in found._repr_html_() and Image.open(io.BytesIO(found._repr_png_())).height == 2 * 96
+    assert {e.source_id for e in top + bottom} <= {str(i) for i in range(9)}
     with pytest.raises(ApiError, match="channel 2 was not scanned"):
         found.top(2)
     assert atlas.scan is atlas.examples

@@ -17,7 +17,7 @@ def test_gpu_check_runs_on_cpu_and_reports_every_section(tmp_path):
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=240,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
