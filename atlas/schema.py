@@ -55,3 +55,45 @@ SKIPPED_SCHEMA = pa.schema(
         ("unit_key", pa.string()),
     ]
 )
+
+# Timeline tables (atlas.timeline, docs/STORE.md "Timeline"): one `probe` table per checkpoint,
+# one `match` and one `cka` table per pair of consecutive checkpoints, one `series` table.
+PROBE_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("channel", pa.int32()),
+        ("max", pa.float32()),
+        ("mean", pa.float32()),
+        ("std", pa.float32()),
+        ("active", pa.float32()),
+        ("dead", pa.bool_()),
+        ("signature", pa.list_(pa.float32())),
+        ("unit_key", pa.string()),
+    ]
+)
+
+MATCH_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("channel", pa.int32()),
+        ("matched", pa.int32()),
+        ("correlation", pa.float32()),
+        ("status", pa.string()),
+        ("unit_key", pa.string()),
+    ]
+)
+
+CKA_SCHEMA = pa.schema([("layer", pa.string()), ("cka", pa.float32()), ("unit_key", pa.string())])
+
+SERIES_SCHEMA = pa.schema(
+    [
+        ("position", pa.int32()),
+        ("label", pa.string()),
+        ("step", pa.int64()),
+        ("checkpoint", pa.string()),
+        ("digest", pa.string()),
+        ("probe_key", pa.string()),
+        ("match_key", pa.string()),
+        ("render_keys", pa.list_(pa.string())),
+    ]
+)

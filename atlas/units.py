@@ -26,6 +26,7 @@ from atlas.schema import RENDER_SCHEMA
 from atlas.skipped import KIND as SKIPPED
 from atlas.skipped import skipped_table
 from atlas.spec import ExamplesSpec, JobSpec
+from atlas.timeline.probe import run_probe
 from atlas.work import DirectionsWork, ExamplesWork, PairWork, RenderWork, ScanWork
 
 
@@ -146,6 +147,7 @@ HANDLERS: dict[str, Callable[[WorkerContext, Unit, Any], dict[str, pa.Table]]] =
     "pair": _pair,
     "scan": _scan,
     "examples": _examples,
+    "probe": run_probe,
 }
 
 

@@ -96,4 +96,15 @@ class ExamplesWork(_Work):
     with_directions: bool  # also crop the layer's random directions (the layer's first chunk)
 
 
-UnitWork = RenderWork | DirectionsWork | PairWork | ScanWork | ExamplesWork
+@dataclass(frozen=True)
+class ProbeWork(_Work):
+    """A checkpoint's activation statistics and signatures on the timeline's probe set (atlas.timeline)."""
+
+    kind: ClassVar[str] = "probe"
+    layers: tuple[str, ...]
+    positions: int  # sampled positions per probe image in each signature
+    seed: int
+    data: str  # fingerprint of the probe images
+
+
+UnitWork = RenderWork | DirectionsWork | PairWork | ScanWork | ExamplesWork | ProbeWork
