@@ -122,6 +122,10 @@ def plan(job: Path, out: Path | None) -> None:
     later = len(examples_units(prepared.spec, prepared.facts, prepared.plan.scan_keys))
     summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
     click.echo(f"{len(prepared.plan.units)} units ({summary}) + {later} examples units after the scan")
+    if prepared.spec.model.checkpoints:
+        from atlas.timeline.series import describe_order
+
+        click.echo("\n".join(describe_order(prepared.spec.model.checkpoints)))
 
 
 @main.command()
@@ -166,6 +170,41 @@ def layers(model: str, checkpoint: Path | None, weights: str, show_all: bool) ->
     width = max(len(i.name) for i in infos)
     for info in infos:
         click.echo(f"  {info.name:<{width}}  {info.channels:>5} channels  {info.height}x{info.width}")
+
+
+@main.command()
+@click.argument("job", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: the spec's job.out).")
+@click.option(
+    "--add",
+    "add",
+    multiple=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Append this checkpoint to the stored series (a nightly job's new weights).",
+)
+@click.option("--force", is_flag=True, help="Recompute the timeline's units that are already done.")
+@click.option("--no-site", is_flag=True, help="Only compute and store; do not build the site.")
+def timeline(job: Path, out: Path | None, add: tuple[Path, ...], force: bool, no_site: bool) -> None:
+    """Probe every checkpoint of the series, render the selected ones, match units across them."""
+    from atlas.timeline.run import run_timeline
+
+    spec = _load(job, out)
+    result = run_timeline(spec, add=add, force=force)
+    computed = ", ".join(f"{n} {kind}" for kind, n in sorted(result.computed.items())) or "nothing"
+    click.echo(
+        f"timeline {spec.name}: {result.checkpoints} checkpoints ({result.added} new), computed {computed}, "
+        f"{result.skipped} units already done in {result.seconds:.0f} s"
+    )
+    for path in result.unavailable:
+        click.echo(f"  {path} is gone: its finished units stay, new ones for it cannot be computed", err=True)
+    for label, reason in result.failed:
+        click.echo(f"  failed: {label}: {reason}", err=True)
+    if not no_site and (Path(spec.out) / "job.json").is_file():
+        from atlas.site import build_site
+
+        click.echo(f"site: {build_site(spec.out)}")
+    if result.failed:
+        sys.exit(1)
 
 
 @main.command()

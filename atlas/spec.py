@@ -37,6 +37,7 @@ class ModelSpec:
     name: str = "efficientnet-lite0"
     checkpoint: Path | None = None
     weights: str = "default"
+    checkpoints: tuple[str, ...] = ()  # a timeline's series: paths or globs (atlas.timeline)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,15 @@ class ExecuteSpec:
 
 
 @dataclass(frozen=True)
+class TimelineSpec:
+    probes: int = 32  # probe images, spread evenly over the examples source
+    positions: int = 16  # sampled positions per probe image, for matching and CKA
+    render_every: int = 0  # also render every Nth checkpoint of the series (0: only the latest)
+    render_latest: bool = True
+    role_threshold: float = 0.5  # matched units correlated less than this changed role
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str
     out: Path
@@ -104,6 +114,7 @@ class JobSpec:
     examples: ExamplesSpec = field(default_factory=ExamplesSpec)
     interactions: InteractionsSpec = field(default_factory=InteractionsSpec)
     execute: ExecuteSpec = field(default_factory=ExecuteSpec)
+    timeline: TimelineSpec = field(default_factory=TimelineSpec)
     source: Path | None = None
 
     def replace(self, **sections: Any) -> JobSpec:
@@ -119,6 +130,7 @@ SECTIONS: dict[str, type] = {
     "examples": ExamplesSpec,
     "interactions": InteractionsSpec,
     "execute": ExecuteSpec,
+    "timeline": TimelineSpec,
 }
 TOP_LEVEL = ("job", "layers", *SECTIONS)
 
@@ -323,6 +335,10 @@ def _check_values(ctx: _Context, spec: JobSpec) -> None:
         ("interactions", "interpolation_steps", i.interpolation_steps >= 2, "must be at least 2"),
         ("execute", "retries", x.retries >= 0, "must be >= 0"),
         ("execute", "max_in_flight", x.max_in_flight >= 0, "must be >= 0"),
+        ("timeline", "probes", spec.timeline.probes >= 2, "must be at least 2"),
+        ("timeline", "positions", spec.timeline.positions >= 1, "must be at least 1"),
+        ("timeline", "render_every", spec.timeline.render_every >= 0, "must be >= 0"),
+        ("timeline", "role_threshold", 0 <= spec.timeline.role_threshold <= 1, "must be within 0..1"),
     ]
     for section, key, ok, fix in checks:
         if not ok:
@@ -348,6 +364,8 @@ def _resolve_paths(ctx: _Context, spec: JobSpec, base: Path) -> JobSpec:
         if not path.is_file():
             raise ctx.error("model", "checkpoint", f"file {path} does not exist")
         model = replace(model, checkpoint=path)
+    # Globs stay globs (a nightly series grows); only made absolute here, expanded by atlas.timeline.
+    model = replace(model, checkpoints=tuple(str(base / c) for c in model.checkpoints))
     examples = spec.examples
     if examples.enabled and examples.source != "demo":
         path = Path(examples.source)

@@ -1,0 +1,136 @@
+"""A timeline over checkpoints of a tiny CNN trained in the test: build, then add one checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from raytools import local_ray
+
+from atlas.models.registry import build
+from atlas.spec import parse_spec
+from atlas.timeline.match import STATUSES
+from atlas.timeline.run import run_timeline, timeline_store
+from atlas.timeline.series import TimelineError, describe_order, stored_series
+
+pytestmark = pytest.mark.slow
+
+
+def train_checkpoints(folder: Path, epochs: int) -> list[Path]:
+    """tiny-cnn trained a few steps per epoch on synthetic images (class = the brightest colour)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    module, _ = build("tiny-cnn", "none")
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.05)
+    paths = []
+    for epoch in range(1, epochs + 1):
+        for _ in range(3):
+            images = torch.rand(16, 3, 64, 64)
+            labels = images.mean(dim=(2, 3)).argmax(dim=1)
+            loss = torch.nn.functional.cross_entropy(module(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        path = folder / f"epoch-{epoch}.pt"
+        torch.save(module.state_dict(), path)
+        paths.append(path)
+    return paths
+
+
+def spec_for(root: Path, checkpoints: str = '["ckpt/epoch-*.pt"]'):
+    text = f"""
+[job]
+name = "timeline"
+out = "{root / "out"}"
+[model]
+name = "tiny-cnn"
+checkpoints = {checkpoints}
+[[layers]]
+name = "conv2"
+channels = "0:4"
+[render]
+steps = 2
+size = 32
+batch = 1
+objectives = ["channel"]
+channels_per_unit = 4
+[examples]
+source = "demo"
+[execute]
+workers = 1
+[timeline]
+probes = 6
+positions = 4
+render_every = 3
+"""
+    return parse_spec(text, source=str(root / "job.toml"), base=root)
+
+
+def shard_times(out: Path) -> dict[str, float]:
+    return {p.name: p.stat().st_mtime_ns for p in (out / "timeline" / "shards").rglob("*.parquet")}
+
+
+def test_timeline_builds_and_adding_a_checkpoint_computes_only_its_units(tmp_path: Path) -> None:
+    train_checkpoints(tmp_path / "ckpt", 3)
+    spec = spec_for(tmp_path)
+    order = describe_order(spec.model.checkpoints)
+    assert [line.split()[-1].rsplit("/", 1)[-1] for line in order[1:]] == [
+        "epoch-1.pt",
+        "epoch-2.pt",
+        "epoch-3.pt",
+    ]
+    with local_ray(num_cpus=2):
+        first = run_timeline(spec)
+        assert first.failed == []
+        assert first.checkpoints == first.added == 3
+        # every checkpoint probed; renders of position 0 (every 3rd) and 2 (the latest); two matches
+        assert first.computed == {"probe": 3, "render": 2, "match": 2}
+        store = timeline_store(spec.out)
+        series = stored_series(store)
+        assert [c.step for c in series] == [1, 2, 3]
+        assert [bool(c.render_keys) for c in series] == [True, False, True]
+        match = store.read_unit(series[1].match_key, "match")
+        assert match.num_rows == 32 and set(match.column("status").to_pylist()) <= set(STATUSES)
+        cka = store.read_unit(series[2].match_key, "cka").column("cka").to_pylist()
+        assert 0.0 < cka[0] <= 1.0 + 1e-6
+        probe = store.read_unit(series[0].probe_key, "probe").to_pylist()
+        assert {r["layer"] for r in probe} == {"conv2"}
+        assert all(0.0 <= r["active"] <= 1.0 and r["max"] >= r["mean"] for r in probe)
+        assert all(len(r["signature"]) == 6 * 4 for r in probe)
+        before = shard_times(spec.out)
+
+        train_checkpoints(tmp_path / "more", 4)[-1].rename(tmp_path / "ckpt" / "epoch-4.pt")
+        second = run_timeline(spec_for(tmp_path))
+    assert second.failed == []
+    assert second.checkpoints == 4 and second.added == 1
+    # only the new checkpoint: its probe, its render (the new latest; position 3 is also every 3rd)
+    # and its match with epoch 3
+    assert second.computed == {"probe": 1, "render": 1, "match": 1}
+    after = shard_times(spec.out)
+    unchanged = {name: t for name, t in before.items() if not name.startswith("series-")}
+    assert all(after[name] == t for name, t in unchanged.items())  # history kept, not rewritten
+    series = stored_series(timeline_store(spec.out))
+    assert [c.step for c in series] == [1, 2, 3, 4]
+    assert bool(series[2].render_keys)  # no longer the latest, yet its finished renders stay
+    rows = pq.read_table(spec.out / "timeline" / "shards" / "render").num_rows
+    assert rows == 3 * 4  # three rendered checkpoints x four channels
+
+
+def test_nightly_add_appends_and_a_missing_checkpoint_is_named(tmp_path: Path) -> None:
+    paths = train_checkpoints(tmp_path / "ckpt", 2)
+    spec = spec_for(tmp_path, checkpoints="[]")
+    with pytest.raises(TimelineError, match="no checkpoints"):
+        run_timeline(spec)
+    with pytest.raises(TimelineError, match="does not exist"):
+        run_timeline(spec_for(tmp_path, checkpoints='["ckpt/epoch-9.pt"]'))
+    spec = spec.replace(timeline=spec.timeline.__class__(probes=4, positions=2, render_latest=False))
+    with local_ray(num_cpus=2):
+        assert run_timeline(spec, add=[paths[0]]).computed == {"probe": 1}
+        nightly = tmp_path / "latest.pt"
+        os.replace(paths[1], nightly)
+        result = run_timeline(spec, add=[nightly])
+    assert result.computed == {"probe": 1, "match": 1}
+    assert [Path(c.path).name for c in stored_series(timeline_store(spec.out))] == ["epoch-1.pt", "latest.pt"]
