@@ -33,6 +33,8 @@ class Unit:
     key: str
     work: UnitWork
     inputs: Any = field(default=None, compare=False, hash=False)  # not part of the key
+    # Weights to run on instead of the job's (a timeline's checkpoint); its digest is in the key.
+    checkpoint: str | None = field(default=None, compare=False, hash=False)
 
     @property
     def kind(self) -> str:  # render | directions | pair | scan | examples

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -65,12 +65,21 @@ class WorkerContext:
     model: LoadedModel
     examples: ExamplesSpec
     _source: ImageSource | None = field(default=None, repr=False)
+    weights: str = "default"
+    _checkpoint: tuple[str, LoadedModel] | None = field(default=None, repr=False)
 
     def source(self) -> ImageSource:
         """Opened on first use: workers that only render never list the dataset."""
         if self._source is None:
             self._source = open_source(self.examples.source, column=self.examples.column)
         return self._source
+
+    def on_checkpoint(self, checkpoint: str) -> WorkerContext:
+        """This context with another checkpoint's weights, kept until the next one (timeline units)."""
+        if self._checkpoint is None or self._checkpoint[0] != checkpoint:
+            model = load_model(self.model.name, checkpoint, self.weights, device=self.model.device)
+            self._checkpoint = (checkpoint, model)
+        return replace(self, model=self._checkpoint[1])
 
 
 def _render(ctx: WorkerContext, unit: Unit, work: RenderWork) -> dict[str, pa.Table]:
@@ -156,6 +165,8 @@ def run_unit(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
 
     Every table carries the worker's environment (``atlas.provenance``) in its metadata.
     """
+    if unit.checkpoint is not None:
+        ctx = ctx.on_checkpoint(unit.checkpoint)
     try:
         tables = HANDLERS[unit.kind](ctx, unit, unit.work)
         info = provenance(str(ctx.model.device))
@@ -168,4 +179,4 @@ def run_unit(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
 
 def make_context(spec: JobSpec, device: str = "auto") -> WorkerContext:
     model = load_model(spec.model.name, spec.model.checkpoint, spec.model.weights, device=pick_device(device))
-    return WorkerContext(model=model, examples=spec.examples)
+    return WorkerContext(model=model, examples=spec.examples, weights=spec.model.weights)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -16,8 +15,6 @@ from atlas.timeline.match import STATUSES
 from atlas.timeline.run import run_timeline, timeline_store
 from atlas.timeline.series import TimelineError, describe_order, stored_series
 
-pytestmark = pytest.mark.slow
-
 
 def train_checkpoints(folder: Path, epochs: int) -> list[Path]:
     """tiny-cnn trained a few steps per epoch on synthetic images (class = the brightest colour)."""
@@ -27,8 +24,8 @@ def train_checkpoints(folder: Path, epochs: int) -> list[Path]:
     optimizer = torch.optim.SGD(module.parameters(), lr=0.05)
     paths = []
     for epoch in range(1, epochs + 1):
-        for _ in range(3):
-            images = torch.rand(16, 3, 64, 64)
+        for _ in range(2):
+            images = torch.rand(8, 3, 64, 64)
             labels = images.mean(dim=(2, 3)).argmax(dim=1)
             loss = torch.nn.functional.cross_entropy(module(images), labels)
             optimizer.zero_grad()
@@ -73,6 +70,7 @@ def shard_times(out: Path) -> dict[str, float]:
     return {p.name: p.stat().st_mtime_ns for p in (out / "timeline" / "shards").rglob("*.parquet")}
 
 
+@pytest.mark.slow
 def test_timeline_builds_and_adding_a_checkpoint_computes_only_its_units(tmp_path: Path) -> None:
     train_checkpoints(tmp_path / "ckpt", 3)
     spec = spec_for(tmp_path)
@@ -104,33 +102,39 @@ def test_timeline_builds_and_adding_a_checkpoint_computes_only_its_units(tmp_pat
 
         train_checkpoints(tmp_path / "more", 4)[-1].rename(tmp_path / "ckpt" / "epoch-4.pt")
         second = run_timeline(spec_for(tmp_path))
+        after = shard_times(spec.out)
+        series = stored_series(timeline_store(spec.out))
+        rows = pq.read_table(spec.out / "timeline" / "shards" / "render").num_rows
+        # a nightly job appends its checkpoint (a file name without a step: kept in the order added)
+        nightly = tmp_path / "latest.pt"
+        weights = torch.load(tmp_path / "ckpt" / "epoch-4.pt")
+        torch.save({name: w + 0.01 * torch.randn_like(w) for name, w in weights.items()}, nightly)
+        third = run_timeline(spec_for(tmp_path), add=[nightly])
     assert second.failed == []
     assert second.checkpoints == 4 and second.added == 1
     # only the new checkpoint: its probe, its render (the new latest; position 3 is also every 3rd)
     # and its match with epoch 3
     assert second.computed == {"probe": 1, "render": 1, "match": 1}
-    after = shard_times(spec.out)
     unchanged = {name: t for name, t in before.items() if not name.startswith("series-")}
     assert all(after[name] == t for name, t in unchanged.items())  # history kept, not rewritten
-    series = stored_series(timeline_store(spec.out))
     assert [c.step for c in series] == [1, 2, 3, 4]
     assert bool(series[2].render_keys)  # no longer the latest, yet its finished renders stay
-    rows = pq.read_table(spec.out / "timeline" / "shards" / "render").num_rows
     assert rows == 3 * 4  # three rendered checkpoints x four channels
+    assert third.computed == {"probe": 1, "render": 1, "match": 1}
+    series = stored_series(timeline_store(spec.out))
+    assert [Path(c.path).name for c in series] == [
+        "epoch-1.pt",
+        "epoch-2.pt",
+        "epoch-3.pt",
+        "epoch-4.pt",
+        "latest.pt",
+    ]
 
 
-def test_nightly_add_appends_and_a_missing_checkpoint_is_named(tmp_path: Path) -> None:
-    paths = train_checkpoints(tmp_path / "ckpt", 2)
-    spec = spec_for(tmp_path, checkpoints="[]")
-    with pytest.raises(TimelineError, match="no checkpoints"):
-        run_timeline(spec)
-    with pytest.raises(TimelineError, match="does not exist"):
+def test_a_series_without_checkpoints_or_with_a_missing_one_is_refused_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(TimelineError, match="no checkpoints.*--add"):
+        run_timeline(spec_for(tmp_path, checkpoints="[]"))
+    with pytest.raises(TimelineError, match="epoch-9.pt does not exist"):
         run_timeline(spec_for(tmp_path, checkpoints='["ckpt/epoch-9.pt"]'))
-    spec = spec.replace(timeline=spec.timeline.__class__(probes=4, positions=2, render_latest=False))
-    with local_ray(num_cpus=2):
-        assert run_timeline(spec, add=[paths[0]]).computed == {"probe": 1}
-        nightly = tmp_path / "latest.pt"
-        os.replace(paths[1], nightly)
-        result = run_timeline(spec, add=[nightly])
-    assert result.computed == {"probe": 1, "match": 1}
-    assert [Path(c.path).name for c in stored_series(timeline_store(spec.out))] == ["epoch-1.pt", "latest.pt"]
+    with pytest.raises(TimelineError, match="matches no file"):
+        run_timeline(spec_for(tmp_path, checkpoints='["ckpt/step-*.pt"]'))

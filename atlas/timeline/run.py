@@ -156,23 +156,24 @@ def run_timeline(spec: JobSpec, add: Sequence[Path] = (), force: bool = False) -
     plan = prepare_timeline(spec, store, add)
     result = TimelineResult(out=spec.out, checkpoints=len(plan.series))
     result.added = sum(c.digest not in before for c in plan.series)
+    todo: list[Unit] = []
     for checkpoint in plan.series:
         units = plan.units[checkpoint.digest]
-        todo = set(store.pending([u.key for u in units], force=force))
-        result.skipped += len(units) - len(todo)
-        if not todo:
-            continue
-        if not Path(checkpoint.path).is_file():  # finished units stay; new ones need the weights
+        pending = set(store.pending([u.key for u in units], force=force))
+        result.skipped += len(units) - len(pending)
+        if pending and not Path(checkpoint.path).is_file():  # finished units stay; new ones need weights
             result.unavailable.append(checkpoint.path)
             continue
-        executor = Executor(checkpoint_spec(spec, checkpoint.path))
+        todo += [replace(u, checkpoint=checkpoint.path) for u in units if u.key in pending]
+    if todo:  # one pool for every checkpoint: each worker swaps weights, it never restarts
+        executor = Executor(checkpoint_spec(spec, todo[-1].checkpoint))
         try:
-            report = executor.run([u for u in units if u.key in todo], store, force=force)
+            report = executor.run(todo, store, force=force)
         finally:
             executor.shutdown()
         result.failed += report.failed
-        for unit in units:
-            if unit.key in todo and store.has(unit.key, verify=False):
+        for unit in todo:
+            if store.has(unit.key, verify=False):
                 result.computed[unit.kind] = result.computed.get(unit.kind, 0) + 1
     for previous, checkpoint in itertools.pairwise(plan.series):
         if store.pending([checkpoint.match_key], force=force) and all(
