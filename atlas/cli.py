@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from atlas.spec import JobSpec, SpecError, load_spec
+from atlas.errors import AtlasError
+from atlas.spec import JobSpec, load_spec
 
 
 def _packaged_spec(name: str) -> Path:
@@ -39,17 +40,15 @@ def _progress(total: int):
 
 
 class _Group(click.Group):
-    """Turns the library's errors about bad input into one clear line instead of a traceback."""
+    """Prints a user error (`AtlasError`) as one line and exits with its code, never a traceback."""
 
     def invoke(self, ctx: click.Context):
-        from atlas.execute import ExecuteError
-        from atlas.models import ModelError, UnknownLayerError
-        from atlas.store import StoreError
-
         try:
             return super().invoke(ctx)
-        except (SpecError, ModelError, UnknownLayerError, ExecuteError, StoreError) as err:
-            raise click.ClickException(str(err)) from err
+        except AtlasError as err:
+            message = " ".join(str(err).split())  # one line, even for a message built over several
+            click.echo(f"Error: {message}", err=True)
+            ctx.exit(err.exit_code)
 
 
 def _run(spec: JobSpec, force: bool, build: bool, only: tuple[str, ...] | None = None) -> None:
@@ -201,7 +200,6 @@ def render(
 ) -> None:
     """Render one feature visualization (one objective, one or more images) to a PNG."""
     from atlas.models import load_model, pick_device
-    from atlas.optvis import ObjectiveError, ParamError, RenderError, TransformError
     from atlas.optvis.oneoff import OneOffRequest, read_out, render_one_off, save_strip
 
     try:
@@ -209,10 +207,7 @@ def render(
     except ValueError as err:
         raise click.BadParameter(f"penalties are NAME=WEIGHT, e.g. tv=0.05 ({err})") from err
     request = OneOffRequest(penalties=weights, decorrelate=not no_decorrelate, **options)
-    try:
-        result = render_one_off(load_model(model_name, device=pick_device(device)), request)
-    except (RenderError, ObjectiveError, ParamError, TransformError) as err:
-        raise click.ClickException(str(err)) from err
+    result = render_one_off(load_model(model_name, device=pick_device(device)), request)
     save_strip(result.images, out)
     reached = ", ".join(f"{value:.3f}" for value in read_out(result, request))
     click.echo(f"wrote {out} ({request.objective} {request.layer}:{request.channel} reached {reached})")

@@ -14,13 +14,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from atlas.errors import AtlasError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
 
-class SpecError(ValueError):
+class SpecError(AtlasError, ValueError):
     """A job spec that cannot be run; the message names the file, key, line and the fix."""
 
 

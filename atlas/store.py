@@ -24,6 +24,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from atlas.errors import AtlasError
+
 MANIFEST = "manifest.json"
 JOB = "job.json"
 
@@ -265,5 +267,5 @@ class Store:
         return pa.concat_tables(tables, promote_options="default")
 
 
-class StoreError(RuntimeError):
+class StoreError(AtlasError, RuntimeError):
     """The output folder cannot be used as it is; the message says how to fix it."""

@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from atlas.errors import AtlasError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ModelError(ValueError):
+class ModelError(AtlasError, ValueError):
     """A model name, weights option or checkpoint that cannot be used."""
 
 

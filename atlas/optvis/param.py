@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from atlas.errors import AtlasError
+
 # Square root of the colour covariance of ImageNet pixels (columns: decorrelated components),
 # the empirical statistic published with lucid; mixing through it makes the optimizer step in a
 # space where the three colour components are uncorrelated.
@@ -26,7 +28,7 @@ FOURIER_IMAGE_SCALE = 0.25
 PARAMS = ("fourier", "pixel", "maco")
 
 
-class ParamError(ValueError):
+class ParamError(AtlasError, ValueError):
     """A parameterization that cannot be built from the given options."""
 
 

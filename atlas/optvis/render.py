@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from atlas.errors import AtlasError
 from atlas.models import LoadedModel
 from atlas.optvis.objectives import Objective, ObjectiveError, StepState
 from atlas.optvis.transforms import Transform, preset
@@ -27,7 +28,7 @@ STEEPEST_DESCENT: dict[str, tuple[str, bool, str]] = {
 }
 
 
-class RenderError(RuntimeError):
+class RenderError(AtlasError, RuntimeError):
     """An optimization that cannot run or that diverged; the message names the unit and step."""
 
 

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from atlas.errors import AtlasError
+
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 DEFAULT_FILL = 0.5
 
 
-class TransformError(ValueError):
+class TransformError(AtlasError, ValueError):
     """A transform preset or argument that cannot be used."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from atlas.errors import AtlasError
 from atlas.site.changes import build_summary, channel_ranges, diff_builds, load_summary
 from atlas.site.channels import BUCKETS, OPTIMIZED_OBJECTIVES, ChannelEntry, PreviousSprites, read_layer
 from atlas.site.images import LayerImages, Picture
@@ -56,7 +57,7 @@ ROW_COLUMNS = (
 )
 
 
-class SiteError(RuntimeError):
+class SiteError(AtlasError, RuntimeError):
     """The site cannot be built from this folder; the message says what to do instead."""
 
 
