@@ -9,6 +9,11 @@ from pathlib import Path
 import click
 
 from atlas.errors import AtlasError
+from atlas.optvis.kinds import OBJECTIVES
+from atlas.optvis.oneoff import DESCENTS, PENALTIES
+from atlas.optvis.param import PARAMS
+from atlas.optvis.render import PRECISIONS
+from atlas.optvis.transforms import PRESETS
 from atlas.spec import JobSpec, load_spec
 
 
@@ -172,28 +177,31 @@ def site(out: Path) -> None:
 @click.option(
     "--channel", type=int, default=0, show_default=True, help="Channel, or class for logit/probability."
 )
-@click.option(
-    "--objective",
-    default="channel",
-    show_default=True,
-    help="channel, neuron, negative, deepdream, logit, probability, diversity.",
-)
+@click.option("--objective", type=click.Choice(OBJECTIVES.names()), default="channel", show_default=True)
 @click.option(
     "--count", type=int, default=1, show_default=True, help="Images in the batch (diversity needs >= 2)."
 )
-@click.option("--param", default="fourier", show_default=True, help="fourier, pixel or maco.")
+@click.option("--param", type=click.Choice(PARAMS.names()), default="fourier", show_default=True)
 @click.option("--no-decorrelate", is_flag=True, help="Skip the ImageNet colour decorrelation.")
 @click.option(
-    "--descent", default="adam", show_default=True, help="adam, or the article's l2, linf, decorrelated."
+    "--descent",
+    type=click.Choice(DESCENTS),
+    default="adam",
+    show_default=True,
+    help="adam, or one of the article's steepest descents.",
 )
 @click.option("--steps", type=int, default=256, show_default=True)
 @click.option("--size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=0.05, show_default=True)
-@click.option("--transforms", default="standard", show_default=True, help="none, standard or distill.")
-@click.option("--penalty", multiple=True, help="NAME=WEIGHT with NAME one of l1, tv, blur (repeatable).")
+@click.option("--transforms", type=click.Choice(PRESETS.names()), default="standard", show_default=True)
+@click.option(
+    "--penalty", multiple=True, help=f"NAME=WEIGHT with NAME one of {', '.join(PENALTIES)} (repeatable)."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--precision", default="fp32", show_default=True, help="fp32, fp16 or bf16 (autocast).")
+@click.option(
+    "--precision", type=click.Choice(PRECISIONS.names()), default="fp32", show_default=True, help="Autocast."
+)
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="PNG to write.")
 def render(
     model_name: str, out: Path, penalty: tuple[str, ...], device: str, no_decorrelate: bool, **options

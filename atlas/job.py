@@ -18,6 +18,7 @@ from typing import Any
 from atlas.examples import PartialScan, direction_layer
 from atlas.models import LoadedModel, load_model
 from atlas.plan import CODE_VERSIONS, ModelFacts, Plan, Unit, examples_units, make_plan
+from atlas.site.columns import atlas_columns, columns_json
 from atlas.spec import JobSpec, check_against_model, spec_to_dict
 from atlas.store import Store
 
@@ -92,6 +93,7 @@ def job_info(prepared: Prepared, started: str, finished: str | None = None) -> d
         "started": started,
         "finished": finished,
         "renderer_version": CODE_VERSIONS["render"],
+        "columns": columns_json(atlas_columns()),  # the site's row, from the objective registry
     }
 
 
