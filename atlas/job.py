@@ -105,7 +105,7 @@ def merged_scan(store: Store, scan_keys: tuple[str, ...]) -> PartialScan:
 
 def _layer_scan(merged: PartialScan, unit: Unit) -> PartialScan:
     """The part of the merged scan an examples unit reads: its layer (and that layer's directions)."""
-    names = [unit.layer] + ([direction_layer(unit.layer)] if unit.settings["with_directions"] else [])
+    names = [unit.layer] + ([direction_layer(unit.layer)] if unit.work.with_directions else [])
     return merged.select(names)
 
 

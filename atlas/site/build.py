@@ -31,7 +31,7 @@ from atlas.site.interactions import read_interactions
 from atlas.site.slugs import layer_slugs
 from atlas.site.sprites import SpriteLayout
 from atlas.site.workers import ComposeJobs, auto_workers
-from atlas.store import JOB, MANIFEST, ManifestEntry, Store
+from atlas.store import JOB, MANIFEST, Store, UnitRecord
 
 SUMMARY_FILE = "build.json"
 DETAILS_FILE = "details.js"
@@ -76,7 +76,7 @@ class LayerSummary:
     optimized: int = 0
     with_examples: int = 0
     samples: list[Sample] = field(default_factory=list)
-    failed: list[ManifestEntry] = field(default_factory=list)
+    failed: list[UnitRecord] = field(default_factory=list)
     has_interactions: bool = False
     sprite_keys: dict[str, str] = field(default_factory=dict)
 
@@ -290,7 +290,7 @@ def _build_layer(
         ).dump(str(root / f"{summary.slug}.interactions.html"), encoding="utf-8")
 
 
-def _channel_inputs(entries: list[ManifestEntry], layer: str) -> Callable[[int], str]:
+def _channel_inputs(entries: list[UnitRecord], layer: str) -> Callable[[int], str]:
     """For each channel, the content keys of the render and examples units that fed it."""
     own: dict[int, list[str]] = {}
     shared: list[str] = []  # units without a channel list cover every channel of the layer
