@@ -14,6 +14,7 @@ from atlas.optvis.oneoff import DESCENTS, PENALTIES
 from atlas.optvis.param import PARAMS
 from atlas.optvis.render import PRECISIONS
 from atlas.optvis.transforms import PRESETS
+from atlas.registry import Registry
 from atlas.spec import JobSpec, load_spec
 
 
@@ -54,6 +55,19 @@ class _Group(click.Group):
             message = " ".join(str(err).split())  # one line, even for a message built over several
             click.echo(f"Error: {message}", err=True)
             ctx.exit(err.exit_code)
+
+
+class _Registered(click.Choice):
+    """A choice among a registry's names (plugins' included); a wrong one in the registry's words."""
+
+    def __init__(self, registry: Registry) -> None:
+        super().__init__(registry.names())
+        self.registry = registry
+
+    def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if value not in self.registry:
+            self.fail(str(self.registry.unknown(value)), param, ctx)
+        return value
 
 
 def _run(spec: JobSpec, force: bool, build: bool, only: tuple[str, ...] | None = None) -> None:
@@ -177,11 +191,11 @@ def site(out: Path) -> None:
 @click.option(
     "--channel", type=int, default=0, show_default=True, help="Channel, or class for logit/probability."
 )
-@click.option("--objective", type=click.Choice(OBJECTIVES.names()), default="channel", show_default=True)
+@click.option("--objective", type=_Registered(OBJECTIVES), default="channel", show_default=True)
 @click.option(
     "--count", type=int, default=1, show_default=True, help="Images in the batch (diversity needs >= 2)."
 )
-@click.option("--param", type=click.Choice(PARAMS.names()), default="fourier", show_default=True)
+@click.option("--param", type=_Registered(PARAMS), default="fourier", show_default=True)
 @click.option("--no-decorrelate", is_flag=True, help="Skip the ImageNet colour decorrelation.")
 @click.option(
     "--descent",
@@ -193,14 +207,14 @@ def site(out: Path) -> None:
 @click.option("--steps", type=int, default=256, show_default=True)
 @click.option("--size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=0.05, show_default=True)
-@click.option("--transforms", type=click.Choice(PRESETS.names()), default="standard", show_default=True)
+@click.option("--transforms", type=_Registered(PRESETS), default="standard", show_default=True)
 @click.option(
     "--penalty", multiple=True, help=f"NAME=WEIGHT with NAME one of {', '.join(PENALTIES)} (repeatable)."
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option(
-    "--precision", type=click.Choice(PRECISIONS.names()), default="fp32", show_default=True, help="Autocast."
+    "--precision", type=_Registered(PRECISIONS), default="fp32", show_default=True, help="Autocast."
 )
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="PNG to write.")
 def render(

@@ -88,11 +88,15 @@ class Registry(Generic[T]):
         """The entry for `name`, or this registry's error naming close matches and the choices."""
         load_plugins()
         if name not in self._entries:
-            names = list(self._entries)
-            raise self.error(
-                f"unknown {self.what} {name!r}; {close_matches(name, names)}use one of {', '.join(names)}"
-            )
+            raise self.unknown(name)
         return self._entries[name]
+
+    def unknown(self, name: str) -> AtlasError:
+        """The error for a name that is not registered: close matches, then every choice."""
+        names = list(self._entries)
+        return self.error(
+            f"unknown {self.what} {name!r}; {close_matches(name, names)}use one of {', '.join(names)}"
+        )
 
     def __contains__(self, name: object) -> bool:
         load_plugins()
