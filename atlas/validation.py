@@ -14,7 +14,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_type_hints
 
-import annotated_types
 from pydantic import AfterValidator, BeforeValidator, Strict, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
@@ -97,6 +96,12 @@ def rule(check: Callable[[Any], bool], fix: str) -> AfterValidator:
     return AfterValidator(validate)
 
 
+def _at_least_one_or_auto(value: int | str) -> int | str:
+    if isinstance(value, int) and value < 1:
+        raise plain('must be at least 1 or "auto"')
+    return value
+
+
 Bool = Annotated[bool, Strict(), Expect("true or false")]
 Int = Annotated[int, Strict(), Expect("an integer")]
 Number = Annotated[float, Strict(), Expect("a number", float)]
@@ -115,15 +120,9 @@ ChannelPairs = Annotated[
 IntOrAuto = Annotated[
     Annotated[int, Strict()] | Literal["auto"],
     Expect('an integer or "auto"'),
-    AfterValidator(lambda v: _at_least_one_or_auto(v)),
+    AfterValidator(_at_least_one_or_auto),
 ]
 NumberOrAuto = Annotated[Annotated[float, Strict()] | Literal["auto"], Expect('a number or "auto"')]
-
-
-def _at_least_one_or_auto(value: int | str) -> int | str:
-    if isinstance(value, int) and value < 1:
-        raise plain('must be at least 1 or "auto"')
-    return value
 
 
 def type_name(value: Any) -> str:
@@ -139,22 +138,19 @@ def type_name(value: Any) -> str:
 
 def _bound_fix(metadata: Iterable[Any], unit: str) -> str:
     """The fix for a value outside the field's bounds, in the words the spec has always used."""
-    low = high = None
-    strict_low = False
-    for item in metadata:
-        if isinstance(item, annotated_types.Interval | annotated_types.Ge | annotated_types.Gt):
-            low = getattr(item, "ge", None) if getattr(item, "ge", None) is not None else low
-            if getattr(item, "gt", None) is not None:
-                low, strict_low = item.gt, True
-        if isinstance(item, annotated_types.Interval | annotated_types.Le):
-            high = getattr(item, "le", None) if getattr(item, "le", None) is not None else high
-    if low is not None and high is not None:
-        return f"must be between {low} and {high}{unit}"
-    if strict_low and low == 0:
+    bounds = {
+        name: getattr(item, name)
+        for item in metadata
+        for name in ("ge", "gt", "le")
+        if getattr(item, name, None) is not None
+    }
+    if "ge" in bounds and "le" in bounds:
+        return f"must be between {bounds['ge']} and {bounds['le']}{unit}"
+    if bounds.get("gt") == 0:
         return "must be positive"
-    if low == 0:
+    if bounds.get("ge") == 0:
         return "must be >= 0"
-    return f"must be at least {low}"
+    return f"must be at least {bounds['ge']}"
 
 
 def _metadata(cls: type) -> dict[str, list[Any]]:
