@@ -306,13 +306,14 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
     if not isinstance(out, str):
         raise ctx.error("job", "out", f"expected a path string, got {type_name(out)} {out!r}")
     checked = {key: _section(ctx, key, cls, raw.get(key, {})) for key, cls in SECTIONS.items()}
+    # Unknown keys and wrong types first (section by section), then the layers, then values.
     problems = [(key, problem) for key, (_, found) in checked.items() for problem in found]
-    for key, problem in sorted(problems, key=lambda item: item[1].phase):
-        if problem.phase == 0:
-            raise ctx.error(key, problem.key, problem.message)
+    problems.sort(key=lambda item: item[1].phase)
+    if problems and problems[0][1].phase == 0:
+        raise ctx.error(problems[0][0], problems[0][1].key, problems[0][1].message)
     layers = _layers(ctx, raw.get("layers"))
-    for key, problem in problems:
-        raise ctx.error(key, problem.key, problem.message)
+    if problems:
+        raise ctx.error(problems[0][0], problems[0][1].key, problems[0][1].message)
     sections = {key: value for key, (value, _) in checked.items()}
     spec = JobSpec(name=name, out=Path(out), layers=layers, source=Path(source), **sections)
     _check_diversity(ctx, spec.render)
