@@ -72,10 +72,6 @@ class Registry(Generic[T]):
         self._entries[name] = value
         return value
 
-    def decorator(self, name: str) -> Callable[[T], T]:
-        """`@REGISTRY.decorator("name")` over the function or class that implements it."""
-        return lambda value: self.register(name, value)
-
     def names(self) -> tuple[str, ...]:
         load_plugins()
         return tuple(self._entries)
@@ -104,9 +100,6 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
-
-    def __len__(self) -> int:
-        return len(self.names())
 
     def __repr__(self) -> str:
         return f"Registry({self.what}: {', '.join(self._entries)})"

@@ -35,7 +35,7 @@ def test_lookup_names_close_matches_and_duplicates_are_refused():
     colours = Registry("colour")
     colours.register("crimson", 1)
     colours.register("blue", 3)
-    colours.decorator("green")(2)
+    colours.register("green", 2)
     assert (
         colours.names() == ("crimson", "blue", "green") and colours.get("green") == 2 and "crimson" in colours
     )
