@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 ColumnKind = Literal["optimized", "diverse", "examples"]
-KINDS = ("optimized", "diverse", "examples")
+KINDS = get_args(ColumnKind)
 _NAME = re.compile(r"[a-z0-9_]{1,40}")  # a column name becomes a CSS class and a file name part
 
 
