@@ -21,6 +21,7 @@ from atlas.optvis.kinds import OBJECTIVES, channel_objectives
 from atlas.optvis.param import PARAMS
 from atlas.optvis.render import PRECISIONS
 from atlas.optvis.transforms import PRESETS as TRANSFORM_PRESETS
+from atlas.outdir import OutputFolderError, check_job_name, derived_out
 from atlas.registry import close_matches
 from atlas.validation import (
     Bool,
@@ -300,9 +301,11 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
             )
     default_name = re.sub(r"[^A-Za-z0-9_.\-]+", "", Path(source).stem) or "job"
     name = job.get("name", default_name)
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
-        raise ctx.error("job", "name", f"expected a name of letters, digits, '.', '_' or '-', got {name!r}")
-    out = job.get("out", f"atlas-out/{name}")
+    try:
+        out = job["out"] if "out" in job else str(derived_out(name))
+        check_job_name(name)  # also names the marker and the nightly lock when out is given
+    except OutputFolderError as err:
+        raise ctx.error("job", "name", str(err)) from err
     if not isinstance(out, str):
         raise ctx.error("job", "out", f"expected a path string, got {type_name(out)} {out!r}")
     checked = {key: _section(ctx, key, cls, raw.get(key, {})) for key, cls in SECTIONS.items()}

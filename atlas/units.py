@@ -23,6 +23,8 @@ from atlas.optvis import RenderError, random_directions, render_channels, render
 from atlas.plan import Unit
 from atlas.registry import Registry
 from atlas.schema import RENDER_SCHEMA
+from atlas.skipped import KIND as SKIPPED
+from atlas.skipped import skipped_table
 from atlas.spec import ExamplesSpec, JobSpec
 from atlas.work import DirectionsWork, ExamplesWork, PairWork, RenderWork, ScanWork
 
@@ -102,7 +104,7 @@ def _scan(ctx: WorkerContext, unit: Unit, work: ScanWork) -> dict[str, pa.Table]
         batch_size=work.batch_size,
         directions=directions,
     )
-    return {"scan": partial.to_table()}
+    return {"scan": partial.to_table(), SKIPPED: skipped_table(partial.skipped, unit.key)}
 
 
 def _examples(ctx: WorkerContext, unit: Unit, work: ExamplesWork) -> dict[str, pa.Table]:
