@@ -81,7 +81,9 @@ GOLDEN = [
     ("job_key", "job.toml, line 2: job.nmae: unknown key. did you mean 'name'? Valid keys: name, out"),
     (
         "job_name",
-        "job.toml, line 2: job.name: expected a name of letters, digits, '.', '_' or '-', got 'a b'",
+        "job.toml, line 2: job.name: job name 'a b' is not allowed: a job name is letters, digits, '.', '_' "
+        "or '-' (not '.' or '..'), because the default output folder atlas-out/<name> must stay inside "
+        "atlas-out/; choose a plain name such as 'demo'",
     ),
     ("job_out", "job.toml, line 2: job.out: expected a path string, got integer 3"),
     ("section_not_table", "job.toml: [render]: expected a table [render], got integer"),
