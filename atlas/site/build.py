@@ -29,6 +29,8 @@ from atlas.site.images import LayerImages, Picture
 from atlas.site.interactions import read_interactions
 from atlas.site.slugs import layer_slugs
 from atlas.site.sprites import SpriteLayout
+from atlas.site.timeline import ALERTS_SHOWN as TIMELINE_ALERTS_SHOWN
+from atlas.site.timeline import build_timeline, has_timeline
 from atlas.site.workers import ComposeJobs, auto_workers
 from atlas.skipped import REASONS, count_reasons, read_skipped
 from atlas.store import JOB, MANIFEST, Store, UnitRecord
@@ -91,7 +93,7 @@ def build_site(out: Path, site_dir: Path | None = None, workers: int | None = No
     """
     out = Path(out)
     site_dir = Path(site_dir) if site_dir is not None else out / "site"
-    if not (out / JOB).is_file() and not (out / MANIFEST).is_file():
+    if not (out / JOB).is_file() and not (out / MANIFEST).is_file() and not has_timeline(out):
         raise SiteError(
             f"{out} has neither {JOB} nor {MANIFEST}: point build_site at the output folder of "
             "an atlas run (the `out` of the job spec), or run the job first"
@@ -104,7 +106,7 @@ def build_site(out: Path, site_dir: Path | None = None, workers: int | None = No
     try:
         staging.chmod(folder_mode())  # mkdtemp makes 0700: a web server could not read the site
         write_marker(staging, kind="site")
-        _build_into(staging, Store(out), previous, site_dir, workers)
+        _build_into(staging, Store(out), previous, site_dir, workers, out)
         retired = swap_folder(staging, site_dir)
     except BaseException:
         remove(staging, within=site_dir.parent)
@@ -186,7 +188,7 @@ def _layer_plan(store: Store, job: dict) -> list[dict]:
 
 
 def _build_into(
-    root: Path, store: Store, previous: dict | None, previous_site: Path, workers: int | None
+    root: Path, store: Store, previous: dict | None, previous_site: Path, workers: int | None, out: Path
 ) -> None:
     job = {**JOB_DEFAULTS, **store.job()}  # a store without job.json still gets a site
     env = _environment()
@@ -238,8 +240,12 @@ def _build_into(
             reasons=REASONS,
             **common,
         ).dump(str(root / SKIPPED_PAGE), encoding="utf-8")
+    timeline_labels, timeline = build_timeline(out, root, env, common, slugs)
     env.get_template("index.html").stream(
         current=None,
+        timeline=timeline,
+        timeline_labels=timeline_labels,
+        shown=TIMELINE_ALERTS_SHOWN,
         changes=changes,
         skipped=count_reasons(skipped),
         skipped_page=SKIPPED_PAGE,

@@ -25,6 +25,7 @@ from atlas.store import Store, UnitRecord, open_store
 from atlas.timeline.compare import compare
 from atlas.timeline.probe import probe_ids
 from atlas.timeline.series import (
+    TIMELINE_DIR,
     Checkpoint,
     TimelineError,
     expand,
@@ -36,7 +37,6 @@ from atlas.timeline.series import (
 )
 from atlas.work import ProbeWork
 
-TIMELINE_DIR = "timeline"
 MATCH_VERSION = "1"
 
 

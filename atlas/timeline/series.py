@@ -23,6 +23,7 @@ from atlas.schema import SERIES_SCHEMA
 
 _NUMBER = re.compile(r"\d+")
 GLOB_CHARS = set("*?[")
+TIMELINE_DIR = "timeline"  # the timeline store, inside the job's output folder
 
 
 class TimelineError(AtlasError):
