@@ -13,6 +13,7 @@ import pytest
 
 from atlas.site import build_site
 from atlas.site.synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
+from atlas.timeline.synthetic import write_synthetic_timeline
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -37,6 +38,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pairs=(("mixed4a", 2, 7),),
     )
     write_synthetic_store(out, [SyntheticLayer("mixed3a", 40), SyntheticLayer("mixed4a", 24, 7, 7)], options)
+    write_synthetic_timeline(out, "mixed4a", checkpoints=4, channels=24, render_every=2)
     return build_site(out).parent
 
 
@@ -76,7 +78,17 @@ class Visit:
         self.page.screenshot(path=str(ARTIFACTS / f"site-{name}.png"), full_page=full_page)
 
 
-@pytest.mark.parametrize("page", ["index.html", "mixed3a.html", "mixed4a.html", "mixed4a.interactions.html"])
+@pytest.mark.parametrize(
+    "page",
+    [
+        "index.html",
+        "mixed3a.html",
+        "mixed4a.html",
+        "mixed4a.interactions.html",
+        "mixed4a.timeline.html",
+        "mixed4a.timeline.6.html",
+    ],
+)
 def test_pages_load_cleanly_with_every_image_and_nothing_external(browser, site: Path, page: str) -> None:
     visit = Visit(browser, (site / page).as_uri(), DESKTOP)
     broken = visit.load_every_image()
@@ -115,6 +127,28 @@ def test_fragment_opens_the_channel_and_keys_move_between_channels(browser, site
     assert not view.is_visible()
     page.keyboard.press("]")
     page.wait_for_url("**/mixed4a.html")
+    assert visit.errors == []
+    page.close()
+
+
+def test_timeline_alert_leads_to_the_channel_whose_match_is_followed(browser, site: Path) -> None:
+    visit = Visit(browser, (site / "index.html").as_uri(), DESKTOP)
+    page = visit.page
+    alerts = page.locator(".tl-alerts")
+    assert "1 changed" not in alerts.inner_text() and "3 died" in alerts.inner_text()
+    page.click(".tl-alerts a[href='mixed4a.timeline.10.html']")  # died at the second checkpoint
+    page.wait_for_url("**/mixed4a.timeline.10.html")
+    assert "Died at step-200.pt" in page.locator(".dek").inner_text()
+    page.keyboard.press("]")  # next channel: 11, which swapped with 12 at that checkpoint
+    page.wait_for_url("**/mixed4a.timeline.11.html")
+    followed = page.locator(".tl-strip tbody tr").nth(1).locator("small").all_inner_texts()
+    assert followed == ["#11", "#11", "#12", "#11"]
+    strip = page.locator(".tl-strip tbody tr").first.locator("img")
+    assert strip.count() == 3  # rendered: every 2nd checkpoint (0 and 2) and the latest (3)
+    visit.shot("desktop-timeline-channel", full_page=True)
+    page.click(".kicker a")
+    page.wait_for_url("**/mixed4a.timeline.html#channel-11")
+    assert page.locator("#channel-11").is_visible()
     assert visit.errors == []
     page.close()
 

@@ -61,6 +61,12 @@ class ChannelTimeline:
     followed: list[str | None] = field(default_factory=list)  # following the match
 
     @property
+    def latest(self) -> tuple[int, str] | None:
+        """The newest rendered checkpoint's position and image."""
+        found = [(p, src) for p, src in enumerate(self.images) if src]
+        return found[-1] if found else None
+
+    @property
     def events(self) -> list[tuple[int, str]]:
         return [(i, s) for i, s in enumerate(self.status) if s in ALERTS]
 

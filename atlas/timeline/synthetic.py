@@ -1,0 +1,116 @@
+"""A synthetic timeline store: the site's tests and page-size checks run without a model or Ray.
+
+The tables are the real ones: probe statistics from random signatures, and match and CKA tables
+computed by `atlas.timeline.compare` from them, so the site reads exactly what a run writes.
+At checkpoint p (p >= 1) channel 5p is dead (and born again at p + 1), channels 5p + 1 and
+5p + 2 swap indices and channel 5p + 3 changes role, so every kind of event appears.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from atlas.schema import PROBE_SCHEMA, RENDER_SCHEMA
+from atlas.store import Store
+from atlas.timeline.compare import compare
+from atlas.timeline.match import dead_units
+from atlas.timeline.series import TIMELINE_DIR, Checkpoint, series_key, series_table
+
+
+def _png(rng: np.random.Generator, size: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _signatures(
+    rng: np.random.Generator, checkpoints: int, channels: int, positions: int
+) -> list[np.ndarray]:
+    base = rng.normal(size=(positions, channels))
+    series = []
+    for position in range(checkpoints):
+        current = base + 0.05 * position * rng.normal(size=base.shape)
+        if position:  # each event lasts one checkpoint: the dead unit is born again at the next
+            dying, swap, changed = 5 * position, 5 * position + 1, 5 * position + 3
+            if dying < channels:
+                current[:, dying] = 0.3  # constant: dead
+            if swap + 1 < channels:
+                current[:, [swap, swap + 1]] = current[:, [swap + 1, swap]]
+            if changed < channels:
+                current[:, changed] = rng.normal(size=positions)
+        series.append(current)
+    return series
+
+
+def write_synthetic_timeline(
+    out: Path,
+    layer: str,
+    checkpoints: int,
+    channels: int,
+    image_size: int = 32,
+    render_every: int = 3,
+    seed: int = 0,
+) -> list[Checkpoint]:
+    """Write a timeline store under `out` and return its series."""
+    rng = np.random.default_rng(seed)
+    store = Store(Path(out) / TIMELINE_DIR)
+    series: list[Checkpoint] = []
+    previous: pa.Table | None = None
+    for position, signature in enumerate(_signatures(rng, checkpoints, channels, 64)):
+        digest = f"{seed:04d}{position:060d}"
+        probe_key = f"probe-synthetic{position:05d}"
+        std, mean = signature.std(axis=0), signature.mean(axis=0)
+        probe = pa.table(
+            {
+                "layer": [layer] * channels,
+                "channel": np.arange(channels, dtype=np.int32),
+                "max": signature.max(axis=0).astype(np.float32),
+                "mean": mean.astype(np.float32),
+                "std": std.astype(np.float32),
+                "active": (signature > 0).mean(axis=0).astype(np.float32),
+                "dead": dead_units(std, mean),
+                "signature": list(signature.T.astype(np.float32)),
+                "unit_key": [probe_key] * channels,
+            },
+            schema=PROBE_SCHEMA,
+        )
+        store.write_unit_tables(probe_key, "probe", "*", {"probe": probe})
+        match_key = ""
+        if previous is not None:
+            match_key = f"match-synthetic{position:05d}"
+            store.write_unit_tables(match_key, "match", "*", compare(previous, probe, 0.5, match_key))
+        render_keys: tuple[str, ...] = ()
+        if position % render_every == 0 or position == checkpoints - 1:
+            render_key = f"render-synthetic{position:05d}"
+            render = pa.table(
+                {
+                    "layer": [layer] * channels,
+                    "channel": np.arange(channels, dtype=np.int32),
+                    "channel_b": np.full(channels, -1, dtype=np.int32),
+                    "objective": ["channel"] * channels,
+                    "variant": np.zeros(channels, dtype=np.int32),
+                    "label": [f"channel {c}" for c in range(channels)],
+                    "image": [_png(rng, image_size) for _ in range(channels)],
+                    "activation": rng.uniform(1, 5, channels).astype(np.float32),
+                    "loss": [[0.0]] * channels,
+                    "unit_key": [render_key] * channels,
+                },
+                schema=RENDER_SCHEMA,
+            )
+            store.write_unit_tables(render_key, "render", layer, {"render": render})
+            render_keys = (render_key,)
+        series.append(
+            Checkpoint(
+                f"ckpt/step-{position * 100}.pt", digest, position * 100, probe_key, match_key, render_keys
+            )
+        )
+        previous = probe
+    table = series_table(series)
+    key = series_key(table)
+    store.write_unit_tables(key, "series", "*", {"series": table})
+    return series
