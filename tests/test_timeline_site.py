@@ -14,7 +14,7 @@ def test_timeline_pages_show_events_and_stay_small_at_ten_checkpoints(tmp_path: 
     index = (site / "index.html").read_text()
     assert "9 died" in index and 'href="conv.timeline.5.html"' in index  # channel 5 died at step 100
     layer_page = (site / "conv.timeline.html").read_text()
-    assert layer_page.count("<tr id=\"channel-") == 64
+    assert layer_page.count('<tr id="channel-') == 64
     assert "died at step-100.pt" in layer_page and "born at step-200.pt" in layer_page
     per_channel = len(layer_page.encode()) / 64
     assert per_channel < 2900, f"{per_channel:.0f} bytes per channel: a 1,024-channel page passes 3 MB"
