@@ -1,0 +1,117 @@
+"""What adding one checkpoint to a timeline costs, against rebuilding the whole timeline.
+
+A tiny CNN is trained for six short epochs, saving a checkpoint after each. A timeline over the
+first five is built; then the sixth is added (`atlas timeline --add`, what a nightly job does)
+and, separately, a fresh timeline over all six is built from nothing. Both runs share one local
+Ray, so the figures compare the work, not Ray's start-up. Every checkpoint is probed; only the
+latest is rendered (the default `render_every = 0`), or every Nth with `--render-every N`.
+
+    PYTHONPATH=$PWD python scripts/bench_timeline.py [--channels 32] [--steps 32] [--probes 32]
+    PYTHONPATH=$PWD python scripts/bench_timeline.py --render-every 1   # a full atlas per checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import torch
+
+from atlas.models.registry import build
+from atlas.spec import parse_spec
+from atlas.timeline.run import run_timeline
+
+
+def train(folder: Path, epochs: int) -> list[Path]:
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    module, _ = build("tiny-cnn", "none")
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.05)
+    paths = []
+    for epoch in range(1, epochs + 1):
+        for _ in range(4):
+            images = torch.rand(16, 3, 64, 64)
+            loss = torch.nn.functional.cross_entropy(module(images), images.mean(dim=(2, 3)).argmax(dim=1))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        paths.append(folder / f"epoch-{epoch}.pt")
+        torch.save(module.state_dict(), paths[-1])
+    return paths
+
+
+def spec(root: Path, out: str, checkpoints: list[Path], args: argparse.Namespace):
+    text = f"""
+[job]
+name = "{out}"
+out = "{root / out}"
+[model]
+name = "tiny-cnn"
+checkpoints = {[str(p) for p in checkpoints]!r}
+[[layers]]
+name = "conv2"
+channels = "0:{args.channels}"
+[[layers]]
+name = "conv3"
+[render]
+steps = {args.steps}
+size = 64
+objectives = ["channel"]
+[execute]
+workers = {args.workers}
+[timeline]
+probes = {args.probes}
+render_every = {args.render_every}
+"""
+    return parse_spec(text.replace("'", '"'), source=str(root / f"{out}.toml"), base=root)
+
+
+def timed(label: str, job, add: tuple[Path, ...] = ()) -> float:
+    start = time.perf_counter()
+    result = run_timeline(job, add=add)
+    seconds = time.perf_counter() - start
+    computed = ", ".join(f"{n} {kind}" for kind, n in sorted(result.computed.items()))
+    print(f"{label:<34} {seconds:7.1f} s   computed: {computed}; {result.skipped} units already done")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--channels", type=int, default=32, help="rendered channels of conv2")
+    parser.add_argument("--steps", type=int, default=32, help="render steps")
+    parser.add_argument("--probes", type=int, default=32, help="probe images")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--render-every",
+        type=int,
+        default=0,
+        help="render every Nth checkpoint too (1: a full atlas per checkpoint)",
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        paths = train(root / "ckpt", 6)
+        ray.init(
+            address="local",
+            num_cpus=args.workers,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+        try:
+            timed("build 5 checkpoints", spec(root, "five", paths[:5], args))
+            added = timed("add the 6th (--add)", spec(root, "five", paths[:5], args), add=(paths[5],))
+            rebuilt = timed("rebuild all 6 from nothing", spec(root, "six", paths, args))
+        finally:
+            ray.shutdown()
+    print(f"adding one checkpoint costs {added / rebuilt:.0%} of a rebuild ({rebuilt / added:.1f}x faster)")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
