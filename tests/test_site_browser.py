@@ -6,6 +6,7 @@ machine, fragment links, keyboard navigation, the filter; screenshots go to test
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pairs=(("mixed4a", 2, 7),),
     )
     write_synthetic_store(out, [SyntheticLayer("mixed3a", 40), SyntheticLayer("mixed4a", 24, 7, 7)], options)
-    write_synthetic_timeline(out, "mixed4a", checkpoints=4, channels=24, render_every=2)
+    digest = json.loads((out / "job.json").read_text())["model_digest"]  # the scanned checkpoint
+    write_synthetic_timeline(out, "mixed4a", checkpoints=4, channels=24, render_every=2, latest_digest=digest)
     return build_site(out).parent
 
 
@@ -145,6 +147,8 @@ def test_timeline_alert_leads_to_the_channel_whose_match_is_followed(browser, si
     assert followed == ["#11", "#11", "#12", "#11"]
     strip = page.locator(".tl-strip tbody tr").first.locator("img")
     assert strip.count() == 3  # rendered: every 2nd checkpoint (0 and 2) and the latest (3)
+    examples = page.locator(".tl-strip tbody tr").nth(2).locator("td")
+    assert [examples.nth(i).locator("img").count() for i in range(4)] == [0, 0, 0, 4]  # the job's scan
     visit.shot("desktop-timeline-channel", full_page=True)
     page.click(".kicker a")
     page.wait_for_url("**/mixed4a.timeline.html#channel-11")

@@ -16,12 +16,13 @@ from pathlib import Path
 from jinja2 import Environment
 
 from atlas.site.slugs import layer_slugs
-from atlas.store import MANIFEST, Store
+from atlas.store import JOB, MANIFEST, Store
 from atlas.timeline.series import TIMELINE_DIR, Checkpoint, stored_series
 
 PROBE_COLUMNS = ["layer", "channel", "max", "mean", "active"]
 STATS = (("max", "max activation"), ("mean", "mean activation"), ("active", "fraction of positions active"))
 ALERTS = ("died", "born", "changed")
+EXAMPLES_SHOWN = 4  # top dataset examples per scanned checkpoint on a channel page
 ALERTS_SHOWN = 12  # per layer and kind on the index; the layer page lists them all
 CURVE_W, CURVE_H, SPARK_W, SPARK_H = 240, 64, 80, 16
 
@@ -58,6 +59,7 @@ class ChannelTimeline:
     status: list[str | None]  # what happened between checkpoint i-1 and i (None for i = 0)
     follow: list[int | None]  # the channel's feature followed through the matches
     images: list[str | None] = field(default_factory=list)  # by index, per checkpoint
+    examples: dict[int, list[str]] = field(default_factory=dict)  # checkpoint position -> top crops
     followed: list[str | None] = field(default_factory=list)  # following the match
 
     @property
@@ -157,6 +159,28 @@ def _write_images(store: Store, series: Sequence[Checkpoint], layer: TimelineLay
         timeline.followed = [None if c is None else srcs.get((p, c)) for p, c in enumerate(timeline.follow)]
 
 
+def _write_examples(job_store: Store, series: Sequence[Checkpoint], layer: TimelineLayer, root: Path) -> None:
+    """Top dataset examples of the checkpoint the job itself scanned (the job's weights), if any."""
+    digest = job_store.job().get("model_digest") if (job_store.root / JOB).is_file() else None
+    positions = [p for p, c in enumerate(series) if c.digest == digest]
+    if not positions or layer.name not in job_store.layers("examples"):
+        return
+    position, folder = positions[-1], root / TIMELINE_DIR / layer.slug
+    by_channel = {t.channel: t for t in layer.channels}
+    for table in job_store.read_layer("examples", layer.name, columns=["channel", "bucket", "rank", "crop"]):
+        for row in table.to_pylist():
+            timeline = by_channel.get(row["channel"])
+            if timeline is None or row["bucket"] != "max" or row["rank"] >= EXAMPLES_SHOWN:
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"ex-{position}-{row['channel']}-{row['rank']}.png"
+            (folder / name).write_bytes(row["crop"])
+            timeline.examples.setdefault(position, []).append(f"{TIMELINE_DIR}/{layer.slug}/{name}")
+    for timeline in layer.channels:
+        for crops in timeline.examples.values():
+            crops.sort(key=lambda src: int(src.rsplit("-", 1)[1].split(".")[0]))
+
+
 def build_timeline(
     out: Path, root: Path, env: Environment, common: dict, slugs: dict[str, str]
 ) -> tuple[list[str], list[TimelineLayer]]:
@@ -181,6 +205,7 @@ def build_timeline(
         if layer is None:
             continue
         _write_images(store, series, layer, root)
+        _write_examples(Store(out), series, layer, root)
         page = {"labels": labels, "layer": layer, "current": None, "curve": curve, **common}
         env.get_template("timeline_layer.html").stream(
             spark=(SPARK_W, SPARK_H), size=(CURVE_W, CURVE_H), **page

@@ -55,14 +55,21 @@ def write_synthetic_timeline(
     image_size: int = 32,
     render_every: int = 3,
     seed: int = 0,
+    latest_digest: str | None = None,
 ) -> list[Checkpoint]:
-    """Write a timeline store under `out` and return its series."""
+    """Write a timeline store under `out` and return its series.
+
+    `latest_digest` gives the newest checkpoint a real digest, e.g. the job's, whose scan the
+    timeline then shows as that checkpoint's dataset examples.
+    """
     rng = np.random.default_rng(seed)
     store = Store(Path(out) / TIMELINE_DIR)
     series: list[Checkpoint] = []
     previous: pa.Table | None = None
     for position, signature in enumerate(_signatures(rng, checkpoints, channels, 64)):
         digest = f"{seed:04d}{position:060d}"
+        if latest_digest and position == checkpoints - 1:
+            digest = latest_digest
         probe_key = f"probe-synthetic{position:05d}"
         std, mean = signature.std(axis=0), signature.mean(axis=0)
         probe = pa.table(
