@@ -10,7 +10,7 @@ import torch
 from raytools import local_ray
 
 from atlas.models.registry import build
-from atlas.spec import parse_spec
+from atlas.spec import SpecError, parse_spec
 from atlas.timeline.match import STATUSES
 from atlas.timeline.run import run_timeline, timeline_store
 from atlas.timeline.series import TimelineError, describe_order, stored_series
@@ -138,3 +138,34 @@ def test_a_series_without_checkpoints_or_with_a_missing_one_is_refused_with_the_
         run_timeline(spec_for(tmp_path, checkpoints='["ckpt/epoch-9.pt"]'))
     with pytest.raises(TimelineError, match="matches no file"):
         run_timeline(spec_for(tmp_path, checkpoints='["ckpt/step-*.pt"]'))
+
+
+def test_a_glob_is_ordered_by_the_step_number_and_plan_shows_it(tmp_path: Path) -> None:
+    for step in (100, 2, 10):
+        (tmp_path / f"ckpt-step{step}.pt").write_bytes(b"")
+    lines = describe_order([str(tmp_path / "ckpt-step*.pt")])
+    assert "3 checkpoints" in lines[0]
+    assert [line.split()[-1].rsplit("-", 1)[-1] for line in lines[1:]] == [
+        "step2.pt",
+        "step10.pt",
+        "step100.pt",
+    ]
+    assert [line.split()[2] for line in lines[1:]] == ["2", "10", "100"]
+
+
+def test_timeline_settings_are_checked_with_the_key_and_the_fix(tmp_path: Path) -> None:
+    bad = f"""
+[job]
+name = "x"
+out = "{tmp_path / "out"}"
+[model]
+name = "tiny-cnn"
+[[layers]]
+name = "conv2"
+[timeline]
+probes = 1
+"""
+    with pytest.raises(SpecError, match=r"timeline.*probes"):
+        parse_spec(bad, source=str(tmp_path / "job.toml"))
+    with pytest.raises(SpecError, match="render_every"):
+        parse_spec(bad.replace("probes = 1", "render_evry = 2"), source=str(tmp_path / "job.toml"))
