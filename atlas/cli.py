@@ -216,7 +216,7 @@ def timeline(job: Path, out: Path | None, add: tuple[Path, ...], force: bool, no
         click.echo(f"  {path} is gone: its finished units stay, new ones for it cannot be computed", err=True)
     for label, reason in result.failed:
         click.echo(f"  failed: {label}: {reason}", err=True)
-    if not no_site and (Path(spec.out) / "job.json").is_file():
+    if not no_site:
         from atlas.site import build_site
 
         click.echo(f"site: {build_site(spec.out)}")
