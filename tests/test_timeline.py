@@ -7,10 +7,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
+from click.testing import CliRunner
 from raytools import local_ray
 
+from atlas.cli import main
 from atlas.models.registry import build
-from atlas.spec import SpecError, parse_spec
+from atlas.spec import SpecError, load_spec, parse_spec
 from atlas.timeline.match import STATUSES
 from atlas.timeline.run import run_timeline, timeline_store
 from atlas.timeline.series import TimelineError, describe_order, stored_series
@@ -63,7 +65,8 @@ probes = 6
 positions = 4
 render_every = 3
 """
-    return parse_spec(text, source=str(root / "job.toml"), base=root)
+    (root / "job.toml").write_text(text)
+    return load_spec(root / "job.toml")
 
 
 def shard_times(out: Path) -> dict[str, float]:
@@ -129,6 +132,13 @@ def test_timeline_builds_and_adding_a_checkpoint_computes_only_its_units(tmp_pat
         "epoch-4.pt",
         "latest.pt",
     ]
+    # the command: nothing left to compute (no Ray needed), the site gets the timeline pages
+    shown = CliRunner().invoke(main, ["timeline", str(tmp_path / "job.toml")])
+    assert shown.exit_code == 0, shown.output
+    assert "5 checkpoints (0 new), computed nothing, 8 units already done" in shown.output
+    assert (spec.out / "site" / "conv2.timeline.3.html").is_file()
+    plan = CliRunner().invoke(main, ["plan", str(tmp_path / "job.toml")])
+    assert "timeline: 4 checkpoints, in series order" in plan.output and "step 4" in plan.output
 
 
 def test_a_series_without_checkpoints_or_with_a_missing_one_is_refused_with_the_fix(tmp_path: Path) -> None:
