@@ -240,7 +240,7 @@ def _build_into(
             reasons=REASONS,
             **common,
         ).dump(str(root / SKIPPED_PAGE), encoding="utf-8")
-    timeline_labels, timeline = build_timeline(out, root, env, common, slugs)
+    timeline_labels, timeline = build_timeline(out, store, root, env, common, slugs)
     env.get_template("index.html").stream(
         current=None,
         timeline=timeline,

@@ -16,8 +16,8 @@ from pathlib import Path
 from jinja2 import Environment
 
 from atlas.site.slugs import layer_slugs
-from atlas.store import JOB, MANIFEST, Store
-from atlas.timeline.series import TIMELINE_DIR, Checkpoint, stored_series
+from atlas.store import MANIFEST, Store, open_store
+from atlas.timeline.series import TIMELINE_DIR, Checkpoint, is_done, stored_series
 
 PROBE_COLUMNS = ["layer", "channel", "max", "mean", "active"]
 STATS = (("max", "max activation"), ("mean", "mean activation"), ("active", "fraction of positions active"))
@@ -103,13 +103,13 @@ def _layer(store: Store, series: Sequence[Checkpoint], name: str, slug: str) -> 
     cka: list[float | None] = [None] * count
     matched: list[dict[int, int]] = [{} for _ in range(count)]
     for position, checkpoint in enumerate(series):
-        if store.has(checkpoint.probe_key, verify=False):
+        if is_done(store, checkpoint.probe_key):
             rows = store.read_unit(checkpoint.probe_key, "probe", columns=PROBE_COLUMNS).to_pylist()
             for row in rows:
                 if row["layer"] == name:
                     for stat, _ in STATS:
                         channel(row["channel"]).stats[stat][position] = row[stat]
-        if checkpoint.match_key and store.has(checkpoint.match_key, verify=False):
+        if checkpoint.match_key and is_done(store, checkpoint.match_key):
             for row in store.read_unit(checkpoint.match_key, "match").to_pylist():
                 if row["layer"] == name:
                     channel(row["channel"]).status[position] = row["status"]
@@ -141,7 +141,7 @@ def _write_images(store: Store, series: Sequence[Checkpoint], layer: TimelineLay
     for position, checkpoint in enumerate(series):
         for key in checkpoint.render_keys:
             entry = store.entry(key)
-            if entry is None or entry.layer != layer.name or not store.has(key, verify=False):
+            if entry is None or entry.layer != layer.name or not is_done(store, key):
                 continue
             table = store.read_unit(
                 key, "render", columns=["channel", "objective", "variant", "image", "activation"]
@@ -161,7 +161,7 @@ def _write_images(store: Store, series: Sequence[Checkpoint], layer: TimelineLay
 
 def _write_examples(job_store: Store, series: Sequence[Checkpoint], layer: TimelineLayer, root: Path) -> None:
     """Top dataset examples of the checkpoint the job itself scanned (the job's weights), if any."""
-    digest = job_store.job().get("model_digest") if (job_store.root / JOB).is_file() else None
+    digest = job_store.job().get("model_digest")
     positions = [p for p, c in enumerate(series) if c.digest == digest]
     if not positions or layer.name not in job_store.layers("examples"):
         return
@@ -182,15 +182,15 @@ def _write_examples(job_store: Store, series: Sequence[Checkpoint], layer: Timel
 
 
 def build_timeline(
-    out: Path, root: Path, env: Environment, common: dict, slugs: dict[str, str]
+    out: Path, job_store: Store, root: Path, env: Environment, common: dict, slugs: dict[str, str]
 ) -> tuple[list[str], list[TimelineLayer]]:
     """Write the timeline pages into the site folder `root`.
 
     Returns the checkpoints' labels and each layer's summary for the index (alerts, no channels).
     """
-    store = Store(Path(out) / TIMELINE_DIR)
+    store = open_store(Path(out) / TIMELINE_DIR)
     series = stored_series(store)
-    if not series or not store.has(series[-1].probe_key, verify=False):
+    if not series or not is_done(store, series[-1].probe_key):
         return [], []
     layers = list(
         dict.fromkeys(
@@ -205,7 +205,7 @@ def build_timeline(
         if layer is None:
             continue
         _write_images(store, series, layer, root)
-        _write_examples(Store(out), series, layer, root)
+        _write_examples(job_store, series, layer, root)
         page = {"labels": labels, "layer": layer, "current": None, "curve": curve, **common}
         env.get_template("timeline_layer.html").stream(
             spark=(SPARK_W, SPARK_H), size=(CURVE_W, CURVE_H), **page

@@ -21,7 +21,7 @@ from atlas.models import load_model
 from atlas.outdir import check_output, claim_output
 from atlas.plan import ModelFacts, Unit, make_unit, render_units
 from atlas.spec import JobSpec, check_against_model
-from atlas.store import Store, UnitRecord, open_store
+from atlas.store import Store, open_store
 from atlas.timeline.compare import compare
 from atlas.timeline.probe import probe_ids
 from atlas.timeline.series import (
@@ -29,11 +29,13 @@ from atlas.timeline.series import (
     Checkpoint,
     TimelineError,
     expand,
+    is_done,
     ordered,
     series_key,
     series_table,
     step_of,
     stored_series,
+    write_unit,
 )
 from atlas.work import ProbeWork
 
@@ -173,11 +175,11 @@ def run_timeline(spec: JobSpec, add: Sequence[Path] = (), force: bool = False) -
             executor.shutdown()
         result.failed += report.failed
         for unit in todo:
-            if store.has(unit.key, verify=False):
+            if is_done(store, unit.key):
                 result.computed[unit.kind] = result.computed.get(unit.kind, 0) + 1
     for previous, checkpoint in itertools.pairwise(plan.series):
         if store.pending([checkpoint.match_key], force=force) and all(
-            store.has(k, verify=False) for k in (previous.probe_key, checkpoint.probe_key)
+            is_done(store, k) for k in (previous.probe_key, checkpoint.probe_key)
         ):
             tables = compare(
                 store.read_unit(previous.probe_key, "probe"),
@@ -185,12 +187,12 @@ def run_timeline(spec: JobSpec, add: Sequence[Path] = (), force: bool = False) -
                 spec.timeline.role_threshold,
                 checkpoint.match_key,
             )
-            store.write_unit_tables(checkpoint.match_key, "match", "*", tables)
+            write_unit(store, checkpoint.match_key, "match", tables)
             result.computed["match"] = result.computed.get("match", 0) + 1
     table = series_table(plan.series)
     key = series_key(table)
-    if not store.has(key, verify=False):
-        store.commit(UnitRecord.done(key, "series", "*", store.write_shards(key, {"series": table})))
+    if not is_done(store, key):
+        write_unit(store, key, "series", {"series": table})
     keep = {key}
     for checkpoint in plan.series:
         keep |= {checkpoint.probe_key, checkpoint.match_key, *checkpoint.render_keys}

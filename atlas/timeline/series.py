@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from atlas.errors import AtlasError
 from atlas.schema import SERIES_SCHEMA
+from atlas.store import Store, UnitRecord
 
 _NUMBER = re.compile(r"\d+")
 GLOB_CHARS = set("*?[")
@@ -133,7 +134,17 @@ def series_key(table: pa.Table) -> str:
     return f"series-{digest}"
 
 
-def stored_series(store: object) -> list[Checkpoint]:
+def is_done(store: Store, key: str) -> bool:
+    """Whether a unit is finished, asked through the store interface (any store, local or bucket)."""
+    return not store.pending([key])
+
+
+def write_unit(store: Store, key: str, kind: str, tables: dict[str, pa.Table], layer: str = "*") -> None:
+    """Write and commit a unit computed on the driver (matches, the series)."""
+    store.commit(UnitRecord.done(key, kind, layer, store.write_shards(key, tables)))
+
+
+def stored_series(store: Store) -> list[Checkpoint]:
     """The series kept in the timeline store: the longest committed one (a run keeps only its own)."""
     entries = [e for e in store.entries() if e.kind == "series" and e.status == "done"]
     if not entries:

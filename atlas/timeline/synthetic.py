@@ -16,10 +16,10 @@ import pyarrow as pa
 from PIL import Image
 
 from atlas.schema import PROBE_SCHEMA, RENDER_SCHEMA
-from atlas.store import Store
+from atlas.store import open_store
 from atlas.timeline.compare import compare
 from atlas.timeline.match import dead_units
-from atlas.timeline.series import TIMELINE_DIR, Checkpoint, series_key, series_table
+from atlas.timeline.series import TIMELINE_DIR, Checkpoint, series_key, series_table, write_unit
 
 
 def _png(rng: np.random.Generator, size: int) -> bytes:
@@ -63,7 +63,7 @@ def write_synthetic_timeline(
     timeline then shows as that checkpoint's dataset examples.
     """
     rng = np.random.default_rng(seed)
-    store = Store(Path(out) / TIMELINE_DIR)
+    store = open_store(Path(out) / TIMELINE_DIR)
     series: list[Checkpoint] = []
     previous: pa.Table | None = None
     for position, signature in enumerate(_signatures(rng, checkpoints, channels, 64)):
@@ -86,11 +86,11 @@ def write_synthetic_timeline(
             },
             schema=PROBE_SCHEMA,
         )
-        store.write_unit_tables(probe_key, "probe", "*", {"probe": probe})
+        write_unit(store, probe_key, "probe", {"probe": probe})
         match_key = ""
         if previous is not None:
             match_key = f"match-synthetic{position:05d}"
-            store.write_unit_tables(match_key, "match", "*", compare(previous, probe, 0.5, match_key))
+            write_unit(store, match_key, "match", compare(previous, probe, 0.5, match_key))
         render_keys: tuple[str, ...] = ()
         if position % render_every == 0 or position == checkpoints - 1:
             render_key = f"render-synthetic{position:05d}"
@@ -109,7 +109,7 @@ def write_synthetic_timeline(
                 },
                 schema=RENDER_SCHEMA,
             )
-            store.write_unit_tables(render_key, "render", layer, {"render": render})
+            write_unit(store, render_key, "render", {"render": render}, layer)
             render_keys = (render_key,)
         series.append(
             Checkpoint(
@@ -119,5 +119,5 @@ def write_synthetic_timeline(
         previous = probe
     table = series_table(series)
     key = series_key(table)
-    store.write_unit_tables(key, "series", "*", {"series": table})
+    write_unit(store, key, "series", {"series": table})
     return series
