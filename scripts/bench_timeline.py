@@ -8,6 +8,7 @@ latest is rendered (the default `render_every = 0`), or every Nth with `--render
 
     PYTHONPATH=$PWD python scripts/bench_timeline.py [--channels 32] [--steps 32] [--probes 32]
     PYTHONPATH=$PWD python scripts/bench_timeline.py --render-every 1   # a full atlas per checkpoint
+    PYTHONPATH=$PWD python scripts/bench_timeline.py --pages            # page sizes, 1,024 channels x 10
 """
 
 from __future__ import annotations
@@ -80,6 +81,22 @@ def timed(label: str, job, add: tuple[Path, ...] = ()) -> float:
     return seconds
 
 
+def page_sizes() -> None:
+    """The timeline pages of a synthetic 1,024-channel layer over ten checkpoints: time and bytes."""
+    from atlas.site import build_site
+    from atlas.timeline.synthetic import write_synthetic_timeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_synthetic_timeline(Path(tmp), "layer", checkpoints=10, channels=1024, image_size=64)
+        start = time.perf_counter()
+        site = build_site(Path(tmp)).parent
+        print(
+            f"site with a 1,024-channel x 10-checkpoint timeline built in {time.perf_counter() - start:.1f} s"
+        )
+        for name in ("index.html", "layer.timeline.html", "layer.timeline.512.html"):
+            print(f"  {name:<26} {(site / name).stat().st_size / 1024:8.1f} KiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--channels", type=int, default=32, help="rendered channels of conv2")
@@ -92,7 +109,11 @@ def main() -> None:
         default=0,
         help="render every Nth checkpoint too (1: a full atlas per checkpoint)",
     )
+    parser.add_argument("--pages", action="store_true", help="only the page sizes of a synthetic timeline")
     args = parser.parse_args()
+    if args.pages:
+        page_sizes()
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         paths = train(root / "ckpt", 6)
