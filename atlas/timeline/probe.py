@@ -108,6 +108,11 @@ def probe_model(
                 act = outputs[model.resolve_layer(layer)].float().cpu().numpy()
                 if act.ndim == 2:  # (B, C): one position per image
                     act = act[:, :, None, None]
+                if act.ndim != 4:
+                    raise ValueError(
+                        f"layer {layer!r} outputs shape {tuple(act.shape)}: timelines read (B, C, H, W) "
+                        "maps or (B, C) vectors; choose a convolutional layer"
+                    )
                 if layer not in picks:
                     picks[layer] = sample_positions(act.shape[2], act.shape[3], positions, seed)
                 stats[layer].add(act, picks[layer])
