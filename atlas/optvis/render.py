@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from atlas.models import LoadedModel
+from atlas.models import LoadedModel, ModelError
 from atlas.optvis.objectives import Objective, ObjectiveError, StepState
 from atlas.optvis.transforms import Transform, preset
 
@@ -139,6 +139,11 @@ def render(
         raise RenderError(f"objective {objective.name!r} reads no layer of the model; add one")
     transform = preset(transforms) if isinstance(transforms, str) else transforms
     param = param.to(model.device)
+    try:
+        with torch.no_grad():
+            model.check_input_size(int(param().shape[-1]))
+    except ModelError as err:
+        raise RenderError(str(err)) from err
     trainable = [p for p in param.parameters() if p.requires_grad]
     opt = make_optimizer(optimizer, trainable, lr)
     generator = torch.Generator(device="cpu").manual_seed(seed)
