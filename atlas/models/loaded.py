@@ -180,7 +180,8 @@ class LoadedModel:
         if self.preprocessing.fixed_size and side != self.input_size:
             raise ModelError(
                 f"model {self.name!r} takes only {self.input_size}x{self.input_size} inputs (its position "
-                f"embeddings fix the size); set render.size = {self.input_size}"
+                f"embeddings fix the size): render at that size (render.size = {self.input_size} in a job "
+                f"spec, --size {self.input_size} for `atlas render`)"
             )
 
     def activations(

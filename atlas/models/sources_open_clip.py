@@ -11,6 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
+from atlas.models.hub import local_cache_only
 from atlas.models.registry import ModelError, Preprocessing, close_matches, load_state_dict
 
 
@@ -36,7 +37,8 @@ def build_open_clip(arch: str, weights: str, checkpoint: Path | None) -> tuple[n
             model.load_state_dict(load_state_dict(checkpoint))
     else:
         try:
-            model = open_clip.create_model(arch, pretrained=weights, cache_dir=None)
+            with local_cache_only():
+                model = open_clip.create_model(arch, pretrained=weights)
         except Exception as err:  # download failures come as several exception types
             raise ModelError(
                 f"could not load open_clip weights {weights!r} for {arch!r} ({type(err).__name__}: {err}); "

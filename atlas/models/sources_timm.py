@@ -7,11 +7,11 @@ Nothing is downloaded at run time on a machine without network; the error says h
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from torch import nn
 
+from atlas.models.hub import local_cache_only
 from atlas.models.registry import ModelError, Preprocessing, close_matches, load_state_dict
 
 
@@ -34,7 +34,8 @@ def build_timm(name: str, weights: str, checkpoint: Path | None) -> tuple[nn.Mod
     full_name = name if weights in ("default", "none") else f"{name}.{weights}"
     if pretrained:
         try:
-            module = _create_offline(timm, full_name)
+            with local_cache_only():
+                module = timm.create_model(full_name, pretrained=True)
         except Exception as err:  # hub misses surface as several exception types
             raise ModelError(
                 f"could not load timm weights for {full_name!r} ({type(err).__name__}: {err}); this "
@@ -55,14 +56,3 @@ def build_timm(name: str, weights: str, checkpoint: Path | None) -> tuple[nn.Mod
     return module, Preprocessing(
         input_size=int(height), mean=tuple(config["mean"]), std=tuple(config["std"]), fixed_size=fixed
     )
-
-
-def _create_offline(timm, full_name: str) -> nn.Module:
-    """Look in the local cache only, so a missing file fails at once instead of retrying the net."""
-    before = os.environ.get("HF_HUB_OFFLINE")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        return timm.create_model(full_name, pretrained=True)
-    finally:
-        if before is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
