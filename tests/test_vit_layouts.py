@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
+from click.testing import CliRunner
 
+from atlas.cli import main
 from atlas.models import LoadedModel, ModelError, Preprocessing, UnknownLayerError, load_model
 from atlas.models.layout import CHANNELS_LAST, TOKENS, Layout, find_layout
 from atlas.optvis import objectives as obj
@@ -148,3 +153,25 @@ def test_find_layout_reads_shapes() -> None:
 def test_unknown_timm_model_names_close_matches() -> None:
     with pytest.raises(ModelError, match="deit_tiny_patch16_224"):
         load_model("timm:deit_tiny_patch16_22", weights="none")
+
+
+@pytest.mark.slow
+def test_vit_job_plans_every_mlp_unit_of_every_block(tmp_path) -> None:
+    text = (Path(__file__).parents[1] / "jobs" / "vit.toml").read_text()
+    spec = tmp_path / "vit.toml"
+    text = text.replace('out = "atlas-out/vit_b_16"', f'out = "{tmp_path / "out"}"')
+    spec.write_text(
+        text.replace('name = "torchvision:vit_b_16"', 'name = "torchvision:vit_b_16"\nweights = "none"')
+    )
+    result = CliRunner().invoke(main, ["plan", str(spec)])
+    assert result.exit_code == 0, result.output
+    covered: dict[str, list[int]] = {}
+    for layer, first, last in re.findall(r"^render-\w+  render (\S+) (\d+)\.\.(\d+)$", result.output, re.M):
+        covered.setdefault(layer, []).extend(range(int(first), int(last) + 1))
+    assert list(covered) == [f"encoder.layers.encoder_layer_{b}.mlp.1" for b in range(12)]
+    assert all(channels == list(range(3072)) for channels in covered.values())
+    assert re.search(r"^\d+ units \(1152 render, \d+ scan\)", result.output, re.M)
+    bad = spec.read_text().replace("size = 224", "size = 128")
+    spec.write_text(bad)
+    result = CliRunner().invoke(main, ["plan", str(spec)])
+    assert result.exit_code != 0 and "set size = 224" in result.output
