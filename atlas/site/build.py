@@ -25,6 +25,7 @@ from atlas.site.changes import build_summary, channel_ranges, diff_builds, load_
 from atlas.site.channels import BUCKETS, OPTIMIZED_OBJECTIVES, ChannelEntry, PreviousSprites, read_layer
 from atlas.site.images import LayerImages, Picture
 from atlas.site.interactions import read_interactions
+from atlas.site.paging import SEARCH_FILE, Page, ranges, split, write_search
 from atlas.site.slugs import layer_slugs
 from atlas.site.sprites import SpriteLayout
 from atlas.site.workers import ComposeJobs, auto_workers
@@ -87,6 +88,8 @@ class LayerSummary:
     failed: list[ManifestEntry] = field(default_factory=list)
     has_interactions: bool = False
     sprite_keys: dict[str, str] = field(default_factory=dict)
+    pages: list[Page] = field(default_factory=list)
+    layout: str = "map"  # map, tokens or channels_last (atlas.models.layout)
 
 
 def build_site(out: Path, site_dir: Path | None = None, workers: int | None = None) -> Path:
@@ -197,6 +200,7 @@ def _build_into(
             planned=len(layer.get("channels") or ()) or layer.get("total_channels"),
             height=layer.get("height"),
             width=layer.get("width"),
+            layout=layer.get("layout", "map"),
             failed=[e for e in entries if e.status == "failed" and e.layer == layer["name"]],
         )
         for layer in plan
@@ -225,6 +229,7 @@ def _build_into(
         done=sum(e.status == "done" for e in entries),
         **common,
     ).dump(str(root / "index.html"), encoding="utf-8")
+    write_search(root / SEARCH_FILE, [(s.name, s.slug, s.shown, s.pages) for s in summaries])
     _copy_static(root / "static")
     (root / SUMMARY_FILE).write_text(json.dumps(current, indent=1))
 
@@ -262,12 +267,20 @@ def _build_layer(
     }
     layout = content.layout
     page = {**page, "layout": layout}
-    env.get_template("layer.html").stream(
-        channels=channels,
-        columns=columns,
-        grids={c: [r.columns, r.rows] for c, r in layout.regions.items() if c in columns} if layout else {},
-        **page,
-    ).dump(str(root / f"{summary.slug}.html"), encoding="utf-8")
+    pages = split([c.channel for c in channels], summary.slug)
+    summary.pages = [p for p, _ in pages]
+    for number, (this, part) in enumerate(pages):
+        env.get_template("layer.html").stream(
+            channels=channels[part],
+            columns=columns,
+            grids={c: [r.columns, r.rows] for c, r in layout.regions.items() if c in columns}
+            if layout
+            else {},
+            pages=summary.pages if len(pages) > 1 else [],
+            page_ranges=ranges(summary.pages),
+            this_page=number,
+            **page,
+        ).dump(str(root / this.href), encoding="utf-8")
     if interactions is not None:
         by_channel = {c.channel: c for c in channels if c.sprite is not None}
         basis = [c for c in channels if c.sprite is not None and "channel" in c.values]
