@@ -25,7 +25,7 @@ class SpecError(ValueError):
 
 
 PARAMS = ("fourier", "pixel", "maco")
-TRANSFORM_PRESETS = ("standard", "distill", "none")  # atlas.optvis.transforms.PRESETS
+TRANSFORM_PRESETS = ("standard", "distill", "vit", "none")  # atlas.optvis.transforms.PRESETS
 OBJECTIVES = ("channel", "neuron", "negative", "diversity")
 PRECISIONS = ("fp32", "fp16", "bf16")
 

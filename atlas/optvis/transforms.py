@@ -177,15 +177,21 @@ def _distill() -> list[Step]:
     ]
 
 
+def _vit() -> list[Step]:
+    # Light robustness for transformers: jitter within a patch, a few percent of scale, small turns.
+    return [pad(4), jitter(4), random_scale([0.95, 1.0, 1.05]), random_rotate(list(range(-5, 6))), jitter(2)]
+
+
 PRESETS: dict[str, Callable[[], list[Step]]] = {
     "none": list,
+    "vit": _vit,
     "standard": _standard,
     "distill": _distill,
 }
 
 
 def preset(name: str) -> Transform:
-    """The named transform set: ``none``, ``standard`` (lucid) or ``distill`` (the appendix)."""
+    """The named transform set: ``none``, ``standard`` (lucid), ``distill`` (the appendix) or ``vit``."""
     if name not in PRESETS:
         raise TransformError(f"unknown transforms {name!r}; use one of {', '.join(PRESETS)}")
     return compose(PRESETS[name]())
