@@ -15,7 +15,9 @@ from atlas.models import LoadedModel, ModelError, Preprocessing, UnknownLayerErr
 from atlas.models.layout import CHANNELS_LAST, TOKENS, Layout, find_layout
 from atlas.optvis import objectives as obj
 from atlas.optvis.param import make_param
+from atlas.optvis.recipes import render_channels, render_directions, render_pair
 from atlas.optvis.render import RenderError, render
+from atlas.spec import RenderSpec
 
 
 def _raw(model: LoadedModel, layer: str, x01: torch.Tensor) -> torch.Tensor:
@@ -175,3 +177,30 @@ def test_vit_job_plans_every_mlp_unit_of_every_block(tmp_path) -> None:
     spec.write_text(bad)
     result = CliRunner().invoke(main, ["plan", str(spec)])
     assert result.exit_code != 0 and "set size = 224" in result.output
+
+
+def test_missing_timm_weights_fail_at_once_saying_how_to_get_them() -> None:
+    # The Hugging Face cache here is empty and there is no network: the cache alone is read.
+    with pytest.raises(ModelError, match=r"pretrained=True.*weights = \"none\""):
+        load_model("timm:deit_tiny_patch16_224")
+
+
+def test_atlas_layers_prints_layouts_and_roles() -> None:
+    result = CliRunner().invoke(main, ["layers", "timm:deit_tiny_patch16_224", "--weights", "none"])
+    assert result.exit_code == 0, result.output
+    line = next(text for text in result.output.splitlines() if text.strip().startswith("blocks.4.mlp.act"))
+    assert "768 channels" in line and "tokens (B,N,C): 1 cls/reg + 14x14 patches" in line
+    assert "MLP hidden units" in line and "@cls" in result.output
+
+
+def test_directions_pairs_and_diversity_render_on_token_layers(small_torchvision_vit: LoadedModel) -> None:
+    layer = "encoder.layers.encoder_layer_1.mlp.1"
+    settings = RenderSpec(
+        steps=2, size=32, batch=4, param="maco", transforms="vit", objectives=("diversity",), diversity=2
+    )
+    rows = render_channels(small_torchvision_vit, layer, [3], settings)
+    assert [row.objective for row in rows] == ["diversity", "diversity"]
+    directions = render_directions(small_torchvision_vit, layer, 2, settings, seed=0)
+    pair = render_pair(small_torchvision_vit, layer, 1, 2, settings, steps_between=3)
+    assert len(directions) == 2 and [row.objective for row in pair] == ["pair"] + ["interpolation"] * 3
+    assert all(row.image.shape == (32, 32, 3) for row in [*rows, *directions, *pair])
