@@ -411,7 +411,7 @@ def check_against_model(spec: JobSpec, model: Any) -> None:
     from atlas.models import UnknownLayerError
 
     ctx = _Context(spec.source.read_text() if spec.source and spec.source.is_file() else "", str(spec.source))
-    if spec.render.enabled and model.preprocessing.fixed_size and spec.render.size != model.input_size:
+    if spec.render.enabled and model.fixed_size and spec.render.size != model.input_size:
         raise ctx.error(
             "render",
             "size",

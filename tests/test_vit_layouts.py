@@ -46,7 +46,7 @@ def small_torchvision_vit() -> LoadedModel:
     )
     for param in module.parameters():
         param.requires_grad_(False)
-    return LoadedModel("small-vit", module.eval(), Preprocessing(32, fixed_size=True))
+    return LoadedModel("small-vit", module.eval(), Preprocessing(32))  # as a module:... ViT comes
 
 
 def test_timm_vit_lists_mlp_units_attention_and_blocks_with_token_layouts(deit: LoadedModel) -> None:
@@ -103,6 +103,7 @@ def test_torchvision_vit_and_its_mlp_hidden_units(small_torchvision_vit: LoadedM
         Layout(TOKENS, (4, 4), 1),
     )
     assert infos["encoder.layers.encoder_layer_1.self_attention"].role == "attention"
+    assert model.fixed_size  # patch tokens: the input size is fixed though the source did not say
     x = torch.rand(3, 3, 32, 32)
     attention = model.activations(x, ["encoder.layers.encoder_layer_0.self_attention"])
     assert attention["encoder.layers.encoder_layer_0.self_attention"].shape == (3, 16, 4, 4)

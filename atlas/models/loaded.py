@@ -58,6 +58,12 @@ class LoadedModel:
         return self.preprocessing.input_size
 
     @cached_property
+    def fixed_size(self) -> bool:
+        """The model takes only input_size: its source says so, or it has patch tokens (learned
+        position embeddings), as a user's own ViT behind module:... does."""
+        return self.preprocessing.fixed_size or any(info.layout == TOKENS for info in self._layer_infos)
+
+    @cached_property
     def digest(self) -> str:
         """sha256 over the weights, so a changed checkpoint changes every content key."""
         h = hashlib.sha256(self.name.encode())
@@ -177,7 +183,7 @@ class LoadedModel:
 
     def check_input_size(self, side: int) -> None:
         """Fail before any work when a model with a fixed input cannot take ``side`` pixels."""
-        if self.preprocessing.fixed_size and side != self.input_size:
+        if self.fixed_size and side != self.input_size:
             raise ModelError(
                 f"model {self.name!r} takes only {self.input_size}x{self.input_size} inputs (its position "
                 f"embeddings fix the size): render at that size (render.size = {self.input_size} in a job "
@@ -217,7 +223,7 @@ class LoadedModel:
                     raise _StopForward
 
             handles.append(self._modules[module_name].register_forward_hook(hook))
-        if self.preprocessing.fixed_size and x01.shape[-1] != self.input_size:
+        if self.fixed_size and x01.shape[-1] != self.input_size:
             x01 = F.interpolate(
                 x01, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
             )
