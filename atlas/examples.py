@@ -487,8 +487,9 @@ def finalize_layer(
     kept = [p for p in picks if p.source_id in images]
     crops = [images[p.source_id][0][(p.y, p.x)] for p in kept]
     if heatmaps.wanted(model, layer):  # token layers: whole image + per-patch heatmap
-        drawn = heatmaps.overlays(model, layer, source, [(p.source_id, p.channel) for p in kept], crop_size)
-        crops = [drawn.get((p.source_id, p.channel), crop) for p, crop in zip(kept, crops, strict=True)]
+        keys = [(p.source_id, p.channel, p.bucket in ("min", "slightly_negative")) for p in kept]
+        drawn = heatmaps.overlays(model, layer, source, keys, crop_size)
+        crops = [drawn.get(key, crop) for key, crop in zip(keys, crops, strict=True)]
     examples = pa.table(
         {
             "layer": pa.array([layer] * len(kept), pa.string()),

@@ -2,7 +2,8 @@
 
 Every patch token of a ViT layer sees the whole image, so a receptive-field crop says little.
 What says where the unit fires is its activation on each patch: drawn over the image the model
-saw, warm where the unit is high. CNN layers keep their crops (atlas.examples).
+saw, warm where the unit is high (where it is low, for bottom examples). CNN layers keep their
+crops (atlas.examples).
 """
 
 from __future__ import annotations
@@ -74,19 +75,23 @@ def overlays(
     model: LoadedModel,
     layer: str,
     source: ImageSource,
-    pairs: Sequence[tuple[str, int]],
+    wanted_maps: Sequence[tuple[str, int, bool]],
     size: int,
-) -> dict[tuple[str, int], bytes]:
-    """PNG of each (source id, channel): the model's view of the image with the unit's heatmap."""
-    maps = unit_maps(model, layer, source, pairs)
+) -> dict[tuple[str, int, bool], bytes]:
+    """PNG per (source id, channel, low): the model's view of the image with the unit's heatmap,
+    hottest where the unit is highest, or lowest when ``low`` (bottom examples)."""
+    maps = unit_maps(model, layer, source, [(source_id, channel) for source_id, channel, _ in wanted_maps])
     views = {
         source_id: model_view(decoded.image, model.input_size)
         for source_id, decoded in source.load_many(sorted({s for s, _ in maps}))
         if decoded.image is not None
     }
     pngs = {}
-    for (source_id, channel), grid in maps.items():
+    for source_id, channel, low in set(wanted_maps):
+        if (source_id, channel) not in maps:
+            continue
+        grid = maps[(source_id, channel)]
         buffer = io.BytesIO()
-        overlay(views[source_id], grid, size).save(buffer, format="PNG", compress_level=3)
-        pngs[(source_id, channel)] = buffer.getvalue()
+        overlay(views[source_id], -grid if low else grid, size).save(buffer, format="PNG", compress_level=3)
+        pngs[(source_id, channel, low)] = buffer.getvalue()
     return pngs

@@ -170,16 +170,13 @@ class LoadedModel:
     def channels(self, name: str) -> int:
         """Channels of a map, feature dimensions of tokens, classes (or embedding size) of logits."""
         name = self.resolve_layer(name)
-        base = name.removesuffix(CLS_SUFFIX)
-        if base in self._info_by_name:
-            return self._info_by_name[base].channels
         if name == LOGITS:
             size = self.input_size
             with torch.no_grad():
                 probe = torch.zeros(1, 3, size, size, device=self.device)
                 return int(self.activations(probe, [LOGITS])[LOGITS].shape[1])
-        self.layout(name)  # raises, naming the problem
-        raise AssertionError("unreachable: layout() raises for layers without channels")
+        self.layout(name)  # a module with neither a map nor tokens raises here, naming the problem
+        return self._info_by_name[name.removesuffix(CLS_SUFFIX)].channels
 
     def check_input_size(self, side: int) -> None:
         """Fail before any work when a model with a fixed input cannot take ``side`` pixels."""
