@@ -12,9 +12,10 @@ from pathlib import Path
 from torch import nn
 
 from atlas.models.hub import local_cache_only
-from atlas.models.registry import ModelError, Preprocessing, close_matches, load_state_dict
+from atlas.models.registry import ModelError, Preprocessing, did_you_mean, load_state_dict, model_source
 
 
+@model_source("open_clip:", "open_clip:<arch>")
 def build_open_clip(arch: str, weights: str, checkpoint: Path | None) -> tuple[nn.Module, Preprocessing]:
     try:
         import open_clip
@@ -24,7 +25,7 @@ def build_open_clip(arch: str, weights: str, checkpoint: Path | None) -> tuple[n
             "(or pip install open_clip_torch)"
         ) from err
     if arch not in open_clip.list_models():
-        raise ModelError(f"unknown open_clip model {arch!r}{close_matches(arch, open_clip.list_models())}")
+        raise ModelError(f"unknown open_clip model {arch!r}{did_you_mean(arch, open_clip.list_models())}")
     if weights in ("none", "default") or checkpoint is not None:
         if weights == "default" and checkpoint is None:
             tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none published"

@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from atlas.models.hub import local_cache_only
-from atlas.models.registry import ModelError, Preprocessing, close_matches, load_state_dict
+from atlas.models.registry import ModelError, Preprocessing, did_you_mean, load_state_dict, model_source
 
 
 def _timm():
@@ -25,11 +25,12 @@ def _timm():
     return timm
 
 
+@model_source("timm:", "timm:<name>")
 def build_timm(name: str, weights: str, checkpoint: Path | None) -> tuple[nn.Module, Preprocessing]:
     """``timm.create_model`` offline; a missing cache entry fails with the command that fills it."""
     timm = _timm()
     if not timm.is_model(name):
-        raise ModelError(f"unknown timm model {name!r}{close_matches(name, timm.list_models())}")
+        raise ModelError(f"unknown timm model {name!r}{did_you_mean(name, timm.list_models())}")
     pretrained = weights != "none" and checkpoint is None
     full_name = name if weights in ("default", "none") else f"{name}.{weights}"
     if pretrained:
