@@ -18,13 +18,14 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from atlas.plan import Unit
+from atlas.report import JobResult
 from atlas.spec import ExecuteSpec, JobSpec
 from atlas.store import Store, UnitRecord
 from atlas.units import UnitFailed, make_context, run_unit
@@ -53,22 +54,6 @@ class WorkerPlan:
         """E.g. '4 workers x 1 GPU' for logs and summaries."""
         each = f"{self.gpus:g} GPU" if self.gpus > 0 else f"{self.cpus:g} CPU"
         return f"{self.count} worker{'s' if self.count != 1 else ''} x {each}"
-
-
-@dataclass
-class RunReport:
-    done: int = 0
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (unit label, reason)
-    retried: int = 0
-    seconds: float = 0.0
-
-    def add(self, other: RunReport) -> None:
-        self.done += other.done
-        self.skipped += other.skipped
-        self.failed += other.failed
-        self.retried += other.retried
-        self.seconds += other.seconds
 
 
 def connect(execute: ExecuteSpec) -> None:
@@ -240,23 +225,15 @@ class Executor:
         self,
         units: Sequence[Unit],
         store: Store,
-        force: bool = False,
         on_progress: Callable[[Unit, str], None] | None = None,
-    ) -> RunReport:
-        """Run every unit not already in the store; return what happened.
+        result: JobResult | None = None,
+    ) -> JobResult:
+        """Run every unit given (what is left to do is the caller's question); count into `result`.
 
-        `on_progress(unit, outcome)` is called once per unit with "done", "skipped" or "failed".
+        `on_progress(unit, outcome)` is called once per unit with "done" or "failed".
         """
-        report = RunReport()
-        start = time.perf_counter()
-        pending: deque[tuple[Unit, int]] = deque()
-        for unit in units:
-            if not force and store.has(unit.key):
-                report.skipped += 1
-                if on_progress:
-                    on_progress(unit, "skipped")
-            else:
-                pending.append((unit, 1))
+        report = result if result is not None else JobResult()
+        pending: deque[tuple[Unit, int]] = deque((unit, 1) for unit in units)
         limit = self.spec.execute.max_in_flight or 2 * len(self.workers)
         in_flight: dict[ray.ObjectRef, _Call] = {}
         shipped: dict[int, tuple[Any, ray.ObjectRef]] = {}  # id(inputs) -> (inputs, its object ref)
@@ -279,7 +256,6 @@ class Executor:
                 last_live = time.monotonic()
             elif time.monotonic() - last_live > self.start_timeout:
                 raise ExecuteError(self._no_worker_message())
-        report.seconds = time.perf_counter() - start
         return report
 
     def _submit(
@@ -325,7 +301,7 @@ class Executor:
         ref: ray.ObjectRef,
         call: _Call,
         store: Store,
-        report: RunReport,
+        report: JobResult,
         pending: deque,
     ) -> str:
         unit = call.unit
@@ -352,7 +328,7 @@ class Executor:
         return "done"
 
     @staticmethod
-    def _fail(call: _Call, store: Store, report: RunReport, reason: str) -> str:
+    def _fail(call: _Call, store: Store, report: JobResult, reason: str) -> str:
         unit = call.unit
         store.commit(UnitRecord.failed(unit.key, unit.kind, unit.layer, reason, unit.channels, call.attempt))
         report.failed.append((unit.label, reason))
