@@ -89,7 +89,6 @@ def _run(
         lr=settings.lr,
         transforms=settings.transforms,
         seed=seed,
-        snapshots=tuple(getattr(settings, "snapshots", ())),
         precision=settings.precision,
         labels=labels,
     )
