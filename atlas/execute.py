@@ -232,7 +232,7 @@ class Executor:
 
         `on_progress(unit, outcome)` is called once per unit with "done" or "failed".
         """
-        report = result if result is not None else JobResult()
+        result = result if result is not None else JobResult()
         pending: deque[tuple[Unit, int]] = deque((unit, 1) for unit in units)
         limit = self.spec.execute.max_in_flight or 2 * len(self.workers)
         in_flight: dict[ray.ObjectRef, _Call] = {}
@@ -249,14 +249,14 @@ class Executor:
                     continue
                 call = in_flight.pop(ref)
                 call.worker.load -= 1
-                outcome = self._collect(ref, call, store, report, pending)
+                outcome = self._collect(ref, call, store, result, pending)
                 if on_progress and outcome != "retry":
                     on_progress(call.unit, outcome)
             if any(w.pid is not None and not w.lost for w in self.workers) or in_flight:
                 last_live = time.monotonic()
             elif time.monotonic() - last_live > self.start_timeout:
                 raise ExecuteError(self._no_worker_message())
-        return report
+        return result
 
     def _submit(
         self,
@@ -301,14 +301,14 @@ class Executor:
         ref: ray.ObjectRef,
         call: _Call,
         store: Store,
-        report: JobResult,
+        result: JobResult,
         pending: deque,
     ) -> str:
         unit = call.unit
         try:
             tables, seconds = ray.get(ref)
         except UnitFailed as err:  # deterministic: record it, do not retry
-            return self._fail(call, store, report, _reason(err))
+            return self._fail(call, store, result, _reason(err))
         except RayError as err:
             if isinstance(err, RayTaskError) and not _is_system_failure(err):
                 reason = _reason(err)
@@ -316,22 +316,22 @@ class Executor:
                 self._replace(call.worker)
                 reason = f"worker lost: {type(err).__name__}"
             if call.attempt <= self.spec.execute.retries:
-                report.retried += 1
+                result.retried += 1
                 pending.append((unit, call.attempt + 1))
                 return "retry"
-            return self._fail(call, store, report, reason)
+            return self._fail(call, store, result, reason)
         shards = store.write_shards(unit.key, tables)
         store.commit(
             UnitRecord.done(unit.key, unit.kind, unit.layer, shards, unit.channels, call.attempt, seconds)
         )
-        report.done += 1
+        result.done += 1
         return "done"
 
     @staticmethod
-    def _fail(call: _Call, store: Store, report: JobResult, reason: str) -> str:
+    def _fail(call: _Call, store: Store, result: JobResult, reason: str) -> str:
         unit = call.unit
         store.commit(UnitRecord.failed(unit.key, unit.kind, unit.layer, reason, unit.channels, call.attempt))
-        report.failed.append((unit.label, reason))
+        result.failed.append((unit.label, reason))
         return "failed"
 
     def _replace(self, worker: _Worker) -> None:
