@@ -282,17 +282,6 @@ class Store:
         self.commit(record)
         return record
 
-    def record_failure(
-        self,
-        unit_key: str,
-        kind: str,
-        layer: str,
-        reason: str,
-        channels: Sequence[int] = (),
-        attempts: int = 1,
-    ) -> None:
-        self.commit(UnitRecord.failed(unit_key, kind, layer, reason, channels, attempts))
-
     def prune(self, keep: Iterable[str]) -> int:
         """Delete shards and manifest entries of units not in `keep` (stale after a spec change)."""
         keep = set(keep)

@@ -8,7 +8,7 @@ from atlas.job import UnitRunner
 from atlas.plan import ModelFacts, make_plan
 from atlas.report import JobResult
 from atlas.spec import parse_spec
-from atlas.store import Store
+from atlas.store import Store, UnitRecord
 
 SPEC = """
 [model]
@@ -49,7 +49,7 @@ def test_only_pending_units_reach_the_executor_and_the_rest_count_as_skipped(tmp
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))  # same size, wrong checksum: recomputed
-    store.record_failure(units[2].key, "render", "conv2", "NaN")  # retried
+    store.commit(UnitRecord.failed(units[2].key, "render", "conv2", "NaN"))  # retried
     outcomes: list[tuple[str, str]] = []
     executor = RecordingExecutor()
     runner = UnitRunner(
