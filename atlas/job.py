@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING
 
 from atlas.examples import PartialScan, direction_layer
 from atlas.models import LoadedModel, load_model
+from atlas.outdir import check_output, claim_output
 from atlas.plan import CODE_VERSIONS, ModelFacts, Plan, Unit, examples_units, make_plan
 from atlas.report import JobResult
+from atlas.skipped import count_reasons, read_skipped
 from atlas.spec import JobSpec, check_against_model, spec_to_dict
 from atlas.store import Store, open_store
 
@@ -147,7 +149,6 @@ def run_examples(runner: UnitRunner, prepared: Prepared) -> list[Unit]:
     todo = runner.pending(units)
     if todo:
         merged = merged_scan(runner.store, finished)
-        runner.result.scan_skipped = {k: v for k, v in merged.stats.items() if k.startswith("skipped")}
         todo = [replace(u, inputs=_layer_scan(merged, u)) for u in todo]
     runner.execute(todo)
     return units
@@ -161,9 +162,11 @@ def run_job(
     progress: Callable[[int], Callable[[Unit, str], None]] | None = None,
 ) -> JobResult:
     """Run a job end to end. `only` limits the unit kinds (e.g. scan + examples for `atlas scan`)."""
+    spec = spec.replace(out=check_output(spec.out, spec.name))  # before any work, even the model
     started = _now()
     t0 = time.perf_counter()
     prepared = prepare(spec)
+    claim_output(spec.out, spec.name)  # a spec that fails its checks leaves no folder behind
     store = open_store(spec.out)
     store.sweep_temporary()
     store.write_job(job_info(prepared, started))
@@ -180,8 +183,9 @@ def run_job(
     finally:
         if runner.executor is not None:
             runner.executor.shutdown()
-    store.write_job(job_info(prepared, started, _now()))
     result = runner.result
+    result.skipped_inputs = count_reasons(read_skipped(store, prepared.plan.scan_keys))
+    store.write_job(job_info(prepared, started, _now()))
     if build:
         from atlas.site import build_site
 

@@ -15,7 +15,7 @@ class JobResult:
     retried: int = 0
     seconds: float = 0.0
     site: Path | None = None
-    scan_skipped: dict[str, int] = field(default_factory=dict)  # images the scans could not read, by reason
+    skipped_inputs: dict[str, int] = field(default_factory=dict)  # reason -> images the scans skipped
 
     @property
     def ok(self) -> bool:

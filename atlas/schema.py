@@ -51,6 +51,15 @@ HISTOGRAM_SCHEMA = pa.schema(
     ]
 )
 
+SKIPPED_SCHEMA = pa.schema(
+    [
+        ("source_id", pa.string()),
+        ("reason", pa.string()),
+        ("message", pa.string()),
+        ("unit_key", pa.string()),
+    ]
+)
+
 
 @dataclass(frozen=True)
 class StoredTable:
@@ -102,6 +111,17 @@ TABLES = {
             "edges": "bin edges, roughly log-spaced; the outer ones are the true minimum and maximum",
             "counts": "positions (of every image) per bin",
             "unit_key": "content key of the unit that wrote the row",
+        },
+    ),
+    "skipped": StoredTable(
+        SKIPPED_SCHEMA,
+        "one row per image a scan could not use; one shard per scan unit, empty when none",
+        {
+            "source_id": "the image, relative to the source's root (folder: `sub/x.jpg`; Parquet: `<file>#row<i>`)",
+            "reason": "`corrupt`, `truncated`, `too_large` (over Pillow's decompression-bomb limit), "
+            "`tiny` (a side under 16 px), `missing` (gone since the source was listed)",
+            "message": "the decoder's words, e.g. `cannot identify image file ...`",
+            "unit_key": "the scan unit",
         },
     ),
 }

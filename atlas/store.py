@@ -29,6 +29,8 @@ from urllib.parse import unquote, urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from atlas.safefs import file_mode, remove
+
 MANIFEST = "manifest.json"
 JOB = "job.json"
 
@@ -93,12 +95,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), file_mode())  # mkstemp makes 0600; the rename would keep it
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        remove(tmp, within=path.parent)
         raise
 
 
@@ -169,7 +172,7 @@ class Store:
         """Delete temp files a killed driver left mid-write (no reader ever uses them)."""
         stray = list((self.root / "shards").glob("*/.*.tmp")) + list(self.root.glob(".*.tmp"))
         for path in stray:
-            path.unlink(missing_ok=True)
+            remove(path, within=self.root)
         return len(stray)
 
     def entries(self) -> list[UnitRecord]:
@@ -288,7 +291,7 @@ class Store:
         stale = [e for e in self._entries.values() if e.key not in keep]
         for entry in stale:
             for info in entry.tables.values():
-                (self.root / info["path"]).unlink(missing_ok=True)
+                remove(self.root / info["path"], within=self.root)
             del self._entries[entry.key]
             self._lines.pop(entry.key, None)
         if stale:

@@ -22,6 +22,8 @@ from atlas.models import LoadedModel, load_model, pick_device
 from atlas.optvis import RenderError, random_directions, render_channels, render_directions, render_pair
 from atlas.plan import Unit
 from atlas.schema import RENDER_SCHEMA
+from atlas.skipped import KIND as SKIPPED
+from atlas.skipped import skipped_table
 from atlas.spec import ExamplesSpec, JobSpec
 from atlas.work import DirectionsWork, ExamplesWork, PairWork, RenderWork, ScanWork
 
@@ -101,7 +103,7 @@ def _scan(ctx: WorkerContext, unit: Unit, work: ScanWork) -> dict[str, pa.Table]
         batch_size=work.batch_size,
         directions=directions,
     )
-    return {"scan": partial.to_table()}
+    return {"scan": partial.to_table(), SKIPPED: skipped_table(partial.skipped, unit.key)}
 
 
 def _examples(ctx: WorkerContext, unit: Unit, work: ExamplesWork) -> dict[str, pa.Table]:

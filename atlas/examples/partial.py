@@ -32,6 +32,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from atlas.data import SkippedInput
+
 DIRECTION_SUFFIX = "@direction"
 DEFAULT_SAMPLE_SIZE = 512
 # Histogram edges: 0 and +-(1 + q/4) * 2^e for e in -10..9, q in 0..3, and +-2^10. These are the
@@ -121,6 +123,7 @@ class PartialScan:
     sample_ids: np.ndarray  # [m] unicode, sorted by (priority, id)
     sample_priority: np.ndarray  # [m] uint64 hash of the id
     stats: dict[str, int] = field(default_factory=dict)  # scanned / skipped:<why> / converted:<what>
+    skipped: tuple[SkippedInput, ...] = ()  # the skipped images themselves; stored as their own table
 
     @classmethod
     def empty(
@@ -169,7 +172,13 @@ class PartialScan:
         stats = Counter(self.stats)
         stats.update(other.stats)
         return PartialScan(
-            self.k, self.sample_size, layers, ids[keep], priority[keep], dict(sorted(stats.items()))
+            self.k,
+            self.sample_size,
+            layers,
+            ids[keep],
+            priority[keep],
+            dict(sorted(stats.items())),
+            self.skipped + other.skipped,
         )
 
     def select(self, layers: Sequence[str]) -> PartialScan:

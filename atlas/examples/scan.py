@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from atlas.data import ImageSource, ShardRef, model_view
+from atlas.data import ImageSource, ShardRef, SkippedInput, model_view
 from atlas.examples.partial import (
     DEFAULT_SAMPLE_SIZE,
     HIST_BINS,
@@ -29,23 +29,26 @@ from atlas.examples.partial import (
 )
 from atlas.models import LoadedModel
 
+Batch = tuple[list[str], torch.Tensor | None, Counter[str], list[SkippedInput]]
+
 
 def _batches(
     source: ImageSource, source_ids: Sequence[str], batch_size: int, size: int, prefetch: bool
-) -> Iterator[tuple[list[str], torch.Tensor | None, Counter[str]]]:
-    """Decoded, resized batches as uint8 tensors.
+) -> Iterator[Batch]:
+    """Decoded, resized batches as uint8 tensors, with what was skipped or converted on the way.
 
     With `prefetch` the next batch decodes in a thread while this one runs: right when a GPU
     computes and the CPU waits, wrong on CPU, where torch already keeps every core busy and a
     decoding thread stalls its thread pool (measured 4x slower forward passes on 2 cores).
     """
 
-    def load(chunk: Sequence[str]) -> tuple[list[str], torch.Tensor | None, Counter[str]]:
-        good, counts = source.load_batch(chunk, draft_size=size)
+    def load(chunk: Sequence[str]) -> Batch:
+        skipped: list[SkippedInput] = []
+        good, counts = source.load_batch(chunk, draft_size=size, skipped=skipped)
         if not good:
-            return [], None, counts
+            return [], None, counts, skipped
         pixels = np.stack([np.asarray(model_view(image, size)) for _, image in good])
-        return [i for i, _ in good], torch.from_numpy(pixels).permute(0, 3, 1, 2), counts
+        return [i for i, _ in good], torch.from_numpy(pixels).permute(0, 3, 1, 2), counts, skipped
 
     chunks = [source_ids[i : i + batch_size] for i in range(0, len(source_ids), batch_size)]
     if not prefetch:
@@ -91,10 +94,13 @@ def scan_shard(
     channels.update({direction_layer(n): rows.shape[0] for n, rows in directions.items()})
     partial = PartialScan.empty(channels, k, sample_size)
     stats: Counter[str] = Counter()
+    skipped: list[SkippedInput] = []
     needed = sorted(set(names) | set(directions))
     prefetch = model.device.type != "cpu"
-    for ids, pixels, counts in _batches(source, shard.source_ids, batch_size, model.input_size, prefetch):
+    batches = _batches(source, shard.source_ids, batch_size, model.input_size, prefetch)
+    for ids, pixels, counts, bad in batches:
         stats.update(counts)
+        skipped += bad
         if pixels is None:
             continue
         stats["scanned"] += len(ids)
@@ -109,7 +115,7 @@ def scan_shard(
                 }
             )
             partial = partial.merge(_batch_partial(maps, ids, k, sample_size))
-    return replace(partial, stats=dict(sorted(stats.items())))
+    return replace(partial, stats=dict(sorted(stats.items())), skipped=tuple(skipped))
 
 
 def _as_map(output: torch.Tensor) -> torch.Tensor:
