@@ -33,6 +33,7 @@ import pyarrow as pa
 import torch
 
 from atlas.data import SkippedInput
+from atlas.errors import AtlasError
 
 DIRECTION_SUFFIX = "@direction"
 DEFAULT_SAMPLE_SIZE = 512
@@ -47,7 +48,7 @@ _SIDE_BINS = HIST_BINS // 2
 _FIRST_CODE = (127 - 10) * 4 - 1  # (biased exponent, 2 mantissa bits) code of 2^-10, minus one
 
 
-class ScanError(ValueError):
+class ScanError(AtlasError, ValueError):
     """Partial scans that cannot be merged, or a finalize request the scan cannot answer."""
 
 
