@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 
 from atlas.site import build_site
-from atlas.site.synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 from atlas.store import Store
 
 CHROMIUM = Path("/usr/bin/chromium")
