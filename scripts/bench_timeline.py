@@ -84,7 +84,9 @@ def timed(label: str, job, add: tuple[Path, ...] = ()) -> float:
 def page_sizes() -> None:
     """The timeline pages of a synthetic 1,024-channel layer over ten checkpoints: time and bytes."""
     from atlas.site import build_site
-    from atlas.timeline.synthetic import write_synthetic_timeline
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic-timeline fixture
+    from synthetic_timeline import write_synthetic_timeline
 
     with tempfile.TemporaryDirectory() as tmp:
         write_synthetic_timeline(Path(tmp), "layer", checkpoints=10, channels=1024, image_size=64)

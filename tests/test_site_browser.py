@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
+from synthetic_timeline import write_synthetic_timeline
 
 from atlas.site import build_site
-from atlas.site.synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
-from atlas.timeline.synthetic import write_synthetic_timeline
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

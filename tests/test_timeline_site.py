@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from synthetic_timeline import write_synthetic_timeline
+
 from atlas.site import build_site
-from atlas.timeline.synthetic import write_synthetic_timeline
 
 
 def test_timeline_pages_show_events_and_stay_small_at_ten_checkpoints(tmp_path: Path) -> None:
