@@ -170,7 +170,7 @@ def run_timeline(spec: JobSpec, add: Sequence[Path] = (), force: bool = False) -
     if todo:  # one pool for every checkpoint: each worker swaps weights, it never restarts
         executor = Executor(checkpoint_spec(spec, todo[-1].checkpoint))
         try:
-            report = executor.run(todo, store, force=force)
+            report = executor.run(todo, store)
         finally:
             executor.shutdown()
         result.failed += report.failed
