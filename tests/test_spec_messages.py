@@ -72,11 +72,11 @@ GOLDEN = [
     ),
     (
         "top_level_below_table",
-        "job.toml, line 3: model.layers: unknown key. 'layers' is a top-level key: move it above the first [table] or write [[layers]]. Valid keys: name, checkpoint, weights",
+        "job.toml, line 3: model.layers: unknown key. 'layers' is a top-level key: move it above the first [table] or write [[layers]]. Valid keys: name, checkpoint, weights, checkpoints",
     ),
     (
         "unknown_section",
-        "job.toml, line 11: [rendr]: unknown section. did you mean 'render'? Valid sections: job, layers, model, render, examples, interactions, execute",
+        "job.toml, line 11: [rendr]: unknown section. did you mean 'render'? Valid sections: job, layers, model, render, examples, interactions, execute, timeline",
     ),
     ("job_key", "job.toml, line 2: job.nmae: unknown key. did you mean 'name'? Valid keys: name, out"),
     (
