@@ -1,31 +1,42 @@
-"""The atlas store: one Parquet shard per finished unit plus a manifest, written atomically.
+"""The atlas store: one Parquet shard per finished unit plus a journal of unit records.
 
-Layout under the output folder::
+Layout under the output folder or bucket prefix (any `atlas.storage` location)::
 
     job.json                      what the job was (model, digest, layers, spec)
-    manifest.json                 every unit: key, kind, layer, rows, sha256, status
+    journal/                      unit records: snapshot + appended chunks (atlas.journal)
     shards/<kind>/<unit_key>.parquet
+    staging/<kind>/<key>.<token>.parquet   shards written but not committed (no reader globs here)
+    lease.json                    the driver that holds the store (atlas.lease)
 
-The driver is the only writer. Every file is written to a temporary name and renamed, so a
-reader (or a rerun after a crash) never sees half a shard, and a shard whose checksum does not
-match the manifest is treated as missing and recomputed.
+Shards are written to staging (by a worker when it can reach the store, else by the driver),
+then the driver commits: moves them under shards/ and appends one record to the journal.
+Readers see only committed units. A rerun trusts each shard's recorded size; `verify` reads
+every shard and checks its sha256, and any read checks the checksum of what it read.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-MANIFEST = "manifest.json"
+from atlas.errors import AtlasError
+from atlas.journal import LEGACY_MANIFEST, Journal
+from atlas.lease import Lease
+from atlas.storage import Location, open_location
+
+MANIFEST = LEGACY_MANIFEST
 JOB = "job.json"
+STAGING = "staging"
+SHARDS = "shards"
 
 
 @dataclass(frozen=True)
@@ -45,19 +56,7 @@ class ManifestEntry:
     extra: dict = field(default_factory=dict)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+UnitRecord = ManifestEntry
 
 
 def _sha256(data: bytes) -> str:
@@ -70,48 +69,100 @@ def table_to_parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def _record(item: dict) -> ManifestEntry:
+    item = {k: v for k, v in item.items() if k in ManifestEntry.__dataclass_fields__}
+    item["channels"] = tuple(item.get("channels", ()))
+    return ManifestEntry(**item)
+
+
+def _dumps(entry: ManifestEntry) -> str:
+    return json.dumps(asdict(entry), separators=(",", ":"))
+
+
+def write_shards(location: Location, key: str, tables: dict[str, pa.Table]) -> dict[str, dict]:
+    """Write a unit's tables to staging; return {table_kind: {path, staged, sha256, size, rows}}."""
+    token = uuid.uuid4().hex[:12]
+    written = {}
+    for table_kind, table in tables.items():
+        data = table_to_parquet_bytes(table)
+        staged = f"{STAGING}/{table_kind}/{key}.{token}.parquet"
+        location.write_bytes(staged, data)
+        written[table_kind] = {
+            "path": f"{SHARDS}/{table_kind}/{key}.parquet",
+            "staged": staged,
+            "sha256": _sha256(data),
+            "size": len(data),
+            "rows": table.num_rows,
+        }
+    return written
+
+
 class Store:
-    """Reads and writes one atlas output folder."""
+    """Reads and writes one atlas store (a local folder or a bucket prefix)."""
 
-    def __init__(self, root: Path | str):
-        self.root = Path(root)
-        self._entries: dict[str, ManifestEntry] = self._load_manifest()
-        self._lines: dict[str, str] = {}  # key -> the entry's JSON, cached between rewrites
+    def __init__(self, root: Path | str, group_units: int = 64, group_seconds: float = 10.0):
+        self.location = open_location(root)
+        self.root = Path(self.location.root) if self.location.local else None
+        self.uri = self.location.uri
+        self.journal = Journal(self.location, group_units, group_seconds)
+        self._entries: dict[str, ManifestEntry] = self._load()
+        self._lines: dict[str, str] = {}  # key -> the record's JSON, for compaction
+        self._staged: list[ManifestEntry] = []  # bucket: records whose shards move at the next flush
+        self._lease: Lease | None = None
 
-    # -- manifest ---------------------------------------------------------------------------
-    def _load_manifest(self) -> dict[str, ManifestEntry]:
-        path = self.root / MANIFEST
-        if not path.exists():
-            return {}
+    # -- the driver's lease -----------------------------------------------------------------
+    def acquire(self) -> None:
+        """Become the store's only writer: take the lease, drop uncommitted shards, compact."""
+        lease = Lease(self.location)
+        lease.acquire()
+        self._lease = lease
+        self._entries = self._load()
+        self.cleanup()
+        if self.journal.should_compact() or self.location.exists(MANIFEST):
+            self._compact()
+
+    def _load(self) -> dict[str, ManifestEntry]:
         try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise StoreError(f"{path} is not valid JSON ({err}); delete it to rebuild from scratch") from err
-        entries = {}
-        for item in raw.get("units", []):
-            item["channels"] = tuple(item.get("channels", ()))
-            entries[item["key"]] = ManifestEntry(**item)
-        return entries
+            return {key: _record(item) for key, item in self.journal.load().items()}
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise StoreError(
+                f"{self.location.url(MANIFEST)} is not a valid manifest ({err}); delete it to rebuild from scratch"
+            ) from err
 
-    def _save_manifest(self) -> None:
-        # One line per unit, each serialized once: rewriting after every unit stays cheap at
-        # thousands of units (the whole file is still replaced atomically).
-        for key, entry in self._entries.items():
-            if key not in self._lines:
-                self._lines[key] = json.dumps(asdict(entry), separators=(",", ":"))
-        body = ",\n".join(self._lines[key] for key in self._entries)
-        atomic_write_bytes(self.root / MANIFEST, f'{{"version": 1, "units": [\n{body}\n]}}\n'.encode())
+    def release(self) -> None:
+        """Commit what is buffered and hand the store back."""
+        try:
+            self.flush()
+            self.journal.close()
+        finally:
+            if self._lease is not None:
+                self._lease.release()
+                self._lease = None
 
-    def _set(self, entry: ManifestEntry) -> None:
-        self._entries[entry.key] = entry
-        self._lines.pop(entry.key, None)
-
-    def sweep_temporary(self) -> int:
-        """Delete temp files a killed driver left mid-write (no reader ever uses them)."""
-        stray = list((self.root / "shards").glob("*/.*.tmp")) + list(self.root.glob(".*.tmp"))
-        for path in stray:
-            path.unlink(missing_ok=True)
+    def cleanup(self) -> int:
+        """Delete staged shards and shards no committed record names (a killed driver's leftovers)."""
+        named = {info["path"] for e in self._entries.values() for info in e.tables.values()}
+        stray = [rel for rel in self.location.sizes(SHARDS) if rel not in named]
+        stray += list(self.location.sizes(STAGING))
+        for rel in stray:
+            self.location.delete(rel)
+        if self.root is not None:  # a killed local write's temp file beside job.json
+            for path in self.root.glob(".*.tmp"):
+                path.unlink(missing_ok=True)
+                stray.append(path.name)
         return len(stray)
+
+    sweep_temporary = cleanup
+
+    def _compact(self) -> None:
+        self.flush()
+        self.journal.compact(self._line(entry) for entry in self._entries.values())
+
+    def _line(self, entry: ManifestEntry) -> str:
+        line = self._lines.get(entry.key)
+        if line is None:
+            line = self._lines[entry.key] = _dumps(entry)
+        return line
 
     def entries(self) -> list[ManifestEntry]:
         return list(self._entries.values())
@@ -120,22 +171,103 @@ class Store:
         return self._entries.get(key)
 
     # -- state of units ---------------------------------------------------------------------
-    def has(self, key: str, verify: bool = True) -> bool:
-        """True when the unit finished and all its shards are intact (checksums checked when verify)."""
+    def pending(self, keys: Iterable[str], force: bool = False) -> list[str]:
+        """Keys not finished, or whose shards are missing or of another size than recorded.
+
+        One listing of shards/ answers for every key: no shard is downloaded (see `verify`).
+        """
+        keys = list(keys)
+        if force:
+            return keys
+        sizes = self.location.sizes(SHARDS)
+        return [key for key in keys if not self._intact(key, sizes)]
+
+    def _intact(self, key: str, sizes: dict[str, int]) -> bool:
         entry = self._entries.get(key)
         if entry is None or entry.status != "done":
             return False
         for info in entry.tables.values():
-            path = self.root / info["path"]
-            if not path.is_file() or (verify and _sha256(path.read_bytes()) != info["sha256"]):
+            size = sizes.get(info["path"])
+            if size is None or ("size" in info and size != info["size"]):
+                return False
+            if "size" not in info and not self._checksum_ok(info):  # a store written before sizes
                 return False
         return True
+
+    def _checksum_ok(self, info: dict) -> bool:
+        try:
+            return _sha256(self.location.read_bytes(info["path"])) == info["sha256"]
+        except FileNotFoundError:
+            return False
+
+    def has(self, key: str, verify: bool = True) -> bool:
+        """True when the unit finished and its shards are intact (every checksum read when verify)."""
+        if verify:
+            entry = self._entries.get(key)
+            return (
+                entry is not None
+                and entry.status == "done"
+                and all(self._checksum_ok(info) for info in entry.tables.values())
+            )
+        return not self.pending([key])
+
+    def verify(self, keys: Iterable[str] | None = None, workers: int = 8) -> list[str]:
+        """Done units (all, or `keys`) with a shard missing or whose bytes fail their sha256."""
+        chosen = None if keys is None else set(keys)
+        wanted = [
+            e for e in self._entries.values() if e.status == "done" and (chosen is None or e.key in chosen)
+        ]
+        with ThreadPoolExecutor(workers) as pool:
+            intact = pool.map(lambda e: all(self._checksum_ok(i) for i in e.tables.values()), wanted)
+            return [entry.key for entry, ok in zip(wanted, intact, strict=True) if not ok]
 
     def is_failed(self, key: str) -> bool:
         entry = self._entries.get(key)
         return entry is not None and entry.status == "failed"
 
     # -- writing ----------------------------------------------------------------------------
+    def write_shards(self, key: str, tables: dict[str, pa.Table]) -> dict[str, dict]:
+        """Write a unit's shards to staging; the records say where and what (see `commit`)."""
+        return write_shards(self.location, key, tables)
+
+    def commit(self, record: ManifestEntry) -> None:
+        """Make a unit visible: move its staged shards in place and journal its record.
+
+        Locally both happen now. In a bucket the moves (server-side copies) and the journal put
+        happen for a whole group at once (`flush`), every `group_units` units or `group_seconds`.
+        """
+        if self._lease is not None:
+            self._lease.check()
+        if self.location.local:
+            self._move_staged([record])
+        else:
+            self._staged.append(record)
+        committed = _committed(record)
+        self._entries[record.key] = committed
+        self._lines.pop(record.key, None)
+        if self.journal.append(self._line(committed)):
+            self.flush()
+        if self.journal.should_compact():
+            self._compact()
+
+    def flush(self) -> None:
+        """End the commit group: staged shards moved in place, then the journal written."""
+        if self._staged:
+            self._move_staged(self._staged)
+            self._staged = []
+        self.journal.flush()
+
+    def _move_staged(self, records: list[ManifestEntry]) -> None:
+        moves = [
+            (info["staged"], info["path"]) for r in records for info in r.tables.values() if "staged" in info
+        ]
+        if len(moves) <= 1:
+            for src, dst in moves:
+                self.location.move(src, dst)
+            return
+        with ThreadPoolExecutor(min(16, len(moves))) as pool:
+            list(pool.map(lambda move: self.location.move(*move), moves))
+
     def write_unit(
         self,
         unit_key: str,
@@ -147,7 +279,7 @@ class Store:
         seconds: float = 0.0,
         extra: dict | None = None,
     ) -> ManifestEntry:
-        """Write a finished unit's shard atomically, then record it in the manifest."""
+        """Write a finished unit's shard and commit it."""
         return self.write_unit_tables(
             unit_key, kind, layer, {kind: table}, channels, attempts, seconds, extra
         )
@@ -163,30 +295,12 @@ class Store:
         seconds: float = 0.0,
         extra: dict | None = None,
     ) -> ManifestEntry:
-        """Write every table a unit produced (one shard per table kind), then record the unit."""
-        written = {}
-        for table_kind, table in tables.items():
-            data = table_to_parquet_bytes(table)
-            rel = f"shards/{table_kind}/{unit_key}.parquet"
-            atomic_write_bytes(self.root / rel, data)
-            written[table_kind] = {"path": rel, "sha256": _sha256(data), "rows": table.num_rows}
-        main = written.get(kind) or next(iter(written.values()))
-        entry = ManifestEntry(
-            key=unit_key,
-            kind=kind,
-            layer=layer,
-            channels=tuple(int(c) for c in channels),
-            rows=main["rows"],
-            sha256=main["sha256"],
-            path=main["path"],
-            attempts=attempts,
-            seconds=round(seconds, 3),
-            extra=extra or {},
-            tables=written,
+        """Write every table a unit produced (one shard per table kind), then commit the unit."""
+        record = done_record(
+            unit_key, kind, layer, self.write_shards(unit_key, tables), channels, attempts, seconds
         )
-        self._set(entry)
-        self._save_manifest()
-        return entry
+        self.commit(replace(record, extra=extra or {}))
+        return self._entries[unit_key]
 
     def record_failure(
         self,
@@ -197,7 +311,7 @@ class Store:
         channels: Sequence[int] = (),
         attempts: int = 1,
     ) -> None:
-        self._set(
+        self.commit(
             ManifestEntry(
                 key=unit_key,
                 kind=kind,
@@ -208,34 +322,33 @@ class Store:
                 attempts=attempts,
             )
         )
-        self._save_manifest()
 
     def forget(self, keys: Iterable[str]) -> None:
-        """Drop units from the manifest, e.g. to recompute them; their shards stay until `prune`."""
+        """Drop units from the journal, e.g. to recompute them; their shards go at the next cleanup."""
         for key in keys:
-            self._entries.pop(key, None)
-            self._lines.pop(key, None)
-        self._save_manifest()
+            if self._entries.pop(key, None) is not None:
+                self._lines.pop(key, None)
+                self.journal.append(json.dumps({"forget": key}))
+        self.flush()
 
     def prune(self, keep: Iterable[str]) -> int:
-        """Delete shards and manifest entries of units not in `keep` (stale after a spec change)."""
+        """Delete shards and records of units not in `keep` (see atlas.retention for which)."""
         keep = set(keep)
         stale = [e for e in self._entries.values() if e.key not in keep]
+        self.forget(e.key for e in stale)
         for entry in stale:
             for info in entry.tables.values():
-                (self.root / info["path"]).unlink(missing_ok=True)
-            del self._entries[entry.key]
-            self._lines.pop(entry.key, None)
-        if stale:
-            self._save_manifest()
+                self.location.delete(info["path"])
         return len(stale)
 
     def write_job(self, info: dict) -> None:
-        atomic_write_bytes(self.root / JOB, json.dumps(info, indent=1, default=str).encode())
+        self.location.write_bytes(JOB, json.dumps(info, indent=1, default=str).encode())
 
     def job(self) -> dict:
-        path = self.root / JOB
-        return json.loads(path.read_text()) if path.exists() else {}
+        try:
+            return json.loads(self.location.read_bytes(JOB))
+        except FileNotFoundError:
+            return {}
 
     # -- reading ----------------------------------------------------------------------------
     def layers(self, kind: str) -> list[str]:
@@ -246,24 +359,86 @@ class Store:
                 seen.setdefault(entry.layer, None)
         return list(seen)
 
-    def read_unit(self, key: str, kind: str) -> pa.Table:
-        """The table of one kind that a finished unit wrote."""
+    def read_unit(self, key: str, kind: str, columns: list[str] | None = None) -> pa.Table:
+        """The table of one kind that a finished unit wrote (its checksum checked)."""
         entry = self._entries.get(key)
         if entry is None or entry.status != "done" or kind not in entry.tables:
-            raise StoreError(f"{self.root}: unit {key} has no finished {kind!r} table; rerun the job")
-        return pq.read_table(self.root / entry.tables[kind]["path"])
+            raise StoreError(f"{self.uri}: unit {key} has no finished {kind!r} table; rerun the job")
+        info = entry.tables[kind]
+        try:
+            data = self.location.read_bytes(info["path"])
+        except FileNotFoundError:
+            data = b""
+        if _sha256(data) != info["sha256"]:
+            raise StoreError(
+                f"{self.location.url(info['path'])} is missing or damaged (checksum mismatch): run "
+                f"`atlas verify {self.uri}` and rerun the job to recompute it"
+            )
+        return pq.read_table(io.BytesIO(data), columns=columns)
+
+    def read_layer(self, kind: str, layer: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """One finished unit's table of a layer at a time: memory bounded by a unit, not the layer."""
+        for entry in list(self._entries.values()):
+            if entry.status == "done" and kind in entry.tables and entry.layer == layer:
+                yield self.read_unit(entry.key, kind, columns)
 
     def read(self, kind: str, layer: str | None = None, columns: list[str] | None = None) -> pa.Table | None:
         """All finished shards of a kind (optionally one layer) as one table; None when there are none."""
         tables = [
-            pq.read_table(self.root / entry.tables[kind]["path"], columns=columns)
-            for entry in self._entries.values()
+            self.read_unit(entry.key, kind, columns)
+            for entry in list(self._entries.values())
             if entry.status == "done" and kind in entry.tables and (layer is None or entry.layer == layer)
         ]
         if not tables:
             return None
         return pa.concat_tables(tables, promote_options="default")
 
+    def shard_urls(self, kind: str) -> list[str]:
+        """Where the committed shards of a kind are, as URIs a Parquet reader (DuckDB, pandas) takes."""
+        return [
+            self.location.url(e.tables[kind]["path"])
+            for e in self._entries.values()
+            if e.status == "done" and kind in e.tables
+        ]
 
-class StoreError(RuntimeError):
+
+def done_record(
+    key: str,
+    kind: str,
+    layer: str,
+    tables: dict[str, dict],
+    channels: Sequence[int] = (),
+    attempts: int = 1,
+    seconds: float = 0.0,
+) -> ManifestEntry:
+    """The record of a finished unit from what `write_shards` returned."""
+    main = tables.get(kind) or next(iter(tables.values()))
+    return ManifestEntry(
+        key=key,
+        kind=kind,
+        layer=layer,
+        channels=tuple(int(c) for c in channels),
+        rows=main["rows"],
+        sha256=main["sha256"],
+        path=main["path"],
+        attempts=attempts,
+        seconds=round(seconds, 3),
+        tables=tables,
+    )
+
+
+def _committed(record: ManifestEntry) -> ManifestEntry:
+    """The record as the journal keeps it: without the staging paths."""
+    if not any("staged" in info for info in record.tables.values()):
+        return record
+    tables = {k: {f: v for f, v in info.items() if f != "staged"} for k, info in record.tables.items()}
+    return replace(record, tables=tables)
+
+
+def open_store(out: Path | str) -> Store:
+    """The store at a local folder or a URI (s3://, gs://, file://)."""
+    return Store(out)
+
+
+class StoreError(AtlasError, RuntimeError):
     """The output folder cannot be used as it is; the message says how to fix it."""

@@ -1,11 +1,13 @@
 """The store: shards round-trip through Parquet, corrupt shards are detected, stale ones pruned."""
 
 import json
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from atlas.lease import LeaseError
 from atlas.store import Store, StoreError
 
 
@@ -28,8 +30,7 @@ def test_write_read_and_reopen(tmp_path):
         1,
         2,
     ]
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert {u["key"] for u in manifest["units"]} == {"k1", "k2"}
+    assert {u["key"] for u in journal_lines(tmp_path)} == {"k1", "k2"}
     assert not list(tmp_path.rglob("*.tmp"))  # no temporary files left behind
 
 
@@ -77,10 +78,93 @@ def test_stray_temporary_files_are_swept(tmp_path):
     assert not stray.exists() and store.has("k1")
 
 
-def test_manifest_stays_valid_json_across_updates(tmp_path):
+def test_journal_appends_one_line_per_record(tmp_path):
     store = Store(tmp_path)
     for i in range(5):
         store.write_unit(f"k{i}", "render", "l1", table(1))
     store.record_failure("k2", "render", "l1", "boom")
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert [u["status"] for u in manifest["units"]] == ["done", "done", "failed", "done", "done"]
+    assert [(u["key"], u["status"]) for u in journal_lines(tmp_path)][-2:] == [
+        ("k4", "done"),
+        ("k2", "failed"),
+    ]
+    assert [e.status for e in Store(tmp_path).entries()] == ["done", "done", "failed", "done", "done"]
+
+
+def test_torn_last_line_is_not_a_record(tmp_path):
+    store = Store(tmp_path)
+    store.write_unit("k1", "render", "l1", table(1))
+    store.release()
+    (chunk,) = (tmp_path / "journal").glob("chunk-*.jsonl")
+    with chunk.open("a") as handle:
+        handle.write('{"key": "k2", "kind": "ren')  # the driver died mid-write
+    assert [e.key for e in Store(tmp_path).entries()] == ["k1"]
+
+
+def test_compaction_keeps_every_record_and_drops_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr("atlas.journal.COMPACT_MIN_LINES", 4)
+    store = Store(tmp_path)
+    for i in range(10):
+        store.write_unit(f"k{i}", "render", "l1", table(1))
+        store.release()  # every run of a writer starts a new chunk
+    store.forget(["k3"])
+    snapshots = list((tmp_path / "journal").glob("snapshot-*.jsonl"))
+    assert len(snapshots) == 1 and len(list((tmp_path / "journal").glob("chunk-*.jsonl"))) <= 4
+    assert sorted(e.key for e in Store(tmp_path).entries()) == [f"k{i}" for i in range(10) if i != 3]
+
+
+def test_legacy_manifest_store_opens_and_converts(tmp_path):
+    Store(tmp_path).write_unit("k1", "render", "l1", table(2), channels=(0, 1))
+    record = journal_lines(tmp_path)[0]
+    shutil.rmtree(tmp_path / "journal")
+    (tmp_path / "manifest.json").write_text(json.dumps({"version": 1, "units": [record]}))
+    old = Store(tmp_path)
+    assert old.has("k1") and old.read("render").num_rows == 2 and not old.pending(["k1"])
+    old.acquire()  # the writer turns it into a journal snapshot
+    old.release()
+    assert not (tmp_path / "manifest.json").exists()
+    assert Store(tmp_path).entry("k1").channels == (0, 1)
+
+
+def test_rerun_trusts_sizes_and_verify_reads_checksums(tmp_path):
+    store = Store(tmp_path)
+    store.write_unit("k1", "render", "l1", table(3))
+    store.write_unit("k2", "render", "l1", table(3))
+    shard = tmp_path / "shards" / "render" / "k1.parquet"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))  # same size: only a checksum notices
+    reopened = Store(tmp_path)
+    assert reopened.pending(["k1", "k2", "k3"]) == ["k3"]
+    assert reopened.verify() == ["k1"]
+    with pytest.raises(StoreError, match="atlas verify"):
+        reopened.read_unit("k1", "render")
+
+
+def test_second_driver_is_refused_until_the_first_releases(tmp_path):
+    first, second = Store(tmp_path), Store(tmp_path)
+    first.acquire()
+    with pytest.raises(LeaseError, match="in use by another atlas driver"):
+        second.acquire()
+    first.release()
+    second.acquire()
+    second.release()
+
+
+def test_uncommitted_shards_are_cleaned_up_by_the_next_driver(tmp_path):
+    store = Store(tmp_path)
+    store.write_unit("k1", "render", "l1", table(1))
+    store.write_shards("k2", {"render": table(1)})  # staged, never committed
+    (tmp_path / "shards" / "render" / "k3.parquet").write_bytes(b"moved, not journaled")
+    driver = Store(tmp_path)
+    driver.acquire()
+    driver.release()
+    assert sorted(p.name for p in (tmp_path / "shards" / "render").iterdir()) == ["k1.parquet"]
+    assert not list((tmp_path / "staging").rglob("*.parquet"))
+
+
+def journal_lines(root) -> list[dict]:
+    return [
+        json.loads(line)
+        for path in sorted((root / "journal").glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
