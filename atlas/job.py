@@ -35,13 +35,13 @@ class Prepared:
 
 @dataclass
 class JobResult:
-    out: Path
+    out: Path | str
     done: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     retried: int = 0
     seconds: float = 0.0
-    site: Path | None = None
+    site: Path | str | None = None
     scan_skipped: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -121,7 +121,7 @@ def run_job(
     t0 = time.perf_counter()
     prepared = prepare(spec)
     store = Store(spec.out)
-    store.sweep_temporary()
+    store.acquire()  # one driver per store; leftovers of a killed driver are cleaned up here
     store.write_job(job_info(prepared, started))
     units = [u for u in prepared.plan.units if only is None or u.kind in only]
     phase_two_possible = spec.examples.enabled and (only is None or "examples" in only)
@@ -135,7 +135,7 @@ def run_job(
     def run_units(batch: list[Unit]) -> None:
         """Start Ray only when something is left to compute: a finished job reruns in a second."""
         nonlocal executor
-        if not force and all(store.has(u.key) for u in batch):
+        if not store.pending([u.key for u in batch], force=force):
             report.skipped += len(batch)
             for unit in batch:
                 if tick:
@@ -149,10 +149,11 @@ def run_job(
         run_units(units)
         finished: tuple[str, ...] = ()
         if phase_two_possible and prepared.plan.scan_keys:
-            finished = tuple(k for k in prepared.plan.scan_keys if store.has(k, verify=False))
+            missing = set(store.pending(prepared.plan.scan_keys))
+            finished = tuple(k for k in prepared.plan.scan_keys if k not in missing)
             if finished:
                 pending = examples_units(spec, prepared.facts, finished)
-                if force or not all(store.has(u.key) for u in pending):
+                if store.pending([u.key for u in pending], force=force):
                     merged = merged_scan(store, finished)
                     pending = [replace(u, inputs=_layer_scan(merged, u)) for u in pending]
                     result.scan_skipped = {k: v for k, v in merged.stats.items() if k.startswith("skipped")}
@@ -161,21 +162,23 @@ def run_job(
             keep = {u.key for u in prepared.plan.units}
             keep |= {u.key for u in examples_units(spec, prepared.facts, finished)}
             store.prune(keep)
+        finished_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        store.write_job(job_info(prepared, started, finished_at))
     finally:
         if executor is not None:
             executor.shutdown()
+        store.release()
     result.done, result.skipped, result.failed, result.retried = (
         report.done,
         report.skipped,
         report.failed,
         report.retried,
     )
-    finished_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    store.write_job(job_info(prepared, started, finished_at))
     if build:
-        from atlas.site import build_site
+        from atlas.publish import site_of_store
 
-        result.site = build_site(spec.out)
+        index, published = site_of_store(spec.out)
+        result.site = published or index
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -185,12 +188,12 @@ def job_status(spec: JobSpec) -> dict[str, list[str]]:
     prepared = prepare(spec)
     store = Store(spec.out)
     wanted = list(prepared.plan.units)
-    finished_scans = tuple(k for k in prepared.plan.scan_keys if store.has(k, verify=False))
-    if len(finished_scans) == len(prepared.plan.scan_keys):
-        wanted += examples_units(spec, prepared.facts, finished_scans)
+    if not store.pending(prepared.plan.scan_keys):
+        wanted += examples_units(spec, prepared.facts, prepared.plan.scan_keys)
     status: dict[str, list[str]] = {"done": [], "pending": [], "failed": [], "stale": []}
+    todo = set(store.pending([unit.key for unit in wanted]))
     for unit in wanted:
-        if store.has(unit.key):
+        if unit.key not in todo:
             status["done"].append(unit.label)
         elif store.is_failed(unit.key):
             status["failed"].append(f"{unit.label}: {store.entry(unit.key).reason}")

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from atlas.storage import LocationError, parse_out
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -95,7 +97,7 @@ class ExecuteSpec:
 @dataclass(frozen=True)
 class JobSpec:
     name: str
-    out: Path
+    out: Path | str  # a local folder, or a URI such as s3://bucket/prefix (atlas.storage)
     model: ModelSpec
     layers: tuple[LayerSpec, ...]
     render: RenderSpec = field(default_factory=RenderSpec)
@@ -387,9 +389,13 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
     out = job.get("out", f"atlas-out/{name}")
     if not isinstance(out, str):
         raise ctx.error("job", "out", f"expected a path string, got {_type_name(out)} {out!r}")
+    try:
+        out = parse_out(out)
+    except LocationError as err:
+        raise ctx.error("job", "out", str(err)) from err
     sections = {key: _section(ctx, key, cls, raw.get(key, {})) for key, cls in SECTIONS.items()}
     spec = JobSpec(
-        name=name, out=Path(out), layers=_layers(ctx, raw.get("layers")), source=Path(source), **sections
+        name=name, out=out, layers=_layers(ctx, raw.get("layers")), source=Path(source), **sections
     )
     _check_values(ctx, spec)
     return _resolve_paths(ctx, spec, base or Path.cwd())

@@ -96,11 +96,14 @@ class Location:
         return {i.path[cut:]: i.size for i in infos if i.type == pafs.FileType.File}
 
     # -- writing ----------------------------------------------------------------------------
-    def write_bytes(self, rel: str, data: bytes) -> None:
-        """Replace a file whole: temp file + fsync + rename locally, one PUT in a bucket."""
+    def write_bytes(self, rel: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+        """Replace a file whole: temp file + fsync + rename locally, one PUT in a bucket.
+
+        `headers` (e.g. Content-Type, Cache-Control) become the object's metadata in a bucket.
+        """
         target = self.path(rel)
         if not self.local:
-            with self.fs.open_output_stream(target) as stream:
+            with self.fs.open_output_stream(target, metadata=headers) as stream:
                 stream.write(data)
             return
         folder = os.path.dirname(target)

@@ -7,6 +7,7 @@ previous site only when complete, so a failed nightly rebuild leaves yesterday's
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -28,7 +29,7 @@ from atlas.site.interactions import read_interactions
 from atlas.site.slugs import layer_slugs
 from atlas.site.sprites import SpriteLayout
 from atlas.site.workers import ComposeJobs, auto_workers
-from atlas.store import JOB, MANIFEST, ManifestEntry, Store
+from atlas.store import JOB, ManifestEntry, Store
 
 SUMMARY_FILE = "build.json"
 DETAILS_FILE = "details.js"
@@ -89,17 +90,21 @@ class LayerSummary:
     sprite_keys: dict[str, str] = field(default_factory=dict)
 
 
-def build_site(out: Path, site_dir: Path | None = None, workers: int | None = None) -> Path:
-    """Build the atlas site for the output folder `out`; returns the path of its index.html.
+def build_site(out: Path | str, site_dir: Path | None = None, workers: int | None = None) -> Path:
+    """Build the atlas site for the store `out`; returns the path of its index.html.
 
+    The site is built on local disk: in `out/site` for a local store, in a cache folder for a
+    bucket (kept, so the next build reuses unchanged sprites; `atlas.publish` puts it online).
     `workers` processes compose the channel sprites (default: one per core for large atlases,
     inline for small ones).
     """
-    out = Path(out)
-    site_dir = Path(site_dir) if site_dir is not None else out / "site"
-    if not (out / JOB).is_file() and not (out / MANIFEST).is_file():
+    store = Store(out)
+    if site_dir is None:
+        site_dir = store.root / "site" if store.root is not None else _cache_folder(store.uri)
+    site_dir = Path(site_dir)
+    if not store.job() and not store.entries():
         raise SiteError(
-            f"{out} has neither {JOB} nor {MANIFEST}: point build_site at the output folder of "
+            f"{store.uri} has neither {JOB} nor unit records: point build_site at the output folder of "
             "an atlas run (the `out` of the job spec), or run the job first"
         )
     if site_dir.exists() and not site_dir.is_dir():
@@ -108,12 +113,18 @@ def build_site(out: Path, site_dir: Path | None = None, workers: int | None = No
     previous = load_summary(site_dir / SUMMARY_FILE)
     staging = Path(tempfile.mkdtemp(prefix=f".{site_dir.name}.building-", dir=site_dir.parent))
     try:
-        _build_into(staging, Store(out), previous, site_dir, workers)
+        _build_into(staging, store, previous, site_dir, workers)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _switch(staging, site_dir)
     return site_dir / "index.html"
+
+
+def _cache_folder(uri: str) -> Path:
+    """Where the site of a bucket store is built (one folder per store URI)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "neuron-atlas" / "sites" / hashlib.sha256(uri.encode()).hexdigest()[:16] / "site"
 
 
 def _switch(staging: Path, site_dir: Path) -> None:
