@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from atlas.errors import AtlasError
@@ -393,13 +394,17 @@ class Store:
             return None
         return pa.concat_tables(tables, promote_options="default")
 
-    def shard_urls(self, kind: str) -> list[str]:
-        """Where the committed shards of a kind are, as URIs a Parquet reader (DuckDB, pandas) takes."""
-        return [
-            self.location.url(e.tables[kind]["path"])
+    def dataset(self, kind: str) -> ds.Dataset:
+        """The committed shards of a kind as one pyarrow dataset (for DuckDB, pandas, Polars).
+
+        Exactly the committed units: no staged, stale or half-committed shard is in it.
+        """
+        paths = [
+            self.location.path(e.tables[kind]["path"])
             for e in self._entries.values()
             if e.status == "done" and kind in e.tables
         ]
+        return ds.dataset(paths, filesystem=self.location.fs, format="parquet")
 
 
 def done_record(
