@@ -22,7 +22,7 @@ import json
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -77,7 +77,7 @@ def _record(item: dict) -> ManifestEntry:
 
 
 def _dumps(entry: ManifestEntry) -> str:
-    return json.dumps(asdict(entry), separators=(",", ":"))
+    return json.dumps(vars(entry), separators=(",", ":"))  # asdict's deep copy costs 10x more
 
 
 def write_shards(location: Location, key: str, tables: dict[str, pa.Table]) -> dict[str, dict]:
