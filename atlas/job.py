@@ -18,6 +18,7 @@ from typing import Any
 from atlas.examples import PartialScan, direction_layer
 from atlas.models import LoadedModel, load_model
 from atlas.plan import CODE_VERSIONS, ModelFacts, Plan, Unit, examples_units, make_plan
+from atlas.retention import apply_retention
 from atlas.spec import JobSpec, check_against_model, spec_to_dict
 from atlas.store import Store
 
@@ -161,7 +162,7 @@ def run_job(
         if only is None:  # units of older settings would show up beside the new ones
             keep = {u.key for u in prepared.plan.units}
             keep |= {u.key for u in examples_units(spec, prepared.facts, finished)}
-            store.prune(keep)
+            apply_retention(store, keep, spec.keep_runs)
         finished_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         store.write_job(job_info(prepared, started, finished_at))
     finally:

@@ -105,6 +105,7 @@ class JobSpec:
     interactions: InteractionsSpec = field(default_factory=InteractionsSpec)
     execute: ExecuteSpec = field(default_factory=ExecuteSpec)
     source: Path | None = None
+    keep_runs: int = 1  # retention: units planned by the last N complete runs stay (0: all; atlas.retention)
 
     def replace(self, **sections: Any) -> JobSpec:
         """A copy with whole sections replaced, e.g. spec.replace(out=Path("x"))."""
@@ -380,8 +381,17 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
     if not isinstance(job, dict):
         raise ctx.error("job", None, "expected a table [job]")
     for key in job:
-        if key not in ("name", "out"):
-            raise ctx.error("job", key, f"unknown key. {_close(key, ['name', 'out'])}Valid keys: name, out")
+        if key not in ("name", "out", "keep_runs"):
+            raise ctx.error(
+                "job",
+                key,
+                f"unknown key. {_close(key, ['name', 'out', 'keep_runs'])}Valid keys: name, out, keep_runs",
+            )
+    keep_runs = job.get("keep_runs", 1)
+    if not isinstance(keep_runs, int) or isinstance(keep_runs, bool) or keep_runs < 0:
+        raise ctx.error(
+            "job", "keep_runs", f"expected a whole number >= 0 (0 keeps every run), got {keep_runs!r}"
+        )
     default_name = re.sub(r"[^A-Za-z0-9_.\-]+", "", Path(source).stem) or "job"
     name = job.get("name", default_name)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
@@ -395,7 +405,12 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
         raise ctx.error("job", "out", str(err)) from err
     sections = {key: _section(ctx, key, cls, raw.get(key, {})) for key, cls in SECTIONS.items()}
     spec = JobSpec(
-        name=name, out=out, layers=_layers(ctx, raw.get("layers")), source=Path(source), **sections
+        name=name,
+        out=out,
+        keep_runs=keep_runs,
+        layers=_layers(ctx, raw.get("layers")),
+        source=Path(source),
+        **sections,
     )
     _check_values(ctx, spec)
     return _resolve_paths(ctx, spec, base or Path.cwd())

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from atlas.lease import LeaseError
+from atlas.retention import apply_retention
 from atlas.store import Store, StoreError
 
 
@@ -168,3 +169,16 @@ def journal_lines(root) -> list[dict]:
         for path in sorted((root / "journal").glob("*.jsonl"))
         for line in path.read_text().splitlines()
     ]
+
+
+def test_retention_keeps_the_units_of_the_last_runs(tmp_path):
+    store = Store(tmp_path)
+    for run, keys in enumerate((["a", "b"], ["b", "c"], ["d"])):
+        for key in keys:
+            store.write_unit(key, "render", "l1", table(1))
+        pruned = apply_retention(store, keys, keep_runs=2)
+        assert pruned == (1 if run == 2 else 0)  # the third run drops "a", which only the first planned
+    assert sorted(e.key for e in Store(tmp_path).entries()) == ["b", "c", "d"]
+    assert apply_retention(store, ["d"], keep_runs=1) == 2  # today's rule: only the current plan
+    assert apply_retention(store, [], keep_runs=0) == 0  # keep everything
+    assert [e.key for e in Store(tmp_path).entries()] == ["d"]
