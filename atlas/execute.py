@@ -2,7 +2,7 @@
 
 This is the only module that knows Ray. Workers are actors that load the model once (a GPU
 task gets a fresh process per call otherwise). When they can reach the store (a bucket, or a
-local folder on a one-machine cluster) they write their own shards to its staging area and
+local folder on a one-machine cluster) they stage their own shards in it (under dot names) and
 return only the small records; otherwise they return the tables and the driver writes them.
 The driver keeps at most `max_in_flight` calls outstanding, commits each finished unit as it
 arrives (so a crash loses only uncommitted units), replaces workers that die and retries their units.
@@ -29,7 +29,7 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 from atlas.plan import Unit
 from atlas.spec import ExecuteSpec, JobSpec
 from atlas.storage import Location, open_location
-from atlas.store import Store, done_record, write_shards
+from atlas.store import Store, UnitRecord, write_shards
 from atlas.units import UnitFailed, make_context, run_unit
 
 # How long the driver waits for a first live worker before it gives up (model load included).
@@ -375,7 +375,7 @@ class Executor:
             return self._fail(call, store, report, reason)
         shards = result if form == "shards" else store.write_shards(unit.key, result)
         store.commit(
-            done_record(unit.key, unit.kind, unit.layer, shards, unit.channels, call.attempt, seconds)
+            UnitRecord.done(unit.key, unit.kind, unit.layer, shards, unit.channels, call.attempt, seconds)
         )
         report.done += 1
         return "done"
@@ -383,7 +383,7 @@ class Executor:
     @staticmethod
     def _fail(call: _Call, store: Store, report: RunReport, reason: str) -> str:
         unit = call.unit
-        store.record_failure(unit.key, unit.kind, unit.layer, reason, unit.channels, call.attempt)
+        store.commit(UnitRecord.failed(unit.key, unit.kind, unit.layer, reason, unit.channels, call.attempt))
         report.failed.append((unit.label, reason))
         return "failed"
 

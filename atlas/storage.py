@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import pyarrow.fs as pafs
 
 from atlas.errors import AtlasError
+from atlas.safefs import file_mode, remove
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
 
@@ -111,12 +112,13 @@ class Location:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
         try:
             with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), file_mode())  # mkstemp makes 0600; the rename would keep it
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, target)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            remove(tmp, within=self.root)
             raise
 
     def create_exclusive(self, rel: str, data: bytes) -> bool:
@@ -125,7 +127,7 @@ class Location:
         if self.local:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             try:
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode())
             except FileExistsError:
                 return False
             with os.fdopen(fd, "wb") as handle:
@@ -146,6 +148,10 @@ class Location:
         self.fs.move(self.path(src), self.path(dst))
 
     def delete(self, rel: str) -> None:
+        """Delete one file of the store (locally never outside the root, never through a link)."""
+        if self.local:
+            remove(self.path(rel), within=self.root)
+            return
         with contextlib.suppress(FileNotFoundError):
             self.fs.delete_file(self.path(rel))
 

@@ -5,11 +5,11 @@ Layout under the output folder or bucket prefix (any `atlas.storage` location)::
     job.json                      what the job was (model, digest, layers, spec)
     journal/                      unit records: snapshot + appended chunks (atlas.journal)
     shards/<kind>/<unit_key>.parquet
-    staging/<kind>/<key>.<token>.parquet   shards written but not committed (no reader globs here)
+    shards/<kind>/.<key>.<token>.staged     written, not yet committed (no `*.parquet` glob sees it)
     lease.json                    the driver that holds the store (atlas.lease)
 
-Shards are written to staging (by a worker when it can reach the store, else by the driver),
-then the driver commits: moves them under shards/ and appends one record to the journal.
+Shards are staged under a dot name (by a worker when it can reach the store, else by the
+driver), then the driver commits: renames them to their final name and journals one record.
 Readers see only committed units. A rerun trusts each shard's recorded size; `verify` reads
 every shard and checks its sha256, and any read checks the checksum of what it read.
 """
@@ -22,7 +22,7 @@ import json
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -32,16 +32,17 @@ import pyarrow.parquet as pq
 from atlas.errors import AtlasError
 from atlas.journal import LEGACY_MANIFEST, Journal
 from atlas.lease import Lease
-from atlas.storage import Location, open_location
+from atlas.storage import Location, open_location, parse_out
 
 MANIFEST = LEGACY_MANIFEST
 JOB = "job.json"
-STAGING = "staging"
 SHARDS = "shards"
 
 
 @dataclass(frozen=True)
-class ManifestEntry:
+class UnitRecord:
+    """One unit as the store records it: finished ("done", with its shards) or "failed"."""
+
     key: str
     kind: str
     layer: str
@@ -51,13 +52,45 @@ class ManifestEntry:
     sha256: str = ""
     path: str = ""  # relative to the store root: the shard of the unit's own kind
     reason: str = ""
-    tables: dict = field(default_factory=dict)  # kind -> {"path", "sha256", "rows"}, for every shard
+    tables: dict = field(default_factory=dict)  # kind -> {"path", "sha256", "size", "rows"}, every shard
     attempts: int = 1
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def done(
+        cls,
+        key: str,
+        kind: str,
+        layer: str,
+        tables: dict[str, dict],
+        channels: Sequence[int] = (),
+        attempts: int = 1,
+        seconds: float = 0.0,
+    ) -> UnitRecord:
+        """The record of a finished unit, from the shard records `write_shards` returned."""
+        main = tables.get(kind) or next(iter(tables.values()))
+        return cls(
+            key=key,
+            kind=kind,
+            layer=layer,
+            channels=tuple(int(c) for c in channels),
+            rows=main["rows"],
+            sha256=main["sha256"],
+            path=main["path"],
+            tables=tables,
+            attempts=attempts,
+            seconds=round(seconds, 3),
+        )
+
+    @classmethod
+    def failed(
+        cls, key: str, kind: str, layer: str, reason: str, channels: Sequence[int] = (), attempts: int = 1
+    ) -> UnitRecord:
+        channels = tuple(int(c) for c in channels)
+        return cls(key, kind, layer, channels, status="failed", reason=reason, attempts=attempts)
 
 
-UnitRecord = ManifestEntry
+_RECORD_FIELDS = {f.name for f in fields(UnitRecord)}
 
 
 def _sha256(data: bytes) -> str:
@@ -70,23 +103,23 @@ def table_to_parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _record(item: dict) -> ManifestEntry:
-    item = {k: v for k, v in item.items() if k in ManifestEntry.__dataclass_fields__}
+def _record(item: dict) -> UnitRecord:
+    item = {k: v for k, v in item.items() if k in _RECORD_FIELDS}  # old stores: "extra"
     item["channels"] = tuple(item.get("channels", ()))
-    return ManifestEntry(**item)
+    return UnitRecord(**item)
 
 
-def _dumps(entry: ManifestEntry) -> str:
+def _dumps(entry: UnitRecord) -> str:
     return json.dumps(vars(entry), separators=(",", ":"))  # asdict's deep copy costs 10x more
 
 
 def write_shards(location: Location, key: str, tables: dict[str, pa.Table]) -> dict[str, dict]:
-    """Write a unit's tables to staging; return {table_kind: {path, staged, sha256, size, rows}}."""
+    """Stage a unit's tables (dot names, invisible to readers); return {table_kind: {path, staged, sha256, size, rows}}."""
     token = uuid.uuid4().hex[:12]
     written = {}
     for table_kind, table in tables.items():
         data = table_to_parquet_bytes(table)
-        staged = f"{STAGING}/{table_kind}/{key}.{token}.parquet"
+        staged = f"{SHARDS}/{table_kind}/.{key}.{token}.staged"
         location.write_bytes(staged, data)
         written[table_kind] = {
             "path": f"{SHARDS}/{table_kind}/{key}.parquet",
@@ -106,9 +139,9 @@ class Store:
         self.root = Path(self.location.root) if self.location.local else None
         self.uri = self.location.uri
         self.journal = Journal(self.location, group_units, group_seconds)
-        self._entries: dict[str, ManifestEntry] = self._load()
+        self._entries: dict[str, UnitRecord] = self._load()
         self._lines: dict[str, str] = {}  # key -> the record's JSON, for compaction
-        self._staged: list[ManifestEntry] = []  # bucket: records whose shards move at the next flush
+        self._staged: list[UnitRecord] = []  # bucket: records whose shards move at the next flush
         self._lease: Lease | None = None
 
     # -- the driver's lease -----------------------------------------------------------------
@@ -122,7 +155,7 @@ class Store:
         if self.journal.should_compact() or self.location.exists(MANIFEST):
             self._compact()
 
-    def _load(self) -> dict[str, ManifestEntry]:
+    def _load(self) -> dict[str, UnitRecord]:
         try:
             return {key: _record(item) for key, item in self.journal.load().items()}
         except (json.JSONDecodeError, KeyError, TypeError) as err:
@@ -144,7 +177,6 @@ class Store:
         """Delete staged shards and shards no committed record names (a killed driver's leftovers)."""
         named = {info["path"] for e in self._entries.values() for info in e.tables.values()}
         stray = [rel for rel in self.location.sizes(SHARDS) if rel not in named]
-        stray += list(self.location.sizes(STAGING))
         for rel in stray:
             self.location.delete(rel)
         if self.root is not None:  # a killed local write's temp file beside job.json
@@ -159,29 +191,33 @@ class Store:
         self.flush()
         self.journal.compact(self._line(entry) for entry in self._entries.values())
 
-    def _line(self, entry: ManifestEntry) -> str:
+    def _line(self, entry: UnitRecord) -> str:
         line = self._lines.get(entry.key)
         if line is None:
             line = self._lines[entry.key] = _dumps(entry)
         return line
 
-    def entries(self) -> list[ManifestEntry]:
+    def entries(self) -> list[UnitRecord]:
         return list(self._entries.values())
 
-    def entry(self, key: str) -> ManifestEntry | None:
+    def entry(self, key: str) -> UnitRecord | None:
         return self._entries.get(key)
 
     # -- state of units ---------------------------------------------------------------------
-    def pending(self, keys: Iterable[str], force: bool = False) -> list[str]:
+    def pending(self, keys: Iterable[str], force: bool = False, verify: bool = False) -> list[str]:
         """Keys not finished, or whose shards are missing or of another size than recorded.
 
-        One listing of shards/ answers for every key: no shard is downloaded (see `verify`).
+        One listing of shards/ answers for every key: no shard is downloaded. `verify` also reads
+        every shard and checks its checksum (what `verify(keys)` does).
         """
         keys = list(keys)
         if force:
             return keys
         sizes = self.location.sizes(SHARDS)
-        return [key for key in keys if not self._intact(key, sizes)]
+        todo = {key for key in keys if not self._intact(key, sizes)}
+        if verify:
+            todo |= set(self.verify(key for key in keys if key not in todo))
+        return [key for key in keys if key in todo]
 
     def _intact(self, key: str, sizes: dict[str, int]) -> bool:
         entry = self._entries.get(key)
@@ -203,14 +239,7 @@ class Store:
 
     def has(self, key: str, verify: bool = True) -> bool:
         """True when the unit finished and its shards are intact (every checksum read when verify)."""
-        if verify:
-            entry = self._entries.get(key)
-            return (
-                entry is not None
-                and entry.status == "done"
-                and all(self._checksum_ok(info) for info in entry.tables.values())
-            )
-        return not self.pending([key])
+        return not self.pending([key], verify=verify)
 
     def verify(self, keys: Iterable[str] | None = None, workers: int = 8) -> list[str]:
         """Done units (all, or `keys`) with a shard missing or whose bytes fail their sha256."""
@@ -231,7 +260,7 @@ class Store:
         """Write a unit's shards to staging; the records say where and what (see `commit`)."""
         return write_shards(self.location, key, tables)
 
-    def commit(self, record: ManifestEntry) -> None:
+    def commit(self, record: UnitRecord) -> None:
         """Make a unit visible: move its staged shards in place and journal its record.
 
         Locally both happen now. In a bucket the moves (server-side copies) and the journal put
@@ -258,7 +287,7 @@ class Store:
             self._staged = []
         self.journal.flush()
 
-    def _move_staged(self, records: list[ManifestEntry]) -> None:
+    def _move_staged(self, records: list[UnitRecord]) -> None:
         moves = [
             (info["staged"], info["path"]) for r in records for info in r.tables.values() if "staged" in info
         ]
@@ -278,12 +307,9 @@ class Store:
         channels: Sequence[int] = (),
         attempts: int = 1,
         seconds: float = 0.0,
-        extra: dict | None = None,
-    ) -> ManifestEntry:
+    ) -> UnitRecord:
         """Write a finished unit's shard and commit it."""
-        return self.write_unit_tables(
-            unit_key, kind, layer, {kind: table}, channels, attempts, seconds, extra
-        )
+        return self.write_unit_tables(unit_key, kind, layer, {kind: table}, channels, attempts, seconds)
 
     def write_unit_tables(
         self,
@@ -294,13 +320,10 @@ class Store:
         channels: Sequence[int] = (),
         attempts: int = 1,
         seconds: float = 0.0,
-        extra: dict | None = None,
-    ) -> ManifestEntry:
+    ) -> UnitRecord:
         """Write every table a unit produced (one shard per table kind), then commit the unit."""
-        record = done_record(
-            unit_key, kind, layer, self.write_shards(unit_key, tables), channels, attempts, seconds
-        )
-        self.commit(replace(record, extra=extra or {}))
+        shards = self.write_shards(unit_key, tables)
+        self.commit(UnitRecord.done(unit_key, kind, layer, shards, channels, attempts, seconds))
         return self._entries[unit_key]
 
     def record_failure(
@@ -312,17 +335,7 @@ class Store:
         channels: Sequence[int] = (),
         attempts: int = 1,
     ) -> None:
-        self.commit(
-            ManifestEntry(
-                key=unit_key,
-                kind=kind,
-                layer=layer,
-                channels=tuple(int(c) for c in channels),
-                status="failed",
-                reason=reason,
-                attempts=attempts,
-            )
-        )
+        self.commit(UnitRecord.failed(unit_key, kind, layer, reason, channels, attempts))
 
     def forget(self, keys: Iterable[str]) -> None:
         """Drop units from the journal, e.g. to recompute them; their shards go at the next cleanup."""
@@ -407,32 +420,7 @@ class Store:
         return ds.dataset(paths, filesystem=self.location.fs, format="parquet")
 
 
-def done_record(
-    key: str,
-    kind: str,
-    layer: str,
-    tables: dict[str, dict],
-    channels: Sequence[int] = (),
-    attempts: int = 1,
-    seconds: float = 0.0,
-) -> ManifestEntry:
-    """The record of a finished unit from what `write_shards` returned."""
-    main = tables.get(kind) or next(iter(tables.values()))
-    return ManifestEntry(
-        key=key,
-        kind=kind,
-        layer=layer,
-        channels=tuple(int(c) for c in channels),
-        rows=main["rows"],
-        sha256=main["sha256"],
-        path=main["path"],
-        attempts=attempts,
-        seconds=round(seconds, 3),
-        tables=tables,
-    )
-
-
-def _committed(record: ManifestEntry) -> ManifestEntry:
+def _committed(record: UnitRecord) -> UnitRecord:
     """The record as the journal keeps it: without the staging paths."""
     if not any("staged" in info for info in record.tables.values()):
         return record
@@ -440,9 +428,9 @@ def _committed(record: ManifestEntry) -> ManifestEntry:
     return replace(record, tables=tables)
 
 
-def open_store(out: Path | str) -> Store:
+def open_store(uri_or_path: Path | str) -> Store:
     """The store at a local folder or a URI (s3://, gs://, file://)."""
-    return Store(out)
+    return Store(parse_out(uri_or_path) if isinstance(uri_or_path, str) else uri_or_path)
 
 
 class StoreError(AtlasError, RuntimeError):

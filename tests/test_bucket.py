@@ -64,7 +64,8 @@ def test_readers_see_only_committed_groups(s3):
     writer.write_unit("k2", "render", "l1", table(1))
     reader = Store("s3://atlas/groups")
     assert reader.entries() == [] and reader.read("render") is None
-    assert not [k for k in s3.objects() if k.startswith("groups/shards/")]  # staged, not globbable
+    staged = [k for k in s3.objects() if k.startswith("groups/shards/")]
+    assert staged and not [k for k in staged if k.endswith(".parquet")]  # staged: no glob sees them
     writer.write_unit("k3", "render", "l1", table(1))  # the group is full: committed
     assert [e.key for e in Store("s3://atlas/groups").entries()] == ["k1", "k2", "k3"]
 
@@ -84,14 +85,14 @@ os.kill(os.getpid(), signal.SIGKILL)
     )
     assert driver.returncode == -signal.SIGKILL, driver.stderr.decode()[-2000:]
     assert "killed/lease.json" in s3.objects()  # the dead driver's lease is still there
-    assert "killed/staging/render" in " ".join(s3.objects())  # and its uncommitted unit
+    assert [k for k in s3.objects() if k.startswith("killed/shards/render/.k4.")]  # and its staged unit
     rerun = Store("s3://atlas/killed")
     rerun.acquire()  # its holder is gone: taken over, leftovers cleaned
     assert sorted(e.key for e in rerun.entries()) == ["k0", "k1", "k2", "k3"]
     assert rerun.pending(["k0", "k3", "k4"]) == ["k4"]
     rerun.release()
     left = [k for k in s3.objects() if k.startswith("killed/")]
-    assert not [k for k in left if "/staging/" in k] and "killed/lease.json" not in left
+    assert not [k for k in left if k.endswith(".staged")] and "killed/lease.json" not in left
     assert sorted(k for k in left if "/shards/" in k) == [
         f"killed/shards/render/k{i}.parquet" for i in range(4)
     ]
@@ -210,7 +211,7 @@ def test_tiny_job_into_a_bucket_reruns_nothing_and_publishes(s3, tmp_path, monke
         session = Path(ray._private.worker._global_node.get_session_dir_path())
     objects = s3.objects()
     assert len([k for k in objects if k.startswith("job/shards/render/")]) == 3
-    assert not [k for k in objects if k.startswith("job/staging/")] and "job/lease.json" not in objects
+    assert not [k for k in objects if k.endswith(".staged")] and "job/lease.json" not in objects
 
     s3.make_public("job/site/")
     entry, _ = s3.http("job/site/index.html")

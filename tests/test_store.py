@@ -9,6 +9,7 @@ import pytest
 
 from atlas.lease import LeaseError
 from atlas.retention import apply_retention
+from atlas.storage import LocationError
 from atlas.store import Store, StoreError
 
 
@@ -160,7 +161,7 @@ def test_uncommitted_shards_are_cleaned_up_by_the_next_driver(tmp_path):
     driver.acquire()
     driver.release()
     assert sorted(p.name for p in (tmp_path / "shards" / "render").iterdir()) == ["k1.parquet"]
-    assert not list((tmp_path / "staging").rglob("*.parquet"))
+    assert not list(tmp_path.rglob("*.staged"))
 
 
 def journal_lines(root) -> list[dict]:
@@ -182,3 +183,69 @@ def test_retention_keeps_the_units_of_the_last_runs(tmp_path):
     assert apply_retention(store, ["d"], keep_runs=1) == 2  # today's rule: only the current plan
     assert apply_retention(store, [], keep_runs=0) == 0  # keep everything
     assert [e.key for e in Store(tmp_path).entries()] == ["d"]
+
+
+def test_pending_checks_sizes_cheaply_and_checksums_when_asked(tmp_path):
+    store = Store(tmp_path)
+    for key in ("k1", "k2", "k3"):
+        store.write_unit(key, "render", "l1", table(3))
+    store.record_failure("k4", "render", "l1", "boom")
+    shard = tmp_path / "shards" / "render"
+    (shard / "k1.parquet").write_bytes((shard / "k1.parquet").read_bytes()[:-5])  # truncated
+    flipped = bytearray((shard / "k2.parquet").read_bytes())
+    flipped[len(flipped) // 2] ^= 0xFF
+    (shard / "k2.parquet").write_bytes(bytes(flipped))  # same size, damaged
+    keys = ["k1", "k2", "k3", "k4", "k5"]
+    assert store.pending(keys) == ["k1", "k4", "k5"]
+    assert store.pending(keys, verify=True) == ["k1", "k2", "k4", "k5"]
+    assert store.verify(keys) == ["k1", "k2"]
+    assert store.pending(["k3"], force=True) == ["k3"]
+
+
+def test_shards_are_invisible_until_committed(tmp_path):
+    from atlas.store import UnitRecord
+
+    store = Store(tmp_path)
+    shards = store.write_shards("k1", {"examples": table(2), "histogram": table(1)})
+    assert shards["examples"]["size"] == (tmp_path / shards["examples"]["staged"]).stat().st_size
+    assert store.pending(["k1"]) == ["k1"] and store.layers("examples") == []
+    with pytest.raises(StoreError, match="no finished 'examples' table"):
+        store.read_unit("k1", "examples")
+    store.commit(UnitRecord.done("k1", "examples", "l1", shards, channels=(0, 1)))
+    store.flush()
+    reopened = Store(tmp_path)
+    assert reopened.pending(["k1"]) == [] and reopened.entry("k1").rows == 2
+    assert reopened.read_unit("k1", "examples", columns=["channel"]).column_names == ["channel"]
+
+
+def test_read_layer_yields_one_unit_at_a_time(tmp_path):
+    store = Store(tmp_path)
+    store.write_unit("a", "render", "l1", table(2))
+    store.write_unit("b", "render", "l2", table(1, "l2"))
+    store.write_unit("c", "render", "l1", table(3))
+    assert [t.num_rows for t in store.read_layer("render", "l1")] == [2, 3]
+    assert list(store.read_layer("examples", "l1")) == []
+
+
+def test_open_store_takes_paths_and_file_uris(tmp_path):
+    from atlas.store import open_store
+
+    Store(tmp_path).write_unit("k1", "render", "l1", table(1))
+    by_uri = open_store(tmp_path.as_uri())
+    assert by_uri.uri == tmp_path.resolve().as_uri() == open_store(str(tmp_path)).uri
+    assert by_uri.pending(["k1"]) == []
+    with pytest.raises(LocationError, match="nosuch:// is not a file system"):
+        open_store("nosuch://host/atlas")
+
+
+def test_old_manifests_still_load(tmp_path):
+    Store(tmp_path).write_unit("k1", "render", "l1", table(1))
+    manifest = {"version": 1, "units": journal_lines(tmp_path)}
+    shutil.rmtree(tmp_path / "journal")
+    for unit in manifest["units"]:  # as written before shard sizes were recorded
+        unit["extra"] = {}
+        for info in unit["tables"].values():
+            del info["size"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    store = Store(tmp_path)
+    assert store.pending(["k1"]) == [] and store.read_unit("k1", "render").num_rows == 1
