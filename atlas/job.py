@@ -131,7 +131,6 @@ def run_job(
         claim_output(spec.out, spec.name)  # a spec that fails its checks leaves no folder behind
     store = Store(spec.out)
     store.acquire()  # one driver per store; leftovers of a killed driver are cleaned up here
-    store.write_job(job_info(prepared, started))
     units = [u for u in prepared.plan.units if only is None or u.kind in only]
     phase_two_possible = spec.examples.enabled and (only is None or "examples" in only)
     later = examples_units(spec, prepared.facts, prepared.plan.scan_keys) if phase_two_possible else []
@@ -153,8 +152,10 @@ def run_job(
         if executor is None:
             executor = Executor(spec)
         report.add(executor.run(batch, store, force=force, on_progress=tick))
+        store.flush()  # phase two reads what phase one committed: end the commit group first
 
     try:
+        store.write_job(job_info(prepared, started))
         run_units(units)
         finished: tuple[str, ...] = ()
         if phase_two_possible and prepared.plan.scan_keys:

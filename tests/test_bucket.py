@@ -12,12 +12,14 @@ import threading
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 import ray
 from click.testing import CliRunner
-from raytools import local_ray, write_spec
+from PIL import Image
+from raytools import local_ray
 from s3server import SECRET, s3_server
 
 from atlas.cli import main
@@ -192,10 +194,45 @@ def test_publish_switches_atomically_for_a_polling_reader(s3, tmp_path):
     assert json.loads(s3.objects()["www/current.json"])["version"] in versions
 
 
+JOB = """
+[job]
+name = "bucket"
+out = "s3://atlas/job"
+[model]
+name = "tiny-cnn"
+[[layers]]
+name = "conv2"
+channels = "0:3"
+[render]
+steps = 4
+size = 32
+batch = 2
+objectives = ["channel"]
+channels_per_unit = 1
+[examples]
+source = "{photos}"
+k = 2
+shard_size = 4
+batch_size = 4
+crop_size = 16
+thumb_size = 16
+bins = 8
+[execute]
+workers = 2
+"""
+
+
 @pytest.mark.slow
 def test_tiny_job_into_a_bucket_reruns_nothing_and_publishes(s3, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    spec_path = write_spec(tmp_path / "job.toml", "s3://atlas/job", channels="0:3")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(8):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), np.uint8)).save(
+            photos / f"{i}.png"
+        )
+    spec_path = tmp_path / "job.toml"
+    spec_path.write_text(JOB.format(photos=photos))
 
     def no_driver_writes(self, key, tables):
         raise AssertionError("workers reach the bucket: image bytes must not pass through the driver")
@@ -205,12 +242,13 @@ def test_tiny_job_into_a_bucket_reruns_nothing_and_publishes(s3, tmp_path, monke
             patch.setattr(Store, "write_shards", no_driver_writes)
             first = CliRunner().invoke(main, ["run", str(spec_path)])
         assert first.exit_code == 0, first.output
-        assert "3 units done, 0 already done" in first.output
+        assert "6 units done, 0 already done" in first.output  # 3 renders, 2 scans, 1 examples
         second = CliRunner().invoke(main, ["run", str(spec_path), "--no-site"])
-        assert "0 units done, 3 already done" in second.output, second.output
+        assert "0 units done, 6 already done" in second.output, second.output
         session = Path(ray._private.worker._global_node.get_session_dir_path())
     objects = s3.objects()
     assert len([k for k in objects if k.startswith("job/shards/render/")]) == 3
+    assert len([k for k in objects if k.startswith("job/shards/examples/")]) == 1
     assert not [k for k in objects if k.endswith(".staged")] and "job/lease.json" not in objects
 
     s3.make_public("job/site/")
