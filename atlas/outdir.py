@@ -61,6 +61,8 @@ def check_output(out: Path, job: str) -> Path:
     the system could not otherwise open while `a` does not exist.
     """
     out = Path(os.path.normpath(out))
+    if out.is_symlink() and not out.exists():
+        raise OutputFolderError(f"output folder {out} is a symbolic link to nothing; fix or remove the link")
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"output folder {out} exists and is not a folder; choose another --out")
     if not out.is_dir():

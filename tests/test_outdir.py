@@ -114,6 +114,10 @@ def test_an_explicit_link_is_followed_and_its_target_checked(work: Path, tmp_pat
     assert _unchanged(full)
     claim_output(Path("to-empty"), "job")
     assert marker_job(empty) == "job" and (work / "to-empty").is_symlink()
+    (work / "dangling").symlink_to(tmp_path / "nothing")
+    with pytest.raises(OutputFolderError, match="link to nothing"):
+        claim_output(Path("dangling"), "job")
+    assert not (tmp_path / "nothing").exists()
 
 
 def test_a_new_folder_and_a_marked_one_are_accepted_another_jobs_is_not(work: Path) -> None:
