@@ -54,7 +54,9 @@ def publish_site(index: Path, target: Path | str, keep: int = 3) -> str:
     for path in files:
         digest.update(path.relative_to(site).as_posix().encode())
         digest.update(path.read_bytes())
-    version = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{digest.hexdigest()[:10]}"
+    now = time.time_ns()  # names sort in publishing order: pruning keeps the newest
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9))
+    version = f"{stamp}.{now % 10**9:09d}Z-{digest.hexdigest()[:10]}"
     location = open_location(target)
     for path in files:
         rel = path.relative_to(site).as_posix()
@@ -87,9 +89,9 @@ def prune_versions(location: Location, keep: int, current: str) -> list[str]:
     files = location.sizes(VERSIONS)
     versions = sorted({rel.split("/")[1] for rel in files})
     doomed = [v for v in versions[:-keep] if v != current] if keep < len(versions) else []
-    for rel in files:
+    for rel in files if not location.local else [f"{VERSIONS}/{version}" for version in doomed]:
         if rel.split("/")[1] in doomed:
-            location.delete(rel)
+            location.delete(rel)  # a local version goes as one folder, a bucket's object by object
     return doomed
 
 
