@@ -21,6 +21,7 @@ from atlas.examples import direction_layer, finalize_layer, scan_shard
 from atlas.models import LoadedModel, load_model, pick_device
 from atlas.optvis import RenderError, random_directions, render_channels, render_directions, render_pair
 from atlas.plan import Unit
+from atlas.provenance import provenance, with_provenance
 from atlas.schema import RENDER_SCHEMA
 from atlas.skipped import KIND as SKIPPED
 from atlas.skipped import skipped_table
@@ -149,9 +150,14 @@ HANDLERS: dict[str, Callable[[WorkerContext, Unit, Any], dict[str, pa.Table]]] =
 
 
 def run_unit(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
-    """Compute one unit; deterministic failures are raised as UnitFailed with the reason."""
+    """Compute one unit; deterministic failures are raised as UnitFailed with the reason.
+
+    Every table carries the worker's environment (``atlas.provenance``) in its metadata.
+    """
     try:
-        return HANDLERS[unit.kind](ctx, unit, unit.work)
+        tables = HANDLERS[unit.kind](ctx, unit, unit.work)
+        info = provenance(str(ctx.model.device))
+        return {kind: with_provenance(table, info) for kind, table in tables.items()}
     except UnitFailed:
         raise
     except (FloatingPointError, ValueError, RenderError) as err:  # NaN/Inf, bad inputs: retry won't heal

@@ -62,19 +62,29 @@ def build_objective(request: OneOffRequest) -> obj.Objective:
         raise RenderError(
             f"unknown objective {request.objective!r}; use one of {', '.join(ONE_OFF_OBJECTIVES)}"
         )
-    objective = builders[request.objective]()
-    for name, weight in request.penalties.items():
+    return with_penalties(builders[request.objective](), request.penalties)
+
+
+def with_penalties(objective: obj.Objective, penalties: dict[str, float]) -> obj.Objective:
+    """The objective minus each named penalty (l1, tv, blur) times its weight."""
+    for name, weight in penalties.items():
         if name not in PENALTIES:
             raise RenderError(f"unknown penalty {name!r}; use some of {', '.join(PENALTIES)}")
         objective = objective - weight * PENALTIES[name]()
     return objective
 
 
-def render_one_off(model: LoadedModel, request: OneOffRequest) -> RenderResult:
-    """Render ``request.count`` images of one objective in one batch."""
+def render_one_off(
+    model: LoadedModel, request: OneOffRequest, objective: obj.Objective | None = None
+) -> RenderResult:
+    """Render ``request.count`` images of one objective in one batch.
+
+    ``objective`` replaces the one the request names (layer, channel, objective); the request's
+    penalties still apply, and every other setting comes from the request.
+    """
     if request.descent not in DESCENTS:
         raise RenderError(f"unknown descent {request.descent!r}; use one of {', '.join(DESCENTS)}")
-    if request.objective == "diversity" and request.count < 2:
+    if objective is None and request.objective == "diversity" and request.count < 2:
         raise RenderError("a diversity render needs at least 2 images (--count)")
     kind, decorrelate, optimizer = request.param, request.decorrelate, "adam"
     if request.descent != "adam":
@@ -89,7 +99,7 @@ def render_one_off(model: LoadedModel, request: OneOffRequest) -> RenderResult:
     )
     return render(
         model,
-        build_objective(request),
+        build_objective(request) if objective is None else with_penalties(objective, request.penalties),
         param,
         steps=request.steps,
         lr=request.lr,

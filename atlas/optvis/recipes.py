@@ -16,8 +16,9 @@ import torch
 
 from atlas.models import LoadedModel
 from atlas.optvis import objectives as obj
+from atlas.optvis.autobatch import pass_capacity
 from atlas.optvis.param import make_param
-from atlas.optvis.render import RenderError, RenderResult, render
+from atlas.optvis.render import RenderError, RenderPart, RenderResult, render_parts
 
 CHANNEL_OBJECTIVES = ("channel", "neuron", "negative", "diversity")
 # Weight of the neighbour-alignment term in interpolations, relative to the channel objectives.
@@ -63,15 +64,14 @@ def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
     return list(array)
 
 
-def _run(
-    model: LoadedModel,
+def _part(
     objective: obj.Objective,
     settings: RenderSettings,
     batch: int,
     seed: int,
     labels: Sequence[str],
     shared: bool = False,
-) -> RenderResult:
+) -> RenderPart:
     param = make_param(
         settings.param,
         batch,
@@ -81,18 +81,44 @@ def _run(
         decorrelate=settings.decorrelate,
         shared=shared,
     )
-    return render(
+    return RenderPart(objective, param, seed, labels)
+
+
+def _render(model: LoadedModel, parts: Sequence[RenderPart], settings: RenderSettings) -> list[RenderResult]:
+    return render_parts(
         model,
-        objective,
-        param,
+        parts,
         steps=settings.steps,
         lr=settings.lr,
         transforms=settings.transforms,
-        seed=seed,
         snapshots=tuple(getattr(settings, "snapshots", ())),
         precision=settings.precision,
-        labels=labels,
     )
+
+
+def _run(
+    model: LoadedModel,
+    objective: obj.Objective,
+    settings: RenderSettings,
+    batch: int,
+    seed: int,
+    labels: Sequence[str],
+    shared: bool = False,
+) -> RenderResult:
+    return _render(model, [_part(objective, settings, batch, seed, labels, shared)], settings)[0]
+
+
+def _passes(sizes: Sequence[int], capacity: int) -> list[list[int]]:
+    """Consecutive chunks grouped into physical batches of at most ``capacity`` images each."""
+    passes: list[list[int]] = []
+    filled = capacity
+    for index, size in enumerate(sizes):
+        if filled + size > capacity:
+            passes.append([])
+            filled = 0
+        passes[-1].append(index)
+        filled += size
+    return passes
 
 
 @dataclass(frozen=True)
@@ -165,12 +191,19 @@ def _label(channel: int, objective: str, variant: int, count: int) -> str:
 
 
 def render_channels(
-    model: LoadedModel, layer: str, channels: Sequence[int], settings: RenderSettings
+    model: LoadedModel,
+    layer: str,
+    channels: Sequence[int],
+    settings: RenderSettings,
+    images_per_pass: int | None = None,
 ) -> list[RenderedImage]:
     """Every requested objective for every channel, in as few batched optimizations as fit.
 
     Objectives come from ``settings.objectives`` (channel, neuron, negative, diversity); the
-    images are packed into chunks of ``settings.batch`` and each chunk is one optimization.
+    images are packed into chunks of ``settings.batch``, and each chunk is one optimization
+    with its own seed: the chunks decide the pictures (and the content key holds the batch).
+    Several chunks share each step's forward pass when ``images_per_pass`` allows (default: as
+    many as the free GPU memory holds, see ``atlas.optvis.autobatch``; on CPU one chunk a pass).
     """
     unknown = [o for o in settings.objectives if o not in CHANNEL_OBJECTIVES]
     if unknown:
@@ -184,21 +217,31 @@ def render_channels(
         for c in channels
         for o in settings.objectives
     ]
-    rows: list[RenderedImage] = []
-    for index, chunk in enumerate(_pack(items, settings.batch)):
-        slots = [(item, variant) for item in chunk for variant in range(item.count)]
-        labels = [f"{layer} {_label(i.channel, i.objective, v, i.count)}" for i, v in slots]
-        result = _run(
-            model,
+    chunks = _pack(items, settings.batch)
+    slots = [[(item, variant) for item in chunk for variant in range(item.count)] for chunk in chunks]
+    parts = [
+        _part(
             _chunk_objective(layer, chunk, settings),
             settings,
-            len(slots),
+            len(chunk_slots),
             settings.seed + index,
-            labels,
+            [f"{layer} {_label(i.channel, i.objective, v, i.count)}" for i, v in chunk_slots],
         )
+        for index, (chunk, chunk_slots) in enumerate(zip(chunks, slots, strict=True))
+    ]
+    capacity = (
+        images_per_pass
+        if images_per_pass is not None
+        else pass_capacity(model, settings.batch, settings.size)
+    )
+    results: list[RenderResult] = []
+    for group in _passes([len(s) for s in slots], capacity):
+        results += _render(model, [parts[i] for i in group], settings)
+    rows: list[RenderedImage] = []
+    for chunk_slots, result in zip(slots, results, strict=True):
         means = result.activations[layer].mean(dim=(2, 3))
         images = to_uint8(result.images)
-        for element, (item, variant) in enumerate(slots):
+        for element, (item, variant) in enumerate(chunk_slots):
             rows.append(
                 RenderedImage(
                     layer=layer,
