@@ -38,6 +38,7 @@ from atlas.examples import finalize_layer, scan_shard
 from atlas.models import LOGITS, LoadedModel, freeze, load_model, pick_device
 from atlas.models.registry import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from atlas.optvis import objectives as obj
+from atlas.optvis.kinds import OBJECTIVES
 from atlas.optvis.objectives import StepState
 from atlas.optvis.oneoff import OneOffRequest, render_one_off
 from atlas.optvis.recipes import to_uint8
@@ -51,36 +52,42 @@ SHOWN_CHANNELS = 16
 _TERM = re.compile(
     r"\s*(?P<sign>[+-])?\s*(?:(?P<weight>\d+(?:\.\d*)?(?:e-?\d+)?|\.\d+)\s*\*\s*)?(?P<target>[\w.@]+(?::[\w.@]+)*)\s*"
 )
-_KINDS = ("channel", "neuron", "negative", "deepdream", "logit", "probability")
 
 
 class ApiError(AtlasError, ValueError):
     """A call of the notebook API that cannot work as written; the message shows the fix."""
 
 
+def _forms() -> str:
+    """How each registered objective is written in a string, for the error that lists them."""
+    named = [(name, kind) for name, kind in OBJECTIVES.items() if not kind.diverse]
+    channel = "|".join(name for name, kind in named if kind.readout == "channel")
+    layer = ", ".join(f"{name}:layer" for name, kind in named if kind.readout == "layer")
+    logits = " or ".join(f"{name}:N" for name, kind in named if kind.readout == "logits")
+    return f"{channel}:layer:channel, {layer}, {logits}"
+
+
 def _target(text: str) -> obj.Objective:
-    """One target: ``layer:channel`` or ``kind:layer:channel`` / ``logit:N`` / ``deepdream:layer``."""
+    """One target: ``layer:channel`` or ``kind:layer:channel`` / ``logit:N`` / ``deepdream:layer``.
+
+    The kinds are the registered objectives (atlas.optvis.kinds) except the diverse ones, which
+    need a set of images rather than a term.
+    """
     parts = text.split(":")
-    kind = parts[0] if parts[0] in _KINDS and len(parts) > 1 else "channel"
-    args = parts[1:] if kind != "channel" or parts[0] == "channel" else parts
+    named = len(parts) > 1 and parts[0] in OBJECTIVES and not OBJECTIVES.get(parts[0]).diverse
+    name, args = (parts[0], parts[1:]) if named else ("channel", parts)
+    kind = OBJECTIVES.get(name)
     try:
-        if kind in ("logit", "probability") and len(args) == 1:
-            label = int(args[0])
-            return obj.class_logit(label) if kind == "logit" else obj.class_probability(label)
-        if kind == "deepdream" and len(args) == 1:
-            return obj.deepdream(args[0])
-        if len(args) == 2:
-            layer, channel = args[0], int(args[1])
-            builders = {"channel": obj.channel, "neuron": obj.neuron}
-            if kind == "negative":
-                return -obj.channel(layer, channel)
-            if kind in builders:
-                return builders[kind](layer, channel)
+        if kind.readout == "logits" and len(args) == 1:
+            return kind.term("", int(args[0]), None)
+        if kind.readout == "layer" and len(args) == 1:
+            return kind.term(args[0], 0, None)
+        if kind.readout == "channel" and len(args) == 2:
+            return kind.term(args[0], int(args[1]), None)
     except ValueError:
         pass
     raise ApiError(
-        f"cannot read the objective target {text!r}: write layer:channel (e.g. '_blocks.9:5'), "
-        f"{'|'.join(_KINDS[:3])}:layer:channel, deepdream:layer, logit:N or probability:N"
+        f"cannot read the objective target {text!r}: write layer:channel (e.g. '_blocks.9:5'), {_forms()}"
     )
 
 

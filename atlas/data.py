@@ -27,6 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
+from atlas.errors import AtlasError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MIN_SIDE = 16  # smaller images carry too little to be an example of anything
 MAX_SIDE = 2048  # larger images are downscaled on load; crops never need more
@@ -39,7 +41,7 @@ EXIF_ORIENTATION = 0x0112
 DEMO_SCHEME = "demo-v1"  # bump when the crop scheme changes, so fingerprints change with it
 
 
-class SourceError(ValueError):
+class SourceError(AtlasError, ValueError):
     """A dataset source that cannot be used (missing, empty, no image column...)."""
 
 

@@ -11,13 +11,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from atlas.errors import AtlasError
 from atlas.models.fold import Folded, fold_batchnorm
 from atlas.models.registry import Preprocessing, build
 
 LOGITS = "logits"
 
 
-class UnknownLayerError(KeyError):
+class UnknownLayerError(AtlasError, KeyError):
     """A layer name that the model does not have; the message lists the closest names."""
 
     def __str__(self) -> str:  # KeyError quotes its message otherwise

@@ -15,11 +15,11 @@ from PIL import Image
 
 from atlas.models import LOGITS, LoadedModel
 from atlas.optvis import objectives as obj
+from atlas.optvis.kinds import OBJECTIVES
 from atlas.optvis.param import make_param
 from atlas.optvis.recipes import to_uint8
 from atlas.optvis.render import STEEPEST_DESCENT, RenderError, RenderResult, render
 
-ONE_OFF_OBJECTIVES = ("channel", "neuron", "negative", "deepdream", "logit", "probability", "diversity")
 DESCENTS = ("adam", *STEEPEST_DESCENT)
 PENALTIES = {"l1": obj.l1, "tv": obj.total_variation, "blur": obj.blur}
 
@@ -48,21 +48,11 @@ class OneOffRequest:
 
 def build_objective(request: OneOffRequest) -> obj.Objective:
     """The objective a request names, plus its weighted penalties."""
-    layer, channel = request.layer, request.channel
-    builders = {
-        "channel": lambda: obj.channel(layer, channel),
-        "neuron": lambda: obj.neuron(layer, channel),
-        "negative": lambda: -obj.channel(layer, channel),
-        "deepdream": lambda: obj.deepdream(layer),
-        "logit": lambda: obj.class_logit(channel),
-        "probability": lambda: obj.class_probability(channel),
-        "diversity": lambda: obj.channel(layer, channel) + request.diversity_weight * obj.diversity(layer),
-    }
-    if request.objective not in builders:
-        raise RenderError(
-            f"unknown objective {request.objective!r}; use one of {', '.join(ONE_OFF_OBJECTIVES)}"
-        )
-    return with_penalties(builders[request.objective](), request.penalties)
+    kind = OBJECTIVES.get(request.objective)
+    objective = kind.term(request.layer, request.channel, None)
+    if kind.diverse:
+        objective = objective + request.diversity_weight * obj.diversity(request.layer)
+    return with_penalties(objective, request.penalties)
 
 
 def with_penalties(objective: obj.Objective, penalties: dict[str, float]) -> obj.Objective:
@@ -84,8 +74,8 @@ def render_one_off(
     """
     if request.descent not in DESCENTS:
         raise RenderError(f"unknown descent {request.descent!r}; use one of {', '.join(DESCENTS)}")
-    if objective is None and request.objective == "diversity" and request.count < 2:
-        raise RenderError("a diversity render needs at least 2 images (--count)")
+    if objective is None and OBJECTIVES.get(request.objective).diverse and request.count < 2:
+        raise RenderError(f"a {request.objective} render needs at least 2 images (--count)")
     kind, decorrelate, optimizer = request.param, request.decorrelate, "adam"
     if request.descent != "adam":
         kind, decorrelate, optimizer = STEEPEST_DESCENT[request.descent]
@@ -112,9 +102,10 @@ def render_one_off(
 
 def read_out(result: RenderResult, request: OneOffRequest) -> list[float]:
     """What each image reached: the channel's mean activation, or the class logit."""
-    if request.objective in ("logit", "probability"):
+    readout = OBJECTIVES.get(request.objective).readout
+    if readout == "logits":
         return result.activations[LOGITS][:, request.channel].tolist()
-    if request.objective == "deepdream":
+    if readout == "layer":
         return result.activations[request.layer].pow(2).mean(dim=(1, 2, 3)).tolist()
     return result.activations[request.layer][:, request.channel].mean(dim=(1, 2)).tolist()
 

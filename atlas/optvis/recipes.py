@@ -17,10 +17,10 @@ import torch
 from atlas.models import LoadedModel
 from atlas.optvis import objectives as obj
 from atlas.optvis.autobatch import pass_capacity
+from atlas.optvis.kinds import OBJECTIVES, Term, channel_objectives
 from atlas.optvis.param import make_param
 from atlas.optvis.render import RenderError, RenderPart, RenderResult, render_parts
 
-CHANNEL_OBJECTIVES = ("channel", "neuron", "negative", "diversity")
 # Weight of the neighbour-alignment term in interpolations, relative to the channel objectives.
 ALIGNMENT_WEIGHT = 1e-2
 
@@ -158,33 +158,27 @@ def _check_channels(model: LoadedModel, layer: str, channels: Sequence[int]) -> 
 
 def _chunk_objective(layer: str, chunk: Sequence[_Item], settings: RenderSettings) -> obj.Objective:
     """One objective for a whole chunk: a few vectorized terms, not one term per element."""
-    by_kind: dict[str, tuple[list[int], list[int]]] = {}
+    by_term: dict[Term, tuple[list[int], list[int]]] = {}
     groups: list[list[int]] = []
     position = 0
     for item in chunk:
-        kind = "channel" if item.objective == "diversity" else item.objective
-        elements, channels = by_kind.setdefault(kind, ([], []))
+        kind = OBJECTIVES.get(item.objective)
+        elements, channels = by_term.setdefault(kind.term, ([], []))
         members = list(range(position, position + item.count))
         elements.extend(members)
         channels.extend([item.channel] * item.count)
-        if item.objective == "diversity" and item.count > 1:
+        if kind.diverse and item.count > 1:
             groups.append(members)
         position += item.count
-    terms: list[obj.Objective] = []
-    for kind, (elements, channels) in by_kind.items():
-        if kind == "neuron":
-            terms.append(obj.neuron(layer, channels, batch=elements))
-        else:
-            term = obj.channel(layer, channels, batch=elements)
-            terms.append(-term if kind == "negative" else term)
+    terms = [term(layer, channels, elements) for term, (elements, channels) in by_term.items()]
     if groups:
         terms.append(settings.diversity_weight * obj.diversity(layer, groups))
     return sum(terms[1:], terms[0])
 
 
 def _label(channel: int, objective: str, variant: int, count: int) -> str:
-    if objective == "diversity":
-        return f"channel {channel} (diversity {variant + 1}/{count})"
+    if OBJECTIVES.get(objective).diverse:
+        return f"channel {channel} ({objective} {variant + 1}/{count})"
     if objective == "channel":
         return f"channel {channel}"
     return f"channel {channel} ({objective})"
@@ -199,21 +193,20 @@ def render_channels(
 ) -> list[RenderedImage]:
     """Every requested objective for every channel, in as few batched optimizations as fit.
 
-    Objectives come from ``settings.objectives`` (channel, neuron, negative, diversity); the
+    Objectives come from ``settings.objectives`` (see ``atlas.optvis.kinds``); the
     images are packed into chunks of ``settings.batch``, and each chunk is one optimization
     with its own seed: the chunks decide the pictures (and the content key holds the batch).
     Several chunks share each step's forward pass when ``images_per_pass`` allows (default: as
     many as the free GPU memory holds, see ``atlas.optvis.autobatch``; on CPU one chunk a pass).
     """
-    unknown = [o for o in settings.objectives if o not in CHANNEL_OBJECTIVES]
+    known = channel_objectives()
+    unknown = [o for o in settings.objectives if o not in known]
     if unknown:
-        raise RenderError(
-            f"unknown render objective {unknown[0]!r}; use some of {', '.join(CHANNEL_OBJECTIVES)}"
-        )
+        raise RenderError(f"unknown render objective {unknown[0]!r}; use some of {', '.join(known)}")
     layer = model.resolve_layer(layer)
     _check_channels(model, layer, channels)
     items = [
-        _Item(c, o, settings.diversity if o == "diversity" else 1)
+        _Item(c, o, settings.diversity if OBJECTIVES.get(o).diverse else 1)
         for c in channels
         for o in settings.objectives
     ]

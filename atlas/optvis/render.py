@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from atlas.errors import AtlasError
 from atlas.models import LoadedModel
 from atlas.optvis.objectives import Objective, ObjectiveError, StepState
 from atlas.optvis.transforms import Transform, preset
+from atlas.registry import Registry
 
 OPTIMIZERS = ("adam", "l2", "linf")
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The article's three notions of steepest descent, as (parameterization, decorrelate, optimizer).
 STEEPEST_DESCENT: dict[str, tuple[str, bool, str]] = {
     "l2": ("pixel", False, "l2"),
@@ -28,8 +29,15 @@ STEEPEST_DESCENT: dict[str, tuple[str, bool, str]] = {
 }
 
 
-class RenderError(RuntimeError):
+class RenderError(AtlasError, RuntimeError):
     """An optimization that cannot run or that diverged; the message names the unit and step."""
+
+
+# Precision name -> autocast dtype (None: plain fp32, no autocast).
+PRECISIONS: Registry[torch.dtype | None] = Registry("precision", RenderError)
+PRECISIONS.register("fp32", None)
+PRECISIONS.register("fp16", torch.float16)
+PRECISIONS.register("bf16", torch.bfloat16)
 
 
 @dataclass
@@ -79,9 +87,7 @@ def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torc
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision not in PRECISIONS:
-        raise RenderError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    dtype = PRECISIONS[precision]
+    dtype = PRECISIONS.get(precision)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
