@@ -326,17 +326,6 @@ class Store:
         self.commit(UnitRecord.done(unit_key, kind, layer, shards, channels, attempts, seconds))
         return self._entries[unit_key]
 
-    def record_failure(
-        self,
-        unit_key: str,
-        kind: str,
-        layer: str,
-        reason: str,
-        channels: Sequence[int] = (),
-        attempts: int = 1,
-    ) -> None:
-        self.commit(UnitRecord.failed(unit_key, kind, layer, reason, channels, attempts))
-
     def forget(self, keys: Iterable[str]) -> None:
         """Drop units from the journal, e.g. to recompute them; their shards go at the next cleanup."""
         for key in keys:

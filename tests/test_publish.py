@@ -6,10 +6,10 @@ import json
 import re
 
 from click.testing import CliRunner
+from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 
 from atlas.cli import main
 from atlas.publish import content_type
-from atlas.site.synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 
 SMALL = SyntheticOptions(image_size=16, crop_size=12, examples_k=2, diversity=2, bins=8, channels_per_unit=4)
 
