@@ -20,7 +20,7 @@ from atlas import safefs
 from atlas.cli import main
 from atlas.errors import AtlasError
 from atlas.job import run_job
-from atlas.outdir import MARKER, OutputFolderError, claim_output, marker_job
+from atlas.outdir import MARKER, OutputFolderError, check_site_folder, claim_output, marker_job
 from atlas.safefs import UnsafeDeletionError, remove, swap_folder
 from atlas.site import build_site
 from atlas.spec import SpecError, parse_spec
@@ -133,6 +133,30 @@ def test_a_new_folder_and_a_marked_one_are_accepted_another_jobs_is_not(work: Pa
     (old / MARKER).touch()
     claim_output(old, "adopted")
     assert marker_job(old) == "adopted"
+
+
+def test_a_store_written_before_markers_existed_is_adopted_a_look_alike_is_not(work: Path) -> None:
+    old = work / "atlas-out" / "nightly"
+    (old / "shards").mkdir(parents=True)
+    (old / "job.json").write_text(json.dumps({"name": "nightly", "model_digest": "abc", "layers": []}))
+    (old / "manifest.json").write_text(json.dumps({"version": 1, "units": []}))
+    (old / "site").mkdir()
+    (old / "site" / "build.json").write_text(json.dumps({"version": 1, "model_digest": "abc", "layers": {}}))
+    with pytest.raises(OutputFolderError, match="belongs to job 'nightly'"):
+        claim_output(old, "other")  # adopted as the job it names, not as any job
+    claim_output(old, "nightly")
+    assert marker_job(old) == "nightly"
+    check_site_folder(old / "site")  # the old builder's site may be replaced by the next build
+    lookalike = work / "photos"  # a job.json without the atlas's fields is a user's file
+    lookalike.mkdir()
+    (lookalike / "job.json").write_text(json.dumps({"name": "photos"}))
+    (lookalike / "manifest.json").write_text(json.dumps({"units": []}))
+    with pytest.raises(OutputFolderError, match="not empty and has no"):
+        claim_output(lookalike, "photos")
+    (lookalike / "site").mkdir()
+    (lookalike / "site" / "build.json").write_text("{}")
+    with pytest.raises(OutputFolderError, match="not empty and has no"):
+        check_site_folder(lookalike / "site")
 
 
 def test_names_that_differ_only_by_case_are_refused(work: Path) -> None:
