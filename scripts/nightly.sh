@@ -54,9 +54,11 @@ log() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) nightly: $*" >&2; }
 SPEC_INFO="$(python scripts/spec_info.py "$JOB")" || exit 2
 read -r NAME SPEC_OUT <<<"$SPEC_INFO"
 
-# One run per job at a time: cron may start the next night before a slow night ends. The lock
-# is opened for appending: `>` would truncate whatever file a link planted at that name points to.
-LOCK="${XDG_RUNTIME_DIR:-/tmp}/atlas-nightly-$NAME.lock"
+# One run per store at a time: cron may start the next night before a slow night ends. The lock
+# is named after the job and the store it writes (two stores of one job name run side by side),
+# and opened for appending: `>` would truncate whatever file a link planted at that name points to.
+STORE_ID="$(printf '%s' "${OUT:-$SPEC_OUT}" | sha256sum | cut -c1-12)"
+LOCK="${XDG_RUNTIME_DIR:-/tmp}/atlas-nightly-$NAME-$STORE_ID.lock"
 exec 9>>"$LOCK"
 if ! flock -n 9; then
   log "another run of $NAME holds $LOCK; skipping this one"
