@@ -46,3 +46,19 @@ HISTOGRAM_SCHEMA = pa.schema(
         ("unit_key", pa.string()),
     ]
 )
+
+# One row per picture of a render unit, written by the same unit (atlas/quality/record.py).
+QUALITY_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("channel", pa.int32()),
+        ("objective", pa.string()),
+        ("variant", pa.int32()),
+        ("peak_activation", pa.float32()),
+        ("robust_activation", pa.float32()),
+        ("robust_worst", pa.float32()),
+        ("high_frequency", pa.float32()),
+        ("diversity_similarity", pa.float32()),
+        ("unit_key", pa.string()),
+    ]
+)

@@ -21,6 +21,7 @@ from atlas.examples import direction_layer, finalize_layer, scan_shard
 from atlas.models import LoadedModel, load_model, pick_device
 from atlas.optvis import RenderError, random_directions, render_channels, render_directions, render_pair
 from atlas.plan import Unit
+from atlas.quality import quality_table
 from atlas.schema import RENDER_SCHEMA
 from atlas.spec import ExamplesSpec, JobSpec, RenderSpec
 
@@ -77,7 +78,7 @@ class WorkerContext:
 
 def _render(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
     images = render_channels(ctx.model, unit.layer, unit.channels, render_spec_from(dict(unit.settings)))
-    return {"render": rendered_table(images, unit.key)}
+    return {"render": rendered_table(images, unit.key), "quality": quality_table(ctx.model, images, unit.key)}
 
 
 def _directions(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
