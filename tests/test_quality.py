@@ -59,7 +59,9 @@ def test_adversarial_pixels_fail_the_check_set_where_a_robust_render_holds(tiny)
         transforms="none",
         optimizer="linf",
     )
-    robust = render(tiny, objective, make_param("fourier", len(CHANNELS), 64), steps=48, transforms="standard")
+    robust = render(
+        tiny, objective, make_param("fourier", len(CHANNELS), 64), steps=48, transforms="standard"
+    )
     weak = check_activations(tiny, adversarial.images, objective)
     strong = check_activations(tiny, robust.images, objective)
     assert set(weak.under) == {check.name for check in CHECK_SET}
