@@ -22,10 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from atlas.store import Store
+
 FEATURE_SIZE = 32  # every image is compared at this size: renders and crops differ in size
 COLOUR_BINS = 4  # per channel: a 4x4x4 joint RGB histogram
 ORIENTATION_BINS = 8  # gradient orientations over 180 degrees, weighted by magnitude
 
+POSITIVE_OBJECTIVES = ("channel", "neuron", "diversity")  # pictures that show what excites
 FeatureSpace = Callable[[Sequence[np.ndarray]], np.ndarray]  # N images (H, W, 3 uint8) -> (N, D)
 
 
@@ -133,3 +136,35 @@ def unit_proxy(
         "optimized": forced_choice(optimized, negative_optimized, strong, weak, features),
         "examples": forced_choice(top_refs, bottom_refs, strong, weak, features),
     }
+
+
+def layer_proxies(store: Store, layer: str, features: FeatureSpace = image_statistics) -> dict[int, dict]:
+    """The proxy of every channel of ``layer`` in ``store``, from its render and examples tables.
+
+    Optimized references are the channel's positive pictures (channel, neuron, diversity), the
+    negative one is its negative optimized picture; example references and queries come from the
+    `max` and `min` buckets. Channel -> {"optimized": ForcedChoice | None, "examples": ...}.
+    """
+    examples = store.read("examples", layer, ["channel", "bucket", "rank", "crop"])
+    if examples is None:
+        return {}
+    buckets: dict[int, dict[str, list[tuple[int, bytes]]]] = {}
+    for row in examples.to_pylist():
+        if row["channel"] >= 0 and row["bucket"] in ("max", "min"):
+            buckets.setdefault(row["channel"], {"max": [], "min": []})[row["bucket"]].append(
+                (row["rank"], row["crop"])
+            )
+    pictures: dict[int, tuple[list[bytes], list[bytes]]] = {}
+    renders = store.read("render", layer, ["channel", "objective", "image"])
+    for row in renders.to_pylist() if renders is not None else []:
+        if row["channel"] in buckets and row["objective"] in POSITIVE_OBJECTIVES + ("negative",):
+            positive, negative = pictures.setdefault(row["channel"], ([], []))
+            (negative if row["objective"] == "negative" else positive).append(row["image"])
+    proxies = {}
+    for channel, ranked in buckets.items():
+        top, bottom = ([decode(png) for _, png in sorted(ranked[b])] for b in ("max", "min"))
+        positive, negative = pictures.get(channel, ([], []))
+        proxies[channel] = unit_proxy(
+            [decode(p) for p in positive], [decode(p) for p in negative], top, bottom, features
+        )
+    return proxies

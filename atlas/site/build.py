@@ -25,6 +25,7 @@ from atlas.site.changes import build_summary, channel_ranges, diff_builds, load_
 from atlas.site.channels import BUCKETS, OPTIMIZED_OBJECTIVES, ChannelEntry, PreviousSprites, read_layer
 from atlas.site.images import LayerImages, Picture
 from atlas.site.interactions import read_interactions
+from atlas.site.quality import MEASURES, attach_quality, layer_spread, thresholds_for_page
 from atlas.site.slugs import layer_slugs
 from atlas.site.sprites import SpriteLayout
 from atlas.site.workers import ComposeJobs, auto_workers
@@ -87,6 +88,7 @@ class LayerSummary:
     failed: list[ManifestEntry] = field(default_factory=list)
     has_interactions: bool = False
     sprite_keys: dict[str, str] = field(default_factory=dict)
+    quality: dict[str, float | int] = field(default_factory=dict)  # flagged count, proxy medians
 
 
 def build_site(out: Path, site_dir: Path | None = None, workers: int | None = None) -> Path:
@@ -245,6 +247,8 @@ def _build_layer(
     content = read_layer(store, summary.name, images, layer.get("channels") or (), inputs, earlier)
     interactions = read_interactions(content.interaction_renders, content.direction_examples, images)
     channels = content.channels
+    attach_quality(store, summary.name, channels)
+    summary.quality = layer_spread(channels)
     summary.shown = len(channels)
     summary.optimized = sum(any(o in c.values for o in OPTIMIZED_OBJECTIVES) for c in channels)
     summary.with_examples = sum(any(b in c.values for b in BUCKETS) for c in channels)
@@ -265,6 +269,8 @@ def _build_layer(
     env.get_template("layer.html").stream(
         channels=channels,
         columns=columns,
+        measures=MEASURES,
+        thresholds=thresholds_for_page(),
         grids={c: [r.columns, r.rows] for c, r in layout.regions.items() if c in columns} if layout else {},
         **page,
     ).dump(str(root / f"{summary.slug}.html"), encoding="utf-8")
