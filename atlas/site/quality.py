@@ -1,29 +1,14 @@
-"""The quality record as the site shows it: one summary per channel, its flags, a layer's spread.
-
-Per channel the record describes its main picture (the `channel` objective, else `neuron`, else
-the first of the diversity set) and adds what only the whole atlas knows: the activation
-relative to the best dataset example, and the interpretability proxy of atlas/interpretability.py.
-"""
+"""The quality record as the site shows it: labels, each channel's record and flags, a layer's spread."""
 
 from __future__ import annotations
 
-import math
 import statistics
 
-from atlas.interpretability import layer_proxies
 from atlas.quality import THRESHOLDS, flags
+from atlas.quality.layer import layer_records
 from atlas.site.channels import ChannelEntry
 from atlas.store import Store
 
-QUALITY_COLUMNS = [
-    "channel",
-    "objective",
-    "variant",
-    "peak_activation",
-    "robust_activation",
-    "high_frequency",
-]
-MAIN_PICTURE = ("channel", "neuron", "diversity")  # the picture a channel's record describes
 # key -> label, in the order the channel view lists them.
 MEASURES = {
     "relative_activation": "Activation / best example",
@@ -35,41 +20,12 @@ MEASURES = {
 }
 
 
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
 def attach_quality(store: Store, layer: str, channels: list[ChannelEntry]) -> None:
-    """Fill each entry's `quality` (measure -> value, proxies with their interval) and `flags`."""
-    main: dict[int, dict] = {}
-    similarity: dict[int, float] = {}
-    table = store.read("quality", layer, [*QUALITY_COLUMNS, "diversity_similarity"])
-    for row in table.to_pylist() if table is not None else []:
-        if row["objective"] not in MAIN_PICTURE or (row["objective"] == "diversity" and row["variant"]):
-            continue
-        if row["diversity_similarity"] is not None:
-            similarity[row["channel"]] = row["diversity_similarity"]
-        held = main.get(row["channel"])
-        if held is None or MAIN_PICTURE.index(row["objective"]) < MAIN_PICTURE.index(held["objective"]):
-            main[row["channel"]] = row
-    proxies = layer_proxies(store, layer)
+    """Fill each entry's `quality` and `flags`; the best example comes from the entry's values."""
+    best = {c.channel: c.values["max"][0] for c in channels if c.values.get("max")}
+    records = layer_records(store, layer, best)
     for entry in channels:
-        record: dict[str, float | None] = {}
-        row = main.get(entry.channel)
-        if row is not None:
-            record["robust_activation"] = _finite(row["robust_activation"])
-            record["high_frequency"] = _finite(row["high_frequency"])
-            best = (entry.values.get("max") or (None,))[0]
-            if best is not None and best > 0 and row["peak_activation"] is not None:
-                record["relative_activation"] = _finite(row["peak_activation"] / best)
-        record["diversity_similarity"] = _finite(similarity.get(entry.channel))
-        for judged_from, result in proxies.get(entry.channel, {}).items():
-            if result is not None:
-                record[f"proxy_{judged_from}"] = result.accuracy
-                record[f"proxy_{judged_from}_interval"] = [round(result.low, 3), round(result.high, 3)]
-        entry.quality = {
-            k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items() if v is not None
-        }
+        entry.quality = records.get(entry.channel, {})
         entry.flags = flags(entry.quality)
 
 
@@ -87,5 +43,5 @@ def layer_spread(channels: list[ChannelEntry]) -> dict[str, float | int]:
 
 
 def thresholds_for_page() -> dict[str, list]:
-    """The thresholds as the page script reads them: measure -> [direction, limit, label]."""
-    return {name: [direction, limit, MEASURES[name]] for name, (direction, limit) in THRESHOLDS.items()}
+    """The thresholds as the page script reads them: measure -> [direction, limit]."""
+    return {name: [direction, limit] for name, (direction, limit) in THRESHOLDS.items()}

@@ -41,7 +41,7 @@
     const jump = document.getElementById("jump");
     const sort = document.getElementById("sort");
     const show = document.getElementById("show");
-    const thresholds = JSON.parse(list.dataset.thresholds || "{}"); // measure -> [min|max, limit, label]
+    const thresholds = JSON.parse(list.dataset.thresholds || "{}"); // measure -> [min or max, limit]
     const measures = JSON.parse(list.dataset.measures || "{}"); // measure -> label
     let current = null;
     const grids = JSON.parse(list.dataset.grids || "{}"); // column -> [columns, rows] of its grid
