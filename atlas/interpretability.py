@@ -37,27 +37,40 @@ def _unit_rows(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(norms, 1e-12)
 
 
+def _histograms(bins: np.ndarray, count: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Row-wise histograms of integer ``bins`` (N, P) in [0, count), in one bincount."""
+    offsets = (np.arange(len(bins)) * count)[:, None]
+    flat = np.bincount(
+        (bins + offsets).ravel(),
+        weights=None if weights is None else weights.ravel(),
+        minlength=len(bins) * count,
+    )
+    return flat.reshape(len(bins), count).astype(np.float64)
+
+
 def image_statistics(images: Sequence[np.ndarray]) -> np.ndarray:
     """Colour and gradient-orientation histograms (N, 64 + 8), each half unit-length.
 
     Knows nothing of any network: what it can tell apart is colour and local texture direction.
     """
-    rows = []
-    for image in images:
-        small = np.asarray(
-            Image.fromarray(np.ascontiguousarray(image)).convert("RGB").resize((FEATURE_SIZE, FEATURE_SIZE)),
-            dtype=np.float64,
-        )
-        bins = np.minimum((small / 256 * COLOUR_BINS).astype(int), COLOUR_BINS - 1)
-        index = (bins[..., 0] * COLOUR_BINS + bins[..., 1]) * COLOUR_BINS + bins[..., 2]
-        colour = np.bincount(index.ravel(), minlength=COLOUR_BINS**3).astype(np.float64)
-        grey = small.mean(axis=2)
-        gy, gx = np.gradient(grey)
-        angle = np.mod(np.arctan2(gy, gx), np.pi)
-        which = np.minimum((angle / np.pi * ORIENTATION_BINS).astype(int), ORIENTATION_BINS - 1)
-        orientation = np.bincount(which.ravel(), weights=np.hypot(gx, gy).ravel(), minlength=ORIENTATION_BINS)
-        rows.append(np.concatenate([_unit_rows(colour[None])[0], _unit_rows(orientation[None])[0]]))
-    return np.stack(rows) if rows else np.zeros((0, COLOUR_BINS**3 + ORIENTATION_BINS))
+    if not images:
+        return np.zeros((0, COLOUR_BINS**3 + ORIENTATION_BINS))
+    small = np.stack(
+        [
+            np.asarray(
+                Image.fromarray(np.ascontiguousarray(i)).convert("RGB").resize((FEATURE_SIZE, FEATURE_SIZE))
+            )
+            for i in images
+        ]
+    ).astype(np.float64)
+    bins = np.minimum((small / 256 * COLOUR_BINS).astype(int), COLOUR_BINS - 1)
+    index = (bins[..., 0] * COLOUR_BINS + bins[..., 1]) * COLOUR_BINS + bins[..., 2]
+    colour = _histograms(index.reshape(len(images), -1), COLOUR_BINS**3)
+    gy, gx = np.gradient(small.mean(axis=3), axis=(1, 2))
+    angle = np.mod(np.arctan2(gy, gx), np.pi)
+    which = np.minimum((angle / np.pi * ORIENTATION_BINS).astype(int), ORIENTATION_BINS - 1)
+    orientation = _histograms(which.reshape(len(images), -1), ORIENTATION_BINS, np.hypot(gx, gy))
+    return np.concatenate([_unit_rows(colour), _unit_rows(orientation)], axis=1)
 
 
 @dataclass(frozen=True)
