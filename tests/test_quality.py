@@ -13,8 +13,11 @@ from atlas.optvis import make_param, render
 from atlas.optvis import objectives as obj
 from atlas.plan import Unit
 from atlas.quality import CHECK_SET, check_activations, diversity_similarity, flags, high_frequency_share
+from atlas.quality.layer import layer_records
 from atlas.schema import QUALITY_SCHEMA
+from atlas.site.synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 from atlas.spec import ExamplesSpec, RenderSpec
+from atlas.store import Store
 from atlas.units import WorkerContext, run_unit
 
 CHANNELS = [0, 3, 5, 7]
@@ -102,3 +105,20 @@ def test_a_render_unit_writes_a_quality_row_for_every_picture(tiny) -> None:
     for objective, peak, mean in zip(quality.column("objective").to_pylist(), peaks, means, strict=True):
         if objective in ("channel", "diversity"):
             assert peak >= mean - 1e-4  # the strongest position is at least the mean over positions
+
+
+def test_layer_records_divide_the_peak_by_the_best_example_and_flag_failures(tmp_path) -> None:
+    options = SyntheticOptions(image_size=16, crop_size=16, examples_k=4, diversity=2, histograms=False)
+    write_synthetic_store(tmp_path, [SyntheticLayer("mixed3a", 6)], options)
+    records = layer_records(Store(tmp_path), "mixed3a")
+    assert sorted(records) == list(range(6))
+    for channel, record in records.items():
+        # synthetic: the channel picture peaks at 5.4 + 0.6 (c % 5), the best example at 6.0
+        assert record["relative_activation"] == pytest.approx((5.4 + 0.6 * (channel % 5)) / 6, abs=1e-3)
+        assert (
+            record["proxy_examples_interval"][0]
+            <= record["proxy_examples"]
+            <= record["proxy_examples_interval"][1]
+        )
+        assert ("relative_activation" in flags(record)) == (channel % 5 == 0)
+    assert records[1]["diversity_similarity"] == pytest.approx(0.5)
