@@ -138,6 +138,7 @@ def main() -> None:
     )
     header = "| recipe | class top-1 as rendered | top-1 after resize 224 | kept under check set (worst check) | HF share | activation / best photo | seconds |"
     print(header + "\n" + "|" + " --- |" * header.count(" | ") + " --- |")
+    per_check: dict[str, dict[str, float]] = {}
     for name in args.recipes.split(","):
         recipe = RECIPES[name]
         start = time.perf_counter()
@@ -146,6 +147,7 @@ def main() -> None:
         channel_objective = obj.channel(args.layer, channels, batch=channels)
         channel_images = _render(model, channel_objective, recipe, len(channels), args)
         checked = check_activations(model, channel_images, channel_objective)
+        per_check[name] = {check: float(ratio.nanmedian()) for check, ratio in checked.ratios().items()}
         with torch.no_grad():
             means = model.activations(channel_images, [args.layer])[args.layer].mean(dim=(2, 3))
         relative = means[torch.arange(len(channels)), channels] / best
@@ -156,6 +158,11 @@ def main() -> None:
             f"| {time.perf_counter() - start:.0f} |",
             flush=True,
         )
+    checks = list(next(iter(per_check.values())))
+    print("\nchannel images, median share kept per check:\n")
+    print("| recipe | " + " | ".join(checks) + " |\n|" + " --- |" * (len(checks) + 1))
+    for name, kept in per_check.items():
+        print(f"| {name} | " + " | ".join(f"{kept[c]:.2f}" for c in checks) + " |")
 
 
 def _logits(labels: list[int]) -> obj.Objective:
