@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,10 @@ from atlas.optvis import RenderError, random_directions, render_channels, render
 from atlas.plan import Unit
 from atlas.quality import quality_table
 from atlas.schema import RENDER_SCHEMA
-from atlas.spec import ExamplesSpec, JobSpec, RenderSpec
+from atlas.skipped import KIND as SKIPPED
+from atlas.skipped import skipped_table
+from atlas.spec import ExamplesSpec, JobSpec
+from atlas.work import DirectionsWork, ExamplesWork, PairWork, RenderWork, ScanWork
 
 
 class UnitFailed(RuntimeError):
@@ -54,13 +57,6 @@ def rendered_table(images: Sequence[Any], unit_key: str) -> pa.Table:
     return pa.table(columns, schema=RENDER_SCHEMA)
 
 
-def render_spec_from(settings: dict) -> RenderSpec:
-    names = {f.name for f in fields(RenderSpec)}
-    return RenderSpec(
-        **{k: (tuple(v) if isinstance(v, list) else v) for k, v in settings.items() if k in names}
-    )
-
-
 @dataclass
 class WorkerContext:
     """What a worker keeps between units: the model (loaded once) and the job's image source."""
@@ -76,53 +72,45 @@ class WorkerContext:
         return self._source
 
 
-def _render(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
-    images = render_channels(ctx.model, unit.layer, unit.channels, render_spec_from(dict(unit.settings)))
+def _render(ctx: WorkerContext, unit: Unit, work: RenderWork) -> dict[str, pa.Table]:
+    images = render_channels(ctx.model, unit.layer, unit.channels, work.render)
     return {"render": rendered_table(images, unit.key), "quality": quality_table(ctx.model, images, unit.key)}
 
 
-def _directions(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
-    settings = dict(unit.settings)
-    images = render_directions(
-        ctx.model, unit.layer, settings["directions"], render_spec_from(settings), seed=settings["seed"]
-    )
+def _directions(ctx: WorkerContext, unit: Unit, work: DirectionsWork) -> dict[str, pa.Table]:
+    images = render_directions(ctx.model, unit.layer, work.directions, work.render, seed=work.render.seed)
     return {"render": rendered_table(images, unit.key)}
 
 
-def _pair(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
-    settings = dict(unit.settings)
+def _pair(ctx: WorkerContext, unit: Unit, work: PairWork) -> dict[str, pa.Table]:
     a, b = unit.channels
-    images = render_pair(
-        ctx.model, unit.layer, a, b, render_spec_from(settings), steps_between=settings["interpolation_steps"]
-    )
+    images = render_pair(ctx.model, unit.layer, a, b, work.render, steps_between=work.interpolation_steps)
     return {"render": rendered_table(images, unit.key)}
 
 
-def _scan(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
-    settings = dict(unit.settings)
+def _scan(ctx: WorkerContext, unit: Unit, work: ScanWork) -> dict[str, pa.Table]:
     directions = None
-    if settings["directions"]:
+    if work.directions:
         directions = {
-            layer: random_directions(ctx.model, layer, settings["directions"], seed=settings["seed"])
-            for layer in settings["layers"]
+            layer: random_directions(ctx.model, layer, work.directions, seed=work.seed)
+            for layer in work.layers
         }
     partial = scan_shard(
         ctx.model,
-        settings["layers"],
+        work.layers,
         ctx.source(),
         unit.inputs,
-        k=settings["k"],
-        batch_size=settings["batch_size"],
+        k=work.k,
+        batch_size=work.batch_size,
         directions=directions,
     )
-    return {"scan": partial.to_table()}
+    return {"scan": partial.to_table(), SKIPPED: skipped_table(partial.skipped, unit.key)}
 
 
-def _examples(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
+def _examples(ctx: WorkerContext, unit: Unit, work: ExamplesWork) -> dict[str, pa.Table]:
     """Crop the chosen examples of a layer and of its random directions (as channels -1, -2, ...)."""
-    settings = dict(unit.settings)
     merged = unit.inputs
-    names = [unit.layer] + ([direction_layer(unit.layer)] if settings["with_directions"] else [])
+    names = [unit.layer] + ([direction_layer(unit.layer)] if work.with_directions else [])
     examples, histograms = [], []
     for name in names:
         tables = finalize_layer(
@@ -130,11 +118,11 @@ def _examples(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
             name,
             merged,
             ctx.source(),
-            crop_size=settings["crop_size"],
-            thumb_size=settings["thumb_size"],
+            crop_size=work.crop_size,
+            thumb_size=work.thumb_size,
             unit_key=unit.key,
-            bins=settings["bins"],
-            quantiles=tuple(settings["quantiles"]),
+            bins=work.bins,
+            quantiles=work.quantiles,
             channels=unit.channels if name == unit.layer else None,
         )
         if name != unit.layer:
@@ -152,7 +140,7 @@ def _as_directions(table: pa.Table, layer: str) -> pa.Table:
     return table.set_column(index("layer"), "layer", pa.array([layer] * table.num_rows, pa.string()))
 
 
-HANDLERS: dict[str, Callable[[WorkerContext, Unit], dict[str, pa.Table]]] = {
+HANDLERS: dict[str, Callable[[WorkerContext, Unit, Any], dict[str, pa.Table]]] = {
     "render": _render,
     "directions": _directions,
     "pair": _pair,
@@ -164,7 +152,7 @@ HANDLERS: dict[str, Callable[[WorkerContext, Unit], dict[str, pa.Table]]] = {
 def run_unit(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
     """Compute one unit; deterministic failures are raised as UnitFailed with the reason."""
     try:
-        return HANDLERS[unit.kind](ctx, unit)
+        return HANDLERS[unit.kind](ctx, unit, unit.work)
     except UnitFailed:
         raise
     except (FloatingPointError, ValueError, RenderError) as err:  # NaN/Inf, bad inputs: retry won't heal

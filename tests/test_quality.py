@@ -19,6 +19,7 @@ from atlas.site.synthetic import SyntheticLayer, SyntheticOptions, write_synthet
 from atlas.spec import ExamplesSpec, RenderSpec
 from atlas.store import Store
 from atlas.units import WorkerContext, run_unit
+from atlas.work import RenderWork
 
 CHANNELS = [0, 3, 5, 7]
 
@@ -87,7 +88,7 @@ def test_a_set_of_copies_is_not_diverse_and_different_pictures_are_more_so(tiny)
 
 def test_a_render_unit_writes_a_quality_row_for_every_picture(tiny) -> None:
     settings = replace(RenderSpec(), steps=4, size=32, batch=8, diversity=3)
-    unit = Unit("render", "conv2", (1, 2), "render-abc", settings.__dict__)
+    unit = Unit("conv2", (1, 2), "render-abc", RenderWork(settings))
     tables = run_unit(WorkerContext(tiny, ExamplesSpec()), unit)
     render_rows, quality = tables["render"], tables["quality"]
     assert quality.schema == QUALITY_SCHEMA
