@@ -24,6 +24,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
+from atlas.errors import AtlasError
 from atlas.plan import Unit
 from atlas.spec import ExecuteSpec, JobSpec
 from atlas.store import Store, UnitRecord
@@ -35,7 +36,7 @@ DEFAULT_START_TIMEOUT_S = 600.0
 _POLL_S = 1.0
 
 
-class ExecuteError(RuntimeError):
+class ExecuteError(AtlasError, RuntimeError):
     """The cluster cannot run the job as asked (e.g. GPUs requested but none present)."""
 
 

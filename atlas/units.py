@@ -21,7 +21,9 @@ from atlas.examples import direction_layer, finalize_layer, scan_shard
 from atlas.models import LoadedModel, load_model, pick_device
 from atlas.optvis import RenderError, random_directions, render_channels, render_directions, render_pair
 from atlas.plan import Unit
+from atlas.provenance import provenance, with_provenance
 from atlas.quality import quality_table
+from atlas.registry import Registry
 from atlas.schema import RENDER_SCHEMA
 from atlas.skipped import KIND as SKIPPED
 from atlas.skipped import skipped_table
@@ -140,19 +142,25 @@ def _as_directions(table: pa.Table, layer: str) -> pa.Table:
     return table.set_column(index("layer"), "layer", pa.array([layer] * table.num_rows, pa.string()))
 
 
-HANDLERS: dict[str, Callable[[WorkerContext, Unit, Any], dict[str, pa.Table]]] = {
-    "render": _render,
-    "directions": _directions,
-    "pair": _pair,
-    "scan": _scan,
-    "examples": _examples,
-}
+Handler = Callable[[WorkerContext, Unit, Any], dict[str, pa.Table]]
+# Unit kind -> handler; the planner makes units of these kinds, the executor runs them here.
+UNIT_KINDS: Registry[Handler] = Registry("unit kind")
+UNIT_KINDS.register("render", _render)
+UNIT_KINDS.register("directions", _directions)
+UNIT_KINDS.register("pair", _pair)
+UNIT_KINDS.register("scan", _scan)
+UNIT_KINDS.register("examples", _examples)
 
 
 def run_unit(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
-    """Compute one unit; deterministic failures are raised as UnitFailed with the reason."""
+    """Compute one unit; deterministic failures are raised as UnitFailed with the reason.
+
+    Every table carries the worker's environment (``atlas.provenance``) in its metadata.
+    """
     try:
-        return HANDLERS[unit.kind](ctx, unit, unit.work)
+        tables = UNIT_KINDS.get(unit.kind)(ctx, unit, unit.work)
+        info = provenance(str(ctx.model.device))
+        return {kind: with_provenance(table, info) for kind, table in tables.items()}
     except UnitFailed:
         raise
     except (FloatingPointError, ValueError, RenderError) as err:  # NaN/Inf, bad inputs: retry won't heal
