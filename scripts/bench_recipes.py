@@ -73,11 +73,11 @@ class Recipe:
 RECIPES = {
     r.name: r
     for r in (
-        Recipe("default", lambda steps: compose(PRESETS["standard"]())),
+        Recipe("default", lambda steps: compose(PRESETS.get("standard")())),
         Recipe("wide-scale", lambda steps: compose(_wide_steps())),
-        Recipe("coarse-to-fine", lambda steps: CoarseToFine(compose(PRESETS["standard"]()), steps // 2)),
+        Recipe("coarse-to-fine", lambda steps: CoarseToFine(compose(PRESETS.get("standard")()), steps // 2)),
         Recipe("wide+coarse", lambda steps: CoarseToFine(compose(_wide_steps()), steps // 2)),
-        Recipe("default+blur", lambda steps: compose(PRESETS["standard"]()), blur=0.02),
+        Recipe("default+blur", lambda steps: compose(PRESETS.get("standard")()), blur=0.02),
         Recipe("wide+blur", lambda steps: compose(_wide_steps()), blur=0.02),
     )
 }
