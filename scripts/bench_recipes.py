@@ -1,7 +1,7 @@
 """Recipe study: which render recipe gives pictures that hold up under the held-out check set?
 
 For each candidate recipe, on EfficientNet-Lite0 (or any registered model):
-- class images: the logit of each of ``--classes`` ImageNet classes (spread over the 1000) is
+- class images: the logit of each of ``--classes`` classes (spread evenly over the model's outputs) is
   maximized; reported is the share that is top-1 as rendered and after a plain resize to 224 px;
 - channel images: ``--channels`` channels of ``--layer``; reported are the median share of the
   activation kept under the check set (atlas.quality.CHECK_SET), the worst check's median, the
@@ -127,7 +127,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     model = load_model(args.model, None, "default", device=torch.device("cpu"))
-    labels = [round(i * 1000 / args.classes) for i in range(args.classes)]
+    with torch.no_grad():
+        count = model.activations(torch.full((1, 3, args.size, args.size), 0.5), [LOGITS])[LOGITS].shape[1]
+    labels = [round(i * count / args.classes) for i in range(args.classes)]
     channels = list(range(args.channels))
     best = torch.tensor(
         dataset_reference(model, args.layer, channels, args.size, args.photos)["best_mean_activation"]
