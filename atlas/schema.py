@@ -1,8 +1,12 @@
-"""The Arrow schemas of the tables the atlas stores (README: "Output and store").
+"""The Arrow schemas of the tables the atlas stores, and what each column means.
 
 One home for them: the renderer's units, the dataset examples and the synthetic stores of the
-site's tests and benchmark all write exactly these columns.
+site's tests and benchmark all write exactly these columns, and the column tables of
+docs/STORE.md are generated from `TABLES` (scripts/gen_docs.py).
 """
+
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -71,3 +75,91 @@ SKIPPED_SCHEMA = pa.schema(
         ("unit_key", pa.string()),
     ]
 )
+
+
+@dataclass(frozen=True)
+class StoredTable:
+    schema: pa.Schema
+    rows: str  # what one row is
+    meanings: Mapping[str, str]  # column -> what it holds
+
+
+TABLES = {
+    "render": StoredTable(
+        RENDER_SCHEMA,
+        "one row per image",
+        {
+            "layer": "layer name",
+            "channel": "channel (first channel for pairs; -1 for directions, whose id is `variant`)",
+            "channel_b": "second channel for `pair` / `interpolation`, else -1",
+            "objective": "`channel`, `neuron`, `negative`, `diversity`, `direction`, `pair`, `interpolation`",
+            "variant": "index within a diversity set / direction id / interpolation step",
+            "label": "human text, e.g. `channel 12`, `random direction 3`, `12 + 45`",
+            "image": "PNG bytes",
+            "activation": "mean activation of `channel` over space for the final image (direction: projection)",
+            "loss": "loss curve",
+            "unit_key": "content key of the unit that wrote the row",
+        },
+    ),
+    "examples": StoredTable(
+        EXAMPLES_SCHEMA,
+        "one row per example",
+        {
+            "layer": "layer name",
+            "channel": "channel; random direction i is channel -1 - i",
+            "bucket": "`max`, `min`, `slightly_positive`, `slightly_negative`",
+            "rank": "0 = most extreme in its bucket",
+            "activation": "the channel's spatial maximum (`min`, `slightly_negative`: minimum) on the image",
+            "source_id": "the image, e.g. `demo:horse.png@328x328+0+0` or a path relative to the folder",
+            "x": "column of the position in the layer's activation map",
+            "y": "row of the position in the layer's activation map",
+            "crop": "PNG, the receptive field around the position",
+            "thumb": "PNG, the whole image",
+            "unit_key": "content key of the unit that wrote the row",
+        },
+    ),
+    "histogram": StoredTable(
+        HISTOGRAM_SCHEMA,
+        "one row per channel",
+        {
+            "layer": "layer name",
+            "channel": "channel; random direction i is channel -1 - i",
+            "edges": "bin edges, roughly log-spaced; the outer ones are the true minimum and maximum",
+            "counts": "positions (of every image) per bin",
+            "unit_key": "content key of the unit that wrote the row",
+        },
+    ),
+    "quality": StoredTable(
+        QUALITY_SCHEMA,
+        "one row per picture of a render unit, written by that unit beside its `render` rows",
+        {
+            "layer": "as in `render`",
+            "channel": "as in `render`",
+            "objective": "as in `render` (`channel`, `neuron`, `negative`, `diversity`)",
+            "variant": "as in `render`",
+            "peak_activation": "the picture's activation at its strongest position (`negative`: minus the weakest), "
+            "the measure of an example's `activation`: over the rank-0 `max` example it is the activation "
+            "relative to the best dataset example (the site divides; the scan runs after rendering)",
+            "robust_activation": "mean share of the picture's own objective kept under the held-out check set "
+            "(`atlas.quality.CHECK_SET`: resize to 224 and 64 px, quarter shift, 30° rotation, JPEG 75; all "
+            "outside the render transforms' range); null when the rendered score is not positive",
+            "robust_worst": "the smallest share any one check keeps",
+            "high_frequency": "share of luminance spectral power above 0.25 cycles/px (half Nyquist), "
+            "Hann-windowed; white noise about 0.80, photos a few hundredths",
+            "diversity_similarity": "`diversity` rows: mean pairwise cosine of the set's Gram matrices at the "
+            "layer (1 = one picture repeated); null on other rows",
+            "unit_key": "the render unit",
+        },
+    ),
+    "skipped": StoredTable(
+        SKIPPED_SCHEMA,
+        "one row per image a scan could not use; one shard per scan unit, empty when none",
+        {
+            "source_id": "the image, relative to the source's root (folder: `sub/x.jpg`; Parquet: `<file>#row<i>`)",
+            "reason": "`corrupt`, `truncated`, `too_large` (over Pillow's decompression-bomb limit), "
+            "`tiny` (a side under 16 px), `missing` (gone since the source was listed)",
+            "message": "the decoder's words, e.g. `cannot identify image file ...`",
+            "unit_key": "the scan unit",
+        },
+    ),
+}

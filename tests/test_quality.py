@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 
 from atlas.models import load_model
 from atlas.optvis import make_param, render
@@ -15,7 +16,6 @@ from atlas.plan import Unit
 from atlas.quality import CHECK_SET, check_activations, diversity_similarity, flags, high_frequency_share
 from atlas.quality.layer import layer_records
 from atlas.schema import QUALITY_SCHEMA
-from atlas.site.synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 from atlas.spec import ExamplesSpec, RenderSpec
 from atlas.store import Store
 from atlas.units import WorkerContext, run_unit
