@@ -1,9 +1,11 @@
-"""Execution on Ray: long-lived worker actors, bounded calls in flight, retries, one writer.
+"""Execution on Ray: long-lived worker actors, bounded calls in flight, retries, one committer.
 
 This is the only module that knows Ray. Workers are actors that load the model once (a GPU
-task gets a fresh process per call otherwise). The driver keeps at most `max_in_flight` calls
-outstanding, writes each finished unit to the store as it arrives (so a crash loses only
-unfinished units), replaces workers that die and retries their units.
+task gets a fresh process per call otherwise). When they can reach the store (a bucket, or a
+local folder on a one-machine cluster) they stage their own shards in it (under dot names) and
+return only the small records; otherwise they return the tables and the driver writes them.
+The driver keeps at most `max_in_flight` calls outstanding, commits each finished unit as it
+arrives (so a crash loses only uncommitted units), replaces workers that die and retries their units.
 
 Work goes only to workers whose actor has started. A replacement that cannot be placed (its
 node is gone and the others are full) then costs nothing: the live workers take the work, and
@@ -28,7 +30,8 @@ from atlas.errors import AtlasError
 from atlas.plan import Unit
 from atlas.report import JobResult
 from atlas.spec import ExecuteSpec, JobSpec
-from atlas.store import Store, UnitRecord
+from atlas.storage import Location, open_location
+from atlas.store import Store, UnitRecord, write_shards
 from atlas.units import UnitFailed, make_context, run_unit
 
 # How long the driver waits for a first live worker before it gives up (model load included).
@@ -151,6 +154,18 @@ def cluster_worker_plan(execute: ExecuteSpec) -> WorkerPlan:
     return plan_workers(execute, ray.cluster_resources(), nodes)
 
 
+def workers_write(store: Store) -> bool:
+    """Whether workers can write shards to the store themselves (else they return tables).
+
+    A bucket is reachable from every node; a local folder only when the cluster is this one
+    machine (a shared file system on several nodes cannot be told from a local disk, so the
+    driver writes there).
+    """
+    if not store.location.local:
+        return True
+    return len([node for node in ray.nodes() if node.get("Alive")]) <= 1
+
+
 @ray.remote
 class UnitWorker:
     """Holds the model for the whole job and runs units one after another."""
@@ -161,12 +176,23 @@ class UnitWorker:
         assigned = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(assigned)))
         self.context = make_context(spec, device)
+        self.locations: dict[str, Location] = {}
 
-    def run(self, unit: Unit, inputs: Any = None) -> tuple[dict, float]:
-        """Run one unit; `inputs` arrives separately so that units sharing it ship it once."""
+    def run(self, unit: Unit, inputs: Any = None, store_uri: str | None = None) -> tuple[str, dict, float]:
+        """Run one unit; `inputs` arrives separately so that units sharing it ship it once.
+
+        With a `store_uri` the worker stages the shards itself and returns ("shards", their
+        records, seconds); else ("tables", the tables, seconds) for the driver to write.
+        Credentials for a bucket come from this node's own environment, never from the driver.
+        """
         start = time.perf_counter()
         tables = run_unit(self.context, replace(unit, inputs=inputs))
-        return tables, time.perf_counter() - start
+        if store_uri is None:
+            return "tables", tables, time.perf_counter() - start
+        if store_uri not in self.locations:
+            self.locations[store_uri] = open_location(store_uri)
+        shards = write_shards(self.locations[store_uri], unit.key, tables)
+        return "shards", shards, time.perf_counter() - start
 
     def pid(self) -> int:
         return os.getpid()
@@ -204,6 +230,7 @@ class Executor:
         self.start_timeout = start_timeout
         self.workers_plan = workers or cluster_worker_plan(spec.execute)
         self.workers: list[_Worker] = [self._new_worker() for _ in range(self.workers_plan.count)]
+        self._store_uri: str | None = None  # where workers stage shards in the current run, if they can
 
     def _new_worker(self) -> _Worker:
         plan = self.workers_plan
@@ -236,6 +263,7 @@ class Executor:
         result = result if result is not None else JobResult()
         pending: deque[tuple[Unit, int]] = deque((unit, 1) for unit in units)
         limit = self.spec.execute.max_in_flight or 2 * len(self.workers)
+        self._store_uri = store.uri if workers_write(store) else None
         in_flight: dict[ray.ObjectRef, _Call] = {}
         shipped: dict[int, tuple[Any, ray.ObjectRef]] = {}  # id(inputs) -> (inputs, its object ref)
         last_live = time.monotonic()
@@ -281,7 +309,7 @@ class Executor:
                 if id(unit.inputs) not in shipped:
                     shipped[id(unit.inputs)] = (unit.inputs, ray.put(unit.inputs))
                 inputs = shipped[id(unit.inputs)][1]
-            ref = worker.handle.run.remote(replace(unit, inputs=None), inputs)
+            ref = worker.handle.run.remote(replace(unit, inputs=None), inputs, self._store_uri)
             in_flight[ref] = _Call(unit, worker, attempt)
 
     def _started(self, worker: _Worker) -> None:
@@ -307,7 +335,7 @@ class Executor:
     ) -> str:
         unit = call.unit
         try:
-            tables, seconds = ray.get(ref)
+            form, output, seconds = ray.get(ref)
         except UnitFailed as err:  # deterministic: record it, do not retry
             return self._fail(call, store, result, _reason(err))
         except RayError as err:
@@ -321,7 +349,7 @@ class Executor:
                 pending.append((unit, call.attempt + 1))
                 return "retry"
             return self._fail(call, store, result, reason)
-        shards = store.write_shards(unit.key, tables)
+        shards = output if form == "shards" else store.write_shards(unit.key, output)
         store.commit(
             UnitRecord.done(unit.key, unit.kind, unit.layer, shards, unit.channels, call.attempt, seconds)
         )

@@ -21,9 +21,11 @@ from atlas.outdir import check_output, claim_output
 from atlas.plan import CODE_VERSIONS, ModelFacts, Plan, Unit, examples_units, make_plan
 from atlas.provenance import provenance
 from atlas.report import JobResult
+from atlas.retention import apply_retention
 from atlas.site.columns import atlas_columns, columns_json
 from atlas.skipped import count_reasons, read_skipped
 from atlas.spec import JobSpec, check_against_model, spec_to_dict
+from atlas.storage import is_uri
 from atlas.store import Store, open_store
 
 if TYPE_CHECKING:
@@ -118,7 +120,10 @@ class UnitRunner:
 
     def pending(self, units: Sequence[Unit]) -> list[Unit]:
         """The units still to compute; the others are counted (and reported) as skipped."""
-        todo = set(self.store.pending([u.key for u in units], force=self.force, verify=True))
+        # A local store's checksums are read once per run; a bucket's are trusted by size (no
+        # download of every shard: `atlas verify OUT` reads them).
+        verify = self.store.location.local
+        todo = set(self.store.pending([u.key for u in units], force=self.force, verify=verify))
         for unit in units:
             if unit.key not in todo:
                 self.result.skipped += 1
@@ -167,34 +172,40 @@ def run_job(
     progress: Callable[[int], Callable[[Unit, str], None]] | None = None,
 ) -> JobResult:
     """Run a job end to end. `only` limits the unit kinds (e.g. scan + examples for `atlas scan`)."""
-    spec = spec.replace(out=check_output(spec.out, spec.name))  # before any work, even the model
+    local = not is_uri(spec.out)  # the output-folder rules (atlas.outdir) are for local folders
+    if local:
+        spec = spec.replace(out=check_output(spec.out, spec.name))  # before any work, even the model
     started = _now()
     t0 = time.perf_counter()
     prepared = prepare(spec)
-    claim_output(spec.out, spec.name)  # a spec that fails its checks leaves no folder behind
+    if local:
+        claim_output(spec.out, spec.name)  # a spec that fails its checks leaves no folder behind
     store = open_store(spec.out)
-    store.sweep_temporary()
-    store.write_job(job_info(prepared, started))
+    store.acquire()  # one driver per store; leftovers of a killed driver are cleaned up here
     with_examples = spec.examples.enabled and (only is None or "examples" in only)
     total = sum(only is None or u.kind in only for u in prepared.plan.units)
     if with_examples:
         total += len(examples_units(spec, prepared.facts, prepared.plan.scan_keys))
     runner = UnitRunner(spec, store, JobResult(out=spec.out), force, progress(total) if progress else None)
     try:
+        store.write_job(job_info(prepared, started))
         run_independent(runner, prepared, only)
         examples = run_examples(runner, prepared) if with_examples else []
         if only is None:  # units of older settings would show up beside the new ones
-            store.prune({u.key for u in prepared.plan.units} | {u.key for u in examples})
+            keep = {u.key for u in prepared.plan.units} | {u.key for u in examples}
+            apply_retention(store, keep, spec.keep_runs)
+        store.write_job(job_info(prepared, started, _now()))
     finally:
         if runner.executor is not None:
             runner.executor.shutdown()
+        store.release()
     result = runner.result
     result.skipped_inputs = count_reasons(read_skipped(store, prepared.plan.scan_keys))
-    store.write_job(job_info(prepared, started, _now()))
     if build:
-        from atlas.site import build_site
+        from atlas.publish import site_of_store
 
-        result.site = build_site(spec.out)
+        index, published = site_of_store(spec.out)
+        result.site = published or index
     result.seconds = time.perf_counter() - t0
     return result
 

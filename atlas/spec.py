@@ -23,6 +23,7 @@ from atlas.optvis.render import PRECISIONS
 from atlas.optvis.transforms import PRESETS as TRANSFORM_PRESETS
 from atlas.outdir import OutputFolderError, check_job_name, derived_out
 from atlas.registry import close_matches
+from atlas.storage import LocationError, parse_out
 from atlas.validation import (
     Bool,
     ChannelPairs,
@@ -131,7 +132,7 @@ class ExecuteSpec:
 @dataclass(frozen=True)
 class JobSpec:
     name: str
-    out: Path
+    out: Path | str  # a local folder, or a URI such as s3://bucket/prefix (atlas.storage)
     model: ModelSpec
     layers: tuple[LayerSpec, ...]
     render: RenderSpec = field(default_factory=RenderSpec)
@@ -139,6 +140,7 @@ class JobSpec:
     interactions: InteractionsSpec = field(default_factory=InteractionsSpec)
     execute: ExecuteSpec = field(default_factory=ExecuteSpec)
     source: Path | None = None
+    keep_runs: int = 1  # retention: units planned by the last N complete runs stay (0: all; atlas.retention)
 
     def replace(self, **sections: Any) -> JobSpec:
         """A copy with whole sections replaced, e.g. spec.replace(out=Path("x"))."""
@@ -295,10 +297,17 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
     if not isinstance(job, dict):
         raise ctx.error("job", None, "expected a table [job]")
     for key in job:
-        if key not in ("name", "out"):
+        if key not in ("name", "out", "keep_runs"):
             raise ctx.error(
-                "job", key, f"unknown key. {close_matches(key, ['name', 'out'])}Valid keys: name, out"
+                "job",
+                key,
+                f"unknown key. {close_matches(key, ['name', 'out', 'keep_runs'])}Valid keys: name, out, keep_runs",
             )
+    keep_runs = job.get("keep_runs", 1)
+    if not isinstance(keep_runs, int) or isinstance(keep_runs, bool) or keep_runs < 0:
+        raise ctx.error(
+            "job", "keep_runs", f"expected a whole number >= 0 (0 keeps every run), got {keep_runs!r}"
+        )
     default_name = re.sub(r"[^A-Za-z0-9_.\-]+", "", Path(source).stem) or "job"
     name = job.get("name", default_name)
     try:
@@ -308,6 +317,10 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
         raise ctx.error("job", "name", str(err)) from err
     if not isinstance(out, str):
         raise ctx.error("job", "out", f"expected a path string, got {type_name(out)} {out!r}")
+    try:
+        out = parse_out(out)
+    except LocationError as err:
+        raise ctx.error("job", "out", str(err)) from err
     checked = {key: _section(ctx, key, cls, raw.get(key, {})) for key, cls in SECTIONS.items()}
     # Unknown keys and wrong types first (section by section), then the layers, then values.
     problems = [(key, problem) for key, (_, found) in checked.items() for problem in found]
@@ -318,7 +331,7 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
     if problems:
         raise ctx.error(problems[0][0], problems[0][1].key, problems[0][1].message)
     sections = {key: value for key, (value, _) in checked.items()}
-    spec = JobSpec(name=name, out=Path(out), layers=layers, source=Path(source), **sections)
+    spec = JobSpec(name=name, out=out, keep_runs=keep_runs, layers=layers, source=Path(source), **sections)
     _check_diversity(ctx, spec.render)
     return _resolve_paths(ctx, spec, base or Path.cwd())
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import ray
 
 from atlas.spec import JobSpec, parse_spec
+from atlas.store import Store
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -89,6 +90,5 @@ def write_spec(path: Path, out: Path, **kwargs: Any) -> Path:
 
 
 def manifest_units(out: Path) -> list[dict]:
-    """The manifest's unit records as written on disk (empty before the first unit)."""
-    path = out / "manifest.json"
-    return json.loads(path.read_text())["units"] if path.exists() else []
+    """The committed unit records, as a fresh reader sees them (empty before the first unit)."""
+    return [asdict(entry) for entry in Store(out).entries()]

@@ -169,9 +169,10 @@ def test_prune_refuses_a_manifest_path_that_leaves_the_store(tmp_path: Path) -> 
     victim = tmp_path / "victim.parquet"
     victim.write_bytes(b"precious")
     write_synthetic_store(tmp_path / "out", [SyntheticLayer("l", 4)], SMALL)
-    manifest = json.loads((tmp_path / "out/manifest.json").read_text())
-    manifest["units"][0]["tables"]["render"]["path"] = "../victim.parquet"
-    (tmp_path / "out/manifest.json").write_text(json.dumps(manifest))
+    (chunk,) = (tmp_path / "out/journal").glob("chunk-*.jsonl")
+    records = [json.loads(line) for line in chunk.read_text().splitlines()]
+    records[0]["tables"]["render"]["path"] = "../victim.parquet"
+    chunk.write_text("".join(json.dumps(record) + "\n" for record in records))
     with pytest.raises(UnsafeDeletionError, match="not inside"):
         Store(tmp_path / "out").prune(keep=[])
     assert victim.read_bytes() == b"precious"
@@ -209,7 +210,7 @@ def test_the_previous_site_is_replaced_atomically(tmp_path: Path, monkeypatch: p
     build_site(tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "job.json",
-        "manifest.json",
+        "journal",
         "shards",
         "site",
     ]
@@ -289,4 +290,4 @@ def test_written_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
     modes = {stat.S_IMODE(p.stat().st_mode) for p in paths if p.is_file()}
     folders = {stat.S_IMODE(p.stat().st_mode) for p in paths if p.is_dir()}
     assert modes == {0o666 & ~umask} and folders == {0o777 & ~umask}
-    assert {"job.json", "manifest.json", "site"} <= {p.name for p in out.iterdir()}
+    assert {"job.json", "journal", "site"} <= {p.name for p in out.iterdir()}
