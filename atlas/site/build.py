@@ -30,6 +30,7 @@ from atlas.site.columns import Column, job_columns
 from atlas.site.images import LayerImages, Picture
 from atlas.site.interactions import read_interactions
 from atlas.site.paging import SEARCH_FILE, Page, ranges, split, write_search
+from atlas.site.quality import MEASURES, attach_quality, layer_spread, thresholds_for_page
 from atlas.site.slugs import layer_slugs
 from atlas.site.sprites import SpriteLayout
 from atlas.site.workers import ComposeJobs, auto_workers
@@ -84,6 +85,7 @@ class LayerSummary:
     failed: list[UnitRecord] = field(default_factory=list)
     has_interactions: bool = False
     sprite_keys: dict[str, str] = field(default_factory=dict)
+    quality: dict[str, float | int] = field(default_factory=dict)  # flagged count, proxy medians
     pages: list[Page] = field(default_factory=list)
     layout: str = "map"  # map, tokens or channels_last (atlas.models.layout)
 
@@ -288,6 +290,8 @@ def _build_layer(
     )
     interactions = read_interactions(content.interaction_renders, content.direction_examples, images)
     channels = content.channels
+    attach_quality(store, summary.name, channels)
+    summary.quality = layer_spread(channels)
     summary.shown = len(channels)
     single = [column.name for column in all_columns if column.kind == "optimized"]
     summary.optimized = sum(any(o in c.values for o in single) for c in channels)
@@ -317,6 +321,8 @@ def _build_layer(
             columns=columns,
             grids=grids,
             kinds=kinds,
+            measures=MEASURES,
+            thresholds=thresholds_for_page(),
             pages=summary.pages if len(pages) > 1 else [],
             page_ranges=ranges(summary.pages),
             this_page=number,
