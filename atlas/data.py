@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps
@@ -115,8 +116,6 @@ def _to_rgb(image: Image.Image) -> tuple[Image.Image, str]:
     if mode in ("1", "L"):
         return image.convert("RGB"), "converted:grayscale"
     if mode.startswith("I") or mode == "F":  # 16/32-bit grayscale: rescale to 8 bits first
-        import numpy as np
-
         values = np.asarray(image, dtype=np.float64)
         low, high = float(values.min()), float(values.max())
         scaled = (values - low) / (high - low or 1.0) * 255.0
@@ -137,6 +136,19 @@ def model_view(image: Image.Image, size: int) -> Image.Image:
     return image.resize(
         (size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side), reducing_gap=2.0
     )
+
+
+def decode_for_model(
+    source: ImageSource, source_ids: Sequence[str], size: int
+) -> tuple[list[str], np.ndarray | None, Counter[str]]:
+    """The good images of `source_ids` as one uint8 [B, size, size, 3] array (None when none is
+    good), their ids, and counts of skipped/converted images by reason: what a scan feeds a model.
+    """
+    good, counts = source.load_batch(source_ids, draft_size=size)
+    if not good:
+        return [], None, counts
+    pixels = np.stack([np.asarray(model_view(image, size)) for _, image in good])
+    return [source_id for source_id, _ in good], pixels, counts
 
 
 class ImageSource(ABC):

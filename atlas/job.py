@@ -11,7 +11,6 @@ import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -95,10 +94,13 @@ def job_info(prepared: Prepared, started: str, finished: str | None = None) -> d
     }
 
 
-def merged_scan(store: Store, scan_keys: tuple[str, ...]) -> PartialScan:
-    """Merge every dataset shard's partial result, read back from the store."""
-    partials = [PartialScan.from_table(store.read_unit(key, "scan")) for key in scan_keys]
-    return reduce(PartialScan.merge, partials)
+def merged_scan(spec: JobSpec, store: Store, scan_keys: tuple[str, ...]) -> PartialScan:
+    """Merge every dataset shard's partial result, read back from the store, on the cluster."""
+    from atlas.execute import connect
+    from atlas.scan_data import tree_merge
+
+    connect(spec.execute)
+    return tree_merge(store, scan_keys)
 
 
 def _layer_scan(merged: PartialScan, unit: Unit) -> PartialScan:
@@ -145,15 +147,20 @@ def run_job(
             executor = Executor(spec)
         report.add(executor.run(batch, store, force=force, on_progress=tick))
 
-    try:
-        run_units(units)
+    try:  # scans first, alone on the cluster: phases, so scans and renders never wait on each other's GPUs
+        scans = [u for u in units if u.kind == "scan"]
+        if scans:
+            from atlas.scan_data import run_scans
+
+            report.add(run_scans(spec, prepared.source, scans, store, prepared.model.input_size, force, tick))
+        run_units([u for u in units if u.kind != "scan"])
         finished: tuple[str, ...] = ()
         if phase_two_possible and prepared.plan.scan_keys:
             finished = tuple(k for k in prepared.plan.scan_keys if store.has(k, verify=False))
             if finished:
                 pending = examples_units(spec, prepared.facts, finished)
                 if force or not all(store.has(u.key) for u in pending):
-                    merged = merged_scan(store, finished)
+                    merged = merged_scan(spec, store, finished)
                     pending = [replace(u, inputs=_layer_scan(merged, u)) for u in pending]
                     result.scan_skipped = {k: v for k, v in merged.stats.items() if k.startswith("skipped")}
                 run_units(pending)

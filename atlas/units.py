@@ -1,4 +1,4 @@
-"""Running one unit inside a worker: dispatch by kind to the renderer or the dataset scan.
+"""Running one unit inside a worker: dispatch by kind to the renderer or the examples cropper.
 
 Handlers return Arrow tables keyed by table kind (the columns are documented in the README);
 they never write anything themselves, the driver does.
@@ -17,9 +17,9 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from atlas.data import ImageSource, open_source
-from atlas.examples import direction_layer, finalize_layer, scan_shard
+from atlas.examples import direction_layer, finalize_layer
 from atlas.models import LoadedModel, load_model, pick_device
-from atlas.optvis import RenderError, random_directions, render_channels, render_directions, render_pair
+from atlas.optvis import RenderError, render_channels, render_directions, render_pair
 from atlas.plan import Unit
 from atlas.schema import RENDER_SCHEMA
 from atlas.spec import ExamplesSpec, JobSpec, RenderSpec
@@ -97,26 +97,6 @@ def _pair(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
     return {"render": rendered_table(images, unit.key)}
 
 
-def _scan(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
-    settings = dict(unit.settings)
-    directions = None
-    if settings["directions"]:
-        directions = {
-            layer: random_directions(ctx.model, layer, settings["directions"], seed=settings["seed"])
-            for layer in settings["layers"]
-        }
-    partial = scan_shard(
-        ctx.model,
-        settings["layers"],
-        ctx.source(),
-        unit.inputs,
-        k=settings["k"],
-        batch_size=settings["batch_size"],
-        directions=directions,
-    )
-    return {"scan": partial.to_table()}
-
-
 def _examples(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
     """Crop the chosen examples of a layer and of its random directions (as channels -1, -2, ...)."""
     settings = dict(unit.settings)
@@ -155,7 +135,6 @@ HANDLERS: dict[str, Callable[[WorkerContext, Unit], dict[str, pa.Table]]] = {
     "render": _render,
     "directions": _directions,
     "pair": _pair,
-    "scan": _scan,
     "examples": _examples,
 }
 

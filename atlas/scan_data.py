@@ -1,0 +1,297 @@
+"""Dataset scans on Ray Data: decoding on every CPU, the forward pass on a GPU (or CPU) actor pool.
+
+The pipeline, per job::
+
+    pending shards (ids only) -> decode + resize (CPU tasks, as many as the cluster has CPUs)
+        -> BatchScanner on an actor pool (one actor per GPU; loads the model once)
+        -> one PartialScan per shard -> the driver commits it as that shard's scan unit
+
+Ray Data streams it: a bounded number of decoded shards is in flight whatever the dataset's size,
+and the driver sees one small partial per shard, never pixels.
+
+The unit of resumption is today's scan unit, one dataset shard under its content key: a shard's
+images travel together through both stages, so its partial is computed whole inside one actor
+and committed as soon as it arrives. A killed driver loses only the shards in flight; the rerun
+streams only the shards whose keys are not in the store. Partials then merge by a tree of Ray
+tasks (`tree_merge`), so the driver never folds thousands of partials itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from functools import reduce
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from atlas.data import ImageSource, decode_for_model
+from atlas.examples import BatchScanner, PartialScan
+from atlas.execute import ExecuteError, RunReport, WorkerPlan, connect, plan_workers
+from atlas.plan import Unit
+from atlas.spec import ExecuteSpec, JobSpec
+from atlas.store import Store
+
+# Partials merged per task of the tree reduction: the tree has log_8(shards) levels.
+MERGE_FAN_IN = 8
+
+
+@dataclass(frozen=True)
+class ScanPlan:
+    """How the cluster is split between decoding and the forward pass."""
+
+    actors: WorkerPlan  # the forward pass: one actor per GPU, or a few CPU actors
+    decoders: int  # CPUs left for decoding tasks
+
+    def describe(self) -> str:
+        return f"{self.actors.describe()} for the forward pass, {self.decoders} CPU(s) decoding"
+
+
+def plan_scan(
+    execute: ExecuteSpec, resources: Mapping[str, float], node_resources: Sequence[Mapping[str, float]] = ()
+) -> ScanPlan:
+    """Actors for the forward pass and CPUs for decoding, from the spec and the cluster.
+
+    With GPUs every GPU gets one actor holding one CPU, and every other CPU decodes (the GPU
+    eats what many cores decode). Without GPUs the forward pass and decoding share the CPUs
+    half and half, at least one each: on a laptop either may be the bottleneck.
+    """
+    workers = plan_workers(execute, resources, node_resources)
+    total_cpus = int(resources.get("CPU", 1))
+    if workers.gpus > 0:
+        return ScanPlan(workers, max(1, total_cpus - workers.count))
+    # Actors hold their CPUs for the whole scan: leave at least one to decode, or nothing moves.
+    forward_cpus = max(1, total_cpus // 2) if total_cpus > 1 else 0
+    wanted = execute.workers if isinstance(execute.workers, int) else max(1, forward_cpus // 2)
+    count = max(1, min(wanted, forward_cpus))
+    cpus = float(forward_cpus // count)
+    return ScanPlan(WorkerPlan(count, cpus, 0.0), max(1, total_cpus - int(cpus * count)))
+
+
+def cluster_scan_plan(execute: ExecuteSpec) -> ScanPlan:
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    return plan_scan(execute, ray.cluster_resources(), nodes)
+
+
+def decode_shards(batch: dict[str, np.ndarray], source: ImageSource, size: int) -> dict[str, np.ndarray]:
+    """CPU stage: each shard's images decoded and resized for the model; bad ones counted by reason.
+
+    Pixels travel as raw bytes (n x size x size x 3) so shards of any length fit one column.
+    """
+    out: dict[str, list] = {"shard": [], "ids": [], "pixels": [], "counts": []}
+    for shard, ids in zip(batch["shard"], batch["ids"], strict=True):
+        good, pixels, counts = decode_for_model(source, list(ids), size)
+        out["shard"].append(int(shard))
+        out["ids"].append(json.dumps(good))
+        out["pixels"].append(b"" if pixels is None else pixels.tobytes())
+        out["counts"].append(json.dumps(dict(counts)))
+    return {
+        "shard": np.array(out["shard"], np.int64),
+        "ids": np.array(out["ids"], dtype=object),
+        "pixels": np.array(out["pixels"], dtype=object),
+        "counts": np.array(out["counts"], dtype=object),
+    }
+
+
+def scan_directions(model: Any, settings: Mapping[str, Any]) -> dict | None:
+    """The random directions a scan scores beside the channels (same seed as their renders)."""
+    from atlas.optvis import random_directions
+
+    if not settings["directions"]:
+        return None
+    return {
+        layer: random_directions(model, layer, settings["directions"], seed=settings["seed"])
+        for layer in settings["layers"]
+    }
+
+
+class ShardScanner:
+    """Actor stage: holds the model and scores every shard it is handed, one partial per shard."""
+
+    def __init__(self, spec: JobSpec, settings: Mapping[str, Any], device: str):
+        import torch
+
+        from atlas.models import load_model, pick_device
+
+        assigned = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        torch.set_num_threads(max(1, int(assigned)))
+        model = load_model(
+            spec.model.name, spec.model.checkpoint, spec.model.weights, device=pick_device(device)
+        )
+        self.scanner = BatchScanner(
+            model, settings["layers"], settings["k"], scan_directions(model, settings)
+        )
+        self.batch_size = int(settings["batch_size"])
+        self.size = model.input_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        partials, seconds = [], []
+        for ids_json, raw, counts_json in zip(batch["ids"], batch["pixels"], batch["counts"], strict=True):
+            start = time.perf_counter()
+            ids = json.loads(ids_json)
+            pixels = np.frombuffer(raw, np.uint8).reshape(len(ids), self.size, self.size, 3)
+            partial = self.scanner.empty()
+            for i in range(0, len(ids), self.batch_size):
+                partial = partial.merge(
+                    self.scanner.scan(ids[i : i + self.batch_size], pixels[i : i + self.batch_size])
+                )
+            stats = Counter(json.loads(counts_json))
+            if ids:
+                stats["scanned"] += len(ids)
+            partial = replace(partial, stats=dict(sorted(stats.items())))
+            partials.append(_ipc_bytes(partial.to_table()))
+            seconds.append(time.perf_counter() - start)
+        return {
+            "shard": batch["shard"],
+            "partial": np.array(partials, dtype=object),
+            "seconds": np.array(seconds, np.float64),
+        }
+
+
+def _ipc_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _ipc_table(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+def scan_dataset(
+    spec: JobSpec,
+    source: ImageSource,
+    units: Sequence[Unit],
+    input_size: int,
+    plan: ScanPlan,
+) -> Iterable[tuple[Unit, pa.Table, float]]:
+    """Stream each scan unit's partial table (and its compute seconds) as its shard finishes."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    settings = dict(units[0].settings)
+    rows = [{"shard": i, "ids": list(unit.inputs.source_ids)} for i, unit in enumerate(units)]
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    decoded = dataset.map_batches(
+        decode_shards,
+        batch_size=1,
+        num_cpus=1,
+        concurrency=plan.decoders,
+        fn_kwargs={"source": source, "size": input_size},
+    )
+    actors = plan.actors
+    scanned = decoded.map_batches(
+        ShardScanner,
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=actors.count),
+        num_cpus=actors.cpus,
+        num_gpus=actors.gpus,
+        fn_constructor_kwargs={"spec": spec, "settings": settings, "device": actors.device},
+    )
+    for row in scanned.iter_rows():
+        yield units[int(row["shard"])], _ipc_table(row["partial"]), float(row["seconds"])
+
+
+def run_scans(
+    spec: JobSpec,
+    source: ImageSource,
+    units: Sequence[Unit],
+    store: Store,
+    input_size: int,
+    force: bool = False,
+    on_progress: Callable[[Unit, str], None] | None = None,
+    plan: ScanPlan | None = None,
+) -> RunReport:
+    """Scan every shard not already in the store and commit each shard's partial as it arrives.
+
+    A scan that stops (a shard whose images crash the model, a lost cluster) records the shards
+    it did not finish as failed with the reason; the rerun resumes from the committed ones.
+    """
+    report = RunReport()
+    start = time.perf_counter()
+    pending = []
+    for unit in units:
+        if not force and store.has(unit.key):
+            report.skipped += 1
+            if on_progress:
+                on_progress(unit, "skipped")
+        else:
+            pending.append(unit)
+    if pending:
+        connect(spec.execute)
+        plan = plan or cluster_scan_plan(spec.execute)
+        finished: set[str] = set()
+        try:
+            for unit, table, seconds in scan_dataset(spec, source, pending, input_size, plan):
+                store.write_unit_tables(unit.key, "scan", unit.layer, {"scan": table}, seconds=seconds)
+                finished.add(unit.key)
+                report.done += 1
+                if on_progress:
+                    on_progress(unit, "done")
+        except (ray.exceptions.RayError, ExecuteError) as err:
+            reason = _last_line(err)
+            logging.getLogger(__name__).error("the dataset scan stopped: %s", reason)
+            for unit in pending:
+                if unit.key not in finished:
+                    store.record_failure(unit.key, unit.kind, unit.layer, reason)
+                    report.failed.append((unit.label, reason))
+                    if on_progress:
+                        on_progress(unit, "failed")
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _last_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+@ray.remote
+def _merge(*partials: PartialScan) -> PartialScan:
+    return reduce(PartialScan.merge, partials)
+
+
+@ray.remote
+def _merge_tables(*tables: pa.Table) -> PartialScan:
+    """A leaf of the tree: stored partial tables, merged into one."""
+    return reduce(PartialScan.merge, map(PartialScan.from_table, tables))
+
+
+def tree_merge(store: Store, keys: Sequence[str], fan_in: int = MERGE_FAN_IN) -> PartialScan:
+    """Merge the stored partials of `keys` with a tree of Ray tasks (Ray must be connected).
+
+    The driver only reads each shard's table and hands groups of `fan_in` to leaf tasks; merged
+    results combine `fan_in` at a time, level by level, as soon as a group is complete (like
+    carrying in a base-`fan_in` counter), so at most `fan_in` results wait at each level, and at
+    most a few groups of tables are in flight (the driver waits for leaves before reading more).
+    """
+    if not keys:
+        raise ValueError("nothing to merge: no finished scan units")
+    levels: list[list[ray.ObjectRef]] = [[]]
+    leaves: list[ray.ObjectRef] = []
+
+    def push(ref: ray.ObjectRef, level: int) -> None:
+        if level == len(levels):
+            levels.append([])
+        levels[level].append(ref)
+        if len(levels[level]) == fan_in:
+            group, levels[level] = levels[level], []
+            push(_merge.remote(*group), level + 1)
+
+    for i in range(0, len(keys), fan_in):
+        if len(leaves) >= 2 * fan_in:
+            _, leaves = ray.wait(leaves, num_returns=len(leaves) - fan_in)
+        leaf = _merge_tables.remote(*(store.read_unit(k, "scan") for k in keys[i : i + fan_in]))
+        leaves.append(leaf)
+        push(leaf, 0)
+    leftovers = [ref for level in levels for ref in level]
+    return ray.get(leftovers[0] if len(leftovers) == 1 else _merge.remote(*leftovers))
