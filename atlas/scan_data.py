@@ -79,24 +79,37 @@ def cluster_scan_plan(execute: ExecuteSpec) -> ScanPlan:
     return plan_scan(execute, ray.cluster_resources(), nodes)
 
 
-def decode_shards(batch: dict[str, np.ndarray], source: ImageSource, size: int) -> dict[str, np.ndarray]:
+def decode_shards(
+    batch: dict[str, np.ndarray], source: ImageSource, size: int, batch_size: int
+) -> dict[str, np.ndarray]:
     """CPU stage: each shard's images decoded and resized for the model; bad ones counted by reason.
 
-    Pixels travel as raw bytes (n x size x size x 3) so shards of any length fit one column.
+    Images are decoded in the same chunks of `batch_size` ids as an in-process scan (`sizes`
+    keeps how many good images each chunk gave), so the actors run the very same forward
+    batches and the partials come out bit for bit the same. Pixels travel as raw bytes
+    (n x size x size x 3), so shards of any length fit one column.
     """
-    out: dict[str, list] = {"shard": [], "ids": [], "pixels": [], "counts": []}
+    out: dict[str, list] = {"shard": [], "ids": [], "sizes": [], "pixels": [], "counts": []}
     for shard, ids in zip(batch["shard"], batch["ids"], strict=True):
-        good, pixels, counts = decode_for_model(source, list(ids), size)
+        good: list[str] = []
+        sizes: list[int] = []
+        pixels: list[bytes] = []
+        counts: Counter[str] = Counter()
+        for i in range(0, len(ids), batch_size):
+            chunk_ids, chunk, chunk_counts = decode_for_model(source, list(ids[i : i + batch_size]), size)
+            counts.update(chunk_counts)
+            if chunk is not None:
+                good += chunk_ids
+                sizes.append(len(chunk_ids))
+                pixels.append(chunk.tobytes())
         out["shard"].append(int(shard))
         out["ids"].append(json.dumps(good))
-        out["pixels"].append(b"" if pixels is None else pixels.tobytes())
+        out["sizes"].append(json.dumps(sizes))
+        out["pixels"].append(b"".join(pixels))
         out["counts"].append(json.dumps(dict(counts)))
-    return {
-        "shard": np.array(out["shard"], np.int64),
-        "ids": np.array(out["ids"], dtype=object),
-        "pixels": np.array(out["pixels"], dtype=object),
-        "counts": np.array(out["counts"], dtype=object),
-    }
+    columns = {name: np.array(values, dtype=object) for name, values in out.items()}
+    columns["shard"] = np.array(out["shard"], np.int64)
+    return columns
 
 
 def scan_directions(model: Any, settings: Mapping[str, Any]) -> dict | None:
@@ -127,20 +140,22 @@ class ShardScanner:
         self.scanner = BatchScanner(
             model, settings["layers"], settings["k"], scan_directions(model, settings)
         )
-        self.batch_size = int(settings["batch_size"])
         self.size = model.input_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         partials, seconds = [], []
-        for ids_json, raw, counts_json in zip(batch["ids"], batch["pixels"], batch["counts"], strict=True):
+        for ids_json, sizes_json, raw, counts_json in zip(
+            batch["ids"], batch["sizes"], batch["pixels"], batch["counts"], strict=True
+        ):
             start = time.perf_counter()
             ids = json.loads(ids_json)
             pixels = np.frombuffer(raw, np.uint8).reshape(len(ids), self.size, self.size, 3)
             partial = self.scanner.empty()
-            for i in range(0, len(ids), self.batch_size):
-                partial = partial.merge(
-                    self.scanner.scan(ids[i : i + self.batch_size], pixels[i : i + self.batch_size])
-                )
+            begin = 0
+            for size in json.loads(sizes_json):
+                end = begin + size
+                partial = partial.merge(self.scanner.scan(ids[begin:end], pixels[begin:end]))
+                begin = end
             stats = Counter(json.loads(counts_json))
             if ids:
                 stats["scanned"] += len(ids)
@@ -152,6 +167,11 @@ class ShardScanner:
             "partial": np.array(partials, dtype=object),
             "seconds": np.array(seconds, np.float64),
         }
+
+
+def _decode_memory(shard_size: int, size: int) -> int:
+    """Bytes one decoding task holds: a worker with torch imported, its shard's pixels twice over."""
+    return 512 * 2**20 + 2 * shard_size * size * size * 3
 
 
 def _ipc_bytes(table: pa.Table) -> bytes:
@@ -185,8 +205,12 @@ def scan_dataset(
         decode_shards,
         batch_size=1,
         num_cpus=1,
-        concurrency=plan.decoders,
-        fn_kwargs={"source": source, "size": input_size},
+        compute=ray.data.TaskPoolStrategy(size=plan.decoders),
+        # Reserving a decoded shard's memory keeps many tasks from decoding at once on a small
+        # node, and (remote args differing) keeps Ray Data from fusing the decoding into the
+        # actors, where it would run on their few CPUs only.
+        memory=_decode_memory(len(units[0].inputs.source_ids), input_size),
+        fn_kwargs={"source": source, "size": input_size, "batch_size": settings["batch_size"]},
     )
     actors = plan.actors
     scanned = decoded.map_batches(
