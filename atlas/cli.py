@@ -42,13 +42,14 @@ class _Group(click.Group):
     """Turns the library's errors about bad input into one clear line instead of a traceback."""
 
     def invoke(self, ctx: click.Context):
+        from atlas.errors import AtlasError
         from atlas.execute import ExecuteError
         from atlas.models import ModelError, UnknownLayerError
         from atlas.store import StoreError
 
         try:
             return super().invoke(ctx)
-        except (SpecError, ModelError, UnknownLayerError, ExecuteError, StoreError) as err:
+        except (SpecError, ModelError, UnknownLayerError, ExecuteError, StoreError, AtlasError) as err:
             raise click.ClickException(str(err)) from err
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
+from atlas.autoscale import GPUS
 from atlas.plan import Unit
 from atlas.spec import ExecuteSpec, JobSpec
 from atlas.store import Store
@@ -47,7 +48,9 @@ class WorkerPlan:
 
     @property
     def device(self) -> str:
-        return "cuda" if self.gpus > 0 else "cpu"
+        """A GPU worker takes CUDA when its process sees a device; a GPU that Ray only counts
+        (a fake GPU resource in tests) leaves it on the CPU."""
+        return "auto" if self.gpus > 0 else "cpu"
 
     def describe(self) -> str:
         """E.g. '4 workers x 1 GPU' for logs and summaries."""
@@ -160,7 +163,9 @@ def plan_workers(
 
 
 def cluster_worker_plan(execute: ExecuteSpec) -> WorkerPlan:
-    """plan_workers for the cluster this process is connected to (live nodes only)."""
+    """plan_workers for the cluster this process is connected to (live nodes only), once the
+    autoscaler has added the GPU nodes the job needs, if it can."""
+    GPUS.ensure(execute)
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     return plan_workers(execute, ray.cluster_resources(), nodes)
 

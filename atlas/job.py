@@ -147,8 +147,8 @@ def run_job(
             executor = Executor(spec)
         report.add(executor.run(batch, store, force=force, on_progress=tick))
 
+    scans = [u for u in units if u.kind == "scan"]
     try:  # scans first, alone on the cluster: phases, so scans and renders never wait on each other's GPUs
-        scans = [u for u in units if u.kind == "scan"]
         if scans:
             from atlas.scan_data import run_scans
 
@@ -171,6 +171,10 @@ def run_job(
     finally:
         if executor is not None:
             executor.shutdown()
+        if executor is not None or scans:  # else Ray was never needed
+            from atlas.autoscale import GPUS
+
+            GPUS.release()  # GPU nodes the autoscaler added for this job may go once idle
     result.done, result.skipped, result.failed, result.retried = (
         report.done,
         report.skipped,

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from atlas.autoscale import GPUS
 from atlas.data import ImageSource, decode_for_model
 from atlas.examples import BatchScanner, PartialScan
 from atlas.execute import ExecuteError, RunReport, WorkerPlan, connect, plan_workers
@@ -75,6 +76,7 @@ def plan_scan(
 
 
 def cluster_scan_plan(execute: ExecuteSpec) -> ScanPlan:
+    GPUS.ensure(execute)
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     return plan_scan(execute, ray.cluster_resources(), nodes)
 
@@ -185,6 +187,28 @@ def _ipc_table(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
+def decoded_shards(source: ImageSource, units: Sequence[Unit], input_size: int, decoders: int) -> Any:
+    """The first stage alone: a Ray Dataset of the units' shards, decoded (one row per unit, in
+    `units` order by its `shard` column)."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    rows = [{"shard": i, "ids": list(unit.inputs.source_ids)} for i, unit in enumerate(units)]
+    return ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        decode_shards,
+        batch_size=1,
+        num_cpus=1,
+        compute=ray.data.TaskPoolStrategy(size=decoders),
+        # Reserving a decoded shard's memory keeps many tasks from decoding at once on a small
+        # node, and (remote args differing) keeps Ray Data from fusing the decoding into the
+        # actors, where it would run on their few CPUs only.
+        memory=_decode_memory(len(units[0].inputs.source_ids), input_size),
+        fn_kwargs={"source": source, "size": input_size, "batch_size": units[0].settings["batch_size"]},
+    )
+
+
 def scan_dataset(
     spec: JobSpec,
     source: ImageSource,
@@ -195,31 +219,14 @@ def scan_dataset(
     """Stream each scan unit's partial table (and its compute seconds) as its shard finishes."""
     import ray.data
 
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    settings = dict(units[0].settings)
-    rows = [{"shard": i, "ids": list(unit.inputs.source_ids)} for i, unit in enumerate(units)]
-    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
-    decoded = dataset.map_batches(
-        decode_shards,
-        batch_size=1,
-        num_cpus=1,
-        compute=ray.data.TaskPoolStrategy(size=plan.decoders),
-        # Reserving a decoded shard's memory keeps many tasks from decoding at once on a small
-        # node, and (remote args differing) keeps Ray Data from fusing the decoding into the
-        # actors, where it would run on their few CPUs only.
-        memory=_decode_memory(len(units[0].inputs.source_ids), input_size),
-        fn_kwargs={"source": source, "size": input_size, "batch_size": settings["batch_size"]},
-    )
     actors = plan.actors
-    scanned = decoded.map_batches(
+    scanned = decoded_shards(source, units, input_size, plan.decoders).map_batches(
         ShardScanner,
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=actors.count),
         num_cpus=actors.cpus,
         num_gpus=actors.gpus,
-        fn_constructor_kwargs={"spec": spec, "settings": settings, "device": actors.device},
+        fn_constructor_kwargs={"spec": spec, "settings": dict(units[0].settings), "device": actors.device},
     )
     for row in scanned.iter_rows():
         yield units[int(row["shard"])], _ipc_table(row["partial"]), float(row["seconds"])
@@ -279,12 +286,14 @@ def _last_line(err: BaseException) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
-@ray.remote
+# Merges hold no CPU: they are brief, and must not wait behind workers that keep their CPUs
+# for the whole job (the examples phase's actors are up while the scans merge).
+@ray.remote(num_cpus=0)
 def _merge(*partials: PartialScan) -> PartialScan:
     return reduce(PartialScan.merge, partials)
 
 
-@ray.remote
+@ray.remote(num_cpus=0)
 def _merge_tables(*tables: pa.Table) -> PartialScan:
     """A leaf of the tree: stored partial tables, merged into one."""
     return reduce(PartialScan.merge, map(PartialScan.from_table, tables))

@@ -90,6 +90,7 @@ class ExecuteSpec:
     max_in_flight: int = 0  # 0: twice the number of workers
     retries: int = 2
     address: str | None = None
+    scale_up_timeout: float = 900.0  # seconds to wait for the autoscaler to add GPU nodes
 
 
 @dataclass(frozen=True)
@@ -321,6 +322,7 @@ def _check_values(ctx: _Context, spec: JobSpec) -> None:
         ("interactions", "interpolation_steps", i.interpolation_steps >= 2, "must be at least 2"),
         ("execute", "retries", x.retries >= 0, "must be >= 0"),
         ("execute", "max_in_flight", x.max_in_flight >= 0, "must be >= 0"),
+        ("execute", "scale_up_timeout", x.scale_up_timeout > 0, "must be positive (seconds)"),
     ]
     for section, key, ok, fix in checks:
         if not ok:

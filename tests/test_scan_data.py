@@ -16,8 +16,8 @@ from raytools import env_with_tests_on_path, local_ray, manifest_units
 from atlas.data import open_source
 from atlas.examples import PartialScan, scan_shard
 from atlas.job import prepare, run_job
-from atlas.scan_data import plan_scan, run_scans, scan_directions, tree_merge
-from atlas.spec import ExecuteSpec, load_spec
+from atlas.scan_data import cluster_scan_plan, plan_scan, run_scans, scan_directions, tree_merge
+from atlas.spec import ExecuteSpec, load_spec, parse_spec
 from atlas.store import Store
 
 SPEC = """
@@ -149,3 +149,19 @@ def test_rerun_after_a_killed_driver_scans_only_the_unfinished_shards(
             prepared.model, settings["layers"], prepared.source, unit.inputs, k=3, batch_size=3
         )
         assert stored(store, unit.key).equals(local.to_table()), unit.label
+
+
+@pytest.mark.slow
+def test_scans_and_renders_take_turns_on_one_gpu(photos: Path, tmp_path: Path) -> None:
+    """Phases: the scan's actor holds the GPU, then the render and examples workers do."""
+    text = write_spec(tmp_path, photos, shard_size=8, directions=0).read_text()
+    text = text.replace(
+        "[render]\nenabled = false", '[render]\nsteps = 2\nsize = 32\nobjectives = ["channel"]'
+    )
+    spec = parse_spec(text.replace("workers = 1", 'gpus_per_worker = "auto"'))
+    with local_ray(num_cpus=2, num_gpus=1):  # a GPU Ray counts; the workers compute on the CPU
+        assert cluster_scan_plan(spec.execute).actors.gpus == 1
+        result = run_job(spec, build=False)
+    assert result.ok, result.failed
+    kinds = sorted(e.kind for e in Store(spec.out).entries())
+    assert kinds == ["examples", "render", "scan", "scan", "scan"]
