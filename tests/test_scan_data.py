@@ -3,6 +3,7 @@ the split of the cluster between decoding and the forward pass, and resuming aft
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -56,6 +57,24 @@ def stored(store: Store, key: str) -> pa.Table:
 
 
 @pytest.fixture(scope="module")
+def cluster():
+    """One local Ray for the module, with one GPU that Ray counts (workers compute on the CPU).
+
+    Its workers inherit a slower `slow_cnn`, so the driver can be killed mid-scan.
+    """
+    saved = os.environ.get("ATLAS_TEST_SLOW_FORWARD")
+    os.environ["ATLAS_TEST_SLOW_FORWARD"] = "0.3"
+    try:
+        with local_ray(num_cpus=2, num_gpus=1) as address:
+            yield address
+    finally:
+        if saved is None:
+            os.environ.pop("ATLAS_TEST_SLOW_FORWARD")
+        else:
+            os.environ["ATLAS_TEST_SLOW_FORWARD"] = saved
+
+
+@pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("photos")
     demo = open_source("demo")
@@ -85,15 +104,16 @@ def test_a_cpu_scan_never_gives_every_cpu_to_actors() -> None:
 
 
 @pytest.mark.slow
-def test_ray_data_partials_equal_an_in_process_scan_and_merge_by_tree(photos: Path, tmp_path: Path) -> None:
+def test_ray_data_partials_equal_an_in_process_scan_and_merge_by_tree(
+    cluster: str, photos: Path, tmp_path: Path
+) -> None:
     spec = load_spec(write_spec(tmp_path, photos))
     prepared = prepare(spec)
     units = [u for u in prepared.plan.units if u.kind == "scan"]
     store = Store(spec.out)
-    with local_ray(num_cpus=2):
-        report = run_scans(spec, prepared.source, units, store, prepared.model.input_size)
-        assert (report.done, report.failed) == (len(units), [])
-        merged = tree_merge(store, prepared.plan.scan_keys, fan_in=2)  # 4 shards: two levels
+    report = run_scans(spec, prepared.source, units, store, prepared.model.input_size)
+    assert (report.done, report.failed) == (len(units), [])
+    merged = tree_merge(store, prepared.plan.scan_keys, fan_in=2)  # 4 shards: two levels
 
     settings = dict(units[0].settings)
     directions = scan_directions(prepared.model, settings)
@@ -109,7 +129,7 @@ def test_ray_data_partials_equal_an_in_process_scan_and_merge_by_tree(photos: Pa
 
 @pytest.mark.slow
 def test_rerun_after_a_killed_driver_scans_only_the_unfinished_shards(
-    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cluster: str, photos: Path, tmp_path: Path
 ) -> None:
     """The unit of resumption is the shard: committed shards survive the driver, the rest rescan."""
     spec_path = write_spec(
@@ -117,29 +137,27 @@ def test_rerun_after_a_killed_driver_scans_only_the_unfinished_shards(
     )
     total = 9  # 17 files in shards of 2
     log = tmp_path / "driver.log"
-    monkeypatch.setenv("ATLAS_TEST_SLOW_FORWARD", "0.5")  # the cluster's workers inherit it
-    with local_ray(num_cpus=2) as address:
-        env = env_with_tests_on_path() | {"RAY_ADDRESS": address}
-        driver = subprocess.Popen(
-            [sys.executable, "-m", "atlas.cli", "scan", str(spec_path)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log.open("w"),
-        )
-        deadline = time.monotonic() + 180
-        try:
-            while len(manifest_units(tmp_path / "out")) < 2:
-                assert driver.poll() is None, log.read_text()[-2000:]
-                assert time.monotonic() < deadline, "the driver committed no shard in 180 s"
-                time.sleep(0.2)
-        finally:
-            driver.kill()
-            driver.wait()
-        survived = {u["key"] for u in manifest_units(tmp_path / "out")}
-        assert 2 <= len(survived) < total, "kill the driver mid-scan: slow the forward down if this fails"
+    env = env_with_tests_on_path() | {"RAY_ADDRESS": cluster}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "atlas.cli", "scan", str(spec_path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+    )
+    deadline = time.monotonic() + 180
+    try:
+        while len(manifest_units(tmp_path / "out")) < 2:
+            assert driver.poll() is None, log.read_text()[-2000:]
+            assert time.monotonic() < deadline, "the driver committed no shard in 180 s"
+            time.sleep(0.1)
+    finally:
+        driver.kill()
+        driver.wait()
+    survived = {u["key"] for u in manifest_units(tmp_path / "out")}
+    assert 2 <= len(survived) < total, "kill the driver mid-scan: slow the forward down if this fails"
 
-        spec = load_spec(spec_path)
-        rerun = run_job(spec, build=False, only=("scan",))
+    spec = load_spec(spec_path)
+    rerun = run_job(spec, build=False, only=("scan",))
     assert (rerun.done, rerun.skipped, rerun.failed) == (total - len(survived), len(survived), [])
     store = Store(spec.out)
     prepared = prepare(spec)
@@ -152,16 +170,15 @@ def test_rerun_after_a_killed_driver_scans_only_the_unfinished_shards(
 
 
 @pytest.mark.slow
-def test_scans_and_renders_take_turns_on_one_gpu(photos: Path, tmp_path: Path) -> None:
+def test_scans_and_renders_take_turns_on_one_gpu(cluster: str, photos: Path, tmp_path: Path) -> None:
     """Phases: the scan's actor holds the GPU, then the render and examples workers do."""
     text = write_spec(tmp_path, photos, shard_size=8, directions=0).read_text()
     text = text.replace(
         "[render]\nenabled = false", '[render]\nsteps = 2\nsize = 32\nobjectives = ["channel"]'
     )
     spec = parse_spec(text.replace("workers = 1", 'gpus_per_worker = "auto"'))
-    with local_ray(num_cpus=2, num_gpus=1):  # a GPU Ray counts; the workers compute on the CPU
-        assert cluster_scan_plan(spec.execute).actors.gpus == 1
-        result = run_job(spec, build=False)
+    assert cluster_scan_plan(spec.execute).actors.gpus == 1
+    result = run_job(spec, build=False)
     assert result.ok, result.failed
     kinds = sorted(e.kind for e in Store(spec.out).entries())
     assert kinds == ["examples", "render", "scan", "scan", "scan"]
