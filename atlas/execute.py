@@ -144,7 +144,7 @@ def plan_workers(
         raise ExecuteError(
             f"the job asks for {gpus:g} GPU(s) per worker but the cluster has {total_gpus:g} "
             f"(at most {node_gpus:g} on one node); set execute.gpus_per_worker = 0 (CPU) or "
-            '"auto", or add GPU nodes (with `ray up`, give the GPU node type min_workers >= 1)'
+            '"auto", or add GPU nodes (a GPU node type in cluster.yaml, then `ray up`)'
         )
     if gpus > 0 and node_cpus < 1:
         raise ExecuteError("every GPU worker needs one CPU but no node offers one; give the GPU nodes CPUs")

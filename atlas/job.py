@@ -130,6 +130,11 @@ def run_job(
     later = examples_units(spec, prepared.facts, prepared.plan.scan_keys) if phase_two_possible else []
     total = len(units) + len(later)
     tick = progress(total) if progress else None
+    if spec.cost.budget or spec.cost.budget_gpu_hours:  # stop before, or as soon as, it passes
+        from atlas.cost import Spend, check_estimate, cluster_gpus
+
+        check_estimate([u for u in units if force or not store.has(u.key, verify=False)], spec)
+        tick = Spend(spec.cost, cluster_gpus).watch(tick)
     result = JobResult(out=spec.out)
     executor: Executor | None = None
     report = RunReport()

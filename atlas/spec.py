@@ -94,6 +94,14 @@ class ExecuteSpec:
 
 
 @dataclass(frozen=True)
+class CostSpec:
+    throughput: str = ""  # JSON figures from `atlas calibrate` (relative to the spec); "" = none
+    price_per_gpu_hour: float = 0.0
+    budget: float = 0.0  # in the price's currency; 0 = no budget
+    budget_gpu_hours: float = 0.0  # 0 = no budget
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str
     out: Path
@@ -104,6 +112,7 @@ class JobSpec:
     interactions: InteractionsSpec = field(default_factory=InteractionsSpec)
     execute: ExecuteSpec = field(default_factory=ExecuteSpec)
     source: Path | None = None
+    cost: CostSpec = field(default_factory=CostSpec)
 
     def replace(self, **sections: Any) -> JobSpec:
         """A copy with whole sections replaced, e.g. spec.replace(out=Path("x"))."""
@@ -118,6 +127,7 @@ SECTIONS: dict[str, type] = {
     "examples": ExamplesSpec,
     "interactions": InteractionsSpec,
     "execute": ExecuteSpec,
+    "cost": CostSpec,
 }
 TOP_LEVEL = ("job", "layers", *SECTIONS)
 
@@ -323,6 +333,15 @@ def _check_values(ctx: _Context, spec: JobSpec) -> None:
         ("execute", "retries", x.retries >= 0, "must be >= 0"),
         ("execute", "max_in_flight", x.max_in_flight >= 0, "must be >= 0"),
         ("execute", "scale_up_timeout", x.scale_up_timeout > 0, "must be positive (seconds)"),
+        ("cost", "price_per_gpu_hour", spec.cost.price_per_gpu_hour >= 0, "must be >= 0"),
+        ("cost", "budget", spec.cost.budget >= 0, "must be >= 0 (0: no budget)"),
+        (
+            "cost",
+            "budget",
+            not spec.cost.budget or spec.cost.price_per_gpu_hour > 0,
+            "a budget in money needs cost.price_per_gpu_hour (or use cost.budget_gpu_hours)",
+        ),
+        ("cost", "budget_gpu_hours", spec.cost.budget_gpu_hours >= 0, "must be >= 0 (0: no budget)"),
     ]
     for section, key, ok, fix in checks:
         if not ok:
@@ -359,7 +378,15 @@ def _resolve_paths(ctx: _Context, spec: JobSpec, base: Path) -> JobSpec:
                 f'{path} does not exist; give a folder of images, a .parquet file or "demo"',
             )
         examples = replace(examples, source=str(path))
-    return replace(spec, model=model, examples=examples)
+    cost = spec.cost
+    if cost.throughput:
+        path = Path(cost.throughput) if Path(cost.throughput).is_absolute() else base / cost.throughput
+        if not path.is_file():
+            raise ctx.error(
+                "cost", "throughput", f"file {path} does not exist; write it with `atlas calibrate`"
+            )
+        cost = replace(cost, throughput=str(path))
+    return replace(spec, model=model, examples=examples, cost=cost)
 
 
 def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> JobSpec:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from raytools import env_with_tests_on_path, local_ray, manifest_units
+from raytools import env_with_tests_on_path, local_ray, manifest_units, tiny_spec
 
+from atlas.cost import BudgetExceeded
 from atlas.data import open_source
 from atlas.examples import PartialScan, scan_shard
 from atlas.job import prepare, run_job
@@ -182,3 +183,16 @@ def test_scans_and_renders_take_turns_on_one_gpu(cluster: str, photos: Path, tmp
     assert result.ok, result.failed
     kinds = sorted(e.kind for e in Store(spec.out).entries())
     assert kinds == ["examples", "render", "scan", "scan", "scan"]
+
+
+@pytest.mark.slow
+def test_a_spend_budget_stops_the_job_after_a_unit_and_the_rerun_resumes(
+    cluster: str, tmp_path: Path
+) -> None:
+    """1 (fake) GPU held: the first finished unit passes a budget of a few milliseconds of it."""
+    budget = "gpus_per_worker = 1\n[cost]\nbudget_gpu_hours = 0.000001"
+    with pytest.raises(BudgetExceeded, match="rerun with a larger budget"):
+        run_job(tiny_spec(tmp_path / "out", channels="0:3", workers=1, extra=budget), build=False)
+    assert [u["status"] for u in manifest_units(tmp_path / "out")] == ["done"]
+    rerun = run_job(tiny_spec(tmp_path / "out", channels="0:3", workers=1), build=False)
+    assert (rerun.done, rerun.skipped, rerun.failed) == (2, 1, [])
