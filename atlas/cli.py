@@ -49,17 +49,18 @@ class _Group(click.Group):
 
         try:
             return super().invoke(ctx)
-        except (SpecError, ModelError, UnknownLayerError, ExecuteError, StoreError, AtlasError) as err:
+        except (AtlasError, SpecError, ModelError, UnknownLayerError, ExecuteError, StoreError) as err:
             raise click.ClickException(str(err)) from err
 
 
 def _run(spec: JobSpec, force: bool, build: bool, only: tuple[str, ...] | None = None) -> None:
     from atlas.job import run_job
+    from atlas.skipped import describe
 
     result = run_job(spec, force=force, build=build, only=only, progress=_progress)
     where = result.site or result.out
-    skipped_images = sum(result.scan_skipped.values())
-    extra = f", {skipped_images} bad images skipped" if skipped_images else ""
+    skipped_inputs = describe(result.skipped_inputs)
+    extra = f", {skipped_inputs}" if skipped_inputs else ""
     retried = f", {result.retried} retried" if result.retried else ""
     click.echo(
         f"built {spec.name}: {result.done} units done, {result.skipped} already done, "
@@ -137,9 +138,8 @@ def plan(job: Path, out: Path | None, price: float | None, throughput: Path | No
         )
         return
     speed = Throughput.load(Path(figures))
-    store = Store(spec.out)
-    left = [u for u in prepared.plan.units if not store.has(u.key, verify=False)]
-    found = estimate(left, spec, speed)
+    left = Store(prepared.spec.out).pending([u.key for u in prepared.plan.units])
+    found = estimate([u for u in prepared.plan.units if u.key in set(left)], spec, speed)
     rate = spec.cost.price_per_gpu_hour if price is None else price
     click.echo(f"{len(left)} units left: {found.describe(rate)} on {speed.device} (figures: {figures})")
 
@@ -170,13 +170,21 @@ def calibrate(job: Path, output: Path, device: str) -> None:
 def status(job: Path, out: Path | None, verbose: bool) -> None:
     """Show which units of a job are done, pending, stale or failed."""
     from atlas.job import job_status
+    from atlas.skipped import count_reasons, describe, read_skipped
+    from atlas.store import Store
 
-    state = job_status(_load(job, out))
+    spec = _load(job, out)
+    state = job_status(spec)
     click.echo("  ".join(f"{name}: {len(items)}" for name, items in state.items()))
     for name, items in state.items():
         if name == "failed" or verbose:
             for item in items:
                 click.echo(f"  {name}: {item}")
+    skipped = read_skipped(Store(spec.out))
+    if skipped.num_rows:
+        click.echo(describe(count_reasons(skipped)) + (":" if verbose else " (-v lists them)"))
+    for row in skipped.to_pylist() if verbose else ():
+        click.echo(f"  skipped: {row['source_id']}: {row['reason']}: {row['message']}")
 
 
 @main.command()

@@ -58,6 +58,16 @@ class Decoded:
 
     image: Image.Image | None
     reasons: list[str] = field(default_factory=list)
+    message: str = ""  # why a skipped image could not be used, in the decoder's words
+
+
+@dataclass(frozen=True)
+class SkippedInput:
+    """An image the scan could not use: its source id, the reason (`corrupt`, ...) and details."""
+
+    source_id: str
+    reason: str
+    message: str
 
 
 def decode_image(
@@ -76,19 +86,23 @@ def decode_image(
             if draft_size is not None and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return Decoded(None, ["skipped:too_large"])
-    except FileNotFoundError:
-        return Decoded(None, ["skipped:missing"])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        return Decoded(None, ["skipped:too_large"], str(err))
+    except FileNotFoundError as err:
+        return Decoded(None, ["skipped:missing"], str(err))
     except OSError as err:
-        return Decoded(None, ["skipped:truncated" if "truncated" in str(err) else "skipped:corrupt"])
-    except (ValueError, SyntaxError, Image.UnidentifiedImageError):
-        return Decoded(None, ["skipped:corrupt"])
+        reason = "skipped:truncated" if "truncated" in str(err) else "skipped:corrupt"
+        return Decoded(None, [reason], str(err))
+    except (ValueError, SyntaxError, Image.UnidentifiedImageError) as err:
+        return Decoded(None, ["skipped:corrupt"], str(err))
     if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # phone photos: upright, as people saw them
         image = ImageOps.exif_transpose(image)
         reasons.append("converted:rotated")
     if min(image.size) < min_side:
-        return Decoded(None, ["skipped:tiny"])
+        width, height = image.size
+        return Decoded(
+            None, ["skipped:tiny"], f"{width}x{height} pixels, under the {min_side} px minimum side"
+        )
     if image.mode != "RGB":
         image, reason = _to_rgb(image)
         reasons.append(reason)
@@ -140,15 +154,17 @@ def model_view(image: Image.Image, size: int) -> Image.Image:
 
 def decode_for_model(
     source: ImageSource, source_ids: Sequence[str], size: int
-) -> tuple[list[str], np.ndarray | None, Counter[str]]:
-    """The good images of `source_ids` as one uint8 [B, size, size, 3] array (None when none is
-    good), their ids, and counts of skipped/converted images by reason: what a scan feeds a model.
+) -> tuple[list[str], np.ndarray | None, Counter[str], list[SkippedInput]]:
+    """What a scan feeds a model: the good images of `source_ids` as one uint8 [B, size, size, 3]
+    array (None when none is good) with their ids, counts of skipped/converted images by reason,
+    and the skipped images themselves.
     """
-    good, counts = source.load_batch(source_ids, draft_size=size)
+    skipped: list[SkippedInput] = []
+    good, counts = source.load_batch(source_ids, draft_size=size, skipped=skipped)
     if not good:
-        return [], None, counts
+        return [], None, counts, skipped
     pixels = np.stack([np.asarray(model_view(image, size)) for _, image in good])
-    return [source_id for source_id, _ in good], pixels, counts
+    return [source_id for source_id, _ in good], pixels, counts, skipped
 
 
 class ImageSource(ABC):
@@ -197,15 +213,24 @@ class ImageSource(ABC):
         raise SourceError(f"{self.description}: unknown source id {source_id!r}")
 
     def load_batch(
-        self, source_ids: Sequence[str], draft_size: int | None = None
+        self,
+        source_ids: Sequence[str],
+        draft_size: int | None = None,
+        skipped: list[SkippedInput] | None = None,
     ) -> tuple[list[tuple[str, Image.Image]], Counter[str]]:
-        """Good images with their ids, and counts of skipped/converted images by reason."""
+        """Good images with their ids, and counts of skipped/converted images by reason.
+
+        Each skipped image is also appended to `skipped` when given, for the store's report.
+        """
         good: list[tuple[str, Image.Image]] = []
         counts: Counter[str] = Counter()
         for source_id, decoded in self.load_many(source_ids, draft_size):
             counts.update(decoded.reasons)
             if decoded.image is not None:
                 good.append((source_id, decoded.image))
+            elif skipped is not None:
+                reason = decoded.reasons[0].removeprefix("skipped:") if decoded.reasons else "unknown"
+                skipped.append(SkippedInput(source_id, reason, decoded.message))
         return good, counts
 
 
@@ -214,7 +239,7 @@ def _decode_all(
 ) -> Iterator[tuple[str, Decoded]]:
     for source_id, raw in raw_items:
         if raw is None:
-            yield source_id, Decoded(None, ["skipped:missing"])
+            yield source_id, Decoded(None, ["skipped:missing"], "gone since the source was listed")
         else:
             yield source_id, decode_image(raw, draft_size)
 
@@ -433,12 +458,12 @@ class DemoSource(ImageSource):
         for source_id in source_ids:
             parsed = self._parse(source_id)
             if parsed is None:
-                yield source_id, Decoded(None, ["skipped:missing"])
+                yield source_id, Decoded(None, ["skipped:missing"], "not a demo photo crop")
                 continue
             path, (left, top, side) = parsed
             photo = _demo_photo(str(path))
             if photo.image is None:
-                yield source_id, Decoded(None, list(photo.reasons))
+                yield source_id, Decoded(None, list(photo.reasons), photo.message)
                 continue
             crop = photo.image.crop((left, top, left + side, top + side))
             yield source_id, Decoded(crop, list(photo.reasons))

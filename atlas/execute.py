@@ -27,7 +27,7 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 from atlas.autoscale import GPUS
 from atlas.plan import Unit
 from atlas.spec import ExecuteSpec, JobSpec
-from atlas.store import Store
+from atlas.store import Store, UnitRecord
 from atlas.units import UnitFailed, make_context, run_unit
 
 # How long the driver waits for a first live worker before it gives up (model load included).
@@ -349,8 +349,9 @@ class Executor:
                 pending.append((unit, call.attempt + 1))
                 return "retry"
             return self._fail(call, store, report, reason)
-        store.write_unit_tables(
-            unit.key, unit.kind, unit.layer, tables, unit.channels, attempts=call.attempt, seconds=seconds
+        shards = store.write_shards(unit.key, tables)
+        store.commit(
+            UnitRecord.done(unit.key, unit.kind, unit.layer, shards, unit.channels, call.attempt, seconds)
         )
         report.done += 1
         return "done"
@@ -358,7 +359,7 @@ class Executor:
     @staticmethod
     def _fail(call: _Call, store: Store, report: RunReport, reason: str) -> str:
         unit = call.unit
-        store.record_failure(unit.key, unit.kind, unit.layer, reason, unit.channels, call.attempt)
+        store.commit(UnitRecord.failed(unit.key, unit.kind, unit.layer, reason, unit.channels, call.attempt))
         report.failed.append((unit.label, reason))
         return "failed"
 

@@ -16,7 +16,9 @@ from typing import Any
 
 from atlas.examples import PartialScan, direction_layer
 from atlas.models import LoadedModel, load_model
+from atlas.outdir import check_output, claim_output
 from atlas.plan import CODE_VERSIONS, ModelFacts, Plan, Unit, examples_units, make_plan
+from atlas.skipped import count_reasons, read_skipped
 from atlas.spec import JobSpec, check_against_model, spec_to_dict
 from atlas.store import Store
 
@@ -41,7 +43,7 @@ class JobResult:
     retried: int = 0
     seconds: float = 0.0
     site: Path | None = None
-    scan_skipped: dict[str, int] = field(default_factory=dict)
+    skipped_inputs: dict[str, int] = field(default_factory=dict)  # reason -> images the scan skipped
 
     @property
     def ok(self) -> bool:
@@ -105,7 +107,7 @@ def merged_scan(spec: JobSpec, store: Store, scan_keys: tuple[str, ...]) -> Part
 
 def _layer_scan(merged: PartialScan, unit: Unit) -> PartialScan:
     """The part of the merged scan an examples unit reads: its layer (and that layer's directions)."""
-    names = [unit.layer] + ([direction_layer(unit.layer)] if unit.settings["with_directions"] else [])
+    names = [unit.layer] + ([direction_layer(unit.layer)] if unit.work.with_directions else [])
     return merged.select(names)
 
 
@@ -119,9 +121,11 @@ def run_job(
     """Run a job end to end. `only` limits the unit kinds (e.g. scan + examples for `atlas scan`)."""
     from atlas.execute import Executor, RunReport
 
+    spec = spec.replace(out=check_output(spec.out, spec.name))  # before any work, even the model
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     prepared = prepare(spec)
+    claim_output(spec.out, spec.name)  # a spec that fails its checks leaves no folder behind
     store = Store(spec.out)
     store.sweep_temporary()
     store.write_job(job_info(prepared, started))
@@ -133,7 +137,8 @@ def run_job(
     if spec.cost.budget or spec.cost.budget_gpu_hours:  # stop before, or as soon as, it passes
         from atlas.cost import Spend, check_estimate, cluster_gpus
 
-        check_estimate([u for u in units if force or not store.has(u.key, verify=False)], spec)
+        left = set(store.pending([u.key for u in units], force))
+        check_estimate([u for u in units if u.key in left], spec)
         tick = Spend(spec.cost, cluster_gpus).watch(tick)
     result = JobResult(out=spec.out)
     executor: Executor | None = None
@@ -167,7 +172,6 @@ def run_job(
                 if force or not all(store.has(u.key) for u in pending):
                     merged = merged_scan(spec, store, finished)
                     pending = [replace(u, inputs=_layer_scan(merged, u)) for u in pending]
-                    result.scan_skipped = {k: v for k, v in merged.stats.items() if k.startswith("skipped")}
                 run_units(pending)
         if only is None:  # units of older settings would show up beside the new ones
             keep = {u.key for u in prepared.plan.units}
@@ -186,6 +190,7 @@ def run_job(
         report.failed,
         report.retried,
     )
+    result.skipped_inputs = count_reasons(read_skipped(store, prepared.plan.scan_keys))
     finished_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     store.write_job(job_info(prepared, started, finished_at))
     if build:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from atlas.spec import JobSpec
+from atlas.work import DirectionsWork, ExamplesWork, PairWork, RenderWork, ScanWork, UnitWork
 
 # Bump when a part's output changes for the same inputs: every unit of that kind is recomputed.
 CODE_VERSIONS = {"render": "2", "directions": "2", "pair": "2", "scan": "1", "examples": "1"}
@@ -22,20 +23,20 @@ CODE_VERSIONS = {"render": "2", "directions": "2", "pair": "2", "scan": "1", "ex
 # Channels per examples unit: bounds the size of one result (crops and thumbnails are PNG bytes).
 EXAMPLES_CHANNELS_PER_UNIT = 64
 
-# Render settings that do not change the pictures stay out of the keys.
-_RENDER_KEYS_IGNORED = ("enabled", "channels_per_unit")
-
 
 @dataclass(frozen=True)
 class Unit:
-    """One piece of work: its kind decides the handler, its key names its result in the store."""
+    """One piece of work: its settings' kind decides the handler, its key names its result in the store."""
 
-    kind: str  # render | directions | pair | scan | examples
     layer: str  # "*" for scan units, which read every layer in one pass
     channels: tuple[int, ...]
     key: str
-    settings: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    work: UnitWork
     inputs: Any = field(default=None, compare=False, hash=False)  # not part of the key
+
+    @property
+    def kind(self) -> str:  # render | directions | pair | scan | examples
+        return self.work.kind
 
     @property
     def label(self) -> str:
@@ -57,29 +58,26 @@ class Plan:
     scan_keys: tuple[str, ...]  # the scan units whose partials merge into the examples units
 
 
-def content_key(
-    kind: str, digest: str, layer: str, channels: Sequence[int], settings: Mapping[str, Any]
-) -> str:
+def content_key(digest: str, layer: str, channels: Sequence[int], work: UnitWork) -> str:
     payload = json.dumps(
         {
-            "kind": kind,
-            "version": CODE_VERSIONS[kind],
+            "kind": work.kind,
+            "version": CODE_VERSIONS[work.kind],
             "model": digest,
             "layer": layer,
             "channels": list(channels),
-            "settings": settings,
+            "settings": work.key_settings(),
         },
         sort_keys=True,
         default=str,
     )
-    return f"{kind}-{hashlib.sha256(payload.encode()).hexdigest()[:20]}"
+    return f"{work.kind}-{hashlib.sha256(payload.encode()).hexdigest()[:20]}"
 
 
-def _render_settings(spec: JobSpec) -> dict[str, Any]:
-    settings = asdict(spec.render)
-    for name in _RENDER_KEYS_IGNORED:
-        settings.pop(name)
-    return settings
+def make_unit(digest: str, layer: str, channels: Sequence[int], work: UnitWork, inputs: Any = None) -> Unit:
+    """A unit with its content key."""
+    channels = tuple(channels)
+    return Unit(layer, channels, content_key(digest, layer, channels, work), work, inputs)
 
 
 def _chunks(items: Sequence[int], size: int) -> list[tuple[int, ...]]:
@@ -89,29 +87,23 @@ def _chunks(items: Sequence[int], size: int) -> list[tuple[int, ...]]:
 def render_units(spec: JobSpec, facts: ModelFacts) -> list[Unit]:
     if not spec.render.enabled:
         return []
-    settings = _render_settings(spec)
+    work = RenderWork(spec.render)
     units = []
     for layer in spec.layers:
         channels = layer.channels or tuple(range(facts.channels[layer.name]))
         for chunk in _chunks(channels, spec.render.channels_per_unit):
-            key = content_key("render", facts.digest, layer.name, chunk, settings)
-            units.append(Unit("render", layer.name, chunk, key, settings))
+            units.append(make_unit(facts.digest, layer.name, chunk, work))
     return units
 
 
 def interaction_units(spec: JobSpec, facts: ModelFacts) -> list[Unit]:
     inter = spec.interactions
-    render = _render_settings(spec)
     units = []
     if inter.random_directions:
-        settings = {**render, "directions": inter.random_directions}
-        for layer in spec.layers:
-            key = content_key("directions", facts.digest, layer.name, (), settings)
-            units.append(Unit("directions", layer.name, (), key, settings))
-    for layer, a, b in inter.pairs:
-        settings = {**render, "interpolation_steps": inter.interpolation_steps}
-        key = content_key("pair", facts.digest, layer, (a, b), settings)
-        units.append(Unit("pair", layer, (a, b), key, settings))
+        work = DirectionsWork(spec.render, inter.random_directions)
+        units += [make_unit(facts.digest, layer.name, (), work) for layer in spec.layers]
+    pair = PairWork(spec.render, inter.interpolation_steps)
+    units += [make_unit(facts.digest, layer, (a, b), pair) for layer, a, b in inter.pairs]
     return units
 
 
@@ -122,17 +114,17 @@ def scan_units(
     if not spec.examples.enabled:
         return []
     ex = spec.examples
-    settings = {
-        "layers": [layer.name for layer in spec.layers],
-        "k": ex.k,
-        "batch_size": ex.batch_size,
-        "directions": spec.interactions.random_directions,
-        "seed": spec.render.seed,
-    }
     units = []
     for shard, fingerprint in zip(shards, fingerprints, strict=True):
-        key = content_key("scan", facts.digest, "*", (), {**settings, "data": fingerprint})
-        units.append(Unit("scan", "*", (), key, settings, inputs=shard))
+        work = ScanWork(
+            layers=tuple(layer.name for layer in spec.layers),
+            k=ex.k,
+            batch_size=ex.batch_size,
+            directions=spec.interactions.random_directions,
+            seed=spec.render.seed,
+            data=fingerprint,
+        )
+        units.append(make_unit(facts.digest, "*", (), work, inputs=shard))
     return units
 
 
@@ -145,21 +137,21 @@ def examples_units(spec: JobSpec, facts: ModelFacts, scan_keys: Sequence[str]) -
     if not spec.examples.enabled or not scan_keys:
         return []
     ex = spec.examples
-    base = {
-        "scans": sorted(scan_keys),
-        "crop_size": ex.crop_size,
-        "thumb_size": ex.thumb_size,
-        "bins": ex.bins,
-        "quantiles": list(ex.quantiles),
-        "directions": spec.interactions.random_directions,
-    }
+    directions = spec.interactions.random_directions
     units = []
     for layer in spec.layers:
         channels = layer.channels or tuple(range(facts.channels[layer.name]))
         for index, chunk in enumerate(_chunks(channels, EXAMPLES_CHANNELS_PER_UNIT)):
-            settings = {**base, "with_directions": index == 0 and bool(base["directions"])}
-            key = content_key("examples", facts.digest, layer.name, chunk, settings)
-            units.append(Unit("examples", layer.name, chunk, key, settings))
+            work = ExamplesWork(
+                scans=tuple(sorted(scan_keys)),
+                crop_size=ex.crop_size,
+                thumb_size=ex.thumb_size,
+                bins=ex.bins,
+                quantiles=tuple(ex.quantiles),
+                directions=directions,
+                with_directions=index == 0 and bool(directions),
+            )
+            units.append(make_unit(facts.digest, layer.name, chunk, work))
     return units
 
 

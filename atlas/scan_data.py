@@ -23,7 +23,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from functools import reduce
 from typing import Any
 
@@ -32,12 +32,15 @@ import pyarrow as pa
 import ray
 
 from atlas.autoscale import GPUS
-from atlas.data import ImageSource, decode_for_model
+from atlas.data import ImageSource, SkippedInput, decode_for_model
 from atlas.examples import BatchScanner, PartialScan
 from atlas.execute import ExecuteError, RunReport, WorkerPlan, connect, plan_workers
 from atlas.plan import Unit
+from atlas.skipped import KIND as SKIPPED
+from atlas.skipped import skipped_table
 from atlas.spec import ExecuteSpec, JobSpec
-from atlas.store import Store
+from atlas.store import Store, UnitRecord
+from atlas.work import ScanWork
 
 # Partials merged per task of the tree reduction: the tree has log_8(shards) levels.
 MERGE_FAN_IN = 8
@@ -91,15 +94,19 @@ def decode_shards(
     batches and the partials come out bit for bit the same. Pixels travel as raw bytes
     (n x size x size x 3), so shards of any length fit one column.
     """
-    out: dict[str, list] = {"shard": [], "ids": [], "sizes": [], "pixels": [], "counts": []}
+    out: dict[str, list] = {"shard": [], "ids": [], "sizes": [], "pixels": [], "counts": [], "skipped": []}
     for shard, ids in zip(batch["shard"], batch["ids"], strict=True):
         good: list[str] = []
         sizes: list[int] = []
         pixels: list[bytes] = []
         counts: Counter[str] = Counter()
+        skipped: list[SkippedInput] = []
         for i in range(0, len(ids), batch_size):
-            chunk_ids, chunk, chunk_counts = decode_for_model(source, list(ids[i : i + batch_size]), size)
+            chunk_ids, chunk, chunk_counts, bad = decode_for_model(
+                source, list(ids[i : i + batch_size]), size
+            )
             counts.update(chunk_counts)
+            skipped += bad
             if chunk is not None:
                 good += chunk_ids
                 sizes.append(len(chunk_ids))
@@ -109,27 +116,25 @@ def decode_shards(
         out["sizes"].append(json.dumps(sizes))
         out["pixels"].append(b"".join(pixels))
         out["counts"].append(json.dumps(dict(counts)))
+        out["skipped"].append(json.dumps([astuple(s) for s in skipped]))
     columns = {name: np.array(values, dtype=object) for name, values in out.items()}
     columns["shard"] = np.array(out["shard"], np.int64)
     return columns
 
 
-def scan_directions(model: Any, settings: Mapping[str, Any]) -> dict | None:
+def scan_directions(model: Any, work: ScanWork) -> dict | None:
     """The random directions a scan scores beside the channels (same seed as their renders)."""
     from atlas.optvis import random_directions
 
-    if not settings["directions"]:
+    if not work.directions:
         return None
-    return {
-        layer: random_directions(model, layer, settings["directions"], seed=settings["seed"])
-        for layer in settings["layers"]
-    }
+    return {layer: random_directions(model, layer, work.directions, seed=work.seed) for layer in work.layers}
 
 
 class ShardScanner:
     """Actor stage: holds the model and scores every shard it is handed, one partial per shard."""
 
-    def __init__(self, spec: JobSpec, settings: Mapping[str, Any], device: str):
+    def __init__(self, spec: JobSpec, work: ScanWork, device: str):
         import torch
 
         from atlas.models import load_model, pick_device
@@ -139,16 +144,14 @@ class ShardScanner:
         model = load_model(
             spec.model.name, spec.model.checkpoint, spec.model.weights, device=pick_device(device)
         )
-        self.scanner = BatchScanner(
-            model, settings["layers"], settings["k"], scan_directions(model, settings)
-        )
+        self.scanner = BatchScanner(model, work.layers, work.k, scan_directions(model, work))
         self.size = model.input_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         partials, seconds = [], []
         for ids_json, sizes_json, raw, counts_json in zip(
             batch["ids"], batch["sizes"], batch["pixels"], batch["counts"], strict=True
-        ):
+        ):  # skipped images pass by: the driver stores them as their own table
             start = time.perf_counter()
             ids = json.loads(ids_json)
             pixels = np.frombuffer(raw, np.uint8).reshape(len(ids), self.size, self.size, 3)
@@ -166,6 +169,7 @@ class ShardScanner:
             seconds.append(time.perf_counter() - start)
         return {
             "shard": batch["shard"],
+            "skipped": batch["skipped"],
             "partial": np.array(partials, dtype=object),
             "seconds": np.array(seconds, np.float64),
         }
@@ -205,7 +209,7 @@ def decoded_shards(source: ImageSource, units: Sequence[Unit], input_size: int, 
         # node, and (remote args differing) keeps Ray Data from fusing the decoding into the
         # actors, where it would run on their few CPUs only.
         memory=_decode_memory(len(units[0].inputs.source_ids), input_size),
-        fn_kwargs={"source": source, "size": input_size, "batch_size": units[0].settings["batch_size"]},
+        fn_kwargs={"source": source, "size": input_size, "batch_size": units[0].work.batch_size},
     )
 
 
@@ -215,8 +219,9 @@ def scan_dataset(
     units: Sequence[Unit],
     input_size: int,
     plan: ScanPlan,
-) -> Iterable[tuple[Unit, pa.Table, float]]:
-    """Stream each scan unit's partial table (and its compute seconds) as its shard finishes."""
+) -> Iterable[tuple[Unit, dict[str, pa.Table], float]]:
+    """Stream each scan unit's tables (partial scan, skipped images) and compute seconds as its
+    shard finishes."""
     import ray.data
 
     actors = plan.actors
@@ -226,10 +231,13 @@ def scan_dataset(
         compute=ray.data.ActorPoolStrategy(size=actors.count),
         num_cpus=actors.cpus,
         num_gpus=actors.gpus,
-        fn_constructor_kwargs={"spec": spec, "settings": dict(units[0].settings), "device": actors.device},
+        fn_constructor_kwargs={"spec": spec, "work": units[0].work, "device": actors.device},
     )
     for row in scanned.iter_rows():
-        yield units[int(row["shard"])], _ipc_table(row["partial"]), float(row["seconds"])
+        unit = units[int(row["shard"])]
+        skipped = [SkippedInput(*item) for item in json.loads(row["skipped"])]
+        tables = {"scan": _ipc_table(row["partial"]), SKIPPED: skipped_table(skipped, unit.key)}
+        yield unit, tables, float(row["seconds"])
 
 
 def run_scans(
@@ -249,21 +257,21 @@ def run_scans(
     """
     report = RunReport()
     start = time.perf_counter()
-    pending = []
+    left = set(store.pending([u.key for u in units], force))
+    pending = [u for u in units if u.key in left]
     for unit in units:
-        if not force and store.has(unit.key):
+        if unit.key not in left:
             report.skipped += 1
             if on_progress:
                 on_progress(unit, "skipped")
-        else:
-            pending.append(unit)
     if pending:
         connect(spec.execute)
         plan = plan or cluster_scan_plan(spec.execute)
         finished: set[str] = set()
         try:
-            for unit, table, seconds in scan_dataset(spec, source, pending, input_size, plan):
-                store.write_unit_tables(unit.key, "scan", unit.layer, {"scan": table}, seconds=seconds)
+            for unit, tables, seconds in scan_dataset(spec, source, pending, input_size, plan):
+                shards = store.write_shards(unit.key, tables)
+                store.commit(UnitRecord.done(unit.key, unit.kind, unit.layer, shards, seconds=seconds))
                 finished.add(unit.key)
                 report.done += 1
                 if on_progress:
@@ -273,10 +281,12 @@ def run_scans(
             logging.getLogger(__name__).error("the dataset scan stopped: %s", reason)
             for unit in pending:
                 if unit.key not in finished:
-                    store.record_failure(unit.key, unit.kind, unit.layer, reason)
+                    store.commit(UnitRecord.failed(unit.key, unit.kind, unit.layer, reason))
                     report.failed.append((unit.label, reason))
                     if on_progress:
                         on_progress(unit, "failed")
+        finally:
+            store.flush()
     report.seconds = time.perf_counter() - start
     return report
 

@@ -46,3 +46,12 @@ HISTOGRAM_SCHEMA = pa.schema(
         ("unit_key", pa.string()),
     ]
 )
+
+SKIPPED_SCHEMA = pa.schema(
+    [
+        ("source_id", pa.string()),
+        ("reason", pa.string()),
+        ("message", pa.string()),
+        ("unit_key", pa.string()),
+    ]
+)

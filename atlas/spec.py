@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from atlas.outdir import OutputFolderError, check_job_name, derived_out
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -411,9 +413,11 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
             raise ctx.error("job", key, f"unknown key. {_close(key, ['name', 'out'])}Valid keys: name, out")
     default_name = re.sub(r"[^A-Za-z0-9_.\-]+", "", Path(source).stem) or "job"
     name = job.get("name", default_name)
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
-        raise ctx.error("job", "name", f"expected a name of letters, digits, '.', '_' or '-', got {name!r}")
-    out = job.get("out", f"atlas-out/{name}")
+    try:
+        out = job["out"] if "out" in job else str(derived_out(name))
+        check_job_name(name)  # also names the marker and the nightly lock when out is given
+    except OutputFolderError as err:
+        raise ctx.error("job", "name", str(err)) from err
     if not isinstance(out, str):
         raise ctx.error("job", "out", f"expected a path string, got {_type_name(out)} {out!r}")
     sections = {key: _section(ctx, key, cls, raw.get(key, {})) for key, cls in SECTIONS.items()}

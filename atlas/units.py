@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,8 @@ from atlas.models import LoadedModel, load_model, pick_device
 from atlas.optvis import RenderError, render_channels, render_directions, render_pair
 from atlas.plan import Unit
 from atlas.schema import RENDER_SCHEMA
-from atlas.spec import ExamplesSpec, JobSpec, RenderSpec
+from atlas.spec import ExamplesSpec, JobSpec
+from atlas.work import DirectionsWork, ExamplesWork, PairWork, RenderWork
 
 
 class UnitFailed(RuntimeError):
@@ -53,13 +54,6 @@ def rendered_table(images: Sequence[Any], unit_key: str) -> pa.Table:
     return pa.table(columns, schema=RENDER_SCHEMA)
 
 
-def render_spec_from(settings: dict) -> RenderSpec:
-    names = {f.name for f in fields(RenderSpec)}
-    return RenderSpec(
-        **{k: (tuple(v) if isinstance(v, list) else v) for k, v in settings.items() if k in names}
-    )
-
-
 @dataclass
 class WorkerContext:
     """What a worker keeps between units: the model (loaded once) and the job's image source."""
@@ -75,33 +69,26 @@ class WorkerContext:
         return self._source
 
 
-def _render(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
-    images = render_channels(ctx.model, unit.layer, unit.channels, render_spec_from(dict(unit.settings)))
+def _render(ctx: WorkerContext, unit: Unit, work: RenderWork) -> dict[str, pa.Table]:
+    images = render_channels(ctx.model, unit.layer, unit.channels, work.render)
     return {"render": rendered_table(images, unit.key)}
 
 
-def _directions(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
-    settings = dict(unit.settings)
-    images = render_directions(
-        ctx.model, unit.layer, settings["directions"], render_spec_from(settings), seed=settings["seed"]
-    )
+def _directions(ctx: WorkerContext, unit: Unit, work: DirectionsWork) -> dict[str, pa.Table]:
+    images = render_directions(ctx.model, unit.layer, work.directions, work.render, seed=work.render.seed)
     return {"render": rendered_table(images, unit.key)}
 
 
-def _pair(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
-    settings = dict(unit.settings)
+def _pair(ctx: WorkerContext, unit: Unit, work: PairWork) -> dict[str, pa.Table]:
     a, b = unit.channels
-    images = render_pair(
-        ctx.model, unit.layer, a, b, render_spec_from(settings), steps_between=settings["interpolation_steps"]
-    )
+    images = render_pair(ctx.model, unit.layer, a, b, work.render, steps_between=work.interpolation_steps)
     return {"render": rendered_table(images, unit.key)}
 
 
-def _examples(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
+def _examples(ctx: WorkerContext, unit: Unit, work: ExamplesWork) -> dict[str, pa.Table]:
     """Crop the chosen examples of a layer and of its random directions (as channels -1, -2, ...)."""
-    settings = dict(unit.settings)
     merged = unit.inputs
-    names = [unit.layer] + ([direction_layer(unit.layer)] if settings["with_directions"] else [])
+    names = [unit.layer] + ([direction_layer(unit.layer)] if work.with_directions else [])
     examples, histograms = [], []
     for name in names:
         tables = finalize_layer(
@@ -109,11 +96,11 @@ def _examples(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
             name,
             merged,
             ctx.source(),
-            crop_size=settings["crop_size"],
-            thumb_size=settings["thumb_size"],
+            crop_size=work.crop_size,
+            thumb_size=work.thumb_size,
             unit_key=unit.key,
-            bins=settings["bins"],
-            quantiles=tuple(settings["quantiles"]),
+            bins=work.bins,
+            quantiles=work.quantiles,
             channels=unit.channels if name == unit.layer else None,
         )
         if name != unit.layer:
@@ -131,7 +118,7 @@ def _as_directions(table: pa.Table, layer: str) -> pa.Table:
     return table.set_column(index("layer"), "layer", pa.array([layer] * table.num_rows, pa.string()))
 
 
-HANDLERS: dict[str, Callable[[WorkerContext, Unit], dict[str, pa.Table]]] = {
+HANDLERS: dict[str, Callable[[WorkerContext, Unit, Any], dict[str, pa.Table]]] = {
     "render": _render,
     "directions": _directions,
     "pair": _pair,
@@ -142,7 +129,7 @@ HANDLERS: dict[str, Callable[[WorkerContext, Unit], dict[str, pa.Table]]] = {
 def run_unit(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
     """Compute one unit; deterministic failures are raised as UnitFailed with the reason."""
     try:
-        return HANDLERS[unit.kind](ctx, unit)
+        return HANDLERS[unit.kind](ctx, unit, unit.work)
     except UnitFailed:
         raise
     except (FloatingPointError, ValueError, RenderError) as err:  # NaN/Inf, bad inputs: retry won't heal

@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from atlas.models import load_model
+from atlas.outdir import claim_output
+from atlas.safefs import remove
 from atlas.site.synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 from atlas.site.workers import auto_workers
 
@@ -96,7 +97,12 @@ def main() -> None:
         bins=32,
         channels_per_unit=64,
     )
-    shutil.rmtree(args.out, ignore_errors=True)
+    for name in ("atlas", "largest"):  # fresh stores, deleting only what an earlier run wrote
+        store = args.out / name
+        if store.exists():
+            claim_output(store, "bench-site")  # refuses a folder the atlas did not write
+            remove(store, within=args.out)
+        claim_output(store, "bench-site")
     largest = max(layers, key=lambda layer: layer.channels)
     start = time.perf_counter()
     write_synthetic_store(args.out / "atlas", layers, options, model="torchvision:googlenet")

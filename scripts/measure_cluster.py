@@ -15,6 +15,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -51,7 +52,7 @@ def measure_scheduling(units: int, workers: int) -> None:
         spec = parse_spec(SPEC.format(out=Path(tmp) / "ray", workers=workers))
         plan = list(prepare(spec).plan.units)
         plan = (plan * (units // len(plan) + 1))[:units]
-        plan = [type(u)(u.kind, u.layer, u.channels, f"{u.key}-{i}", u.settings) for i, u in enumerate(plan)]
+        plan = [replace(u, key=f"{u.key}-{i}") for i, u in enumerate(plan)]
 
         context = make_context(spec, "cpu")
         start = time.perf_counter()

@@ -45,9 +45,10 @@ log() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) nightly: $*" >&2; }
 SPEC_INFO="$(python scripts/spec_info.py "$JOB")" || exit 2
 read -r NAME SPEC_OUT <<<"$SPEC_INFO"
 
-# One run per job at a time: cron may start the next night before a slow night ends.
+# One run per job at a time: cron may start the next night before a slow night ends. The lock
+# is opened for appending: `>` would truncate whatever file a link planted at that name points to.
 LOCK="${XDG_RUNTIME_DIR:-/tmp}/atlas-nightly-$NAME.lock"
-exec 9>"$LOCK"
+exec 9>>"$LOCK"
 if ! flock -n 9; then
   log "another run of $NAME holds $LOCK; skipping this one"
   exit 75

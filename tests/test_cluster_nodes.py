@@ -14,6 +14,7 @@ from atlas.execute import ExecuteError, Executor, WorkerPlan
 from atlas.job import prepare
 from atlas.plan import Unit
 from atlas.store import Store
+from atlas.work import RenderWork
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +54,7 @@ def test_worker_that_cannot_load_the_model_stops_the_job(two_nodes, tmp_path):
     executor = Executor(spec, WorkerPlan(1, cpus=1, gpus=0))
     try:
         with pytest.raises(ExecuteError, match="could not load the model.*no_such_module_here"):
-            executor.run([Unit("render", "conv2", (0,), "render-test")], Store(spec.out))
+            executor.run([Unit("conv2", (0,), "render-test", RenderWork(spec.render))], Store(spec.out))
     finally:
         executor.shutdown()
 
@@ -63,7 +64,7 @@ def test_workers_too_big_for_the_cluster_fail_after_the_start_timeout(two_nodes,
     executor = Executor(spec, WorkerPlan(1, cpus=8, gpus=0), start_timeout=2)
     try:
         with pytest.raises(ExecuteError, match="no worker could start within 2 s: each needs 8 CPU"):
-            executor.run([Unit("render", "conv2", (0,), "render-test")], Store(spec.out))
+            executor.run([Unit("conv2", (0,), "render-test", RenderWork(spec.render))], Store(spec.out))
     finally:
         executor.shutdown()
 

@@ -11,7 +11,8 @@ from atlas.cli import main
 from atlas.cost import BudgetExceeded, CostError, Spend, Throughput, check_estimate, estimate
 from atlas.data import ShardRef
 from atlas.plan import Unit
-from atlas.spec import CostSpec, SpecError, parse_spec
+from atlas.spec import CostSpec, RenderSpec, SpecError, parse_spec
+from atlas.work import ExamplesWork, RenderWork, ScanWork
 
 SPEC = """
 [job]
@@ -40,11 +41,17 @@ def spec_with(tmp_path: Path, cost: str = ""):
     return parse_spec(SPEC.format(out=tmp_path / "out", cost=cost), base=tmp_path)
 
 
+def render_unit(spec) -> Unit:
+    return Unit("conv2", (0, 1, 2, 3), "r", RenderWork(spec.render))
+
+
 def test_estimate_counts_images_times_steps_for_renders_and_images_for_scans(tmp_path: Path) -> None:
     spec = spec_with(tmp_path)
-    render = Unit("render", "conv2", (0, 1, 2, 3), "r")
-    scan = Unit("scan", "*", (), "s", inputs=ShardRef(0, tuple(f"i{n}" for n in range(90))))
-    found = estimate([render, render, scan, Unit("examples", "conv2", (0,), "e")], spec, SPEED)
+    render = render_unit(spec)
+    scan_work = ScanWork(("conv2",), 3, 8, 0, 0, "data")
+    scan = Unit("*", (), "s", scan_work, inputs=ShardRef(0, tuple(f"i{n}" for n in range(90))))
+    examples = Unit("conv2", (0,), "e", ExamplesWork(("s",), 96, 64, 32, (0.25, 0.75), 0, False))
+    found = estimate([render, render, scan, examples], spec, SPEED)
     # 4 channels x (1 + 3 diversity) images x 100 steps / 20 image-steps/s = 80 s per render unit
     assert found.gpu_hours["render"] == pytest.approx(160 / 3600)
     assert found.gpu_hours["scan"] == pytest.approx(90 / 50 / 3600)
@@ -54,7 +61,7 @@ def test_estimate_counts_images_times_steps_for_renders_and_images_for_scans(tmp
 
 def test_an_estimate_over_the_budget_stops_the_job_before_it_starts(tmp_path: Path) -> None:
     SPEED.save(tmp_path / "speed.json")
-    units = [Unit("render", "conv2", (0, 1, 2, 3), "r")] * 2  # 160 s = 0.044 GPU-hours
+    units = [render_unit(spec_with(tmp_path))] * 2  # 160 s = 0.044 GPU-hours
     over = spec_with(tmp_path, 'throughput = "speed.json"\nbudget_gpu_hours = 0.04')
     with pytest.raises(BudgetExceeded, match=r"0\.04 GPU-hours.*Nothing was computed"):
         check_estimate(units, over)
@@ -70,7 +77,7 @@ def test_spend_counts_the_gpus_held_over_time_and_stops_past_the_budget() -> Non
     spend = Spend(CostSpec(price_per_gpu_hour=2.0, budget=5.0), gpus=lambda: 2.0, clock=lambda: now[0])
     seen = []
     tick = spend.watch(lambda unit, outcome: seen.append(outcome))
-    unit = Unit("render", "conv2", (0,), "r")
+    unit = Unit("conv2", (0,), "r", RenderWork(RenderSpec()))
     now[0] = 3600.0  # 2 GPU-hours = 4
     tick(unit, "done")
     now[0] = 7200.0  # 4 GPU-hours = 8 > 5

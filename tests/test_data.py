@@ -17,6 +17,7 @@ from atlas.data import (
     MAX_SIDE,
     MIN_SIDE,
     DemoSource,
+    SkippedInput,
     SourceError,
     decode_image,
     model_view,
@@ -44,7 +45,7 @@ def _bomb_gif() -> bytes:
     return bytes(data)
 
 
-def _write_bad_folder(root: Path) -> dict[str, str | None]:
+def write_bad_folder(root: Path) -> dict[str, str | None]:
     """Every kind of awkward file, and the reason each must be counted under (None: clean)."""
     good = _encoded(_noise(80, 60, 0), "JPEG")
     truncated_png = _encoded(_noise(90, 90, 1), "PNG")
@@ -85,11 +86,16 @@ def _write_bad_folder(root: Path) -> dict[str, str | None]:
 
 
 def test_folder_source_counts_every_kind_of_bad_image(tmp_path: Path) -> None:
-    expected = _write_bad_folder(tmp_path)
+    expected = write_bad_folder(tmp_path)
     source = open_source(tmp_path)
     assert source.ids() == sorted(expected)  # recursive, relative POSIX paths, no txt, no dot folders
-    good, counts = source.load_batch(source.ids())
+    skipped: list[SkippedInput] = []
+    good, counts = source.load_batch(source.ids(), skipped=skipped)
     assert counts == Counter(reason for reason in expected.values() if reason)
+    assert {(s.source_id, f"skipped:{s.reason}") for s in skipped} == {
+        (name, reason) for name, reason in expected.items() if (reason or "").startswith("skipped")
+    }
+    assert all(s.message for s in skipped)  # why, in words, for the store's report
     loaded = dict(good)
     assert set(loaded) == {
         name for name, reason in expected.items() if not (reason or "").startswith("skipped")
@@ -102,7 +108,7 @@ def test_folder_source_counts_every_kind_of_bad_image(tmp_path: Path) -> None:
 
 
 def test_load_names_the_reason_for_a_bad_image(tmp_path: Path) -> None:
-    _write_bad_folder(tmp_path)
+    write_bad_folder(tmp_path)
     source = open_source(tmp_path)
     with pytest.raises(SourceError, match="truncated"):
         source.load("truncated.png")

@@ -325,8 +325,10 @@ def test_prefetched_batches_equal_sequential_ones(dataset: ImageSource) -> None:
     sequential = list(_batches(dataset, ids, 6, 32, prefetch=False))
     prefetched = list(_batches(dataset, ids, 6, 32, prefetch=True))
     assert len(sequential) == len(prefetched) == 4
-    for (ids_a, pixels_a, counts_a), (ids_b, pixels_b, counts_b) in zip(sequential, prefetched, strict=True):
-        assert ids_a == ids_b and counts_a == counts_b
+    for (ids_a, pixels_a, counts_a, skipped_a), (ids_b, pixels_b, counts_b, skipped_b) in zip(
+        sequential, prefetched, strict=True
+    ):
+        assert ids_a == ids_b and counts_a == counts_b and skipped_a == skipped_b
         assert np.array_equal(pixels_a, pixels_b)
 
 

@@ -7,11 +7,16 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from click.testing import CliRunner
+from test_data import write_bad_folder
 
+from atlas.cli import main
 from atlas.data import open_source
 from atlas.examples import finalize_layer, scan_shard
 from atlas.job import run_job
 from atlas.models import load_model
+from atlas.site import build_site
+from atlas.skipped import read_skipped
 from atlas.spec import parse_spec
 from atlas.store import Store
 
@@ -50,14 +55,48 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, object]:
     for index, source_id in enumerate(demo.ids()[::17][:26]):
         demo.load(source_id).resize((64, 64)).save(photos / f"p{index:02d}.png")
     (photos / "broken.jpg").write_bytes(b"not a jpeg at all")
-    spec = parse_spec(SPEC.format(out=root / "out", source=photos), source="<integration spec>")
+    write_bad_folder(photos / "bad")  # one corrupt, truncated, too large and too small image each
+    text = SPEC.format(out=root / "out", source=photos)
+    (root / "job.toml").write_text(text)
+    spec = parse_spec(text, source="<integration spec>")
     return photos, root / "out", run_job(spec, build=False, only=("scan", "examples"))
 
 
+SKIPPED = {
+    "broken.jpg": "corrupt",
+    "bad/corrupt.jpg": "corrupt",
+    "bad/truncated.png": "truncated",
+    "bad/bomb.gif": "too_large",
+    "bad/tiny.png": "tiny",
+}
+SKIPPED_TEXT = "5 inputs skipped (2 corrupt, 1 truncated, 1 too large, 1 too small)"
+
+
 def test_scan_reports_bad_images(job: tuple) -> None:
-    _, _, result = job
+    _, out, result = job
     assert result.ok, result.failed
-    assert result.scan_skipped == {"skipped:corrupt": 1}
+    assert result.skipped_inputs == {"corrupt": 2, "truncated": 1, "too_large": 1, "tiny": 1}
+    table = read_skipped(Store(out))
+    assert dict(zip(table["source_id"].to_pylist(), table["reason"].to_pylist(), strict=True)) == SKIPPED
+    assert all(table["message"].to_pylist())  # the decoder's words, e.g. "cannot identify image file"
+    assert {p.name for p in (out / "shards/skipped").iterdir()} == {
+        f"{e.key}.parquet" for e in Store(out).entries() if e.kind == "scan"
+    }
+
+
+def test_summary_status_and_site_list_the_skipped_inputs(job: tuple) -> None:
+    _, out, _ = job
+    spec = str(out.parent / "job.toml")
+    again = CliRunner().invoke(main, ["scan", spec])  # every unit done: no Ray, only the summary
+    assert again.exit_code == 0 and SKIPPED_TEXT in again.output, again.output
+    status = CliRunner().invoke(main, ["status", spec, "-v"])
+    assert status.exit_code == 0 and SKIPPED_TEXT in status.output, status.output
+    assert "skipped: bad/truncated.png: truncated: " in status.output
+    site = build_site(out).parent
+    index = (site / "index.html").read_text()
+    assert '<a href="skipped.html">5 skipped</a>' in index and "1 too small" in index
+    listing = (site / "skipped.html").read_text()
+    assert all(f"<code>{source_id}</code>" in listing for source_id in SKIPPED)
 
 
 def test_stored_examples_equal_a_local_scan(job: tuple) -> None:

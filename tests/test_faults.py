@@ -60,9 +60,9 @@ class CountingStore(Store):
         super().__init__(root)
         self.writes: dict[str, int] = {}
 
-    def write_unit_tables(self, unit_key, *args, **kwargs):
-        self.writes[unit_key] = self.writes.get(unit_key, 0) + 1
-        return super().write_unit_tables(unit_key, *args, **kwargs)
+    def write_shards(self, key, tables):
+        self.writes[key] = self.writes.get(key, 0) + 1
+        return super().write_shards(key, tables)
 
 
 def shard_digests(out: Path) -> dict[str, str]:

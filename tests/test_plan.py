@@ -76,7 +76,7 @@ def test_examples_units_chunk_channels_and_follow_their_settings():
     spec = spec.replace(layers=(replace(spec.layers[0], channels=None),))
     units = examples_units(spec, facts, ["scan-1"])
     assert [len(u.channels) for u in units] == [EXAMPLES_CHANNELS_PER_UNIT, 100 - EXAMPLES_CHANNELS_PER_UNIT]
-    assert [u.settings["with_directions"] for u in units] == [True, False]
+    assert [u.work.with_directions for u in units] == [True, False]
     other = examples_units(
         spec.replace(examples=replace(spec.examples, quantiles=(0.2, 0.8))), facts, ["scan-1"]
     )

@@ -116,11 +116,10 @@ def test_ray_data_partials_equal_an_in_process_scan_and_merge_by_tree(
     assert (report.done, report.failed) == (len(units), [])
     merged = tree_merge(store, prepared.plan.scan_keys, fan_in=2)  # 4 shards: two levels
 
-    settings = dict(units[0].settings)
-    directions = scan_directions(prepared.model, settings)
+    work = units[0].work
+    directions = scan_directions(prepared.model, work)
     local = [
-        scan_shard(prepared.model, settings["layers"], prepared.source, u.inputs, 3, 3, directions)
-        for u in units
+        scan_shard(prepared.model, work.layers, prepared.source, u.inputs, 3, 3, directions) for u in units
     ]
     for unit, partial in zip(units, local, strict=True):
         assert stored(store, unit.key).equals(partial.to_table())
@@ -162,11 +161,9 @@ def test_rerun_after_a_killed_driver_scans_only_the_unfinished_shards(
     assert (rerun.done, rerun.skipped, rerun.failed) == (total - len(survived), len(survived), [])
     store = Store(spec.out)
     prepared = prepare(spec)
-    settings = dict(prepared.plan.units[0].settings)
+    work = prepared.plan.units[0].work
     for unit in prepared.plan.units:
-        local = scan_shard(
-            prepared.model, settings["layers"], prepared.source, unit.inputs, k=3, batch_size=3
-        )
+        local = scan_shard(prepared.model, work.layers, prepared.source, unit.inputs, k=3, batch_size=3)
         assert stored(store, unit.key).equals(local.to_table()), unit.label
 
 

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,6 +18,8 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from atlas.outdir import check_site_folder, marker_job, write_marker
+from atlas.safefs import folder_mode, remove, swap_folder
 from atlas.site.changes import build_summary, channel_ranges, diff_builds, load_summary
 from atlas.site.channels import BUCKETS, OPTIMIZED_OBJECTIVES, ChannelEntry, PreviousSprites, read_layer
 from atlas.site.images import LayerImages, Picture
@@ -28,11 +27,14 @@ from atlas.site.interactions import read_interactions
 from atlas.site.slugs import layer_slugs
 from atlas.site.sprites import SpriteLayout
 from atlas.site.workers import ComposeJobs, auto_workers
-from atlas.store import JOB, MANIFEST, ManifestEntry, Store
+from atlas.skipped import REASONS, count_reasons, read_skipped
+from atlas.store import JOB, MANIFEST, Store, UnitRecord
 
 SUMMARY_FILE = "build.json"
 DETAILS_FILE = "details.js"
 SAMPLES_PER_LAYER = 6
+SKIPPED_PAGE = "skipped.html"
+SKIPPED_SHOWN = 10_000  # rows on the skipped-inputs page; the store's `skipped` table has them all
 # Column order of a channel row; the CSS shows a subset per view (appendix or spectrum).
 JOB_DEFAULTS = {
     "name": "",
@@ -84,7 +86,7 @@ class LayerSummary:
     optimized: int = 0
     with_examples: int = 0
     samples: list[Sample] = field(default_factory=list)
-    failed: list[ManifestEntry] = field(default_factory=list)
+    failed: list[UnitRecord] = field(default_factory=list)
     has_interactions: bool = False
     sprite_keys: dict[str, str] = field(default_factory=dict)
 
@@ -102,34 +104,38 @@ def build_site(out: Path, site_dir: Path | None = None, workers: int | None = No
             f"{out} has neither {JOB} nor {MANIFEST}: point build_site at the output folder of "
             "an atlas run (the `out` of the job spec), or run the job first"
         )
-    if site_dir.exists() and not site_dir.is_dir():
-        raise SiteError(f"{site_dir} exists and is not a folder; remove it or choose another site folder")
+    check_site_folder(site_dir)
     site_dir.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_killed_builds(site_dir)
     previous = load_summary(site_dir / SUMMARY_FILE)
     staging = Path(tempfile.mkdtemp(prefix=f".{site_dir.name}.building-", dir=site_dir.parent))
     try:
+        staging.chmod(folder_mode())  # mkdtemp makes 0700: a web server could not read the site
+        write_marker(staging, kind="site")
         _build_into(staging, Store(out), previous, site_dir, workers)
+        retired = swap_folder(staging, site_dir)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove(staging, within=site_dir.parent)
         raise
-    _switch(staging, site_dir)
+    if retired is not None:
+        remove(retired, within=site_dir.parent)
     return site_dir / "index.html"
 
 
-def _switch(staging: Path, site_dir: Path) -> None:
-    """Put the new site in place with renames; on failure the previous site is restored."""
-    if not site_dir.exists():
-        os.replace(staging, site_dir)
-        return
-    retired = site_dir.with_name(f".{site_dir.name}.old-{os.getpid()}-{time.time_ns()}")
-    os.replace(site_dir, retired)
-    try:
-        os.replace(staging, site_dir)
-    except BaseException:
-        os.replace(retired, site_dir)
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
+def _sweep_killed_builds(site_dir: Path) -> None:
+    """Remove what a killed build left next to the site: its staging folder or the site it retired.
+
+    Only folders the atlas marked are removed; two builds of one site at once are not supported
+    (the nightly script holds a lock).
+    """
+    for pattern in (f".{site_dir.name}.old-*", f".{site_dir.name}.building-*"):
+        for leftover in sorted(site_dir.parent.glob(pattern), reverse=True):
+            if not leftover.is_dir() or leftover.is_symlink() or marker_job(leftover) is None:
+                continue
+            if pattern.endswith("old-*") and not site_dir.exists():  # killed between two renames
+                leftover.rename(site_dir)
+            else:
+                remove(leftover, within=site_dir.parent)
 
 
 def _environment() -> Environment:
@@ -218,9 +224,21 @@ def _build_into(
     sprites = {summary.name: {"slug": summary.slug, "keys": summary.sprite_keys} for summary in summaries}
     current = build_summary(entries, str(job.get("model_digest", "")), built, sprites)
     changes = diff_builds(previous, current)
+    skipped = read_skipped(store)
+    if skipped.num_rows:
+        env.get_template("skipped.html").stream(
+            current=None,
+            rows=skipped.slice(0, SKIPPED_SHOWN).to_pylist(),
+            total=skipped.num_rows,
+            reasons=REASONS,
+            **common,
+        ).dump(str(root / SKIPPED_PAGE), encoding="utf-8")
     env.get_template("index.html").stream(
         current=None,
         changes=changes,
+        skipped=count_reasons(skipped),
+        skipped_page=SKIPPED_PAGE,
+        reasons=REASONS,
         failed=[e for e in entries if e.status == "failed"],
         done=sum(e.status == "done" for e in entries),
         **common,
@@ -279,7 +297,7 @@ def _build_layer(
         ).dump(str(root / f"{summary.slug}.interactions.html"), encoding="utf-8")
 
 
-def _channel_inputs(entries: list[ManifestEntry], layer: str) -> Callable[[int], str]:
+def _channel_inputs(entries: list[UnitRecord], layer: str) -> Callable[[int], str]:
     """For each channel, the content keys of the render and examples units that fed it."""
     own: dict[int, list[str]] = {}
     shared: list[str] = []  # units without a channel list cover every channel of the layer

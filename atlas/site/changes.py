@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from atlas.store import ManifestEntry
+from atlas.store import UnitRecord
 
 SUMMARY_VERSION = 1
 
@@ -39,7 +39,7 @@ class BuildChanges:
 
 
 def build_summary(
-    entries: Iterable[ManifestEntry], model_digest: str, built: str, sprites: dict | None = None
+    entries: Iterable[UnitRecord], model_digest: str, built: str, sprites: dict | None = None
 ) -> dict:
     """The summary this build leaves behind for the next one to compare against.
 

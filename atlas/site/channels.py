@@ -82,7 +82,9 @@ class PreviousSprites:
 
     def reusable(self, channel: int, key: str) -> Path | None:
         path = self.folder / f"{channel}.jpg"
-        return path if self.keys.get(str(channel)) == key and path.is_file() else None
+        if self.keys.get(str(channel)) != key or self.folder.is_symlink() or path.is_symlink():
+            return None  # a link in the old site is never followed: the sprite is drawn again
+        return path if path.is_file() else None
 
 
 def read_layer(

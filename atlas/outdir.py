@@ -1,0 +1,146 @@
+"""Where a job may write: the rules for output folders, checked before any work starts.
+
+1. A job name is letters, digits, '.', '_' and '-', and not '.' or '..'; the folder derived from
+   it, `atlas-out/<name>`, must resolve (links followed) to a strict descendant of `atlas-out/`.
+2. An output folder that already exists must be empty or carry the marker file `MARKER`, which
+   the atlas writes into every folder it creates (the store and its `site/`). A marker names the
+   job that owns the store: another job is refused, so it cannot prune the first job's shards.
+3. A new folder whose name differs only by case from a folder next to it is refused: on the case
+   insensitive file systems of macOS and Windows both would be the same folder.
+
+Together with `atlas.safefs.remove` this is how the atlas never deletes or replaces anything it
+did not write itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from atlas.errors import AtlasError
+
+MARKER = ".neuron-atlas"
+DEFAULT_BASE = Path("atlas-out")
+_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
+class OutputFolderError(AtlasError):
+    """An output folder the atlas may not write into; the message states the rule and the fix."""
+
+
+def check_job_name(name: object) -> str:
+    """The name itself when it can name a folder below `atlas-out/`; else OutputFolderError."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):
+        raise OutputFolderError(
+            f"job name {name!r} is not allowed: a job name is letters, digits, '.', '_' or '-' (not "
+            f"'.' or '..'), because the default output folder {DEFAULT_BASE}/<name> must stay inside "
+            f"{DEFAULT_BASE}/; choose a plain name such as 'demo'"
+        )
+    return name
+
+
+def derived_out(name: str, base: Path = DEFAULT_BASE) -> Path:
+    """`base/name`, checked to resolve (links followed) strictly below `base`."""
+    folder = base / check_job_name(name)
+    resolved, root = folder.resolve(), base.resolve()
+    if root not in resolved.parents:
+        raise OutputFolderError(
+            f"the output folder {folder} of job {name!r} resolves to {resolved}, which is not inside "
+            f"{root}: a folder derived from the job name must be a strict descendant of {base}/ "
+            f"(is {folder} a symbolic link?); remove the link, rename the job or set [job] out"
+        )
+    return folder
+
+
+def check_output(out: Path, job: str) -> Path:
+    """Check the rules for `out` without writing anything: call it before any work.
+
+    Returns `out` with `..` folded away (`a/../..` is `..`): the path to write through, which
+    the system could not otherwise open while `a` does not exist.
+    """
+    out = Path(os.path.normpath(out))
+    if out.is_symlink() and not out.exists():
+        raise OutputFolderError(f"output folder {out} is a symbolic link to nothing; fix or remove the link")
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"output folder {out} exists and is not a folder; choose another --out")
+    if not out.is_dir():
+        _refuse_case_twin(out)
+        return out
+    owner = marker_job(out)
+    if owner is None and any(out.iterdir()):
+        raise OutputFolderError(
+            f"output folder {out} is not empty and has no {MARKER} file: the atlas writes only "
+            f"into a new or empty folder or one it made itself (marked by {MARKER}), so it never "
+            f"mixes with or replaces your files. Choose another folder (--out or [job] out); if "
+            f"{out} is an atlas output folder from before the marker existed, mark it with "
+            f"`touch {out / MARKER}`"
+        )
+    if owner and owner != job:
+        raise OutputFolderError(
+            f"output folder {out} belongs to job {owner!r} (see {out / MARKER}), not {job!r}: one "
+            f"folder holds one job's store, or each run would prune the other's results. Choose "
+            f"another folder, or set [job] name back to {owner!r}"
+        )
+    return out
+
+
+def claim_output(out: Path, job: str) -> Path:
+    """`check_output`, then create the folder if needed and mark it as the job's."""
+    out = check_output(out, job)
+    out.mkdir(parents=True, exist_ok=True)
+    if not marker_job(out):
+        write_marker(out, job=job)
+    return out
+
+
+def check_site_folder(site_dir: Path) -> None:
+    """A site folder may be replaced only if it is missing, empty or marked as the atlas's own."""
+    if site_dir.is_symlink():
+        raise OutputFolderError(
+            f"site folder {site_dir} is a symbolic link: a rebuild replaces the site folder, which "
+            f"would replace your link. Remove the link and point it the other way (from where the "
+            f"site is served to {site_dir})"
+        )
+    if site_dir.exists() and not site_dir.is_dir():
+        raise OutputFolderError(
+            f"{site_dir} exists and is not a folder; remove it or choose another site folder"
+        )
+    if site_dir.is_dir() and marker_job(site_dir) is None and any(site_dir.iterdir()):
+        raise OutputFolderError(
+            f"site folder {site_dir} is not empty and has no {MARKER} file: a rebuild replaces only a "
+            f"site the atlas built itself, never your files. Move {site_dir} away, or if an earlier "
+            f"version of the atlas built it, mark it with `touch {site_dir / MARKER}`"
+        )
+
+
+def write_marker(folder: Path, **info: str) -> None:
+    """Mark `folder` as written by the atlas (the file is tiny, so a plain write is enough)."""
+    (folder / MARKER).write_text(json.dumps({"writer": "neuron-atlas", **info}) + "\n", encoding="utf-8")
+
+
+def marker_job(folder: Path) -> str | None:
+    """None without a marker; else the job it names ('' when it names none, e.g. `touch`)."""
+    path = folder / MARKER
+    if not path.is_file() or path.is_symlink():
+        return None
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    job = recorded.get("job") if isinstance(recorded, dict) else None
+    return job if isinstance(job, str) else ""
+
+
+def _refuse_case_twin(out: Path) -> None:
+    parent = out.parent
+    if not parent.is_dir():
+        return
+    for entry in parent.iterdir():
+        if entry.name != out.name and entry.name.casefold() == out.name.casefold():
+            raise OutputFolderError(
+                f"output folder {out} differs from the existing {entry} only by case: on the file "
+                f"systems of macOS and Windows they are the same folder, and two jobs would share one "
+                f"store. Choose a name that differs by more than case"
+            )

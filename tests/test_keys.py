@@ -1,0 +1,42 @@
+"""The content keys of the demo job, pinned: a refactor that changes them recomputes every user's atlas.
+
+If this fails, something that feeds the keys changed (a unit's settings, their serialized form,
+a default, the weight digest). Bump `atlas.plan.CODE_VERSIONS` on purpose or undo the change.
+"""
+
+from pathlib import Path
+
+from atlas.models import load_model
+from atlas.plan import ModelFacts, examples_units, make_plan
+from atlas.spec import load_spec
+
+DEMO = Path(__file__).resolve().parents[1] / "jobs" / "demo.toml"
+DIGEST = "6c403c088d9f7086"  # efficientnet-lite0's ImageNet weights from the installed package
+FACTS = ModelFacts(DIGEST, {"_blocks.3": 24, "_blocks.5": 40, "_blocks.9": 80})
+FINGERPRINTS = ["demo-data:0:64", "demo-data:1:40"]  # two dataset shards
+
+PINNED = [
+    ("render _blocks.3 0..3", "render-5806c54f9c5a1a989e4e"),
+    ("render _blocks.5 0..3", "render-92e9679e23407acbc436"),
+    ("render _blocks.9 0..3", "render-4effddecf28656edd62f"),
+    ("directions _blocks.3", "directions-cbdb15f49ccaa9c0cf8a"),
+    ("directions _blocks.5", "directions-f9d37ecf818f83f37559"),
+    ("directions _blocks.9", "directions-513027dd83f05c98b6ac"),
+    ("pair _blocks.5 0..1", "pair-b71942be5be788435846"),
+    ("scan *", "scan-8dd5f018f6545fcde6d6"),
+    ("scan *", "scan-2cfd17712cb09d1894cf"),
+    ("examples _blocks.3 0..3", "examples-8ac09cbd3d668003eb35"),
+    ("examples _blocks.5 0..3", "examples-207e2e7ea6e8b9e12809"),
+    ("examples _blocks.9 0..3", "examples-eea0f39d2c7ea18a1ee6"),
+]
+
+
+def test_every_unit_of_the_demo_job_keeps_its_key():
+    spec = load_spec(DEMO)
+    plan = make_plan(spec, FACTS, shards=[0, 1], fingerprints=FINGERPRINTS)
+    units = [*plan.units, *examples_units(spec, FACTS, plan.scan_keys)]
+    assert [(u.label, u.key) for u in units] == PINNED
+
+
+def test_the_demo_model_keeps_its_weight_digest():
+    assert load_model("efficientnet-lite0", None, "default").digest == DIGEST
