@@ -470,12 +470,17 @@ class DemoSource(ImageSource):
 
 
 def open_source(source: str | Path, column: str | None = None) -> ImageSource:
-    """`demo`, a folder of images or a `.parquet` file; fails now (not mid-scan) when unusable."""
+    """`demo`, a folder of images, a `.parquet` file, a folder of Parquet shards or a bucket prefix
+    (`s3://...`, any URI pyarrow.fs opens); fails now (not mid-scan) when unusable."""
     if str(source) == "demo":
         demo = DemoSource()
         if not demo.ids():
             raise SourceError("the demo photos were not found: reinstall scikit-image and scikit-learn")
         return demo
+    if "://" in str(source) or (Path(source).is_dir() and not _has_images(Path(source))):
+        from atlas.sources import open_filesystem_source
+
+        return open_filesystem_source(str(source), column)
     path = Path(source).expanduser()
     if not path.exists():
         raise SourceError(
@@ -494,6 +499,10 @@ def open_source(source: str | Path, column: str | None = None) -> ImageSource:
     raise SourceError(
         f"dataset source {path} is neither a folder nor a .parquet file; use 'demo', a folder or a .parquet file"
     )
+
+
+def _has_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*"))
 
 
 def _open_parquet(path: Path, column: str | None) -> ParquetSource:

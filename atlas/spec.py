@@ -370,7 +370,7 @@ def _resolve_paths(ctx: _Context, spec: JobSpec, base: Path) -> JobSpec:
             raise ctx.error("model", "checkpoint", f"file {path} does not exist")
         model = replace(model, checkpoint=path)
     examples = spec.examples
-    if examples.enabled and examples.source != "demo":
+    if examples.enabled and examples.source != "demo" and "://" not in examples.source:
         path = Path(examples.source)
         path = path if path.is_absolute() else base / path
         if not path.exists():
