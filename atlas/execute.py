@@ -12,6 +12,7 @@ the job fails with a clear message only when no worker at all can run for `start
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -367,7 +368,8 @@ class Executor:
         if worker.lost:
             return  # already replaced by an earlier failed call
         worker.lost = True
-        ray.kill(worker.handle, no_restart=True)
+        with contextlib.suppress(RayError):  # an actor whose creation Ray cancelled cannot be killed
+            ray.kill(worker.handle, no_restart=True)
         self.workers[self.workers.index(worker)] = self._new_worker()
 
     def _no_worker_message(self) -> str:

@@ -48,7 +48,7 @@ def fake_config(gcs: str) -> dict:
         "head_node_type": "ray.head.default",
         "auth": {},
         "upscaling_speed": 1.0,
-        "idle_timeout_minutes": 0.05,  # 3 s: idle GPU nodes go at once
+        "idle_timeout_minutes": 0.2,  # 12 s: idle GPU nodes go soon after the job
         "docker": {},
         **{key: [] for key in ("initialization_commands", "setup_commands", "head_setup_commands")},
         **{
