@@ -137,7 +137,7 @@ def plan(job: Path, out: Path | None, price: float | None, throughput: Path | No
             "no GPU-hour estimate: measure with `atlas calibrate JOB -o FILE`, then set cost.throughput"
         )
         return
-    speed = Throughput.load(Path(figures))
+    speed = Throughput.load(Path(figures), spec.render.batch)
     left = Store(prepared.spec.out).pending([u.key for u in prepared.plan.units])
     found = estimate([u for u in prepared.plan.units if u.key in set(left)], spec, speed)
     rate = spec.cost.price_per_gpu_hour if price is None else price

@@ -42,15 +42,31 @@ class Throughput:
     render_image_steps_per_s: float  # optimization steps x images, at the spec's size and batch
 
     @classmethod
-    def load(cls, path: Path) -> Throughput:
+    def load(cls, path: Path, render_batch: int = 8) -> Throughput:
+        """Figures `atlas calibrate` wrote, or the `gpu_check.json` of scripts/gpu_check.py (its
+        render rate at the measured batch nearest `render_batch`, at or below it if it can)."""
         try:
             raw = json.loads(Path(path).read_text())
+            if "scan" in raw and "render" in raw:
+                return cls._from_gpu_check(raw, render_batch)
             return cls(**{name: raw[name] for name in cls.__dataclass_fields__})
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise CostError(
                 f"cannot read throughput figures from {path} ({err}); write them with "
-                "`atlas calibrate JOB -o FILE` on the machine type that runs the job"
+                "`atlas calibrate JOB -o FILE` (or scripts/gpu_check.py) on the machine type that runs the job"
             ) from err
+
+    @classmethod
+    def _from_gpu_check(cls, raw: Mapping[str, Any], render_batch: int) -> Throughput:
+        rates = {int(batch): row["image_steps_per_s"] for batch, row in raw["render"]["fp32"].items()}
+        batch = max((b for b in rates if b <= render_batch), default=min(rates))
+        env = raw.get("env", {})
+        return cls(
+            env.get("device_name", "gpu_check"),
+            "torchvision:googlenet",
+            raw["scan"]["images_per_s"],
+            rates[batch],
+        )
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n")
@@ -99,7 +115,7 @@ def estimate(units: Iterable[Unit], spec: JobSpec, speed: Throughput) -> Estimat
 
 
 def throughput_for(spec: JobSpec) -> Throughput | None:
-    return Throughput.load(spec.cost.throughput) if spec.cost.throughput else None
+    return Throughput.load(spec.cost.throughput, spec.render.batch) if spec.cost.throughput else None
 
 
 def check_estimate(units: Iterable[Unit], spec: JobSpec) -> Estimate | None:

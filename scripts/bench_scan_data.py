@@ -4,7 +4,8 @@
     python scripts/bench_scan_data.py --images 2000 --models tiny-cnn
 
 Per model, on one local Ray (decoders + 1 logical CPUs), side by side in one run:
-- decode  (n CPUs): images/s of the decoding stage alone (Ray Data tasks, n at a time);
+- decode  (n CPUs): images/s of the decoding stage alone (Ray Data tasks, n at a time), through
+  the same pipeline with an actor that drops the pixels instead of running the model;
 - forward (1 actor): images/s of the forward pass + statistics (`BatchScanner.scan`) on
   images already in memory, in this process on one thread, as one actor runs it;
 - scan    (n CPUs): images/s of the whole pipeline (decode tasks -> actor -> partials);
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import ray
+import ray.data
 import torch
 from PIL import Image
 
@@ -73,6 +75,13 @@ def write_jpegs(folder: Path, count: int, distinct: int = 64) -> None:
         (folder / f"{index:05d}.jpg").write_bytes(encoded[index % len(encoded)])
 
 
+class DropPixels:
+    """The scan's actor stage without the model: what decoding alone feeds through the pipeline."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"shard": batch["shard"]}
+
+
 def rate(arrivals: Iterable[int]) -> float:
     """Images/s from the first shard's arrival to the last's (start-up left out)."""
     first_time, counted = None, 0
@@ -113,7 +122,9 @@ def bench_model(model: str, folder: Path, out: Path, count: int, shard_size: int
     for _ in decoded_shards(prepared.source, units[:4], size, 2).iter_rows():
         pass  # warm-up: starts the worker processes both decoders run in
     for decoders in (1, 2):
-        dataset = decoded_shards(prepared.source, units, size, decoders).select_columns(["shard"])
+        dataset = decoded_shards(prepared.source, units, size, decoders).map_batches(
+            DropPixels, batch_size=1, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1
+        )
         figures[f"decode{decoders}"] = rate(images[int(row["shard"])] for row in dataset.iter_rows())
         plan = ScanPlan(WorkerPlan(1, 1.0, 0.0), decoders)
         scanned = scan_dataset(prepared.spec, prepared.source, units, size, plan)

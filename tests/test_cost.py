@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,19 @@ def test_plan_prints_gpu_hours_and_cost(tmp_path: Path) -> None:
         main, ["plan", str(job), "--throughput", str(tmp_path / "speed.json"), "--price", "30"]
     )
     assert "= 1.33 at 30 per GPU-hour on test device" in result.output
+
+
+def test_the_gpu_checks_figures_are_read_at_the_render_batch(tmp_path: Path) -> None:
+    report = {
+        "env": {"device_name": "NVIDIA H200"},
+        "render": {"fp32": {"4": {"image_steps_per_s": 100.0}, "16": {"image_steps_per_s": 300.0}}},
+        "scan": {"images_per_s": 2500.0},
+    }
+    (tmp_path / "gpu_check.json").write_text(json.dumps(report))
+    speed = Throughput.load(tmp_path / "gpu_check.json", render_batch=8)
+    assert (speed.device, speed.scan_images_per_s, speed.render_image_steps_per_s) == (
+        "NVIDIA H200",
+        2500.0,
+        100.0,
+    )
+    assert Throughput.load(tmp_path / "gpu_check.json", render_batch=16).render_image_steps_per_s == 300.0
