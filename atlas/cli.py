@@ -8,7 +8,14 @@ from pathlib import Path
 
 import click
 
-from atlas.spec import JobSpec, SpecError, load_spec
+from atlas.errors import AtlasError
+from atlas.optvis.kinds import OBJECTIVES
+from atlas.optvis.oneoff import DESCENTS, PENALTIES
+from atlas.optvis.param import PARAMS
+from atlas.optvis.render import PRECISIONS
+from atlas.optvis.transforms import PRESETS
+from atlas.registry import Registry
+from atlas.spec import JobSpec, load_spec
 
 
 def _packaged_spec(name: str) -> Path:
@@ -39,18 +46,28 @@ def _progress(total: int):
 
 
 class _Group(click.Group):
-    """Turns the library's errors about bad input into one clear line instead of a traceback."""
+    """Prints a user error (`AtlasError`) as one line and exits with its code, never a traceback."""
 
     def invoke(self, ctx: click.Context):
-        from atlas.errors import AtlasError
-        from atlas.execute import ExecuteError
-        from atlas.models import ModelError, UnknownLayerError
-        from atlas.store import StoreError
-
         try:
             return super().invoke(ctx)
-        except (AtlasError, SpecError, ModelError, UnknownLayerError, ExecuteError, StoreError) as err:
-            raise click.ClickException(str(err)) from err
+        except AtlasError as err:
+            message = " ".join(str(err).split())  # one line, even for a message built over several
+            click.echo(f"Error: {message}", err=True)
+            ctx.exit(err.exit_code)
+
+
+class _Registered(click.Choice):
+    """A choice among a registry's names (plugins' included); a wrong one in the registry's words."""
+
+    def __init__(self, registry: Registry) -> None:
+        super().__init__(registry.names())
+        self.registry = registry
+
+    def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if value not in self.registry:
+            self.fail(str(self.registry.unknown(value)), param, ctx)
+        return value
 
 
 def _run(spec: JobSpec, force: bool, build: bool, only: tuple[str, ...] | None = None) -> None:
@@ -222,35 +239,37 @@ def site(out: Path) -> None:
 @click.option(
     "--channel", type=int, default=0, show_default=True, help="Channel, or class for logit/probability."
 )
-@click.option(
-    "--objective",
-    default="channel",
-    show_default=True,
-    help="channel, neuron, negative, deepdream, logit, probability, diversity.",
-)
+@click.option("--objective", type=_Registered(OBJECTIVES), default="channel", show_default=True)
 @click.option(
     "--count", type=int, default=1, show_default=True, help="Images in the batch (diversity needs >= 2)."
 )
-@click.option("--param", default="fourier", show_default=True, help="fourier, pixel or maco.")
+@click.option("--param", type=_Registered(PARAMS), default="fourier", show_default=True)
 @click.option("--no-decorrelate", is_flag=True, help="Skip the ImageNet colour decorrelation.")
 @click.option(
-    "--descent", default="adam", show_default=True, help="adam, or the article's l2, linf, decorrelated."
+    "--descent",
+    type=click.Choice(DESCENTS),
+    default="adam",
+    show_default=True,
+    help="adam, or one of the article's steepest descents.",
 )
 @click.option("--steps", type=int, default=256, show_default=True)
 @click.option("--size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=0.05, show_default=True)
-@click.option("--transforms", default="standard", show_default=True, help="none, standard or distill.")
-@click.option("--penalty", multiple=True, help="NAME=WEIGHT with NAME one of l1, tv, blur (repeatable).")
+@click.option("--transforms", type=_Registered(PRESETS), default="standard", show_default=True)
+@click.option(
+    "--penalty", multiple=True, help=f"NAME=WEIGHT with NAME one of {', '.join(PENALTIES)} (repeatable)."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--precision", default="fp32", show_default=True, help="fp32, fp16 or bf16 (autocast).")
+@click.option(
+    "--precision", type=_Registered(PRECISIONS), default="fp32", show_default=True, help="Autocast."
+)
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="PNG to write.")
 def render(
     model_name: str, out: Path, penalty: tuple[str, ...], device: str, no_decorrelate: bool, **options
 ) -> None:
     """Render one feature visualization (one objective, one or more images) to a PNG."""
     from atlas.models import load_model, pick_device
-    from atlas.optvis import ObjectiveError, ParamError, RenderError, TransformError
     from atlas.optvis.oneoff import OneOffRequest, read_out, render_one_off, save_strip
 
     try:
@@ -258,10 +277,7 @@ def render(
     except ValueError as err:
         raise click.BadParameter(f"penalties are NAME=WEIGHT, e.g. tv=0.05 ({err})") from err
     request = OneOffRequest(penalties=weights, decorrelate=not no_decorrelate, **options)
-    try:
-        result = render_one_off(load_model(model_name, device=pick_device(device)), request)
-    except (RenderError, ObjectiveError, ParamError, TransformError) as err:
-        raise click.ClickException(str(err)) from err
+    result = render_one_off(load_model(model_name, device=pick_device(device)), request)
     save_strip(result.images, out)
     reached = ", ".join(f"{value:.3f}" for value in read_out(result, request))
     click.echo(f"wrote {out} ({request.objective} {request.layer}:{request.channel} reached {reached})")

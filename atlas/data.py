@@ -28,6 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
+from atlas.errors import AtlasError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MIN_SIDE = 16  # smaller images carry too little to be an example of anything
 MAX_SIDE = 2048  # larger images are downscaled on load; crops never need more
@@ -40,7 +42,7 @@ EXIF_ORIENTATION = 0x0112
 DEMO_SCHEME = "demo-v1"  # bump when the crop scheme changes, so fingerprints change with it
 
 
-class SourceError(ValueError):
+class SourceError(AtlasError, ValueError):
     """A dataset source that cannot be used (missing, empty, no image column...)."""
 
 
@@ -530,3 +532,35 @@ def _open_parquet(path: Path, column: str | None) -> ParquetSource:
     if rows == 0:
         raise SourceError(f"Parquet file {path} has no rows; it must hold at least one image")
     return ParquetSource(path, column)
+
+
+class ImageListSource(ImageSource):
+    """Images given in memory (PIL images or file paths), for notebook use; ids are their positions.
+
+    Paths are decoded like a folder's files; PIL images are converted to RGB as they are.
+    """
+
+    def __init__(self, images: Sequence[Image.Image | str | Path]):
+        if not images:
+            raise SourceError("no images given; pass PIL images, image paths or a folder")
+        self.description = f"{len(images)} images"
+        self._items = {f"{i}": item for i, item in enumerate(images)}
+
+    def ids(self) -> list[str]:
+        return list(self._items)
+
+    def fingerprint(self) -> str:
+        return _hash_lines(f"{key}\t{id(item)}" for key, item in self._items.items())
+
+    def load_many(
+        self, source_ids: Sequence[str], draft_size: int | None = None
+    ) -> Iterator[tuple[str, Decoded]]:
+        for source_id in source_ids:
+            item = self._items.get(source_id)
+            if item is None:
+                yield source_id, Decoded(None, ["skipped:missing"])
+            elif isinstance(item, Image.Image):
+                image, reasons = (item, []) if item.mode == "RGB" else (_to_rgb(item)[0], ["converted:mode"])
+                yield source_id, Decoded(image, reasons)
+            else:
+                yield source_id, decode_image(Path(item), draft_size)

@@ -43,6 +43,7 @@ import torch
 from PIL import Image
 
 from atlas.data import ImageSource, ShardRef, SkippedInput, decode_for_model, square_view
+from atlas.errors import AtlasError
 from atlas.models import LoadedModel
 from atlas.receptive import ReceptiveField, receptive_field
 from atlas.schema import EXAMPLES_SCHEMA, HISTOGRAM_SCHEMA
@@ -60,7 +61,7 @@ _SIDE_BINS = HIST_BINS // 2
 _FIRST_CODE = (127 - 10) * 4 - 1  # (biased exponent, 2 mantissa bits) code of 2^-10, minus one
 
 
-class ScanError(ValueError):
+class ScanError(AtlasError, ValueError):
     """Partial scans that cannot be merged, or a finalize request the scan cannot answer."""
 
 

@@ -26,6 +26,7 @@ import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from atlas.autoscale import GPUS
+from atlas.errors import AtlasError
 from atlas.plan import Unit
 from atlas.spec import ExecuteSpec, JobSpec
 from atlas.store import Store, UnitRecord
@@ -37,7 +38,7 @@ DEFAULT_START_TIMEOUT_S = 600.0
 _POLL_S = 1.0
 
 
-class ExecuteError(RuntimeError):
+class ExecuteError(AtlasError, RuntimeError):
     """The cluster cannot run the job as asked (e.g. GPUs requested but none present)."""
 
 

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from atlas.examples import PartialScan, direction_layer
-from atlas.models import LoadedModel, load_model
+from atlas.models import LoadedModel, load_model, pick_device
 from atlas.outdir import check_output, claim_output
 from atlas.plan import CODE_VERSIONS, ModelFacts, Plan, Unit, examples_units, make_plan
+from atlas.provenance import provenance
+from atlas.site.columns import atlas_columns, columns_json
 from atlas.skipped import count_reasons, read_skipped
 from atlas.spec import JobSpec, check_against_model, spec_to_dict
 from atlas.store import Store
@@ -93,6 +95,8 @@ def job_info(prepared: Prepared, started: str, finished: str | None = None) -> d
         "started": started,
         "finished": finished,
         "renderer_version": CODE_VERSIONS["render"],
+        "columns": columns_json(atlas_columns()),  # the site's row, from the objective registry
+        "provenance": provenance(str(pick_device())),  # this node; each shard names its worker's
     }
 
 

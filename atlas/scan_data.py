@@ -36,6 +36,7 @@ from atlas.data import ImageSource, SkippedInput, decode_for_model
 from atlas.examples import BatchScanner, PartialScan
 from atlas.execute import ExecuteError, RunReport, WorkerPlan, connect, plan_workers
 from atlas.plan import Unit
+from atlas.provenance import provenance, with_provenance
 from atlas.skipped import KIND as SKIPPED
 from atlas.skipped import skipped_table
 from atlas.spec import ExecuteSpec, JobSpec
@@ -145,6 +146,7 @@ class ShardScanner:
             spec.model.name, spec.model.checkpoint, spec.model.weights, device=pick_device(device)
         )
         self.scanner = BatchScanner(model, work.layers, work.k, scan_directions(model, work))
+        self.provenance = provenance(str(model.device))
         self.size = model.input_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -165,7 +167,7 @@ class ShardScanner:
             if ids:
                 stats["scanned"] += len(ids)
             partial = replace(partial, stats=dict(sorted(stats.items())))
-            partials.append(_ipc_bytes(partial.to_table()))
+            partials.append(_ipc_bytes(with_provenance(partial.to_table(), self.provenance)))
             seconds.append(time.perf_counter() - start)
         return {
             "shard": batch["shard"],
@@ -236,7 +238,11 @@ def scan_dataset(
     for row in scanned.iter_rows():
         unit = units[int(row["shard"])]
         skipped = [SkippedInput(*item) for item in json.loads(row["skipped"])]
-        tables = {"scan": _ipc_table(row["partial"]), SKIPPED: skipped_table(skipped, unit.key)}
+        scan = _ipc_table(row["partial"])  # the actor's environment travels in its metadata
+        tables = {
+            "scan": scan,
+            SKIPPED: skipped_table(skipped, unit.key).replace_schema_metadata(scan.schema.metadata),
+        }
         yield unit, tables, float(row["seconds"])
 
 

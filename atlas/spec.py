@@ -7,14 +7,42 @@ execution). Everything here is checked before any work starts; checks that need 
 
 from __future__ import annotations
 
-import difflib
 import re
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from annotated_types import Ge, Gt, Interval
+from pydantic import ConfigDict, with_config
+
+from atlas.errors import AtlasError
+from atlas.optvis.kinds import OBJECTIVES, channel_objectives
+from atlas.optvis.param import PARAMS
+from atlas.optvis.render import PRECISIONS
+from atlas.optvis.transforms import PRESETS as TRANSFORM_PRESETS
 from atlas.outdir import OutputFolderError, check_job_name, derived_out
+from atlas.registry import close_matches
+from atlas.validation import (
+    Bool,
+    ChannelPairs,
+    Expect,
+    Int,
+    IntOrAuto,
+    Names,
+    Number,
+    NumberOrAuto,
+    NumberPair,
+    OptionalPath,
+    OptionalText,
+    Problem,
+    Text,
+    each_of,
+    one_of,
+    rule,
+    type_name,
+    validate_section,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,21 +50,20 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class SpecError(ValueError):
+class SpecError(AtlasError, ValueError):
     """A job spec that cannot be run; the message names the file, key, line and the fix."""
 
 
-PARAMS = ("fourier", "pixel", "maco")
-TRANSFORM_PRESETS = ("standard", "distill", "none")  # atlas.optvis.transforms.PRESETS
-OBJECTIVES = ("channel", "neuron", "negative", "diversity")
-PRECISIONS = ("fp32", "fp16", "bf16")
+DEFAULT_OBJECTIVES = ("channel", "neuron", "negative", "diversity")  # fixed: it feeds content keys
+FORBID = with_config(ConfigDict(extra="forbid"))
 
 
+@FORBID
 @dataclass(frozen=True)
 class ModelSpec:
-    name: str = "efficientnet-lite0"
-    checkpoint: Path | None = None
-    weights: str = "default"
+    name: Text = "efficientnet-lite0"
+    checkpoint: OptionalPath = None
+    weights: Text = "default"
 
 
 @dataclass(frozen=True)
@@ -45,62 +72,70 @@ class LayerSpec:
     channels: tuple[int, ...] | None = None  # None: every channel of the layer
 
 
+@FORBID
 @dataclass(frozen=True)
 class RenderSpec:
-    enabled: bool = True
-    steps: int = 256
-    size: int = 128
-    batch: int = 8
-    lr: float = 0.05
-    param: str = "fourier"
-    decorrelate: bool = True
-    decay_power: float = 1.0
-    transforms: str = "standard"
-    objectives: tuple[str, ...] = OBJECTIVES
-    diversity: int = 4
-    diversity_weight: float = 5.0  # Gram cosine 0.99 -> 0.36 at 85% of the activation (check_optvis)
-    seed: int = 0
-    precision: str = "fp32"
-    channels_per_unit: int = 8
+    enabled: Bool = True
+    steps: Annotated[Int, Ge(1)] = 256
+    size: Annotated[Int, Interval(ge=16, le=1024), Expect("an integer", unit=" pixels")] = 128
+    batch: Annotated[Int, Ge(1)] = 8
+    lr: Annotated[Number, Gt(0)] = 0.05
+    param: Annotated[Text, one_of(PARAMS.names)] = "fourier"
+    decorrelate: Bool = True
+    decay_power: Number = 1.0
+    transforms: Annotated[Text, one_of(TRANSFORM_PRESETS.names)] = "standard"
+    objectives: Annotated[Names, each_of("objective", channel_objectives)] = DEFAULT_OBJECTIVES
+    diversity: Int = 4  # at least 2 when a diverse objective is asked for: checked in parse_spec
+    diversity_weight: Number = 5.0  # Gram cosine 0.99 -> 0.36 at 85% of the activation (check_optvis)
+    seed: Int = 0
+    precision: Annotated[Text, one_of(PRECISIONS.names)] = "fp32"
+    channels_per_unit: Annotated[Int, Ge(1)] = 8
 
 
+@FORBID
 @dataclass(frozen=True)
 class ExamplesSpec:
-    enabled: bool = True
-    source: str = "demo"
-    column: str | None = None
-    k: int = 10
-    shard_size: int = 64
-    batch_size: int = 32
-    bins: int = 32
-    crop_size: int = 96
-    thumb_size: int = 64
-    quantiles: tuple[float, float] = (0.25, 0.75)  # "slightly negative" / "slightly positive"
+    enabled: Bool = True
+    source: Text = "demo"
+    column: OptionalText = None
+    k: Annotated[Int, Ge(1)] = 10
+    shard_size: Annotated[Int, Ge(1)] = 64
+    batch_size: Int = 32
+    bins: Annotated[Int, Ge(2)] = 32
+    crop_size: Int = 96
+    thumb_size: Int = 64
+    # "slightly negative" / "slightly positive"
+    quantiles: Annotated[
+        NumberPair, rule(lambda q: 0 <= q[0] <= q[1] <= 1, "must be [low, high] within 0..1")
+    ] = (0.25, 0.75)
 
 
+@FORBID
 @dataclass(frozen=True)
 class InteractionsSpec:
-    random_directions: int = 0
-    pairs: tuple[tuple[str, int, int], ...] = ()
-    interpolation_steps: int = 5
+    random_directions: Annotated[Int, Ge(0)] = 0
+    pairs: ChannelPairs = ()
+    interpolation_steps: Annotated[Int, Ge(2)] = 5
 
 
+@FORBID
 @dataclass(frozen=True)
 class ExecuteSpec:
-    workers: int | str = "auto"
-    gpus_per_worker: float | str = "auto"
-    max_in_flight: int = 0  # 0: twice the number of workers
-    retries: int = 2
-    address: str | None = None
-    scale_up_timeout: float = 900.0  # seconds to wait for the autoscaler to add GPU nodes
+    workers: IntOrAuto = "auto"
+    gpus_per_worker: NumberOrAuto = "auto"
+    max_in_flight: Annotated[Int, Ge(0)] = 0  # 0: twice the number of workers
+    retries: Annotated[Int, Ge(0)] = 2
+    address: OptionalText = None
+    scale_up_timeout: Annotated[Number, Gt(0)] = 900.0  # seconds to wait for the autoscaler's GPU nodes
 
 
+@FORBID
 @dataclass(frozen=True)
 class CostSpec:
-    throughput: str = ""  # JSON figures from `atlas calibrate` (relative to the spec); "" = none
-    price_per_gpu_hour: float = 0.0
-    budget: float = 0.0  # in the price's currency; 0 = no budget
-    budget_gpu_hours: float = 0.0  # 0 = no budget
+    throughput: Text = ""  # JSON figures from `atlas calibrate` (relative to the spec); "" = none
+    price_per_gpu_hour: Annotated[Number, Ge(0)] = 0.0
+    budget: Annotated[Number, Ge(0)] = 0.0  # in the price's currency; 0 = no budget
+    budget_gpu_hours: Annotated[Number, Ge(0)] = 0.0  # 0 = no budget
 
 
 @dataclass(frozen=True)
@@ -162,100 +197,17 @@ class _Context:
         return SpecError(f"{self.source}{at}: {where}: {message}")
 
 
-def _close(name: str, options: list[str]) -> str:
-    match = difflib.get_close_matches(name, options, n=3, cutoff=0.5)
-    return f"did you mean {' or '.join(repr(m) for m in match)}? " if match else ""
-
-
-def _type_name(value: Any) -> str:
-    return {
-        bool: "boolean",
-        int: "integer",
-        float: "number",
-        str: "string",
-        list: "array",
-        dict: "table",
-    }.get(type(value), type(value).__name__)
-
-
-def _convert(ctx: _Context, section: str, key: str, value: Any, annotation: str) -> Any:
-    """Check one value against its field's type (taken from the annotation text)."""
-
-    def bad(expected: str) -> SpecError:
-        return ctx.error(section, key, f"expected {expected}, got {_type_name(value)} {value!r}")
-
-    if annotation == "bool":
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if annotation == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-        return value
-    if annotation == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad("a number")
-        return float(value)
-    if annotation in ("str", "str | None"):
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value
-    if annotation == "Path | None":
-        if not isinstance(value, str):
-            raise bad("a path string")
-        return Path(value) if value else None
-    if annotation == "int | str":
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | str)
-            or (isinstance(value, str) and value != "auto")
-        ):
-            raise bad('an integer or "auto"')
-        return value
-    if annotation == "float | str":
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float | str)
-            or (isinstance(value, str) and value != "auto")
-        ):
-            raise bad('a number or "auto"')
-        return value if isinstance(value, str) else float(value)
-    if annotation == "tuple[str, ...]":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise bad("an array of strings")
-        return tuple(value)
-    if annotation == "tuple[float, float]":
-        ok = isinstance(value, list) and len(value) == 2
-        if not ok or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
-            raise bad("an array of two numbers like [0.25, 0.75]")
-        return (float(value[0]), float(value[1]))
-    if annotation == "tuple[tuple[str, int, int], ...]":
-        ok = isinstance(value, list) and all(
-            isinstance(p, list)
-            and len(p) == 3
-            and isinstance(p[0], str)
-            and all(isinstance(c, int) and not isinstance(c, bool) for c in p[1:])
-            for p in value
-        )
-        if not ok:
-            raise bad('an array of [layer, channel_a, channel_b] like [["mixed4a", 1, 2]]')
-        return tuple((p[0], p[1], p[2]) for p in value)
-    raise AssertionError(f"spec field {section}.{key} has an unsupported annotation {annotation}")
-
-
-def _section(ctx: _Context, name: str, cls: type, raw: Any) -> Any:
+def _section(ctx: _Context, name: str, cls: type, raw: Any) -> tuple[Any, list[Problem]]:
+    """Validate one table; its problems come back to be reported in the order of the file."""
     if not isinstance(raw, dict):
-        raise ctx.error(name, None, f"expected a table [{name}], got {_type_name(raw)}")
-    known = {f.name: f for f in fields(cls)}
-    values = {}
-    for key, value in raw.items():
-        if key not in known:
-            hint = _close(key, list(known))
-            if key in TOP_LEVEL:  # e.g. `layers = [...]` written below [model]
-                hint = f"{key!r} is a top-level key: move it above the first [table] or write [[{key}]]. "
-            raise ctx.error(name, key, f"unknown key. {hint}Valid keys: {', '.join(known)}")
-        values[key] = _convert(ctx, name, key, value, str(known[key].type))
-    return cls(**values)
+        raise ctx.error(name, None, f"expected a table [{name}], got {type_name(raw)}")
+
+    def hint(key: str, valid: list[str]) -> str:
+        if key in TOP_LEVEL:  # e.g. `layers = [...]` written below [model]
+            return f"{key!r} is a top-level key: move it above the first [table] or write [[{key}]]. "
+        return close_matches(key, valid)
+
+    return validate_section(cls, raw, hint)
 
 
 def _channels(ctx: _Context, value: Any) -> tuple[int, ...] | None:
@@ -291,12 +243,14 @@ def _layers(ctx: _Context, raw: Any) -> tuple[LayerSpec, ...]:
             layers.append(LayerSpec(item))
             continue
         if not isinstance(item, dict):
-            raise ctx.error("layers", None, f"expected a table or a layer name, got {_type_name(item)}")
+            raise ctx.error("layers", None, f"expected a table or a layer name, got {type_name(item)}")
         unknown = set(item) - {"name", "channels"}
         if unknown:
             key = sorted(unknown)[0]
             raise ctx.error(
-                "layers", key, f"unknown key. {_close(key, ['name', 'channels'])}Valid keys: name, channels"
+                "layers",
+                key,
+                f"unknown key. {close_matches(key, ['name', 'channels'])}Valid keys: name, channels",
             )
         if not isinstance(item.get("name"), str) or not item["name"]:
             raise ctx.error("layers", "name", 'every [[layers]] table needs name = "<layer>"')
@@ -304,59 +258,19 @@ def _layers(ctx: _Context, raw: Any) -> tuple[LayerSpec, ...]:
     return tuple(layers)
 
 
-def _check_values(ctx: _Context, spec: JobSpec) -> None:
-    r, e, i, x = spec.render, spec.examples, spec.interactions, spec.execute
-    checks = [
-        ("render", "param", r.param in PARAMS, f"choose one of {', '.join(PARAMS)}"),
-        (
-            "render",
-            "transforms",
-            r.transforms in TRANSFORM_PRESETS,
-            f"choose one of {', '.join(TRANSFORM_PRESETS)}",
-        ),
-        ("render", "precision", r.precision in PRECISIONS, f"choose one of {', '.join(PRECISIONS)}"),
-        ("render", "steps", r.steps >= 1, "must be at least 1"),
-        ("render", "size", 16 <= r.size <= 1024, "must be between 16 and 1024 pixels"),
-        ("render", "batch", r.batch >= 1, "must be at least 1"),
-        ("render", "lr", r.lr > 0, "must be positive"),
-        ("render", "diversity", r.diversity >= 2 or "diversity" not in r.objectives, "must be at least 2"),
-        ("render", "channels_per_unit", r.channels_per_unit >= 1, "must be at least 1"),
-        ("examples", "k", e.k >= 1, "must be at least 1"),
-        ("examples", "shard_size", e.shard_size >= 1, "must be at least 1"),
-        ("examples", "bins", e.bins >= 2, "must be at least 2"),
-        (
-            "examples",
-            "quantiles",
-            0 <= e.quantiles[0] <= e.quantiles[1] <= 1,
-            "must be [low, high] within 0..1",
-        ),
-        ("interactions", "random_directions", i.random_directions >= 0, "must be >= 0"),
-        ("interactions", "interpolation_steps", i.interpolation_steps >= 2, "must be at least 2"),
-        ("execute", "retries", x.retries >= 0, "must be >= 0"),
-        ("execute", "max_in_flight", x.max_in_flight >= 0, "must be >= 0"),
-        ("execute", "scale_up_timeout", x.scale_up_timeout > 0, "must be positive (seconds)"),
-        ("cost", "price_per_gpu_hour", spec.cost.price_per_gpu_hour >= 0, "must be >= 0"),
-        ("cost", "budget", spec.cost.budget >= 0, "must be >= 0 (0: no budget)"),
-        (
-            "cost",
-            "budget",
-            not spec.cost.budget or spec.cost.price_per_gpu_hour > 0,
-            "a budget in money needs cost.price_per_gpu_hour (or use cost.budget_gpu_hours)",
-        ),
-        ("cost", "budget_gpu_hours", spec.cost.budget_gpu_hours >= 0, "must be >= 0 (0: no budget)"),
-    ]
-    for section, key, ok, fix in checks:
-        if not ok:
-            raise ctx.error(section, key, f"{getattr(getattr(spec, section), key)!r} is not allowed: {fix}")
-    for objective in r.objectives:
-        if objective not in OBJECTIVES:
-            raise ctx.error(
-                "render",
-                "objectives",
-                f"unknown objective {objective!r}. {_close(objective, list(OBJECTIVES))}Choose from {', '.join(OBJECTIVES)}",
-            )
-    if isinstance(x.workers, int) and x.workers < 1:
-        raise ctx.error("execute", "workers", 'must be at least 1 or "auto"')
+def _check_diversity(ctx: _Context, render: RenderSpec) -> None:
+    """The one check across keys: a diverse objective needs a set of at least 2 images."""
+    diverse = [o for o in render.objectives if OBJECTIVES.get(o).diverse]
+    if diverse and render.diversity < 2:
+        raise ctx.error("render", "diversity", f"{render.diversity!r} is not allowed: must be at least 2")
+
+
+def _check_budget(ctx: _Context, cost: CostSpec) -> None:
+    """A budget in money is only checkable with a price per GPU-hour."""
+    if cost.budget and not cost.price_per_gpu_hour:
+        raise ctx.error(
+            "cost", "budget", "a budget in money needs cost.price_per_gpu_hour (or use cost.budget_gpu_hours)"
+        )
 
 
 def _resolve_paths(ctx: _Context, spec: JobSpec, base: Path) -> JobSpec:
@@ -403,14 +317,16 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
             raise ctx.error(
                 key,
                 None,
-                f"unknown section. {_close(key, list(TOP_LEVEL))}Valid sections: {', '.join(TOP_LEVEL)}",
+                f"unknown section. {close_matches(key, list(TOP_LEVEL))}Valid sections: {', '.join(TOP_LEVEL)}",
             )
     job = raw.get("job", {})
     if not isinstance(job, dict):
         raise ctx.error("job", None, "expected a table [job]")
     for key in job:
         if key not in ("name", "out"):
-            raise ctx.error("job", key, f"unknown key. {_close(key, ['name', 'out'])}Valid keys: name, out")
+            raise ctx.error(
+                "job", key, f"unknown key. {close_matches(key, ['name', 'out'])}Valid keys: name, out"
+            )
     default_name = re.sub(r"[^A-Za-z0-9_.\-]+", "", Path(source).stem) or "job"
     name = job.get("name", default_name)
     try:
@@ -419,12 +335,20 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
     except OutputFolderError as err:
         raise ctx.error("job", "name", str(err)) from err
     if not isinstance(out, str):
-        raise ctx.error("job", "out", f"expected a path string, got {_type_name(out)} {out!r}")
-    sections = {key: _section(ctx, key, cls, raw.get(key, {})) for key, cls in SECTIONS.items()}
-    spec = JobSpec(
-        name=name, out=Path(out), layers=_layers(ctx, raw.get("layers")), source=Path(source), **sections
-    )
-    _check_values(ctx, spec)
+        raise ctx.error("job", "out", f"expected a path string, got {type_name(out)} {out!r}")
+    checked = {key: _section(ctx, key, cls, raw.get(key, {})) for key, cls in SECTIONS.items()}
+    # Unknown keys and wrong types first (section by section), then the layers, then values.
+    problems = [(key, problem) for key, (_, found) in checked.items() for problem in found]
+    problems.sort(key=lambda item: item[1].phase)
+    if problems and problems[0][1].phase == 0:
+        raise ctx.error(problems[0][0], problems[0][1].key, problems[0][1].message)
+    layers = _layers(ctx, raw.get("layers"))
+    if problems:
+        raise ctx.error(problems[0][0], problems[0][1].key, problems[0][1].message)
+    sections = {key: value for key, (value, _) in checked.items()}
+    spec = JobSpec(name=name, out=Path(out), layers=layers, source=Path(source), **sections)
+    _check_diversity(ctx, spec.render)
+    _check_budget(ctx, spec.cost)
     return _resolve_paths(ctx, spec, base or Path.cwd())
 
 

@@ -29,6 +29,7 @@ from urllib.parse import unquote, urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from atlas.errors import AtlasError
 from atlas.safefs import file_mode, remove
 
 MANIFEST = "manifest.json"
@@ -356,5 +357,5 @@ class Store:
                 yield pq.read_table(self.root / entry.tables[kind]["path"], columns=columns)
 
 
-class StoreError(RuntimeError):
+class StoreError(AtlasError, RuntimeError):
     """The output folder cannot be used as it is; the message says how to fix it."""

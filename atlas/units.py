@@ -1,4 +1,4 @@
-"""Running one unit inside a worker: dispatch by kind to the renderer or the examples cropper.
+"""Running one unit inside a worker: dispatch by kind to the renderer or the dataset scan.
 
 Handlers return Arrow tables keyed by table kind (the columns are documented in the README);
 they never write anything themselves, the driver does.
@@ -17,13 +17,17 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from atlas.data import ImageSource, open_source
-from atlas.examples import direction_layer, finalize_layer
+from atlas.examples import direction_layer, finalize_layer, scan_shard
 from atlas.models import LoadedModel, load_model, pick_device
-from atlas.optvis import RenderError, render_channels, render_directions, render_pair
+from atlas.optvis import RenderError, random_directions, render_channels, render_directions, render_pair
 from atlas.plan import Unit
+from atlas.provenance import provenance, with_provenance
+from atlas.registry import Registry
 from atlas.schema import RENDER_SCHEMA
+from atlas.skipped import KIND as SKIPPED
+from atlas.skipped import skipped_table
 from atlas.spec import ExamplesSpec, JobSpec
-from atlas.work import DirectionsWork, ExamplesWork, PairWork, RenderWork
+from atlas.work import DirectionsWork, ExamplesWork, PairWork, RenderWork, ScanWork
 
 
 class UnitFailed(RuntimeError):
@@ -85,6 +89,25 @@ def _pair(ctx: WorkerContext, unit: Unit, work: PairWork) -> dict[str, pa.Table]
     return {"render": rendered_table(images, unit.key)}
 
 
+def _scan(ctx: WorkerContext, unit: Unit, work: ScanWork) -> dict[str, pa.Table]:
+    directions = None
+    if work.directions:
+        directions = {
+            layer: random_directions(ctx.model, layer, work.directions, seed=work.seed)
+            for layer in work.layers
+        }
+    partial = scan_shard(
+        ctx.model,
+        work.layers,
+        ctx.source(),
+        unit.inputs,
+        k=work.k,
+        batch_size=work.batch_size,
+        directions=directions,
+    )
+    return {"scan": partial.to_table(), SKIPPED: skipped_table(partial.skipped, unit.key)}
+
+
 def _examples(ctx: WorkerContext, unit: Unit, work: ExamplesWork) -> dict[str, pa.Table]:
     """Crop the chosen examples of a layer and of its random directions (as channels -1, -2, ...)."""
     merged = unit.inputs
@@ -118,18 +141,25 @@ def _as_directions(table: pa.Table, layer: str) -> pa.Table:
     return table.set_column(index("layer"), "layer", pa.array([layer] * table.num_rows, pa.string()))
 
 
-HANDLERS: dict[str, Callable[[WorkerContext, Unit, Any], dict[str, pa.Table]]] = {
-    "render": _render,
-    "directions": _directions,
-    "pair": _pair,
-    "examples": _examples,
-}
+Handler = Callable[[WorkerContext, Unit, Any], dict[str, pa.Table]]
+# Unit kind -> handler; the planner makes units of these kinds, the executor runs them here.
+UNIT_KINDS: Registry[Handler] = Registry("unit kind")
+UNIT_KINDS.register("render", _render)
+UNIT_KINDS.register("directions", _directions)
+UNIT_KINDS.register("pair", _pair)
+UNIT_KINDS.register("scan", _scan)
+UNIT_KINDS.register("examples", _examples)
 
 
 def run_unit(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
-    """Compute one unit; deterministic failures are raised as UnitFailed with the reason."""
+    """Compute one unit; deterministic failures are raised as UnitFailed with the reason.
+
+    Every table carries the worker's environment (``atlas.provenance``) in its metadata.
+    """
     try:
-        return HANDLERS[unit.kind](ctx, unit, unit.work)
+        tables = UNIT_KINDS.get(unit.kind)(ctx, unit, unit.work)
+        info = provenance(str(ctx.model.device))
+        return {kind: with_provenance(table, info) for kind, table in tables.items()}
     except UnitFailed:
         raise
     except (FloatingPointError, ValueError, RenderError) as err:  # NaN/Inf, bad inputs: retry won't heal

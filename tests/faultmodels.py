@@ -57,3 +57,15 @@ def slow_cnn() -> nn.Module:
 def poisoned_cnn() -> nn.Module:
     """The tiny CNN with a layer `poisoned` after conv2 whose channel POISONED_CHANNEL is NaN."""
     return _tiny_with("poisoned", _Poison())
+
+
+class _Amplify(nn.Module):
+    """Multiplies by 1e6: fine in float32, beyond float16's range (65504) under autocast."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 1e6
+
+
+def overflow_cnn() -> nn.Module:
+    """The tiny CNN with a layer `amplify` after conv2 that overflows in half precision."""
+    return _tiny_with("amplify", _Amplify())

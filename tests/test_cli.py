@@ -29,7 +29,7 @@ def write(tmp_path, layer="conv2", extra=""):
 
 def test_unknown_layer_fails_before_work(tmp_path):
     result = CliRunner().invoke(main, ["run", str(write(tmp_path, layer="conv_2"))])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "no layer 'conv_2'" in result.output and "conv2" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
@@ -37,7 +37,7 @@ def test_unknown_layer_fails_before_work(tmp_path):
 
 def test_unknown_key_fails_before_work(tmp_path):
     result = CliRunner().invoke(main, ["run", str(write(tmp_path, extra="\n[execute]\nworker = 2\n"))])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "execute.worker: unknown key" in result.output and "'workers'" in result.output
     assert not (tmp_path / "out").exists()
 
@@ -58,5 +58,5 @@ def test_layers_lists_channels_and_sizes():
 def test_unknown_model_is_one_line():
     result = CliRunner().invoke(main, ["layers", "efficientnet-lite"])
     assert (
-        result.exit_code == 1 and "unknown model" in result.output and "efficientnet-lite0" in result.output
+        result.exit_code == 2 and "unknown model" in result.output and "efficientnet-lite0" in result.output
     )

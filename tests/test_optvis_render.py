@@ -166,20 +166,41 @@ def test_spec_dataclass_is_accepted(model):
     assert len(rows) == 1 and rows[0].image.shape == (32, 32, 3)
 
 
-def test_chunks_are_packed_full_without_splitting_groups(model, monkeypatch):
+def _count_passes(monkeypatch) -> list[list[int]]:
+    """Patch the renderer to record, per physical pass, the logical batch size of each part."""
     import atlas.optvis.recipes as recipes
 
-    batches = []
-    real_render = recipes.render
+    passes: list[list[int]] = []
+    real = recipes.render_parts
 
-    def counting_render(model, objective, param, **kwargs):
-        batches.append(param().shape[0])
-        return real_render(model, objective, param, **kwargs)
+    def counting(model, parts, **kwargs):
+        passes.append([part.param().shape[0] for part in parts])
+        return real(model, parts, **kwargs)
 
-    monkeypatch.setattr(recipes, "render", counting_render)
+    monkeypatch.setattr(recipes, "render_parts", counting)
+    return passes
+
+
+def test_chunks_are_packed_full_without_splitting_groups(model, monkeypatch):
+    passes = _count_passes(monkeypatch)
     rows = render_channels(model, "conv1", [0, 1, 2, 3], settings(steps=1))
-    assert sorted(batches) == [8, 8, 8]  # 4 x (3 singles + a group of 3) = 24 images
+    assert passes == [[8], [8], [8]]  # 4 x (3 singles + a group of 3) = 24 images, one chunk a pass on CPU
     assert [r.variant for r in rows if r.channel == 2 and r.objective == "diversity"] == [0, 1, 2]
+
+
+def test_larger_passes_pack_the_same_chunks_with_the_same_results(model, monkeypatch):
+    """A bigger physical batch runs the same fixed chunks together; every image comes out the same."""
+    passes = _count_passes(monkeypatch)
+    chosen = settings(steps=4)
+    one_by_one = render_channels(model, "conv2", [0, 1, 2, 3], chosen)
+    packed = render_channels(model, "conv2", [0, 1, 2, 3], chosen, images_per_pass=16)
+    assert passes == [[8], [8], [8], [8, 8], [8]]
+    assert [(r.channel, r.objective, r.variant) for r in one_by_one] == [
+        (r.channel, r.objective, r.variant) for r in packed
+    ]
+    for alone, together in zip(one_by_one, packed, strict=True):
+        assert abs(alone.activation - together.activation) <= 1e-4 * max(1.0, abs(alone.activation))
+        assert np.abs(alone.image.astype(int) - together.image.astype(int)).max() <= 1
 
 
 def test_mixed_precision_and_bad_precision(model):

@@ -167,3 +167,14 @@ def test_phone_width_fits_the_screen(browser, site: Path, page: str) -> None:
     visit.shot("phone-" + page.replace(".html", "").replace("#", "-"))
     assert visit.errors == []
     visit.page.close()
+
+
+def test_phone_labels_and_channel_view_groups_follow_the_recorded_columns(browser, site: Path) -> None:
+    """The short labels and the channel view's single/set/examples grouping come from job.json."""
+    visit = Visit(browser, (site / "mixed3a.html").as_uri() + "#channel-4", PHONE)
+    label = "(s) => getComputedStyle(document.querySelector(s), '::before').content"
+    assert visit.page.evaluate(label, "#channel-4 .k-max") == '"top"'
+    assert visit.page.evaluate(label, "#channel-4 .k-neuron") == '"neuron"'
+    assert visit.page.locator("#channel-view .big.single").count() == 3  # channel, neuron, negative
+    assert visit.errors == []
+    visit.page.close()

@@ -1,6 +1,14 @@
 """Model registry, preprocessing, layer discovery and truncated forward passes."""
 
-from atlas.models.loaded import LOGITS, LayerInfo, LoadedModel, UnknownLayerError, load_model, pick_device
+from atlas.models.loaded import (
+    LOGITS,
+    LayerInfo,
+    LoadedModel,
+    UnknownLayerError,
+    freeze,
+    load_model,
+    pick_device,
+)
 from atlas.models.registry import ModelError, Preprocessing
 
 __all__ = [
@@ -10,6 +18,7 @@ __all__ = [
     "ModelError",
     "Preprocessing",
     "UnknownLayerError",
+    "freeze",
     "load_model",
     "pick_device",
 ]

@@ -14,11 +14,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from atlas.errors import AtlasError
+from atlas.registry import Registry
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ModelError(ValueError):
+class ModelError(AtlasError, ValueError):
     """A model name, weights option or checkpoint that cannot be used."""
 
 
@@ -31,7 +34,36 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
 
 
-def _efficientnet_lite0(weights: str, checkpoint: Path | None) -> tuple[nn.Module, Preprocessing]:
+Builder = Callable[[str, str, Path | None], tuple[nn.Module, Preprocessing]]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Builds a model from (target, weights, checkpoint); `usage` is how users write its name."""
+
+    build: Builder
+    usage: str
+
+
+# A model name is either a registered name ("tiny-cnn") or "<prefix>:<target>" for a registered
+# prefix ("torchvision:resnet18"); plugins add sources with `@model_source(...)`.
+MODEL_SOURCES: Registry[ModelSource] = Registry("model source", ModelError)
+
+
+def model_source(key: str, usage: str | None = None) -> Callable[[Builder], Builder]:
+    """Decorator: register a model builder under a full name, or under a prefix ending in ':'."""
+
+    def register(builder: Builder) -> Builder:
+        MODEL_SOURCES.register(key, ModelSource(builder, usage or key))
+        return builder
+
+    return register
+
+
+@model_source("efficientnet-lite0")
+def _efficientnet_lite0(
+    _target: str, weights: str, checkpoint: Path | None
+) -> tuple[nn.Module, Preprocessing]:
     from efficientnet_lite_pytorch import EfficientNet
 
     if weights == "none":
@@ -45,7 +77,8 @@ def _efficientnet_lite0(weights: str, checkpoint: Path | None) -> tuple[nn.Modul
     return module, Preprocessing(input_size=224)
 
 
-def _tiny_cnn(weights: str, checkpoint: Path | None) -> tuple[nn.Module, Preprocessing]:
+@model_source("tiny-cnn")
+def _tiny_cnn(_target: str, weights: str, checkpoint: Path | None) -> tuple[nn.Module, Preprocessing]:
     """A small seeded CNN: fast enough for tests, real enough to have structured channels."""
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)
@@ -65,6 +98,7 @@ def _tiny_cnn(weights: str, checkpoint: Path | None) -> tuple[nn.Module, Preproc
     return module, Preprocessing(input_size=64)
 
 
+@model_source("torchvision:", "torchvision:<name>")
 def _torchvision(name: str, weights: str, checkpoint: Path | None) -> tuple[nn.Module, Preprocessing]:
     import torchvision.models as tvm
 
@@ -105,6 +139,7 @@ def _weights_member(enum: type, weights: str) -> object:
         raise ModelError(f"unknown weights {weights!r}; choose one of: default, none, {names}") from err
 
 
+@model_source("module:", "module:<package.module>:<callable>")
 def _user_module(target: str, weights: str, checkpoint: Path | None) -> tuple[nn.Module, Preprocessing]:
     module_name, _, attr = target.rpartition(":")
     if not module_name or not attr:
@@ -136,12 +171,6 @@ def _load_state_dict(path: Path) -> dict:
     return state
 
 
-BUILTIN: dict[str, Callable[[str, Path | None], tuple[nn.Module, Preprocessing]]] = {
-    "efficientnet-lite0": _efficientnet_lite0,
-    "tiny-cnn": _tiny_cnn,
-}
-
-
 def _close(name: str, choices: list[str]) -> str:
     import difflib
 
@@ -153,13 +182,13 @@ def build(
     name: str, weights: str = "default", checkpoint: Path | None = None
 ) -> tuple[nn.Module, Preprocessing]:
     """Build the named model with its weights; raise ModelError naming the fix when impossible."""
-    if name in BUILTIN:
-        return BUILTIN[name](weights, checkpoint)
-    if name.startswith("torchvision:"):
-        return _torchvision(name.split(":", 1)[1], weights, checkpoint)
-    if name.startswith("module:"):
-        return _user_module(name.split(":", 1)[1], weights, checkpoint)
+    if name in MODEL_SOURCES:
+        return MODEL_SOURCES.get(name).build("", weights, checkpoint)
+    prefix, colon, target = name.partition(":")
+    if colon and f"{prefix}:" in MODEL_SOURCES:
+        return MODEL_SOURCES.get(f"{prefix}:").build(target, weights, checkpoint)
+    names = [n for n in MODEL_SOURCES.names() if not n.endswith(":")]
+    usages = [source.usage for source in (MODEL_SOURCES.get(n) for n in MODEL_SOURCES.names())]
     raise ModelError(
-        f"unknown model {name!r}{_close(name, list(BUILTIN))}; use one of {', '.join(BUILTIN)}, "
-        "torchvision:<name> or module:<package.module>:<callable>"
+        f"unknown model {name!r}{_close(name, names)}; use one of {', '.join(usages[:-1])} or {usages[-1]}"
     )

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from atlas.errors import AtlasError
 from atlas.models import LOGITS, LoadedModel
 
 Batch = int | Sequence[int] | None
 
 
-class ObjectiveError(ValueError):
+class ObjectiveError(AtlasError, ValueError):
     """An objective that does not fit the model or the batch it is used with."""
 
 

@@ -15,11 +15,11 @@ from PIL import Image
 
 from atlas.models import LOGITS, LoadedModel
 from atlas.optvis import objectives as obj
+from atlas.optvis.kinds import OBJECTIVES
 from atlas.optvis.param import make_param
 from atlas.optvis.recipes import to_uint8
 from atlas.optvis.render import STEEPEST_DESCENT, RenderError, RenderResult, render
 
-ONE_OFF_OBJECTIVES = ("channel", "neuron", "negative", "deepdream", "logit", "probability", "diversity")
 DESCENTS = ("adam", *STEEPEST_DESCENT)
 PENALTIES = {"l1": obj.l1, "tv": obj.total_variation, "blur": obj.blur}
 
@@ -48,34 +48,34 @@ class OneOffRequest:
 
 def build_objective(request: OneOffRequest) -> obj.Objective:
     """The objective a request names, plus its weighted penalties."""
-    layer, channel = request.layer, request.channel
-    builders = {
-        "channel": lambda: obj.channel(layer, channel),
-        "neuron": lambda: obj.neuron(layer, channel),
-        "negative": lambda: -obj.channel(layer, channel),
-        "deepdream": lambda: obj.deepdream(layer),
-        "logit": lambda: obj.class_logit(channel),
-        "probability": lambda: obj.class_probability(channel),
-        "diversity": lambda: obj.channel(layer, channel) + request.diversity_weight * obj.diversity(layer),
-    }
-    if request.objective not in builders:
-        raise RenderError(
-            f"unknown objective {request.objective!r}; use one of {', '.join(ONE_OFF_OBJECTIVES)}"
-        )
-    objective = builders[request.objective]()
-    for name, weight in request.penalties.items():
+    kind = OBJECTIVES.get(request.objective)
+    objective = kind.term(request.layer, request.channel, None)
+    if kind.diverse:
+        objective = objective + request.diversity_weight * obj.diversity(request.layer)
+    return with_penalties(objective, request.penalties)
+
+
+def with_penalties(objective: obj.Objective, penalties: dict[str, float]) -> obj.Objective:
+    """The objective minus each named penalty (l1, tv, blur) times its weight."""
+    for name, weight in penalties.items():
         if name not in PENALTIES:
             raise RenderError(f"unknown penalty {name!r}; use some of {', '.join(PENALTIES)}")
         objective = objective - weight * PENALTIES[name]()
     return objective
 
 
-def render_one_off(model: LoadedModel, request: OneOffRequest) -> RenderResult:
-    """Render ``request.count`` images of one objective in one batch."""
+def render_one_off(
+    model: LoadedModel, request: OneOffRequest, objective: obj.Objective | None = None
+) -> RenderResult:
+    """Render ``request.count`` images of one objective in one batch.
+
+    ``objective`` replaces the one the request names (layer, channel, objective); the request's
+    penalties still apply, and every other setting comes from the request.
+    """
     if request.descent not in DESCENTS:
         raise RenderError(f"unknown descent {request.descent!r}; use one of {', '.join(DESCENTS)}")
-    if request.objective == "diversity" and request.count < 2:
-        raise RenderError("a diversity render needs at least 2 images (--count)")
+    if objective is None and OBJECTIVES.get(request.objective).diverse and request.count < 2:
+        raise RenderError(f"a {request.objective} render needs at least 2 images (--count)")
     kind, decorrelate, optimizer = request.param, request.decorrelate, "adam"
     if request.descent != "adam":
         kind, decorrelate, optimizer = STEEPEST_DESCENT[request.descent]
@@ -89,7 +89,7 @@ def render_one_off(model: LoadedModel, request: OneOffRequest) -> RenderResult:
     )
     return render(
         model,
-        build_objective(request),
+        build_objective(request) if objective is None else with_penalties(objective, request.penalties),
         param,
         steps=request.steps,
         lr=request.lr,
@@ -102,9 +102,10 @@ def render_one_off(model: LoadedModel, request: OneOffRequest) -> RenderResult:
 
 def read_out(result: RenderResult, request: OneOffRequest) -> list[float]:
     """What each image reached: the channel's mean activation, or the class logit."""
-    if request.objective in ("logit", "probability"):
+    readout = OBJECTIVES.get(request.objective).readout
+    if readout == "logits":
         return result.activations[LOGITS][:, request.channel].tolist()
-    if request.objective == "deepdream":
+    if readout == "layer":
         return result.activations[request.layer].pow(2).mean(dim=(1, 2, 3)).tolist()
     return result.activations[request.layer][:, request.channel].mean(dim=(1, 2)).tolist()
 

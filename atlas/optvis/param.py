@@ -8,11 +8,15 @@ Every parameterization is an ``nn.Module`` whose ``forward()`` returns a batch o
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from atlas.errors import AtlasError
+from atlas.registry import Registry
 
 # Square root of the colour covariance of ImageNet pixels (columns: decorrelated components),
 # the empirical statistic published with lucid; mixing through it makes the optimizer step in a
@@ -23,10 +27,8 @@ IMAGENET_COLOR_CORRELATION_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00,
 SPECTRUM_INIT_STD = 0.01
 FOURIER_IMAGE_SCALE = 0.25
 
-PARAMS = ("fourier", "pixel", "maco")
 
-
-class ParamError(ValueError):
+class ParamError(AtlasError, ValueError):
     """A parameterization that cannot be built from the given options."""
 
 
@@ -171,6 +173,37 @@ class GeneratorParam(nn.Module):
         return images
 
 
+@dataclass(frozen=True)
+class ParamOptions:
+    """What a job or the CLI may set on any parameterization; each kind reads what it uses."""
+
+    seed: int = 0
+    decay_power: float = 1.0
+    decorrelate: bool = True
+    shared: bool = False
+    magnitude: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class ParamKind:
+    """A registered parameterization: its builder, and whether it can share a spectrum."""
+
+    build: Callable[[int, int, ParamOptions], nn.Module]
+    shares: bool = False
+
+
+PARAMS: Registry[ParamKind] = Registry("parameterization", ParamError)
+PARAMS.register(
+    "fourier",
+    ParamKind(
+        lambda batch, size, o: FourierParam(batch, size, o.seed, o.decay_power, o.decorrelate, o.shared),
+        shares=True,
+    ),
+)
+PARAMS.register("pixel", ParamKind(lambda batch, size, o: PixelParam(batch, size, o.seed, o.decorrelate)))
+PARAMS.register("maco", ParamKind(lambda batch, size, o: MacoParam(batch, size, o.seed, o.magnitude)))
+
+
 def make_param(
     kind: str,
     batch: int,
@@ -181,13 +214,9 @@ def make_param(
     shared: bool = False,
     magnitude: torch.Tensor | None = None,
 ) -> nn.Module:
-    """Build a parameterization by the name a job spec or the CLI uses."""
-    if kind == "fourier":
-        return FourierParam(batch, size, seed, decay_power, decorrelate, shared)
-    if shared:
-        raise ParamError(f"shared parameters need param 'fourier', not {kind!r}")
-    if kind == "pixel":
-        return PixelParam(batch, size, seed, decorrelate)
-    if kind == "maco":
-        return MacoParam(batch, size, seed, magnitude)
-    raise ParamError(f"unknown parameterization {kind!r}; use one of {', '.join(PARAMS)}")
+    """Build a parameterization by the name a job spec or the CLI uses (see `PARAMS`)."""
+    entry = PARAMS.get(kind)
+    if shared and not entry.shares:
+        sharing = ", ".join(name for name, k in PARAMS.items() if k.shares)
+        raise ParamError(f"shared parameters need param {sharing!r}, not {kind!r}")
+    return entry.build(batch, size, ParamOptions(seed, decay_power, decorrelate, shared, magnitude))

@@ -16,10 +16,11 @@ import torch
 
 from atlas.models import LoadedModel
 from atlas.optvis import objectives as obj
+from atlas.optvis.autobatch import pass_capacity
+from atlas.optvis.kinds import OBJECTIVES, Term, channel_objectives
 from atlas.optvis.param import make_param
-from atlas.optvis.render import RenderError, RenderResult, render
+from atlas.optvis.render import RenderError, RenderPart, RenderResult, render_parts
 
-CHANNEL_OBJECTIVES = ("channel", "neuron", "negative", "diversity")
 # Weight of the neighbour-alignment term in interpolations, relative to the channel objectives.
 ALIGNMENT_WEIGHT = 1e-2
 
@@ -63,15 +64,14 @@ def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
     return list(array)
 
 
-def _run(
-    model: LoadedModel,
+def _part(
     objective: obj.Objective,
     settings: RenderSettings,
     batch: int,
     seed: int,
     labels: Sequence[str],
     shared: bool = False,
-) -> RenderResult:
+) -> RenderPart:
     param = make_param(
         settings.param,
         batch,
@@ -81,18 +81,44 @@ def _run(
         decorrelate=settings.decorrelate,
         shared=shared,
     )
-    return render(
+    return RenderPart(objective, param, seed, labels)
+
+
+def _render(model: LoadedModel, parts: Sequence[RenderPart], settings: RenderSettings) -> list[RenderResult]:
+    return render_parts(
         model,
-        objective,
-        param,
+        parts,
         steps=settings.steps,
         lr=settings.lr,
         transforms=settings.transforms,
-        seed=seed,
         snapshots=tuple(getattr(settings, "snapshots", ())),
         precision=settings.precision,
-        labels=labels,
     )
+
+
+def _run(
+    model: LoadedModel,
+    objective: obj.Objective,
+    settings: RenderSettings,
+    batch: int,
+    seed: int,
+    labels: Sequence[str],
+    shared: bool = False,
+) -> RenderResult:
+    return _render(model, [_part(objective, settings, batch, seed, labels, shared)], settings)[0]
+
+
+def _passes(sizes: Sequence[int], capacity: int) -> list[list[int]]:
+    """Consecutive chunks grouped into physical batches of at most ``capacity`` images each."""
+    passes: list[list[int]] = []
+    filled = capacity
+    for index, size in enumerate(sizes):
+        if filled + size > capacity:
+            passes.append([])
+            filled = 0
+        passes[-1].append(index)
+        filled += size
+    return passes
 
 
 @dataclass(frozen=True)
@@ -132,73 +158,83 @@ def _check_channels(model: LoadedModel, layer: str, channels: Sequence[int]) -> 
 
 def _chunk_objective(layer: str, chunk: Sequence[_Item], settings: RenderSettings) -> obj.Objective:
     """One objective for a whole chunk: a few vectorized terms, not one term per element."""
-    by_kind: dict[str, tuple[list[int], list[int]]] = {}
+    by_term: dict[Term, tuple[list[int], list[int]]] = {}
     groups: list[list[int]] = []
     position = 0
     for item in chunk:
-        kind = "channel" if item.objective == "diversity" else item.objective
-        elements, channels = by_kind.setdefault(kind, ([], []))
+        kind = OBJECTIVES.get(item.objective)
+        elements, channels = by_term.setdefault(kind.term, ([], []))
         members = list(range(position, position + item.count))
         elements.extend(members)
         channels.extend([item.channel] * item.count)
-        if item.objective == "diversity" and item.count > 1:
+        if kind.diverse and item.count > 1:
             groups.append(members)
         position += item.count
-    terms: list[obj.Objective] = []
-    for kind, (elements, channels) in by_kind.items():
-        if kind == "neuron":
-            terms.append(obj.neuron(layer, channels, batch=elements))
-        else:
-            term = obj.channel(layer, channels, batch=elements)
-            terms.append(-term if kind == "negative" else term)
+    terms = [term(layer, channels, elements) for term, (elements, channels) in by_term.items()]
     if groups:
         terms.append(settings.diversity_weight * obj.diversity(layer, groups))
     return sum(terms[1:], terms[0])
 
 
 def _label(channel: int, objective: str, variant: int, count: int) -> str:
-    if objective == "diversity":
-        return f"channel {channel} (diversity {variant + 1}/{count})"
+    if OBJECTIVES.get(objective).diverse:
+        return f"channel {channel} ({objective} {variant + 1}/{count})"
     if objective == "channel":
         return f"channel {channel}"
     return f"channel {channel} ({objective})"
 
 
 def render_channels(
-    model: LoadedModel, layer: str, channels: Sequence[int], settings: RenderSettings
+    model: LoadedModel,
+    layer: str,
+    channels: Sequence[int],
+    settings: RenderSettings,
+    images_per_pass: int | None = None,
 ) -> list[RenderedImage]:
     """Every requested objective for every channel, in as few batched optimizations as fit.
 
-    Objectives come from ``settings.objectives`` (channel, neuron, negative, diversity); the
-    images are packed into chunks of ``settings.batch`` and each chunk is one optimization.
+    Objectives come from ``settings.objectives`` (see ``atlas.optvis.kinds``); the
+    images are packed into chunks of ``settings.batch``, and each chunk is one optimization
+    with its own seed: the chunks decide the pictures (and the content key holds the batch).
+    Several chunks share each step's forward pass when ``images_per_pass`` allows (default: as
+    many as the free GPU memory holds, see ``atlas.optvis.autobatch``; on CPU one chunk a pass).
     """
-    unknown = [o for o in settings.objectives if o not in CHANNEL_OBJECTIVES]
+    known = channel_objectives()
+    unknown = [o for o in settings.objectives if o not in known]
     if unknown:
-        raise RenderError(
-            f"unknown render objective {unknown[0]!r}; use some of {', '.join(CHANNEL_OBJECTIVES)}"
-        )
+        raise RenderError(f"unknown render objective {unknown[0]!r}; use some of {', '.join(known)}")
     layer = model.resolve_layer(layer)
     _check_channels(model, layer, channels)
     items = [
-        _Item(c, o, settings.diversity if o == "diversity" else 1)
+        _Item(c, o, settings.diversity if OBJECTIVES.get(o).diverse else 1)
         for c in channels
         for o in settings.objectives
     ]
-    rows: list[RenderedImage] = []
-    for index, chunk in enumerate(_pack(items, settings.batch)):
-        slots = [(item, variant) for item in chunk for variant in range(item.count)]
-        labels = [f"{layer} {_label(i.channel, i.objective, v, i.count)}" for i, v in slots]
-        result = _run(
-            model,
+    chunks = _pack(items, settings.batch)
+    slots = [[(item, variant) for item in chunk for variant in range(item.count)] for chunk in chunks]
+    parts = [
+        _part(
             _chunk_objective(layer, chunk, settings),
             settings,
-            len(slots),
+            len(chunk_slots),
             settings.seed + index,
-            labels,
+            [f"{layer} {_label(i.channel, i.objective, v, i.count)}" for i, v in chunk_slots],
         )
+        for index, (chunk, chunk_slots) in enumerate(zip(chunks, slots, strict=True))
+    ]
+    capacity = (
+        images_per_pass
+        if images_per_pass is not None
+        else pass_capacity(model, settings.batch, settings.size)
+    )
+    results: list[RenderResult] = []
+    for group in _passes([len(s) for s in slots], capacity):
+        results += _render(model, [parts[i] for i in group], settings)
+    rows: list[RenderedImage] = []
+    for chunk_slots, result in zip(slots, results, strict=True):
         means = result.activations[layer].mean(dim=(2, 3))
         images = to_uint8(result.images)
-        for element, (item, variant) in enumerate(slots):
+        for element, (item, variant) in enumerate(chunk_slots):
             rows.append(
                 RenderedImage(
                     layer=layer,

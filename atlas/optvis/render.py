@@ -7,18 +7,20 @@ stops at the deepest layer any objective reads) and one backward, whatever the b
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from atlas.errors import AtlasError
 from atlas.models import LoadedModel
 from atlas.optvis.objectives import Objective, ObjectiveError, StepState
 from atlas.optvis.transforms import Transform, preset
+from atlas.registry import Registry
 
 OPTIMIZERS = ("adam", "l2", "linf")
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The article's three notions of steepest descent, as (parameterization, decorrelate, optimizer).
 STEEPEST_DESCENT: dict[str, tuple[str, bool, str]] = {
     "l2": ("pixel", False, "l2"),
@@ -27,8 +29,15 @@ STEEPEST_DESCENT: dict[str, tuple[str, bool, str]] = {
 }
 
 
-class RenderError(RuntimeError):
+class RenderError(AtlasError, RuntimeError):
     """An optimization that cannot run or that diverged; the message names the unit and step."""
+
+
+# Precision name -> autocast dtype (None: plain fp32, no autocast).
+PRECISIONS: Registry[torch.dtype | None] = Registry("precision", RenderError)
+PRECISIONS.register("fp32", None)
+PRECISIONS.register("fp16", torch.float16)
+PRECISIONS.register("bf16", torch.bfloat16)
 
 
 @dataclass
@@ -78,9 +87,7 @@ def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torc
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision not in PRECISIONS:
-        raise RenderError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    dtype = PRECISIONS[precision]
+    dtype = PRECISIONS.get(precision)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -110,6 +117,22 @@ def _check_finite(loss: torch.Tensor, images: torch.Tensor, labels: Sequence[str
         )
 
 
+@dataclass
+class RenderPart:
+    """One logical batch: its own objective, parameterization, seed and labels.
+
+    Parts rendered together share each step's model forward and backward (what fills a GPU)
+    but nothing else: each draws its transforms from its own seeded generator and reads only its
+    own slice of the activations, so a part's result does not depend on its companions (up to
+    the floating-point effect of a larger batch on the convolutions).
+    """
+
+    objective: Objective
+    param: nn.Module
+    seed: int = 0
+    labels: Sequence[str] | None = None
+
+
 def render(
     model: LoadedModel,
     objective: Objective,
@@ -128,44 +151,79 @@ def render(
     ``labels`` name the batch elements in error messages; ``snapshots`` are steps (1-based) at
     which to keep a copy of the images. Deterministic on CPU for a given seed.
     """
+    part = RenderPart(objective, param, seed, labels)
+    return render_parts(model, [part], steps, lr, transforms, optimizer, snapshots, precision)[0]
+
+
+def _slices(sizes: Sequence[int]) -> list[slice]:
+    ends = list(itertools.accumulate(sizes))
+    return [slice(end - size, end) for size, end in zip(sizes, ends, strict=True)]
+
+
+def render_parts(
+    model: LoadedModel,
+    parts: Sequence[RenderPart],
+    steps: int = 256,
+    lr: float = 0.05,
+    transforms: str | Transform = "standard",
+    optimizer: str = "adam",
+    snapshots: Sequence[int] = (),
+    precision: str = "fp32",
+) -> list[RenderResult]:
+    """Render several logical batches in one physical batch; one result per part, in order."""
     if steps < 1:
         raise RenderError(f"steps must be at least 1, got {steps}")
-    try:
-        objective.validate(model)
-    except ObjectiveError as err:
-        raise RenderError(str(err)) from err
-    layers = sorted(objective.layers)
-    if not layers:
-        raise RenderError(f"objective {objective.name!r} reads no layer of the model; add one")
+    if not parts:
+        return []
+    for part in parts:
+        try:
+            part.objective.validate(model)
+        except ObjectiveError as err:
+            raise RenderError(str(err)) from err
+        if not part.objective.layers:
+            raise RenderError(f"objective {part.objective.name!r} reads no layer of the model; add one")
+    layers = sorted(set().union(*(part.objective.layers for part in parts)))
     transform = preset(transforms) if isinstance(transforms, str) else transforms
-    param = param.to(model.device)
-    trainable = [p for p in param.parameters() if p.requires_grad]
+    params = [part.param.to(model.device) for part in parts]
+    trainable = [p for param in params for p in param.parameters() if p.requires_grad]
     opt = make_optimizer(optimizer, trainable, lr)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    generators = [torch.Generator(device="cpu").manual_seed(part.seed) for part in parts]
     cast = _autocast(model.device, precision)
     losses: list[torch.Tensor] = []
-    kept: dict[int, torch.Tensor] = {}
+    kept: dict[int, list[torch.Tensor]] = {}
     wanted_snapshots = set(snapshots)
+    spans: list[slice] = []
     for step in range(1, steps + 1):
         opt.zero_grad(set_to_none=True)
-        images = param()
+        images = [param() for param in params]
+        spans = spans or _slices([len(batch) for batch in images])
+        seen = [transform(batch, gen) for batch, gen in zip(images, generators, strict=True)]
         with cast:
-            activations = model.activations(transform(images, generator), layers)
-        score = objective(StepState(activations, images))
+            activations = model.activations(seen[0] if len(seen) == 1 else torch.cat(seen), layers)
+        score = torch.cat(
+            [
+                part.objective(StepState({n: a[span] for n, a in activations.items()}, batch))
+                for part, span, batch in zip(parts, spans, images, strict=True)
+            ]
+        )
         (-score.sum()).backward()
         opt.step()
         losses.append(-score.detach())
         if step in wanted_snapshots:
             with torch.no_grad():
-                kept[step] = param().detach().float().cpu()
+                kept[step] = [param().detach().float().cpu() for param in params]
     loss = torch.stack(losses).float().cpu()
     with torch.no_grad():
-        final = param().detach()
-        _check_finite(loss, final.float().cpu(), labels)
-        activations = model.activations(final, layers)
-    return RenderResult(
-        images=final.float().cpu(),
-        activations={name: act.float().cpu() for name, act in activations.items()},
-        loss=loss,
-        snapshots=kept,
-    )
+        finals = [param().detach() for param in params]
+        for part, span, final in zip(parts, spans, finals, strict=True):
+            _check_finite(loss[:, span], final.float().cpu(), part.labels)
+        activations = model.activations(torch.cat(finals) if len(finals) > 1 else finals[0], layers)
+    return [
+        RenderResult(
+            images=final.float().cpu(),
+            activations={name: act[span].float().cpu() for name, act in activations.items()},
+            loss=loss[:, span],
+            snapshots={step: images[index] for step, images in kept.items()},
+        )
+        for index, (span, final) in enumerate(zip(spans, finals, strict=True))
+    ]

@@ -17,11 +17,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from atlas.errors import AtlasError
+from atlas.registry import Registry
+
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 DEFAULT_FILL = 0.5
 
 
-class TransformError(ValueError):
+class TransformError(AtlasError, ValueError):
     """A transform preset or argument that cannot be used."""
 
 
@@ -177,15 +180,13 @@ def _distill() -> list[Step]:
     ]
 
 
-PRESETS: dict[str, Callable[[], list[Step]]] = {
-    "none": list,
-    "standard": _standard,
-    "distill": _distill,
-}
+# Registration order is the order users see: the default first.
+PRESETS: Registry[Callable[[], list[Step]]] = Registry("transforms", TransformError)
+PRESETS.register("standard", _standard)
+PRESETS.register("distill", _distill)
+PRESETS.register("none", list)
 
 
 def preset(name: str) -> Transform:
-    """The named transform set: ``none``, ``standard`` (lucid) or ``distill`` (the appendix)."""
-    if name not in PRESETS:
-        raise TransformError(f"unknown transforms {name!r}; use one of {', '.join(PRESETS)}")
-    return compose(PRESETS[name]())
+    """The named transform set: ``standard`` (lucid), ``distill`` (the appendix), ``none``..."""
+    return compose(PRESETS.get(name)())

@@ -17,11 +17,14 @@ from importlib import resources
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 
+from atlas.errors import AtlasError
 from atlas.outdir import check_site_folder, marker_job, write_marker
 from atlas.safefs import folder_mode, remove, swap_folder
 from atlas.site.changes import build_summary, channel_ranges, diff_builds, load_summary
-from atlas.site.channels import BUCKETS, OPTIMIZED_OBJECTIVES, ChannelEntry, PreviousSprites, read_layer
+from atlas.site.channels import BUCKETS, ChannelEntry, PreviousSprites, read_layer
+from atlas.site.columns import Column, job_columns
 from atlas.site.images import LayerImages, Picture
 from atlas.site.interactions import read_interactions
 from atlas.site.slugs import layer_slugs
@@ -35,7 +38,6 @@ DETAILS_FILE = "details.js"
 SAMPLES_PER_LAYER = 6
 SKIPPED_PAGE = "skipped.html"
 SKIPPED_SHOWN = 10_000  # rows on the skipped-inputs page; the store's `skipped` table has them all
-# Column order of a channel row; the CSS shows a subset per view (appendix or spectrum).
 JOB_DEFAULTS = {
     "name": "",
     "model": "",
@@ -46,19 +48,9 @@ JOB_DEFAULTS = {
     "layers": [],
     "spec": {},
 }
-ROW_COLUMNS = (
-    "channel",
-    "neuron",
-    "diversity",
-    "max",
-    "negative",
-    "min",
-    "slightly_negative",
-    "slightly_positive",
-)
 
 
-class SiteError(RuntimeError):
+class SiteError(AtlasError, RuntimeError):
     """The site cannot be built from this folder; the message says what to do instead."""
 
 
@@ -150,6 +142,7 @@ def _environment() -> Environment:
     env.filters["values"] = lambda values: " ".join(_format_value(v) for v in values)
     env.filters["ranges"] = channel_ranges
     env.filters["when"] = _format_time
+    env.filters["css_string"] = _css_string
     return env
 
 
@@ -158,6 +151,12 @@ def _format_value(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return "–"
     return f"{value:.3g}"
+
+
+def _css_string(text: str) -> Markup:
+    """Text as a quoted CSS string inside <style>, where HTML escapes are not decoded."""
+    escaped = "".join(f"\\{ord(c):x} " if c in '"\\<>\n' else c for c in str(text))
+    return Markup(f'"{escaped}"')
 
 
 def _format_time(value: object) -> str:
@@ -207,7 +206,13 @@ def _build_into(
         )
         for layer in plan
     ]
-    common = {"job": job, "built": built, "nav": summaries, "settings": _settings(job)}
+    common = {
+        "job": job,
+        "built": built,
+        "nav": summaries,
+        "settings": _settings(job),
+        "all_columns": job_columns(job),
+    }
     if workers is None:
         workers = auto_workers(sum(summary.planned or 0 for summary in summaries))
     with ComposeJobs(workers) as jobs:
@@ -260,17 +265,22 @@ def _build_layer(
 ) -> None:
     """Write one layer's images and pages, then keep only its summary."""
     root = images.root
-    content = read_layer(store, summary.name, images, layer.get("channels") or (), inputs, earlier)
+    all_columns: list[Column] = common["all_columns"]
+    content = read_layer(
+        store, summary.name, images, layer.get("channels") or (), inputs, all_columns, earlier
+    )
     interactions = read_interactions(content.interaction_renders, content.direction_examples, images)
     channels = content.channels
     summary.shown = len(channels)
-    summary.optimized = sum(any(o in c.values for o in OPTIMIZED_OBJECTIVES) for c in channels)
+    single = [column.name for column in all_columns if column.kind == "optimized"]
+    summary.optimized = sum(any(o in c.values for o in single) for c in channels)
     summary.with_examples = sum(any(b in c.values for b in BUCKETS) for c in channels)
-    summary.samples = _samples(channels, content.layout)
+    summary.samples = _samples(channels, content.layout, all_columns)
     summary.has_interactions = interactions is not None
     summary.sprite_keys = {str(c.channel): c.sprite_key for c in channels if c.sprite is not None}
     _write_details(images.folder / DETAILS_FILE, summary.slug, channels)
-    columns = _row_columns(channels, common["job"])
+    columns = _row_columns(channels, common["job"], all_columns)
+    shown = {column.name for column in columns}
     page = {
         "current": summary,
         "layer": summary,
@@ -283,7 +293,8 @@ def _build_layer(
     env.get_template("layer.html").stream(
         channels=channels,
         columns=columns,
-        grids={c: [r.columns, r.rows] for c, r in layout.regions.items() if c in columns} if layout else {},
+        grids={c: [r.columns, r.rows] for c, r in layout.regions.items() if c in shown} if layout else {},
+        kinds={column.name.replace("_", "-"): column.kind for column in columns},
         **page,
     ).dump(str(root / f"{summary.slug}.html"), encoding="utf-8")
     if interactions is not None:
@@ -337,11 +348,14 @@ def _write_details(path: Path, slug: str, channels: list[ChannelEntry]) -> None:
     )
 
 
-def _samples(channels: list[ChannelEntry], layout: SpriteLayout | None) -> list[Sample]:
-    """The first few channels' optimized images, cropped out of their sprites for the index."""
+def _samples(
+    channels: list[ChannelEntry], layout: SpriteLayout | None, columns: list[Column]
+) -> list[Sample]:
+    """The first few channels' positive optimized images, cropped out of their sprites for the index."""
+    positive = [c.name for c in columns if c.kind == "optimized" and c.side == "positive"]
     samples: list[Sample] = []
     for entry in channels:
-        column = next((c for c in ("channel", "neuron") if c in entry.values), None)
+        column = next((c for c in positive if c in entry.values), None)
         if column is not None and entry.sprite is not None and layout is not None:
             samples.append(
                 Sample(entry.channel, entry.sprite, layout.crop_style(column), layout.aspect(column))
@@ -351,14 +365,14 @@ def _samples(channels: list[ChannelEntry], layout: SpriteLayout | None) -> list[
     return samples
 
 
-def _row_columns(channels: list[ChannelEntry], job: dict) -> list[str]:
+def _row_columns(channels: list[ChannelEntry], job: dict, columns: list[Column]) -> list[Column]:
     """Row columns, in row order: those some channel fills, and the objectives the job asked for
     (so renders that failed show as empty cells rather than vanish)."""
     wanted = {column for entry in channels for column in entry.values}
     render = (job.get("spec") or {}).get("render")
     if isinstance(render, dict) and render.get("enabled", True):
         wanted.update(str(objective) for objective in render.get("objectives") or ())
-    return [column for column in ROW_COLUMNS if column in wanted]
+    return [column for column in columns if column.name in wanted]
 
 
 def _settings(job: dict) -> list[tuple[str, list[tuple[str, str]]]]:

@@ -10,19 +10,19 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
+from atlas.site.columns import Column
 from atlas.site.images import LayerImages, Picture
 from atlas.site.sheets import png_size
 from atlas.site.sprites import SpriteLayout, sprite_layout
 from atlas.site.svg import HistogramShape, histogram_shape
 from atlas.store import Store
 
-OPTIMIZED_OBJECTIVES = ("channel", "neuron", "negative")
 INTERACTION_OBJECTIVES = ("direction", "pair", "interpolation")
 BUCKETS = ("max", "min", "slightly_positive", "slightly_negative")
 
@@ -69,7 +69,7 @@ class _Rows:
     """Row numbers of one channel's images in the layer's render and examples tables."""
 
     optimized: dict[str, int] = field(default_factory=dict)  # objective -> row
-    diversity: dict[int, int] = field(default_factory=dict)  # variant -> row
+    diversity: dict[int, int] = field(default_factory=dict)  # variant -> row of the diverse objective
     buckets: dict[str, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))  # rank -> row
 
 
@@ -93,6 +93,7 @@ def read_layer(
     images: LayerImages,
     expected: Iterable[int],
     inputs: Callable[[int], str],
+    columns: Sequence[Column],
     previous: PreviousSprites | None = None,
 ) -> LayerContent:
     """Read render, examples and histogram shards of one layer and queue one sprite per channel.
@@ -100,7 +101,10 @@ def read_layer(
     `inputs(channel)` names what a channel's sprite is made from (the content keys of its units);
     with the layout it gives the sprite's key, and a sprite of the previous build with the same
     key is linked rather than composed again, so a nightly rebuild redoes only what changed.
+    `columns` (from job.json) say which objectives are single images and which one is a set.
     """
+    optimized = [c.name for c in columns if c.kind == "optimized"]
+    diverse = next((c.name for c in columns if c.kind == "diverse"), None)
     entries: dict[int, ChannelEntry] = {c: ChannelEntry(c) for c in expected}
     renders = _read(store, "render", layer, RENDER_COLUMNS)
     examples = _read(store, "examples", layer, EXAMPLE_COLUMNS)
@@ -110,9 +114,9 @@ def read_layer(
         objectives = renders.column("objective").to_pylist()
         variants = renders.column("variant").to_pylist()
         for row, channel in enumerate(renders.column("channel").to_pylist()):
-            if channel >= 0 and objectives[row] == "diversity":
+            if channel >= 0 and objectives[row] == diverse:
                 rows[channel].diversity[variants[row]] = row
-            elif channel >= 0 and objectives[row] in OPTIMIZED_OBJECTIVES:
+            elif channel >= 0 and objectives[row] in optimized:
                 rows[channel].optimized[objectives[row]] = row
         interactions = renders.filter(pa.array([o in INTERACTION_OBJECTIVES for o in objectives]))
         interaction_renders = interactions if interactions.num_rows else None
@@ -124,14 +128,14 @@ def read_layer(
                 rows[channel].buckets[buckets[row]][ranks[row]] = row
         directions = examples.filter(pa.array([c < 0 for c in channels]))
         direction_examples = directions if directions.num_rows else None
-    layout = _layout(rows, renders, examples)
+    layout = _layout(rows, renders, examples, optimized, diverse or "")
     for channel in sorted(rows):
         entry = entries.setdefault(channel, ChannelEntry(channel))
         entry.sprite_key = hashlib.sha256(f"{SPRITE_FORMAT}|{layout}|{inputs(channel)}".encode()).hexdigest()[
             :24
         ]
         earlier = previous.reusable(channel, entry.sprite_key) if previous else None
-        _queue_sprite(entry, rows[channel], layout, renders, examples, images, earlier)
+        _queue_sprite(entry, rows[channel], layout, diverse or "", renders, examples, images, earlier)
     histograms = store.read("histogram", layer, HISTOGRAM_COLUMNS)
     if histograms is not None:
         for row in histograms.to_pylist():
@@ -149,12 +153,16 @@ def _read(store: Store, kind: str, layer: str, columns: list[str]) -> pa.Table |
 
 
 def _layout(
-    rows: dict[int, _Rows], renders: pa.Table | None, examples: pa.Table | None
+    rows: dict[int, _Rows],
+    renders: pa.Table | None,
+    examples: pa.Table | None,
+    optimized: Sequence[str],
+    diverse: str,
 ) -> SpriteLayout | None:
     """The layer's sprite layout: present objectives, largest diversity set and bucket sizes."""
     if not rows:
         return None
-    objectives = [o for o in OPTIMIZED_OBJECTIVES if any(o in r.optimized for r in rows.values())]
+    objectives = [o for o in optimized if any(o in r.optimized for r in rows.values())]
     diversity = max(len(r.diversity) for r in rows.values())
     buckets = [(b, max(len(r.buckets.get(b, ())) for r in rows.values())) for b in BUCKETS]
     buckets = [(bucket, count) for bucket, count in buckets if count]
@@ -169,13 +177,14 @@ def _layout(
     )
     if first_crop is not None:
         crop_size = png_size(examples.column("crop")[first_crop].as_py())
-    return sprite_layout(objectives, optimized_size, diversity, buckets, crop_size)
+    return sprite_layout(objectives, optimized_size, diversity, buckets, crop_size, diverse)
 
 
 def _queue_sprite(
     entry: ChannelEntry,
     rows: _Rows,
     layout: SpriteLayout,
+    diverse: str,
     renders: pa.Table | None,
     examples: pa.Table | None,
     images: LayerImages,
@@ -194,8 +203,8 @@ def _queue_sprite(
         if rows.diversity:
             ordered = [rows.diversity[v] for v in sorted(rows.diversity)]
             if pixels:
-                placements += layout.placements("diversity", [pngs[r].as_py() for r in ordered])
-            entry.values["diversity"] = tuple(_number(reached[r].as_py()) for r in ordered)
+                placements += layout.placements(diverse, [pngs[r].as_py() for r in ordered])
+            entry.values[diverse] = tuple(_number(reached[r].as_py()) for r in ordered)
     if examples is not None:
         crops, values = examples.column("crop"), examples.column("activation")
         sources, xs, ys = examples.column("source_id"), examples.column("x"), examples.column("y")

@@ -72,8 +72,10 @@ def sprite_layout(
     diversity: int,
     buckets: Sequence[tuple[str, int]],
     crop_size: tuple[int, int],
+    diverse: str = "diversity",
 ) -> SpriteLayout:
-    """Optimized images and the diversity set on the first row, example grids on the second."""
+    """Optimized images and the diversity set (column `diverse`) on the first row, example grids
+    on the second."""
     regions: dict[str, Region] = {}
     opt_w, opt_h = optimized_size
     x = 0
@@ -81,7 +83,7 @@ def sprite_layout(
         regions[objective] = Region(x, 0, opt_w, opt_h)
         x += opt_w + GUTTER
     if diversity:
-        regions["diversity"] = Region(x, 0, opt_w * diversity, opt_h, diversity, 1)
+        regions[diverse] = Region(x, 0, opt_w * diversity, opt_h, diversity, 1)
         x += opt_w * diversity + GUTTER
     first_row_height = opt_h + GUTTER if regions else 0
     crop_w, crop_h = crop_size

@@ -41,6 +41,8 @@
     const jump = document.getElementById("jump");
     let current = null;
     const grids = JSON.parse(list.dataset.grids || "{}"); // column -> [columns, rows] of its grid
+    // column class -> "optimized" (one image), "diverse" (a set) or "examples" (from job.json)
+    const kinds = JSON.parse(list.dataset.kinds || "{}");
     let detailsState = "none"; // "loading", "ready" or "failed": details.js is loaded on first open
 
     function details(channel) {
@@ -117,7 +119,7 @@
       figure.appendChild(caption);
       caption.appendChild(make("b", "", columnLabel(kind)));
       const values = (source.dataset.v || "").split(" ").filter(Boolean);
-      if (kind === "channel" || kind === "neuron" || kind === "negative") {
+      if (kinds[kind] === "optimized") {
         figure.classList.add("single");
         if (values.length) caption.appendChild(document.createTextNode(" · reaches " + values[0]));
         const curve = sparkline(extra.loss[kind] || []);
@@ -129,7 +131,7 @@
       }
       const cols = grid[0];
       const rowsCount = grid[1];
-      frame.style.width = Math.min(cols * (kind === "diversity" ? BIG_DIVERSITY : BIG_CELL), 840) + "px";
+      frame.style.width = Math.min(cols * (kinds[kind] === "diverse" ? BIG_DIVERSITY : BIG_CELL), 840) + "px";
       const overlay = make("div", "values");
       overlay.style.gridTemplateColumns = "repeat(" + cols + ", 1fr)";
       overlay.style.gridTemplateRows = "repeat(" + rowsCount + ", 1fr)";
@@ -167,7 +169,7 @@
       row.querySelectorAll(".cell").forEach(function (cell) {
         if (cell.classList.contains("k-num") || cell.classList.contains("none")) return;
         const kind = Array.from(cell.classList).find(function (name) { return name.startsWith("k-"); }).slice(2);
-        const isExample = ["max", "min", "slightly-negative", "slightly-positive"].indexOf(kind) >= 0;
+        const isExample = kinds[kind] === "examples";
         groups[isExample ? "examples" : "optimized"].push(bigFigure(cell, kind, extra));
       });
       // single images first, then the diversity set on its own line

@@ -1,0 +1,105 @@
+"""Named choices, one registry per kind: the single list that checks, CLI choices and docs read.
+
+Objectives, parameterizations, transform presets, precisions, unit kinds and model sources are
+each a `Registry`. The code that implements a choice registers it next to its definition; the
+spec's checks, click's `Choice` options, the site's columns and the docs' tables ask the
+registry, so adding a choice is one edit in one place.
+
+Plugins: an installed package lists modules under the entry point group `neuron_atlas.plugins`
+(`[project.entry-points."neuron_atlas.plugins"] mine = "mine.atlas_plugin"`); each registry
+imports them all on its first lookup, in every process (CLI, driver and Ray workers alike), so a
+plugin's names are valid everywhere the package is installed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from importlib.metadata import entry_points
+from typing import Generic, TypeVar
+
+from atlas.errors import AtlasError
+
+PLUGIN_GROUP = "neuron_atlas.plugins"
+
+T = TypeVar("T")
+
+_plugins_loaded = False
+
+
+class RegistryError(AtlasError, ValueError):
+    """A name registered twice, or a plugin that cannot be imported."""
+
+
+def load_plugins() -> None:
+    """Import every module listed under the `neuron_atlas.plugins` entry point group, once."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True  # before importing: a plugin may look names up while it registers
+    for point in entry_points(group=PLUGIN_GROUP):
+        try:
+            point.load()
+        except Exception as err:
+            raise RegistryError(
+                f"plugin {point.name!r} ({point.value}) failed to import: {err}; fix or uninstall "
+                f"the package that declares it under the {PLUGIN_GROUP!r} entry points"
+            ) from err
+
+
+def close_matches(name: str, options: list[str]) -> str:
+    """`did you mean 'a' or 'b'? ` for a misspelt name, or nothing."""
+    match = difflib.get_close_matches(name, options, n=3, cutoff=0.5)
+    return f"did you mean {' or '.join(repr(m) for m in match)}? " if match else ""
+
+
+class Registry(Generic[T]):
+    """Names of one kind in registration order, each mapped to what implements it.
+
+    `what` names the kind in messages ("parameterization"); `error` is the exception a failed
+    lookup raises, so callers keep catching the error family of their module.
+    """
+
+    def __init__(self, what: str, error: type[AtlasError] = RegistryError):
+        self.what = what
+        self.error = error
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str, value: T) -> T:
+        """Add `name`; a second registration of a name is a mistake, not an override."""
+        if name in self._entries:
+            raise RegistryError(f"{self.what} {name!r} is registered twice; choose another name")
+        self._entries[name] = value
+        return value
+
+    def names(self) -> tuple[str, ...]:
+        load_plugins()
+        return tuple(self._entries)
+
+    def items(self) -> list[tuple[str, T]]:
+        load_plugins()
+        return list(self._entries.items())
+
+    def get(self, name: str) -> T:
+        """The entry for `name`, or this registry's error naming close matches and the choices."""
+        load_plugins()
+        if name not in self._entries:
+            raise self.unknown(name)
+        return self._entries[name]
+
+    def unknown(self, name: str) -> AtlasError:
+        """The error for a name that is not registered: close matches, then every choice."""
+        names = list(self._entries)
+        return self.error(
+            f"unknown {self.what} {name!r}; {close_matches(name, names)}use one of {', '.join(names)}"
+        )
+
+    def __contains__(self, name: object) -> bool:
+        load_plugins()
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __repr__(self) -> str:
+        return f"Registry({self.what}: {', '.join(self._entries)})"

@@ -1,0 +1,129 @@
+"""CUDA checks, run by scripts/gpu_check.sh on a GPU machine (`pytest -m gpu`); skipped without CUDA.
+
+They need no Ray: units run in this process through `run_unit`, as a worker runs them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from atlas.data import open_source
+from atlas.examples import scan_shard
+from atlas.models import load_model
+from atlas.optvis import make_param, render, render_channels
+from atlas.optvis import objectives as obj
+from atlas.optvis.autobatch import DEFAULT_CAP, pass_capacity
+from atlas.plan import ModelFacts, make_plan
+from atlas.provenance import render_differences
+from atlas.spec import RenderSpec, parse_spec
+from atlas.units import UnitFailed, make_context, run_unit
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+SPEC = """
+[model]
+name = "{model}"
+[[layers]]
+name = "{layer}"
+channels = "0:2"
+[render]
+steps = 24
+size = 48
+batch = 2
+objectives = ["channel", "negative"]
+precision = "{precision}"
+[examples]
+enabled = false
+"""
+
+
+def _unit_tables(model: str, layer: str, precision: str = "fp32") -> dict:
+    spec = parse_spec(SPEC.format(model=model, layer=layer, precision=precision))
+    context = make_context(spec, "cuda")
+    facts = ModelFacts(context.model.digest, {layer: context.model.channels(layer)})
+    (unit,) = make_plan(spec, facts, [], []).units
+    return run_unit(context, unit)
+
+
+def test_model_parameters_and_results_are_on_the_gpu():
+    model = load_model("tiny-cnn", device="cuda")
+    assert all(p.device.type == "cuda" for p in model.module.parameters())
+    assert all(a.device.type == "cuda" for a, _ in model.folded.affine.values())
+    acts = model.activations(torch.rand(2, 3, 64, 64, device="cuda"), ["conv2"])
+    assert acts["conv2"].device.type == "cuda"
+    result = render(model, obj.channel("conv2", 1), make_param("fourier", 2, 48), steps=4)
+    assert result.images.device.type == "cpu" and torch.isfinite(result.images).all()
+
+
+def test_unit_records_its_gpu_provenance():
+    table = _unit_tables("tiny-cnn", "conv2")["render"]
+    info = json.loads(table.schema.metadata[b"atlas.provenance"])
+    assert info["device"].startswith("cuda") and info["cuda"] and info["device_name"]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_autocast_keeps_the_activation(precision):
+    model = load_model("tiny-cnn", device="cuda")
+    reached = {}
+    for mode in ("fp32", precision):
+        result = render(
+            model, obj.channel("conv3", 5), make_param("fourier", 1, 48), steps=48, precision=mode
+        )
+        assert torch.isfinite(result.images).all()
+        reached[mode] = float(result.activations["conv3"][0, 5].mean())
+    assert reached["fp32"] > 0
+    assert reached[precision] >= 0.8 * reached["fp32"]
+
+
+def test_nan_in_half_precision_is_a_failed_unit():
+    assert _unit_tables("module:faultmodels:overflow_cnn", "conv3", "fp32")["render"].num_rows == 4
+    with pytest.raises(UnitFailed, match="diverged|NaN"):
+        _unit_tables("module:faultmodels:overflow_cnn", "conv3", "fp16")
+
+
+def test_two_runs_on_the_gpu_count_as_the_same():
+    first = _unit_tables("tiny-cnn", "conv2")["render"]
+    second = _unit_tables("tiny-cnn", "conv2")["render"]
+    assert render_differences(first, second) == []
+
+
+def test_packed_passes_match_one_chunk_per_pass_on_the_gpu():
+    model = load_model("tiny-cnn", device="cuda")
+    settings = RenderSpec(steps=12, size=48, batch=4, objectives=("channel", "neuron"))
+    capacity = pass_capacity(model, settings.batch, settings.size)
+    assert settings.batch < capacity <= DEFAULT_CAP
+    alone = render_channels(model, "conv2", range(8), settings, images_per_pass=settings.batch)
+    packed = render_channels(model, "conv2", range(8), settings)
+    for a, b in zip(alone, packed, strict=True):
+        assert (a.channel, a.objective) == (b.channel, b.objective)
+        assert abs(a.activation - b.activation) <= 0.05 * max(abs(a.activation), 1e-2)
+
+
+def test_cuda_capacity_grows_with_free_memory():
+    model = load_model("tiny-cnn", device="cuda")
+    small = pass_capacity(model, 8, 64, free_bytes=10**8)
+    large = pass_capacity(model, 8, 64, free_bytes=10**11)
+    assert 8 <= small <= large <= DEFAULT_CAP
+
+
+def test_scan_on_the_gpu_finds_the_same_examples_as_on_the_cpu(tmp_path):
+    rng = np.random.default_rng(0)
+    for index in range(12):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"{index}.png")
+    source = open_source(tmp_path)
+    (shard,) = source.shards(12)
+    scans = [
+        scan_shard(load_model("tiny-cnn", device=device), ["conv2"], source, shard, k=3, batch_size=5)
+        for device in ("cpu", "cuda")
+    ]
+    cpu, gpu = (s.layers["conv2"] for s in scans)
+    assert (cpu.top.ids == gpu.top.ids).mean() > 0.95
+    np.testing.assert_allclose(cpu.top.values, gpu.top.values, rtol=1e-3, atol=1e-4)
