@@ -34,9 +34,10 @@ import ray
 from atlas.autoscale import GPUS
 from atlas.data import ImageSource, SkippedInput, decode_for_model
 from atlas.examples import BatchScanner, PartialScan
-from atlas.execute import ExecuteError, RunReport, WorkerPlan, connect, plan_workers
+from atlas.execute import ExecuteError, WorkerPlan, connect, plan_workers
 from atlas.plan import Unit
 from atlas.provenance import provenance, with_provenance
+from atlas.report import JobResult
 from atlas.skipped import KIND as SKIPPED
 from atlas.skipped import skipped_table
 from atlas.spec import ExecuteSpec, JobSpec
@@ -252,49 +253,40 @@ def run_scans(
     units: Sequence[Unit],
     store: Store,
     input_size: int,
-    force: bool = False,
+    result: JobResult,
     on_progress: Callable[[Unit, str], None] | None = None,
     plan: ScanPlan | None = None,
-) -> RunReport:
-    """Scan every shard not already in the store and commit each shard's partial as it arrives.
+) -> JobResult:
+    """Scan the shards of `units` (the pending ones) and commit each shard's tables as they arrive.
 
     A scan that stops (a shard whose images crash the model, a lost cluster) records the shards
     it did not finish as failed with the reason; the rerun resumes from the committed ones.
     """
-    report = RunReport()
-    start = time.perf_counter()
-    left = set(store.pending([u.key for u in units], force))
-    pending = [u for u in units if u.key in left]
-    for unit in units:
-        if unit.key not in left:
-            report.skipped += 1
+    if not units:
+        return result
+    connect(spec.execute)
+    plan = plan or cluster_scan_plan(spec.execute)
+    finished: set[str] = set()
+    try:
+        for unit, tables, seconds in scan_dataset(spec, source, units, input_size, plan):
+            shards = store.write_shards(unit.key, tables)
+            store.commit(UnitRecord.done(unit.key, unit.kind, unit.layer, shards, seconds=seconds))
+            finished.add(unit.key)
+            result.done += 1
             if on_progress:
-                on_progress(unit, "skipped")
-    if pending:
-        connect(spec.execute)
-        plan = plan or cluster_scan_plan(spec.execute)
-        finished: set[str] = set()
-        try:
-            for unit, tables, seconds in scan_dataset(spec, source, pending, input_size, plan):
-                shards = store.write_shards(unit.key, tables)
-                store.commit(UnitRecord.done(unit.key, unit.kind, unit.layer, shards, seconds=seconds))
-                finished.add(unit.key)
-                report.done += 1
+                on_progress(unit, "done")
+    except (ray.exceptions.RayError, ExecuteError) as err:
+        reason = _last_line(err)
+        logging.getLogger(__name__).error("the dataset scan stopped: %s", reason)
+        for unit in units:
+            if unit.key not in finished:
+                store.commit(UnitRecord.failed(unit.key, unit.kind, unit.layer, reason))
+                result.failed.append((unit.label, reason))
                 if on_progress:
-                    on_progress(unit, "done")
-        except (ray.exceptions.RayError, ExecuteError) as err:
-            reason = _last_line(err)
-            logging.getLogger(__name__).error("the dataset scan stopped: %s", reason)
-            for unit in pending:
-                if unit.key not in finished:
-                    store.commit(UnitRecord.failed(unit.key, unit.kind, unit.layer, reason))
-                    report.failed.append((unit.label, reason))
-                    if on_progress:
-                        on_progress(unit, "failed")
-        finally:
-            store.flush()
-    report.seconds = time.perf_counter() - start
-    return report
+                    on_progress(unit, "failed")
+    finally:
+        store.flush()
+    return result
 
 
 def _last_line(err: BaseException) -> str:

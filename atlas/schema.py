@@ -1,8 +1,12 @@
-"""The Arrow schemas of the tables the atlas stores (README: "Output and store").
+"""The Arrow schemas of the tables the atlas stores, and what each column means.
 
 One home for them: the renderer's units, the dataset examples and the synthetic stores of the
-site's tests and benchmark all write exactly these columns.
+site's tests and benchmark all write exactly these columns, and the column tables of
+docs/STORE.md are generated from `TABLES` (scripts/gen_docs.py).
 """
+
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -55,3 +59,70 @@ SKIPPED_SCHEMA = pa.schema(
         ("unit_key", pa.string()),
     ]
 )
+
+
+@dataclass(frozen=True)
+class StoredTable:
+    schema: pa.Schema
+    rows: str  # what one row is
+    meanings: Mapping[str, str]  # column -> what it holds
+
+
+TABLES = {
+    "render": StoredTable(
+        RENDER_SCHEMA,
+        "one row per image",
+        {
+            "layer": "layer name",
+            "channel": "channel (first channel for pairs; -1 for directions, whose id is `variant`)",
+            "channel_b": "second channel for `pair` / `interpolation`, else -1",
+            "objective": "`channel`, `neuron`, `negative`, `diversity`, `direction`, `pair`, `interpolation`",
+            "variant": "index within a diversity set / direction id / interpolation step",
+            "label": "human text, e.g. `channel 12`, `random direction 3`, `12 + 45`",
+            "image": "PNG bytes",
+            "activation": "mean activation of `channel` over space for the final image (direction: projection)",
+            "loss": "loss curve",
+            "unit_key": "content key of the unit that wrote the row",
+        },
+    ),
+    "examples": StoredTable(
+        EXAMPLES_SCHEMA,
+        "one row per example",
+        {
+            "layer": "layer name",
+            "channel": "channel; random direction i is channel -1 - i",
+            "bucket": "`max`, `min`, `slightly_positive`, `slightly_negative`",
+            "rank": "0 = most extreme in its bucket",
+            "activation": "the channel's spatial maximum (`min`, `slightly_negative`: minimum) on the image",
+            "source_id": "the image, e.g. `demo:horse.png@328x328+0+0` or a path relative to the folder",
+            "x": "column of the position in the layer's activation map (the patch, on token layers)",
+            "y": "row of the position in the layer's activation map (the patch, on token layers)",
+            "crop": "PNG, the receptive field around the position; on token layers the whole image "
+            "with the unit's per-patch heatmap",
+            "thumb": "PNG, the whole image",
+            "unit_key": "content key of the unit that wrote the row",
+        },
+    ),
+    "histogram": StoredTable(
+        HISTOGRAM_SCHEMA,
+        "one row per channel",
+        {
+            "layer": "layer name",
+            "channel": "channel; random direction i is channel -1 - i",
+            "edges": "bin edges, roughly log-spaced; the outer ones are the true minimum and maximum",
+            "counts": "positions (of every image) per bin",
+            "unit_key": "content key of the unit that wrote the row",
+        },
+    ),
+    "skipped": StoredTable(
+        SKIPPED_SCHEMA,
+        "one row per image a scan could not use; one shard per scan unit, empty when none",
+        {
+            "source_id": "the image, relative to the source's root (folder: `sub/x.jpg`; Parquet: `<file>#row<i>`)",
+            "reason": "`corrupt`, `truncated`, `too_large` (over Pillow's decompression-bomb limit), "
+            "`tiny` (a side under 16 px), `missing` (gone since the source was listed)",
+            "message": "the decoder's words, e.g. `cannot identify image file ...`",
+            "unit_key": "the scan unit",
+        },
+    ),
+}

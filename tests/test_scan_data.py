@@ -18,6 +18,7 @@ from atlas.cost import BudgetExceeded
 from atlas.data import open_source
 from atlas.examples import PartialScan, scan_shard
 from atlas.job import prepare, run_job
+from atlas.report import JobResult
 from atlas.scan_data import cluster_scan_plan, plan_scan, run_scans, scan_directions, tree_merge
 from atlas.spec import ExecuteSpec, load_spec, parse_spec
 from atlas.store import Store
@@ -112,7 +113,7 @@ def test_ray_data_partials_equal_an_in_process_scan_and_merge_by_tree(
     prepared = prepare(spec)
     units = [u for u in prepared.plan.units if u.kind == "scan"]
     store = Store(spec.out)
-    report = run_scans(spec, prepared.source, units, store, prepared.model.input_size)
+    report = run_scans(spec, prepared.source, units, store, prepared.model.input_size, JobResult())
     assert (report.done, report.failed) == (len(units), [])
     merged = tree_merge(store, prepared.plan.scan_keys, fan_in=2)  # 4 shards: two levels
 
