@@ -128,11 +128,20 @@ def scan(job: Path, out: str | None, force: bool) -> None:
 @main.command()
 @click.argument("job", type=click.Path(path_type=Path))
 @click.option("--out", help=OUT_HELP)
-def plan(job: Path, out: str | None) -> None:
-    """List the units a job would run, without running them."""
+@click.option("--price", type=float, help="Price per GPU-hour (default: the spec's cost.price_per_gpu_hour).")
+@click.option(
+    "--throughput",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Throughput figures from `atlas calibrate` (default: the spec's cost.throughput).",
+)
+def plan(job: Path, out: str | None, price: float | None, throughput: Path | None) -> None:
+    """List the units a job would run, without running them, and what they would cost."""
+    from atlas.cost import Throughput, estimate
     from atlas.job import prepare
+    from atlas.store import Store
 
-    prepared = prepare(_load(job, out))
+    spec = _load(job, out)
+    prepared = prepare(spec)
     counts: dict[str, int] = {}
     for unit in prepared.plan.units:
         counts[unit.kind] = counts.get(unit.kind, 0) + 1
@@ -142,6 +151,36 @@ def plan(job: Path, out: str | None) -> None:
     later = len(examples_units(prepared.spec, prepared.facts, prepared.plan.scan_keys))
     summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
     click.echo(f"{len(prepared.plan.units)} units ({summary}) + {later} examples units after the scan")
+    figures = throughput or spec.cost.throughput
+    if not figures:
+        click.echo(
+            "no GPU-hour estimate: measure with `atlas calibrate JOB -o FILE`, then set cost.throughput"
+        )
+        return
+    speed = Throughput.load(Path(figures), spec.render.batch)
+    left = Store(prepared.spec.out).pending([u.key for u in prepared.plan.units])
+    found = estimate([u for u in prepared.plan.units if u.key in set(left)], spec, speed)
+    rate = spec.cost.price_per_gpu_hour if price is None else price
+    click.echo(f"{len(left)} units left: {found.describe(rate)} on {speed.device} (figures: {figures})")
+
+
+@main.command()
+@click.argument("job", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="JSON file to write.")
+@click.option("--device", default="auto", show_default=True)
+def calibrate(job: Path, output: Path, device: str) -> None:
+    """Measure scan and render throughput of a job's model here, for `atlas plan`'s GPU-hours."""
+    from atlas.cost import calibrate as measure
+    from atlas.models import load_model, pick_device
+
+    spec = load_spec(job)
+    model = load_model(spec.model.name, spec.model.checkpoint, spec.model.weights, device=pick_device(device))
+    speed = measure(spec, model)
+    speed.save(output)
+    click.echo(
+        f"{speed.device}: scan {speed.scan_images_per_s:g} images/s, "
+        f"render {speed.render_image_steps_per_s:g} image-steps/s -> {output}"
+    )
 
 
 @main.command()

@@ -14,6 +14,7 @@ the job fails with a clear message only when no worker at all can run for `start
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -26,6 +27,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
+from atlas.autoscale import GPUS
 from atlas.errors import AtlasError
 from atlas.plan import Unit
 from atlas.report import JobResult
@@ -52,7 +54,9 @@ class WorkerPlan:
 
     @property
     def device(self) -> str:
-        return "cuda" if self.gpus > 0 else "cpu"
+        """A GPU worker takes CUDA when its process sees a device; a GPU that Ray only counts
+        (a fake GPU resource in tests) leaves it on the CPU."""
+        return "auto" if self.gpus > 0 else "cpu"
 
     def describe(self) -> str:
         """E.g. '4 workers x 1 GPU' for logs and summaries."""
@@ -130,7 +134,7 @@ def plan_workers(
         raise ExecuteError(
             f"the job asks for {gpus:g} GPU(s) per worker but the cluster has {total_gpus:g} "
             f"(at most {node_gpus:g} on one node); set execute.gpus_per_worker = 0 (CPU) or "
-            '"auto", or add GPU nodes (with `ray up`, give the GPU node type min_workers >= 1)'
+            '"auto", or add GPU nodes (a GPU node type in cluster.yaml, then `ray up`)'
         )
     if gpus > 0 and node_cpus < 1:
         raise ExecuteError("every GPU worker needs one CPU but no node offers one; give the GPU nodes CPUs")
@@ -149,7 +153,9 @@ def plan_workers(
 
 
 def cluster_worker_plan(execute: ExecuteSpec) -> WorkerPlan:
-    """plan_workers for the cluster this process is connected to (live nodes only)."""
+    """plan_workers for the cluster this process is connected to (live nodes only), once the
+    autoscaler has added the GPU nodes the job needs, if it can."""
+    GPUS.ensure(execute)
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     return plan_workers(execute, ray.cluster_resources(), nodes)
 
@@ -367,7 +373,8 @@ class Executor:
         if worker.lost:
             return  # already replaced by an earlier failed call
         worker.lost = True
-        ray.kill(worker.handle, no_restart=True)
+        with contextlib.suppress(RayError):  # an actor whose creation Ray cancelled cannot be killed
+            ray.kill(worker.handle, no_restart=True)
         self.workers[self.workers.index(worker)] = self._new_worker()
 
     def _no_worker_message(self) -> str:

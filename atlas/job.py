@@ -9,10 +9,10 @@ before any work starts, and every finished unit is in the store before the next 
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from functools import reduce
 from typing import TYPE_CHECKING
 
 from atlas.examples import PartialScan, direction_layer
@@ -29,6 +29,7 @@ from atlas.storage import is_uri
 from atlas.store import Store, open_store
 
 if TYPE_CHECKING:
+    from atlas.data import ImageSource
     from atlas.execute import Executor
 
 
@@ -40,6 +41,7 @@ class Prepared:
     model: LoadedModel
     facts: ModelFacts
     plan: Plan
+    source: ImageSource | None = None  # the dataset, opened once: the Ray Data scan reads it
 
 
 def prepare(spec: JobSpec) -> Prepared:
@@ -47,7 +49,7 @@ def prepare(spec: JobSpec) -> Prepared:
     model = load_model(spec.model.name, spec.model.checkpoint, spec.model.weights)
     check_against_model(spec, model)
     facts = ModelFacts(model.digest, {layer.name: model.channels(layer.name) for layer in spec.layers})
-    shards, fingerprints = [], []
+    source, shards, fingerprints = None, [], []
     if spec.examples.enabled:
         from atlas.data import open_source
 
@@ -56,7 +58,7 @@ def prepare(spec: JobSpec) -> Prepared:
         whole = source.fingerprint()  # any change to the data rescans: top-k are global
         fingerprints = [f"{whole}:{shard.index}:{len(shard.source_ids)}" for shard in shards]
     plan = make_plan(spec, facts, shards, fingerprints)
-    return Prepared(spec, model, facts, plan)
+    return Prepared(spec, model, facts, plan, source)
 
 
 def job_info(prepared: Prepared, started: str, finished: str | None = None) -> dict:
@@ -91,10 +93,13 @@ def job_info(prepared: Prepared, started: str, finished: str | None = None) -> d
     }
 
 
-def merged_scan(store: Store, scan_keys: tuple[str, ...]) -> PartialScan:
-    """Merge every dataset shard's partial result, read back from the store."""
-    partials = [PartialScan.from_table(store.read_unit(key, "scan")) for key in scan_keys]
-    return reduce(PartialScan.merge, partials)
+def merged_scan(spec: JobSpec, store: Store, scan_keys: tuple[str, ...]) -> PartialScan:
+    """Merge every dataset shard's partial result, read back from the store, on the cluster."""
+    from atlas.execute import connect
+    from atlas.scan_data import tree_merge
+
+    connect(spec.execute)
+    return tree_merge(store, scan_keys)
 
 
 def _layer_scan(merged: PartialScan, unit: Unit) -> PartialScan:
@@ -146,8 +151,25 @@ class UnitRunner:
 
 
 def run_independent(runner: UnitRunner, prepared: Prepared, only: tuple[str, ...] | None) -> None:
-    """Phase one: renders, interactions and the dataset-shard scans."""
-    runner.run([u for u in prepared.plan.units if only is None or u.kind in only])
+    """Phase one: the dataset-shard scans on Ray Data, then renders and interactions.
+
+    Scans run first, alone on the cluster (phases: scans and renders never wait on each other's GPUs).
+    """
+    units = [u for u in prepared.plan.units if only is None or u.kind in only]
+    scans = runner.pending([u for u in units if u.kind == "scan"])
+    if scans:
+        from atlas.scan_data import run_scans
+
+        run_scans(
+            runner.spec,
+            prepared.source,
+            scans,
+            runner.store,
+            prepared.model.input_size,
+            runner.result,
+            runner.tick,
+        )
+    runner.run([u for u in units if u.kind != "scan"])
 
 
 def run_examples(runner: UnitRunner, prepared: Prepared) -> list[Unit]:
@@ -158,7 +180,7 @@ def run_examples(runner: UnitRunner, prepared: Prepared) -> list[Unit]:
     units = examples_units(prepared.spec, prepared.facts, finished)
     todo = runner.pending(units)
     if todo:
-        merged = merged_scan(runner.store, finished)
+        merged = merged_scan(runner.spec, runner.store, finished)
         todo = [replace(u, inputs=_layer_scan(merged, u)) for u in todo]
     runner.execute(todo)
     return units
@@ -186,8 +208,16 @@ def run_job(
     total = sum(only is None or u.kind in only for u in prepared.plan.units)
     if with_examples:
         total += len(examples_units(spec, prepared.facts, prepared.plan.scan_keys))
-    runner = UnitRunner(spec, store, JobResult(out=spec.out), force, progress(total) if progress else None)
+    tick = progress(total) if progress else None
+    runner = UnitRunner(spec, store, JobResult(out=spec.out), force, tick)
     try:
+        if spec.cost.budget or spec.cost.budget_gpu_hours:  # stop before, or as soon as, it passes
+            from atlas.cost import Spend, check_estimate, cluster_gpus
+
+            units = [u for u in prepared.plan.units if only is None or u.kind in only]
+            left = set(store.pending([u.key for u in units], force))
+            check_estimate([u for u in units if u.key in left], spec)
+            runner.tick = Spend(spec.cost, cluster_gpus).watch(tick)
         store.write_job(job_info(prepared, started))
         run_independent(runner, prepared, only)
         examples = run_examples(runner, prepared) if with_examples else []
@@ -199,6 +229,8 @@ def run_job(
         if runner.executor is not None:
             runner.executor.shutdown()
         store.release()
+        if "atlas.autoscale" in sys.modules:  # else Ray never asked the autoscaler for anything
+            sys.modules["atlas.autoscale"].GPUS.release()  # idle GPU nodes added for the job may go
     result = runner.result
     result.skipped_inputs = count_reasons(read_skipped(store, prepared.plan.scan_keys))
     if build:

@@ -127,6 +127,16 @@ class ExecuteSpec:
     max_in_flight: Annotated[Int, Ge(0)] = 0  # 0: twice the number of workers
     retries: Annotated[Int, Ge(0)] = 2
     address: OptionalText = None
+    scale_up_timeout: Annotated[Number, Gt(0)] = 900.0  # seconds to wait for the autoscaler's GPU nodes
+
+
+@FORBID
+@dataclass(frozen=True)
+class CostSpec:
+    throughput: Text = ""  # JSON figures from `atlas calibrate` (relative to the spec); "" = none
+    price_per_gpu_hour: Annotated[Number, Ge(0)] = 0.0
+    budget: Annotated[Number, Ge(0)] = 0.0  # in the price's currency; 0 = no budget
+    budget_gpu_hours: Annotated[Number, Ge(0)] = 0.0  # 0 = no budget
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,7 @@ class JobSpec:
     execute: ExecuteSpec = field(default_factory=ExecuteSpec)
     source: Path | None = None
     keep_runs: int = 1  # retention: units planned by the last N complete runs stay (0: all; atlas.retention)
+    cost: CostSpec = field(default_factory=CostSpec)
 
     def replace(self, **sections: Any) -> JobSpec:
         """A copy with whole sections replaced, e.g. spec.replace(out=Path("x"))."""
@@ -155,6 +166,7 @@ SECTIONS: dict[str, type] = {
     "examples": ExamplesSpec,
     "interactions": InteractionsSpec,
     "execute": ExecuteSpec,
+    "cost": CostSpec,
 }
 TOP_LEVEL = ("job", "layers", *SECTIONS)
 
@@ -255,6 +267,14 @@ def _check_diversity(ctx: _Context, render: RenderSpec) -> None:
         raise ctx.error("render", "diversity", f"{render.diversity!r} is not allowed: must be at least 2")
 
 
+def _check_budget(ctx: _Context, cost: CostSpec) -> None:
+    """A budget in money is only checkable with a price per GPU-hour."""
+    if cost.budget and not cost.price_per_gpu_hour:
+        raise ctx.error(
+            "cost", "budget", "a budget in money needs cost.price_per_gpu_hour (or use cost.budget_gpu_hours)"
+        )
+
+
 def _resolve_paths(ctx: _Context, spec: JobSpec, base: Path) -> JobSpec:
     """Relative paths in a spec are relative to the spec file; missing files fail here."""
     from dataclasses import replace
@@ -266,7 +286,7 @@ def _resolve_paths(ctx: _Context, spec: JobSpec, base: Path) -> JobSpec:
             raise ctx.error("model", "checkpoint", f"file {path} does not exist")
         model = replace(model, checkpoint=path)
     examples = spec.examples
-    if examples.enabled and examples.source != "demo":
+    if examples.enabled and examples.source != "demo" and "://" not in examples.source:
         path = Path(examples.source)
         path = path if path.is_absolute() else base / path
         if not path.exists():
@@ -276,7 +296,15 @@ def _resolve_paths(ctx: _Context, spec: JobSpec, base: Path) -> JobSpec:
                 f'{path} does not exist; give a folder of images, a .parquet file or "demo"',
             )
         examples = replace(examples, source=str(path))
-    return replace(spec, model=model, examples=examples)
+    cost = spec.cost
+    if cost.throughput:
+        path = Path(cost.throughput) if Path(cost.throughput).is_absolute() else base / cost.throughput
+        if not path.is_file():
+            raise ctx.error(
+                "cost", "throughput", f"file {path} does not exist; write it with `atlas calibrate`"
+            )
+        cost = replace(cost, throughput=str(path))
+    return replace(spec, model=model, examples=examples, cost=cost)
 
 
 def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> JobSpec:
@@ -333,6 +361,7 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
     sections = {key: value for key, (value, _) in checked.items()}
     spec = JobSpec(name=name, out=out, keep_runs=keep_runs, layers=layers, source=Path(source), **sections)
     _check_diversity(ctx, spec.render)
+    _check_budget(ctx, spec.cost)
     return _resolve_paths(ctx, spec, base or Path.cwd())
 
 

@@ -26,7 +26,7 @@ def env_with_tests_on_path(env: dict[str, str] | None = None) -> dict[str, str]:
 
 
 @contextmanager
-def local_ray(num_cpus: int = 2) -> Iterator[str]:
+def local_ray(num_cpus: int = 2, num_gpus: int = 0) -> Iterator[str]:
     """A fresh local Ray whose workers can import tests/ modules; yields its address.
 
     Ray workers inherit the environment of the raylet, which inherits this process's, so the
@@ -37,7 +37,13 @@ def local_ray(num_cpus: int = 2) -> Iterator[str]:
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = env_with_tests_on_path()["PYTHONPATH"]
     try:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()

@@ -76,7 +76,7 @@ GOLDEN = [
     ),
     (
         "unknown_section",
-        "job.toml, line 11: [rendr]: unknown section. did you mean 'render'? Valid sections: job, layers, model, render, examples, interactions, execute",
+        "job.toml, line 11: [rendr]: unknown section. did you mean 'render'? Valid sections: job, layers, model, render, examples, interactions, execute, cost",
     ),
     (
         "job_key",
