@@ -16,7 +16,7 @@ from pathlib import Path
 from jinja2 import Environment
 
 from atlas.site.slugs import layer_slugs
-from atlas.store import MANIFEST, Store, open_store
+from atlas.store import Store, open_store
 from atlas.timeline.series import TIMELINE_DIR, Checkpoint, is_done, stored_series
 
 PROBE_COLUMNS = ["layer", "channel", "max", "mean", "active"]
@@ -82,8 +82,15 @@ class TimelineLayer:
     alerts: dict[str, list[tuple[int, int]]]  # status -> (channel, checkpoint position)
 
 
-def has_timeline(out: Path) -> bool:
-    return (Path(out) / TIMELINE_DIR / MANIFEST).is_file()
+def timeline_store_of(store: Store) -> Store:
+    """The timeline store inside a job's store (local folder or bucket)."""
+    return open_store(f"{store.uri.rstrip('/')}/{TIMELINE_DIR}")
+
+
+def has_timeline(store: Store) -> bool:
+    if store.root is not None and not (store.root / TIMELINE_DIR).is_dir():
+        return False  # opening a store is not free of side effects on disk: ask only when there is one
+    return bool(timeline_store_of(store).entries())
 
 
 def _layer(store: Store, series: Sequence[Checkpoint], name: str, slug: str) -> TimelineLayer | None:
@@ -182,13 +189,13 @@ def _write_examples(job_store: Store, series: Sequence[Checkpoint], layer: Timel
 
 
 def build_timeline(
-    out: Path, job_store: Store, root: Path, env: Environment, common: dict, slugs: dict[str, str]
+    job_store: Store, root: Path, env: Environment, common: dict, slugs: dict[str, str]
 ) -> tuple[list[str], list[TimelineLayer]]:
     """Write the timeline pages into the site folder `root`.
 
     Returns the checkpoints' labels and each layer's summary for the index (alerts, no channels).
     """
-    store = open_store(Path(out) / TIMELINE_DIR)
+    store = timeline_store_of(job_store)
     series = stored_series(store)
     if not series or not is_done(store, series[-1].probe_key):
         return [], []

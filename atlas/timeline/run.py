@@ -54,8 +54,9 @@ class TimelineResult:
     seconds: float = 0.0
 
 
-def timeline_store(out: Path) -> Store:
-    return open_store(Path(out) / TIMELINE_DIR)
+def timeline_store(out: Path | str) -> Store:
+    """The timeline's own store, inside the job's output folder or bucket prefix."""
+    return open_store(f"{str(out).rstrip('/')}/{TIMELINE_DIR}")
 
 
 def rendered(position: int, count: int, spec: JobSpec) -> bool:
