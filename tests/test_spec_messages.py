@@ -76,7 +76,7 @@ GOLDEN = [
     ),
     (
         "unknown_section",
-        "job.toml, line 11: [rendr]: unknown section. did you mean 'render'? Valid sections: job, layers, model, render, examples, interactions, execute, cost, timeline",
+        "job.toml, line 11: [rendr]: unknown section. did you mean 'render'? Valid sections: job, layers, model, render, examples, interactions, execute, timeline, cost",
     ),
     (
         "job_key",

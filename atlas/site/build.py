@@ -205,7 +205,7 @@ def _layer_plan(store: Store, job: dict) -> list[dict]:
 
 
 def _build_into(
-    root: Path, store: Store, previous: dict | None, previous_site: Path, workers: int | None, out: Path
+    root: Path, store: Store, previous: dict | None, previous_site: Path, workers: int | None
 ) -> None:
     job = {**JOB_DEFAULTS, **store.job()}  # a store without job.json still gets a site
     env = _environment()

@@ -21,6 +21,7 @@ from atlas.models import load_model
 from atlas.outdir import check_output, claim_output
 from atlas.plan import ModelFacts, Unit, make_unit, render_units
 from atlas.spec import JobSpec, check_against_model
+from atlas.storage import is_uri
 from atlas.store import Store, open_store
 from atlas.timeline.compare import compare
 from atlas.timeline.probe import probe_ids
@@ -149,12 +150,24 @@ def prepare_timeline(spec: JobSpec, store: Store, add: Sequence[Path] = ()) -> T
 
 def run_timeline(spec: JobSpec, add: Sequence[Path] = (), force: bool = False) -> TimelineResult:
     """Probe every checkpoint, render the selected ones, match consecutive ones, keep the series."""
+
+    local = not is_uri(spec.out)  # the output-folder rules (atlas.outdir) are for local folders
+    if local:
+        spec = spec.replace(out=check_output(spec.out, spec.name))
+    t0 = time.perf_counter()
+    if local:
+        claim_output(spec.out, spec.name)
+    store = timeline_store(spec.out)
+    store.acquire()  # one driver per store
+    try:
+        return _run(spec, store, add, force, t0)
+    finally:
+        store.release()
+
+
+def _run(spec: JobSpec, store: Store, add: Sequence[Path], force: bool, t0: float) -> TimelineResult:
     from atlas.execute import Executor
 
-    spec = spec.replace(out=check_output(spec.out, spec.name))
-    t0 = time.perf_counter()
-    claim_output(spec.out, spec.name)
-    store = timeline_store(spec.out)
     before = {c.digest for c in stored_series(store)}
     plan = prepare_timeline(spec, store, add)
     result = TimelineResult(out=spec.out, checkpoints=len(plan.series))
