@@ -33,7 +33,7 @@ import io
 import json
 import types
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 
@@ -324,12 +324,15 @@ def scan_shard(
     batch_size: int = 32,
     directions: Mapping[str, torch.Tensor] | None = None,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
+    on_batch: Callable[[list[str], Mapping[str, torch.Tensor]], None] | None = None,
 ) -> PartialScan:
     """Scan one shard: one truncated forward pass per batch records every layer at once.
 
     `directions` maps a layer to an [n, C] tensor; each row becomes channel i of the pseudo-layer
     `<layer>@direction` (projection of the activation vector at each position onto the row).
     Bad images are skipped or converted and counted in `stats`; they never stop the scan.
+    `on_batch(ids, outputs)` sees each batch's raw layer outputs (how other collectors, such as the
+    activation atlas's vector sample, ride on the same forward passes).
     """
     if k < 1:
         raise ScanError(f"k must be at least 1, got {k}")
@@ -360,6 +363,8 @@ def scan_shard(
         x01 = pixels.to(model.device).float().div_(255.0)
         with torch.no_grad():  # not inference_mode: its tensors would poison later autograd
             outputs = model.activations(x01, needed)
+            if on_batch is not None:
+                on_batch(ids, outputs)
             maps = {name: _as_map(outputs[name]) for name in names}
             maps.update(
                 {

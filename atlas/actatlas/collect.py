@@ -1,0 +1,152 @@
+"""Activation vectors for an activation atlas: a bounded, mergeable sample per layer.
+
+Each image contributes one activation vector per layer: the vector at one spatial (or token)
+position, chosen by a hash of the image's source id. One position rather than the per-image mean
+because the mean of a photo's positions blends the objects in it (sky, dog, grass) into a vector
+no single position has; the atlas is meant to map what the layer sees at a place, as the Activation
+Atlas article does with one random position per image. The hash makes the choice reproducible and
+independent of how the dataset is sharded.
+
+The sample itself is bounded the same way as the scan's "slightly positive" sample
+(`atlas.examples`): the `size` images with the smallest hash of their id. That subset does not depend
+on sharding or merge order, so `VectorSample.merge` is associative and commutative and memory stays
+bounded by `size`, never by the dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from atlas.data import ImageSource, ShardRef
+from atlas.errors import AtlasError
+from atlas.examples import PartialScan, scan_shard, source_priority
+from atlas.models import LoadedModel
+
+DEFAULT_SIZE = 100_000
+# How a layer's output holds its channels: maps (B, C, H, W), tokens (B, N, C), channels-last
+# (B, H, W, C) as in Swin, vectors (B, C).
+LAYOUTS = ("map", "tokens", "channels_last", "vector")
+
+
+class CollectError(AtlasError, ValueError):
+    """Vectors that cannot be collected or merged as asked."""
+
+
+def infer_layout(output: torch.Tensor) -> str:
+    """The layout a bare tensor most likely has; channels-last maps must be named explicitly."""
+    return {2: "vector", 3: "tokens", 4: "map"}.get(output.ndim) or _bad_rank(output)
+
+
+def _bad_rank(output: torch.Tensor) -> str:
+    raise CollectError(f"cannot read activation vectors from a {output.ndim}-D output {list(output.shape)}")
+
+
+def positions(output: torch.Tensor, layout: str | None = None) -> torch.Tensor:
+    """(B, P, C): every position's activation vector, whatever the layout."""
+    layout = layout or infer_layout(output)
+    if layout == "map":
+        return output.flatten(2).transpose(1, 2)
+    if layout == "tokens":
+        return output
+    if layout == "channels_last":
+        return output.flatten(1, 2)
+    if layout == "vector":
+        return output[:, None, :]
+    raise CollectError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+
+
+def position_index(source_ids: Sequence[str], layer: str, count: int) -> np.ndarray:
+    """The hash-chosen position of each image (differs per layer, so layers are sampled independently)."""
+    return np.array(
+        [
+            int.from_bytes(hashlib.blake2b(f"{layer}\0{i}".encode(), digest_size=8).digest(), "big") % count
+            for i in source_ids
+        ],
+        dtype=np.int64,
+    )
+
+
+@dataclass(frozen=True)
+class VectorSample:
+    """Up to `size` (image, position, vector) rows per layer, the images with the smallest id hash."""
+
+    size: int
+    ids: np.ndarray  # [m] unicode, sorted by (priority, id)
+    priority: np.ndarray  # [m] uint64
+    positions: dict[str, np.ndarray]  # layer -> [m] int64, the flat position index
+    vectors: dict[str, np.ndarray]  # layer -> [m, C] float32
+
+    @classmethod
+    def empty(cls, channels: Mapping[str, int], size: int = DEFAULT_SIZE) -> VectorSample:
+        return cls(
+            size,
+            np.zeros(0, "<U1"),
+            np.zeros(0, np.uint64),
+            {n: np.zeros(0, np.int64) for n in channels},
+            {n: np.zeros((0, c), np.float32) for n, c in channels.items()},
+        )
+
+    @classmethod
+    def from_batch(
+        cls,
+        source_ids: Sequence[str],
+        outputs: Mapping[str, torch.Tensor],
+        size: int = DEFAULT_SIZE,
+        layouts: Mapping[str, str] | None = None,
+    ) -> VectorSample:
+        """The sample of one batch of images given each layer's output for them."""
+        priority = source_priority(source_ids)
+        keep = np.lexsort((np.array(source_ids), priority))[:size]
+        ids = np.array(source_ids)[keep]
+        chosen, vectors = {}, {}
+        for name, output in outputs.items():
+            flat = positions(output.detach().float(), (layouts or {}).get(name))
+            index = position_index(ids, name, flat.shape[1])
+            rows = flat[torch.as_tensor(keep), torch.as_tensor(index)]
+            chosen[name], vectors[name] = index, rows.cpu().numpy().astype(np.float32)
+        return cls(size, ids, priority[keep], chosen, vectors)
+
+    def merge(self, other: VectorSample) -> VectorSample:
+        """Both samples' union, cut back to the `size` smallest hashes (disjoint images assumed)."""
+        if self.size != other.size or set(self.vectors) != set(other.vectors):
+            raise CollectError(
+                f"cannot merge vector samples of size/layers {self.size}/{sorted(self.vectors)} and "
+                f"{other.size}/{sorted(other.vectors)}; collect with the same settings"
+            )
+        ids = np.concatenate([self.ids, other.ids])
+        priority = np.concatenate([self.priority, other.priority])
+        keep = np.lexsort((ids, priority))[: self.size]
+        return VectorSample(
+            self.size,
+            ids[keep],
+            priority[keep],
+            {n: np.concatenate([p, other.positions[n]])[keep] for n, p in self.positions.items()},
+            {n: np.concatenate([v, other.vectors[n]])[keep] for n, v in self.vectors.items()},
+        )
+
+
+def collect_shard(
+    model: LoadedModel,
+    layers: Sequence[str],
+    source: ImageSource,
+    shard: ShardRef,
+    size: int = DEFAULT_SIZE,
+    layouts: Mapping[str, str] | None = None,
+    **scan: object,
+) -> tuple[PartialScan, VectorSample]:
+    """Scan one shard as `atlas.examples.scan_shard` does and collect the atlas's vectors on the way."""
+    names = [model.resolve_layer(n) for n in layers]
+    sample = VectorSample.empty({n: model.channels(n) for n in names}, size)
+
+    def observe(ids: list[str], outputs: Mapping[str, torch.Tensor]) -> None:
+        nonlocal sample
+        batch = {n: outputs[n] for n in names}
+        sample = sample.merge(VectorSample.from_batch(ids, batch, size, layouts))
+
+    partial = scan_shard(model, names, source, shard, on_batch=observe, **scan)
+    return partial, sample
