@@ -164,9 +164,14 @@ def run_job(
                     merged = merged_scan(store, finished)
                     pending = [replace(u, inputs=_layer_scan(merged, u)) for u in pending]
                 run_units(pending)
+        atlas_keys: set[str] = set()
+        if only is None and spec.activation_atlas.layers and finished:
+            from atlas.actatlas.stage import run_atlas
+
+            atlas_keys = run_atlas(spec, prepared.facts.digest, store, finished, run_units, force)
         if only is None:  # units of older settings would show up beside the new ones
             keep = {u.key for u in prepared.plan.units}
-            keep |= {u.key for u in examples_units(spec, prepared.facts, finished)}
+            keep |= {u.key for u in examples_units(spec, prepared.facts, finished)} | atlas_keys
             store.prune(keep)
     finally:
         if executor is not None:

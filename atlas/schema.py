@@ -55,3 +55,53 @@ SKIPPED_SCHEMA = pa.schema(
         ("unit_key", pa.string()),
     ]
 )
+
+# Activation atlases (atlas.actatlas): the vectors a scan shard sampled, their 2-D layout, the
+# grid cells over it and one icon per kept cell.
+VECTORS_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("source_id", pa.string()),
+        ("position", pa.int32()),
+        ("vector", pa.list_(pa.float32())),
+        ("unit_key", pa.string()),
+    ]
+)
+
+ATLAS_POINTS_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("source_id", pa.string()),
+        ("position", pa.int32()),
+        ("x", pa.float32()),
+        ("y", pa.float32()),
+        ("unit_key", pa.string()),
+    ]
+)
+
+ATLAS_CELLS_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("grid", pa.int32()),
+        ("cell", pa.int32()),
+        ("row", pa.int32()),
+        ("column", pa.int32()),
+        ("count", pa.int64()),
+        ("kept", pa.bool_()),
+        ("mean", pa.list_(pa.float32())),
+        ("source_ids", pa.list_(pa.string())),
+        ("unit_key", pa.string()),
+    ]
+)
+
+ICONS_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("grid", pa.int32()),
+        ("cell", pa.int32()),
+        ("image", pa.binary()),
+        ("activation", pa.float32()),
+        ("cosine", pa.float32()),
+        ("unit_key", pa.string()),
+    ]
+)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from annotated_types import Ge, Gt, Interval
-from pydantic import ConfigDict, with_config
+from pydantic import ConfigDict, Strict, with_config
 
 from atlas.errors import AtlasError
 from atlas.optvis.kinds import OBJECTIVES, channel_objectives
@@ -120,6 +120,26 @@ class InteractionsSpec:
 
 @FORBID
 @dataclass(frozen=True)
+class ActivationAtlasSpec:
+    """Opt-in per layer: `layers` lists [[layers]] names to map (atlas.actatlas; needs [examples])."""
+
+    layers: Names = ()
+    grids: Annotated[
+        tuple[Annotated[int, Strict()], ...],
+        Expect("an array of integers"),
+        rule(lambda sizes: all(size >= 1 for size in sizes), "grid sizes must be at least 1"),
+    ] = (20, 40)
+    samples: Annotated[Int, Ge(2)] = 100_000  # one vector per image, at a hash-chosen position
+    max_fit: Annotated[Int, Ge(2)] = 100_000  # UMAP fits on this many; `transform` places the rest
+    n_neighbors: Annotated[Int, Ge(2)] = 20
+    min_dist: Annotated[Number, Ge(0)] = 0.01
+    min_count: Annotated[Int, Ge(1)] = 3  # cells with fewer samples are dropped (and counted)
+    cosine_power: Annotated[Number, Ge(0)] = 2.0
+    icons: Bool = True
+
+
+@FORBID
+@dataclass(frozen=True)
 class ExecuteSpec:
     workers: IntOrAuto = "auto"
     gpus_per_worker: NumberOrAuto = "auto"
@@ -137,6 +157,7 @@ class JobSpec:
     render: RenderSpec = field(default_factory=RenderSpec)
     examples: ExamplesSpec = field(default_factory=ExamplesSpec)
     interactions: InteractionsSpec = field(default_factory=InteractionsSpec)
+    activation_atlas: ActivationAtlasSpec = field(default_factory=ActivationAtlasSpec)
     execute: ExecuteSpec = field(default_factory=ExecuteSpec)
     source: Path | None = None
 
@@ -152,6 +173,7 @@ SECTIONS: dict[str, type] = {
     "render": RenderSpec,
     "examples": ExamplesSpec,
     "interactions": InteractionsSpec,
+    "activation_atlas": ActivationAtlasSpec,
     "execute": ExecuteSpec,
 }
 TOP_LEVEL = ("job", "layers", *SECTIONS)
@@ -253,6 +275,24 @@ def _check_diversity(ctx: _Context, render: RenderSpec) -> None:
         raise ctx.error("render", "diversity", f"{render.diversity!r} is not allowed: must be at least 2")
 
 
+def _check_atlas(ctx: _Context, spec: JobSpec) -> None:
+    names = [layer.name for layer in spec.layers]
+    for name in spec.activation_atlas.layers:
+        if name not in names:
+            raise ctx.error(
+                "activation_atlas",
+                "layers",
+                f"{name!r} is not one of the job's [[layers]]. {close_matches(name, names)}"
+                "An atlas maps a layer the scan reads: add it as [[layers]] or fix the name",
+            )
+    if spec.activation_atlas.layers and not spec.examples.enabled:
+        raise ctx.error(
+            "activation_atlas",
+            "layers",
+            "activation atlases sample vectors during the dataset scan: enable [examples]",
+        )
+
+
 def _resolve_paths(ctx: _Context, spec: JobSpec, base: Path) -> JobSpec:
     """Relative paths in a spec are relative to the spec file; missing files fail here."""
     from dataclasses import replace
@@ -320,6 +360,7 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
     sections = {key: value for key, (value, _) in checked.items()}
     spec = JobSpec(name=name, out=Path(out), layers=layers, source=Path(source), **sections)
     _check_diversity(ctx, spec.render)
+    _check_atlas(ctx, spec)
     return _resolve_paths(ctx, spec, base or Path.cwd())
 
 

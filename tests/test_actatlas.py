@@ -141,3 +141,39 @@ def test_icons_find_their_own_cells_on_the_demo_model() -> None:
     assert agreement(activations, means) >= 0.9
     shuffled = np.roll(means, 1, axis=0)  # every icon paired with another cell's direction
     assert agreement(activations, shuffled) <= 2 / len(kept)
+
+
+def test_dictionary_files_load_with_names_and_fail_clearly(tmp_path) -> None:
+    from safetensors.numpy import save_file
+
+    from atlas.actatlas.dictionary import DictionaryError, load_dictionary
+
+    matrix = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
+    np.save(tmp_path / "sae.npy", matrix)
+    (tmp_path / "sae.names.txt").write_text("edges\ncurves\nfur\n")
+    loaded = load_dictionary(tmp_path / "sae.npy", "conv3", 8)
+    np.testing.assert_array_equal(loaded.vectors, matrix)
+    assert loaded.names == ("edges", "curves", "fur")
+    save_file({"w": matrix}, str(tmp_path / "nmf.safetensors"), metadata={"names": '["a", "b", "c"]'})
+    assert load_dictionary(tmp_path / "nmf.safetensors", "conv3", 8).names == ("a", "b", "c")
+    np.save(tmp_path / "plain.npy", matrix)
+    assert load_dictionary(tmp_path / "plain.npy", "conv3", 8).names[2] == "direction 2"
+    with pytest.raises(DictionaryError, match=r"needs \(K, 16\)"):
+        load_dictionary(tmp_path / "plain.npy", "conv3", 16)
+    with pytest.raises(DictionaryError, match="names 3 directions but holds 2"):
+        np.save(tmp_path / "sae.npy", matrix[:2])
+        load_dictionary(tmp_path / "sae.npy", "conv3", 8)
+
+
+def test_one_hot_dictionary_scans_exactly_like_the_channels() -> None:
+    model = load_model("tiny-cnn")
+    source = open_source("demo")
+    shard = ShardRef(0, tuple(source.ids()[:20]))
+    channels = model.channels("conv3")
+    scan = scan_shard(model, ["conv3"], source, shard, k=3, directions={"conv3": torch.eye(channels)})
+    basis, dictionary = scan.layers["conv3"], scan.layers["conv3@direction"]
+    for side in ("top", "bottom"):
+        for part in ("values", "ids", "ys", "xs"):
+            mine, theirs = getattr(getattr(basis, side), part), getattr(getattr(dictionary, side), part)
+            np.testing.assert_array_equal(mine, theirs)
+    np.testing.assert_array_equal(basis.histogram, dictionary.histogram)

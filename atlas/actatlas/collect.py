@@ -18,14 +18,18 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from atlas.data import ImageSource, ShardRef
 from atlas.errors import AtlasError
 from atlas.examples import PartialScan, scan_shard, source_priority
 from atlas.models import LoadedModel
+from atlas.schema import VECTORS_SCHEMA
 
 DEFAULT_SIZE = 100_000
 # How a layer's output holds its channels: maps (B, C, H, W), tokens (B, N, C), channels-last
@@ -111,6 +115,32 @@ class VectorSample:
             chosen[name], vectors[name] = index, rows.cpu().numpy().astype(np.float32)
         return cls(size, ids, priority[keep], chosen, vectors)
 
+    def to_table(self, unit_key: str) -> pa.Table:
+        """One row per (layer, sampled image): the `vectors` table of docs/STORE.md."""
+        names = list(self.vectors)
+        rows = len(self.ids)
+        return pa.table(
+            {
+                "layer": [n for n in names for _ in range(rows)],
+                "source_id": [str(i) for _ in names for i in self.ids],
+                "position": np.concatenate([self.positions[n] for n in names] or [[]]).astype(np.int32),
+                "vector": [v for n in names for v in self.vectors[n]],
+                "unit_key": [unit_key] * (rows * len(names)),
+            },
+            schema=VECTORS_SCHEMA,
+        )
+
+    @classmethod
+    def from_table(cls, table: pa.Table, layer: str, size: int) -> VectorSample:
+        """One layer's sample back from a `vectors` table (inverse of `to_table` for that layer)."""
+        rows = table.filter(pc.equal(table.column("layer"), layer))
+        ids = np.array(rows.column("source_id").to_pylist(), dtype=str)
+        vectors = rows.column("vector").combine_chunks()
+        flat = vectors.values.to_numpy(zero_copy_only=False).astype(np.float32)
+        matrix = flat.reshape(len(ids), -1) if len(ids) else np.zeros((0, 0), np.float32)
+        positions = rows.column("position").to_numpy().astype(np.int64)
+        return cls(size, ids, source_priority(list(ids)), {layer: positions}, {layer: matrix})
+
     def merge(self, other: VectorSample) -> VectorSample:
         """Both samples' union, cut back to the `size` smallest hashes (disjoint images assumed)."""
         if self.size != other.size or set(self.vectors) != set(other.vectors):
@@ -136,11 +166,15 @@ def collect_shard(
     source: ImageSource,
     shard: ShardRef,
     size: int = DEFAULT_SIZE,
+    vectors: Sequence[str] | None = None,
     layouts: Mapping[str, str] | None = None,
-    **scan: object,
+    **scan: Any,
 ) -> tuple[PartialScan, VectorSample]:
-    """Scan one shard as `atlas.examples.scan_shard` does and collect the atlas's vectors on the way."""
-    names = [model.resolve_layer(n) for n in layers]
+    """Scan one shard as `atlas.examples.scan_shard` does and sample the `vectors` layers on the way.
+
+    `vectors` (default: every scanned layer) must be among `layers`, whose forward passes they share.
+    """
+    names = [model.resolve_layer(n) for n in (layers if vectors is None else vectors)]
     sample = VectorSample.empty({n: model.channels(n) for n in names}, size)
 
     def observe(ids: list[str], outputs: Mapping[str, torch.Tensor]) -> None:
@@ -148,5 +182,5 @@ def collect_shard(
         batch = {n: outputs[n] for n in names}
         sample = sample.merge(VectorSample.from_batch(ids, batch, size, layouts))
 
-    partial = scan_shard(model, names, source, shard, on_batch=observe, **scan)
+    partial = scan_shard(model, layers, source, shard, on_batch=observe, **scan)
     return partial, sample

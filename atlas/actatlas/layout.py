@@ -79,6 +79,7 @@ def place_chunks(reducer: Any, vectors: np.ndarray, chunk: int = PLACE_CHUNK) ->
 
     if not ray.is_initialized():
         return [_place(reducer, c) for c in chunks]
-    place = ray.remote(_place)
+    # No CPU reservation: the job's idle executor actors hold every CPU until the job ends.
+    place = ray.remote(num_cpus=0)(_place)
     shared = ray.put(reducer)
     return ray.get([place.remote(shared, c) for c in chunks])
