@@ -56,6 +56,10 @@ class JobResult:
 def prepare(spec: JobSpec) -> Prepared:
     """Load the model on the driver, check the spec against it, open the data, plan the units."""
     model = load_model(spec.model.name, spec.model.checkpoint, spec.model.weights)
+    if any(layer.dictionary for layer in spec.layers):
+        from atlas.actatlas.dictionary import attach_layers
+
+        spec = spec.replace(layers=attach_layers(model, spec.layers))
     check_against_model(spec, model)
     facts = ModelFacts(model.digest, {layer.name: model.channels(layer.name) for layer in spec.layers})
     source, shards, fingerprints = None, [], []
@@ -127,6 +131,7 @@ def run_job(
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     prepared = prepare(spec)
+    spec = prepared.spec  # dictionary layers renamed to their content-hashed names
     claim_output(spec.out, spec.name)  # a spec that fails its checks leaves no folder behind
     store = Store(spec.out)
     store.sweep_temporary()

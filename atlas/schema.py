@@ -102,6 +102,8 @@ ICONS_SCHEMA = pa.schema(
         ("image", pa.binary()),
         ("activation", pa.float32()),
         ("cosine", pa.float32()),
+        ("class", pa.int32()),
+        ("class_gain", pa.float32()),
         ("unit_key", pa.string()),
     ]
 )

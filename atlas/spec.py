@@ -70,6 +70,7 @@ class ModelSpec:
 class LayerSpec:
     name: str
     channels: tuple[int, ...] | None = None  # None: every channel of the layer
+    dictionary: Path | None = None  # (K, C) directions that replace the layer's channels (atlas.actatlas)
 
 
 @FORBID
@@ -254,17 +255,21 @@ def _layers(ctx: _Context, raw: Any) -> tuple[LayerSpec, ...]:
             continue
         if not isinstance(item, dict):
             raise ctx.error("layers", None, f"expected a table or a layer name, got {type_name(item)}")
-        unknown = set(item) - {"name", "channels"}
+        unknown = set(item) - {"name", "channels", "dictionary"}
         if unknown:
             key = sorted(unknown)[0]
             raise ctx.error(
                 "layers",
                 key,
-                f"unknown key. {close_matches(key, ['name', 'channels'])}Valid keys: name, channels",
+                f"unknown key. {close_matches(key, ['name', 'channels', 'dictionary'])}"
+                "Valid keys: name, channels, dictionary",
             )
+        if not isinstance(item.get("dictionary", ""), str):
+            raise ctx.error("layers", "dictionary", "expected a path string to a .npy or .safetensors file")
         if not isinstance(item.get("name"), str) or not item["name"]:
             raise ctx.error("layers", "name", 'every [[layers]] table needs name = "<layer>"')
-        layers.append(LayerSpec(item["name"], _channels(ctx, item.get("channels", "all"))))
+        dictionary = Path(item["dictionary"]) if item.get("dictionary") else None
+        layers.append(LayerSpec(item["name"], _channels(ctx, item.get("channels", "all")), dictionary))
     return tuple(layers)
 
 
@@ -314,7 +319,15 @@ def _resolve_paths(ctx: _Context, spec: JobSpec, base: Path) -> JobSpec:
                 f'{path} does not exist; give a folder of images, a .parquet file or "demo"',
             )
         examples = replace(examples, source=str(path))
-    return replace(spec, model=model, examples=examples)
+    layers = []
+    for layer in spec.layers:
+        if layer.dictionary is not None:
+            path = layer.dictionary if layer.dictionary.is_absolute() else base / layer.dictionary
+            if not path.is_file():
+                raise ctx.error("layers", "dictionary", f"file {path} does not exist")
+            layer = replace(layer, dictionary=path)
+        layers.append(layer)
+    return replace(spec, model=model, examples=examples, layers=tuple(layers))
 
 
 def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> JobSpec:

@@ -176,4 +176,8 @@ def run_unit(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
 
 def make_context(spec: JobSpec, device: str = "auto") -> WorkerContext:
     model = load_model(spec.model.name, spec.model.checkpoint, spec.model.weights, device=pick_device(device))
+    if any(layer.dictionary for layer in spec.layers):
+        from atlas.actatlas.dictionary import attach_layers
+
+        attach_layers(model, spec.layers)
     return WorkerContext(model=model, examples=spec.examples)

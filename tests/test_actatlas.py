@@ -177,3 +177,52 @@ def test_one_hot_dictionary_scans_exactly_like_the_channels() -> None:
             mine, theirs = getattr(getattr(basis, side), part), getattr(getattr(dictionary, side), part)
             np.testing.assert_array_equal(mine, theirs)
     np.testing.assert_array_equal(basis.histogram, dictionary.histogram)
+
+
+def test_class_of_a_direction_follows_the_rest_of_the_network() -> None:
+    """Known answer: channel j of the layer feeds (through ReLU, pooling, a permuted linear) class perm[j]."""
+    from torch import nn
+
+    from atlas.actatlas.classes import class_gains
+    from atlas.models.loaded import freeze
+    from atlas.models.registry import Preprocessing
+
+    perm = [2, 0, 3, 1]
+    head = nn.Linear(4, 4)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(4)[perm].T)
+        head.bias.zero_()
+    body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
+    model = freeze("planted", body, Preprocessing(16))
+    directions = np.eye(4, dtype=np.float32) * 3
+    gains = class_gains(model, "1", directions, np.zeros(4, np.float32))
+    assert gains.argmax(axis=1).tolist() == perm
+    assert np.abs(class_gains(model, "1", directions[:1] * 0, np.zeros(4, np.float32))).max() == 0
+
+
+def test_one_hot_dictionary_layer_gives_exactly_the_channels_results(tmp_path) -> None:
+    """Known answer: as a layer, a one-hot dictionary has the channels' activations, examples, renders."""
+    from dataclasses import replace
+
+    from atlas.actatlas.dictionary import attach_layers
+    from atlas.optvis import render_channels
+    from atlas.spec import LayerSpec, RenderSpec
+
+    model = load_model("tiny-cnn")
+    channels = model.channels("conv3")
+    np.save(tmp_path / "eye.npy", np.eye(channels, dtype=np.float32))
+    (layer,) = attach_layers(model, [LayerSpec("conv3", (0, 1), tmp_path / "eye.npy")])
+    assert layer.name.startswith("conv3@eye:") and model.channels(layer.name) == channels
+    assert attach_layers(model, [layer]) == (layer,)  # idempotent: workers attach the same way
+    source = open_source("demo")
+    shard = ShardRef(0, tuple(source.ids()[:16]))
+    scan = scan_shard(model, ["conv3", layer.name], source, shard, k=3)
+    basis, dictionary = scan.layers["conv3"], scan.layers[layer.name]
+    np.testing.assert_array_equal(basis.top.ids, dictionary.top.ids)
+    np.testing.assert_array_equal(basis.top.values, dictionary.top.values)
+    np.testing.assert_array_equal(basis.histogram, dictionary.histogram)
+    settings = replace(RenderSpec(), steps=4, size=32, batch=2, objectives=("channel",))
+    ours = render_channels(model, layer.name, (0, 1), settings)
+    theirs = render_channels(model, "conv3", (0, 1), settings)
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(a.image, b.image)

@@ -44,6 +44,8 @@ def _write_atlas(out: Path, layer: str) -> None:
             "image": [pool.png(24, i) for i in range(len(kept))],
             "activation": [1.0] * len(kept),
             "cosine": [0.9] * len(kept),
+            "class": [int(c) % 2 for c in kept],
+            "class_gain": [1.0] * len(kept),
             "unit_key": [f"icons-test{size}"] * len(kept),
         }
         store.write_unit(f"icons-test{size}", "icons", layer, pa.table(icons, schema=ICONS_SCHEMA))
@@ -80,6 +82,15 @@ def test_atlas_page_zooms_and_shows_a_cells_icon_channels_and_images(site: Path)
         assert page.locator(".atlas-grid[data-grid='6']").is_visible()
         cells = page.locator(".atlas-grid[data-grid='6'] .atlas-cell")
         assert cells.count() >= 2
+        page.select_option(".atlas-grid[data-grid='6'] .atlas-class", "1")  # the class-filtered view
+        dimmed = page.locator(".atlas-grid[data-grid='6'] .atlas-cell.dimmed")
+        assert (
+            dimmed.count()
+            == page.locator(".atlas-grid[data-grid='6'] .atlas-cell[data-class='0']").count()
+            > 0
+        )
+        page.select_option(".atlas-grid[data-grid='6'] .atlas-class", "")
+        assert dimmed.count() == 0
         cells.first.click()
         detail = page.locator("#atlas-detail")
         assert detail.is_visible()

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
+from atlas.actatlas.classes import class_gains
 from atlas.actatlas.collect import VectorSample
 from atlas.actatlas.grid import grid
 from atlas.actatlas.icons import cosine_matrix, render_icons
@@ -74,7 +75,8 @@ class IconsWork(_Work):
 
 def icons_tables(model: LoadedModel, unit: Unit, work: IconsWork) -> dict[str, pa.Table]:
     """The `icons` table of one icons unit (registered as a unit kind in atlas.units)."""
-    means = np.asarray(unit.inputs, np.float32)
+    means, baseline = (np.asarray(a, np.float32) for a in unit.inputs)
+    gains = class_gains(model, unit.layer, means, baseline)
     icons = render_icons(model, unit.layer, means, unit.channels, work.render, work.cosine_power)
     activations = np.stack([icon.vector for icon in icons])
     own = np.diag(cosine_matrix(activations, means))
@@ -85,6 +87,8 @@ def icons_tables(model: LoadedModel, unit: Unit, work: IconsWork) -> dict[str, p
         "image": [png_bytes(icon.image) for icon in icons],
         "activation": [icon.activation for icon in icons],
         "cosine": own.astype(np.float32),
+        "class": gains.argmax(axis=1).astype(np.int32),
+        "class_gain": gains.max(axis=1).astype(np.float32),
         "unit_key": [unit.key] * len(icons),
     }
     return {"icons": pa.table(table, schema=ICONS_SCHEMA)}
@@ -177,15 +181,15 @@ def run_atlas(
 def _icon_units(spec: JobSpec, digest: str, layer: str, size: int, grid_key: str, store: Store) -> list[Unit]:
     cells = store.read_unit(grid_key, "atlas_grid").filter(pa.compute.field("kept"))
     ids = cells.column("cell").to_pylist()
-    means = cells.column("mean").to_pylist()
+    if not ids:
+        return []
+    means = np.array(cells.column("mean").to_pylist(), np.float32)
+    counts = cells.column("count").to_numpy()
+    baseline = (means * counts[:, None]).sum(axis=0) / counts.sum()  # the mean of the kept samples
     work = IconsWork(grid_key, size, spec.render, spec.activation_atlas.cosine_power)
     return [
         make_unit(
-            digest,
-            layer,
-            ids[i : i + ICONS_PER_UNIT],
-            work,
-            inputs=np.array(means[i : i + ICONS_PER_UNIT], np.float32),
+            digest, layer, ids[i : i + ICONS_PER_UNIT], work, inputs=(means[i : i + ICONS_PER_UNIT], baseline)
         )
         for i in range(0, len(ids), ICONS_PER_UNIT)
     ]

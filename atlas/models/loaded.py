@@ -96,6 +96,22 @@ class LoadedModel:
             LayerInfo(name, shape[1], shape[2], shape[3]) for name, shape in shapes.items() if len(shape) == 4
         ]
 
+    def add_derived_layer(self, name: str, source: str, module: nn.Module) -> None:
+        """A layer whose output is `module` applied to layer `source`'s output (as `activations` reads it).
+
+        It runs inside the forward pass, so renders, scans and receptive fields treat it like any
+        layer (a dictionary of directions becomes a layer with one channel per direction).
+        """
+        source = self.resolve_layer(source)
+        if name in self._modules:
+            raise UnknownLayerError(f"model {self.name!r} already has a layer {name!r}; choose another name")
+        module = module.to(self.device)
+        self._modules[name] = module
+        self._modules[source].register_forward_hook(
+            lambda _m, _i, out: module(self.folded.restore(source, out))
+        )
+        self.__dict__.pop("_layer_infos", None)  # found again, now with the new layer
+
     def layers(self) -> list[LayerInfo]:
         """Every module whose output is a (B, C, H, W) map, in forward order, at input_size."""
         return list(self._layer_infos)

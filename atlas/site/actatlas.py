@@ -25,6 +25,7 @@ class AtlasCell:
     column: int
     count: int
     icon: str  # path relative to the site root, "" without an icon
+    klass: int  # the class whose logit the cell's direction raises most (-1: not known)
     channels: tuple[tuple[int, float], ...]  # (channel, component), largest first
     images: tuple[str, ...]
 
@@ -36,21 +37,29 @@ class AtlasGrid:
     dropped_cells: int
     dropped_samples: int
 
+    @property
+    def classes(self) -> list[tuple[int, int]]:
+        """(class, cells) of the classes the cells raise most, commonest first."""
+        counts: dict[int, int] = {}
+        for cell in self.cells:
+            if cell.klass >= 0:
+                counts[cell.klass] = counts.get(cell.klass, 0) + 1
+        return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
-def _icons(store: Store, layer: str, folder: Path, slug: str) -> dict[tuple[int, int], str]:
-    """Write every icon of the layer as a file; (grid, cell) -> its path from the site root."""
-    table = store.read("icons", layer, columns=["grid", "cell", "image"])
+
+def _icons(store: Store, layer: str, folder: Path, slug: str) -> dict[tuple[int, int], tuple[str, int]]:
+    """Write every icon of the layer as a file; (grid, cell) -> (its path from the site root, class)."""
+    table = store.read("icons", layer, columns=["grid", "cell", "image", "class"])
     if table is None:
         return {}
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for size, cell, image in zip(
-        *(table.column(c).to_pylist() for c in ("grid", "cell", "image")), strict=True
-    ):
+    found = {}
+    columns = (table.column(c).to_pylist() for c in ("grid", "cell", "image", "class"))
+    for size, cell, image, klass in zip(*columns, strict=True):
         name = f"g{size}-c{cell}.png"
         (folder / name).write_bytes(image)
-        paths[(size, cell)] = f"img/{slug}/atlas/{name}"
-    return paths
+        found[(size, cell)] = (f"img/{slug}/atlas/{name}", klass)
+    return found
 
 
 def read_atlas(store: Store, layer: str, root: Path, slug: str) -> list[AtlasGrid]:
@@ -74,7 +83,7 @@ def read_atlas(store: Store, layer: str, root: Path, slug: str) -> list[AtlasGri
                     size - 1 - r["row"],
                     r["column"],
                     r["count"],
-                    icons.get((size, r["cell"]), ""),
+                    *icons.get((size, r["cell"]), ("", -1)),
                     tuple((int(c), float(mean[c])) for c in top),
                     tuple(r["source_ids"]),
                 )

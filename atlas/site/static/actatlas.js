@@ -19,7 +19,8 @@
     icon.hidden = !cell.dataset.icon;
     if (cell.dataset.icon) { icon.src = cell.dataset.icon; }
     document.getElementById("atlas-detail-title").textContent =
-      "Cell " + cell.dataset.cell + " · " + cell.dataset.count + " samples";
+      "Cell " + cell.dataset.cell + " · " + cell.dataset.count + " samples" +
+      (cell.dataset.class !== "-1" ? " · raises class " + cell.dataset.class + " most" : "");
     fill(document.getElementById("atlas-detail-channels"), JSON.parse(cell.dataset.channels), function (pair) {
       var item = document.createElement("li");
       var link = document.createElement("a");
@@ -41,6 +42,13 @@
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll(".atlas-zoom button").forEach(function (button) {
       button.addEventListener("click", function () { showGrid(button.dataset.grid); });
+    });
+    document.querySelectorAll(".atlas-class").forEach(function (select) {
+      select.addEventListener("change", function () {
+        select.closest(".atlas-grid").querySelectorAll(".atlas-cell").forEach(function (cell) {
+          cell.classList.toggle("dimmed", select.value !== "" && cell.dataset.class !== select.value);
+        });
+      });
     });
     document.querySelectorAll(".atlas-cell").forEach(function (cell) {
       cell.addEventListener("click", function () { showCell(cell); });
