@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from raytools import local_ray, tiny_spec_text
@@ -22,8 +23,8 @@ min_count = 3
 """
 
 
-def _spec(out):
-    text = tiny_spec_text(out, layer="conv3", channels="0:2", extra=ATLAS, workers=1)
+def _spec(out, extra: str = ""):
+    text = tiny_spec_text(out, layer="conv3", channels="0:2", extra=ATLAS + extra, workers=1)
     text = text.replace("enabled = false", 'source = "demo"\nk = 2\nshard_size = 100\nbatch_size = 50')
     spec = parse_spec(text, source="<test spec>")
     return spec.replace(render=replace(spec.render, batch=8, channels_per_unit=2))
@@ -40,7 +41,9 @@ def _units(store: Store, kind: str) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_atlas_stage_stores_layout_cells_icons_and_reruns_only_what_changed(tmp_path) -> None:
-    spec = _spec(tmp_path / "out")
+    np.save(tmp_path / "eye.npy", np.eye(32, dtype=np.float32))  # conv3 of tiny-cnn has 32 channels
+    dictionary = f'[[layers]]\nname = "conv3"\nchannels = "0:2"\ndictionary = "{tmp_path / "eye.npy"}"\n'
+    spec = _spec(tmp_path / "out", dictionary)
     with local_ray():
         assert run_job(spec, build=False).ok
         store = Store(spec.out)
@@ -53,8 +56,17 @@ def test_atlas_stage_stores_layout_cells_icons_and_reruns_only_what_changed(tmp_
         kept = cells.filter(pa.compute.field("kept"))
         assert sorted(icons.column("cell").to_pylist()) == sorted(kept.column("cell").to_pylist())
         before = {kind: _units(store, kind) for kind in ("atlas_layout", "atlas_grid", "icons")}
+        examples = store.read("examples").to_pylist()
+        basis = [
+            (r["channel"], r["bucket"], r["rank"], r["source_id"]) for r in examples if r["layer"] == "conv3"
+        ]
+        named = [
+            (r["channel"], r["bucket"], r["rank"], r["source_id"]) for r in examples if r["layer"] != "conv3"
+        ]
+        assert sorted(named) == sorted(basis) and basis  # a one-hot dictionary: the channels' examples
 
-        wider = spec.replace(activation_atlas=replace(spec.activation_atlas, grids=(4, 6)))
+        wider = _spec(tmp_path / "out", dictionary)
+        wider = wider.replace(activation_atlas=replace(spec.activation_atlas, grids=(4, 6)))
         assert run_job(wider, build=False).ok
         after = {kind: _units(Store(spec.out), kind) for kind in before}
     assert after["atlas_layout"] == before["atlas_layout"]  # same layout, not recomputed
