@@ -18,7 +18,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -26,6 +26,7 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from atlas.errors import AtlasError
 from atlas.plan import Unit
+from atlas.report import JobResult
 from atlas.spec import ExecuteSpec, JobSpec
 from atlas.store import Store, UnitRecord
 from atlas.units import UnitFailed, make_context, run_unit
@@ -54,22 +55,6 @@ class WorkerPlan:
         """E.g. '4 workers x 1 GPU' for logs and summaries."""
         each = f"{self.gpus:g} GPU" if self.gpus > 0 else f"{self.cpus:g} CPU"
         return f"{self.count} worker{'s' if self.count != 1 else ''} x {each}"
-
-
-@dataclass
-class RunReport:
-    done: int = 0
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (unit label, reason)
-    retried: int = 0
-    seconds: float = 0.0
-
-    def add(self, other: RunReport) -> None:
-        self.done += other.done
-        self.skipped += other.skipped
-        self.failed += other.failed
-        self.retried += other.retried
-        self.seconds += other.seconds
 
 
 def connect(execute: ExecuteSpec) -> None:
@@ -241,23 +226,15 @@ class Executor:
         self,
         units: Sequence[Unit],
         store: Store,
-        force: bool = False,
         on_progress: Callable[[Unit, str], None] | None = None,
-    ) -> RunReport:
-        """Run every unit not already in the store; return what happened.
+        result: JobResult | None = None,
+    ) -> JobResult:
+        """Run every unit given (what is left to do is the caller's question); count into `result`.
 
-        `on_progress(unit, outcome)` is called once per unit with "done", "skipped" or "failed".
+        `on_progress(unit, outcome)` is called once per unit with "done" or "failed".
         """
-        report = RunReport()
-        start = time.perf_counter()
-        pending: deque[tuple[Unit, int]] = deque()
-        for unit in units:
-            if not force and store.has(unit.key):
-                report.skipped += 1
-                if on_progress:
-                    on_progress(unit, "skipped")
-            else:
-                pending.append((unit, 1))
+        result = result if result is not None else JobResult()
+        pending: deque[tuple[Unit, int]] = deque((unit, 1) for unit in units)
         limit = self.spec.execute.max_in_flight or 2 * len(self.workers)
         in_flight: dict[ray.ObjectRef, _Call] = {}
         shipped: dict[int, tuple[Any, ray.ObjectRef]] = {}  # id(inputs) -> (inputs, its object ref)
@@ -273,15 +250,14 @@ class Executor:
                     continue
                 call = in_flight.pop(ref)
                 call.worker.load -= 1
-                outcome = self._collect(ref, call, store, report, pending)
+                outcome = self._collect(ref, call, store, result, pending)
                 if on_progress and outcome != "retry":
                     on_progress(call.unit, outcome)
             if any(w.pid is not None and not w.lost for w in self.workers) or in_flight:
                 last_live = time.monotonic()
             elif time.monotonic() - last_live > self.start_timeout:
                 raise ExecuteError(self._no_worker_message())
-        report.seconds = time.perf_counter() - start
-        return report
+        return result
 
     def _submit(
         self,
@@ -326,14 +302,14 @@ class Executor:
         ref: ray.ObjectRef,
         call: _Call,
         store: Store,
-        report: RunReport,
+        result: JobResult,
         pending: deque,
     ) -> str:
         unit = call.unit
         try:
             tables, seconds = ray.get(ref)
         except UnitFailed as err:  # deterministic: record it, do not retry
-            return self._fail(call, store, report, _reason(err))
+            return self._fail(call, store, result, _reason(err))
         except RayError as err:
             if isinstance(err, RayTaskError) and not _is_system_failure(err):
                 reason = _reason(err)
@@ -341,22 +317,22 @@ class Executor:
                 self._replace(call.worker)
                 reason = f"worker lost: {type(err).__name__}"
             if call.attempt <= self.spec.execute.retries:
-                report.retried += 1
+                result.retried += 1
                 pending.append((unit, call.attempt + 1))
                 return "retry"
-            return self._fail(call, store, report, reason)
+            return self._fail(call, store, result, reason)
         shards = store.write_shards(unit.key, tables)
         store.commit(
             UnitRecord.done(unit.key, unit.kind, unit.layer, shards, unit.channels, call.attempt, seconds)
         )
-        report.done += 1
+        result.done += 1
         return "done"
 
     @staticmethod
-    def _fail(call: _Call, store: Store, report: RunReport, reason: str) -> str:
+    def _fail(call: _Call, store: Store, result: JobResult, reason: str) -> str:
         unit = call.unit
         store.commit(UnitRecord.failed(unit.key, unit.kind, unit.layer, reason, unit.channels, call.attempt))
-        report.failed.append((unit.label, reason))
+        result.failed.append((unit.label, reason))
         return "failed"
 
     def _replace(self, worker: _Worker) -> None:

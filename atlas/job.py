@@ -1,29 +1,33 @@
-"""Running a whole job: spec -> plan -> execute (two phases) -> store -> site.
+"""Running a whole job: spec -> plan -> store (what is pending) -> execute -> store -> site.
 
 Phase one runs every independent unit: renders, interactions and dataset-shard scans. Phase two
-merges the scan partials and crops each layer's examples. Everything is checked before any work
-starts, and every finished unit is in the store before the next one is collected.
+merges the scan partials and crops each layer's examples. Each phase asks the store once what is
+left to do (checksums included) and hands exactly that to the executor. Everything is checked
+before any work starts, and every finished unit is in the store before the next one is collected.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from functools import reduce
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from atlas.examples import PartialScan, direction_layer
 from atlas.models import LoadedModel, load_model, pick_device
 from atlas.outdir import check_output, claim_output
 from atlas.plan import CODE_VERSIONS, ModelFacts, Plan, Unit, examples_units, make_plan
 from atlas.provenance import provenance
+from atlas.report import JobResult
 from atlas.site.columns import atlas_columns, columns_json
 from atlas.skipped import count_reasons, read_skipped
 from atlas.spec import JobSpec, check_against_model, spec_to_dict
-from atlas.store import Store
+from atlas.store import Store, open_store
+
+if TYPE_CHECKING:
+    from atlas.execute import Executor
 
 
 @dataclass
@@ -34,23 +38,6 @@ class Prepared:
     model: LoadedModel
     facts: ModelFacts
     plan: Plan
-    source: Any = None
-
-
-@dataclass
-class JobResult:
-    out: Path
-    done: int = 0
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    retried: int = 0
-    seconds: float = 0.0
-    site: Path | None = None
-    skipped_inputs: dict[str, int] = field(default_factory=dict)  # reason -> images the scan skipped
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
 
 
 def prepare(spec: JobSpec) -> Prepared:
@@ -62,7 +49,7 @@ def prepare(spec: JobSpec) -> Prepared:
         spec = spec.replace(layers=attach_layers(model, spec.layers))
     check_against_model(spec, model)
     facts = ModelFacts(model.digest, {layer.name: model.channels(layer.name) for layer in spec.layers})
-    source, shards, fingerprints = None, [], []
+    shards, fingerprints = [], []
     if spec.examples.enabled:
         from atlas.data import open_source
 
@@ -71,7 +58,7 @@ def prepare(spec: JobSpec) -> Prepared:
         whole = source.fingerprint()  # any change to the data rescans: top-k are global
         fingerprints = [f"{whole}:{shard.index}:{len(shard.source_ids)}" for shard in shards]
     plan = make_plan(spec, facts, shards, fingerprints)
-    return Prepared(spec, model, facts, plan, source)
+    return Prepared(spec, model, facts, plan)
 
 
 def job_info(prepared: Prepared, started: str, finished: str | None = None) -> dict:
@@ -117,6 +104,76 @@ def _layer_scan(merged: PartialScan, unit: Unit) -> PartialScan:
     return merged.select(names)
 
 
+@dataclass
+class UnitRunner:
+    """Asks the store what is pending and runs exactly that; starts Ray only when something is.
+
+    Checksums are checked once per run, here: a finished job reruns in a second, a damaged shard
+    is recomputed.
+    """
+
+    spec: JobSpec
+    store: Store
+    result: JobResult
+    force: bool = False
+    tick: Callable[[Unit, str], None] | None = None
+    executor: Executor | None = None
+
+    def pending(self, units: Sequence[Unit]) -> list[Unit]:
+        """The units still to compute; the others are counted (and reported) as skipped."""
+        todo = set(self.store.pending([u.key for u in units], force=self.force, verify=True))
+        for unit in units:
+            if unit.key not in todo:
+                self.result.skipped += 1
+                if self.tick:
+                    self.tick(unit, "skipped")
+        return [u for u in units if u.key in todo]
+
+    def execute(self, units: Sequence[Unit]) -> None:
+        if not units:
+            return
+        if self.executor is None:
+            from atlas.execute import Executor
+
+            self.executor = Executor(self.spec)
+        self.executor.run(units, self.store, on_progress=self.tick, result=self.result)
+        self.store.flush()
+
+    def run(self, units: Sequence[Unit]) -> None:
+        self.execute(self.pending(units))
+
+
+def run_independent(runner: UnitRunner, prepared: Prepared, only: tuple[str, ...] | None) -> None:
+    """Phase one: renders, interactions and the dataset-shard scans."""
+    runner.run([u for u in prepared.plan.units if only is None or u.kind in only])
+
+
+def run_examples(runner: UnitRunner, prepared: Prepared) -> list[Unit]:
+    """Phase two: merge the finished scans and crop each layer's examples; returns its units."""
+    scan_keys = prepared.plan.scan_keys
+    unfinished = set(runner.store.pending(scan_keys))  # checked (or written) by phase one
+    finished = tuple(key for key in scan_keys if key not in unfinished)
+    units = examples_units(prepared.spec, prepared.facts, finished)
+    todo = runner.pending(units)
+    if todo:
+        merged = merged_scan(runner.store, finished)
+        todo = [replace(u, inputs=_layer_scan(merged, u)) for u in todo]
+    runner.execute(todo)
+    return units
+
+
+def run_atlases(runner: UnitRunner, prepared: Prepared) -> set[str]:
+    """Phase three: the activation atlases of the finished scans; returns the keys it owns."""
+    spec = prepared.spec
+    unfinished = set(runner.store.pending(prepared.plan.scan_keys))
+    finished = tuple(key for key in prepared.plan.scan_keys if key not in unfinished)
+    if not spec.activation_atlas.layers or not finished:
+        return set()
+    from atlas.actatlas.stage import run_atlas
+
+    return run_atlas(spec, prepared.facts.digest, runner.store, finished, runner.run, runner.force)
+
+
 def run_job(
     spec: JobSpec,
     force: bool = False,
@@ -125,71 +182,32 @@ def run_job(
     progress: Callable[[int], Callable[[Unit, str], None]] | None = None,
 ) -> JobResult:
     """Run a job end to end. `only` limits the unit kinds (e.g. scan + examples for `atlas scan`)."""
-    from atlas.execute import Executor, RunReport
-
     spec = spec.replace(out=check_output(spec.out, spec.name))  # before any work, even the model
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    started = _now()
     t0 = time.perf_counter()
     prepared = prepare(spec)
     spec = prepared.spec  # dictionary layers renamed to their content-hashed names
     claim_output(spec.out, spec.name)  # a spec that fails its checks leaves no folder behind
-    store = Store(spec.out)
+    store = open_store(spec.out)
     store.sweep_temporary()
     store.write_job(job_info(prepared, started))
-    units = [u for u in prepared.plan.units if only is None or u.kind in only]
-    phase_two_possible = spec.examples.enabled and (only is None or "examples" in only)
-    later = examples_units(spec, prepared.facts, prepared.plan.scan_keys) if phase_two_possible else []
-    total = len(units) + len(later)
-    tick = progress(total) if progress else None
-    result = JobResult(out=spec.out)
-    executor: Executor | None = None
-    report = RunReport()
-
-    def run_units(batch: list[Unit]) -> None:
-        """Start Ray only when something is left to compute: a finished job reruns in a second."""
-        nonlocal executor
-        if not force and all(store.has(u.key) for u in batch):
-            report.skipped += len(batch)
-            for unit in batch:
-                if tick:
-                    tick(unit, "skipped")
-            return
-        if executor is None:
-            executor = Executor(spec)
-        report.add(executor.run(batch, store, force=force, on_progress=tick))
-
+    with_examples = spec.examples.enabled and (only is None or "examples" in only)
+    total = sum(only is None or u.kind in only for u in prepared.plan.units)
+    if with_examples:
+        total += len(examples_units(spec, prepared.facts, prepared.plan.scan_keys))
+    runner = UnitRunner(spec, store, JobResult(out=spec.out), force, progress(total) if progress else None)
     try:
-        run_units(units)
-        finished: tuple[str, ...] = ()
-        if phase_two_possible and prepared.plan.scan_keys:
-            finished = tuple(k for k in prepared.plan.scan_keys if store.has(k, verify=False))
-            if finished:
-                pending = examples_units(spec, prepared.facts, finished)
-                if force or not all(store.has(u.key) for u in pending):
-                    merged = merged_scan(store, finished)
-                    pending = [replace(u, inputs=_layer_scan(merged, u)) for u in pending]
-                run_units(pending)
-        atlas_keys: set[str] = set()
-        if only is None and spec.activation_atlas.layers and finished:
-            from atlas.actatlas.stage import run_atlas
-
-            atlas_keys = run_atlas(spec, prepared.facts.digest, store, finished, run_units, force)
+        run_independent(runner, prepared, only)
+        examples = run_examples(runner, prepared) if with_examples else []
+        atlases = run_atlases(runner, prepared) if only is None else set()
         if only is None:  # units of older settings would show up beside the new ones
-            keep = {u.key for u in prepared.plan.units}
-            keep |= {u.key for u in examples_units(spec, prepared.facts, finished)} | atlas_keys
-            store.prune(keep)
+            store.prune({u.key for u in prepared.plan.units} | {u.key for u in examples} | atlases)
     finally:
-        if executor is not None:
-            executor.shutdown()
-    result.done, result.skipped, result.failed, result.retried = (
-        report.done,
-        report.skipped,
-        report.failed,
-        report.retried,
-    )
+        if runner.executor is not None:
+            runner.executor.shutdown()
+    result = runner.result
     result.skipped_inputs = count_reasons(read_skipped(store, prepared.plan.scan_keys))
-    finished_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    store.write_job(job_info(prepared, started, finished_at))
+    store.write_job(job_info(prepared, started, _now()))
     if build:
         from atlas.site import build_site
 
@@ -198,17 +216,21 @@ def run_job(
     return result
 
 
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def job_status(spec: JobSpec) -> dict[str, list[str]]:
     """Which units of the job are done, pending, failed, and which stored units are stale."""
     prepared = prepare(spec)
-    store = Store(spec.out)
+    store = open_store(spec.out)
     wanted = list(prepared.plan.units)
-    finished_scans = tuple(k for k in prepared.plan.scan_keys if store.has(k, verify=False))
-    if len(finished_scans) == len(prepared.plan.scan_keys):
-        wanted += examples_units(spec, prepared.facts, finished_scans)
+    if not store.pending(prepared.plan.scan_keys):
+        wanted += examples_units(spec, prepared.facts, prepared.plan.scan_keys)
+    todo = set(store.pending([u.key for u in wanted], verify=True))
     status: dict[str, list[str]] = {"done": [], "pending": [], "failed": [], "stale": []}
     for unit in wanted:
-        if store.has(unit.key):
+        if unit.key not in todo:
             status["done"].append(unit.label)
         elif store.is_failed(unit.key):
             status["failed"].append(f"{unit.label}: {store.entry(unit.key).reason}")

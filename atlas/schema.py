@@ -1,8 +1,12 @@
-"""The Arrow schemas of the tables the atlas stores (README: "Output and store").
+"""The Arrow schemas of the tables the atlas stores, and what each column means.
 
 One home for them: the renderer's units, the dataset examples and the synthetic stores of the
-site's tests and benchmark all write exactly these columns.
+site's tests and benchmark all write exactly these columns, and the column tables of
+docs/STORE.md are generated from `TABLES` (scripts/gen_docs.py).
 """
+
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -107,3 +111,123 @@ ICONS_SCHEMA = pa.schema(
         ("unit_key", pa.string()),
     ]
 )
+
+
+@dataclass(frozen=True)
+class StoredTable:
+    schema: pa.Schema
+    rows: str  # what one row is
+    meanings: Mapping[str, str]  # column -> what it holds
+
+
+TABLES = {
+    "render": StoredTable(
+        RENDER_SCHEMA,
+        "one row per image",
+        {
+            "layer": "layer name",
+            "channel": "channel (first channel for pairs; -1 for directions, whose id is `variant`)",
+            "channel_b": "second channel for `pair` / `interpolation`, else -1",
+            "objective": "`channel`, `neuron`, `negative`, `diversity`, `direction`, `pair`, `interpolation`",
+            "variant": "index within a diversity set / direction id / interpolation step",
+            "label": "human text, e.g. `channel 12`, `random direction 3`, `12 + 45`",
+            "image": "PNG bytes",
+            "activation": "mean activation of `channel` over space for the final image (direction: projection)",
+            "loss": "loss curve",
+            "unit_key": "content key of the unit that wrote the row",
+        },
+    ),
+    "examples": StoredTable(
+        EXAMPLES_SCHEMA,
+        "one row per example",
+        {
+            "layer": "layer name",
+            "channel": "channel; random direction i is channel -1 - i",
+            "bucket": "`max`, `min`, `slightly_positive`, `slightly_negative`",
+            "rank": "0 = most extreme in its bucket",
+            "activation": "the channel's spatial maximum (`min`, `slightly_negative`: minimum) on the image",
+            "source_id": "the image, e.g. `demo:horse.png@328x328+0+0` or a path relative to the folder",
+            "x": "column of the position in the layer's activation map",
+            "y": "row of the position in the layer's activation map",
+            "crop": "PNG, the receptive field around the position",
+            "thumb": "PNG, the whole image",
+            "unit_key": "content key of the unit that wrote the row",
+        },
+    ),
+    "histogram": StoredTable(
+        HISTOGRAM_SCHEMA,
+        "one row per channel",
+        {
+            "layer": "layer name",
+            "channel": "channel; random direction i is channel -1 - i",
+            "edges": "bin edges, roughly log-spaced; the outer ones are the true minimum and maximum",
+            "counts": "positions (of every image) per bin",
+            "unit_key": "content key of the unit that wrote the row",
+        },
+    ),
+    "skipped": StoredTable(
+        SKIPPED_SCHEMA,
+        "one row per image a scan could not use; one shard per scan unit, empty when none",
+        {
+            "source_id": "the image, relative to the source's root (folder: `sub/x.jpg`; Parquet: `<file>#row<i>`)",
+            "reason": "`corrupt`, `truncated`, `too_large` (over Pillow's decompression-bomb limit), "
+            "`tiny` (a side under 16 px), `missing` (gone since the source was listed)",
+            "message": "the decoder's words, e.g. `cannot identify image file ...`",
+            "unit_key": "the scan unit",
+        },
+    ),
+    "vectors": StoredTable(
+        VECTORS_SCHEMA,
+        "one row per sampled image and activation-atlas layer; one shard per scan unit of a job with an atlas",
+        {
+            "layer": "layer name",
+            "source_id": "the image",
+            "position": "flat index of the hash-chosen spatial (or token) position",
+            "vector": "the activation vector there (C values)",
+            "unit_key": "the scan unit",
+        },
+    ),
+    "atlas_layout": StoredTable(
+        ATLAS_POINTS_SCHEMA,
+        "one row per sampled image; one shard per atlas layer",
+        {
+            "layer": "layer name",
+            "source_id": "the image",
+            "position": "as in `vectors`",
+            "x": "UMAP coordinate",
+            "y": "UMAP coordinate",
+            "unit_key": "the layout unit",
+        },
+    ),
+    "atlas_grid": StoredTable(
+        ATLAS_CELLS_SCHEMA,
+        "one row per non-empty cell; one shard per atlas layer and grid size",
+        {
+            "layer": "layer name",
+            "grid": "grid size (cells per side)",
+            "cell": "row * grid + column",
+            "row": "row, 0 at the lowest y",
+            "column": "column, 0 at the lowest x",
+            "count": "samples in the cell (the counts of a grid add up to the layout's rows)",
+            "kept": "count >= min_count (dropped cells are listed, and counted, but get no mean or icon)",
+            "mean": "the cell's mean activation vector (empty when dropped)",
+            "source_ids": "up to 8 images that fell in the cell",
+            "unit_key": "the grid unit",
+        },
+    ),
+    "icons": StoredTable(
+        ICONS_SCHEMA,
+        "one row per kept cell; one shard per icons unit (up to 32 cells)",
+        {
+            "layer": "layer name",
+            "grid": "grid size",
+            "cell": "the cell",
+            "image": "PNG, optimized toward the cell's mean (dot product x cosine^cosine_power)",
+            "activation": "projection of the icon's mean activation vector on the cell mean",
+            "cosine": "cosine of the icon's mean activation vector with the cell mean",
+            "class": "the class whose logit the cell's direction raises most, through the rest of the network",
+            "class_gain": "by how much that logit rises over the dataset mean's",
+            "unit_key": "the icons unit",
+        },
+    ),
+}

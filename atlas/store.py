@@ -286,24 +286,6 @@ class Store:
         self.commit(record)
         return record
 
-    def record_failure(
-        self,
-        unit_key: str,
-        kind: str,
-        layer: str,
-        reason: str,
-        channels: Sequence[int] = (),
-        attempts: int = 1,
-    ) -> None:
-        self.commit(UnitRecord.failed(unit_key, kind, layer, reason, channels, attempts))
-
-    def forget(self, keys: Iterable[str]) -> None:
-        """Drop units from the manifest, e.g. to recompute them; their shards stay until `prune`."""
-        for key in keys:
-            self._entries.pop(key, None)
-            self._lines.pop(key, None)
-        self._save_manifest()
-
     def prune(self, keep: Iterable[str]) -> int:
         """Delete shards and manifest entries of units not in `keep` (stale after a spec change)."""
         keep = set(keep)

@@ -48,12 +48,11 @@ class InProcessExecutor:
 
         self.context = make_context(spec)
 
-    def run(self, units, store, force: bool = False, on_progress=None):
-        from atlas.execute import RunReport
+    def run(self, units, store, on_progress=None, result=None):
+        from atlas.report import JobResult
         from atlas.units import run_unit
 
-        report = RunReport()
-        start = time.perf_counter()
+        report = result if result is not None else JobResult()
         for unit in units:
             unit_start = time.perf_counter()
             tables = run_unit(self.context, unit)
@@ -68,7 +67,6 @@ class InProcessExecutor:
             report.done += 1
             if on_progress:
                 on_progress(unit, "done")
-        report.seconds = time.perf_counter() - start
         return report
 
     def shutdown(self) -> None:

@@ -22,8 +22,10 @@ from pathlib import Path
 from atlas.models import load_model
 from atlas.outdir import claim_output
 from atlas.safefs import remove
-from atlas.site.synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 from atlas.site.workers import auto_workers
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic-store fixture
+from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store  # noqa: E402
 
 ISSUE_CHANNEL_COUNT = 5484  # the figure the issue quotes for InceptionV1
 

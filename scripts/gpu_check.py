@@ -57,7 +57,7 @@ from atlas.optvis.transforms import preset  # noqa: E402
 from atlas.plan import ModelFacts, make_plan  # noqa: E402
 from atlas.provenance import provenance  # noqa: E402
 from atlas.spec import ExamplesSpec, LayerSpec, ModelSpec, load_spec  # noqa: E402
-from atlas.store import Store  # noqa: E402
+from atlas.store import Store, UnitRecord  # noqa: E402
 from atlas.units import UnitFailed, WorkerContext, run_unit  # noqa: E402
 
 JOB = ROOT / "jobs" / "inceptionv1.toml"
@@ -355,7 +355,7 @@ def slice_section(model: LoadedModel, settings: Settings, report: Report, work: 
             store.write_unit_tables(unit.key, unit.kind, unit.layer, tables, unit.channels)
             outcome = {"rows": tables["render"].num_rows}
         except UnitFailed as err:
-            store.record_failure(unit.key, unit.kind, unit.layer, str(err), unit.channels)
+            store.commit(UnitRecord.failed(unit.key, unit.kind, unit.layer, str(err), unit.channels))
             outcome = {"failed": str(err)[:200]}
         synchronize(model.device)
         last = time.perf_counter() - start

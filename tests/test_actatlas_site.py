@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from synthetic import PatternPool, SyntheticLayer, SyntheticOptions, write_synthetic_store
 
 from atlas.actatlas.stage import cells_table
 from atlas.schema import ICONS_SCHEMA
 from atlas.site import build_site
-from atlas.site.synthetic import PatternPool, SyntheticLayer, SyntheticOptions, write_synthetic_store
 from atlas.store import Store
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -303,7 +303,8 @@ def test_receptive_field_grows_with_depth_and_boxes_stay_inside(model: LoadedMod
 
 
 def test_reductions_match_numpy_histogram_on_both_backends() -> None:
-    from atlas.examples import HIST_EDGES, _reduce
+    from atlas.examples import HIST_EDGES
+    from atlas.examples.scan import _reduce
 
     values = torch.cat([torch.randn(3000) * 4, torch.tensor([0.0, 5000.0, -5000.0, 1e-6, -1e-6])])
     act = values.view(1, 1, -1, 1).repeat(2, 3, 1, 1) * torch.tensor([1.0, -2.0, 0.5]).view(1, 3, 1, 1)
@@ -319,7 +320,7 @@ def test_reductions_match_numpy_histogram_on_both_backends() -> None:
 
 
 def test_prefetched_batches_equal_sequential_ones(dataset: ImageSource) -> None:
-    from atlas.examples import _batches
+    from atlas.examples.scan import _batches
 
     ids = dataset.ids()[:20]
     sequential = list(_batches(dataset, ids, 6, 32, prefetch=False))

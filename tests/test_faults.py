@@ -24,7 +24,8 @@ from raytools import env_with_tests_on_path, local_ray, manifest_units, tiny_spe
 
 from atlas.cli import main
 from atlas.execute import Executor, WorkerPlan
-from atlas.job import prepare, run_job
+from atlas.job import UnitRunner, prepare, run_job
+from atlas.report import JobResult
 from atlas.spec import load_spec
 from atlas.store import Store
 
@@ -49,8 +50,10 @@ def executor(cluster, tmp_path_factory):
 
 
 def run_units(executor: Executor, spec, store: Store | None = None):
-    """Run a spec's units on the shared pool, as `atlas run --no-site` would."""
-    return executor.run(prepare(spec).plan.units, store or Store(spec.out))
+    """Run a spec's pending units on the shared pool, as `atlas run --no-site` would."""
+    runner = UnitRunner(spec, store or Store(spec.out), JobResult(spec.out), executor=executor)
+    runner.run(prepare(spec).plan.units)
+    return runner.result
 
 
 class CountingStore(Store):

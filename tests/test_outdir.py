@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 
 import atlas.job
 from atlas import safefs
@@ -22,7 +23,6 @@ from atlas.job import run_job
 from atlas.outdir import MARKER, OutputFolderError, claim_output, marker_job
 from atlas.safefs import UnsafeDeletionError, remove, swap_folder
 from atlas.site import build_site
-from atlas.site.synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 from atlas.spec import SpecError, parse_spec
 from atlas.store import Store
 

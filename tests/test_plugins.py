@@ -34,7 +34,7 @@ import json, sys
 from click.testing import CliRunner
 from atlas.cli import main
 from atlas.site.columns import atlas_columns, columns_json
-from atlas.site.synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
+from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 from atlas.spec import SpecError, parse_spec
 
 spec = {spec!r}

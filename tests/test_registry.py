@@ -17,7 +17,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "CONTRACTS.md"
 def test_the_docs_table_is_generated_from_the_registries():
     text = DOC.read_text()
     block = text[text.index(BEGIN) : text.index(END) + len(END)]
-    assert block == registry_table(), "run python scripts/registry_tables.py"
+    assert block == registry_table(), "run python scripts/gen_docs.py"
 
 
 def test_cli_choices_are_the_registered_names():

@@ -13,6 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from synthetic import (
+    PatternPool,
+    SyntheticLayer,
+    SyntheticOptions,
+    write_synthetic_store,
+)
 
 from atlas.schema import RENDER_SCHEMA
 from atlas.site import SiteError, build_site
@@ -20,12 +26,6 @@ from atlas.site.changes import channel_ranges
 from atlas.site.sheets import compose, grid_placements, png_size
 from atlas.site.slugs import layer_slugs
 from atlas.site.sprites import sprite_layout
-from atlas.site.synthetic import (
-    PatternPool,
-    SyntheticLayer,
-    SyntheticOptions,
-    write_synthetic_store,
-)
 from atlas.store import Store
 
 HOSTILE = '<script>alert("x")</script>/../../evil'
@@ -276,7 +276,7 @@ def test_rebuild_replaces_the_site_and_reports_what_changed(tmp_path: Path) -> N
     assert "Nothing changed" in build_site(tmp_path).read_text()
     old = next(e for e in store.entries() if e.kind == "render" and e.channels[0] == 8)
     table = pq.read_table(tmp_path / old.path)
-    store.forget([old.key])
+    store.prune(e.key for e in store.entries() if e.key != old.key)
     store.write_unit("recomputed", "render", "mixed3a", table, old.channels)
     write_synthetic_store(tmp_path / "other", [SyntheticLayer("mixed4b", 2)], _small())
     text = build_site(tmp_path).read_text()
@@ -298,7 +298,7 @@ def test_rebuild_links_unchanged_sprites_and_redraws_changed_ones(tmp_path: Path
         "image",
         pa.array([PatternPool(seed=5).png(16, i) for i in range(table.num_rows)], pa.binary()),
     )
-    store.forget([old.key])
+    store.prune(e.key for e in store.entries() if e.key != old.key)
     store.write_unit("redrawn", "render", "mixed3a", redrawn, old.channels)
     build_site(tmp_path)
     after = {c: (site / f"img/mixed3a/{c}.jpg").stat().st_ino for c in before}

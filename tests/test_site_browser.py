@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 
 from atlas.site import build_site
-from atlas.site.synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

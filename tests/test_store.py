@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from atlas.store import Store, StoreError
+from atlas.store import Store, StoreError, UnitRecord
 
 
 def table(n: int, layer: str = "l1") -> pa.Table:
@@ -46,7 +46,7 @@ def test_corrupt_or_missing_shard_is_not_done(tmp_path):
 
 def test_failures_are_recorded_and_overwritten_by_success(tmp_path):
     store = Store(tmp_path)
-    store.record_failure("k1", "render", "l1", "NaN at step 3")
+    store.commit(UnitRecord.failed("k1", "render", "l1", "NaN at step 3"))
     assert store.is_failed("k1") and not store.has("k1")
     assert Store(tmp_path).entry("k1").reason == "NaN at step 3"
     store.write_unit("k1", "render", "l1", table(1))
@@ -81,7 +81,7 @@ def test_manifest_stays_valid_json_across_updates(tmp_path):
     store = Store(tmp_path)
     for i in range(5):
         store.write_unit(f"k{i}", "render", "l1", table(1))
-    store.record_failure("k2", "render", "l1", "boom")
+    store.commit(UnitRecord.failed("k2", "render", "l1", "boom"))
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert [u["status"] for u in manifest["units"]] == ["done", "done", "failed", "done", "done"]
 
@@ -90,7 +90,7 @@ def test_pending_checks_sizes_cheaply_and_checksums_when_asked(tmp_path):
     store = Store(tmp_path)
     for key in ("k1", "k2", "k3"):
         store.write_unit(key, "render", "l1", table(3))
-    store.record_failure("k4", "render", "l1", "boom")
+    store.commit(UnitRecord.failed("k4", "render", "l1", "boom"))
     shard = tmp_path / "shards" / "render"
     (shard / "k1.parquet").write_bytes((shard / "k1.parquet").read_bytes()[:-5])  # truncated
     flipped = bytearray((shard / "k2.parquet").read_bytes())
@@ -104,7 +104,6 @@ def test_pending_checks_sizes_cheaply_and_checksums_when_asked(tmp_path):
 
 
 def test_shards_are_invisible_until_committed(tmp_path):
-    from atlas.store import UnitRecord
 
     store = Store(tmp_path)
     shards = store.write_shards("k1", {"examples": table(2), "histogram": table(1)})

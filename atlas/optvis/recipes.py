@@ -92,7 +92,6 @@ def _render(model: LoadedModel, parts: Sequence[RenderPart], settings: RenderSet
         steps=settings.steps,
         lr=settings.lr,
         transforms=settings.transforms,
-        snapshots=tuple(getattr(settings, "snapshots", ())),
         precision=settings.precision,
     )
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 from PIL import Image
 
 from atlas.schema import EXAMPLES_SCHEMA, HISTOGRAM_SCHEMA, RENDER_SCHEMA
-from atlas.store import Store
+from atlas.store import Store, UnitRecord
 
 BUCKET_SIGNS = {"max": 3.0, "slightly_positive": 0.5, "slightly_negative": -0.5, "min": -3.0}
 
@@ -142,7 +142,9 @@ def _write_channel_units(
 ) -> None:
     render_key = _key("render", layer, channels[0], options.seed)
     if layer in options.failed_layers:
-        store.record_failure(render_key, "render", layer, "synthetic failure: CUDA out of memory", channels)
+        store.commit(
+            UnitRecord.failed(render_key, "render", layer, "synthetic failure: CUDA out of memory", channels)
+        )
     else:
         rows = []
         for channel in channels:
