@@ -223,10 +223,15 @@ def _now() -> str:
 def job_status(spec: JobSpec) -> dict[str, list[str]]:
     """Which units of the job are done, pending, failed, and which stored units are stale."""
     prepared = prepare(spec)
+    spec = prepared.spec  # dictionary layers renamed to their content-hashed names
     store = open_store(spec.out)
     wanted = list(prepared.plan.units)
     if not store.pending(prepared.plan.scan_keys):
         wanted += examples_units(spec, prepared.facts, prepared.plan.scan_keys)
+        if spec.activation_atlas.layers:
+            from atlas.actatlas.stage import planned_units
+
+            wanted += planned_units(spec, prepared.facts.digest, store, prepared.plan.scan_keys)
     todo = set(store.pending([u.key for u in wanted], verify=True))
     status: dict[str, list[str]] = {"done": [], "pending": [], "failed": [], "stale": []}
     for unit in wanted:

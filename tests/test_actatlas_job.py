@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from raytools import local_ray, tiny_spec_text
 
-from atlas.job import run_job
+from atlas.job import job_status, run_job
 from atlas.spec import parse_spec
 from atlas.store import Store
 
@@ -56,6 +56,9 @@ def test_atlas_stage_stores_layout_cells_icons_and_reruns_only_what_changed(tmp_
         kept = cells.filter(pa.compute.field("kept"))
         assert sorted(icons.column("cell").to_pylist()) == sorted(kept.column("cell").to_pylist())
         before = {kind: _units(store, kind) for kind in ("atlas_layout", "atlas_grid", "icons")}
+        status = job_status(spec)
+        assert status["stale"] == [] and status["pending"] == [] and status["failed"] == []
+        assert sum(label.startswith("icons conv3") for label in status["done"]) == len(before["icons"])
         examples = store.read("examples").to_pylist()
         basis = [
             (r["channel"], r["bucket"], r["rank"], r["source_id"]) for r in examples if r["layer"] == "conv3"

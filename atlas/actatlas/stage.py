@@ -133,6 +133,30 @@ def cells_table(
     return pa.table(columns, schema=ATLAS_CELLS_SCHEMA)
 
 
+def _layout_unit(spec: JobSpec, digest: str, layer: str, scans: tuple[str, ...]) -> Unit:
+    atlas = spec.activation_atlas
+    work = LayoutWork(scans, atlas.samples, atlas.max_fit, atlas.n_neighbors, atlas.min_dist)
+    return make_unit(digest, layer, (), work)
+
+
+def _grid_units(spec: JobSpec, digest: str, layer: str, layout_key: str) -> list[Unit]:
+    atlas = spec.activation_atlas
+    return [make_unit(digest, layer, (), GridWork(layout_key, size, atlas.min_count)) for size in atlas.grids]
+
+
+def planned_units(spec: JobSpec, digest: str, store: Store, scans: Sequence[str]) -> list[Unit]:
+    """The stage's units known without computing anything (icons only of grids already stored)."""
+    units = []
+    for layer in spec.activation_atlas.layers:
+        layout_unit = _layout_unit(spec, digest, layer, tuple(sorted(scans)))
+        units.append(layout_unit)
+        for grid_unit in _grid_units(spec, digest, layer, layout_unit.key):
+            units.append(grid_unit)
+            if spec.activation_atlas.icons and store.has(grid_unit.key, verify=False):
+                units += _icon_units(spec, digest, layer, grid_unit.work.size, grid_unit.key, store)
+    return units
+
+
 def run_atlas(
     spec: JobSpec,
     digest: str,
@@ -143,39 +167,32 @@ def run_atlas(
 ) -> set[str]:
     """Lay out, grid and (as units) render every atlas layer; returns the keys this stage owns."""
     atlas: ActivationAtlasSpec = spec.activation_atlas
-    keys: set[str] = set()
     scans = tuple(sorted(scans))
     for layer in atlas.layers:
         settings = LayoutSettings(
             atlas.n_neighbors, atlas.min_dist, max_fit=atlas.max_fit, seed=spec.render.seed
         )
-        work = LayoutWork(scans, atlas.samples, atlas.max_fit, atlas.n_neighbors, atlas.min_dist)
-        planned = make_unit(digest, layer, (), work)
-        keys.add(planned.key)
+        layout_unit = _layout_unit(spec, digest, layer, scans)
         sample: VectorSample | None = None
-        if force or not store.has(planned.key):
+        if force or not store.has(layout_unit.key):
             sample = _sample(store, scans, layer, atlas.samples)
             coords = layout(sample.vectors[layer], settings)
-            store.write_unit(
-                planned.key, "atlas_layout", layer, _layout_table(sample, layer, coords, planned.key)
-            )
-        points = store.read_unit(planned.key, "atlas_layout")
+            table = _layout_table(sample, layer, coords, layout_unit.key)
+            store.write_unit(layout_unit.key, "atlas_layout", layer, table)
+        points = store.read_unit(layout_unit.key, "atlas_layout")
         coords = np.stack([points.column("x").to_numpy(), points.column("y").to_numpy()], axis=1)
-        for size in atlas.grids:
-            grid_unit = make_unit(digest, layer, (), GridWork(planned.key, size, atlas.min_count))
-            keys.add(grid_unit.key)
+        for grid_unit in _grid_units(spec, digest, layer, layout_unit.key):
             if force or not store.has(grid_unit.key):
                 sample = sample or _sample(store, scans, layer, atlas.samples)
                 ids = np.array(points.column("source_id").to_pylist())
+                size = grid_unit.work.size
                 table = cells_table(
                     layer, ids, coords, sample.vectors[layer], size, atlas.min_count, grid_unit.key
                 )
                 store.write_unit(grid_unit.key, "atlas_grid", layer, table)
-            if atlas.icons:
-                icons = _icon_units(spec, digest, layer, size, grid_unit.key, store)
-                keys |= {u.key for u in icons}
-                run_units(icons)
-    return keys
+    units = planned_units(spec, digest, store, scans)
+    run_units([u for u in units if u.kind == "icons"])
+    return {u.key for u in units}
 
 
 def _icon_units(spec: JobSpec, digest: str, layer: str, size: int, grid_key: str, store: Store) -> list[Unit]:
