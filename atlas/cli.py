@@ -171,18 +171,30 @@ def status(job: Path, out: Path | None, verbose: bool) -> None:
 @click.option("--weights", default="default", show_default=True)
 @click.option("--all", "show_all", is_flag=True, help="Also list sub-modules inside blocks.")
 def layers(model: str, checkpoint: Path | None, weights: str, show_all: bool) -> None:
-    """List a model's layers with channel counts and spatial sizes at its input size."""
+    """List a model's layers: channels (feature dims), layout and grid at its input size."""
     from atlas.models import load_model
 
     loaded = load_model(model, checkpoint, weights)
     infos = loaded.layers()
     if not show_all:  # the blocks a user picks from, not every conv inside them
         depth = min(info.name.count(".") for info in infos)
-        infos = [i for i in infos if i.name.count(".") <= depth + 1 and "static_padding" not in i.name]
+        infos = [
+            i for i in infos if i.role or (i.name.count(".") <= depth + 1 and "static_padding" not in i.name)
+        ]
     click.echo(f"{loaded.name}: input {loaded.input_size}x{loaded.input_size}")
     width = max(len(i.name) for i in infos)
     for info in infos:
-        click.echo(f"  {info.name:<{width}}  {info.channels:>5} channels  {info.height}x{info.width}")
+        role = f"  {ROLE_NOTES[info.role]}" if info.role else ""
+        click.echo(f"  {info.name:<{width}}  {info.channels:>5} channels  {info.shape.describe()}{role}")
+    if any(info.prefix for info in infos):
+        click.echo("class token: append @cls to a token layer's name (e.g. a block's output)")
+
+
+ROLE_NOTES = {
+    "block": "[block output]",
+    "mlp": "[MLP hidden units, after the activation]",
+    "attention": "[attention output]",
+}
 
 
 @main.command()

@@ -75,6 +75,7 @@ def job_info(prepared: Prepared, started: str, finished: str | None = None) -> d
                 "total_channels": total,
                 "height": info.height if info else 0,
                 "width": info.width if info else 0,
+                "layout": info.layout if info else "map",
             }
         )
     return {

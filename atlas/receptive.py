@@ -47,13 +47,8 @@ class ReceptiveField:
 
 
 def layer_grid(model: LoadedModel, layer: str) -> tuple[int, int]:
-    """Height and width of a layer's activation map at the model's input size (1 x 1 for logits)."""
-    if layer == LOGITS:
-        return 1, 1
-    for info in model.layers():
-        if info.name == layer:
-            return info.height, info.width
-    raise ValueError(f"layer {layer!r} of {model.name!r} has no (B, C, H, W) output to take examples from")
+    """Height and width of a layer's positions at the model's input size (patches for tokens)."""
+    return model.layout(layer).grid
 
 
 def receptive_field(model: LoadedModel, layer: str) -> ReceptiveField:

@@ -147,9 +147,10 @@ TABLES = {
             "rank": "0 = most extreme in its bucket",
             "activation": "the channel's spatial maximum (`min`, `slightly_negative`: minimum) on the image",
             "source_id": "the image, e.g. `demo:horse.png@328x328+0+0` or a path relative to the folder",
-            "x": "column of the position in the layer's activation map",
-            "y": "row of the position in the layer's activation map",
-            "crop": "PNG, the receptive field around the position",
+            "x": "column of the position in the layer's activation map (the patch, on token layers)",
+            "y": "row of the position in the layer's activation map (the patch, on token layers)",
+            "crop": "PNG, the receptive field around the position; on token layers the whole image "
+            "with the unit's per-patch heatmap",
             "thumb": "PNG, the whole image",
             "unit_key": "content key of the unit that wrote the row",
         },

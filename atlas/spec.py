@@ -389,6 +389,13 @@ def check_against_model(spec: JobSpec, model: Any) -> None:
     from atlas.models import UnknownLayerError
 
     ctx = _Context(spec.source.read_text() if spec.source and spec.source.is_file() else "", str(spec.source))
+    if spec.render.enabled and model.fixed_size and spec.render.size != model.input_size:
+        raise ctx.error(
+            "render",
+            "size",
+            f"model {model.name!r} takes only {model.input_size}x{model.input_size} inputs (position "
+            f"embeddings fix the size): set size = {model.input_size}",
+        )
     pairs_layers = [p[0] for p in spec.interactions.pairs]
     for layer in [*(layer.name for layer in spec.layers), *pairs_layers]:
         try:

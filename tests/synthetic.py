@@ -29,6 +29,7 @@ class SyntheticLayer:
     channels: int
     height: int = 14
     width: int = 14
+    layout: str = "map"  # or "tokens" for a transformer layer (atlas.models.layout)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ def write_synthetic_store(
                     "total_channels": layer.channels,
                     "height": layer.height,
                     "width": layer.width,
+                    "layout": layer.layout,
                 }
                 for layer in layers
             ],

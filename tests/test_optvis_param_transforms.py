@@ -114,6 +114,7 @@ def test_presets_are_seeded_differentiable_and_sized():
     out.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert T.preset("distill")(x, _generator()).shape[-1] == 32 + 32 - 24
+    assert T.preset("vit")(x, _generator()).shape[-1] == 32 + 8 - 6
     assert torch.equal(T.preset("none")(x, _generator()), x)
 
 

@@ -3,7 +3,7 @@
 `finalize_layer` estimates each "slightly" bucket's quantile from the partial's sample and picks
 the sampled images nearest to it; it trims the fixed fine histogram's empty bins and merges
 neighbours down to `bins` (exact), with the true extremes as outer edges. Crops are the layer's
-receptive field around the recorded position.
+receptive field around the recorded position (token layers: the whole image with a heatmap).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from atlas import heatmaps
 from atlas.data import ImageSource, square_view
 from atlas.examples.partial import HIST_EDGES, LayerScan, PartialScan, ScanError, base_layer
 from atlas.models import LoadedModel
@@ -56,7 +57,8 @@ def finalize_layer(
     nearest the `quantiles[1]` quantile of the maxima. Rank 0 is the most extreme in every bucket
     (highest for max / slightly_positive, lowest for min / slightly_negative).
     Crops are the layer's receptive field around the position, cut from the centered square the
-    model saw; thumbs show the whole image, longest side `thumb_size`.
+    model saw; on token layers (ViTs) they are that whole square with the unit's per-patch
+    heatmap (atlas.heatmaps). Thumbs show the whole image, longest side `thumb_size`.
     """
     if layer not in partial.layers:
         raise ScanError(f"the scan has no layer {layer!r}; scanned: {', '.join(partial.layers)}")
@@ -71,6 +73,11 @@ def finalize_layer(
     field_ = receptive_field(model, base_layer(layer))
     images = _cut(source, picks, field_, crop_size, thumb_size)
     kept = [p for p in picks if p.source_id in images]
+    crops = [images[p.source_id][0][(p.y, p.x)] for p in kept]
+    if heatmaps.wanted(model, layer):  # token layers: whole image + per-patch heatmap
+        keys = [(p.source_id, p.channel, p.bucket in ("min", "slightly_negative")) for p in kept]
+        drawn = heatmaps.overlays(model, layer, source, keys, crop_size)
+        crops = [drawn.get(key, crop) for key, crop in zip(keys, crops, strict=True)]
     examples = pa.table(
         {
             "layer": pa.array([layer] * len(kept), pa.string()),
@@ -81,7 +88,7 @@ def finalize_layer(
             "source_id": pa.array([p.source_id for p in kept], pa.string()),
             "x": pa.array([p.x for p in kept], pa.int32()),
             "y": pa.array([p.y for p in kept], pa.int32()),
-            "crop": pa.array([images[p.source_id][0][(p.y, p.x)] for p in kept], pa.binary()),
+            "crop": pa.array(crops, pa.binary()),
             "thumb": pa.array([images[p.source_id][1] for p in kept], pa.binary()),
             "unit_key": pa.array([unit_key] * len(kept), pa.string()),
         },

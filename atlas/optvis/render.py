@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from atlas.errors import AtlasError
-from atlas.models import LoadedModel
+from atlas.models import LoadedModel, ModelError
 from atlas.optvis.objectives import Objective, ObjectiveError, StepState
 from atlas.optvis.transforms import Transform, preset
 from atlas.registry import Registry
@@ -185,6 +185,12 @@ def render_parts(
     layers = sorted(set().union(*(part.objective.layers for part in parts)))
     transform = preset(transforms) if isinstance(transforms, str) else transforms
     params = [part.param.to(model.device) for part in parts]
+    try:
+        with torch.no_grad():
+            for param in params:
+                model.check_input_size(int(param().shape[-1]))
+    except ModelError as err:
+        raise RenderError(str(err)) from err
     trainable = [p for param in params for p in param.parameters() if p.requires_grad]
     opt = make_optimizer(optimizer, trainable, lr)
     generators = [torch.Generator(device="cpu").manual_seed(part.seed) for part in parts]

@@ -180,13 +180,20 @@ def _distill() -> list[Step]:
     ]
 
 
+def _vit() -> list[Step]:
+    # Light robustness for transformers: jitter within a patch, a few percent of scale, small turns.
+    return [pad(4), jitter(4), random_scale([0.95, 1.0, 1.05]), random_rotate(list(range(-5, 6))), jitter(2)]
+
+
 # Registration order is the order users see: the default first.
 PRESETS: Registry[Callable[[], list[Step]]] = Registry("transforms", TransformError)
 PRESETS.register("standard", _standard)
 PRESETS.register("distill", _distill)
+PRESETS.register("vit", _vit)
 PRESETS.register("none", list)
 
 
 def preset(name: str) -> Transform:
-    """The named transform set: ``standard`` (lucid), ``distill`` (the appendix), ``none``..."""
+    """The named transform set: ``standard`` (lucid), ``distill`` (the appendix), ``vit`` (light,
+    for transformers), ``none``..."""
     return compose(PRESETS.get(name)())

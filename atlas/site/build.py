@@ -28,6 +28,7 @@ from atlas.site.channels import BUCKETS, ChannelEntry, PreviousSprites, read_lay
 from atlas.site.columns import Column, job_columns
 from atlas.site.images import LayerImages, Picture
 from atlas.site.interactions import read_interactions
+from atlas.site.paging import SEARCH_FILE, Page, ranges, split, write_search
 from atlas.site.slugs import layer_slugs
 from atlas.site.sprites import SpriteLayout
 from atlas.site.workers import ComposeJobs, auto_workers
@@ -83,6 +84,8 @@ class LayerSummary:
     has_interactions: bool = False
     has_atlas: bool = False  # an activation atlas page (atlas.site.actatlas)
     sprite_keys: dict[str, str] = field(default_factory=dict)
+    pages: list[Page] = field(default_factory=list)
+    layout: str = "map"  # map, tokens or channels_last (atlas.models.layout)
 
 
 def build_site(out: Path, site_dir: Path | None = None, workers: int | None = None) -> Path:
@@ -204,6 +207,7 @@ def _build_into(
             planned=len(layer.get("channels") or ()) or layer.get("total_channels"),
             height=layer.get("height"),
             width=layer.get("width"),
+            layout=layer.get("layout", "map"),
             failed=[e for e in entries if e.status == "failed" and e.layer == layer["name"]],
         )
         for layer in plan
@@ -250,6 +254,7 @@ def _build_into(
         done=sum(e.status == "done" for e in entries),
         **common,
     ).dump(str(root / "index.html"), encoding="utf-8")
+    write_search(root / SEARCH_FILE, [(s.name, s.slug, s.shown, s.pages) for s in summaries])
     _copy_static(root / "static")
     (root / SUMMARY_FILE).write_text(json.dumps(current, indent=1))
 
@@ -294,13 +299,21 @@ def _build_layer(
     }
     layout = content.layout
     page = {**page, "layout": layout}
-    env.get_template("layer.html").stream(
-        channels=channels,
-        columns=columns,
-        grids={c: [r.columns, r.rows] for c, r in layout.regions.items() if c in shown} if layout else {},
-        kinds={column.name.replace("_", "-"): column.kind for column in columns},
-        **page,
-    ).dump(str(root / f"{summary.slug}.html"), encoding="utf-8")
+    pages = split([c.channel for c in channels], summary.slug)
+    summary.pages = [p for p, _ in pages]
+    grids = {c: [r.columns, r.rows] for c, r in layout.regions.items() if c in shown} if layout else {}
+    kinds = {column.name.replace("_", "-"): column.kind for column in columns}
+    for number, (this, part) in enumerate(pages):
+        env.get_template("layer.html").stream(
+            channels=channels[part],
+            columns=columns,
+            grids=grids,
+            kinds=kinds,
+            pages=summary.pages if len(pages) > 1 else [],
+            page_ranges=ranges(summary.pages),
+            this_page=number,
+            **page,
+        ).dump(str(root / this.href), encoding="utf-8")
     if interactions is not None:
         by_channel = {c.channel: c for c in channels if c.sprite is not None}
         basis = [c for c in channels if c.sprite is not None and "channel" in c.values]

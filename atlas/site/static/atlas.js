@@ -44,6 +44,22 @@
     // column class -> "optimized" (one image), "diverse" (a set) or "examples" (from job.json)
     const kinds = JSON.parse(list.dataset.kinds || "{}");
     let detailsState = "none"; // "loading", "ready" or "failed": details.js is loaded on first open
+    // [[first, last, href], ...]: every page of this layer (large layers come in pages)
+    const pages = JSON.parse(list.dataset.pages || "[]");
+    const here = decodeURIComponent(window.location.pathname.split("/").pop());
+    const pageIndex = pages.findIndex(function (p) { return p[2] === here; });
+
+    function pageOf(channel) {
+      const number = Number(channel);
+      return pages.find(function (p) { return number >= p[0] && number <= p[1]; });
+    }
+    function goElsewhere(channel) {
+      // true when the channel lives on another page of this layer, which is then opened
+      const page = pageOf(channel);
+      if (!page || page[2] === here) return false;
+      window.location.href = page[2] + "#channel-" + channel;
+      return true;
+    }
 
     function details(channel) {
       const layer = (window.atlasDetails || {})[list.dataset.slug];
@@ -217,6 +233,7 @@
       const row = rowFor(match[1]);
       if (row && row === current && !view.hidden) return;
       if (row) { open(row); return; }
+      if (goElsewhere(match[1])) return;
       status.textContent = "Channel " + match[1] + " is not on this page.";
       view.hidden = true;
     }
@@ -243,7 +260,13 @@
       if (!order.length) return;
       const index = current ? order.indexOf(current) : -1;
       const next = index < 0 ? order[delta > 0 ? 0 : order.length - 1] : order[index + delta];
-      if (!next) return;
+      if (!next) {
+        const neighbour = pageIndex >= 0 ? pages[pageIndex + delta] : undefined;
+        if (neighbour && !filter.value.trim()) {
+          window.location.href = neighbour[2] + "#channel-" + neighbour[delta > 0 ? 0 : 1];
+        }
+        return;
+      }
       open(next); // at once, so quick repeated keys step from the channel just shown
       window.location.hash = next.id;
     }
@@ -299,7 +322,7 @@
       if (rowFor(jump.value)) {
         window.location.hash = "channel-" + jump.value;
         status.textContent = "";
-      } else {
+      } else if (!goElsewhere(jump.value)) {
         status.textContent = "Channel " + jump.value + " is not on this page.";
       }
     });
@@ -335,31 +358,65 @@
   function setupIndex(search) {
     const cards = Array.from(document.querySelectorAll(".layer-card"));
     const status = document.getElementById("search-status");
+    const results = document.getElementById("search-results");
+    const MAX_RESULTS = 50;
 
     function parse() {
       const text = search.value.trim();
+      const bare = /^(\d+)$/.exec(text);
+      if (bare) return { name: "", channel: bare[1] };
       const match = /^(.*?)[\s:#]+(\d+)$/.exec(text);
       return match ? { name: match[1].toLowerCase(), channel: match[2] } : { name: text.toLowerCase(), channel: null };
     }
     function matching(query) {
       return cards.filter(function (card) { return card.dataset.name.toLowerCase().indexOf(query.name) >= 0; });
     }
+    function units(query) {
+      // every layer of the atlas (search.js: name, slug, count, page ranges) holding the unit
+      if (query.channel === null) return [];
+      const number = Number(query.channel);
+      const found = [];
+      (window.atlasSearch || []).forEach(function (layer) {
+        if (layer[0].toLowerCase().indexOf(query.name) < 0) return;
+        const page = layer[3].find(function (p) { return number >= p[0] && number <= p[1]; });
+        if (page) found.push({ name: layer[0], exact: layer[0].toLowerCase() === query.name, href: page[2] + "#channel-" + number });
+      });
+      return found;
+    }
+    function showUnits(found, channel) {
+      results.replaceChildren();
+      found.slice(0, MAX_RESULTS).forEach(function (unit) {
+        const item = make("li");
+        const link = make("a", "", unit.name + " · unit " + channel);
+        link.href = unit.href;
+        item.appendChild(link);
+        results.appendChild(item);
+      });
+      results.hidden = !found.length;
+    }
     search.addEventListener("input", function () {
       const query = parse();
       const found = matching(query);
-      cards.forEach(function (card) { card.hidden = found.indexOf(card) < 0; });
-      status.textContent = search.value.trim() ? found.length + " of " + cards.length + " layers" +
-        (query.channel !== null && found.length === 1 ? " · press Enter for channel " + query.channel : "") : "";
+      const hits = units(query);
+      cards.forEach(function (card) { card.hidden = found.indexOf(card) < 0 && !hits.some(function (h) { return h.name === card.dataset.name; }); });
+      showUnits(hits, query.channel);
+      if (!search.value.trim()) status.textContent = "";
+      else if (query.channel !== null) {
+        status.textContent = hits.length + " unit" + (hits.length === 1 ? "" : "s") + " " + query.channel +
+          (hits.length > MAX_RESULTS ? " (first " + MAX_RESULTS + " shown)" : "") + (hits.length === 1 ? " · press Enter to open it" : "");
+      } else status.textContent = found.length + " of " + cards.length + " layers";
     });
     search.addEventListener("keydown", function (event) {
       if (event.key !== "Enter") return;
       const query = parse();
+      const hits = units(query);
+      const exactHits = hits.filter(function (hit) { return hit.exact; });
+      const hit = exactHits.length === 1 ? exactHits[0] : hits.length === 1 ? hits[0] : null;
+      if (hit) { window.location.href = hit.href; return; }
       const found = matching(query);
       const exact = found.filter(function (card) { return card.dataset.name.toLowerCase() === query.name; });
       const target = exact.length === 1 ? exact[0] : found.length === 1 ? found[0] : null;
-      if (target) {
-        window.location.href = target.dataset.slug + ".html" + (query.channel !== null ? "#channel-" + query.channel : "");
-      }
+      if (target && query.channel === null) window.location.href = target.dataset.slug + ".html";
     });
     document.addEventListener("keydown", function (event) {
       if (event.key === "/" && !isTyping(event.target)) {
