@@ -213,6 +213,11 @@ def test_one_hot_dictionary_layer_gives_exactly_the_channels_results(tmp_path) -
     np.save(tmp_path / "eye.npy", np.eye(channels, dtype=np.float32))
     (layer,) = attach_layers(model, [LayerSpec("conv3", (0, 1), tmp_path / "eye.npy")])
     assert layer.name.startswith("conv3@eye:") and model.channels(layer.name) == channels
+    np.save(tmp_path / "random.npy", np.random.default_rng(0).normal(size=(5, channels)).astype(np.float32))
+    attach_layers(model, [LayerSpec("conv3", None, tmp_path / "random.npy")])
+    probe = torch.rand(2, 3, 64, 64)
+    plain = load_model("tiny-cnn").activations(probe, ["logits"])["logits"]
+    torch.testing.assert_close(model.activations(probe, ["logits"])["logits"], plain)  # network untouched
     assert attach_layers(model, [layer]) == (layer,)  # idempotent: workers attach the same way
     source = open_source("demo")
     shard = ShardRef(0, tuple(source.ids()[:16]))
@@ -226,3 +231,22 @@ def test_one_hot_dictionary_layer_gives_exactly_the_channels_results(tmp_path) -
     theirs = render_channels(model, "conv3", (0, 1), settings)
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_array_equal(a.image, b.image)
+
+
+def test_token_layers_give_vectors_and_dictionaries_like_maps(tmp_path) -> None:
+    """A ViT's token layer: one vector per image from its patch grid; a one-hot dictionary equals it."""
+    from atlas.actatlas.dictionary import attach_layers
+    from atlas.spec import LayerSpec
+
+    model = load_model("timm:deit_tiny_patch16_224", weights="none")
+    channels = model.channels("blocks.0")
+    np.save(tmp_path / "eye.npy", np.eye(channels, dtype=np.float32))
+    (layer,) = attach_layers(model, [LayerSpec("blocks.0", None, tmp_path / "eye.npy")])
+    x01 = torch.rand(2, 3, 224, 224)
+    outputs = model.activations(x01, ["blocks.0", layer.name])
+    torch.testing.assert_close(outputs[layer.name], outputs["blocks.0"])
+    sample = VectorSample.from_batch(["a.png", "b.png"], outputs, size=4)
+    assert sample.vectors["blocks.0"].shape == (2, channels)  # one patch position per image
+    rows = [["a.png", "b.png"].index(i) for i in sample.ids]  # each layer samples its own position
+    base = positions(outputs["blocks.0"])[rows, sample.positions[layer.name]].numpy()
+    np.testing.assert_allclose(sample.vectors[layer.name], base, rtol=1e-5, atol=1e-5)

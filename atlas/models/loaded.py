@@ -146,9 +146,12 @@ class LoadedModel:
         module = module.to(self.device)
         layout = self.layout(source)
         self._modules[name] = module
-        self._modules[source].register_forward_hook(
-            lambda mod, _i, out: module(layout.to_map(self.folded.restore(source, unwrap(out, mod))))
-        )
+
+        def derive(mod: nn.Module, _inputs: object, out: object) -> None:
+            """Runs `module` for its own hooks; returns None so the source's output stays as it was."""
+            module(layout.to_map(self.folded.restore(source, unwrap(out, mod))))
+
+        self._modules[source].register_forward_hook(derive)
         for found in ("_layer_infos", "_info_by_name"):  # found again, now with the new layer
             self.__dict__.pop(found, None)
 
