@@ -288,8 +288,8 @@ def _build_layer(
     _write_details(images.folder / DETAILS_FILE, summary.slug, channels)
     columns = _row_columns(channels, common["job"], all_columns)
     shown = {column.name for column in columns}
-    grids = read_atlas(store, summary.name, root, summary.slug)
-    summary.has_atlas = bool(grids)
+    atlas_grids = read_atlas(store, summary.name, root, summary.slug)
+    summary.has_atlas = bool(atlas_grids)
     page = {
         "current": summary,
         "layer": summary,
@@ -323,9 +323,9 @@ def _build_layer(
             by_channel=by_channel,
             **page,
         ).dump(str(root / f"{summary.slug}.interactions.html"), encoding="utf-8")
-    if grids:
+    if atlas_grids:
         page_file = str(root / f"{summary.slug}.atlas.html")
-        env.get_template("actatlas.html").stream(grids=grids, **page).dump(page_file, encoding="utf-8")
+        env.get_template("actatlas.html").stream(grids=atlas_grids, **page).dump(page_file, encoding="utf-8")
 
 
 def _channel_inputs(entries: list[UnitRecord], layer: str) -> Callable[[int], str]:
