@@ -16,15 +16,18 @@ from atlas.optvis.render import PRECISIONS
 from atlas.optvis.transforms import PRESETS
 from atlas.registry import Registry
 from atlas.spec import JobSpec, load_spec
+from atlas.storage import parse_out
+
+OUT_HELP = "Output folder or bucket URI, e.g. s3://bucket/prefix (default: the spec's job.out)."
 
 
 def _packaged_spec(name: str) -> Path:
     return Path(str(resources.files("atlas") / "jobs" / f"{name}.toml"))
 
 
-def _load(path: Path, out: Path | None) -> JobSpec:
+def _load(path: Path, out: str | None) -> JobSpec:
     spec = load_spec(path)
-    return spec.replace(out=out) if out else spec
+    return spec.replace(out=parse_out(out)) if out else spec
 
 
 def _progress(total: int):
@@ -96,40 +99,49 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("atlas-out/demo"), show_default=True)
+@click.option("--out", default="atlas-out/demo", show_default=True, help=OUT_HELP)
 @click.option("--force", is_flag=True, help="Recompute units that are already done.")
-def demo(out: Path, force: bool) -> None:
+def demo(out: str, force: bool) -> None:
     """Build the demo atlas (EfficientNet-Lite0, demo photos, local Ray)."""
     _run(_load(_packaged_spec("demo"), out), force, build=True)
 
 
 @main.command()
 @click.argument("job", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: the spec's job.out).")
+@click.option("--out", help=OUT_HELP)
 @click.option("--force", is_flag=True, help="Recompute units that are already done.")
 @click.option("--no-site", is_flag=True, help="Only compute and store; do not build the site.")
-def run(job: Path, out: Path | None, force: bool, no_site: bool) -> None:
+def run(job: Path, out: str | None, force: bool, no_site: bool) -> None:
     """Run a job spec: render, scan, store and build the site."""
     _run(_load(job, out), force, build=not no_site)
 
 
 @main.command()
 @click.argument("job", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path))
+@click.option("--out", help=OUT_HELP)
 @click.option("--force", is_flag=True)
-def scan(job: Path, out: Path | None, force: bool) -> None:
+def scan(job: Path, out: str | None, force: bool) -> None:
     """Run only the dataset side of a job (scan + examples)."""
     _run(_load(job, out), force, build=False, only=("scan", "examples"))
 
 
 @main.command()
 @click.argument("job", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path))
-def plan(job: Path, out: Path | None) -> None:
-    """List the units a job would run, without running them."""
+@click.option("--out", help=OUT_HELP)
+@click.option("--price", type=float, help="Price per GPU-hour (default: the spec's cost.price_per_gpu_hour).")
+@click.option(
+    "--throughput",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Throughput figures from `atlas calibrate` (default: the spec's cost.throughput).",
+)
+def plan(job: Path, out: str | None, price: float | None, throughput: Path | None) -> None:
+    """List the units a job would run, without running them, and what they would cost."""
+    from atlas.cost import Throughput, estimate
     from atlas.job import prepare
+    from atlas.store import Store
 
-    prepared = prepare(_load(job, out))
+    spec = _load(job, out)
+    prepared = prepare(spec)
     counts: dict[str, int] = {}
     for unit in prepared.plan.units:
         counts[unit.kind] = counts.get(unit.kind, 0) + 1
@@ -139,13 +151,43 @@ def plan(job: Path, out: Path | None) -> None:
     later = len(examples_units(prepared.spec, prepared.facts, prepared.plan.scan_keys))
     summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
     click.echo(f"{len(prepared.plan.units)} units ({summary}) + {later} examples units after the scan")
+    figures = throughput or spec.cost.throughput
+    if not figures:
+        click.echo(
+            "no GPU-hour estimate: measure with `atlas calibrate JOB -o FILE`, then set cost.throughput"
+        )
+        return
+    speed = Throughput.load(Path(figures), spec.render.batch)
+    left = Store(prepared.spec.out).pending([u.key for u in prepared.plan.units])
+    found = estimate([u for u in prepared.plan.units if u.key in set(left)], spec, speed)
+    rate = spec.cost.price_per_gpu_hour if price is None else price
+    click.echo(f"{len(left)} units left: {found.describe(rate)} on {speed.device} (figures: {figures})")
 
 
 @main.command()
 @click.argument("job", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="JSON file to write.")
+@click.option("--device", default="auto", show_default=True)
+def calibrate(job: Path, output: Path, device: str) -> None:
+    """Measure scan and render throughput of a job's model here, for `atlas plan`'s GPU-hours."""
+    from atlas.cost import calibrate as measure
+    from atlas.models import load_model, pick_device
+
+    spec = load_spec(job)
+    model = load_model(spec.model.name, spec.model.checkpoint, spec.model.weights, device=pick_device(device))
+    speed = measure(spec, model)
+    speed.save(output)
+    click.echo(
+        f"{speed.device}: scan {speed.scan_images_per_s:g} images/s, "
+        f"render {speed.render_image_steps_per_s:g} image-steps/s -> {output}"
+    )
+
+
+@main.command()
+@click.argument("job", type=click.Path(path_type=Path))
+@click.option("--out", help=OUT_HELP)
 @click.option("-v", "--verbose", is_flag=True, help="List every unit, not only the counts.")
-def status(job: Path, out: Path | None, verbose: bool) -> None:
+def status(job: Path, out: str | None, verbose: bool) -> None:
     """Show which units of a job are done, pending, stale or failed."""
     from atlas.job import job_status
     from atlas.skipped import count_reasons, describe, read_skipped
@@ -198,12 +240,46 @@ ROLE_NOTES = {
 
 
 @main.command()
-@click.argument("out", type=click.Path(path_type=Path, exists=True, file_okay=False))
-def site(out: Path) -> None:
-    """(Re)build the static HTML atlas from an output folder."""
-    from atlas.site import build_site
+@click.argument("out")
+@click.option(
+    "--publish",
+    metavar="URI",
+    help="Also publish the site to a folder or bucket prefix, switched atomically (docs/STORE.md).",
+)
+@click.option("--keep", type=int, default=3, show_default=True, help="Published versions to keep.")
+def site(out: str, publish: str | None, keep: int) -> None:
+    """(Re)build the static HTML atlas from an output folder or bucket."""
+    from atlas.publish import publish_site, site_of_store
 
-    click.echo(f"site: {build_site(out)}")
+    index, published = site_of_store(parse_out(out))
+    click.echo(f"site: {published or index}")
+    if publish:
+        click.echo(f"published: {publish_site(index, parse_out(publish), keep=keep)}")
+
+
+@main.command()
+@click.argument("out")
+@click.option("--dry-run", is_flag=True, help="Only report; leave damaged units recorded as done.")
+def verify(out: str, dry_run: bool) -> None:
+    """Read every shard of a store and check its sha256; damaged units are recomputed by the next run."""
+    from atlas.store import Store
+
+    store = Store(parse_out(out))
+    bad = store.verify()
+    for key in bad:
+        entry = store.entry(key)
+        click.echo(f"  damaged: {entry.kind} {entry.layer} {list(entry.channels)} ({key})", err=True)
+    done = sum(1 for e in store.entries() if e.status == "done")
+    click.echo(f"{done - len(bad)} of {done} units intact in {store.uri}")
+    if bad and not dry_run:
+        store.acquire()
+        try:
+            store.forget(bad)
+        finally:
+            store.release()
+        click.echo(f"{len(bad)} damaged units forgotten: the next run recomputes them")
+    if bad:
+        sys.exit(1)
 
 
 @main.command()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps
@@ -131,8 +132,6 @@ def _to_rgb(image: Image.Image) -> tuple[Image.Image, str]:
     if mode in ("1", "L"):
         return image.convert("RGB"), "converted:grayscale"
     if mode.startswith("I") or mode == "F":  # 16/32-bit grayscale: rescale to 8 bits first
-        import numpy as np
-
         values = np.asarray(image, dtype=np.float64)
         low, high = float(values.min()), float(values.max())
         scaled = (values - low) / (high - low or 1.0) * 255.0
@@ -153,6 +152,21 @@ def model_view(image: Image.Image, size: int) -> Image.Image:
     return image.resize(
         (size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side), reducing_gap=2.0
     )
+
+
+def decode_for_model(
+    source: ImageSource, source_ids: Sequence[str], size: int
+) -> tuple[list[str], np.ndarray | None, Counter[str], list[SkippedInput]]:
+    """What a scan feeds a model: the good images of `source_ids` as one uint8 [B, size, size, 3]
+    array (None when none is good) with their ids, counts of skipped/converted images by reason,
+    and the skipped images themselves.
+    """
+    skipped: list[SkippedInput] = []
+    good, counts = source.load_batch(source_ids, draft_size=size, skipped=skipped)
+    if not good:
+        return [], None, counts, skipped
+    pixels = np.stack([np.asarray(model_view(image, size)) for _, image in good])
+    return [source_id for source_id, _ in good], pixels, counts, skipped
 
 
 class ImageSource(ABC):
@@ -458,12 +472,17 @@ class DemoSource(ImageSource):
 
 
 def open_source(source: str | Path, column: str | None = None) -> ImageSource:
-    """`demo`, a folder of images or a `.parquet` file; fails now (not mid-scan) when unusable."""
+    """`demo`, a folder of images, a `.parquet` file, a folder of Parquet shards or a bucket prefix
+    (`s3://...`, any URI pyarrow.fs opens); fails now (not mid-scan) when unusable."""
     if str(source) == "demo":
         demo = DemoSource()
         if not demo.ids():
             raise SourceError("the demo photos were not found: reinstall scikit-image and scikit-learn")
         return demo
+    if "://" in str(source) or (Path(source).is_dir() and not _has_images(Path(source))):
+        from atlas.sources import open_filesystem_source
+
+        return open_filesystem_source(str(source), column)
     path = Path(source).expanduser()
     if not path.exists():
         raise SourceError(
@@ -482,6 +501,10 @@ def open_source(source: str | Path, column: str | None = None) -> ImageSource:
     raise SourceError(
         f"dataset source {path} is neither a folder nor a .parquet file; use 'demo', a folder or a .parquet file"
     )
+
+
+def _has_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*"))
 
 
 def _open_parquet(path: Path, column: str | None) -> ParquetSource:

@@ -1,9 +1,11 @@
-"""Execution on Ray: long-lived worker actors, bounded calls in flight, retries, one writer.
+"""Execution on Ray: long-lived worker actors, bounded calls in flight, retries, one committer.
 
 This is the only module that knows Ray. Workers are actors that load the model once (a GPU
-task gets a fresh process per call otherwise). The driver keeps at most `max_in_flight` calls
-outstanding, writes each finished unit to the store as it arrives (so a crash loses only
-unfinished units), replaces workers that die and retries their units.
+task gets a fresh process per call otherwise). When they can reach the store (a bucket, or a
+local folder on a one-machine cluster) they stage their own shards in it (under dot names) and
+return only the small records; otherwise they return the tables and the driver writes them.
+The driver keeps at most `max_in_flight` calls outstanding, commits each finished unit as it
+arrives (so a crash loses only uncommitted units), replaces workers that die and retries their units.
 
 Work goes only to workers whose actor has started. A replacement that cannot be placed (its
 node is gone and the others are full) then costs nothing: the live workers take the work, and
@@ -12,6 +14,7 @@ the job fails with a clear message only when no worker at all can run for `start
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -24,11 +27,13 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
+from atlas.autoscale import GPUS
 from atlas.errors import AtlasError
 from atlas.plan import Unit
 from atlas.report import JobResult
 from atlas.spec import ExecuteSpec, JobSpec
-from atlas.store import Store, UnitRecord
+from atlas.storage import Location, open_location
+from atlas.store import Store, UnitRecord, write_shards
 from atlas.units import UnitFailed, make_context, run_unit
 
 # How long the driver waits for a first live worker before it gives up (model load included).
@@ -49,7 +54,9 @@ class WorkerPlan:
 
     @property
     def device(self) -> str:
-        return "cuda" if self.gpus > 0 else "cpu"
+        """A GPU worker takes CUDA when its process sees a device; a GPU that Ray only counts
+        (a fake GPU resource in tests) leaves it on the CPU."""
+        return "auto" if self.gpus > 0 else "cpu"
 
     def describe(self) -> str:
         """E.g. '4 workers x 1 GPU' for logs and summaries."""
@@ -127,7 +134,7 @@ def plan_workers(
         raise ExecuteError(
             f"the job asks for {gpus:g} GPU(s) per worker but the cluster has {total_gpus:g} "
             f"(at most {node_gpus:g} on one node); set execute.gpus_per_worker = 0 (CPU) or "
-            '"auto", or add GPU nodes (with `ray up`, give the GPU node type min_workers >= 1)'
+            '"auto", or add GPU nodes (a GPU node type in cluster.yaml, then `ray up`)'
         )
     if gpus > 0 and node_cpus < 1:
         raise ExecuteError("every GPU worker needs one CPU but no node offers one; give the GPU nodes CPUs")
@@ -146,9 +153,23 @@ def plan_workers(
 
 
 def cluster_worker_plan(execute: ExecuteSpec) -> WorkerPlan:
-    """plan_workers for the cluster this process is connected to (live nodes only)."""
+    """plan_workers for the cluster this process is connected to (live nodes only), once the
+    autoscaler has added the GPU nodes the job needs, if it can."""
+    GPUS.ensure(execute)
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     return plan_workers(execute, ray.cluster_resources(), nodes)
+
+
+def workers_write(store: Store) -> bool:
+    """Whether workers can write shards to the store themselves (else they return tables).
+
+    A bucket is reachable from every node; a local folder only when the cluster is this one
+    machine (a shared file system on several nodes cannot be told from a local disk, so the
+    driver writes there).
+    """
+    if not store.location.local:
+        return True
+    return len([node for node in ray.nodes() if node.get("Alive")]) <= 1
 
 
 @ray.remote
@@ -161,12 +182,23 @@ class UnitWorker:
         assigned = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(assigned)))
         self.context = make_context(spec, device)
+        self.locations: dict[str, Location] = {}
 
-    def run(self, unit: Unit, inputs: Any = None) -> tuple[dict, float]:
-        """Run one unit; `inputs` arrives separately so that units sharing it ship it once."""
+    def run(self, unit: Unit, inputs: Any = None, store_uri: str | None = None) -> tuple[str, dict, float]:
+        """Run one unit; `inputs` arrives separately so that units sharing it ship it once.
+
+        With a `store_uri` the worker stages the shards itself and returns ("shards", their
+        records, seconds); else ("tables", the tables, seconds) for the driver to write.
+        Credentials for a bucket come from this node's own environment, never from the driver.
+        """
         start = time.perf_counter()
         tables = run_unit(self.context, replace(unit, inputs=inputs))
-        return tables, time.perf_counter() - start
+        if store_uri is None:
+            return "tables", tables, time.perf_counter() - start
+        if store_uri not in self.locations:
+            self.locations[store_uri] = open_location(store_uri)
+        shards = write_shards(self.locations[store_uri], unit.key, tables)
+        return "shards", shards, time.perf_counter() - start
 
     def pid(self) -> int:
         return os.getpid()
@@ -204,6 +236,7 @@ class Executor:
         self.start_timeout = start_timeout
         self.workers_plan = workers or cluster_worker_plan(spec.execute)
         self.workers: list[_Worker] = [self._new_worker() for _ in range(self.workers_plan.count)]
+        self._store_uri: str | None = None  # where workers stage shards in the current run, if they can
 
     def _new_worker(self) -> _Worker:
         plan = self.workers_plan
@@ -236,6 +269,7 @@ class Executor:
         result = result if result is not None else JobResult()
         pending: deque[tuple[Unit, int]] = deque((unit, 1) for unit in units)
         limit = self.spec.execute.max_in_flight or 2 * len(self.workers)
+        self._store_uri = store.uri if workers_write(store) else None
         in_flight: dict[ray.ObjectRef, _Call] = {}
         shipped: dict[int, tuple[Any, ray.ObjectRef]] = {}  # id(inputs) -> (inputs, its object ref)
         last_live = time.monotonic()
@@ -281,7 +315,7 @@ class Executor:
                 if id(unit.inputs) not in shipped:
                     shipped[id(unit.inputs)] = (unit.inputs, ray.put(unit.inputs))
                 inputs = shipped[id(unit.inputs)][1]
-            ref = worker.handle.run.remote(replace(unit, inputs=None), inputs)
+            ref = worker.handle.run.remote(replace(unit, inputs=None), inputs, self._store_uri)
             in_flight[ref] = _Call(unit, worker, attempt)
 
     def _started(self, worker: _Worker) -> None:
@@ -307,7 +341,7 @@ class Executor:
     ) -> str:
         unit = call.unit
         try:
-            tables, seconds = ray.get(ref)
+            form, output, seconds = ray.get(ref)
         except UnitFailed as err:  # deterministic: record it, do not retry
             return self._fail(call, store, result, _reason(err))
         except RayError as err:
@@ -321,7 +355,7 @@ class Executor:
                 pending.append((unit, call.attempt + 1))
                 return "retry"
             return self._fail(call, store, result, reason)
-        shards = store.write_shards(unit.key, tables)
+        shards = output if form == "shards" else store.write_shards(unit.key, output)
         store.commit(
             UnitRecord.done(unit.key, unit.kind, unit.layer, shards, unit.channels, call.attempt, seconds)
         )
@@ -339,7 +373,8 @@ class Executor:
         if worker.lost:
             return  # already replaced by an earlier failed call
         worker.lost = True
-        ray.kill(worker.handle, no_restart=True)
+        with contextlib.suppress(RayError):  # an actor whose creation Ray cancelled cannot be killed
+            ray.kill(worker.handle, no_restart=True)
         self.workers[self.workers.index(worker)] = self._new_worker()
 
     def _no_worker_message(self) -> str:

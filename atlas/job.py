@@ -9,10 +9,10 @@ before any work starts, and every finished unit is in the store before the next 
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from functools import reduce
 from typing import TYPE_CHECKING
 
 from atlas.examples import PartialScan, direction_layer
@@ -21,12 +21,15 @@ from atlas.outdir import check_output, claim_output
 from atlas.plan import CODE_VERSIONS, ModelFacts, Plan, Unit, examples_units, make_plan
 from atlas.provenance import provenance
 from atlas.report import JobResult
+from atlas.retention import apply_retention
 from atlas.site.columns import atlas_columns, columns_json
 from atlas.skipped import count_reasons, read_skipped
 from atlas.spec import JobSpec, check_against_model, spec_to_dict
+from atlas.storage import is_uri
 from atlas.store import Store, open_store
 
 if TYPE_CHECKING:
+    from atlas.data import ImageSource
     from atlas.execute import Executor
 
 
@@ -38,6 +41,7 @@ class Prepared:
     model: LoadedModel
     facts: ModelFacts
     plan: Plan
+    source: ImageSource | None = None  # the dataset, opened once: the Ray Data scan reads it
 
 
 def prepare(spec: JobSpec) -> Prepared:
@@ -49,7 +53,7 @@ def prepare(spec: JobSpec) -> Prepared:
         spec = spec.replace(layers=attach_layers(model, spec.layers))
     check_against_model(spec, model)
     facts = ModelFacts(model.digest, {layer.name: model.channels(layer.name) for layer in spec.layers})
-    shards, fingerprints = [], []
+    source, shards, fingerprints = None, [], []
     if spec.examples.enabled:
         from atlas.data import open_source
 
@@ -58,7 +62,7 @@ def prepare(spec: JobSpec) -> Prepared:
         whole = source.fingerprint()  # any change to the data rescans: top-k are global
         fingerprints = [f"{whole}:{shard.index}:{len(shard.source_ids)}" for shard in shards]
     plan = make_plan(spec, facts, shards, fingerprints)
-    return Prepared(spec, model, facts, plan)
+    return Prepared(spec, model, facts, plan, source)
 
 
 def job_info(prepared: Prepared, started: str, finished: str | None = None) -> dict:
@@ -93,10 +97,13 @@ def job_info(prepared: Prepared, started: str, finished: str | None = None) -> d
     }
 
 
-def merged_scan(store: Store, scan_keys: tuple[str, ...]) -> PartialScan:
-    """Merge every dataset shard's partial result, read back from the store."""
-    partials = [PartialScan.from_table(store.read_unit(key, "scan")) for key in scan_keys]
-    return reduce(PartialScan.merge, partials)
+def merged_scan(spec: JobSpec, store: Store, scan_keys: tuple[str, ...]) -> PartialScan:
+    """Merge every dataset shard's partial result, read back from the store, on the cluster."""
+    from atlas.execute import connect
+    from atlas.scan_data import tree_merge
+
+    connect(spec.execute)
+    return tree_merge(store, scan_keys)
 
 
 def _layer_scan(merged: PartialScan, unit: Unit) -> PartialScan:
@@ -122,7 +129,10 @@ class UnitRunner:
 
     def pending(self, units: Sequence[Unit]) -> list[Unit]:
         """The units still to compute; the others are counted (and reported) as skipped."""
-        todo = set(self.store.pending([u.key for u in units], force=self.force, verify=True))
+        # A local store's checksums are read once per run; a bucket's are trusted by size (no
+        # download of every shard: `atlas verify OUT` reads them).
+        verify = self.store.location.local
+        todo = set(self.store.pending([u.key for u in units], force=self.force, verify=verify))
         for unit in units:
             if unit.key not in todo:
                 self.result.skipped += 1
@@ -145,8 +155,25 @@ class UnitRunner:
 
 
 def run_independent(runner: UnitRunner, prepared: Prepared, only: tuple[str, ...] | None) -> None:
-    """Phase one: renders, interactions and the dataset-shard scans."""
-    runner.run([u for u in prepared.plan.units if only is None or u.kind in only])
+    """Phase one: the dataset-shard scans on Ray Data, then renders and interactions.
+
+    Scans run first, alone on the cluster (phases: scans and renders never wait on each other's GPUs).
+    """
+    units = [u for u in prepared.plan.units if only is None or u.kind in only]
+    scans = runner.pending([u for u in units if u.kind == "scan"])
+    if scans:
+        from atlas.scan_data import run_scans
+
+        run_scans(
+            runner.spec,
+            prepared.source,
+            scans,
+            runner.store,
+            prepared.model.input_size,
+            runner.result,
+            runner.tick,
+        )
+    runner.run([u for u in units if u.kind != "scan"])
 
 
 def run_examples(runner: UnitRunner, prepared: Prepared) -> list[Unit]:
@@ -157,7 +184,7 @@ def run_examples(runner: UnitRunner, prepared: Prepared) -> list[Unit]:
     units = examples_units(prepared.spec, prepared.facts, finished)
     todo = runner.pending(units)
     if todo:
-        merged = merged_scan(runner.store, finished)
+        merged = merged_scan(runner.spec, runner.store, finished)
         todo = [replace(u, inputs=_layer_scan(merged, u)) for u in todo]
     runner.execute(todo)
     return units
@@ -183,36 +210,52 @@ def run_job(
     progress: Callable[[int], Callable[[Unit, str], None]] | None = None,
 ) -> JobResult:
     """Run a job end to end. `only` limits the unit kinds (e.g. scan + examples for `atlas scan`)."""
-    spec = spec.replace(out=check_output(spec.out, spec.name))  # before any work, even the model
+    local = not is_uri(spec.out)  # the output-folder rules (atlas.outdir) are for local folders
+    if local:
+        spec = spec.replace(out=check_output(spec.out, spec.name))  # before any work, even the model
     started = _now()
     t0 = time.perf_counter()
     prepared = prepare(spec)
     spec = prepared.spec  # dictionary layers renamed to their content-hashed names
-    claim_output(spec.out, spec.name)  # a spec that fails its checks leaves no folder behind
+    if local:
+        claim_output(spec.out, spec.name)  # a spec that fails its checks leaves no folder behind
     store = open_store(spec.out)
-    store.sweep_temporary()
-    store.write_job(job_info(prepared, started))
+    store.acquire()  # one driver per store; leftovers of a killed driver are cleaned up here
     with_examples = spec.examples.enabled and (only is None or "examples" in only)
     total = sum(only is None or u.kind in only for u in prepared.plan.units)
     if with_examples:
         total += len(examples_units(spec, prepared.facts, prepared.plan.scan_keys))
-    runner = UnitRunner(spec, store, JobResult(out=spec.out), force, progress(total) if progress else None)
+    tick = progress(total) if progress else None
+    runner = UnitRunner(spec, store, JobResult(out=spec.out), force, tick)
     try:
+        if spec.cost.budget or spec.cost.budget_gpu_hours:  # stop before, or as soon as, it passes
+            from atlas.cost import Spend, check_estimate, cluster_gpus
+
+            units = [u for u in prepared.plan.units if only is None or u.kind in only]
+            left = set(store.pending([u.key for u in units], force))
+            check_estimate([u for u in units if u.key in left], spec)
+            runner.tick = Spend(spec.cost, cluster_gpus).watch(tick)
+        store.write_job(job_info(prepared, started))
         run_independent(runner, prepared, only)
         examples = run_examples(runner, prepared) if with_examples else []
         atlases = run_atlases(runner, prepared) if only is None else set()
         if only is None:  # units of older settings would show up beside the new ones
-            store.prune({u.key for u in prepared.plan.units} | {u.key for u in examples} | atlases)
+            keep = {u.key for u in prepared.plan.units} | {u.key for u in examples} | atlases
+            apply_retention(store, keep, spec.keep_runs)
+        store.write_job(job_info(prepared, started, _now()))
     finally:
         if runner.executor is not None:
             runner.executor.shutdown()
+        store.release()
+        if "atlas.autoscale" in sys.modules:  # else Ray never asked the autoscaler for anything
+            sys.modules["atlas.autoscale"].GPUS.release()  # idle GPU nodes added for the job may go
     result = runner.result
     result.skipped_inputs = count_reasons(read_skipped(store, prepared.plan.scan_keys))
-    store.write_job(job_info(prepared, started, _now()))
     if build:
-        from atlas.site import build_site
+        from atlas.publish import site_of_store
 
-        result.site = build_site(spec.out)
+        index, published = site_of_store(spec.out)
+        result.site = published or index
     result.seconds = time.perf_counter() - t0
     return result
 

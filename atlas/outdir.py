@@ -69,6 +69,8 @@ def check_output(out: Path, job: str) -> Path:
         _refuse_case_twin(out)
         return out
     owner = marker_job(out)
+    if owner is None:
+        owner = legacy_job(out)  # written before markers existed: adopted, and marked on claim
     if owner is None and any(out.iterdir()):
         raise OutputFolderError(
             f"output folder {out} is not empty and has no {MARKER} file: the atlas writes only "
@@ -107,7 +109,12 @@ def check_site_folder(site_dir: Path) -> None:
         raise OutputFolderError(
             f"{site_dir} exists and is not a folder; remove it or choose another site folder"
         )
-    if site_dir.is_dir() and marker_job(site_dir) is None and any(site_dir.iterdir()):
+    if (
+        site_dir.is_dir()
+        and marker_job(site_dir) is None
+        and not is_legacy_site(site_dir)
+        and any(site_dir.iterdir())
+    ):
         raise OutputFolderError(
             f"site folder {site_dir} is not empty and has no {MARKER} file: a rebuild replaces only a "
             f"site the atlas built itself, never your files. Move {site_dir} away, or if an earlier "
@@ -131,6 +138,35 @@ def marker_job(folder: Path) -> str | None:
         return ""
     job = recorded.get("job") if isinstance(recorded, dict) else None
     return job if isinstance(job, str) else ""
+
+
+def legacy_job(folder: Path) -> str | None:
+    """The job of an output folder an atlas wrote before markers existed; None for anything else.
+
+    Such a folder holds the atlas's own `job.json` (a job name and a model digest) beside its
+    `manifest.json` (a list of units): no folder of a user's looks like that by chance, so nightly
+    rebuilds of older stores keep working without a manual `touch`.
+    """
+    info, manifest = _json_file(folder / "job.json"), _json_file(folder / "manifest.json")
+    if not isinstance(info, dict) or not isinstance(manifest, dict) or "units" not in manifest:
+        return None
+    name = info.get("name")
+    return name if isinstance(name, str) and "model_digest" in info else None
+
+
+def is_legacy_site(site_dir: Path) -> bool:
+    """A site an atlas built before markers existed: it has the builder's `build.json` summary."""
+    summary = _json_file(site_dir / "build.json")
+    return isinstance(summary, dict) and "model_digest" in summary and "layers" in summary
+
+
+def _json_file(path: Path) -> object:
+    if not path.is_file() or path.is_symlink():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _refuse_case_twin(out: Path) -> None:

@@ -51,6 +51,22 @@ HISTOGRAM_SCHEMA = pa.schema(
     ]
 )
 
+# One row per picture of a render unit, written by the same unit (atlas/quality/record.py).
+QUALITY_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("channel", pa.int32()),
+        ("objective", pa.string()),
+        ("variant", pa.int32()),
+        ("peak_activation", pa.float32()),
+        ("robust_activation", pa.float32()),
+        ("robust_worst", pa.float32()),
+        ("high_frequency", pa.float32()),
+        ("diversity_similarity", pa.float32()),
+        ("unit_key", pa.string()),
+    ]
+)
+
 SKIPPED_SCHEMA = pa.schema(
     [
         ("source_id", pa.string()),
@@ -164,6 +180,28 @@ TABLES = {
             "edges": "bin edges, roughly log-spaced; the outer ones are the true minimum and maximum",
             "counts": "positions (of every image) per bin",
             "unit_key": "content key of the unit that wrote the row",
+        },
+    ),
+    "quality": StoredTable(
+        QUALITY_SCHEMA,
+        "one row per picture of a render unit, written by that unit beside its `render` rows",
+        {
+            "layer": "as in `render`",
+            "channel": "as in `render`",
+            "objective": "as in `render` (`channel`, `neuron`, `negative`, `diversity`)",
+            "variant": "as in `render`",
+            "peak_activation": "the picture's activation at its strongest position (`negative`: minus the weakest), "
+            "the measure of an example's `activation`: over the rank-0 `max` example it is the activation "
+            "relative to the best dataset example (the site divides; the scan runs after rendering)",
+            "robust_activation": "mean share of the picture's own objective kept under the held-out check set "
+            "(`atlas.quality.CHECK_SET`: resize to 224 and 64 px, quarter shift, 30° rotation, JPEG 75; all "
+            "outside the render transforms' range); null when the rendered score is not positive",
+            "robust_worst": "the smallest share any one check keeps",
+            "high_frequency": "share of luminance spectral power above 0.25 cycles/px (half Nyquist), "
+            "Hann-windowed; white noise about 0.80, photos a few hundredths",
+            "diversity_similarity": "`diversity` rows: mean pairwise cosine of the set's Gram matrices at the "
+            "layer (1 = one picture repeated); null on other rows",
+            "unit_key": "the render unit",
         },
     ),
     "skipped": StoredTable(

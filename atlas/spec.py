@@ -23,6 +23,7 @@ from atlas.optvis.render import PRECISIONS
 from atlas.optvis.transforms import PRESETS as TRANSFORM_PRESETS
 from atlas.outdir import OutputFolderError, check_job_name, derived_out
 from atlas.registry import close_matches
+from atlas.storage import LocationError, parse_out
 from atlas.validation import (
     Bool,
     ChannelPairs,
@@ -147,12 +148,22 @@ class ExecuteSpec:
     max_in_flight: Annotated[Int, Ge(0)] = 0  # 0: twice the number of workers
     retries: Annotated[Int, Ge(0)] = 2
     address: OptionalText = None
+    scale_up_timeout: Annotated[Number, Gt(0)] = 900.0  # seconds to wait for the autoscaler's GPU nodes
+
+
+@FORBID
+@dataclass(frozen=True)
+class CostSpec:
+    throughput: Text = ""  # JSON figures from `atlas calibrate` (relative to the spec); "" = none
+    price_per_gpu_hour: Annotated[Number, Ge(0)] = 0.0
+    budget: Annotated[Number, Ge(0)] = 0.0  # in the price's currency; 0 = no budget
+    budget_gpu_hours: Annotated[Number, Ge(0)] = 0.0  # 0 = no budget
 
 
 @dataclass(frozen=True)
 class JobSpec:
     name: str
-    out: Path
+    out: Path | str  # a local folder, or a URI such as s3://bucket/prefix (atlas.storage)
     model: ModelSpec
     layers: tuple[LayerSpec, ...]
     render: RenderSpec = field(default_factory=RenderSpec)
@@ -161,6 +172,8 @@ class JobSpec:
     activation_atlas: ActivationAtlasSpec = field(default_factory=ActivationAtlasSpec)
     execute: ExecuteSpec = field(default_factory=ExecuteSpec)
     source: Path | None = None
+    keep_runs: int = 1  # retention: units planned by the last N complete runs stay (0: all; atlas.retention)
+    cost: CostSpec = field(default_factory=CostSpec)
 
     def replace(self, **sections: Any) -> JobSpec:
         """A copy with whole sections replaced, e.g. spec.replace(out=Path("x"))."""
@@ -176,6 +189,7 @@ SECTIONS: dict[str, type] = {
     "interactions": InteractionsSpec,
     "activation_atlas": ActivationAtlasSpec,
     "execute": ExecuteSpec,
+    "cost": CostSpec,
 }
 TOP_LEVEL = ("job", "layers", *SECTIONS)
 
@@ -298,6 +312,14 @@ def _check_atlas(ctx: _Context, spec: JobSpec) -> None:
         )
 
 
+def _check_budget(ctx: _Context, cost: CostSpec) -> None:
+    """A budget in money is only checkable with a price per GPU-hour."""
+    if cost.budget and not cost.price_per_gpu_hour:
+        raise ctx.error(
+            "cost", "budget", "a budget in money needs cost.price_per_gpu_hour (or use cost.budget_gpu_hours)"
+        )
+
+
 def _resolve_paths(ctx: _Context, spec: JobSpec, base: Path) -> JobSpec:
     """Relative paths in a spec are relative to the spec file; missing files fail here."""
     from dataclasses import replace
@@ -309,7 +331,7 @@ def _resolve_paths(ctx: _Context, spec: JobSpec, base: Path) -> JobSpec:
             raise ctx.error("model", "checkpoint", f"file {path} does not exist")
         model = replace(model, checkpoint=path)
     examples = spec.examples
-    if examples.enabled and examples.source != "demo":
+    if examples.enabled and examples.source != "demo" and "://" not in examples.source:
         path = Path(examples.source)
         path = path if path.is_absolute() else base / path
         if not path.exists():
@@ -327,7 +349,15 @@ def _resolve_paths(ctx: _Context, spec: JobSpec, base: Path) -> JobSpec:
                 raise ctx.error("layers", "dictionary", f"file {path} does not exist")
             layer = replace(layer, dictionary=path)
         layers.append(layer)
-    return replace(spec, model=model, examples=examples, layers=tuple(layers))
+    cost = spec.cost
+    if cost.throughput:
+        path = Path(cost.throughput) if Path(cost.throughput).is_absolute() else base / cost.throughput
+        if not path.is_file():
+            raise ctx.error(
+                "cost", "throughput", f"file {path} does not exist; write it with `atlas calibrate`"
+            )
+        cost = replace(cost, throughput=str(path))
+    return replace(spec, model=model, examples=examples, cost=cost, layers=tuple(layers))
 
 
 def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> JobSpec:
@@ -348,10 +378,17 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
     if not isinstance(job, dict):
         raise ctx.error("job", None, "expected a table [job]")
     for key in job:
-        if key not in ("name", "out"):
+        if key not in ("name", "out", "keep_runs"):
             raise ctx.error(
-                "job", key, f"unknown key. {close_matches(key, ['name', 'out'])}Valid keys: name, out"
+                "job",
+                key,
+                f"unknown key. {close_matches(key, ['name', 'out', 'keep_runs'])}Valid keys: name, out, keep_runs",
             )
+    keep_runs = job.get("keep_runs", 1)
+    if not isinstance(keep_runs, int) or isinstance(keep_runs, bool) or keep_runs < 0:
+        raise ctx.error(
+            "job", "keep_runs", f"expected a whole number >= 0 (0 keeps every run), got {keep_runs!r}"
+        )
     default_name = re.sub(r"[^A-Za-z0-9_.\-]+", "", Path(source).stem) or "job"
     name = job.get("name", default_name)
     try:
@@ -361,6 +398,10 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
         raise ctx.error("job", "name", str(err)) from err
     if not isinstance(out, str):
         raise ctx.error("job", "out", f"expected a path string, got {type_name(out)} {out!r}")
+    try:
+        out = parse_out(out)
+    except LocationError as err:
+        raise ctx.error("job", "out", str(err)) from err
     checked = {key: _section(ctx, key, cls, raw.get(key, {})) for key, cls in SECTIONS.items()}
     # Unknown keys and wrong types first (section by section), then the layers, then values.
     problems = [(key, problem) for key, (_, found) in checked.items() for problem in found]
@@ -371,9 +412,10 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
     if problems:
         raise ctx.error(problems[0][0], problems[0][1].key, problems[0][1].message)
     sections = {key: value for key, (value, _) in checked.items()}
-    spec = JobSpec(name=name, out=Path(out), layers=layers, source=Path(source), **sections)
+    spec = JobSpec(name=name, out=out, keep_runs=keep_runs, layers=layers, source=Path(source), **sections)
     _check_diversity(ctx, spec.render)
     _check_atlas(ctx, spec)
+    _check_budget(ctx, spec.cost)
     return _resolve_paths(ctx, spec, base or Path.cwd())
 
 

@@ -1,39 +1,42 @@
-"""The atlas store: one Parquet shard per finished unit plus a manifest, written atomically.
+"""The atlas store: one Parquet shard per finished unit plus a journal of unit records.
 
-Layout under the output folder::
+Layout under the output folder or bucket prefix (any `atlas.storage` location)::
 
     job.json                      what the job was (model, digest, layers, spec)
-    manifest.json                 every unit: key, kind, layer, rows, sha256, status
+    journal/                      unit records: snapshot + appended chunks (atlas.journal)
     shards/<kind>/<unit_key>.parquet
+    shards/<kind>/.<key>.<token>.staged     written, not yet committed (no `*.parquet` glob sees it)
+    lease.json                    the driver that holds the store (atlas.lease)
 
-The driver is the only writer. Every file is written to a temporary name and renamed, so a
-reader (or a rerun after a crash) never sees half a shard, and a shard that is missing, of the
-wrong size or (when verified) of the wrong checksum is treated as missing and recomputed.
-
-The interface the job runner and the site use (docs/STORE.md, "The store interface"): `pending`,
-`verify`, `write_shards` + `commit` + `flush`, `entries`/`entry`, `read_unit`, `read_layer`,
-`layers`, `write_job`/`job`, `prune`; `open_store` picks the store for a path or URI.
+Shards are staged under a dot name (by a worker when it can reach the store, else by the
+driver), then the driver commits: renames them to their final name and journals one record.
+Readers see only committed units. A rerun trusts each shard's recorded size; `verify` reads
+every shard and checks its sha256, and any read checks the checksum of what it read.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from atlas.errors import AtlasError
-from atlas.safefs import file_mode, remove
+from atlas.journal import LEGACY_MANIFEST, Journal
+from atlas.lease import Lease
+from atlas.storage import Location, open_location, parse_out
 
-MANIFEST = "manifest.json"
+MANIFEST = LEGACY_MANIFEST
 JOB = "job.json"
+SHARDS = "shards"
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class UnitRecord:
         attempts: int = 1,
         seconds: float = 0.0,
     ) -> UnitRecord:
-        """The record of a finished unit, from the shard records `Store.write_shards` returned."""
+        """The record of a finished unit, from the shard records `write_shards` returned."""
         main = tables.get(kind) or next(iter(tables.values()))
         return cls(
             key=key,
@@ -90,22 +93,6 @@ class UnitRecord:
 _RECORD_FIELDS = {f.name for f in fields(UnitRecord)}
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), file_mode())  # mkstemp makes 0600; the rename would keep it
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        remove(tmp, within=path.parent)
-        raise
-
-
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -116,68 +103,101 @@ def table_to_parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def open_store(uri_or_path: str | Path) -> Store:
-    """The store at a path or URI; only local folders (plain paths, file://) so far."""
-    text = str(uri_or_path)
-    parsed = urlparse(text)
-    if parsed.scheme == "file":
-        return Store(unquote(parsed.path))
-    if len(parsed.scheme) > 1:  # one letter is a Windows drive
-        raise StoreError(f"{text}: {parsed.scheme}:// stores are not supported yet; give a local folder")
-    return Store(text)
+def _record(item: dict) -> UnitRecord:
+    item = {k: v for k, v in item.items() if k in _RECORD_FIELDS}  # old stores: "extra"
+    item["channels"] = tuple(item.get("channels", ()))
+    return UnitRecord(**item)
+
+
+def _dumps(entry: UnitRecord) -> str:
+    return json.dumps(vars(entry), separators=(",", ":"))  # asdict's deep copy costs 10x more
+
+
+def write_shards(location: Location, key: str, tables: dict[str, pa.Table]) -> dict[str, dict]:
+    """Stage a unit's tables (dot names, invisible to readers); return {table_kind: {path, staged, sha256, size, rows}}."""
+    token = uuid.uuid4().hex[:12]
+    written = {}
+    for table_kind, table in tables.items():
+        data = table_to_parquet_bytes(table)
+        staged = f"{SHARDS}/{table_kind}/.{key}.{token}.staged"
+        location.write_bytes(staged, data)
+        written[table_kind] = {
+            "path": f"{SHARDS}/{table_kind}/{key}.parquet",
+            "staged": staged,
+            "sha256": _sha256(data),
+            "size": len(data),
+            "rows": table.num_rows,
+        }
+    return written
 
 
 class Store:
-    """Reads and writes one atlas output folder.
+    """Reads and writes one atlas store (a local folder or a bucket prefix)."""
 
-    Writers call `write_shards` then `commit`; readers see only committed units. Locally every
-    commit rewrites the manifest at once, so `flush` has nothing left to do.
-    """
+    def __init__(self, root: Path | str, group_units: int = 64, group_seconds: float = 10.0):
+        self.location = open_location(root)
+        self.root = Path(self.location.root) if self.location.local else None
+        self.uri = self.location.uri
+        self.journal = Journal(self.location, group_units, group_seconds)
+        self._entries: dict[str, UnitRecord] = self._load()
+        self._lines: dict[str, str] = {}  # key -> the record's JSON, for compaction
+        self._staged: list[UnitRecord] = []  # bucket: records whose shards move at the next flush
+        self._lease: Lease | None = None
 
-    def __init__(self, root: Path | str):
-        self.root = Path(root)
-        self.uri = self.root.resolve().as_uri()
-        self._entries: dict[str, UnitRecord] = self._load_manifest()
-        self._lines: dict[str, str] = {}  # key -> the entry's JSON, cached between rewrites
+    # -- the driver's lease -----------------------------------------------------------------
+    def acquire(self) -> None:
+        """Become the store's only writer: take the lease, drop uncommitted shards, compact."""
+        lease = Lease(self.location)
+        lease.acquire()
+        self._lease = lease
+        self._entries = self._load()
+        self.cleanup()
+        if self.journal.should_compact() or self.location.exists(MANIFEST):
+            self._compact()
 
-    # -- manifest ---------------------------------------------------------------------------
-    def _load_manifest(self) -> dict[str, UnitRecord]:
-        path = self.root / MANIFEST
-        if not path.exists():
-            return {}
+    def _load(self) -> dict[str, UnitRecord]:
         try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise StoreError(f"{path} is not valid JSON ({err}); delete it to rebuild from scratch") from err
-        entries = {}
-        for item in raw.get("units", []):
-            item["channels"] = tuple(item.get("channels", ()))
-            known = {name: value for name, value in item.items() if name in _RECORD_FIELDS}  # old: "extra"
-            entries[item["key"]] = UnitRecord(**known)
-        return entries
+            return {key: _record(item) for key, item in self.journal.load().items()}
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise StoreError(
+                f"{self.location.url(MANIFEST)} is not a valid manifest ({err}); delete it to rebuild from scratch"
+            ) from err
 
-    def _save_manifest(self) -> None:
-        # One line per unit, each serialized once: rewriting after every unit stays cheap at
-        # thousands of units (the whole file is still replaced atomically).
-        for key, entry in self._entries.items():
-            if key not in self._lines:
-                self._lines[key] = json.dumps(asdict(entry), separators=(",", ":"))
-        body = ",\n".join(self._lines[key] for key in self._entries)
-        atomic_write_bytes(self.root / MANIFEST, f'{{"version": 1, "units": [\n{body}\n]}}\n'.encode())
+    def release(self) -> None:
+        """Commit what is buffered and hand the store back."""
+        try:
+            self.flush()
+            self.journal.close()
+        finally:
+            if self._lease is not None:
+                self._lease.release()
+                self._lease = None
 
-    def _set(self, entry: UnitRecord) -> None:
-        self._entries[entry.key] = entry
-        self._lines.pop(entry.key, None)
-
-    def sweep_temporary(self) -> int:
-        """Delete temp files a killed driver left mid-write (no reader ever uses them)."""
-        stray = list((self.root / "shards").glob("*/.*.tmp")) + list(self.root.glob(".*.tmp"))
-        for path in stray:
-            remove(path, within=self.root)
+    def cleanup(self) -> int:
+        """Delete staged shards and shards no committed record names (a killed driver's leftovers)."""
+        named = {info["path"] for e in self._entries.values() for info in e.tables.values()}
+        stray = [rel for rel in self.location.sizes(SHARDS) if rel not in named]
+        for rel in stray:
+            self.location.delete(rel)
+        if self.root is not None:  # a killed local write's temp file beside job.json
+            for path in self.root.glob(".*.tmp"):
+                path.unlink(missing_ok=True)
+                stray.append(path.name)
         return len(stray)
 
+    sweep_temporary = cleanup
+
+    def _compact(self) -> None:
+        self.flush()
+        self.journal.compact(self._line(entry) for entry in self._entries.values())
+
+    def _line(self, entry: UnitRecord) -> str:
+        line = self._lines.get(entry.key)
+        if line is None:
+            line = self._lines[entry.key] = _dumps(entry)
+        return line
+
     def entries(self) -> list[UnitRecord]:
-        """Every recorded unit, done or failed."""
         return list(self._entries.values())
 
     def entry(self, key: str) -> UnitRecord | None:
@@ -185,46 +205,51 @@ class Store:
 
     # -- state of units ---------------------------------------------------------------------
     def pending(self, keys: Iterable[str], force: bool = False, verify: bool = False) -> list[str]:
-        """The keys still to compute: not finished, or with a shard missing or of the wrong size.
+        """Keys not finished, or whose shards are missing or of another size than recorded.
 
-        `verify` also reads every shard and checks its checksum (what `verify(keys)` does).
+        One listing of shards/ answers for every key: no shard is downloaded. `verify` also reads
+        every shard and checks its checksum (what `verify(keys)` does).
         """
         keys = list(keys)
         if force:
             return keys
-        todo = {key for key in keys if not self._intact(key)}
+        sizes = self.location.sizes(SHARDS)
+        todo = {key for key in keys if not self._intact(key, sizes)}
         if verify:
             todo |= set(self.verify(key for key in keys if key not in todo))
         return [key for key in keys if key in todo]
 
-    def verify(self, keys: Iterable[str]) -> list[str]:
-        """The finished units among `keys` whose shards no longer match their checksums."""
-        damaged = []
-        for key in keys:
-            entry = self._entries.get(key)
-            if entry is None or entry.status != "done":
-                continue
-            for info in entry.tables.values():
-                path = self.root / info["path"]
-                if not path.is_file() or _sha256(path.read_bytes()) != info["sha256"]:
-                    damaged.append(key)
-                    break
-        return damaged
-
-    def _intact(self, key: str) -> bool:
-        """Finished, and every shard is there at its recorded size (stores before sizes: present)."""
+    def _intact(self, key: str, sizes: dict[str, int]) -> bool:
         entry = self._entries.get(key)
         if entry is None or entry.status != "done":
             return False
         for info in entry.tables.values():
-            path = self.root / info["path"]
-            if not path.is_file() or path.stat().st_size != info.get("size", path.stat().st_size):
+            size = sizes.get(info["path"])
+            if size is None or ("size" in info and size != info["size"]):
+                return False
+            if "size" not in info and not self._checksum_ok(info):  # a store written before sizes
                 return False
         return True
 
+    def _checksum_ok(self, info: dict) -> bool:
+        try:
+            return _sha256(self.location.read_bytes(info["path"])) == info["sha256"]
+        except FileNotFoundError:
+            return False
+
     def has(self, key: str, verify: bool = True) -> bool:
-        """True when the unit finished and all its shards are intact (checksums checked when verify)."""
+        """True when the unit finished and its shards are intact (every checksum read when verify)."""
         return not self.pending([key], verify=verify)
+
+    def verify(self, keys: Iterable[str] | None = None, workers: int = 8) -> list[str]:
+        """Done units (all, or `keys`) with a shard missing or whose bytes fail their sha256."""
+        chosen = None if keys is None else set(keys)
+        wanted = [
+            e for e in self._entries.values() if e.status == "done" and (chosen is None or e.key in chosen)
+        ]
+        with ThreadPoolExecutor(workers) as pool:
+            intact = pool.map(lambda e: all(self._checksum_ok(i) for i in e.tables.values()), wanted)
+            return [entry.key for entry, ok in zip(wanted, intact, strict=True) if not ok]
 
     def is_failed(self, key: str) -> bool:
         entry = self._entries.get(key)
@@ -232,30 +257,46 @@ class Store:
 
     # -- writing ----------------------------------------------------------------------------
     def write_shards(self, key: str, tables: dict[str, pa.Table]) -> dict[str, dict]:
-        """Write a unit's tables atomically, one shard per table kind; readers see them after `commit`.
-
-        Returns {table_kind: {"path", "sha256", "size", "rows"}} for `UnitRecord.done`.
-        """
-        written = {}
-        for table_kind, table in tables.items():
-            data = table_to_parquet_bytes(table)
-            rel = f"shards/{table_kind}/{key}.parquet"
-            atomic_write_bytes(self.root / rel, data)
-            written[table_kind] = {
-                "path": rel,
-                "sha256": _sha256(data),
-                "size": len(data),
-                "rows": table.num_rows,
-            }
-        return written
+        """Write a unit's shards to staging; the records say where and what (see `commit`)."""
+        return write_shards(self.location, key, tables)
 
     def commit(self, record: UnitRecord) -> None:
-        """Record a finished or failed unit; it is in the manifest on disk when this returns."""
-        self._set(record)
-        self._save_manifest()
+        """Make a unit visible: move its staged shards in place and journal its record.
+
+        Locally both happen now. In a bucket the moves (server-side copies) and the journal put
+        happen for a whole group at once (`flush`), every `group_units` units or `group_seconds`.
+        """
+        if self._lease is not None:
+            self._lease.check()
+        if self.location.local:
+            self._move_staged([record])
+        else:
+            self._staged.append(record)
+        committed = _committed(record)
+        self._entries[record.key] = committed
+        self._lines.pop(record.key, None)
+        if self.journal.append(self._line(committed)):
+            self.flush()
+        if self.journal.should_compact():
+            self._compact()
 
     def flush(self) -> None:
-        """End of a commit group: locally each commit is already on disk, so nothing is left to write."""
+        """End the commit group: staged shards moved in place, then the journal written."""
+        if self._staged:
+            self._move_staged(self._staged)
+            self._staged = []
+        self.journal.flush()
+
+    def _move_staged(self, records: list[UnitRecord]) -> None:
+        moves = [
+            (info["staged"], info["path"]) for r in records for info in r.tables.values() if "staged" in info
+        ]
+        if len(moves) <= 1:
+            for src, dst in moves:
+                self.location.move(src, dst)
+            return
+        with ThreadPoolExecutor(min(16, len(moves))) as pool:
+            list(pool.map(lambda move: self.location.move(*move), moves))
 
     def write_unit(
         self,
@@ -267,7 +308,7 @@ class Store:
         attempts: int = 1,
         seconds: float = 0.0,
     ) -> UnitRecord:
-        """Write and commit a finished unit that produced one table of its own kind."""
+        """Write a finished unit's shard and commit it."""
         return self.write_unit_tables(unit_key, kind, layer, {kind: table}, channels, attempts, seconds)
 
     def write_unit_tables(
@@ -280,31 +321,37 @@ class Store:
         attempts: int = 1,
         seconds: float = 0.0,
     ) -> UnitRecord:
-        """Write and commit a finished unit's tables (one shard per table kind)."""
+        """Write every table a unit produced (one shard per table kind), then commit the unit."""
         shards = self.write_shards(unit_key, tables)
-        record = UnitRecord.done(unit_key, kind, layer, shards, channels, attempts, seconds)
-        self.commit(record)
-        return record
+        self.commit(UnitRecord.done(unit_key, kind, layer, shards, channels, attempts, seconds))
+        return self._entries[unit_key]
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop units from the journal, e.g. to recompute them; their shards go at the next cleanup."""
+        for key in keys:
+            if self._entries.pop(key, None) is not None:
+                self._lines.pop(key, None)
+                self.journal.append(json.dumps({"forget": key}))
+        self.flush()
 
     def prune(self, keep: Iterable[str]) -> int:
-        """Delete shards and manifest entries of units not in `keep` (stale after a spec change)."""
+        """Delete shards and records of units not in `keep` (see atlas.retention for which)."""
         keep = set(keep)
         stale = [e for e in self._entries.values() if e.key not in keep]
+        self.forget(e.key for e in stale)
         for entry in stale:
             for info in entry.tables.values():
-                remove(self.root / info["path"], within=self.root)
-            del self._entries[entry.key]
-            self._lines.pop(entry.key, None)
-        if stale:
-            self._save_manifest()
+                self.location.delete(info["path"])
         return len(stale)
 
     def write_job(self, info: dict) -> None:
-        atomic_write_bytes(self.root / JOB, json.dumps(info, indent=1, default=str).encode())
+        self.location.write_bytes(JOB, json.dumps(info, indent=1, default=str).encode())
 
     def job(self) -> dict:
-        path = self.root / JOB
-        return json.loads(path.read_text()) if path.exists() else {}
+        try:
+            return json.loads(self.location.read_bytes(JOB))
+        except FileNotFoundError:
+            return {}
 
     # -- reading ----------------------------------------------------------------------------
     def layers(self, kind: str) -> list[str]:
@@ -315,28 +362,64 @@ class Store:
                 seen.setdefault(entry.layer, None)
         return list(seen)
 
-    def read_unit(self, key: str, table_kind: str, columns: list[str] | None = None) -> pa.Table:
-        """The table of one kind that a finished unit wrote."""
+    def read_unit(self, key: str, kind: str, columns: list[str] | None = None) -> pa.Table:
+        """The table of one kind that a finished unit wrote (its checksum checked)."""
         entry = self._entries.get(key)
-        if entry is None or entry.status != "done" or table_kind not in entry.tables:
-            raise StoreError(f"{self.root}: unit {key} has no finished {table_kind!r} table; rerun the job")
-        return pq.read_table(self.root / entry.tables[table_kind]["path"], columns=columns)
+        if entry is None or entry.status != "done" or kind not in entry.tables:
+            raise StoreError(f"{self.uri}: unit {key} has no finished {kind!r} table; rerun the job")
+        info = entry.tables[kind]
+        try:
+            data = self.location.read_bytes(info["path"])
+        except FileNotFoundError:
+            data = b""
+        if _sha256(data) != info["sha256"]:
+            raise StoreError(
+                f"{self.location.url(info['path'])} is missing or damaged (checksum mismatch): run "
+                f"`atlas verify {self.uri}` and rerun the job to recompute it"
+            )
+        return pq.read_table(io.BytesIO(data), columns=columns)
 
-    def read_layer(self, table_kind: str, layer: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    def read_layer(self, kind: str, layer: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
         """One finished unit's table of a layer at a time: memory bounded by a unit, not the layer."""
-        return self._tables(table_kind, layer, columns)
+        for entry in list(self._entries.values()):
+            if entry.status == "done" and kind in entry.tables and entry.layer == layer:
+                yield self.read_unit(entry.key, kind, columns)
 
     def read(self, kind: str, layer: str | None = None, columns: list[str] | None = None) -> pa.Table | None:
         """All finished shards of a kind (optionally one layer) as one table; None when there are none."""
-        tables = list(self._tables(kind, layer, columns))
+        tables = [
+            self.read_unit(entry.key, kind, columns)
+            for entry in list(self._entries.values())
+            if entry.status == "done" and kind in entry.tables and (layer is None or entry.layer == layer)
+        ]
         if not tables:
             return None
         return pa.concat_tables(tables, promote_options="default")
 
-    def _tables(self, kind: str, layer: str | None, columns: list[str] | None) -> Iterator[pa.Table]:
-        for entry in list(self._entries.values()):
-            if entry.status == "done" and kind in entry.tables and (layer is None or entry.layer == layer):
-                yield pq.read_table(self.root / entry.tables[kind]["path"], columns=columns)
+    def dataset(self, kind: str) -> ds.Dataset:
+        """The committed shards of a kind as one pyarrow dataset (for DuckDB, pandas, Polars).
+
+        Exactly the committed units: no staged, stale or half-committed shard is in it.
+        """
+        paths = [
+            self.location.path(e.tables[kind]["path"])
+            for e in self._entries.values()
+            if e.status == "done" and kind in e.tables
+        ]
+        return ds.dataset(paths, filesystem=self.location.fs, format="parquet")
+
+
+def _committed(record: UnitRecord) -> UnitRecord:
+    """The record as the journal keeps it: without the staging paths."""
+    if not any("staged" in info for info in record.tables.values()):
+        return record
+    tables = {k: {f: v for f, v in info.items() if f != "staged"} for k, info in record.tables.items()}
+    return replace(record, tables=tables)
+
+
+def open_store(uri_or_path: Path | str) -> Store:
+    """The store at a local folder or a URI (s3://, gs://, file://)."""
+    return Store(parse_out(uri_or_path) if isinstance(uri_or_path, str) else uri_or_path)
 
 
 class StoreError(AtlasError, RuntimeError):

@@ -22,6 +22,7 @@ from atlas.models import LoadedModel, load_model, pick_device
 from atlas.optvis import RenderError, random_directions, render_channels, render_directions, render_pair
 from atlas.plan import Unit
 from atlas.provenance import provenance, with_provenance
+from atlas.quality import quality_table
 from atlas.registry import Registry
 from atlas.schema import RENDER_SCHEMA
 from atlas.skipped import KIND as SKIPPED
@@ -75,7 +76,7 @@ class WorkerContext:
 
 def _render(ctx: WorkerContext, unit: Unit, work: RenderWork) -> dict[str, pa.Table]:
     images = render_channels(ctx.model, unit.layer, unit.channels, work.render)
-    return {"render": rendered_table(images, unit.key)}
+    return {"render": rendered_table(images, unit.key), "quality": quality_table(ctx.model, images, unit.key)}
 
 
 def _directions(ctx: WorkerContext, unit: Unit, work: DirectionsWork) -> dict[str, pa.Table]:

@@ -22,9 +22,7 @@ from atlas.data import model_view, open_source
 from atlas.models import LoadedModel
 from atlas.optvis import make_param, render
 from atlas.optvis import objectives as obj
-
-# Nyquist is 0.5 cycles per pixel; power above half of it is what the article calls noise.
-HIGH_FREQUENCY_CUTOFF = 0.25
+from atlas.quality import high_frequency_share
 
 
 @dataclass(frozen=True)
@@ -42,32 +40,6 @@ VARIANTS = (
     Variant("Fourier + decorrelation", "fourier", True),
     Variant("MACO", "maco", False),
 )
-
-
-def high_frequency_share(images: torch.Tensor, cutoff: float = HIGH_FREQUENCY_CUTOFF) -> torch.Tensor:
-    """Share (B,) of the luminance spectral power above ``cutoff`` cycles per pixel, mean removed.
-
-    A Hann window first: the DFT treats the image as periodic, and the jump between opposite
-    edges would otherwise count as high-frequency energy in any photo.
-    """
-    luminance = images.float().mean(dim=1)
-    luminance = luminance - luminance.mean(dim=(1, 2), keepdim=True)
-    height, width = luminance.shape[-2:]
-    window = (
-        torch.hann_window(height, periodic=False)[:, None] * torch.hann_window(width, periodic=False)[None, :]
-    )
-    power = torch.fft.rfft2(luminance * window).abs().pow(2)
-    fy = torch.fft.fftfreq(images.shape[-2])[:, None]
-    fx = torch.fft.rfftfreq(images.shape[-1])[None, :]
-    high = torch.sqrt(fx * fx + fy * fy) > cutoff
-    # rfft2 stores only half the columns: every column but the first (and the Nyquist one for
-    # even widths) stands for two bins of the full spectrum.
-    weight = torch.full((images.shape[-1] // 2 + 1,), 2.0)
-    weight[0] = 1.0
-    if images.shape[-1] % 2 == 0:
-        weight[-1] = 1.0
-    weighted = power * weight
-    return weighted[:, high].sum(dim=1) / weighted.flatten(1).sum(dim=1).clamp_min(1e-20)
 
 
 def steps_to_fraction(steps: Sequence[int], curve: torch.Tensor, fraction: float = 0.9) -> list[int]:

@@ -28,10 +28,10 @@ from atlas.models import LoadedModel, load_model
 from atlas.optvis import make_param, render
 from atlas.optvis import objectives as obj
 from atlas.optvis.render import STEEPEST_DESCENT
+from atlas.quality import HIGH_FREQUENCY_CUTOFF, high_frequency_share
 
 CHANNELS = {"_blocks.5": (0, 1, 2, 3), "_blocks.9": (0, 1, 2, 3)}
 CLASSES = (1, 94, 309, 417, 980)  # goldfish, hummingbird, bee, balloon, volcano
-HIGH_FREQUENCY_CUTOFF = 0.25
 
 
 def demo_photos(size: int) -> torch.Tensor:
@@ -47,18 +47,6 @@ def demo_photos(size: int) -> torch.Tensor:
     images += [Image.fromarray(sklearn.datasets.load_sample_image(n)) for n in ("china.jpg", "flower.jpg")]
     arrays = [np.asarray(model_view(image, size), dtype=np.float32) / 255 for image in images]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-
-
-def high_frequency_share(images: torch.Tensor) -> torch.Tensor:
-    """Share (B,) of luminance spectral power above the cutoff, mean removed, Hann-windowed."""
-    luminance = images.mean(dim=1)
-    luminance = luminance - luminance.mean(dim=(1, 2), keepdim=True)
-    window = torch.hann_window(images.shape[-1], periodic=False)
-    power = torch.fft.rfft2(luminance * window[:, None] * window[None, :]).abs().pow(2)
-    fy = torch.fft.fftfreq(images.shape[-2])[:, None]
-    fx = torch.fft.rfftfreq(images.shape[-1])[None, :]
-    high = (fx * fx + fy * fy).sqrt() > HIGH_FREQUENCY_CUTOFF
-    return power[:, high].sum(dim=1) / power.flatten(1).sum(dim=1)
 
 
 def channel_means(model: LoadedModel, images: torch.Tensor, layer: str) -> torch.Tensor:

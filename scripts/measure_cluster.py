@@ -1,24 +1,20 @@
 """Figures for docs/CLUSTER.md: what the executor and the store cost beyond the work itself.
 
-    python scripts/measure_cluster.py                 # both, on a local Ray with 2 CPU workers
-    python scripts/measure_cluster.py --units 128 --manifest-units 700
+    python scripts/measure_cluster.py                 # on a local Ray with 2 CPU workers
+    python scripts/measure_cluster.py --units 128
 
 scheduling: many tiny render units (1 step, 16 px) run once in this process and once through
 the Executor; the difference per unit is what Ray, pickling and the store add.
-manifest: writes N one-row units into a fresh store, as a big atlas does, and reports how the
-per-unit cost grows with the manifest (it is rewritten atomically after every unit).
+What the store pays per unit as it grows is scripts/bench_journal.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-
-import pyarrow as pa
 
 from atlas.job import prepare
 from atlas.spec import parse_spec
@@ -80,40 +76,14 @@ def measure_scheduling(units: int, workers: int) -> None:
     print(f"  overhead: {per_unit_ray - in_worker / units * 1000:.1f} ms/unit beyond the work itself")
 
 
-def measure_manifest(count: int) -> None:
-    table = pa.table({"layer": ["mixed4a"], "channel": pa.array([0], pa.int32()), "image": [b"\0" * 2048]})
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Store(tmp)
-        times = []
-        for i in range(count):
-            start = time.perf_counter()
-            store.write_unit(f"render-{i:020d}", "render", "mixed4a", table, channels=range(8 * i, 8 * i + 8))
-            times.append(time.perf_counter() - start)
-        size = (Path(tmp) / "manifest.json").stat().st_size
-        start = time.perf_counter()
-        reopened = Store(tmp)
-        done = sum(reopened.has(e.key) for e in reopened.entries())
-        check = time.perf_counter() - start
-    tenth = max(1, count // 10)
-    print(f"manifest: {count} units written, manifest {size / 1e6:.2f} MB")
-    print(f"  first {tenth}: {statistics.mean(times[:tenth]) * 1000:.1f} ms/unit")
-    print(f"  last {tenth}: {statistics.mean(times[-tenth:]) * 1000:.1f} ms/unit")
-    print(f"  total {sum(times):.1f} s; reopen + verify every checksum ({done} done): {check:.2f} s")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--units", type=int, default=64, help="tiny units for the scheduling figure")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--manifest-units", type=int, default=700, help="about the inceptionv1 job")
-    parser.add_argument("--only", choices=("scheduling", "manifest"))
     args = parser.parse_args()
-    if args.only != "manifest":
-        measure_scheduling(args.units, args.workers)
-    if args.only != "scheduling":
-        measure_manifest(args.manifest_units)
+    measure_scheduling(args.units, args.workers)
 
 
 if __name__ == "__main__":

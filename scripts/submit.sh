@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Submit an atlas job to a Ray cluster with Ray Jobs. The repository is the working dir, so the
-# cluster runs exactly the local code and job specs; results stay on the cluster's head.
+# cluster runs exactly the local code and job specs. Results go to the job's out: a bucket
+# (workers write their shards there themselves, nothing to copy down) or a folder on the head.
 set -euo pipefail
 
 usage() {
@@ -9,8 +10,9 @@ usage: scripts/submit.sh [options] JOB.toml [atlas run options...]
 
   --address URL   Ray dashboard of the head (default: $RAY_API_SERVER_ADDRESS or
                   http://127.0.0.1:8265, where `ray dashboard cluster.yaml` forwards it)
-  --out DIR       output folder on the head (default: the spec's job.out; a relative one is
-                  put under the head's $HOME, since the working dir is temporary)
+  --out DIR|URI   output bucket (s3://bucket/prefix, gs://...) or folder on the head (default:
+                  the spec's job.out; a relative folder is put under the head's $HOME, since the
+                  working dir is temporary)
   --then-site     run `atlas run --no-site`, then build the site only if every unit succeeded
   --no-wait       return after submitting; follow with `ray job logs -f ID`
   --id ID         submission id (default: atlas-<job name>-<UTC time>)
@@ -63,7 +65,7 @@ SPEC_INFO="$(python "$ROOT/scripts/spec_info.py" "$JOB_ABS")" || exit 2
 read -r NAME SPEC_OUT <<<"$SPEC_INFO"
 if [[ -n "$OUT" ]]; then
   OUT_ARG="$(printf '%q' "$OUT")"
-elif [[ "$SPEC_OUT" == /* ]]; then
+elif [[ "$SPEC_OUT" == /* || "$SPEC_OUT" == *://* ]]; then
   OUT_ARG="$(printf '%q' "$SPEC_OUT")"
 else
   OUT_ARG="\"\$HOME\"/$(printf '%q' "$SPEC_OUT")"  # expanded by the shell on the head
@@ -90,5 +92,9 @@ status=0
 "${SUBMIT[@]}" -- bash -c "$ENTRYPOINT" || status=$?  # ray quotes each word: one shell line
 if [[ $WAIT == 0 && $status == 0 ]]; then
   echo "follow: ray job logs --address $ADDRESS -f $ID    status: ray job status --address $ADDRESS $ID" >&2
+elif [[ $status == 0 && "${OUT:-$SPEC_OUT}" == *://* ]]; then
+  echo "results: ${OUT:-$SPEC_OUT} (site: ${OUT:-$SPEC_OUT}/site/index.html)" >&2
+elif [[ $status == 0 ]]; then
+  echo "results on the head: $OUT_ARG (copy them with ray rsync-down, or use a bucket as --out)" >&2
 fi
 exit "$status"

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import ray
 
 from atlas.spec import JobSpec, parse_spec
+from atlas.store import Store
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -25,7 +26,7 @@ def env_with_tests_on_path(env: dict[str, str] | None = None) -> dict[str, str]:
 
 
 @contextmanager
-def local_ray(num_cpus: int = 2) -> Iterator[str]:
+def local_ray(num_cpus: int = 2, num_gpus: int = 0) -> Iterator[str]:
     """A fresh local Ray whose workers can import tests/ modules; yields its address.
 
     Ray workers inherit the environment of the raylet, which inherits this process's, so the
@@ -36,7 +37,13 @@ def local_ray(num_cpus: int = 2) -> Iterator[str]:
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = env_with_tests_on_path()["PYTHONPATH"]
     try:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
@@ -89,6 +96,5 @@ def write_spec(path: Path, out: Path, **kwargs: Any) -> Path:
 
 
 def manifest_units(out: Path) -> list[dict]:
-    """The manifest's unit records as written on disk (empty before the first unit)."""
-    path = out / "manifest.json"
-    return json.loads(path.read_text())["units"] if path.exists() else []
+    """The committed unit records, as a fresh reader sees them (empty before the first unit)."""
+    return [asdict(entry) for entry in Store(out).entries()]

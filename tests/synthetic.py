@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from atlas.schema import EXAMPLES_SCHEMA, HISTOGRAM_SCHEMA, RENDER_SCHEMA
+from atlas.schema import EXAMPLES_SCHEMA, HISTOGRAM_SCHEMA, QUALITY_SCHEMA, RENDER_SCHEMA
 from atlas.store import Store, UnitRecord
 
 BUCKET_SIGNS = {"max": 3.0, "slightly_positive": 0.5, "slightly_negative": -0.5, "min": -3.0}
@@ -49,6 +49,7 @@ class SyntheticOptions:
     pairs: tuple[tuple[str, int, int], ...] = ()
     interpolation_steps: int = 5
     failed_layers: tuple[str, ...] = ()
+    quality: bool = True  # render units also write their quality record
     seed: int = 0
 
 
@@ -154,7 +155,10 @@ def _write_channel_units(
                 rows.append(_render_row(pool, layer, channel, objective, 0, options.image_size))
             for variant in range(options.diversity):
                 rows.append(_render_row(pool, layer, channel, "diversity", variant, options.image_size))
-        store.write_unit(render_key, "render", layer, _table(rows, RENDER_SCHEMA, render_key), channels)
+        tables = {"render": _table(rows, RENDER_SCHEMA, render_key)}
+        if options.quality:
+            tables["quality"] = _table([_quality_row(row) for row in rows], QUALITY_SCHEMA, render_key)
+        store.write_unit_tables(render_key, "render", layer, tables, channels)
     if not (options.examples or options.histograms):
         return
     scan_key = _key("scan", layer, channels[0], options.seed)
@@ -189,6 +193,19 @@ def _render_row(
         "image": pool.png(size, channel * 7 + variant * 3 + len(objective)),
         "activation": sign * (4.0 + (channel % 11) / 3 + variant / 10),
         "loss": [1.0, 0.5, 0.25],
+    }
+
+
+def _quality_row(render: dict) -> dict:
+    """A record that varies by channel, so that some channels fail each threshold."""
+    channel = render["channel"]
+    return {
+        **{key: render[key] for key in ("layer", "channel", "objective", "variant")},
+        "peak_activation": 5.4 + (channel % 5) * 0.6,  # the best example reaches 6.0
+        "robust_activation": 0.55 + (channel * 37 % 40) / 100,
+        "robust_worst": 0.3 + (channel % 4) / 10,
+        "high_frequency": 0.05 + (channel * 13 % 20) / 100,
+        "diversity_similarity": 0.4 + (channel % 6) / 10 if render["objective"] == "diversity" else None,
     }
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -15,22 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import bench  # noqa: E402
 from bench_common import interleaved  # noqa: E402
-from bench_quality import high_frequency_share, steps_to_fraction  # noqa: E402
+from bench_quality import steps_to_fraction  # noqa: E402
 from bench_render import model_input_size  # noqa: E402
 
 from atlas.models import load_model  # noqa: E402
-
-
-def test_high_frequency_share_tells_smooth_images_from_pixel_noise() -> None:
-    ramp = torch.linspace(0, 1, 32)
-    smooth = (ramp[None, :] * ramp[:, None]).expand(1, 3, 32, 32)
-    checkerboard = ((torch.arange(32)[None, :] + torch.arange(32)[:, None]) % 2).float().expand(1, 3, 32, 32)
-    noise = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    assert high_frequency_share(smooth).item() < 0.02
-    assert high_frequency_share(checkerboard).item() > 0.99
-    # White noise spreads its power evenly: the share is the area beyond the cutoff radius.
-    expected = 1 - math.pi * 0.25**2
-    assert abs(high_frequency_share(noise).item() - expected) < 0.05
 
 
 def test_steps_to_fraction_finds_the_first_step_at_ninety_percent() -> None:

@@ -45,13 +45,14 @@ def test_the_schema_check_catches_a_broken_node_type(config):
         jsonschema.validate(broken, json.loads(SCHEMA.read_text()))
 
 
-def test_cluster_has_gpu_workers_kept_up_and_a_head_without_workers(config):
+def test_cluster_has_gpu_workers_that_scale_from_zero_and_a_head_without_workers(config):
     types = config["available_node_types"]
     head = types[config["head_node_type"]]
     workers = [t for name, t in types.items() if name != config["head_node_type"]]
     assert head["resources"] == {"CPU": 0}  # atlas workers never land on the head
     assert workers and all(re.match(r"(g|p)\d", t["node_config"]["InstanceType"]) for t in workers)
-    assert all(t.get("min_workers", 0) >= 1 for t in workers)  # a job finds GPUs when it starts
+    assert all(t["min_workers"] == 0 and t["max_workers"] >= 1 for t in workers)  # the job asks for them
+    assert all(t["resources"]["GPU"] >= 1 for t in workers)  # what atlas.autoscale reads before any is up
 
 
 def test_every_node_starts_ray_with_token_auth_and_gets_the_token(config):

@@ -24,7 +24,7 @@ AUTO = ExecuteSpec()
 def test_auto_uses_one_worker_per_gpu_when_the_cluster_has_gpus():
     nodes = [{"CPU": 8, "GPU": 4}, {"CPU": 8, "GPU": 4}]
     plan = plan_workers(AUTO, {"CPU": 16, "GPU": 8}, nodes)
-    assert plan == WorkerPlan(8, cpus=1, gpus=1) and plan.device == "cuda"
+    assert plan == WorkerPlan(8, cpus=1, gpus=1) and plan.device == "auto"
     assert plan.describe() == "8 workers x 1 GPU"
 
 

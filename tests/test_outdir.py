@@ -20,7 +20,7 @@ from atlas import safefs
 from atlas.cli import main
 from atlas.errors import AtlasError
 from atlas.job import run_job
-from atlas.outdir import MARKER, OutputFolderError, claim_output, marker_job
+from atlas.outdir import MARKER, OutputFolderError, check_site_folder, claim_output, marker_job
 from atlas.safefs import UnsafeDeletionError, remove, swap_folder
 from atlas.site import build_site
 from atlas.spec import SpecError, parse_spec
@@ -135,6 +135,30 @@ def test_a_new_folder_and_a_marked_one_are_accepted_another_jobs_is_not(work: Pa
     assert marker_job(old) == "adopted"
 
 
+def test_a_store_written_before_markers_existed_is_adopted_a_look_alike_is_not(work: Path) -> None:
+    old = work / "atlas-out" / "nightly"
+    (old / "shards").mkdir(parents=True)
+    (old / "job.json").write_text(json.dumps({"name": "nightly", "model_digest": "abc", "layers": []}))
+    (old / "manifest.json").write_text(json.dumps({"version": 1, "units": []}))
+    (old / "site").mkdir()
+    (old / "site" / "build.json").write_text(json.dumps({"version": 1, "model_digest": "abc", "layers": {}}))
+    with pytest.raises(OutputFolderError, match="belongs to job 'nightly'"):
+        claim_output(old, "other")  # adopted as the job it names, not as any job
+    claim_output(old, "nightly")
+    assert marker_job(old) == "nightly"
+    check_site_folder(old / "site")  # the old builder's site may be replaced by the next build
+    lookalike = work / "photos"  # a job.json without the atlas's fields is a user's file
+    lookalike.mkdir()
+    (lookalike / "job.json").write_text(json.dumps({"name": "photos"}))
+    (lookalike / "manifest.json").write_text(json.dumps({"units": []}))
+    with pytest.raises(OutputFolderError, match="not empty and has no"):
+        claim_output(lookalike, "photos")
+    (lookalike / "site").mkdir()
+    (lookalike / "site" / "build.json").write_text("{}")
+    with pytest.raises(OutputFolderError, match="not empty and has no"):
+        check_site_folder(lookalike / "site")
+
+
 def test_names_that_differ_only_by_case_are_refused(work: Path) -> None:
     claim_output(_spec('name = "demo"').out, "demo")
     spec = _spec('name = "Demo"')
@@ -169,9 +193,10 @@ def test_prune_refuses_a_manifest_path_that_leaves_the_store(tmp_path: Path) -> 
     victim = tmp_path / "victim.parquet"
     victim.write_bytes(b"precious")
     write_synthetic_store(tmp_path / "out", [SyntheticLayer("l", 4)], SMALL)
-    manifest = json.loads((tmp_path / "out/manifest.json").read_text())
-    manifest["units"][0]["tables"]["render"]["path"] = "../victim.parquet"
-    (tmp_path / "out/manifest.json").write_text(json.dumps(manifest))
+    (chunk,) = (tmp_path / "out/journal").glob("chunk-*.jsonl")
+    records = [json.loads(line) for line in chunk.read_text().splitlines()]
+    records[0]["tables"]["render"]["path"] = "../victim.parquet"
+    chunk.write_text("".join(json.dumps(record) + "\n" for record in records))
     with pytest.raises(UnsafeDeletionError, match="not inside"):
         Store(tmp_path / "out").prune(keep=[])
     assert victim.read_bytes() == b"precious"
@@ -209,7 +234,7 @@ def test_the_previous_site_is_replaced_atomically(tmp_path: Path, monkeypatch: p
     build_site(tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "job.json",
-        "manifest.json",
+        "journal",
         "shards",
         "site",
     ]
@@ -289,4 +314,4 @@ def test_written_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
     modes = {stat.S_IMODE(p.stat().st_mode) for p in paths if p.is_file()}
     folders = {stat.S_IMODE(p.stat().st_mode) for p in paths if p.is_dir()}
     assert modes == {0o666 & ~umask} and folders == {0o777 & ~umask}
-    assert {"job.json", "manifest.json", "site"} <= {p.name for p in out.iterdir()}
+    assert {"job.json", "journal", "site"} <= {p.name for p in out.iterdir()}

@@ -111,7 +111,7 @@ def test_layer_page_has_every_channel_with_its_images(full_site: Path) -> None:
     assert {f"channel-{c}" for c in range(10)} <= found.ids
     assert "img/mixed4a/3.jpg" in found.sources
     html = (full_site / "mixed4a.html").read_text()
-    row = re.search(r'<article class="row ch" id="channel-3">(.*?)</article>', html, re.S).group(1)
+    row = re.search(r'<article class="row ch"[^>]* id="channel-3">(.*?)</article>', html, re.S).group(1)
     for column in (
         "channel",
         "neuron",

@@ -178,3 +178,39 @@ def test_phone_labels_and_channel_view_groups_follow_the_recorded_columns(browse
     assert visit.page.locator("#channel-view .big.single").count() == 3  # channel, neuron, negative
     assert visit.errors == []
     visit.page.close()
+
+
+def test_quality_record_shows_sorts_and_filters_flagged_channels(browser, site: Path) -> None:
+    visit = Visit(browser, (site / "mixed3a.html").as_uri(), DESKTOP)
+    page = visit.page
+    flagged = page.locator("article.ch[data-flags]").count()
+    assert 0 < flagged < 40
+    assert page.locator("article.ch[data-flags] .flag").count() == flagged
+    page.select_option("#show", "flagged")
+    assert page.locator("article.ch:visible").count() == flagged
+    page.select_option("#show", "trusted")
+    assert page.locator("article.ch:visible").count() == 40 - flagged
+    page.fill("#filter", "0-9")
+    trusted_low = page.locator("article.ch:visible").count()
+    assert trusted_low == page.locator("article.ch:not([data-flags])").evaluate_all(
+        "rows => rows.filter(r => Number(r.id.slice(8)) <= 9).length"
+    )
+    page.fill("#filter", "")
+    page.select_option("#show", "all")
+    page.select_option("#sort", "robust_activation:asc")
+    robust = page.locator("article.ch").evaluate_all(
+        "rows => rows.map(r => JSON.parse(r.dataset.q).robust_activation)"
+    )
+    assert robust == sorted(robust) and robust[0] < robust[-1]
+    first = page.locator("article.ch").first.get_attribute("id")
+    page.keyboard.press("Escape")  # leave the select; keys then step through the sorted order
+    page.keyboard.press("j")
+    page.wait_for_function(f"location.hash === '#{first}'")
+    table = page.locator("#channel-view table.quality")
+    assert table.is_visible()
+    assert "Kept under the check set" in table.inner_text()
+    assert "fails" in table.inner_text()  # the least robust channel fails the 0.8 threshold
+    assert "2AFC from top examples" in table.inner_text() and "95%" in table.inner_text()
+    visit.shot("desktop-quality")
+    assert visit.errors == []
+    page.close()

@@ -76,9 +76,12 @@ GOLDEN = [
     ),
     (
         "unknown_section",
-        "job.toml, line 11: [rendr]: unknown section. did you mean 'render'? Valid sections: job, layers, model, render, examples, interactions, activation_atlas, execute",
+        "job.toml, line 11: [rendr]: unknown section. did you mean 'render'? Valid sections: job, layers, model, render, examples, interactions, activation_atlas, execute, cost",
     ),
-    ("job_key", "job.toml, line 2: job.nmae: unknown key. did you mean 'name'? Valid keys: name, out"),
+    (
+        "job_key",
+        "job.toml, line 2: job.nmae: unknown key. did you mean 'name'? Valid keys: name, out, keep_runs",
+    ),
     (
         "job_name",
         "job.toml, line 2: job.name: job name 'a b' is not allowed: a job name is letters, digits, '.', '_' "

@@ -1,11 +1,15 @@
 """The store: shards round-trip through Parquet, corrupt shards are detected, stale ones pruned."""
 
 import json
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from atlas.lease import LeaseError
+from atlas.retention import apply_retention
+from atlas.storage import LocationError
 from atlas.store import Store, StoreError, UnitRecord
 
 
@@ -28,8 +32,7 @@ def test_write_read_and_reopen(tmp_path):
         1,
         2,
     ]
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert {u["key"] for u in manifest["units"]} == {"k1", "k2"}
+    assert {u["key"] for u in journal_lines(tmp_path)} == {"k1", "k2"}
     assert not list(tmp_path.rglob("*.tmp"))  # no temporary files left behind
 
 
@@ -77,13 +80,109 @@ def test_stray_temporary_files_are_swept(tmp_path):
     assert not stray.exists() and store.has("k1")
 
 
-def test_manifest_stays_valid_json_across_updates(tmp_path):
+def test_journal_appends_one_line_per_record(tmp_path):
     store = Store(tmp_path)
     for i in range(5):
         store.write_unit(f"k{i}", "render", "l1", table(1))
     store.commit(UnitRecord.failed("k2", "render", "l1", "boom"))
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert [u["status"] for u in manifest["units"]] == ["done", "done", "failed", "done", "done"]
+    assert [(u["key"], u["status"]) for u in journal_lines(tmp_path)][-2:] == [
+        ("k4", "done"),
+        ("k2", "failed"),
+    ]
+    assert [e.status for e in Store(tmp_path).entries()] == ["done", "done", "failed", "done", "done"]
+
+
+def test_torn_last_line_is_not_a_record(tmp_path):
+    store = Store(tmp_path)
+    store.write_unit("k1", "render", "l1", table(1))
+    store.release()
+    (chunk,) = (tmp_path / "journal").glob("chunk-*.jsonl")
+    with chunk.open("a") as handle:
+        handle.write('{"key": "k2", "kind": "ren')  # the driver died mid-write
+    assert [e.key for e in Store(tmp_path).entries()] == ["k1"]
+
+
+def test_compaction_keeps_every_record_and_drops_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr("atlas.journal.COMPACT_MIN_LINES", 4)
+    store = Store(tmp_path)
+    for i in range(10):
+        store.write_unit(f"k{i}", "render", "l1", table(1))
+        store.release()  # every run of a writer starts a new chunk
+    store.forget(["k3"])
+    snapshots = list((tmp_path / "journal").glob("snapshot-*.jsonl"))
+    assert len(snapshots) == 1 and len(list((tmp_path / "journal").glob("chunk-*.jsonl"))) <= 4
+    assert sorted(e.key for e in Store(tmp_path).entries()) == [f"k{i}" for i in range(10) if i != 3]
+
+
+def test_legacy_manifest_store_opens_and_converts(tmp_path):
+    Store(tmp_path).write_unit("k1", "render", "l1", table(2), channels=(0, 1))
+    record = journal_lines(tmp_path)[0]
+    shutil.rmtree(tmp_path / "journal")
+    (tmp_path / "manifest.json").write_text(json.dumps({"version": 1, "units": [record]}))
+    old = Store(tmp_path)
+    assert old.has("k1") and old.read("render").num_rows == 2 and not old.pending(["k1"])
+    old.acquire()  # the writer turns it into a journal snapshot
+    old.release()
+    assert not (tmp_path / "manifest.json").exists()
+    assert Store(tmp_path).entry("k1").channels == (0, 1)
+
+
+def test_rerun_trusts_sizes_and_verify_reads_checksums(tmp_path):
+    store = Store(tmp_path)
+    store.write_unit("k1", "render", "l1", table(3))
+    store.write_unit("k2", "render", "l1", table(3))
+    shard = tmp_path / "shards" / "render" / "k1.parquet"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))  # same size: only a checksum notices
+    reopened = Store(tmp_path)
+    assert reopened.pending(["k1", "k2", "k3"]) == ["k3"]
+    assert reopened.verify() == ["k1"]
+    with pytest.raises(StoreError, match="atlas verify"):
+        reopened.read_unit("k1", "render")
+
+
+def test_second_driver_is_refused_until_the_first_releases(tmp_path):
+    first, second = Store(tmp_path), Store(tmp_path)
+    first.acquire()
+    with pytest.raises(LeaseError, match="in use by another atlas driver"):
+        second.acquire()
+    first.release()
+    second.acquire()
+    second.release()
+
+
+def test_uncommitted_shards_are_cleaned_up_by_the_next_driver(tmp_path):
+    store = Store(tmp_path)
+    store.write_unit("k1", "render", "l1", table(1))
+    store.write_shards("k2", {"render": table(1)})  # staged, never committed
+    (tmp_path / "shards" / "render" / "k3.parquet").write_bytes(b"moved, not journaled")
+    driver = Store(tmp_path)
+    driver.acquire()
+    driver.release()
+    assert sorted(p.name for p in (tmp_path / "shards" / "render").iterdir()) == ["k1.parquet"]
+    assert not list(tmp_path.rglob("*.staged"))
+
+
+def journal_lines(root) -> list[dict]:
+    return [
+        json.loads(line)
+        for path in sorted((root / "journal").glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+
+
+def test_retention_keeps_the_units_of_the_last_runs(tmp_path):
+    store = Store(tmp_path)
+    for run, keys in enumerate((["a", "b"], ["b", "c"], ["d"])):
+        for key in keys:
+            store.write_unit(key, "render", "l1", table(1))
+        pruned = apply_retention(store, keys, keep_runs=2)
+        assert pruned == (1 if run == 2 else 0)  # the third run drops "a", which only the first planned
+    assert sorted(e.key for e in Store(tmp_path).entries()) == ["b", "c", "d"]
+    assert apply_retention(store, ["d"], keep_runs=1) == 2  # today's rule: only the current plan
+    assert apply_retention(store, [], keep_runs=0) == 0  # keep everything
+    assert [e.key for e in Store(tmp_path).entries()] == ["d"]
 
 
 def test_pending_checks_sizes_cheaply_and_checksums_when_asked(tmp_path):
@@ -107,7 +206,7 @@ def test_shards_are_invisible_until_committed(tmp_path):
 
     store = Store(tmp_path)
     shards = store.write_shards("k1", {"examples": table(2), "histogram": table(1)})
-    assert shards["examples"]["size"] == (tmp_path / shards["examples"]["path"]).stat().st_size
+    assert shards["examples"]["size"] == (tmp_path / shards["examples"]["staged"]).stat().st_size
     assert store.pending(["k1"]) == ["k1"] and store.layers("examples") == []
     with pytest.raises(StoreError, match="no finished 'examples' table"):
         store.read_unit("k1", "examples")
@@ -134,13 +233,14 @@ def test_open_store_takes_paths_and_file_uris(tmp_path):
     by_uri = open_store(tmp_path.as_uri())
     assert by_uri.uri == tmp_path.resolve().as_uri() == open_store(str(tmp_path)).uri
     assert by_uri.pending(["k1"]) == []
-    with pytest.raises(StoreError, match="ftp:// stores are not supported"):
-        open_store("ftp://host/atlas")
+    with pytest.raises(LocationError, match="nosuch:// is not a file system"):
+        open_store("nosuch://host/atlas")
 
 
 def test_old_manifests_still_load(tmp_path):
     Store(tmp_path).write_unit("k1", "render", "l1", table(1))
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest = {"version": 1, "units": journal_lines(tmp_path)}
+    shutil.rmtree(tmp_path / "journal")
     for unit in manifest["units"]:  # as written before shard sizes were recorded
         unit["extra"] = {}
         for info in unit["tables"].values():

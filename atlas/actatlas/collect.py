@@ -160,6 +160,24 @@ class VectorSample:
         )
 
 
+class VectorCollector:
+    """Folds each scanned batch into a `VectorSample` (the `on_batch` hook of a `BatchScanner`)."""
+
+    def __init__(self, model: LoadedModel, layers: Sequence[str], size: int = DEFAULT_SIZE):
+        self.names = [model.resolve_layer(n) for n in layers]
+        self.channels = {n: model.channels(n) for n in self.names}
+        self.size = size
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new shard's sample."""
+        self.sample = VectorSample.empty(self.channels, self.size)
+
+    def observe(self, ids: list[str], outputs: Mapping[str, torch.Tensor]) -> None:
+        batch = {n: outputs[n] for n in self.names}
+        self.sample = self.sample.merge(VectorSample.from_batch(ids, batch, self.size))
+
+
 def collect_shard(
     model: LoadedModel,
     layers: Sequence[str],
@@ -167,20 +185,12 @@ def collect_shard(
     shard: ShardRef,
     size: int = DEFAULT_SIZE,
     vectors: Sequence[str] | None = None,
-    layouts: Mapping[str, str] | None = None,
     **scan: Any,
 ) -> tuple[PartialScan, VectorSample]:
     """Scan one shard as `atlas.examples.scan_shard` does and sample the `vectors` layers on the way.
 
     `vectors` (default: every scanned layer) must be among `layers`, whose forward passes they share.
     """
-    names = [model.resolve_layer(n) for n in (layers if vectors is None else vectors)]
-    sample = VectorSample.empty({n: model.channels(n) for n in names}, size)
-
-    def observe(ids: list[str], outputs: Mapping[str, torch.Tensor]) -> None:
-        nonlocal sample
-        batch = {n: outputs[n] for n in names}
-        sample = sample.merge(VectorSample.from_batch(ids, batch, size, layouts))
-
-    partial = scan_shard(model, layers, source, shard, on_batch=observe, **scan)
-    return partial, sample
+    collector = VectorCollector(model, layers if vectors is None else vectors, size)
+    partial = scan_shard(model, layers, source, shard, on_batch=collector.observe, **scan)
+    return partial, collector.sample

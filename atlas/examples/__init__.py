@@ -17,9 +17,10 @@ from atlas.examples.partial import (
     direction_layer,
     source_priority,
 )
-from atlas.examples.scan import scan_shard
+from atlas.examples.scan import BatchScanner, scan_shard
 
 __all__ = [
+    "BatchScanner",
     "DEFAULT_SAMPLE_SIZE",
     "HIST_EDGES",
     "LayerScan",

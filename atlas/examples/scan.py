@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from atlas.data import ImageSource, ShardRef, SkippedInput, model_view
+from atlas.data import ImageSource, ShardRef, SkippedInput, decode_for_model
 from atlas.examples.partial import (
     DEFAULT_SAMPLE_SIZE,
     HIST_BINS,
@@ -29,13 +29,13 @@ from atlas.examples.partial import (
 )
 from atlas.models import LoadedModel
 
-Batch = tuple[list[str], torch.Tensor | None, Counter[str], list[SkippedInput]]
+Batch = tuple[list[str], np.ndarray | None, Counter[str], list[SkippedInput]]
 
 
 def _batches(
     source: ImageSource, source_ids: Sequence[str], batch_size: int, size: int, prefetch: bool
 ) -> Iterator[Batch]:
-    """Decoded, resized batches as uint8 tensors, with what was skipped or converted on the way.
+    """Decoded, resized batches as uint8 [B, H, W, 3] arrays, with what was skipped or converted.
 
     With `prefetch` the next batch decodes in a thread while this one runs: right when a GPU
     computes and the CPU waits, wrong on CPU, where torch already keeps every core busy and a
@@ -43,12 +43,7 @@ def _batches(
     """
 
     def load(chunk: Sequence[str]) -> Batch:
-        skipped: list[SkippedInput] = []
-        good, counts = source.load_batch(chunk, draft_size=size, skipped=skipped)
-        if not good:
-            return [], None, counts, skipped
-        pixels = np.stack([np.asarray(model_view(image, size)) for _, image in good])
-        return [i for i, _ in good], torch.from_numpy(pixels).permute(0, 3, 1, 2), counts, skipped
+        return decode_for_model(source, chunk, size)
 
     chunks = [source_ids[i : i + batch_size] for i in range(0, len(source_ids), batch_size)]
     if not prefetch:
@@ -62,6 +57,62 @@ def _batches(
             yield current
 
 
+class BatchScanner:
+    """Scores decoded batches on one model: the per-batch step of every scan, wherever it runs.
+
+    Built once per worker (it resolves the layers and checks the directions); `scan` turns one
+    batch into a `PartialScan`, so a shard's scan is a fold of `PartialScan.merge` over batches.
+    `directions` maps a layer to an [n, C] tensor; each row becomes channel i of the pseudo-layer
+    `<layer>@direction` (projection of the activation vector at each position onto the row).
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        layers: Sequence[str],
+        k: int = 10,
+        directions: Mapping[str, torch.Tensor] | None = None,
+        sample_size: int = DEFAULT_SAMPLE_SIZE,
+        on_batch: Callable[[list[str], Mapping[str, torch.Tensor]], None] | None = None,
+    ):
+        self.on_batch = on_batch  # sees each batch's raw outputs (the activation atlas's vectors)
+        if k < 1:
+            raise ScanError(f"k must be at least 1, got {k}")
+        self.model, self.k, self.sample_size = model, k, sample_size
+        self.names = [model.resolve_layer(name) for name in layers]
+        self.directions = {
+            model.resolve_layer(n): d.detach().to(model.device, torch.float32)
+            for n, d in (directions or {}).items()
+        }
+        for name, rows in self.directions.items():
+            if rows.ndim != 2 or rows.shape[1] != model.channels(name):
+                raise ScanError(
+                    f"directions for {name!r} must have shape [n, {model.channels(name)}], got {list(rows.shape)}"
+                )
+        self.channels = {name: model.channels(name) for name in self.names}
+        self.channels.update({direction_layer(n): rows.shape[0] for n, rows in self.directions.items()})
+        self._needed = sorted(set(self.names) | set(self.directions))
+
+    def empty(self) -> PartialScan:
+        return PartialScan.empty(self.channels, self.k, self.sample_size)
+
+    def scan(self, ids: list[str], pixels: np.ndarray) -> PartialScan:
+        """One batch of uint8 [B, H, W, 3] images at the model's input size (no stats)."""
+        x01 = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(self.model.device).float().div_(255.0)
+        with torch.no_grad():  # not inference_mode: its tensors would poison later autograd
+            outputs = self.model.activations(x01, self._needed)
+            if self.on_batch is not None:
+                self.on_batch(ids, outputs)
+            maps = {name: _as_map(outputs[name]) for name in self.names}
+            maps.update(
+                {
+                    direction_layer(n): torch.einsum("bchw,nc->bnhw", _as_map(outputs[n]), rows)
+                    for n, rows in self.directions.items()
+                }
+            )
+            return _batch_partial(maps, ids, self.k, self.sample_size)
+
+
 def scan_shard(
     model: LoadedModel,
     layers: Sequence[str],
@@ -73,32 +124,14 @@ def scan_shard(
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     on_batch: Callable[[list[str], Mapping[str, torch.Tensor]], None] | None = None,
 ) -> PartialScan:
-    """Scan one shard: one truncated forward pass per batch records every layer at once.
+    """Scan one shard in this process: one truncated forward pass per batch records every layer.
 
-    `directions` maps a layer to an [n, C] tensor; each row becomes channel i of the pseudo-layer
-    `<layer>@direction` (projection of the activation vector at each position onto the row).
     Bad images are skipped or converted and counted in `stats`; they never stop the scan.
-    `on_batch(ids, outputs)` sees each batch's raw layer outputs (how other collectors, such as the
-    activation atlas's vector sample, ride on the same forward passes).
     """
-    if k < 1:
-        raise ScanError(f"k must be at least 1, got {k}")
-    names = [model.resolve_layer(name) for name in layers]
-    directions = {
-        model.resolve_layer(n): d.detach().to(model.device, torch.float32)
-        for n, d in (directions or {}).items()
-    }
-    for name, rows in directions.items():
-        if rows.ndim != 2 or rows.shape[1] != model.channels(name):
-            raise ScanError(
-                f"directions for {name!r} must have shape [n, {model.channels(name)}], got {list(rows.shape)}"
-            )
-    channels = {name: model.channels(name) for name in names}
-    channels.update({direction_layer(n): rows.shape[0] for n, rows in directions.items()})
-    partial = PartialScan.empty(channels, k, sample_size)
+    scanner = BatchScanner(model, layers, k, directions, sample_size, on_batch)
+    partial = scanner.empty()
     stats: Counter[str] = Counter()
     skipped: list[SkippedInput] = []
-    needed = sorted(set(names) | set(directions))
     prefetch = model.device.type != "cpu"
     batches = _batches(source, shard.source_ids, batch_size, model.input_size, prefetch)
     for ids, pixels, counts, bad in batches:
@@ -107,19 +140,7 @@ def scan_shard(
         if pixels is None:
             continue
         stats["scanned"] += len(ids)
-        x01 = pixels.to(model.device).float().div_(255.0)
-        with torch.no_grad():  # not inference_mode: its tensors would poison later autograd
-            outputs = model.activations(x01, needed)
-            if on_batch is not None:
-                on_batch(ids, outputs)
-            maps = {name: _as_map(outputs[name]) for name in names}
-            maps.update(
-                {
-                    direction_layer(n): torch.einsum("bchw,nc->bnhw", _as_map(outputs[n]), rows)
-                    for n, rows in directions.items()
-                }
-            )
-            partial = partial.merge(_batch_partial(maps, ids, k, sample_size))
+        partial = partial.merge(scanner.scan(ids, pixels))
     return replace(partial, stats=dict(sorted(stats.items())), skipped=tuple(skipped))
 
 

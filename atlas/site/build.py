@@ -7,8 +7,10 @@ previous site only when complete, so a failed nightly rebuild leaves yesterday's
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,11 +31,12 @@ from atlas.site.columns import Column, job_columns
 from atlas.site.images import LayerImages, Picture
 from atlas.site.interactions import read_interactions
 from atlas.site.paging import SEARCH_FILE, Page, ranges, split, write_search
+from atlas.site.quality import MEASURES, attach_quality, layer_spread, thresholds_for_page
 from atlas.site.slugs import layer_slugs
 from atlas.site.sprites import SpriteLayout
 from atlas.site.workers import ComposeJobs, auto_workers
 from atlas.skipped import REASONS, count_reasons, read_skipped
-from atlas.store import JOB, MANIFEST, Store, UnitRecord
+from atlas.store import JOB, Store, UnitRecord
 
 SUMMARY_FILE = "build.json"
 DETAILS_FILE = "details.js"
@@ -84,21 +87,26 @@ class LayerSummary:
     has_interactions: bool = False
     has_atlas: bool = False  # an activation atlas page (atlas.site.actatlas)
     sprite_keys: dict[str, str] = field(default_factory=dict)
+    quality: dict[str, float | int] = field(default_factory=dict)  # flagged count, proxy medians
     pages: list[Page] = field(default_factory=list)
     layout: str = "map"  # map, tokens or channels_last (atlas.models.layout)
 
 
-def build_site(out: Path, site_dir: Path | None = None, workers: int | None = None) -> Path:
-    """Build the atlas site for the output folder `out`; returns the path of its index.html.
+def build_site(out: Path | str, site_dir: Path | None = None, workers: int | None = None) -> Path:
+    """Build the atlas site for the store `out`; returns the path of its index.html.
 
+    The site is built on local disk: in `out/site` for a local store, in a cache folder for a
+    bucket (kept, so the next build reuses unchanged sprites; `atlas.publish` puts it online).
     `workers` processes compose the channel sprites (default: one per core for large atlases,
     inline for small ones).
     """
-    out = Path(out)
-    site_dir = Path(site_dir) if site_dir is not None else out / "site"
-    if not (out / JOB).is_file() and not (out / MANIFEST).is_file():
+    store = Store(out)
+    if site_dir is None:
+        site_dir = store.root / "site" if store.root is not None else _cache_folder(store.uri)
+    site_dir = Path(site_dir)
+    if not store.job() and not store.entries():
         raise SiteError(
-            f"{out} has neither {JOB} nor {MANIFEST}: point build_site at the output folder of "
+            f"{store.uri} has neither {JOB} nor unit records: point build_site at the output folder of "
             "an atlas run (the `out` of the job spec), or run the job first"
         )
     check_site_folder(site_dir)
@@ -109,7 +117,7 @@ def build_site(out: Path, site_dir: Path | None = None, workers: int | None = No
     try:
         staging.chmod(folder_mode())  # mkdtemp makes 0700: a web server could not read the site
         write_marker(staging, kind="site")
-        _build_into(staging, Store(out), previous, site_dir, workers)
+        _build_into(staging, store, previous, site_dir, workers)
         retired = swap_folder(staging, site_dir)
     except BaseException:
         remove(staging, within=site_dir.parent)
@@ -117,6 +125,12 @@ def build_site(out: Path, site_dir: Path | None = None, workers: int | None = No
     if retired is not None:
         remove(retired, within=site_dir.parent)
     return site_dir / "index.html"
+
+
+def _cache_folder(uri: str) -> Path:
+    """Where the site of a bucket store is built (one folder per store URI)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "neuron-atlas" / "sites" / hashlib.sha256(uri.encode()).hexdigest()[:16] / "site"
 
 
 def _sweep_killed_builds(site_dir: Path) -> None:
@@ -278,6 +292,8 @@ def _build_layer(
     )
     interactions = read_interactions(content.interaction_renders, content.direction_examples, images)
     channels = content.channels
+    attach_quality(store, summary.name, channels)
+    summary.quality = layer_spread(channels)
     summary.shown = len(channels)
     single = [column.name for column in all_columns if column.kind == "optimized"]
     summary.optimized = sum(any(o in c.values for o in single) for c in channels)
@@ -309,6 +325,8 @@ def _build_layer(
             columns=columns,
             grids=grids,
             kinds=kinds,
+            measures=MEASURES,
+            thresholds=thresholds_for_page(),
             pages=summary.pages if len(pages) > 1 else [],
             page_ranges=ranges(summary.pages),
             this_page=number,

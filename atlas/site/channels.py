@@ -48,6 +48,9 @@ class ChannelEntry:
     losses: dict[str, list[float | None]] = field(default_factory=dict)
     sources: dict[str, list[list]] = field(default_factory=dict)
     sprite_key: str = ""  # what the sprite was made from; equal keys mean equal sprites
+    # The quality record (atlas/site/quality.py): measure -> value, and the measures that fail.
+    quality: dict[str, float | list[float]] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:

@@ -39,6 +39,10 @@
     const status = document.getElementById("filter-status");
     const filter = document.getElementById("filter");
     const jump = document.getElementById("jump");
+    const sort = document.getElementById("sort");
+    const show = document.getElementById("show");
+    const thresholds = JSON.parse(list.dataset.thresholds || "{}"); // measure -> [min or max, limit]
+    const measures = JSON.parse(list.dataset.measures || "{}"); // measure -> label
     let current = null;
     const grids = JSON.parse(list.dataset.grids || "{}"); // column -> [columns, rows] of its grid
     // column class -> "optimized" (one image), "diverse" (a set) or "examples" (from job.json)
@@ -198,6 +202,12 @@
       groups.examples.forEach(function (figure) { body.appendChild(figure); });
       const svg = row.querySelector("svg.hist");
       if (svg) body.appendChild(histogramFigure(svg));
+      const quality = qualityFigure(row);
+      if (quality) {
+        body.appendChild(make("h3", "group-title", "flags" in row.dataset
+          ? "Quality: do not trust these pictures" : "Quality of these pictures"));
+        body.appendChild(quality);
+      }
       if (!body.childElementCount) body.appendChild(make("p", "empty", "Nothing has been computed for this channel yet."));
       const order = visibleRows();
       const index = order.indexOf(row);
@@ -273,11 +283,7 @@
 
     function applyFilter() {
       const text = filter.value.trim();
-      if (!text) {
-        rows.forEach(function (row) { row.hidden = false; });
-        status.textContent = "";
-        return;
-      }
+      const mode = show ? show.value : "all";
       const ranges = [];
       const valid = text.split(/[\s,]+/).filter(Boolean).every(function (token) {
         const match = /^(\d+)(?:\s*[-–]\s*(\d+))?$/.exec(token);
@@ -294,10 +300,58 @@
       let shown = 0;
       rows.forEach(function (row) {
         const channel = Number(row.id.slice("channel-".length));
-        row.hidden = !ranges.some(function (range) { return channel >= range[0] && channel <= range[1]; });
+        const inRange = !ranges.length || ranges.some(function (range) { return channel >= range[0] && channel <= range[1]; });
+        const byFlag = mode === "all" || (mode === "flagged") === ("flags" in row.dataset);
+        row.hidden = !(inRange && byFlag);
         if (!row.hidden) shown += 1;
       });
-      status.textContent = "Showing " + shown + " of " + rows.length + " channels.";
+      status.textContent = text || mode !== "all" ? "Showing " + shown + " of " + rows.length + " channels." : "";
+    }
+
+    // ---- Quality record: the channel view's table, sorting and the flag filter ----------
+    function channelOf(row) { return Number(row.id.slice("channel-".length)); }
+    function qualityOf(row) {
+      try { return JSON.parse(row.dataset.q || "{}"); } catch (err) { return {}; }
+    }
+    function formatMeasure(value) {
+      return typeof value === "number" && isFinite(value) ? String(Number(value.toPrecision(3))) : "–";
+    }
+    function qualityFigure(row) {
+      const record = qualityOf(row);
+      const names = Object.keys(measures).filter(function (name) { return name in record; });
+      if (!names.length) return null;
+      const table = make("table", "quality");
+      names.forEach(function (name) {
+        const line = make("tr");
+        const rule = thresholds[name];
+        const value = record[name];
+        const fails = rule && (rule[0] === "min" ? value < rule[1] : value > rule[1]);
+        line.appendChild(make("th", "", measures[name]));
+        const interval = record[name + "_interval"];
+        line.appendChild(make("td", "", formatMeasure(value) +
+          (interval ? " (95% " + formatMeasure(interval[0]) + "–" + formatMeasure(interval[1]) + ")" : "")));
+        line.appendChild(make("td", fails ? "bad" : "",
+          rule ? (fails ? "fails " : "passes ") + (rule[0] === "min" ? "≥ " : "≤ ") + rule[1] : ""));
+        table.appendChild(line);
+      });
+      return table;
+    }
+    function applySort() {
+      const parts = sort.value.split(":");
+      const key = parts[0];
+      const sign = parts[1] === "desc" ? -1 : 1;
+      function valueOf(row) {
+        if (key === "channel") return channelOf(row);
+        const value = qualityOf(row)[key];
+        return typeof value === "number" ? value : null;
+      }
+      rows.sort(function (a, b) {
+        const va = valueOf(a);
+        const vb = valueOf(b);
+        if (va === null || vb === null) return (va === null) - (vb === null); // missing last
+        return sign * (va - vb) || channelOf(a) - channelOf(b);
+      });
+      rows.forEach(function (row) { list.appendChild(row); });
     }
 
     function setView(name) {
@@ -317,6 +371,8 @@
     if (saved === "spectrum" || saved === "appendix") setView(saved);
 
     filter.addEventListener("input", applyFilter);
+    if (show) show.addEventListener("change", applyFilter);
+    if (sort) sort.addEventListener("change", applySort);
     jump.addEventListener("change", function () {
       if (jump.value === "") return;
       if (rowFor(jump.value)) {

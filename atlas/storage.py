@@ -1,0 +1,225 @@
+"""Where a store lives: a local folder or a bucket prefix, behind one small set of file operations.
+
+Every path the store touches is joined here, relative to the location's root, and goes through
+`pyarrow.fs` (fsspec only for schemes pyarrow lacks), so `s3://atlas/nightly` is a bucket prefix
+and never a local folder named `s3:`. Credentials come from where each SDK looks by itself
+(environment, config files, instance role); a URI that carries them is refused, so no secret can
+reach job.json, a log, an error message or a Ray runtime environment through the URI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pyarrow.fs as pafs
+
+from atlas.errors import AtlasError
+from atlas.safefs import file_mode, remove
+
+REMOTE_SCHEMES = ("s3", "gs", "gcs")
+
+
+class LocationError(AtlasError):
+    """An output URI that cannot be used; the message says how to write it."""
+
+
+def is_uri(out: str | os.PathLike) -> bool:
+    """True for `scheme://...` (a bucket or other remote file system), False for a local path."""
+    text = str(out)
+    return "://" in text and not text.startswith("file://")
+
+
+def parse_out(text: str) -> Path | str:
+    """A spec's or the CLI's `out`: a Path for local folders, the URI text for anything remote."""
+    if text.startswith("file://"):
+        return Path(urlsplit(text).path)
+    if not is_uri(text):
+        return Path(text)
+    parts = urlsplit(text)
+    if parts.username or parts.password or "@" in parts.netloc:
+        raise LocationError(
+            f"{parts.scheme}://…@{parts.hostname}: credentials do not belong in the output URI (they would "
+            "end up in job.json and logs); set them in the environment or config files, e.g. "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or GOOGLE_APPLICATION_CREDENTIALS"
+        )
+    if parts.query or parts.fragment:
+        raise LocationError(
+            f"{text}: options in the output URI are not supported; use plain scheme://bucket/prefix"
+        )
+    if not parts.netloc:
+        raise LocationError(
+            f"{text} names no bucket; write {parts.scheme}://BUCKET/PREFIX, e.g. s3://atlas/nightly"
+        )
+    return f"{parts.scheme}://{parts.netloc}/{parts.path.strip('/')}".rstrip("/")
+
+
+@dataclass
+class Location:
+    """A root inside a file system; every store path is relative to it."""
+
+    fs: pafs.FileSystem
+    root: str  # the root as the file system names it (no scheme, no trailing slash)
+    uri: str  # printable: file:///abs/path or s3://bucket/prefix
+    local: bool
+    scheme: str = "file"
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def url(self, rel: str) -> str:
+        """What a user (or DuckDB) would type for a file in the store."""
+        return f"{self.uri}/{rel}" if rel else self.uri
+
+    # -- reading ----------------------------------------------------------------------------
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self.path(rel)) as stream:
+            return stream.read()
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type == pafs.FileType.File
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """Every file under `prefix` with its size, keyed by path relative to the root (one listing)."""
+        base = self.path(prefix)
+        if self.fs.get_file_info(base).type != pafs.FileType.Directory and self.local:
+            return {}
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        except FileNotFoundError:
+            return {}
+        cut = len(self.root) + 1
+        return {i.path[cut:]: i.size for i in infos if i.type == pafs.FileType.File}
+
+    # -- writing ----------------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+        """Replace a file whole: temp file + fsync + rename locally, one PUT in a bucket.
+
+        `headers` (e.g. Content-Type, Cache-Control) become the object's metadata in a bucket.
+        """
+        target = self.path(rel)
+        if not self.local:
+            with self.fs.open_output_stream(target, metadata=headers) as stream:
+                stream.write(data)
+            return
+        folder = os.path.dirname(target)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), file_mode())  # mkstemp makes 0600; the rename would keep it
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            remove(tmp, within=self.root)
+            raise
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Create a file only if none exists (False if one does): the lease's compare-and-swap."""
+        target = self.path(rel)
+        if self.local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode())
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            return True
+        if self.scheme == "s3":
+            return _s3_put_if_absent(target, data)
+        # No conditional put through pyarrow here: check, write, read back (a narrow race, documented).
+        if self.exists(rel):
+            return False
+        self.write_bytes(rel, data)
+        return self.read_bytes(rel) == data
+
+    def move(self, src: str, dst: str) -> None:
+        """Rename locally; server-side copy + delete in a bucket (no bytes through this process)."""
+        if self.local:
+            os.makedirs(os.path.dirname(self.path(dst)), exist_ok=True)
+        self.fs.move(self.path(src), self.path(dst))
+
+    def delete(self, rel: str) -> None:
+        """Delete one file of the store (locally never outside the root, never through a link)."""
+        if self.local:
+            remove(self.path(rel), within=self.root)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(self.path(rel))
+
+
+def open_location(out: str | os.PathLike) -> Location:
+    """The file system and root for an output folder or URI (credentials found by the SDK)."""
+    target = parse_out(str(out)) if isinstance(out, str) else Path(out)
+    if isinstance(target, Path):
+        root = target.expanduser().absolute()
+        return Location(pafs.LocalFileSystem(), root.as_posix().rstrip("/") or "/", root.as_uri(), local=True)
+    scheme, _, rest = target.partition("://")
+    if scheme == "s3":
+        filesystem: pafs.FileSystem = _s3()
+    elif scheme in ("gs", "gcs"):
+        filesystem = pafs.GcsFileSystem()
+    else:
+        filesystem = _fsspec(scheme)
+    return Location(filesystem, rest.rstrip("/"), target, local=False, scheme=scheme)
+
+
+def _s3() -> pafs.S3FileSystem:
+    """S3 with the SDK's own credential chain; AWS_ENDPOINT_URL(_S3) picks an S3-compatible server.
+
+    `allow_delayed_open` lets small objects go up as one PutObject instead of a multipart upload.
+    """
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    options: dict = {"allow_delayed_open": True}
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["region"] = region
+    if endpoint:
+        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        options.update(endpoint_override=parts.netloc, scheme=parts.scheme)
+    return pafs.S3FileSystem(**options)
+
+
+def _s3_put_if_absent(path: str, data: bytes) -> bool:
+    """PutObject with If-None-Match: * (boto3, from the `s3` extra); the SDK finds the credentials."""
+    try:
+        import boto3
+        from botocore.exceptions import ClientError
+    except ImportError as err:
+        raise LocationError(
+            "the store lease on s3:// needs boto3 for a conditional put: pip install 'neuron-atlas[s3]'"
+        ) from err
+    bucket, _, key = path.partition("/")
+    try:
+        boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False
+        raise
+    return True
+
+
+def _fsspec(scheme: str) -> pafs.FileSystem:
+    try:
+        import fsspec
+    except ImportError as err:
+        raise LocationError(
+            f"{scheme}:// needs fsspec and its {scheme} driver (pyarrow has s3:// and gs:// built in)"
+        ) from err
+    try:
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem(scheme)))
+    except (ImportError, ValueError) as err:
+        raise LocationError(f"{scheme}:// is not a file system fsspec knows here: {err}") from err
+
+
+def holder_name() -> str:
+    """Who holds a lease, for the message a second driver sees."""
+    return f"{socket.gethostname()}:{os.getpid()}"

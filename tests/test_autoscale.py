@@ -1,0 +1,138 @@
+"""GPU nodes from zero on Ray's fake autoscaling cluster: the job asks, waits, runs, and lets go.
+
+Ray's `AutoscalingCluster` helper runs `ray stop --force` (it would kill every Ray on this shared
+machine) and needs an example file the wheel lacks, so the fixture starts the same fake cluster
+itself: a head started with an autoscaling config whose provider is `fake_multinode` (worker
+"nodes" are raylets on this machine), with its own port and temp dir, killed by that dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from raytools import tiny_spec
+from test_cluster_submit import free_ports, kill_processes_naming
+
+from atlas.autoscale import ScaleUpError
+from atlas.job import run_job
+
+pytestmark = pytest.mark.slow
+
+GPU_TYPE = {"resources": {"CPU": 1, "GPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 1}
+
+
+def fake_config(gcs: str) -> dict:
+    """A cluster config for the fake provider: a 1-CPU head and one GPU node type, min 0."""
+    return {
+        "cluster_name": "atlas-fake",
+        "max_workers": 1,
+        "provider": {
+            "type": "fake_multinode",
+            "gcs_address": gcs,
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+        },
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
+            "gpu": GPU_TYPE,
+        },
+        "head_node_type": "ray.head.default",
+        "auth": {},
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 0.2,  # 12 s: idle GPU nodes go soon after the job
+        "docker": {},
+        **{key: [] for key in ("initialization_commands", "setup_commands", "head_setup_commands")},
+        **{
+            key: []
+            for key in ("worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
+        },
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """(GCS address, config path) of a fake autoscaling cluster with no GPU node up."""
+    if ray.is_initialized():
+        ray.shutdown()
+    root = Path(tempfile.mkdtemp(prefix="rayfa", dir="/tmp"))  # short: Ray's socket paths are long
+    gcs_port, dashboard, agent = free_ports(3)
+    gcs = f"{ray.util.get_node_ip_address()}:{gcs_port}"
+    config = root / "autoscaling.json"
+    config.write_text(json.dumps(fake_config(gcs)))
+    env = os.environ | {
+        "RAY_FAKE_CLUSTER": "1",
+        "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+        "RAY_AUTH_MODE": "disabled",
+    }
+    env.pop("RAY_ADDRESS", None)
+    start = [
+        "ray", "start", "--head", f"--port={gcs_port}", f"--autoscaling-config={config}", "--num-cpus=1",
+        f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={agent}", f"--temp-dir={root}",
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    saved = os.environ.get("ATLAS_AUTOSCALING_CONFIG")
+    os.environ["ATLAS_AUTOSCALING_CONFIG"] = str(config)
+    try:
+        subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
+        yield gcs
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        kill_processes_naming(str(root))
+        shutil.rmtree(root, ignore_errors=True)
+        if saved is None:
+            os.environ.pop("ATLAS_AUTOSCALING_CONFIG", None)
+        else:
+            os.environ["ATLAS_AUTOSCALING_CONFIG"] = saved
+
+
+def gpu_nodes() -> int:
+    return sum(1 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0) > 0)
+
+
+def test_a_job_scales_gpu_nodes_up_from_zero_and_back_down(cluster: str, tmp_path: Path) -> None:
+    spec = tiny_spec(
+        tmp_path / "out",
+        channels="0:2",
+        steps=2,
+        workers=1,
+        extra=f'gpus_per_worker = 1\naddress = "{cluster}"',
+    )
+    try:
+        ray.init(address=cluster, log_to_driver=False)
+        assert gpu_nodes() == 0
+        result = run_job(spec, build=False)
+        assert result.ok and result.done == 2, result.failed
+        deadline = time.monotonic() + 90
+        while gpu_nodes() and time.monotonic() < deadline:  # the request is withdrawn: idle nodes go
+            time.sleep(1)
+        assert gpu_nodes() == 0, "the GPU node stayed up after the job withdrew its request"
+    finally:
+        ray.shutdown()
+
+
+def test_gpus_no_node_type_provides_fail_at_once_with_the_fix(cluster: str, tmp_path: Path) -> None:
+    spec = tiny_spec(tmp_path / "out", workers=1, extra=f'gpus_per_worker = 2\naddress = "{cluster}"')
+    start = time.monotonic()
+    try:
+        with pytest.raises(
+            ScaleUpError, match=r"no node type .* can ever provide .*gpu \(1 GPU, max 1\).*max_workers"
+        ):
+            run_job(spec, build=False)
+    finally:
+        ray.shutdown()
+    assert time.monotonic() - start < 60  # no waiting for the scale-up timeout (900 s)
