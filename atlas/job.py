@@ -47,6 +47,10 @@ class Prepared:
 def prepare(spec: JobSpec) -> Prepared:
     """Load the model on the driver, check the spec against it, open the data, plan the units."""
     model = load_model(spec.model.name, spec.model.checkpoint, spec.model.weights)
+    if any(layer.dictionary for layer in spec.layers):
+        from atlas.actatlas.dictionary import attach_layers
+
+        spec = spec.replace(layers=attach_layers(model, spec.layers))
     check_against_model(spec, model)
     facts = ModelFacts(model.digest, {layer.name: model.channels(layer.name) for layer in spec.layers})
     source, shards, fingerprints = None, [], []
@@ -186,6 +190,18 @@ def run_examples(runner: UnitRunner, prepared: Prepared) -> list[Unit]:
     return units
 
 
+def run_atlases(runner: UnitRunner, prepared: Prepared) -> set[str]:
+    """Phase three: the activation atlases of the finished scans; returns the keys it owns."""
+    spec = prepared.spec
+    unfinished = set(runner.store.pending(prepared.plan.scan_keys))
+    finished = tuple(key for key in prepared.plan.scan_keys if key not in unfinished)
+    if not spec.activation_atlas.layers or not finished:
+        return set()
+    from atlas.actatlas.stage import run_atlas
+
+    return run_atlas(spec, prepared.facts.digest, runner.store, finished, runner.run, runner.force)
+
+
 def run_job(
     spec: JobSpec,
     force: bool = False,
@@ -200,6 +216,7 @@ def run_job(
     started = _now()
     t0 = time.perf_counter()
     prepared = prepare(spec)
+    spec = prepared.spec  # dictionary layers renamed to their content-hashed names
     if local:
         claim_output(spec.out, spec.name)  # a spec that fails its checks leaves no folder behind
     store = open_store(spec.out)
@@ -221,8 +238,9 @@ def run_job(
         store.write_job(job_info(prepared, started))
         run_independent(runner, prepared, only)
         examples = run_examples(runner, prepared) if with_examples else []
+        atlases = run_atlases(runner, prepared) if only is None else set()
         if only is None:  # units of older settings would show up beside the new ones
-            keep = {u.key for u in prepared.plan.units} | {u.key for u in examples}
+            keep = {u.key for u in prepared.plan.units} | {u.key for u in examples} | atlases
             apply_retention(store, keep, spec.keep_runs)
         store.write_job(job_info(prepared, started, _now()))
     finally:
@@ -249,10 +267,15 @@ def _now() -> str:
 def job_status(spec: JobSpec) -> dict[str, list[str]]:
     """Which units of the job are done, pending, failed, and which stored units are stale."""
     prepared = prepare(spec)
+    spec = prepared.spec  # dictionary layers renamed to their content-hashed names
     store = open_store(spec.out)
     wanted = list(prepared.plan.units)
     if not store.pending(prepared.plan.scan_keys):
         wanted += examples_units(spec, prepared.facts, prepared.plan.scan_keys)
+        if spec.activation_atlas.layers:
+            from atlas.actatlas.stage import planned_units
+
+            wanted += planned_units(spec, prepared.facts.digest, store, prepared.plan.scan_keys)
     todo = set(store.pending([u.key for u in wanted], verify=True))
     status: dict[str, list[str]] = {"done": [], "pending": [], "failed": [], "stale": []}
     for unit in wanted:

@@ -19,6 +19,7 @@ from atlas.work import DirectionsWork, ExamplesWork, PairWork, RenderWork, ScanW
 
 # Bump when a part's output changes for the same inputs: every unit of that kind is recomputed.
 CODE_VERSIONS = {"render": "2", "directions": "2", "pair": "2", "scan": "1", "examples": "1", "probe": "1"}
+CODE_VERSIONS.update({"atlas_layout": "1", "atlas_grid": "1", "icons": "1"})  # atlas.actatlas.stage
 
 # Channels per examples unit: bounds the size of one result (crops and thumbnails are PNG bytes).
 EXAMPLES_CHANNELS_PER_UNIT = 64
@@ -125,6 +126,8 @@ def scan_units(
             directions=spec.interactions.random_directions,
             seed=spec.render.seed,
             data=fingerprint,
+            vectors=spec.activation_atlas.layers,
+            vector_samples=spec.activation_atlas.samples if spec.activation_atlas.layers else 0,
         )
         units.append(make_unit(facts.digest, "*", (), work, inputs=shard))
     return units

@@ -146,12 +146,24 @@ class ShardScanner:
         model = load_model(
             spec.model.name, spec.model.checkpoint, spec.model.weights, device=pick_device(device)
         )
-        self.scanner = BatchScanner(model, work.layers, work.k, scan_directions(model, work))
+        if any(layer.dictionary for layer in spec.layers):
+            from atlas.actatlas.dictionary import attach_layers
+
+            attach_layers(model, spec.layers)
+        self.collector = None
+        if work.vectors:  # the activation atlas's vectors ride on the same forward passes
+            from atlas.actatlas.collect import VectorCollector
+
+            self.collector = VectorCollector(model, work.vectors, work.vector_samples)
+        observe = self.collector.observe if self.collector else None
+        self.scanner = BatchScanner(
+            model, work.layers, work.k, scan_directions(model, work), on_batch=observe
+        )
         self.provenance = provenance(str(model.device))
         self.size = model.input_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        partials, seconds = [], []
+        partials, seconds, vectors = [], [], []
         for ids_json, sizes_json, raw, counts_json in zip(
             batch["ids"], batch["sizes"], batch["pixels"], batch["counts"], strict=True
         ):  # skipped images pass by: the driver stores them as their own table
@@ -159,6 +171,8 @@ class ShardScanner:
             ids = json.loads(ids_json)
             pixels = np.frombuffer(raw, np.uint8).reshape(len(ids), self.size, self.size, 3)
             partial = self.scanner.empty()
+            if self.collector:
+                self.collector.reset()
             begin = 0
             for size in json.loads(sizes_json):
                 end = begin + size
@@ -169,12 +183,15 @@ class ShardScanner:
                 stats["scanned"] += len(ids)
             partial = replace(partial, stats=dict(sorted(stats.items())))
             partials.append(_ipc_bytes(with_provenance(partial.to_table(), self.provenance)))
+            if self.collector:
+                vectors.append(_ipc_bytes(self.collector.sample.to_table("")))
             seconds.append(time.perf_counter() - start)
         return {
             "shard": batch["shard"],
             "skipped": batch["skipped"],
             "partial": np.array(partials, dtype=object),
             "seconds": np.array(seconds, np.float64),
+            "vectors": np.array(vectors or [b""] * len(partials), dtype=object),
         }
 
 
@@ -244,6 +261,12 @@ def scan_dataset(
             "scan": scan,
             SKIPPED: skipped_table(skipped, unit.key).replace_schema_metadata(scan.schema.metadata),
         }
+        if row["vectors"]:  # the sampled vectors of an activation atlas, keyed to their unit here
+            vectors = _ipc_table(row["vectors"])
+            keys = pa.array([unit.key] * vectors.num_rows, pa.string())
+            tables["vectors"] = vectors.set_column(
+                vectors.schema.get_field_index("unit_key"), "unit_key", keys
+            )
         yield unit, tables, float(row["seconds"])
 
 

@@ -118,6 +118,58 @@ SERIES_SCHEMA = pa.schema(
     ]
 )
 
+# Activation atlases (atlas.actatlas): the vectors a scan shard sampled, their 2-D layout, the
+# grid cells over it and one icon per kept cell.
+VECTORS_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("source_id", pa.string()),
+        ("position", pa.int32()),
+        ("vector", pa.list_(pa.float32())),
+        ("unit_key", pa.string()),
+    ]
+)
+
+ATLAS_POINTS_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("source_id", pa.string()),
+        ("position", pa.int32()),
+        ("x", pa.float32()),
+        ("y", pa.float32()),
+        ("unit_key", pa.string()),
+    ]
+)
+
+ATLAS_CELLS_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("grid", pa.int32()),
+        ("cell", pa.int32()),
+        ("row", pa.int32()),
+        ("column", pa.int32()),
+        ("count", pa.int64()),
+        ("kept", pa.bool_()),
+        ("mean", pa.list_(pa.float32())),
+        ("source_ids", pa.list_(pa.string())),
+        ("unit_key", pa.string()),
+    ]
+)
+
+ICONS_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("grid", pa.int32()),
+        ("cell", pa.int32()),
+        ("image", pa.binary()),
+        ("activation", pa.float32()),
+        ("cosine", pa.float32()),
+        ("class", pa.int32()),
+        ("class_gain", pa.float32()),
+        ("unit_key", pa.string()),
+    ]
+)
+
 
 @dataclass(frozen=True)
 class StoredTable:
@@ -255,6 +307,60 @@ TABLES = {
             "probe_key": "its probe unit",
             "match_key": "the match unit with the previous checkpoint (empty for the first)",
             "render_keys": "its render units (empty when never rendered)",
+        },
+    ),
+    "vectors": StoredTable(
+        VECTORS_SCHEMA,
+        "one row per sampled image and activation-atlas layer; one shard per scan unit of a job with an atlas",
+        {
+            "layer": "layer name",
+            "source_id": "the image",
+            "position": "flat index of the hash-chosen spatial (or token) position",
+            "vector": "the activation vector there (C values)",
+            "unit_key": "the scan unit",
+        },
+    ),
+    "atlas_layout": StoredTable(
+        ATLAS_POINTS_SCHEMA,
+        "one row per sampled image; one shard per atlas layer",
+        {
+            "layer": "layer name",
+            "source_id": "the image",
+            "position": "as in `vectors`",
+            "x": "UMAP coordinate",
+            "y": "UMAP coordinate",
+            "unit_key": "the layout unit",
+        },
+    ),
+    "atlas_grid": StoredTable(
+        ATLAS_CELLS_SCHEMA,
+        "one row per non-empty cell; one shard per atlas layer and grid size",
+        {
+            "layer": "layer name",
+            "grid": "grid size (cells per side)",
+            "cell": "row * grid + column",
+            "row": "row, 0 at the lowest y",
+            "column": "column, 0 at the lowest x",
+            "count": "samples in the cell (the counts of a grid add up to the layout's rows)",
+            "kept": "count >= min_count (dropped cells are listed, and counted, but get no mean or icon)",
+            "mean": "the cell's mean activation vector (empty when dropped)",
+            "source_ids": "up to 8 images that fell in the cell",
+            "unit_key": "the grid unit",
+        },
+    ),
+    "icons": StoredTable(
+        ICONS_SCHEMA,
+        "one row per kept cell; one shard per icons unit (up to 32 cells)",
+        {
+            "layer": "layer name",
+            "grid": "grid size",
+            "cell": "the cell",
+            "image": "PNG, optimized toward the cell's mean (dot product x cosine^cosine_power)",
+            "activation": "projection of the icon's mean activation vector on the cell mean",
+            "cosine": "cosine of the icon's mean activation vector with the cell mean",
+            "class": "the class whose logit the cell's direction raises most, through the rest of the network",
+            "class_gain": "by how much that logit rises over the dataset mean's",
+            "unit_key": "the icons unit",
         },
     ),
 }

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from annotated_types import Ge, Gt, Interval
-from pydantic import ConfigDict, with_config
+from pydantic import ConfigDict, Strict, with_config
 
 from atlas.errors import AtlasError
 from atlas.optvis.kinds import OBJECTIVES, channel_objectives
@@ -72,6 +72,7 @@ class ModelSpec:
 class LayerSpec:
     name: str
     channels: tuple[int, ...] | None = None  # None: every channel of the layer
+    dictionary: Path | None = None  # (K, C) directions that replace the layer's channels (atlas.actatlas)
 
 
 @FORBID
@@ -122,6 +123,26 @@ class InteractionsSpec:
 
 @FORBID
 @dataclass(frozen=True)
+class ActivationAtlasSpec:
+    """Opt-in per layer: `layers` lists [[layers]] names to map (atlas.actatlas; needs [examples])."""
+
+    layers: Names = ()
+    grids: Annotated[
+        tuple[Annotated[int, Strict()], ...],
+        Expect("an array of integers"),
+        rule(lambda sizes: all(size >= 1 for size in sizes), "grid sizes must be at least 1"),
+    ] = (20, 40)
+    samples: Annotated[Int, Ge(2)] = 100_000  # one vector per image, at a hash-chosen position
+    max_fit: Annotated[Int, Ge(2)] = 100_000  # UMAP fits on this many; `transform` places the rest
+    n_neighbors: Annotated[Int, Ge(2)] = 20
+    min_dist: Annotated[Number, Ge(0)] = 0.01
+    min_count: Annotated[Int, Ge(1)] = 3  # cells with fewer samples are dropped (and counted)
+    cosine_power: Annotated[Number, Ge(0)] = 2.0
+    icons: Bool = True
+
+
+@FORBID
+@dataclass(frozen=True)
 class ExecuteSpec:
     workers: IntOrAuto = "auto"
     gpus_per_worker: NumberOrAuto = "auto"
@@ -160,6 +181,7 @@ class JobSpec:
     render: RenderSpec = field(default_factory=RenderSpec)
     examples: ExamplesSpec = field(default_factory=ExamplesSpec)
     interactions: InteractionsSpec = field(default_factory=InteractionsSpec)
+    activation_atlas: ActivationAtlasSpec = field(default_factory=ActivationAtlasSpec)
     execute: ExecuteSpec = field(default_factory=ExecuteSpec)
     timeline: TimelineSpec = field(default_factory=TimelineSpec)
     source: Path | None = None
@@ -178,6 +200,7 @@ SECTIONS: dict[str, type] = {
     "render": RenderSpec,
     "examples": ExamplesSpec,
     "interactions": InteractionsSpec,
+    "activation_atlas": ActivationAtlasSpec,
     "execute": ExecuteSpec,
     "timeline": TimelineSpec,
     "cost": CostSpec,
@@ -260,17 +283,21 @@ def _layers(ctx: _Context, raw: Any) -> tuple[LayerSpec, ...]:
             continue
         if not isinstance(item, dict):
             raise ctx.error("layers", None, f"expected a table or a layer name, got {type_name(item)}")
-        unknown = set(item) - {"name", "channels"}
+        unknown = set(item) - {"name", "channels", "dictionary"}
         if unknown:
             key = sorted(unknown)[0]
             raise ctx.error(
                 "layers",
                 key,
-                f"unknown key. {close_matches(key, ['name', 'channels'])}Valid keys: name, channels",
+                f"unknown key. {close_matches(key, ['name', 'channels', 'dictionary'])}"
+                "Valid keys: name, channels, dictionary",
             )
+        if not isinstance(item.get("dictionary", ""), str):
+            raise ctx.error("layers", "dictionary", "expected a path string to a .npy or .safetensors file")
         if not isinstance(item.get("name"), str) or not item["name"]:
             raise ctx.error("layers", "name", 'every [[layers]] table needs name = "<layer>"')
-        layers.append(LayerSpec(item["name"], _channels(ctx, item.get("channels", "all"))))
+        dictionary = Path(item["dictionary"]) if item.get("dictionary") else None
+        layers.append(LayerSpec(item["name"], _channels(ctx, item.get("channels", "all")), dictionary))
     return tuple(layers)
 
 
@@ -279,6 +306,24 @@ def _check_diversity(ctx: _Context, render: RenderSpec) -> None:
     diverse = [o for o in render.objectives if OBJECTIVES.get(o).diverse]
     if diverse and render.diversity < 2:
         raise ctx.error("render", "diversity", f"{render.diversity!r} is not allowed: must be at least 2")
+
+
+def _check_atlas(ctx: _Context, spec: JobSpec) -> None:
+    names = [layer.name for layer in spec.layers]
+    for name in spec.activation_atlas.layers:
+        if name not in names:
+            raise ctx.error(
+                "activation_atlas",
+                "layers",
+                f"{name!r} is not one of the job's [[layers]]. {close_matches(name, names)}"
+                "An atlas maps a layer the scan reads: add it as [[layers]] or fix the name",
+            )
+    if spec.activation_atlas.layers and not spec.examples.enabled:
+        raise ctx.error(
+            "activation_atlas",
+            "layers",
+            "activation atlases sample vectors during the dataset scan: enable [examples]",
+        )
 
 
 def _check_budget(ctx: _Context, cost: CostSpec) -> None:
@@ -312,6 +357,14 @@ def _resolve_paths(ctx: _Context, spec: JobSpec, base: Path) -> JobSpec:
                 f'{path} does not exist; give a folder of images, a .parquet file or "demo"',
             )
         examples = replace(examples, source=str(path))
+    layers = []
+    for layer in spec.layers:
+        if layer.dictionary is not None:
+            path = layer.dictionary if layer.dictionary.is_absolute() else base / layer.dictionary
+            if not path.is_file():
+                raise ctx.error("layers", "dictionary", f"file {path} does not exist")
+            layer = replace(layer, dictionary=path)
+        layers.append(layer)
     cost = spec.cost
     if cost.throughput:
         path = Path(cost.throughput) if Path(cost.throughput).is_absolute() else base / cost.throughput
@@ -320,7 +373,7 @@ def _resolve_paths(ctx: _Context, spec: JobSpec, base: Path) -> JobSpec:
                 "cost", "throughput", f"file {path} does not exist; write it with `atlas calibrate`"
             )
         cost = replace(cost, throughput=str(path))
-    return replace(spec, model=model, examples=examples, cost=cost)
+    return replace(spec, model=model, examples=examples, cost=cost, layers=tuple(layers))
 
 
 def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> JobSpec:
@@ -377,6 +430,7 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
     sections = {key: value for key, (value, _) in checked.items()}
     spec = JobSpec(name=name, out=out, keep_runs=keep_runs, layers=layers, source=Path(source), **sections)
     _check_diversity(ctx, spec.render)
+    _check_atlas(ctx, spec)
     _check_budget(ctx, spec.cost)
     return _resolve_paths(ctx, spec, base or Path.cwd())
 

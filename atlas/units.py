@@ -107,16 +107,17 @@ def _scan(ctx: WorkerContext, unit: Unit, work: ScanWork) -> dict[str, pa.Table]
             layer: random_directions(ctx.model, layer, work.directions, seed=work.seed)
             for layer in work.layers
         }
-    partial = scan_shard(
-        ctx.model,
-        work.layers,
-        ctx.source(),
-        unit.inputs,
-        k=work.k,
-        batch_size=work.batch_size,
-        directions=directions,
+    scan = dict(k=work.k, batch_size=work.batch_size, directions=directions)
+    if not work.vectors:
+        partial = scan_shard(ctx.model, work.layers, ctx.source(), unit.inputs, **scan)
+        return {"scan": partial.to_table(), SKIPPED: skipped_table(partial.skipped, unit.key)}
+    from atlas.actatlas.collect import collect_shard
+
+    partial, sample = collect_shard(
+        ctx.model, work.layers, ctx.source(), unit.inputs, work.vector_samples, vectors=work.vectors, **scan
     )
-    return {"scan": partial.to_table(), SKIPPED: skipped_table(partial.skipped, unit.key)}
+    tables = {"scan": partial.to_table(), "vectors": sample.to_table(unit.key)}
+    return {**tables, SKIPPED: skipped_table(partial.skipped, unit.key)}
 
 
 def _examples(ctx: WorkerContext, unit: Unit, work: ExamplesWork) -> dict[str, pa.Table]:
@@ -152,6 +153,12 @@ def _as_directions(table: pa.Table, layer: str) -> pa.Table:
     return table.set_column(index("layer"), "layer", pa.array([layer] * table.num_rows, pa.string()))
 
 
+def _icons(ctx: WorkerContext, unit: Unit, work: Any) -> dict[str, pa.Table]:
+    from atlas.actatlas.stage import icons_tables  # the activation atlas's own module
+
+    return icons_tables(ctx.model, unit, work)
+
+
 Handler = Callable[[WorkerContext, Unit, Any], dict[str, pa.Table]]
 # Unit kind -> handler; the planner makes units of these kinds, the executor runs them here.
 UNIT_KINDS: Registry[Handler] = Registry("unit kind")
@@ -161,6 +168,7 @@ UNIT_KINDS.register("pair", _pair)
 UNIT_KINDS.register("scan", _scan)
 UNIT_KINDS.register("examples", _examples)
 UNIT_KINDS.register("probe", run_probe)
+UNIT_KINDS.register("icons", _icons)
 
 
 def run_unit(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
@@ -182,4 +190,8 @@ def run_unit(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
 
 def make_context(spec: JobSpec, device: str = "auto") -> WorkerContext:
     model = load_model(spec.model.name, spec.model.checkpoint, spec.model.weights, device=pick_device(device))
+    if any(layer.dictionary for layer in spec.layers):
+        from atlas.actatlas.dictionary import attach_layers
+
+        attach_layers(model, spec.layers)
     return WorkerContext(model=model, examples=spec.examples, weights=spec.model.weights)

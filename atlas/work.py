@@ -80,6 +80,15 @@ class ScanWork(_Work):
     directions: int  # random directions per layer, scanned like channels
     seed: int  # draws the random directions, as the renderer does
     data: str
+    vectors: tuple[str, ...] = ()  # layers whose activation vectors are sampled for an activation atlas
+    vector_samples: int = 0  # the bound on that sample (atlas.actatlas.collect)
+
+    def key_settings(self) -> dict[str, Any]:
+        """Without an activation atlas the key stays what it was before atlases existed."""
+        settings = super().key_settings()
+        if not self.vectors:
+            del settings["vectors"], settings["vector_samples"]
+        return settings
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ GOLDEN = [
     ),
     (
         "unknown_section",
-        "job.toml, line 11: [rendr]: unknown section. did you mean 'render'? Valid sections: job, layers, model, render, examples, interactions, execute, timeline, cost",
+        "job.toml, line 11: [rendr]: unknown section. did you mean 'render'? Valid sections: job, layers, model, render, examples, interactions, activation_atlas, execute, timeline, cost",
     ),
     (
         "job_key",
@@ -177,7 +177,7 @@ GOLDEN = [
     ("layers_item", "job.toml: [layers]: expected a table or a layer name, got integer"),
     (
         "layers_key",
-        "job.toml, line 13: layers.chanels: unknown key. did you mean 'channels'? Valid keys: name, channels",
+        "job.toml, line 13: layers.chanels: unknown key. did you mean 'channels'? Valid keys: name, channels, dictionary",
     ),
     ("layers_name", 'job.toml, line 8: layers.name: every [[layers]] table needs name = "<layer>"'),
     (

@@ -8,7 +8,7 @@ whose channel i is the projection of the activation vector onto direction i at e
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -73,7 +73,9 @@ class BatchScanner:
         k: int = 10,
         directions: Mapping[str, torch.Tensor] | None = None,
         sample_size: int = DEFAULT_SAMPLE_SIZE,
+        on_batch: Callable[[list[str], Mapping[str, torch.Tensor]], None] | None = None,
     ):
+        self.on_batch = on_batch  # sees each batch's raw outputs (the activation atlas's vectors)
         if k < 1:
             raise ScanError(f"k must be at least 1, got {k}")
         self.model, self.k, self.sample_size = model, k, sample_size
@@ -99,6 +101,8 @@ class BatchScanner:
         x01 = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(self.model.device).float().div_(255.0)
         with torch.no_grad():  # not inference_mode: its tensors would poison later autograd
             outputs = self.model.activations(x01, self._needed)
+            if self.on_batch is not None:
+                self.on_batch(ids, outputs)
             maps = {name: _as_map(outputs[name]) for name in self.names}
             maps.update(
                 {
@@ -118,12 +122,13 @@ def scan_shard(
     batch_size: int = 32,
     directions: Mapping[str, torch.Tensor] | None = None,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
+    on_batch: Callable[[list[str], Mapping[str, torch.Tensor]], None] | None = None,
 ) -> PartialScan:
     """Scan one shard in this process: one truncated forward pass per batch records every layer.
 
     Bad images are skipped or converted and counted in `stats`; they never stop the scan.
     """
-    scanner = BatchScanner(model, layers, k, directions, sample_size)
+    scanner = BatchScanner(model, layers, k, directions, sample_size, on_batch)
     partial = scanner.empty()
     stats: Counter[str] = Counter()
     skipped: list[SkippedInput] = []

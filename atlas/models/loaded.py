@@ -134,6 +134,27 @@ class LoadedModel:
     def _info_by_name(self) -> dict[str, LayerInfo]:
         return {info.name: info for info in self._layer_infos}
 
+    def add_derived_layer(self, name: str, source: str, module: nn.Module) -> None:
+        """A layer whose output is `module` applied to layer `source`'s output as a (B, C, H, W) map.
+
+        It runs inside the forward pass, so renders, scans and receptive fields treat it like any
+        layer (a dictionary of directions becomes a layer with one channel per direction).
+        """
+        source = self.resolve_layer(source)
+        if name in self._modules:
+            raise UnknownLayerError(f"model {self.name!r} already has a layer {name!r}; choose another name")
+        module = module.to(self.device)
+        layout = self.layout(source)
+        self._modules[name] = module
+
+        def derive(mod: nn.Module, _inputs: object, out: object) -> None:
+            """Runs `module` for its own hooks; returns None so the source's output stays as it was."""
+            module(layout.to_map(self.folded.restore(source, unwrap(out, mod))))
+
+        self._modules[source].register_forward_hook(derive)
+        for found in ("_layer_infos", "_info_by_name"):  # found again, now with the new layer
+            self.__dict__.pop(found, None)
+
     def layers(self) -> list[LayerInfo]:
         """Every module with a map, token or channels-last output, in forward order, at input_size."""
         return list(self._layer_infos)

@@ -8,6 +8,7 @@ from atlas.optvis.recipes import (
     render_channels,
     render_directions,
     render_pair,
+    render_vectors,
 )
 from atlas.optvis.render import RenderError, RenderResult, render
 from atlas.optvis.transforms import TransformError
@@ -27,4 +28,5 @@ __all__ = [
     "render_channels",
     "render_directions",
     "render_pair",
+    "render_vectors",
 ]

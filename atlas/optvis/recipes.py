@@ -56,6 +56,7 @@ class RenderedImage:
     activation: float
     loss: list[float] = field(default_factory=list)
     channel_b: int = -1
+    vector: np.ndarray | None = None  # the final image's mean activation vector, where one was kept
 
 
 def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
@@ -267,34 +268,57 @@ def render_directions(
     seed: int,
     cosine_power: float = 0.0,
 ) -> list[RenderedImage]:
-    """Feature visualizations of ``n`` random directions (channel -1, variant = direction id).
-
-    ``activation`` is the projection of the final image's activations onto the direction, averaged
-    over positions.
-    """
+    """Feature visualizations of ``n`` random directions (channel -1, variant = direction id)."""
     layer = model.resolve_layer(layer)
     vectors = random_directions(model, layer, n, seed)
+    labels = [f"random direction {i}" for i in range(n)]
+    return render_vectors(model, layer, vectors, settings, labels, "direction", cosine_power=cosine_power)
+
+
+def render_vectors(
+    model: LoadedModel,
+    layer: str,
+    vectors: torch.Tensor,
+    settings: RenderSettings,
+    labels: Sequence[str],
+    objective: str,
+    cosine_power: float = 0.0,
+    variants: Sequence[int] | None = None,
+) -> list[RenderedImage]:
+    """Feature visualizations of the rows of ``vectors`` (n, C), ``settings.batch`` at a time.
+
+    Rows are channel -1 with ``objective`` as their objective name and ``variants`` (default: the
+    row index) as their variant. ``activation`` is the projection of the final image's
+    activations onto the vector, averaged over positions.
+    """
+    layer = model.resolve_layer(layer)
+    variants = list(range(len(vectors))) if variants is None else list(variants)
     rows: list[RenderedImage] = []
-    for index, start in enumerate(range(0, n, settings.batch)):
-        chunk = vectors[start : start + settings.batch]
-        ids = list(range(start, start + len(chunk)))
-        labels = [f"random direction {i}" for i in ids]
-        objective = obj.direction(layer, chunk, cosine_power=cosine_power)
-        result = _run(model, objective, settings, len(chunk), settings.seed + index, labels)
-        projections = torch.einsum("bchw,bc->b", result.activations[layer], chunk) / (
-            result.activations[layer].shape[2] * result.activations[layer].shape[3]
+    for index, start in enumerate(range(0, len(vectors), settings.batch)):
+        chunk = vectors[start : start + settings.batch].float()
+        names = list(labels[start : start + len(chunk)])
+        result = _run(
+            model,
+            obj.direction(layer, chunk, cosine_power=cosine_power),
+            settings,
+            len(chunk),
+            settings.seed + index,
+            names,
         )
-        for element, (image, direction_id) in enumerate(zip(to_uint8(result.images), ids, strict=True)):
+        mean = result.activations[layer].float().mean(dim=(2, 3))
+        projections = (mean * chunk.to(mean.device)).sum(dim=1)
+        for element, image in enumerate(to_uint8(result.images)):
             rows.append(
                 RenderedImage(
                     layer=layer,
                     channel=-1,
-                    objective="direction",
-                    variant=direction_id,
-                    label=labels[element],
+                    objective=objective,
+                    variant=variants[start + element],
+                    label=names[element],
                     image=image,
                     activation=float(projections[element]),
                     loss=result.loss[:, element].tolist(),
+                    vector=mean[element].cpu().numpy(),
                 )
             )
     return rows

@@ -24,6 +24,7 @@ from markupsafe import Markup
 from atlas.errors import AtlasError
 from atlas.outdir import check_site_folder, marker_job, write_marker
 from atlas.safefs import folder_mode, remove, swap_folder
+from atlas.site.actatlas import read_atlas
 from atlas.site.changes import build_summary, channel_ranges, diff_builds, load_summary
 from atlas.site.channels import BUCKETS, ChannelEntry, PreviousSprites, read_layer
 from atlas.site.columns import Column, job_columns
@@ -86,6 +87,7 @@ class LayerSummary:
     samples: list[Sample] = field(default_factory=list)
     failed: list[UnitRecord] = field(default_factory=list)
     has_interactions: bool = False
+    has_atlas: bool = False  # an activation atlas page (atlas.site.actatlas)
     sprite_keys: dict[str, str] = field(default_factory=dict)
     quality: dict[str, float | int] = field(default_factory=dict)  # flagged count, proxy medians
     pages: list[Page] = field(default_factory=list)
@@ -308,6 +310,8 @@ def _build_layer(
     _write_details(images.folder / DETAILS_FILE, summary.slug, channels)
     columns = _row_columns(channels, common["job"], all_columns)
     shown = {column.name for column in columns}
+    atlas_grids = read_atlas(store, summary.name, root, summary.slug)
+    summary.has_atlas = bool(atlas_grids)
     page = {
         "current": summary,
         "layer": summary,
@@ -343,6 +347,9 @@ def _build_layer(
             by_channel=by_channel,
             **page,
         ).dump(str(root / f"{summary.slug}.interactions.html"), encoding="utf-8")
+    if atlas_grids:
+        page_file = str(root / f"{summary.slug}.atlas.html")
+        env.get_template("actatlas.html").stream(grids=atlas_grids, **page).dump(page_file, encoding="utf-8")
 
 
 def _channel_inputs(entries: list[UnitRecord], layer: str) -> Callable[[int], str]:
