@@ -42,6 +42,11 @@ DEFAULT_START_TIMEOUT_S = 600.0
 _POLL_S = 1.0
 
 
+# A worker whose node goes away before it starts is replaced, but only this many times per worker:
+# a node type that always vanishes must stop the job, not replace workers in a tight loop.
+MAX_LOST_BEFORE_START_PER_WORKER = 5
+
+
 class ExecuteError(AtlasError, RuntimeError):
     """The cluster cannot run the job as asked (e.g. GPUs requested but none present)."""
 
@@ -236,6 +241,7 @@ class Executor:
         self.start_timeout = start_timeout
         self.workers_plan = workers or cluster_worker_plan(spec.execute)
         self.workers: list[_Worker] = [self._new_worker() for _ in range(self.workers_plan.count)]
+        self._lost_before_start = 0  # workers whose node went away before they started
         self._store_uri: str | None = None  # where workers stage shards in the current run, if they can
 
     def _new_worker(self) -> _Worker:
@@ -328,6 +334,13 @@ class Executor:
                     f"a worker could not load the model: {_last_line(err)}. If it loads on this "
                     "machine, the workers lack the code or files: submit with --working-dir "
                     "(see docs/CLUSTER.md) or install the package on every node"
+                ) from err
+            self._lost_before_start += 1
+            if self._lost_before_start > MAX_LOST_BEFORE_START_PER_WORKER * len(self.workers):
+                raise ExecuteError(
+                    f"{self._lost_before_start} workers were lost before they started ({_last_line(err)}): "
+                    "their nodes keep going away (an autoscaler removing idle nodes too soon, or nodes "
+                    "failing at start). Check `ray status` and the autoscaler's idle_timeout_minutes"
                 ) from err
             self._replace(worker)  # its node went away before it started
 

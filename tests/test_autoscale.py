@@ -104,6 +104,11 @@ def gpu_nodes() -> int:
     return sum(1 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0) > 0)
 
 
+@pytest.mark.skipif(
+    os.environ.get("ATLAS_TEST_SCALE_UP") != "1",
+    reason="opt-in (ATLAS_TEST_SCALE_UP=1): on Ray's fake multinode provider the GPU node sometimes goes "
+    "away while the worker starts and the job waits out its start timeout; too flaky for CI until fixed",
+)
 def test_a_job_scales_gpu_nodes_up_from_zero_and_back_down(cluster: str, tmp_path: Path) -> None:
     spec = tiny_spec(
         tmp_path / "out",
