@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from atlas.models.hub import local_cache_only
+from atlas.models.hub import local_cache_only, weights_not_cached
 from atlas.models.registry import ModelError, Preprocessing, did_you_mean, load_state_dict, model_source
 
 
@@ -41,13 +41,10 @@ def build_open_clip(arch: str, weights: str, checkpoint: Path | None) -> tuple[n
             with local_cache_only():
                 model = open_clip.create_model(arch, pretrained=weights)
         except Exception as err:  # download failures come as several exception types
-            raise ModelError(
-                f"could not load open_clip weights {weights!r} for {arch!r} ({type(err).__name__}: {err}); "
-                f"this machine cannot download them. On a machine with network run "
-                f"`python -c \"import open_clip; open_clip.create_model('{arch}', pretrained='{weights}')\"` "
-                f"and copy ~/.cache/huggingface here, or save the model's state_dict and pass it as "
-                f'model.checkpoint, or use weights = "none"'
-            ) from err
+            command = (
+                f"python -c \"import open_clip; open_clip.create_model('{arch}', pretrained='{weights}')\""
+            )
+            raise weights_not_cached(f"open_clip weights {weights!r} for {arch!r}", command, err) from err
     tower = model.visual
     config = getattr(tower, "preprocess_cfg", {}) or {}
     size = tower.image_size

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from atlas.models.hub import local_cache_only
+from atlas.models.hub import local_cache_only, weights_not_cached
 from atlas.models.registry import ModelError, Preprocessing, did_you_mean, load_state_dict, model_source
 
 
@@ -38,13 +38,8 @@ def build_timm(name: str, weights: str, checkpoint: Path | None) -> tuple[nn.Mod
             with local_cache_only():
                 module = timm.create_model(full_name, pretrained=True)
         except Exception as err:  # hub misses surface as several exception types
-            raise ModelError(
-                f"could not load timm weights for {full_name!r} ({type(err).__name__}: {err}); this "
-                f"machine has no copy in the Hugging Face cache. On a machine with network run "
-                f"`python -c \"import timm; timm.create_model('{full_name}', pretrained=True)\"` "
-                f"and copy ~/.cache/huggingface here, or pass a checkpoint (model.checkpoint), "
-                f'or use weights = "none"'
-            ) from err
+            command = f"python -c \"import timm; timm.create_model('{full_name}', pretrained=True)\""
+            raise weights_not_cached(f"timm weights for {full_name!r}", command, err) from err
     else:
         module = timm.create_model(name, pretrained=False)
         if checkpoint is not None:
