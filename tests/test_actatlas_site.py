@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from browsers import CHROMIUM, chromium
 from synthetic import PatternPool, SyntheticLayer, SyntheticOptions, write_synthetic_store
 
 from atlas.actatlas.stage import cells_table
@@ -14,8 +15,7 @@ from atlas.schema import ICONS_SCHEMA
 from atlas.site import build_site
 from atlas.store import Store
 
-CHROMIUM = Path("/usr/bin/chromium")
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
@@ -64,11 +64,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_atlas_page_zooms_and_shows_a_cells_icon_channels_and_images(site: Path) -> None:
     assert 'href="mixed3a.atlas.html"' in (site / "mixed3a.html").read_text()
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         errors, requests = [], []
         page.on("pageerror", lambda e: errors.append(str(e)))

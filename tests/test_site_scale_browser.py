@@ -12,19 +12,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browsers import CHROMIUM, chromium
 from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 
 from atlas.site import build_site
 from atlas.store import Store
 
-CHROMIUM = Path("/usr/bin/chromium")
 UNITS = 4096
 LAYERS = 25
 RENDERED = "blocks.11.mlp.act"
 SLUG = "blocks-11-mlp-act"
 BUDGET = 3 * 1024 * 1024
 
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
@@ -54,13 +54,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 def _open(browser: object, url: str) -> tuple[object, list[str]]:
