@@ -20,6 +20,7 @@ from atlas.errors import AtlasError
 from atlas.optvis.kinds import OBJECTIVES, channel_objectives
 from atlas.optvis.param import PARAMS
 from atlas.optvis.render import PRECISIONS
+from atlas.optvis.schedules import SCHEDULES
 from atlas.optvis.transforms import PRESETS as TRANSFORM_PRESETS
 from atlas.outdir import OutputFolderError, check_job_name, derived_out
 from atlas.registry import close_matches
@@ -93,6 +94,9 @@ class RenderSpec:
     seed: Int = 0
     precision: Annotated[Text, one_of(PRECISIONS.names)] = "fp32"
     channels_per_unit: Annotated[Int, Ge(1)] = 8
+    lr_schedule: Annotated[Text, one_of(SCHEDULES.names)] = "constant"
+    coarse_fraction: Annotated[Number, Interval(ge=0, lt=1)] = 0.0  # multi-resolution share of the steps
+    blur_weight: Annotated[Number, Ge(0)] = 0.0  # weight of the blur penalty (objectives.blur)
 
 
 @FORBID
