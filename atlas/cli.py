@@ -13,6 +13,7 @@ from atlas.optvis.kinds import OBJECTIVES
 from atlas.optvis.oneoff import DESCENTS, PENALTIES
 from atlas.optvis.param import PARAMS
 from atlas.optvis.render import PRECISIONS
+from atlas.optvis.schedules import SCHEDULES
 from atlas.optvis.transforms import PRESETS
 from atlas.registry import Registry
 from atlas.spec import JobSpec, load_spec
@@ -344,6 +345,14 @@ def verify(out: str, dry_run: bool) -> None:
 @click.option("--size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=0.05, show_default=True)
 @click.option("--transforms", type=_Registered(PRESETS), default="standard", show_default=True)
+@click.option("--lr-schedule", type=_Registered(SCHEDULES), default="constant", show_default=True)
+@click.option(
+    "--coarse-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Share of the steps at a lower resolution of the parameterization (multi-resolution).",
+)
 @click.option(
     "--penalty", multiple=True, help=f"NAME=WEIGHT with NAME one of {', '.join(PENALTIES)} (repeatable)."
 )

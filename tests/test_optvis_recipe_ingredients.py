@@ -97,7 +97,9 @@ def test_bad_ingredients_are_explained(model):
 
 def test_spec_checks_the_recipe_settings():
     def spec(render_lines: str) -> None:
-        parse_spec(f'[job]\nname = "j"\n[model]\nname = "tiny-cnn"\n[[layers]]\nname = "conv2"\n[render]\n{render_lines}\n')
+        parse_spec(
+            f'[job]\nname = "j"\n[model]\nname = "tiny-cnn"\n[[layers]]\nname = "conv2"\n[render]\n{render_lines}\n'
+        )
 
     with pytest.raises(SpecError, match="lr_schedule"):
         spec('lr_schedule = "cosine"')
