@@ -344,12 +344,12 @@ def verify(out: str, dry_run: bool) -> None:
 @click.option("--steps", type=int, default=256, show_default=True)
 @click.option("--size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=0.05, show_default=True)
-@click.option("--transforms", type=_Registered(PRESETS), default="standard", show_default=True)
-@click.option("--lr-schedule", type=_Registered(SCHEDULES), default="constant", show_default=True)
+@click.option("--transforms", type=_Registered(PRESETS), default="wide", show_default=True)
+@click.option("--lr-schedule", type=_Registered(SCHEDULES), default="warmup-cosine", show_default=True)
 @click.option(
     "--coarse-fraction",
     type=click.FloatRange(0, 1, max_open=True),
-    default=0.0,
+    default=0.5,
     show_default=True,
     help="Share of the steps at a lower resolution of the parameterization (multi-resolution).",
 )

@@ -18,8 +18,8 @@ from atlas.spec import JobSpec
 from atlas.work import DirectionsWork, ExamplesWork, PairWork, RenderWork, ScanWork, UnitWork
 
 # Bump when a part's output changes for the same inputs: every unit of that kind is recomputed.
-CODE_VERSIONS = {"render": "2", "directions": "2", "pair": "2", "scan": "1", "examples": "1", "probe": "1"}
-CODE_VERSIONS.update({"atlas_layout": "1", "atlas_grid": "1", "icons": "1"})  # atlas.actatlas.stage
+CODE_VERSIONS = {"render": "3", "directions": "3", "pair": "3", "scan": "1", "examples": "1", "probe": "1"}
+CODE_VERSIONS.update({"atlas_layout": "1", "atlas_grid": "1", "icons": "2"})  # atlas.actatlas.stage
 
 # Channels per examples unit: bounds the size of one result (crops and thumbnails are PNG bytes).
 EXAMPLES_CHANNELS_PER_UNIT = 64

@@ -87,15 +87,15 @@ class RenderSpec:
     param: Annotated[Text, one_of(PARAMS.names)] = "fourier"
     decorrelate: Bool = True
     decay_power: Number = 1.0
-    transforms: Annotated[Text, one_of(TRANSFORM_PRESETS.names)] = "standard"
+    transforms: Annotated[Text, one_of(TRANSFORM_PRESETS.names)] = "wide"
     objectives: Annotated[Names, each_of("objective", channel_objectives)] = DEFAULT_OBJECTIVES
     diversity: Int = 4  # at least 2 when a diverse objective is asked for: checked in parse_spec
     diversity_weight: Number = 5.0  # Gram cosine 0.99 -> 0.36 at 85% of the activation (check_optvis)
     seed: Int = 0
     precision: Annotated[Text, one_of(PRECISIONS.names)] = "fp32"
     channels_per_unit: Annotated[Int, Ge(1)] = 8
-    lr_schedule: Annotated[Text, one_of(SCHEDULES.names)] = "constant"
-    coarse_fraction: Annotated[Number, Interval(ge=0, lt=1)] = 0.0  # multi-resolution share of the steps
+    lr_schedule: Annotated[Text, one_of(SCHEDULES.names)] = "warmup-cosine"
+    coarse_fraction: Annotated[Number, Interval(ge=0, lt=1)] = 0.5  # multi-resolution share of the steps
     blur_weight: Annotated[Number, Ge(0)] = 0.0  # weight of the blur penalty (objectives.blur)
 
 

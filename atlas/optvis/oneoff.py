@@ -39,13 +39,13 @@ class OneOffRequest:
     steps: int = 256
     size: int = 128
     lr: float = 0.05
-    transforms: str = "standard"
+    transforms: str = "wide"
     diversity_weight: float = 5.0
     penalties: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     precision: str = "fp32"
-    lr_schedule: str = "constant"
-    coarse_fraction: float = 0.0
+    lr_schedule: str = "warmup-cosine"
+    coarse_fraction: float = 0.5
 
 
 def build_objective(request: OneOffRequest) -> obj.Objective:

@@ -181,7 +181,7 @@ def render_parts(
 
     ``lr_schedule`` names the learning-rate factor per step (`atlas.optvis.schedules`);
     ``coarse_fraction`` is the share of the steps optimized at a lower resolution of the
-    parameterization (multi-resolution), which needs parameterizations with ``band_limit``.
+    parameterization (multi-resolution) where it has one (``band_limit``: Fourier).
     """
     if steps < 1:
         raise RenderError(f"steps must be at least 1, got {steps}")
@@ -209,11 +209,10 @@ def render_parts(
                 model.check_input_size(int(param().shape[-1]))
     except ModelError as err:
         raise RenderError(str(err)) from err
-    if coarse_fraction and not all(hasattr(param, "band_limit") for param in params):
-        raise RenderError(
-            "multi-resolution rendering (coarse_fraction > 0) needs the 'fourier' parameterization; "
-            "set coarse_fraction to 0 or param to 'fourier'"
-        )
+    # Only parameterizations with a resolution to change (Fourier) take part in multi-resolution;
+    # with none of them the render runs at full resolution throughout.
+    staged = [param for param in params if hasattr(param, "band_limit")]
+    coarse_fraction = coarse_fraction if staged else 0.0
     trainable = [p for param in params for p in param.parameters() if p.requires_grad]
     factor = 1
     generators = [torch.Generator(device="cpu").manual_seed(part.seed) for part in parts]
@@ -227,9 +226,8 @@ def render_parts(
         if step == 1 or wanted != factor:
             # A new resolution is a new parameterization: a fresh optimizer, no stale moments.
             factor = wanted
-            if coarse_fraction:
-                for param in params:
-                    param.band_limit(factor)
+            for param in staged:
+                param.band_limit(factor)
             opt = make_optimizer(optimizer, trainable, lr)
         for group in opt.param_groups:
             group["lr"] = lr * schedule(step, steps)

@@ -39,8 +39,8 @@ def warmup_cosine(step: int, steps: int) -> float:
 
 # Registration order is the order users see: the default first.
 SCHEDULES: Registry[Schedule] = Registry("learning-rate schedule", ScheduleError)
-SCHEDULES.register("constant", constant)
 SCHEDULES.register("warmup-cosine", warmup_cosine)
+SCHEDULES.register("constant", constant)
 
 
 # Multi-resolution: the coarse share of the steps is split evenly over these downsampling factors.

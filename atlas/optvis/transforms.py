@@ -200,14 +200,14 @@ def _vit() -> list[Step]:
 
 # Registration order is the order users see: the default first.
 PRESETS: Registry[Callable[[], list[Step]]] = Registry("transforms", TransformError)
+PRESETS.register("wide", _wide)
 PRESETS.register("standard", _standard)
 PRESETS.register("distill", _distill)
-PRESETS.register("wide", _wide)
 PRESETS.register("vit", _vit)
 PRESETS.register("none", list)
 
 
 def preset(name: str) -> Transform:
-    """The named transform set: ``standard`` (lucid), ``distill`` (the appendix), ``wide`` (scale
-    0.6-1.4), ``vit`` (light, for transformers), ``none``..."""
+    """The named transform set: ``wide`` (scale 0.6-1.4, the default), ``standard`` (lucid),
+    ``distill`` (the appendix), ``vit`` (light, for transformers), ``none``..."""
     return compose(PRESETS.get(name)())

@@ -1,8 +1,9 @@
 """The held-out check set: transformations the optimization never sees, outside its training range.
 
 Rendering's transform presets (atlas/optvis/transforms.py) jitter by at most 16 + 8 px, scale by
-0.9-1.1 and rotate by at most 10 degrees, always on the render-size image, in float, without
-compression. A picture that shows what a unit responds to keeps most of its activation under
+0.6-1.4 at the widest (the default ``wide`` preset) and rotate by at most 10 degrees, always on the
+render-size image, in float, without compression: the resizes below (x1.75 and x0.5 of a 128 px
+render) stay outside that range. A picture that shows what a unit responds to keeps most of its activation under
 changes beyond all of those; an adversarial pattern tuned to the exact pixels does not. Each
 check here is deterministic, so a record computed today is comparable with one computed later.
 """
