@@ -271,9 +271,10 @@ def timeline(job: Path, out: Path | None, add: tuple[Path, ...], force: bool, no
     for label, reason in result.failed:
         click.echo(f"  failed: {label}: {reason}", err=True)
     if not no_site:
-        from atlas.site import build_site
+        from atlas.publish import site_of_store
 
-        click.echo(f"site: {build_site(spec.out)}")
+        index, published = site_of_store(spec.out)  # a bucket's site goes online, as after `atlas run`
+        click.echo(f"site: {published or index}")
     if result.failed:
         sys.exit(1)
 
