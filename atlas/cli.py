@@ -256,7 +256,7 @@ ROLE_NOTES = {
 @click.option("--force", is_flag=True, help="Recompute the timeline's units that are already done.")
 @click.option("--no-site", is_flag=True, help="Only compute and store; do not build the site.")
 def timeline(job: Path, out: Path | None, add: tuple[Path, ...], force: bool, no_site: bool) -> None:
-    """Probe every checkpoint of the series, render the selected ones, match units across them."""
+    """Probe every checkpoint of the series, render and scan the selected ones, match units across them."""
     from atlas.timeline.run import run_timeline
 
     spec = _load(job, out)
