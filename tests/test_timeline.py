@@ -5,53 +5,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 from raytools import local_ray
+from training import train_checkpoints, write_photos
 
 from atlas.cli import main
 from atlas.models import load_model
-from atlas.models.registry import build
 from atlas.spec import SpecError, load_spec, parse_spec
 from atlas.timeline.match import STATUSES
 from atlas.timeline.run import gather_series, run_timeline, timeline_store
 from atlas.timeline.series import TimelineError, describe_order, stored_series
-
-
-def train_checkpoints(folder: Path, epochs: int) -> list[Path]:
-    """tiny-cnn trained a few steps per epoch on synthetic images (class = the brightest colour)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    module, _ = build("tiny-cnn", "none")
-    optimizer = torch.optim.SGD(module.parameters(), lr=0.05)
-    paths = []
-    for epoch in range(1, epochs + 1):
-        for _ in range(2):
-            images = torch.rand(8, 3, 64, 64)
-            labels = images.mean(dim=(2, 3)).argmax(dim=1)
-            loss = torch.nn.functional.cross_entropy(module(images), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        path = folder / f"epoch-{epoch}.pt"
-        torch.save(module.state_dict(), path)
-        paths.append(path)
-    return paths
-
-
-def write_photos(folder: Path, count: int = 8) -> Path:
-    """A tiny examples source: the probe set and, for the scanned checkpoints, the dataset."""
-    if folder.is_dir():  # rewritten photos would be new data: every scan and probe again
-        return folder
-    folder.mkdir(parents=True)
-    for i in range(count):
-        pixels = np.random.default_rng(i).integers(0, 255, (40, 40, 3), np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i}.png")
-    return folder
 
 
 def spec_for(root: Path, checkpoints: str = '["ckpt/epoch-*.pt"]'):

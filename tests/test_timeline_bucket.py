@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from raytools import local_ray
 from s3server import s3_server
-from test_timeline import train_checkpoints, write_photos
+from training import train_checkpoints, write_photos
 
 from atlas.cli import main
 from atlas.retention import apply_retention

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from atlas.job import layer_scan, merged_scan
+from atlas.job import layer_scan, merged_scan, open_dataset
 from atlas.models import LoadedModel, load_model
 from atlas.outdir import check_output, claim_output
 from atlas.plan import ModelFacts, Unit, examples_units, make_unit, render_units, scan_units
@@ -45,7 +45,7 @@ from atlas.timeline.series import (
 from atlas.work import ProbeWork
 
 if TYPE_CHECKING:
-    from atlas.data import ImageSource, ShardRef
+    from atlas.data import ShardRef
     from atlas.execute import Executor
 
 MATCH_VERSION = "1"
@@ -123,8 +123,7 @@ class TimelineData:
 
     probe_ids: tuple[str, ...]
     probe_data: str  # fingerprint of the probe images
-    source: ImageSource | None = None  # the examples source; None when the timeline scans nothing
-    shards: tuple[ShardRef, ...] = ()
+    shards: tuple[ShardRef, ...] = ()  # the dataset's shards; none when the timeline scans nothing
     fingerprints: tuple[str, ...] = ()
 
 
@@ -176,14 +175,12 @@ def plan_timeline(
 
 def timeline_data(spec: JobSpec) -> TimelineData:
     """The probe set (ids spread over the examples source), its fingerprint, and the dataset's shards."""
-    from atlas.job import open_dataset
-
-    source, shards, fingerprints = open_dataset(spec)
+    source, shards, fingerprints = open_dataset(spec)  # the probe set is drawn from it either way
     ids = probe_ids(source.ids(), spec.timeline.probes)
     digest = hashlib.sha256("\n".join([source.fingerprint(), *ids]).encode()).hexdigest()[:20]
     if not scanned(spec):
         return TimelineData(ids, digest)
-    return TimelineData(ids, digest, source, tuple(shards), tuple(fingerprints))
+    return TimelineData(ids, digest, tuple(shards), tuple(fingerprints))
 
 
 def prepare_timeline(spec: JobSpec, store: Store, add: Sequence[Path] = ()) -> TimelinePlan:
