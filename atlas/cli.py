@@ -257,7 +257,7 @@ ROLE_NOTES = {
 @click.option("--force", is_flag=True, help="Recompute the timeline's units that are already done.")
 @click.option("--no-site", is_flag=True, help="Only compute and store; do not build the site.")
 def timeline(job: Path, out: Path | None, add: tuple[Path, ...], force: bool, no_site: bool) -> None:
-    """Probe every checkpoint of the series, render the selected ones, match units across them."""
+    """Probe every checkpoint of the series, render and scan the selected ones, match units across them."""
     from atlas.timeline.run import run_timeline
 
     spec = _load(job, out)
@@ -272,9 +272,10 @@ def timeline(job: Path, out: Path | None, add: tuple[Path, ...], force: bool, no
     for label, reason in result.failed:
         click.echo(f"  failed: {label}: {reason}", err=True)
     if not no_site:
-        from atlas.site import build_site
+        from atlas.publish import site_of_store
 
-        click.echo(f"site: {build_site(spec.out)}")
+        index, published = site_of_store(spec.out)  # a bucket's site goes online, as after `atlas run`
+        click.echo(f"site: {published or index}")
     if result.failed:
         sys.exit(1)
 

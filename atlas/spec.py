@@ -172,6 +172,8 @@ class TimelineSpec:
     positions: Annotated[Int, Ge(1)] = 16  # sampled positions per probe image, for matching and CKA
     render_every: Annotated[Int, Ge(0)] = 0  # also render every Nth checkpoint (0: only the latest)
     render_latest: Bool = True
+    # the checkpoints selected for renders also get their top dataset examples (scan + examples units)
+    examples: Bool = True
     # matched units correlated less than this changed role
     role_threshold: Annotated[Number, Interval(ge=0, le=1)] = 0.5
 
