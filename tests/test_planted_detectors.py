@@ -109,6 +109,9 @@ class Setting:
     diversity_weight: float = 0.0
     seed: int = 0
     precision: str = "fp32"
+    lr_schedule: str = "constant"
+    coarse_fraction: float = 0.0  # maco has no resolution to change
+    blur_weight: float = 0.0
 
 
 def _detector(model: LoadedModel, layer: str) -> int:
