@@ -68,7 +68,7 @@ cases = {
 GOLDEN = [
     (
         "unknown_key",
-        "job.toml, line 12: render.stesp: unknown key. did you mean 'steps'? Valid keys: enabled, steps, size, batch, lr, param, decorrelate, decay_power, transforms, objectives, diversity, diversity_weight, seed, precision, channels_per_unit",
+        "job.toml, line 12: render.stesp: unknown key. did you mean 'steps'? Valid keys: enabled, steps, size, batch, lr, param, decorrelate, decay_power, transforms, objectives, diversity, diversity_weight, seed, precision, channels_per_unit, lr_schedule, coarse_fraction, blur_weight",
     ),
     (
         "top_level_below_table",
