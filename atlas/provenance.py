@@ -5,7 +5,8 @@ atomics in some backward kernels add in any order, so two runs of the same unit 
 in the last bits, and 512 optimization steps can grow that into visibly different pictures that
 excite their channel just as much. Content keys therefore name *what* was computed, and
 provenance names *where*: every shard a worker writes carries its environment in the Parquet
-schema metadata (key ``atlas.provenance``), and job.json carries the driver's.
+schema metadata (key ``atlas.provenance``), and job.json carries the driver's. When two runs of
+a unit count as the same: `run_differences` (bitwise on CPUs, a tolerance on activations on GPUs).
 """
 
 from __future__ import annotations
@@ -79,6 +80,24 @@ def read_provenance(path: str | Path) -> dict | None:
     metadata = pq.read_schema(path).metadata or {}
     raw = metadata.get(METADATA_KEY)
     return json.loads(raw) if raw else None
+
+
+def computed_on(table: pa.Table) -> str | None:
+    """The device a table was computed on ("cpu", "cuda:0"), from its metadata; None if unknown."""
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    return json.loads(raw).get("device") if raw else None
+
+
+def run_differences(first: pa.Table, second: pa.Table) -> list[str]:
+    """Why two results of one unit do not count as the same run (empty: they do).
+
+    Computed on CPUs both times, a unit is deterministic: the tables must be equal, pixels
+    included. Computed on a GPU either time (or where unknown), render tables are held to
+    `render_differences`: the same rows, activations within a tolerance.
+    """
+    if computed_on(first) == computed_on(second) == "cpu":
+        return [] if first.equals(second) else ["the tables differ, and on CPUs two runs are identical"]
+    return render_differences(first, second)
 
 
 def render_differences(first: pa.Table, second: pa.Table, rtol: float = ACTIVATION_RTOL) -> list[str]:
