@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 METADATA_KEY = b"atlas.provenance"
 # Two renders of one unit agree when each image's activation differs by at most this fraction
@@ -54,6 +53,8 @@ def _nvidia_driver() -> str | None:
 @functools.cache
 def provenance(device: str = "cpu") -> dict[str, str | None]:
     """torch, CUDA, cuDNN and driver versions and the device (with its name on CUDA)."""
+    import torch  # here: readers of stores import this module and need no torch
+
     dev = torch.device(device)
     cuda = dev.type == "cuda" and torch.cuda.is_available()
     cudnn = torch.backends.cudnn.version() if cuda else None
@@ -82,10 +83,15 @@ def read_provenance(path: str | Path) -> dict | None:
     return json.loads(raw) if raw else None
 
 
-def computed_on(table: pa.Table) -> str | None:
-    """The device a table was computed on ("cpu", "cuda:0"), from its metadata; None if unknown."""
+def table_provenance(table: pa.Table) -> dict | None:
+    """The environment a table was computed in, from its metadata; None if it has none."""
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
-    return json.loads(raw).get("device") if raw else None
+    return json.loads(raw) if raw else None
+
+
+def computed_on(table: pa.Table) -> str | None:
+    """The device a table was computed on ("cpu", "cuda:0"); None if unknown."""
+    return (table_provenance(table) or {}).get("device")
 
 
 def run_differences(first: pa.Table, second: pa.Table) -> list[str]:

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from atlas.errors import AtlasError
 from atlas.journal import LEGACY_MANIFEST, Journal
 from atlas.lease import Lease
+from atlas.provenance import table_provenance
 from atlas.storage import Location, open_location, parse_out
 
 MANIFEST = LEGACY_MANIFEST
@@ -114,7 +115,8 @@ def _dumps(entry: UnitRecord) -> str:
 
 
 def write_shards(location: Location, key: str, tables: dict[str, pa.Table]) -> dict[str, dict]:
-    """Stage a unit's tables (dot names, invisible to readers); return {table_kind: {path, staged, sha256, size, rows}}."""
+    """Stage a unit's tables (dot names, invisible to readers); return {table_kind: {path, staged,
+    sha256, size, rows, provenance}}."""
     token = uuid.uuid4().hex[:12]
     written = {}
     for table_kind, table in tables.items():
@@ -128,6 +130,8 @@ def write_shards(location: Location, key: str, tables: dict[str, pa.Table]) -> d
             "size": len(data),
             "rows": table.num_rows,
         }
+        if (info := table_provenance(table)) is not None:  # the unit's record names it too
+            written[table_kind]["provenance"] = info
     return written
 
 

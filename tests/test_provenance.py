@@ -28,6 +28,7 @@ def test_shards_and_job_json_name_their_environment(tmp_path):
     entry = store.write_unit_tables(unit.key, unit.kind, unit.layer, tables, unit.channels)
     info = read_provenance(spec.out / entry.path)
     assert info["torch"] == torch.__version__ and info["device"] == "cpu"
+    assert Store(spec.out).entries()[0].tables["render"]["provenance"] == info  # the unit's record
     assert {"cuda", "cudnn", "driver", "device_name"} <= set(info)
     store.write_job(job_info(prepared, "now"))
     assert store.job()["provenance"]["torch"] == torch.__version__
