@@ -5,7 +5,8 @@ machine) and needs an example file the wheel lacks, so the fixture starts the sa
 itself: a head started with an autoscaling config whose provider is Ray's fake multinode one
 (worker "nodes" are raylets on this machine), with its own port and temp dir, killed by that dir.
 The provider is tests/fakeprovider.py's subclass: with Ray's own, a fake node whose raylet dies
-on a loaded machine is never replaced and the job waits out its start timeout (see there).
+on a loaded machine is never replaced and the job waits out its start timeout (see there). The
+test failed only after other modules: see the auth-mode reset in the fixture.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from ray._private.authentication_test_utils import reset_auth_token_state
 from ray.experimental.internal_kv import _internal_kv_get
 from raytools import env_with_tests_on_path, tiny_spec
 from test_cluster_submit import free_ports, kill_processes_naming
@@ -91,8 +93,14 @@ def cluster():
         f"--temp-dir={root}",
         "--disable-usage-stats",
     ]  # fmt: skip
-    saved = os.environ.get("ATLAS_AUTOSCALING_CONFIG")
-    os.environ["ATLAS_AUTOSCALING_CONFIG"] = str(config)
+    # Once any local Ray started in this process (another test module), Ray 2.60 leaves it in
+    # token-auth mode (RAY_AUTH_MODE=token, and its C++ config read from it). A driver in that
+    # mode rejects the GCS's unauthenticated calls to it, and the GCS of this cluster (started
+    # without auth) then takes every actor the driver owns for out of scope and cancels it
+    # before it starts: the job lost its workers and failed, after other modules only.
+    saved = {name: os.environ.get(name) for name in ("ATLAS_AUTOSCALING_CONFIG", "RAY_AUTH_MODE")}
+    os.environ.update(ATLAS_AUTOSCALING_CONFIG=str(config), RAY_AUTH_MODE="disabled")
+    reset_auth_token_state()
     try:
         subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
         yield gcs
@@ -101,10 +109,12 @@ def cluster():
             ray.shutdown()
         kill_processes_naming(str(root))
         shutil.rmtree(root, ignore_errors=True)
-        if saved is None:
-            os.environ.pop("ATLAS_AUTOSCALING_CONFIG", None)
-        else:
-            os.environ["ATLAS_AUTOSCALING_CONFIG"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        reset_auth_token_state()
 
 
 def gpu_node_ids() -> set[str]:
