@@ -202,7 +202,7 @@ def run_atlases(runner: UnitRunner, prepared: Prepared) -> set[str]:
     """Phase three: the activation atlases of the finished scans; returns the keys it owns."""
     spec = prepared.spec
     unfinished = set(runner.store.pending(prepared.plan.scan_keys))
-    finished = tuple(key for key in prepared.plan.scan_keys if key not in unfinished)
+    finished = [u for u in prepared.plan.units if u.kind == "scan" and u.key not in unfinished]
     if not spec.activation_atlas.layers or not finished:
         return set()
     from atlas.actatlas.stage import run_atlas
@@ -224,7 +224,8 @@ def atlas_units(prepared: Prepared, store: Store) -> list[Unit]:
         return []
     from atlas.actatlas.stage import planned_units
 
-    return planned_units(prepared.spec, prepared.facts.digest, store, prepared.plan.scan_keys)
+    scans = [u for u in prepared.plan.units if u.kind == "scan"]
+    return planned_units(prepared.spec, prepared.facts.digest, store, scans)
 
 
 def run_job(

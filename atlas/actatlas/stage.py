@@ -32,7 +32,7 @@ from atlas.actatlas.layout import LayoutSettings, layout
 from atlas.actatlas.places import places
 from atlas.data import ImageSource
 from atlas.models import LoadedModel
-from atlas.plan import Unit, make_unit
+from atlas.plan import CODE_VERSIONS, Unit, make_unit
 from atlas.schema import (
     ATLAS_CELLS_SCHEMA,
     ATLAS_IMAGES_SCHEMA,
@@ -53,10 +53,16 @@ PLACES_COLUMNS = ("cell", "direction", "projection", "cosine", "cell_rank", "pla
 
 @dataclass(frozen=True)
 class LayoutWork(_Work):
-    """UMAP over a layer's merged vector sample."""
+    """UMAP over a layer's merged vector sample.
+
+    Keyed on what the layer's vectors depend on (the scanned shards' data fingerprints and the
+    collecting code), not on the scan units' keys: those also hold every other scanned layer, so a
+    new dictionary or layer elsewhere in the job would otherwise redo this layout and its icons.
+    """
 
     kind: ClassVar[str] = "atlas_layout"
-    scans: tuple[str, ...]
+    data: tuple[str, ...]  # the finished scans' `ScanWork.data`, sorted
+    collector: str  # CODE_VERSIONS["scan"]: the code that collected the vectors
     samples: int
     max_fit: int
     n_neighbors: int
@@ -127,8 +133,8 @@ def icons_tables(model: LoadedModel, unit: Unit, work: IconsWork) -> dict[str, p
     return {"icons": pa.table(table, schema=ICONS_SCHEMA)}
 
 
-def _sample(store: Store, scans: Sequence[str], layer: str, size: int) -> VectorSample:
-    parts = [VectorSample.from_table(store.read_unit(key, "vectors"), layer, size) for key in scans]
+def _sample(store: Store, scans: Sequence[Unit], layer: str, size: int) -> VectorSample:
+    parts = [VectorSample.from_table(store.read_unit(u.key, "vectors"), layer, size) for u in scans]
     return reduce(VectorSample.merge, parts)
 
 
@@ -166,9 +172,11 @@ def cells_table(
     return pa.table(columns, schema=ATLAS_CELLS_SCHEMA)
 
 
-def _layout_unit(spec: JobSpec, digest: str, layer: str, scans: tuple[str, ...]) -> Unit:
+def _layout_unit(spec: JobSpec, digest: str, layer: str, scans: Sequence[Unit]) -> Unit:
     atlas = spec.activation_atlas
-    work = LayoutWork(scans, atlas.samples, atlas.max_fit, atlas.n_neighbors, atlas.min_dist)
+    data = tuple(sorted(u.work.data for u in scans))
+    settings = (atlas.samples, atlas.max_fit, atlas.n_neighbors, atlas.min_dist)
+    work = LayoutWork(data, CODE_VERSIONS["scan"], *settings)
     return make_unit(digest, layer, (), work)
 
 
@@ -191,11 +199,11 @@ def _grid_extras(spec: JobSpec, digest: str, grid_unit: Unit) -> list[Unit]:
     return units
 
 
-def planned_units(spec: JobSpec, digest: str, store: Store, scans: Sequence[str]) -> list[Unit]:
+def planned_units(spec: JobSpec, digest: str, store: Store, scans: Sequence[Unit]) -> list[Unit]:
     """The stage's units known without computing anything (icons only of grids already stored)."""
     units = []
     for layer in spec.activation_atlas.layers:
-        layout_unit = _layout_unit(spec, digest, layer, tuple(sorted(scans)))
+        layout_unit = _layout_unit(spec, digest, layer, scans)
         units.append(layout_unit)
         for grid_unit in _grid_units(spec, digest, layer, layout_unit.key):
             units += [grid_unit, *_grid_extras(spec, digest, grid_unit)]
@@ -228,7 +236,7 @@ def run_atlas(
     spec: JobSpec,
     digest: str,
     store: Store,
-    scans: Sequence[str],
+    scans: Sequence[Unit],
     run_units: Callable[[list[Unit]], None],
     context: tuple[LoadedModel, ImageSource],
     force: bool = False,
@@ -241,7 +249,7 @@ def run_atlas(
     that became known here (its grid was computed in this run), so a progress total can grow.
     """
     atlas: ActivationAtlasSpec = spec.activation_atlas
-    scans = tuple(sorted(scans))
+    scans = sorted(scans, key=lambda u: u.key)
     known = {u.key for u in planned_units(spec, digest, store, scans)}
     steps = _DriverSteps(store, force, tick)
     for layer in atlas.layers:
