@@ -385,7 +385,7 @@ TABLES = {
             "source_id": "the image",
             "position": "as in `vectors`",
             "image": "PNG thumbnail (64 px) of the layer's receptive field around the position "
-            "(the whole centered square for class tokens and vector layers)",
+            "(the whole centered square for vector layers)",
             "unit_key": "the atlas images unit",
         },
     ),

@@ -2,8 +2,9 @@
 
 A sample of the atlas is one position of one image (`atlas.actatlas.collect`), so its thumbnail
 is the layer's receptive field around that position, cut from the centered square the model saw,
-as the channels' dataset examples are (`atlas.examples.finalize`). Positions without a place in
-the image (a ViT's class/register tokens, vector layers) show the whole square.
+as the channels' dataset examples are (`atlas.examples.finalize`); on a ViT's token layers that is
+the patch's receptive field (the class token is never sampled). Layers without positions (vectors,
+logits) show the whole square.
 """
 
 from __future__ import annotations
@@ -15,20 +16,20 @@ from PIL import Image
 
 from atlas.data import ImageSource, square_view
 from atlas.models import LoadedModel
-from atlas.models.layout import TOKENS
 from atlas.receptive import receptive_field
 
 THUMB_SIZE = 64  # pixels per side: a cell panel shows up to 8 at once
 
 
 def _box(model: LoadedModel, layer: str, position: int) -> tuple[float, float, float, float] | None:
-    """Where `position` (flat index, as collected) looks, in model-input pixels; None: everywhere."""
-    layout = model.layout(layer)
-    height, width = layout.grid
-    patch = position - (layout.prefix if layout.kind == TOKENS else 0)
-    if not 0 <= patch < height * width or height * width == 1:
+    """Where `position` looks, in model-input pixels; None: everywhere (1 x 1 layers).
+
+    Positions index the (H, W) map `LoadedModel.activations` gives, patches only for token layers.
+    """
+    height, width = model.layout(layer).grid
+    if height * width == 1:
         return None
-    y, x = divmod(patch, width)
+    y, x = divmod(position, width)
     return receptive_field(model, layer).box(y, x)
 
 
