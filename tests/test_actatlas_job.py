@@ -60,6 +60,11 @@ def test_atlas_stage_stores_layout_cells_icons_and_reruns_only_what_changed(tmp_
         planned = [kind for kind, outcome in ticks if outcome == "planned"]
         assert len(finished) == totals[0] + len(planned)  # every unit is in the total, atlas ones too
         assert planned and set(planned) == {"icons"}  # icons are known once their grid is computed
+        total, count = totals[0], 0
+        for kind, outcome in ticks[:-1]:  # a progress bar never reaches its total before the end
+            total += outcome == "planned"
+            count += outcome != "planned"
+            assert count < total, f"{count} of {total} units finished at {kind} {outcome}"
         atlas_kinds = {"atlas_layout", "atlas_grid", "atlas_images", "atlas_places", "icons"}
         assert atlas_kinds <= set(finished)
         store = Store(spec.out)

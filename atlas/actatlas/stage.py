@@ -226,6 +226,12 @@ class _DriverSteps:
             self.tick(unit, "skipped")
         return todo
 
+    def announce(self, units: Sequence[Unit]) -> None:
+        """Units that became known during the run (beyond the progress total)."""
+        for unit in units:
+            if self.tick:
+                self.tick(unit, "planned")
+
     def write(self, unit: Unit, tables: dict[str, pa.Table]) -> None:
         self.store.write_unit_tables(unit.key, unit.kind, unit.layer, tables)
         if self.tick:
@@ -273,6 +279,9 @@ def run_atlas(
                     layer, ids, coords, sample.vectors[layer], size, atlas.min_count, grid_unit.key
                 )
                 steps.write(grid_unit, {"atlas_grid": table})
+                if atlas.icons:  # announced now, while the driver still has units of its own to report
+                    icons = _icon_units(spec, digest, layer, size, grid_unit.key, store)
+                    steps.announce([u for u in icons if u.key not in known])
             for extra in _grid_extras(spec, digest, grid_unit):
                 if steps.needed(extra):
                     cells = store.read_unit(grid_unit.key, "atlas_grid").filter(pa.compute.field("kept"))
@@ -281,11 +290,7 @@ def run_atlas(
                     else:
                         steps.write(extra, {"atlas_places": places_table(spec, layer, cells, extra)})
     units = planned_units(spec, digest, store, scans)
-    icons = [u for u in units if u.kind == "icons"]
-    for unit in icons:
-        if unit.key not in known and tick:
-            tick(unit, "planned")
-    run_units(icons)
+    run_units([u for u in units if u.kind == "icons"])
     return {u.key for u in units}
 
 
