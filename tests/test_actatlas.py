@@ -275,20 +275,20 @@ def test_atlas_runs_end_to_end_on_a_vit_token_layer() -> None:
     model = load_model("timm:deit_tiny_patch16_224", weights="none")
     assert model.layout("blocks.1").kind == "tokens"
     source = open_source("demo")
-    shard = ShardRef(0, tuple(source.ids()[:24]))
-    _, sample = collect_shard(model, ["blocks.1"], source, shard, size=100, k=1, batch_size=12)
+    shard = ShardRef(0, tuple(source.ids()[:16]))
+    _, sample = collect_shard(model, ["blocks.1"], source, shard, size=100, k=1, batch_size=16)
     vectors, chosen = sample.vectors["blocks.1"], sample.positions["blocks.1"]
-    assert vectors.shape == (24, 192) and chosen.max() < 14 * 14  # patches only
+    assert vectors.shape == (16, 192) and chosen.max() < 14 * 14  # patches only
     name = sample.ids[0]
     pixels = np.asarray(source.load(name).convert("RGB").resize((224, 224)), np.float32) / 255
     patches = model.activations(torch.from_numpy(pixels).permute(2, 0, 1)[None], ["blocks.1"])["blocks.1"]
     np.testing.assert_allclose(vectors[0], positions(patches)[0, chosen[0]].numpy(), atol=0.2, rtol=0.1)
-    coords = layout(vectors, LayoutSettings(n_neighbors=5, max_fit=16))  # 8 placed by `transform`
-    assert coords.shape == (24, 2) and np.isfinite(coords).all()
-    cells = grid(coords, vectors, 3, min_count=2)
-    assert cells.counts.sum() == 24 and len(cells.kept) >= 2
+    coords = layout(vectors, LayoutSettings(n_neighbors=5, max_fit=12))  # 4 placed by `transform`
+    assert coords.shape == (16, 2) and np.isfinite(coords).all()
+    cells = grid(coords, vectors, 2, min_count=2)
+    assert cells.counts.sum() == 16 and len(cells.kept) >= 2
     settings = replace(RenderSpec(), steps=2, size=224, batch=4)  # a ViT takes 224 x 224 only
-    work = IconsWork("grid-key", 3, settings, 2.0)
+    work = IconsWork("grid-key", 2, settings, 2.0)
     unit = make_unit("digest", "blocks.1", cells.kept.tolist(), work, inputs=(cells.means, vectors.mean(0)))
     icons = icons_tables(model, unit, work)["icons"]
     assert icons.column("cell").to_pylist() == cells.kept.tolist()
