@@ -166,7 +166,7 @@ def open_location(out: str | os.PathLike) -> Location:
     if scheme == "s3":
         filesystem: pafs.FileSystem = _s3()
     elif scheme in ("gs", "gcs"):
-        filesystem = pafs.GcsFileSystem()
+        filesystem = _gcs()
     else:
         filesystem = _fsspec(scheme)
     return Location(filesystem, rest.rstrip("/"), target, local=False, scheme=scheme)
@@ -186,6 +186,16 @@ def _s3() -> pafs.S3FileSystem:
         parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
         options.update(endpoint_override=parts.netloc, scheme=parts.scheme)
     return pafs.S3FileSystem(**options)
+
+
+def _gcs() -> pafs.GcsFileSystem:
+    """GCS with Google's default credentials; STORAGE_EMULATOR_HOST (the variable Google's own
+    client libraries read, e.g. `http://127.0.0.1:9023`) points it at an emulator, anonymously."""
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    if not emulator:
+        return pafs.GcsFileSystem()
+    parts = urlsplit(emulator if "://" in emulator else f"http://{emulator}")
+    return pafs.GcsFileSystem(anonymous=True, endpoint_override=parts.netloc, scheme=parts.scheme)
 
 
 def _s3_put_if_absent(path: str, data: bytes) -> bool:
