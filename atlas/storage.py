@@ -96,6 +96,28 @@ class Location:
         cut = len(self.root) + 1
         return {i.path[cut:]: i.size for i in infos if i.type == pafs.FileType.File}
 
+    def etags(self, prefix: str) -> dict[str, tuple[int, str]]:
+        """Every file under `prefix` with its size and ETag ("" where none is known), in one listing.
+
+        pyarrow's listing gives sizes only; on s3:// the same listing through boto3 (the `s3`
+        extra) also gives each object's ETag, the MD5 of its bytes for a single-part upload.
+        """
+        if self.scheme != "s3":
+            return {rel: (size, "") for rel, size in self.sizes(prefix).items()}
+        try:
+            import boto3
+        except ImportError:
+            return {rel: (size, "") for rel, size in self.sizes(prefix).items()}
+        bucket, _, key = self.path(prefix).partition("/")
+        cut = len(self.root) - len(bucket)  # object keys lack the bucket and its slash
+        pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{key}/")
+        return {
+            item["Key"][cut:]: (item["Size"], item.get("ETag", "").strip('"'))
+            for page in pages
+            for item in page.get("Contents", [])
+            if not item["Key"].endswith("/")
+        }
+
     # -- writing ----------------------------------------------------------------------------
     def write_bytes(self, rel: str, data: bytes, headers: dict[str, str] | None = None) -> None:
         """Replace a file whole: temp file + fsync + rename locally, one PUT in a bucket.

@@ -26,8 +26,8 @@ from atlas.cli import main
 from atlas.lease import LeaseError
 from atlas.publish import publish_site
 from atlas.spec import parse_spec
-from atlas.storage import LocationError, parse_out
-from atlas.store import Store
+from atlas.storage import Location, LocationError, parse_out
+from atlas.store import Store, StoreError
 
 
 @pytest.fixture(scope="module")
@@ -112,19 +112,27 @@ def test_second_driver_gets_a_clear_message(s3):
     second.release()
 
 
-def test_corrupted_object_is_found_by_verify_and_recomputed(s3):
+def test_corrupted_or_missing_object_is_recomputed_never_used(s3, monkeypatch):
     store = Store("s3://atlas/corrupt")
-    for i in range(3):
+    for i in range(4):
         store.write_unit(f"k{i}", "render", "l1", table(4))
     store.flush()
-    key = "corrupt/shards/render/k1.parquet"
-    data = bytearray(s3.objects()[key])
-    data[len(data) // 2] ^= 0xFF
-    s3.client().put_object(Bucket=s3.bucket, Key=key, Body=bytes(data))
-    assert Store("s3://atlas/corrupt").pending(["k0", "k1", "k2"]) == []  # sizes match: trusted
+    keys = ["k0", "k1", "k2", "k3"]
+    damaged = "corrupt/shards/render/k1.parquet"
+    data = bytearray(s3.objects()[damaged])
+    data[len(data) // 2] ^= 0xFF  # same size: only the ETag (the MD5) tells
+    s3.client().put_object(Bucket=s3.bucket, Key=damaged, Body=bytes(data))
+    s3.client().delete_object(Bucket=s3.bucket, Key="corrupt/shards/render/k2.parquet")
+    reads: list[str] = []
+    read_bytes = Location.read_bytes
+    monkeypatch.setattr(Location, "read_bytes", lambda self, rel: reads.append(rel) or read_bytes(self, rel))
+    assert Store("s3://atlas/corrupt").pending(keys) == ["k1", "k2"]
+    assert [r for r in reads if r.startswith("shards/")] == ["shards/render/k1.parquet"]  # no other download
+    with pytest.raises(StoreError, match="damaged"):
+        Store("s3://atlas/corrupt").read_unit("k1", "render")  # a reader never uses it either
     result = CliRunner().invoke(main, ["verify", "s3://atlas/corrupt"])
-    assert result.exit_code == 1 and "2 of 3 units intact" in result.output and "damaged" in result.output
-    assert Store("s3://atlas/corrupt").pending(["k0", "k1", "k2"]) == ["k1"]  # recomputed next run
+    assert result.exit_code == 1 and "2 of 4 units intact" in result.output and "damaged" in result.output
+    assert Store("s3://atlas/corrupt").pending(keys) == ["k1", "k2"]  # forgotten: recomputed next run
 
 
 def test_duckdb_and_pandas_read_committed_shards(s3):
