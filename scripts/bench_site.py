@@ -43,7 +43,8 @@ from pathlib import Path
 from atlas.site import build_site
 imported_kib = int(re.search(r"VmRSS:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
 start, cpu = time.perf_counter(), time.process_time()
-index = build_site(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None)
+site, workers = (sys.argv[2:] + ["", ""])[:2]
+index = build_site(Path(sys.argv[1]), Path(site) if site else None, int(workers) if workers else None)
 seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
 status = Path("/proc/self/status").read_text()
 peak_kib = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
@@ -62,11 +63,13 @@ def googlenet_mixed_layers() -> list[SyntheticLayer]:
     ]
 
 
-def build_in_child(out: Path, code: Path = ROOT, site: Path | None = None) -> dict:
+def build_in_child(
+    out: Path, code: Path = ROOT, site: Path | None = None, workers: int | None = None
+) -> dict:
     """Build the site in a fresh interpreter, importing `atlas` from `code`, so its peak RSS is
     the builder's alone; `site` (a fresh folder) keeps it from reusing an earlier build's sprites."""
     env = {**os.environ, "PYTHONPATH": str(code)}
-    command = [sys.executable, "-c", CHILD, str(out), *([str(site)] if site else [])]
+    command = [sys.executable, "-c", CHILD, str(out), str(site or ""), str(workers or "")]
     result = subprocess.run(command, capture_output=True, text=True, cwd=code, env=env)
     if result.returncode != 0:
         sys.exit(f"building the site of {out} failed:\n{result.stderr}")
@@ -87,7 +90,9 @@ def fresh_store(store: Path, layers: list[SyntheticLayer], options: SyntheticOpt
     write_synthetic_store(store, layers, options, model="torchvision:googlenet")
 
 
-def compare(store: Path, layer: SyntheticLayer, options: SyntheticOptions, before: str) -> None:
+def compare(
+    store: Path, layer: SyntheticLayer, options: SyntheticOptions, before: str, workers: int | None
+) -> None:
     """Peak RSS of building one layer's site with git revision `before` and with this tree."""
     start = time.perf_counter()
     fresh_store(store, [layer], options)
@@ -100,11 +105,11 @@ def compare(store: Path, layer: SyntheticLayer, options: SyntheticOptions, befor
             ["git", "-C", str(ROOT), "archive", before, "atlas"], capture_output=True, check=True
         )
         subprocess.run(["tar", "-x", "-C", code], input=archive.stdout, check=True)
-        old = build_in_child(store, Path(code), store / "site-before")
-    new = build_in_child(store, ROOT, store / "site-after")
+        old = build_in_child(store, Path(code), store / "site-before", workers)
+    new = build_in_child(store, ROOT, store / "site-after", workers)
     print(
         f"peak RSS building {layer.name} ({layer.channels} channels, images {options.image_size} px, crops "
-        f"{options.crop_size} px, k={options.examples_k}, noise {options.noise:g}) into a fresh folder: {old['peak_mib']:.0f} MiB with "
+        f"{options.crop_size} px, k={options.examples_k}, noise {options.noise:g}, workers {workers or 'auto'}) into a fresh folder: {old['peak_mib']:.0f} MiB with "
         f"{before} ({old['seconds']:.1f} s), {new['peak_mib']:.0f} MiB with this tree ({new['seconds']:.1f} s); "
         f"load average {load_average()}"
     )
@@ -156,7 +161,7 @@ def main() -> None:
     )
     largest = max(layers, key=lambda layer: layer.channels)
     if args.before:
-        compare(args.out / "largest", largest, options, args.before)
+        compare(args.out / "largest", largest, options, args.before, args.workers)
         return
     start = time.perf_counter()
     fresh_store(args.out / "atlas", layers, options)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import duckdb
@@ -19,7 +20,7 @@ import pytest
 import ray
 from click.testing import CliRunner
 from PIL import Image
-from raytools import local_ray
+from raytools import env_with_tests_on_path, local_ray, write_spec
 from s3server import SECRET, s3_server
 
 from atlas.cli import main
@@ -273,3 +274,46 @@ def test_tiny_job_into_a_bucket_reruns_nothing_and_publishes(s3, tmp_path, monke
     assert SECRET not in first.output + second.output
     written = [p for p in [*tmp_path.rglob("*"), *session.rglob("*")] if p.is_file() and not p.is_symlink()]
     assert not [p for p in written if secret in p.read_bytes()]
+
+
+@pytest.mark.slow
+def test_driver_killed_mid_job_rerun_completes_the_bucket_store(s3, tmp_path, monkeypatch):
+    """A real `atlas run` into a bucket, killed once a group is committed; the rerun does the rest."""
+    total = 12
+    spec_path = write_spec(
+        tmp_path / "slow.toml",
+        "s3://atlas/killed-job",
+        model="module:faultmodels:slow_cnn",
+        layer="slow",
+        channels=f"0:{total}",
+        steps=8,
+    )
+    monkeypatch.setenv("ATLAS_TEST_SLOW_FORWARD", "0.4")  # read by the workers Ray starts below
+    with local_ray() as address:
+        log = tmp_path / "driver.log"
+        env = env_with_tests_on_path() | {"RAY_ADDRESS": address}
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "atlas.cli", "run", str(spec_path), "--no-site"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("w"),
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while not Store("s3://atlas/killed-job").entries():  # the first group is put (10 s)
+                assert driver.poll() is None, log.read_text()[-2000:]
+                assert time.monotonic() < deadline, "the driver committed no group in 180 s"
+                time.sleep(0.5)
+        finally:
+            driver.kill()
+            driver.wait()
+        survived = len(Store("s3://atlas/killed-job").entries())
+        assert 0 < survived < total, "kill the driver mid-run: slow the units down if this fails"
+        rerun = CliRunner().invoke(main, ["run", str(spec_path), "--no-site"])
+    assert rerun.exit_code == 0, rerun.output
+    assert f"{total - survived} units done, {survived} already done" in rerun.output
+    store = Store("s3://atlas/killed-job")
+    named = {info["path"] for e in store.entries() for info in e.tables.values()}
+    assert len(store.entries()) == total and all(e.status == "done" for e in store.entries())
+    left = {k.removeprefix("killed-job/") for k in s3.objects() if k.startswith("killed-job/shards/")}
+    assert left == named  # nothing staged, nothing the dead driver wrote without a record

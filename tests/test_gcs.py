@@ -7,31 +7,10 @@ import pyarrow.fs as pafs
 import pytest
 from click.testing import CliRunner
 from gcsserver import gcs_server
-from raytools import local_ray
+from raytools import local_ray, write_spec
 
 from atlas.cli import main
 from atlas.store import Store
-
-JOB = """
-[job]
-name = "gcs"
-out = "gs://atlas/tiny"
-[model]
-name = "tiny-cnn"
-[[layers]]
-name = "conv2"
-channels = "0:2"
-[render]
-steps = 4
-size = 32
-batch = 2
-objectives = ["channel"]
-channels_per_unit = 1
-[examples]
-enabled = false
-[execute]
-workers = 1
-"""
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +34,7 @@ def test_units_commit_to_gcs_and_only_committed_ones_are_read(gcs) -> None:
 @pytest.mark.slow
 def test_tiny_job_into_gcs_reruns_nothing_and_reads_back(gcs, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    spec = tmp_path / "job.toml"
-    spec.write_text(JOB)
+    spec = write_spec(tmp_path / "job.toml", "gs://atlas/tiny", channels="0:2", workers=1)
     with local_ray():  # started after the emulator: its workers see STORAGE_EMULATOR_HOST
         first = CliRunner().invoke(main, ["run", str(spec), "--no-site"])
         assert first.exit_code == 0, first.output
