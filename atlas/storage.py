@@ -93,8 +93,9 @@ class Location:
             infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
         except FileNotFoundError:
             return {}
-        cut = len(self.root) + 1
-        return {i.path[cut:]: i.size for i in infos if i.type == pafs.FileType.File}
+        root = self.root.strip("/")  # fsspec's memory:// lists "/bucket/...": compare without slashes
+        cut = len(root) + 1 if root else 0
+        return {i.path.strip("/")[cut:]: i.size for i in infos if i.type == pafs.FileType.File}
 
     def etags(self, prefix: str) -> dict[str, tuple[int, str]]:
         """Every file under `prefix` with its size and ETag ("" where none is known), in one listing.

@@ -135,6 +135,7 @@ def main() -> None:
         "--noise", type=float, default=0.0, help="pixel noise: 8 makes PNGs as large as renderings"
     )
     parser.add_argument("--layers", help="comma-separated subset, e.g. inception4a (default: all nine)")
+    parser.add_argument("--workers", type=int, help="sprite processes (default: the builder's choice)")
     parser.add_argument(
         "--before", metavar="REV", help="compare git revision REV with this tree on the largest layer"
     )
