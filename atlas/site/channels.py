@@ -89,9 +89,8 @@ class _Rows:
 
     optimized: dict[str, _Image] = field(default_factory=dict)  # objective -> picture
     diversity: dict[int, _Image] = field(default_factory=dict)  # variant -> picture of the set
-    buckets: dict[str, dict[int, _Image]] = field(
-        default_factory=lambda: defaultdict(dict)
-    )  # rank -> example
+    # bucket -> rank -> example
+    buckets: dict[str, dict[int, _Image]] = field(default_factory=lambda: defaultdict(dict))
 
     def pictures(self, diverse: str) -> list[tuple[str, str, list[_Image]]]:
         """(table kind, sprite region, its pictures in order), in the order a sprite places them."""
@@ -236,15 +235,12 @@ def _picture(store: Store, kind: str, image: _Image) -> bytes:
 
 def _keep_numbers(entry: ChannelEntry, rows: _Rows, diverse: str) -> None:
     """The numbers a page shows for the channel: values reached, loss curves, example sources."""
-    for objective, image in rows.optimized.items():
-        entry.values[objective] = (image.value,)
-        entry.losses[objective] = image.loss
-    if rows.diversity:
-        entry.values[diverse] = tuple(rows.diversity[v].value for v in sorted(rows.diversity))
-    for bucket, by_rank in rows.buckets.items():
-        ordered = [by_rank[rank] for rank in sorted(by_rank)]
-        entry.values[bucket] = tuple(image.value for image in ordered)
-        entry.sources[bucket] = [list(image.source) for image in ordered]
+    for kind, region, pictures in rows.pictures(diverse):
+        entry.values[region] = tuple(image.value for image in pictures)
+        if kind == "examples":
+            entry.sources[region] = [list(image.source) for image in pictures]
+        elif region in rows.optimized:
+            entry.losses[region] = rows.optimized[region].loss
 
 
 def _compose_sprites(
