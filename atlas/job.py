@@ -29,7 +29,7 @@ from atlas.storage import is_uri
 from atlas.store import Store, open_store
 
 if TYPE_CHECKING:
-    from atlas.data import ImageSource
+    from atlas.data import ImageSource, ShardRef
     from atlas.execute import Executor
 
 
@@ -53,16 +53,19 @@ def prepare(spec: JobSpec) -> Prepared:
         spec = spec.replace(layers=attach_layers(model, spec.layers))
     check_against_model(spec, model)
     facts = ModelFacts(model.digest, {layer.name: model.channels(layer.name) for layer in spec.layers})
-    source, shards, fingerprints = None, [], []
-    if spec.examples.enabled:
-        from atlas.data import open_source
-
-        source = open_source(spec.examples.source, column=spec.examples.column)
-        shards = source.shards(spec.examples.shard_size)
-        whole = source.fingerprint()  # any change to the data rescans: top-k are global
-        fingerprints = [f"{whole}:{shard.index}:{len(shard.source_ids)}" for shard in shards]
+    source, shards, fingerprints = open_dataset(spec) if spec.examples.enabled else (None, [], [])
     plan = make_plan(spec, facts, shards, fingerprints)
     return Prepared(spec, model, facts, plan, source)
+
+
+def open_dataset(spec: JobSpec) -> tuple[ImageSource, list[ShardRef], list[str]]:
+    """The examples source, its shards and each shard's fingerprint for the scan units' keys."""
+    from atlas.data import open_source
+
+    source = open_source(spec.examples.source, column=spec.examples.column)
+    shards = source.shards(spec.examples.shard_size)
+    whole = source.fingerprint()  # any change to the data rescans: top-k are global
+    return source, shards, [f"{whole}:{shard.index}:{len(shard.source_ids)}" for shard in shards]
 
 
 def job_info(prepared: Prepared, started: str, finished: str | None = None) -> dict:
@@ -106,7 +109,7 @@ def merged_scan(spec: JobSpec, store: Store, scan_keys: tuple[str, ...]) -> Part
     return tree_merge(store, scan_keys)
 
 
-def _layer_scan(merged: PartialScan, unit: Unit) -> PartialScan:
+def layer_scan(merged: PartialScan, unit: Unit) -> PartialScan:
     """The part of the merged scan an examples unit reads: its layer (and that layer's directions)."""
     names = [unit.layer] + ([direction_layer(unit.layer)] if unit.work.with_directions else [])
     return merged.select(names)
@@ -185,7 +188,7 @@ def run_examples(runner: UnitRunner, prepared: Prepared) -> list[Unit]:
     todo = runner.pending(units)
     if todo:
         merged = merged_scan(runner.spec, runner.store, finished)
-        todo = [replace(u, inputs=_layer_scan(merged, u)) for u in todo]
+        todo = [replace(u, inputs=layer_scan(merged, u)) for u in todo]
     runner.execute(todo)
     return units
 

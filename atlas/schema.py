@@ -115,6 +115,10 @@ SERIES_SCHEMA = pa.schema(
         ("probe_key", pa.string()),
         ("match_key", pa.string()),
         ("render_keys", pa.list_(pa.string())),
+        ("scan_keys", pa.list_(pa.string())),
+        ("examples_keys", pa.list_(pa.string())),
+        ("size", pa.int64()),
+        ("mtime_ns", pa.int64()),
     ]
 )
 
@@ -307,6 +311,10 @@ TABLES = {
             "probe_key": "its probe unit",
             "match_key": "the match unit with the previous checkpoint (empty for the first)",
             "render_keys": "its render units (empty when never rendered)",
+            "scan_keys": "its dataset scan units, one per shard (empty when never scanned)",
+            "examples_keys": "its examples units: the top dataset examples per channel",
+            "size": "the checkpoint file's size in bytes when its digest was taken (-1: unknown)",
+            "mtime_ns": "its modification time then, in ns: the same path, size and mtime reuse the digest",
         },
     ),
     "vectors": StoredTable(
