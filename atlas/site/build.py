@@ -248,7 +248,7 @@ def _build_into(
             earlier = _previous_sprites(previous, previous_site, summary.name)
             inputs = _channel_inputs(entries, summary.name)
             _build_layer(store, env, images, layer, summary, neighbours, common, inputs, earlier)
-            jobs.drain()  # one layer's sprites in flight at most: memory stays bounded by a layer
+            jobs.drain()  # the layer's sprites are on disk before the next layer starts
     sprites = {summary.name: {"slug": summary.slug, "keys": summary.sprite_keys} for summary in summaries}
     current = build_summary(entries, str(job.get("model_digest", "")), built, sprites)
     changes = diff_builds(previous, current)
