@@ -10,6 +10,7 @@ from atlas.models.registry import MODEL_SOURCES
 from atlas.optvis.kinds import OBJECTIVES
 from atlas.optvis.param import PARAMS
 from atlas.optvis.render import PRECISIONS
+from atlas.optvis.schedules import SCHEDULES
 from atlas.optvis.transforms import PRESETS
 from atlas.registry import Registry
 from atlas.units import UNIT_KINDS
@@ -29,6 +30,11 @@ REGISTRIES: dict[str, tuple[Registry, str, str]] = {
         PRESETS,
         "`atlas.optvis.transforms.PRESETS.register`",
         "`render.transforms`, `--transforms`",
+    ),
+    "learning-rate schedule": (
+        SCHEDULES,
+        "`atlas.optvis.schedules.SCHEDULES.register`",
+        "`render.lr_schedule`, `--lr-schedule`",
     ),
     "precision": (
         PRECISIONS,

@@ -13,6 +13,7 @@ from atlas.optvis.kinds import OBJECTIVES
 from atlas.optvis.oneoff import DESCENTS, PENALTIES
 from atlas.optvis.param import PARAMS
 from atlas.optvis.render import PRECISIONS
+from atlas.optvis.schedules import SCHEDULES
 from atlas.optvis.transforms import PRESETS
 from atlas.registry import Registry
 from atlas.spec import JobSpec, load_spec
@@ -36,8 +37,8 @@ def _progress(total: int):
     bar = tqdm(total=total, unit="unit", desc="atlas", dynamic_ncols=True, file=sys.stderr)
 
     def tick(unit, outcome: str) -> None:
-        if outcome == "skipped":  # already done: leave it out, or the rate and ETA would count it
-            bar.total -= 1
+        if outcome in ("skipped", "planned"):  # skipped: already done, left out of the rate and ETA
+            bar.total += 1 if outcome == "planned" else -1  # planned: a unit found during the run
             bar.refresh()
         else:
             bar.set_postfix_str(f"{outcome} {unit.label}", refresh=False)
@@ -256,7 +257,7 @@ ROLE_NOTES = {
 @click.option("--force", is_flag=True, help="Recompute the timeline's units that are already done.")
 @click.option("--no-site", is_flag=True, help="Only compute and store; do not build the site.")
 def timeline(job: Path, out: Path | None, add: tuple[Path, ...], force: bool, no_site: bool) -> None:
-    """Probe every checkpoint of the series, render the selected ones, match units across them."""
+    """Probe every checkpoint of the series, render and scan the selected ones, match units across them."""
     from atlas.timeline.run import run_timeline
 
     spec = _load(job, out)
@@ -271,9 +272,10 @@ def timeline(job: Path, out: Path | None, add: tuple[Path, ...], force: bool, no
     for label, reason in result.failed:
         click.echo(f"  failed: {label}: {reason}", err=True)
     if not no_site:
-        from atlas.site import build_site
+        from atlas.publish import site_of_store
 
-        click.echo(f"site: {build_site(spec.out)}")
+        index, published = site_of_store(spec.out)  # a bucket's site goes online, as after `atlas run`
+        click.echo(f"site: {published or index}")
     if result.failed:
         sys.exit(1)
 
@@ -344,6 +346,14 @@ def verify(out: str, dry_run: bool) -> None:
 @click.option("--size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=0.05, show_default=True)
 @click.option("--transforms", type=_Registered(PRESETS), default="standard", show_default=True)
+@click.option("--lr-schedule", type=_Registered(SCHEDULES), default="constant", show_default=True)
+@click.option(
+    "--coarse-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Share of the steps at a lower resolution of the parameterization (multi-resolution).",
+)
 @click.option(
     "--penalty", multiple=True, help=f"NAME=WEIGHT with NAME one of {', '.join(PENALTIES)} (repeatable)."
 )

@@ -20,6 +20,7 @@ from atlas.errors import AtlasError
 from atlas.optvis.kinds import OBJECTIVES, channel_objectives
 from atlas.optvis.param import PARAMS
 from atlas.optvis.render import PRECISIONS
+from atlas.optvis.schedules import SCHEDULES
 from atlas.optvis.transforms import PRESETS as TRANSFORM_PRESETS
 from atlas.outdir import OutputFolderError, check_job_name, derived_out
 from atlas.registry import close_matches
@@ -93,6 +94,9 @@ class RenderSpec:
     seed: Int = 0
     precision: Annotated[Text, one_of(PRECISIONS.names)] = "fp32"
     channels_per_unit: Annotated[Int, Ge(1)] = 8
+    lr_schedule: Annotated[Text, one_of(SCHEDULES.names)] = "constant"
+    coarse_fraction: Annotated[Number, Interval(ge=0, lt=1)] = 0.0  # multi-resolution share of the steps
+    blur_weight: Annotated[Number, Ge(0)] = 0.0  # weight of the blur penalty (objectives.blur)
 
 
 @FORBID
@@ -168,6 +172,8 @@ class TimelineSpec:
     positions: Annotated[Int, Ge(1)] = 16  # sampled positions per probe image, for matching and CKA
     render_every: Annotated[Int, Ge(0)] = 0  # also render every Nth checkpoint (0: only the latest)
     render_latest: Bool = True
+    # the checkpoints selected for renders also get their top dataset examples (scan + examples units)
+    examples: Bool = True
     # matched units correlated less than this changed role
     role_threshold: Annotated[Number, Interval(ge=0, le=1)] = 0.5
 

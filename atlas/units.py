@@ -194,4 +194,6 @@ def make_context(spec: JobSpec, device: str = "auto") -> WorkerContext:
         from atlas.actatlas.dictionary import attach_layers
 
         attach_layers(model, spec.layers)
-    return WorkerContext(model=model, examples=spec.examples, weights=spec.model.weights)
+    # The job's own checkpoint counts as loaded: a timeline's units on it do not load it twice.
+    loaded = (str(spec.model.checkpoint), model) if spec.model.checkpoint else None
+    return WorkerContext(model=model, examples=spec.examples, weights=spec.model.weights, _checkpoint=loaded)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import tempfile
 import time
@@ -89,7 +90,10 @@ def page_sizes() -> None:
     from synthetic_timeline import write_synthetic_timeline
 
     with tempfile.TemporaryDirectory() as tmp:
-        write_synthetic_timeline(Path(tmp), "layer", checkpoints=10, channels=1024, image_size=64)
+        # rendered and scanned: every 3rd checkpoint and the latest (0, 3, 6, 9), 4 examples each
+        write_synthetic_timeline(
+            Path(tmp), "layer", checkpoints=10, channels=1024, image_size=64, scanned=(0, 3, 6, 9)
+        )
         start = time.perf_counter()
         site = build_site(Path(tmp)).parent
         print(
@@ -97,6 +101,10 @@ def page_sizes() -> None:
         )
         for name in ("index.html", "layer.timeline.html", "layer.timeline.512.html"):
             print(f"  {name:<26} {(site / name).stat().st_size / 1024:8.1f} KiB")
+        page = (site / "layer.timeline.512.html").read_text()
+        images = re.findall(r'<img[^>]* src="([^"]+)"', page)
+        weight = sum((site / src).stat().st_size for src in images)
+        print(f"  channel 512 with its {len(images)} images: {weight / 1024:.1f} KiB (lazy-loaded)")
 
 
 def main() -> None:

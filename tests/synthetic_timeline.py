@@ -9,13 +9,14 @@ At checkpoint p (p >= 1) channel 5p is dead (and born again at p + 1), channels 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from atlas.schema import PROBE_SCHEMA, RENDER_SCHEMA
+from atlas.schema import EXAMPLES_SCHEMA, PROBE_SCHEMA, RENDER_SCHEMA
 from atlas.store import open_store
 from atlas.timeline.compare import compare
 from atlas.timeline.match import dead_units
@@ -26,6 +27,27 @@ def _png(rng: np.random.Generator, size: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _examples(rng: np.random.Generator, layer: str, channels: int, k: int, key: str, size: int) -> pa.Table:
+    """The `max` bucket's top `k` of every channel, with thumbnails (all the timeline reads)."""
+    rows = channels * k
+    return pa.table(
+        {
+            "layer": [layer] * rows,
+            "channel": np.repeat(np.arange(channels, dtype=np.int32), k),
+            "bucket": ["max"] * rows,
+            "rank": np.tile(np.arange(k, dtype=np.int32), channels),
+            "activation": rng.uniform(1, 5, rows).astype(np.float32),
+            "source_id": [f"photo-{i}" for i in range(rows)],
+            "x": np.zeros(rows, dtype=np.int32),
+            "y": np.zeros(rows, dtype=np.int32),
+            "crop": [b""] * rows,
+            "thumb": [_png(rng, size) for _ in range(rows)],
+            "unit_key": [key] * rows,
+        },
+        schema=EXAMPLES_SCHEMA,
+    )
 
 
 def _signatures(
@@ -56,11 +78,14 @@ def write_synthetic_timeline(
     render_every: int = 3,
     seed: int = 0,
     latest_digest: str | None = None,
+    scanned: Sequence[int] = (),
+    examples: int = 4,
 ) -> list[Checkpoint]:
     """Write a timeline store under `out` and return its series.
 
     `latest_digest` gives the newest checkpoint a real digest, e.g. the job's, whose scan the
-    timeline then shows as that checkpoint's dataset examples.
+    timeline then shows as that checkpoint's dataset examples. The checkpoints at the positions
+    `scanned` get an examples unit of their own: `examples` top images per channel.
     """
     rng = np.random.default_rng(seed)
     store = open_store(Path(out) / TIMELINE_DIR)
@@ -111,9 +136,25 @@ def write_synthetic_timeline(
             )
             write_unit(store, render_key, "render", {"render": render}, layer)
             render_keys = (render_key,)
+        examples_keys: tuple[str, ...] = ()
+        if position in scanned:
+            examples_keys = (f"examples-synthetic{position:05d}",)
+            write_unit(
+                store,
+                examples_keys[0],
+                "examples",
+                {"examples": _examples(rng, layer, channels, examples, examples_keys[0], image_size // 2)},
+                layer,
+            )
         series.append(
             Checkpoint(
-                f"ckpt/step-{position * 100}.pt", digest, position * 100, probe_key, match_key, render_keys
+                f"ckpt/step-{position * 100}.pt",
+                digest,
+                position * 100,
+                probe_key,
+                match_key,
+                render_keys,
+                examples_keys=examples_keys,
             )
         )
         previous = probe

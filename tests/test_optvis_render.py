@@ -48,6 +48,9 @@ def settings(**overrides) -> SimpleNamespace:
         diversity_weight=1.0,
         seed=0,
         precision="fp32",
+        lr_schedule="constant",
+        coarse_fraction=0.0,
+        blur_weight=0.0,
     )
     values.update(overrides)
     return SimpleNamespace(**values)

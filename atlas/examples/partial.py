@@ -8,7 +8,7 @@ spatial maximum and minimum with their positions. Every piece merges exactly:
   independent of grouping, ties included.
 - histogram: fixed bin edges that never depend on the data: a symmetric, roughly logarithmic
   scale (0 and +-(1 + q/4) 2^e, see HIST_EDGES) covers activations from 1e-3 to 1e3 with 4 bins
-  per octave; counts add.
+  per octave; counts add. Bins are symmetric in magnitude: [a, b) above zero, (-b, -a] below.
 - the "slightly positive/negative" buckets: a quantile of a distribution cannot be merged from
   per-shard quantiles, and its examples cannot be chosen before the quantile is known. So each
   partial keeps a bounded uniform sample of images (bottom-m hashing: the m images with the

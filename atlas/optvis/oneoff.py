@@ -44,6 +44,8 @@ class OneOffRequest:
     penalties: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     precision: str = "fp32"
+    lr_schedule: str = "constant"
+    coarse_fraction: float = 0.0
 
 
 def build_objective(request: OneOffRequest) -> obj.Objective:
@@ -97,6 +99,8 @@ def render_one_off(
         optimizer=optimizer,
         seed=request.seed,
         precision=request.precision,
+        lr_schedule=request.lr_schedule,
+        coarse_fraction=request.coarse_fraction,
     )
 
 

@@ -55,6 +55,14 @@ def frequency_scale(height: int, width: int, decay_power: float) -> torch.Tensor
     return frequency.pow(-decay_power)
 
 
+def low_band(size: int, factor: int) -> torch.Tensor:
+    """Mask (S, S//2+1) of the rfft2 bins a ``size // factor`` pixel grid can represent."""
+    limit = 0.5 / factor  # that grid's Nyquist frequency, in cycles per pixel of this one
+    fy = torch.fft.fftfreq(size).abs()[:, None]
+    fx = torch.fft.rfftfreq(size)[None, :]
+    return ((fy <= limit) & (fx <= limit)).float()
+
+
 def _generator(seed: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(seed)
 
@@ -99,10 +107,29 @@ class FourierParam(nn.Module):
         self.register_buffer("scale", frequency_scale(size, size, decay_power))
         self.size = size
         self.decorrelate = decorrelate
+        self.band: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def band_limit(self, factor: int) -> None:
+        """Optimize only what a ``size / factor`` parameterization could hold (1: everything).
+
+        The coefficients of a Fourier image at a lower resolution are exactly the low ones of
+        this spectrum (for ``decay_power`` 1 the 1/f scale and the orthonormal transform cancel
+        the change of size; otherwise they differ by one constant gain), so masking the others
+        and zeroing them is a low-resolution parameterization; lifting the mask later upsamples
+        it (sinc interpolation) without changing the image. The image keeps its full size.
+        """
+        self.band = None if factor <= 1 else low_band(self.size, factor).to(self.spectrum.device)
+        if self.band is not None:
+            for spectrum in (self.spectrum, self.shared):
+                if spectrum is not None:
+                    spectrum.mul_(self.band[..., None])
 
     def forward(self) -> torch.Tensor:
         spectrum = self.spectrum if self.shared is None else self.spectrum + self.shared
         coefficients = torch.view_as_complex(spectrum.float()) * self.scale
+        if self.band is not None:
+            coefficients = coefficients * self.band
         image = torch.fft.irfft2(coefficients, s=(self.size, self.size), norm="ortho")
         return to_rgb(image * FOURIER_IMAGE_SCALE, self.decorrelate)
 

@@ -41,6 +41,9 @@ class RenderSettings(Protocol):
     diversity_weight: float
     seed: int
     precision: str
+    lr_schedule: str
+    coarse_fraction: float
+    blur_weight: float
 
 
 @dataclass
@@ -82,6 +85,8 @@ def _part(
         decorrelate=settings.decorrelate,
         shared=shared,
     )
+    if settings.blur_weight:
+        objective = objective - settings.blur_weight * obj.blur()
     return RenderPart(objective, param, seed, labels)
 
 
@@ -93,10 +98,12 @@ def _render(model: LoadedModel, parts: Sequence[RenderPart], settings: RenderSet
         lr=settings.lr,
         transforms=settings.transforms,
         precision=settings.precision,
+        lr_schedule=settings.lr_schedule,
+        coarse_fraction=settings.coarse_fraction,
     )
 
 
-def _run(
+def render_objective(
     model: LoadedModel,
     objective: obj.Objective,
     settings: RenderSettings,
@@ -105,6 +112,7 @@ def _run(
     labels: Sequence[str],
     shared: bool = False,
 ) -> RenderResult:
+    """``batch`` images of any objective, rendered with the recipe of ``settings`` (one optimization)."""
     return _render(model, [_part(objective, settings, batch, seed, labels, shared)], settings)[0]
 
 
@@ -297,7 +305,7 @@ def render_vectors(
     for index, start in enumerate(range(0, len(vectors), settings.batch)):
         chunk = vectors[start : start + settings.batch].float()
         names = list(labels[start : start + len(chunk)])
-        result = _run(
+        result = render_objective(
             model,
             obj.direction(layer, chunk, cosine_power=cosine_power),
             settings,
@@ -358,7 +366,7 @@ def render_pair(
     )
     labels = [f"{a} + {b}"] + [f"{a} to {b}, step {i + 1}/{steps_between}" for i in range(steps_between)]
     shared = settings.param == "fourier"  # only the Fourier basis has a shared part
-    result = _run(model, objective, settings, size, settings.seed, labels, shared=shared)
+    result = render_objective(model, objective, settings, size, settings.seed, labels, shared=shared)
     means = result.activations[layer].mean(dim=(2, 3))
     rows: list[RenderedImage] = []
     for element, image in enumerate(to_uint8(result.images)):

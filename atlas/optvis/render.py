@@ -17,6 +17,7 @@ from torch import nn
 from atlas.errors import AtlasError
 from atlas.models import LoadedModel, ModelError
 from atlas.optvis.objectives import Objective, ObjectiveError, StepState
+from atlas.optvis.schedules import SCHEDULES, ScheduleError, resolution_factor
 from atlas.optvis.transforms import Transform, preset
 from atlas.registry import Registry
 
@@ -145,6 +146,8 @@ def render(
     snapshots: Sequence[int] = (),
     precision: str = "fp32",
     labels: Sequence[str] | None = None,
+    lr_schedule: str = "constant",
+    coarse_fraction: float = 0.0,
 ) -> RenderResult:
     """Maximize ``objective`` over the images of ``param`` (one batch, one loop).
 
@@ -152,7 +155,9 @@ def render(
     which to keep a copy of the images. Deterministic on CPU for a given seed.
     """
     part = RenderPart(objective, param, seed, labels)
-    return render_parts(model, [part], steps, lr, transforms, optimizer, snapshots, precision)[0]
+    return render_parts(
+        model, [part], steps, lr, transforms, optimizer, snapshots, precision, lr_schedule, coarse_fraction
+    )[0]
 
 
 def _slices(sizes: Sequence[int]) -> list[slice]:
@@ -169,10 +174,23 @@ def render_parts(
     optimizer: str = "adam",
     snapshots: Sequence[int] = (),
     precision: str = "fp32",
+    lr_schedule: str = "constant",
+    coarse_fraction: float = 0.0,
 ) -> list[RenderResult]:
-    """Render several logical batches in one physical batch; one result per part, in order."""
+    """Render several logical batches in one physical batch; one result per part, in order.
+
+    ``lr_schedule`` names the learning-rate factor per step (`atlas.optvis.schedules`);
+    ``coarse_fraction`` is the share of the steps optimized at a lower resolution of the
+    parameterization (multi-resolution), which needs parameterizations with ``band_limit``.
+    """
     if steps < 1:
         raise RenderError(f"steps must be at least 1, got {steps}")
+    if not 0.0 <= coarse_fraction < 1.0:
+        raise RenderError(f"coarse_fraction must be in [0, 1), got {coarse_fraction}")
+    try:
+        schedule = SCHEDULES.get(lr_schedule)
+    except ScheduleError as err:
+        raise RenderError(str(err)) from err
     if not parts:
         return []
     for part in parts:
@@ -191,8 +209,13 @@ def render_parts(
                 model.check_input_size(int(param().shape[-1]))
     except ModelError as err:
         raise RenderError(str(err)) from err
+    if coarse_fraction and not all(hasattr(param, "band_limit") for param in params):
+        raise RenderError(
+            "multi-resolution rendering (coarse_fraction > 0) needs the 'fourier' parameterization; "
+            "set coarse_fraction to 0 or param to 'fourier'"
+        )
     trainable = [p for param in params for p in param.parameters() if p.requires_grad]
-    opt = make_optimizer(optimizer, trainable, lr)
+    factor = 1
     generators = [torch.Generator(device="cpu").manual_seed(part.seed) for part in parts]
     cast = _autocast(model.device, precision)
     losses: list[torch.Tensor] = []
@@ -200,6 +223,16 @@ def render_parts(
     wanted_snapshots = set(snapshots)
     spans: list[slice] = []
     for step in range(1, steps + 1):
+        wanted = resolution_factor(step, steps, coarse_fraction) if coarse_fraction else 1
+        if step == 1 or wanted != factor:
+            # A new resolution is a new parameterization: a fresh optimizer, no stale moments.
+            factor = wanted
+            if coarse_fraction:
+                for param in params:
+                    param.band_limit(factor)
+            opt = make_optimizer(optimizer, trainable, lr)
+        for group in opt.param_groups:
+            group["lr"] = lr * schedule(step, steps)
         opt.zero_grad(set_to_none=True)
         images = [param() for param in params]
         spans = spans or _slices([len(batch) for batch in images])

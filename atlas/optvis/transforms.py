@@ -181,6 +181,19 @@ def _distill() -> list[Step]:
     ]
 
 
+def _wide() -> list[Step]:
+    # Scale 0.6..1.4 (lucid's is 0.9..1.1): the picture must work at many sizes, which is what
+    # keeps it working after a resize (issue 18). The check set's resizes (x0.5, x1.75 of a
+    # 128 px render) stay outside this range.
+    return [
+        pad(16),
+        jitter(16),
+        random_scale([0.6 + i * 0.05 for i in range(17)]),
+        random_rotate(list(range(-10, 11))),
+        jitter(8),
+    ]
+
+
 def _vit() -> list[Step]:
     # Light robustness for transformers: jitter within a patch, a few percent of scale, small turns.
     return [pad(4), jitter(4), random_scale([0.95, 1.0, 1.05]), random_rotate(list(range(-5, 6))), jitter(2)]
@@ -190,11 +203,12 @@ def _vit() -> list[Step]:
 PRESETS: Registry[Callable[[], list[Step]]] = Registry("transforms", TransformError)
 PRESETS.register("standard", _standard)
 PRESETS.register("distill", _distill)
+PRESETS.register("wide", _wide)
 PRESETS.register("vit", _vit)
 PRESETS.register("none", list)
 
 
 def preset(name: str) -> Transform:
-    """The named transform set: ``standard`` (lucid), ``distill`` (the appendix), ``vit`` (light,
-    for transformers), ``none``..."""
+    """The named transform set: ``standard`` (lucid), ``distill`` (the appendix), ``wide`` (scale
+    0.6-1.4), ``vit`` (light, for transformers), ``none``..."""
     return compose(PRESETS.get(name)())

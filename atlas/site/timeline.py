@@ -3,16 +3,19 @@
 Read from the timeline store (`<out>/timeline`, atlas.timeline) one layer at a time: a page per
 layer (CKA between consecutive checkpoints, one row per channel with a sparkline and what
 happened to it) and a page per channel (filmstrips of the optimized image by index and following
-the match, curves of its activation statistics). Curves are inline SVG: no request leaves the
-page, and a 1,024-channel layer page stays small because each row carries one short polyline.
+the match, each scanned checkpoint's top dataset examples, curves of its activation statistics).
+Curves are inline SVG: no request leaves the page, and a 1,024-channel layer page stays small
+because each row carries one short polyline; example thumbnails load lazily, four per checkpoint.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from jinja2 import Environment
 
 from atlas.site.slugs import layer_slugs
@@ -23,6 +26,7 @@ PROBE_COLUMNS = ["layer", "channel", "max", "mean", "active"]
 STATS = (("max", "max activation"), ("mean", "mean activation"), ("active", "fraction of positions active"))
 ALERTS = ("died", "born", "changed")
 EXAMPLES_SHOWN = 4  # top dataset examples per scanned checkpoint on a channel page
+EXAMPLE_COLUMNS = ["channel", "bucket", "rank", "thumb"]
 ALERTS_SHOWN = 12  # per layer and kind on the index; the layer page lists them all
 CURVE_W, CURVE_H, SPARK_W, SPARK_H = 240, 64, 80, 16
 
@@ -166,26 +170,49 @@ def _write_images(store: Store, series: Sequence[Checkpoint], layer: TimelineLay
         timeline.followed = [None if c is None else srcs.get((p, c)) for p, c in enumerate(timeline.follow)]
 
 
-def _write_examples(job_store: Store, series: Sequence[Checkpoint], layer: TimelineLayer, root: Path) -> None:
-    """Top dataset examples of the checkpoint the job itself scanned (the job's weights), if any."""
-    digest = job_store.job().get("model_digest")
-    positions = [p for p, c in enumerate(series) if c.digest == digest]
-    if not positions or layer.name not in job_store.layers("examples"):
-        return
-    position, folder = positions[-1], root / TIMELINE_DIR / layer.slug
+def _write_examples(
+    store: Store, job_store: Store, series: Sequence[Checkpoint], layer: TimelineLayer, root: Path
+) -> None:
+    """Each scanned checkpoint's top dataset examples (thumbnails), as files.
+
+    A checkpoint's own examples units come from the timeline store; a checkpoint the timeline did
+    not scan shows the job's examples when the job itself ran on its weights (`atlas run`).
+    """
     by_channel = {t.channel: t for t in layer.channels}
-    for table in job_store.read_layer("examples", layer.name, columns=["channel", "bucket", "rank", "crop"]):
-        for row in table.to_pylist():
-            timeline = by_channel.get(row["channel"])
-            if timeline is None or row["bucket"] != "max" or row["rank"] >= EXAMPLES_SHOWN:
-                continue
-            folder.mkdir(parents=True, exist_ok=True)
-            name = f"ex-{position}-{row['channel']}-{row['rank']}.png"
-            (folder / name).write_bytes(row["crop"])
-            timeline.examples.setdefault(position, []).append(f"{TIMELINE_DIR}/{layer.slug}/{name}")
-    for timeline in layer.channels:
-        for crops in timeline.examples.values():
-            crops.sort(key=lambda src: int(src.rsplit("-", 1)[1].split(".")[0]))
+    folder = root / TIMELINE_DIR / layer.slug
+    found: dict[tuple[int, int], list[tuple[int, str]]] = {}
+
+    def add(position: int, tables: Iterable[pa.Table]) -> None:
+        for table in tables:
+            top = pc.and_(
+                pc.equal(table.column("bucket"), "max"), pc.less(table.column("rank"), EXAMPLES_SHOWN)
+            )
+            for row in table.filter(top).to_pylist():
+                if row["channel"] not in by_channel:
+                    continue
+                folder.mkdir(parents=True, exist_ok=True)
+                name = f"ex-{position}-{row['channel']}-{row['rank']}.png"
+                (folder / name).write_bytes(row["thumb"])
+                found.setdefault((position, row["channel"]), []).append(
+                    (row["rank"], f"{TIMELINE_DIR}/{layer.slug}/{name}")
+                )
+
+    for position, checkpoint in enumerate(series):
+        keys = [k for k in checkpoint.examples_keys if _unit_of(store, k, layer.name)]
+        add(position, (store.read_unit(k, "examples", columns=EXAMPLE_COLUMNS) for k in keys))
+    scanned = {position for position, _ in found}
+    digest = job_store.job().get("model_digest")
+    positions = [p for p, c in enumerate(series) if c.digest == digest and p not in scanned]
+    if positions and layer.name in job_store.layers("examples"):
+        add(positions[-1], job_store.read_layer("examples", layer.name, columns=EXAMPLE_COLUMNS))
+    for (position, channel), crops in found.items():
+        by_channel[channel].examples[position] = [src for _, src in sorted(crops)]
+
+
+def _unit_of(store: Store, key: str, layer: str) -> bool:
+    """Whether `key` is a finished unit of `layer` in the store."""
+    entry = store.entry(key)
+    return entry is not None and entry.layer == layer and is_done(store, key)
 
 
 def build_timeline(
@@ -212,7 +239,7 @@ def build_timeline(
         if layer is None:
             continue
         _write_images(store, series, layer, root)
-        _write_examples(job_store, series, layer, root)
+        _write_examples(store, job_store, series, layer, root)
         page = {"labels": labels, "layer": layer, "current": None, "curve": curve, **common}
         env.get_template("timeline_layer.html").stream(
             spark=(SPARK_W, SPARK_H), size=(CURVE_W, CURVE_H), **page

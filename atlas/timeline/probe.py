@@ -4,6 +4,14 @@ Per channel it keeps what the timeline plots (max, mean, fraction of positions a
 decides a dead unit (standard deviation over every probe position) and a signature (the
 activations at fixed sampled positions of every probe image) that matching and CKA compare
 across checkpoints. The positions are drawn from the seed, so every checkpoint is sampled alike.
+
+Token layers (ViTs) are read per token position, like a map's spatial positions: the model
+hands back the patch tokens as a (C, H, W) grid (atlas.models.layout) and the class token as
+its own 1 x 1 layer, `<layer>@cls`. A per-image mean over tokens would hide what matching needs:
+a feature that fires on one patch and one that fires weakly everywhere would look alike, and a
+probe set of N images would give N samples per unit instead of N x positions. The class token
+stays out of the patch statistics because its role (a summary of the image) differs from every
+patch's. Token outputs whose patch grid is unknown are read with every token as one position.
 """
 
 from __future__ import annotations
@@ -108,10 +116,12 @@ def probe_model(
                 act = outputs[model.resolve_layer(layer)].float().cpu().numpy()
                 if act.ndim == 2:  # (B, C): one position per image
                     act = act[:, :, None, None]
+                elif act.ndim == 3:  # (B, N, C) tokens without a patch grid: each token a position
+                    act = act.transpose(0, 2, 1)[..., None]
                 if act.ndim != 4:
                     raise ValueError(
                         f"layer {layer!r} outputs shape {tuple(act.shape)}: timelines read (B, C, H, W) "
-                        "maps or (B, C) vectors; choose a convolutional layer"
+                        "maps, (B, N, C) tokens or (B, C) vectors; choose another layer"
                     )
                 if layer not in picks:
                     picks[layer] = sample_positions(act.shape[2], act.shape[3], positions, seed)

@@ -41,6 +41,10 @@ class Checkpoint:
     probe_key: str = ""
     match_key: str = ""  # the match with the previous checkpoint ("" for the first)
     render_keys: tuple[str, ...] = field(default_factory=tuple)
+    scan_keys: tuple[str, ...] = field(default_factory=tuple)  # its dataset scans, one per shard
+    examples_keys: tuple[str, ...] = field(default_factory=tuple)  # its top examples, per layer chunk
+    size: int = -1  # the file's size and mtime when its digest was taken: a rerun that finds the
+    mtime_ns: int = -1  # same path, size and mtime reuses the digest instead of loading the weights
 
     @property
     def label(self) -> str:
@@ -108,12 +112,17 @@ def series_table(series: Sequence[Checkpoint]) -> pa.Table:
             "probe_key": [c.probe_key for c in series],
             "match_key": [c.match_key for c in series],
             "render_keys": [list(c.render_keys) for c in series],
+            "scan_keys": [list(c.scan_keys) for c in series],
+            "examples_keys": [list(c.examples_keys) for c in series],
+            "size": [c.size for c in series],
+            "mtime_ns": [c.mtime_ns for c in series],
         },
         schema=SERIES_SCHEMA,
     )
 
 
 def series_from_table(table: pa.Table) -> list[Checkpoint]:
+    """The checkpoints of a stored series (one written before a column existed reads its default)."""
     rows = sorted(table.to_pylist(), key=lambda r: r["position"])
     return [
         Checkpoint(
@@ -123,6 +132,10 @@ def series_from_table(table: pa.Table) -> list[Checkpoint]:
             probe_key=r["probe_key"],
             match_key=r["match_key"],
             render_keys=tuple(r["render_keys"]),
+            scan_keys=tuple(r.get("scan_keys") or ()),
+            examples_keys=tuple(r.get("examples_keys") or ()),
+            size=r.get("size", -1),
+            mtime_ns=r.get("mtime_ns", -1),
         )
         for r in rows
     ]

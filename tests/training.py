@@ -1,0 +1,43 @@
+"""Checkpoints and photos for timeline tests: tiny-cnn trained a few steps, random photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from atlas.models.registry import build
+
+
+def train_checkpoints(folder: Path, epochs: int) -> list[Path]:
+    """tiny-cnn trained a few steps per epoch on synthetic images (class = the brightest colour)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    module, _ = build("tiny-cnn", "none")
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.05)
+    paths = []
+    for epoch in range(1, epochs + 1):
+        for _ in range(2):
+            images = torch.rand(8, 3, 64, 64)
+            labels = images.mean(dim=(2, 3)).argmax(dim=1)
+            loss = torch.nn.functional.cross_entropy(module(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        path = folder / f"epoch-{epoch}.pt"
+        torch.save(module.state_dict(), path)
+        paths.append(path)
+    return paths
+
+
+def write_photos(folder: Path, count: int = 8) -> Path:
+    """A tiny examples source: the probe set and, for the scanned checkpoints, the dataset."""
+    if folder.is_dir():  # rewritten photos would be new data: every scan and probe again
+        return folder
+    folder.mkdir(parents=True)
+    for i in range(count):
+        pixels = np.random.default_rng(i).integers(0, 255, (40, 40, 3), np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    return folder
