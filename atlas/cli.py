@@ -37,8 +37,8 @@ def _progress(total: int):
     bar = tqdm(total=total, unit="unit", desc="atlas", dynamic_ncols=True, file=sys.stderr)
 
     def tick(unit, outcome: str) -> None:
-        if outcome == "skipped":  # already done: leave it out, or the rate and ETA would count it
-            bar.total -= 1
+        if outcome in ("skipped", "planned"):  # skipped: already done, left out of the rate and ETA
+            bar.total += 1 if outcome == "planned" else -1  # planned: a unit found during the run
             bar.refresh()
         else:
             bar.set_postfix_str(f"{outcome} {unit.label}", refresh=False)

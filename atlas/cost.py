@@ -172,7 +172,7 @@ class Spend:
         def checked(unit: Unit, outcome: str) -> None:
             if tick:
                 tick(unit, outcome)
-            if outcome != "skipped":
+            if outcome in ("done", "failed"):  # not "skipped" or "planned": nothing ran
                 self.check()
 
         return checked

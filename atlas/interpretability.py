@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from atlas.store import Store
+from atlas.unitwalk import UnitWalk, layer_units
 
 FEATURE_SIZE = 32  # every image is compared at this size: renders and crops differ in size
 COLOUR_BINS = 4  # per channel: a 4x4x4 joint RGB histogram
@@ -157,27 +158,41 @@ def layer_proxies(store: Store, layer: str, features: FeatureSpace = image_stati
     Optimized references are the channel's positive pictures (channel, neuron, diversity), the
     negative one is its negative optimized picture; example references and queries come from the
     `max` and `min` buckets. Channel -> {"optimized": ForcedChoice | None, "examples": ...}.
+    Pictures are read a unit at a time (`atlas.unitwalk`), never the whole layer's.
     """
-    examples = store.read("examples", layer, ["channel", "bucket", "rank", "crop"])
-    if examples is None:
-        return {}
-    buckets: dict[int, dict[str, list[tuple[int, bytes]]]] = {}
-    for row in examples.to_pylist():
-        if row["channel"] >= 0 and row["bucket"] in ("max", "min"):
-            buckets.setdefault(row["channel"], {"max": [], "min": []})[row["bucket"]].append(
-                (row["rank"], row["crop"])
-            )
-    pictures: dict[int, tuple[list[bytes], list[bytes]]] = {}
-    renders = store.read("render", layer, ["channel", "objective", "image"])
-    for row in renders.to_pylist() if renders is not None else []:
-        if row["channel"] in buckets and row["objective"] in POSITIVE_OBJECTIVES + ("negative",):
-            positive, negative = pictures.setdefault(row["channel"], ([], []))
-            (negative if row["objective"] == "negative" else positive).append(row["image"])
+    # channel -> group (max, min, positive, negative) -> [(rank, unit key, row)]
+    found: dict[int, dict[str, list[tuple[int, str, int]]]] = {}
+    for key in layer_units(store, "examples", layer):
+        table = store.read_unit(key, "examples", ["channel", "bucket", "rank"])
+        columns = (table.column(name).to_pylist() for name in ("channel", "bucket", "rank"))
+        for row, (channel, bucket, rank) in enumerate(zip(*columns, strict=True)):
+            if channel >= 0 and bucket in ("max", "min"):
+                groups = found.setdefault(channel, {"max": [], "min": [], "positive": [], "negative": []})
+                groups[bucket].append((rank, key, row))
+    for key in layer_units(store, "render", layer):
+        table = store.read_unit(key, "render", ["channel", "objective"])
+        columns = (table.column(name).to_pylist() for name in ("channel", "objective"))
+        for row, (channel, objective) in enumerate(zip(*columns, strict=True)):
+            if channel in found and objective in POSITIVE_OBJECTIVES + ("negative",):
+                found[channel]["negative" if objective == "negative" else "positive"].append((0, key, row))
+    channels = list(found)
+    steps = [[(_KINDS[g], key) for g, items in found[c].items() for _, key, _ in items] for c in channels]
+    walk = UnitWalk(store, steps, {"examples": "crop", "render": "image"})
     proxies = {}
-    for channel, ranked in buckets.items():
-        top, bottom = ([decode(png) for _, png in sorted(ranked[b])] for b in ("max", "min"))
-        positive, negative = pictures.get(channel, ([], []))
+    for step, channel in enumerate(channels):
+        images = {
+            group: [decode(walk.picture(_KINDS[group], key, row)) for _, key, row in sorted(items, key=_rank)]
+            for group, items in found[channel].items()
+        }
         proxies[channel] = unit_proxy(
-            [decode(p) for p in positive], [decode(p) for p in negative], top, bottom, features
+            images["positive"], images["negative"], images["max"], images["min"], features
         )
+        walk.done(step)
     return proxies
+
+
+_KINDS = {"max": "examples", "min": "examples", "positive": "render", "negative": "render"}
+
+
+def _rank(item: tuple[int, str, int]) -> int:
+    return item[0]

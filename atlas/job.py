@@ -24,7 +24,7 @@ from atlas.report import JobResult
 from atlas.retention import apply_retention
 from atlas.site.columns import atlas_columns, columns_json
 from atlas.skipped import count_reasons, read_skipped
-from atlas.spec import JobSpec, check_against_model, spec_to_dict
+from atlas.spec import JobSpec, LayerSpec, check_against_model, spec_to_dict
 from atlas.storage import is_uri
 from atlas.store import Store, open_store
 
@@ -83,6 +83,7 @@ def job_info(prepared: Prepared, started: str, finished: str | None = None) -> d
                 "height": info.height if info else 0,
                 "width": info.width if info else 0,
                 "layout": info.layout if info else "map",
+                **({"names": _direction_names(layer, total)} if layer.dictionary else {}),
             }
         )
     return {
@@ -98,6 +99,13 @@ def job_info(prepared: Prepared, started: str, finished: str | None = None) -> d
         "columns": columns_json(atlas_columns()),  # the site's row, from the objective registry
         "provenance": provenance(str(pick_device())),  # this node; each shard names its worker's
     }
+
+
+def _direction_names(layer: LayerSpec, total: int) -> list[str]:
+    """A dictionary layer's direction names, which the site shows beside the channel numbers."""
+    from atlas.actatlas.dictionary import DICTIONARY_MARK, load_dictionary
+
+    return list(load_dictionary(layer.dictionary, layer.name.split(DICTIONARY_MARK)[0], total).names)
 
 
 def merged_scan(spec: JobSpec, store: Store, scan_keys: tuple[str, ...]) -> PartialScan:
@@ -197,12 +205,30 @@ def run_atlases(runner: UnitRunner, prepared: Prepared) -> set[str]:
     """Phase three: the activation atlases of the finished scans; returns the keys it owns."""
     spec = prepared.spec
     unfinished = set(runner.store.pending(prepared.plan.scan_keys))
-    finished = tuple(key for key in prepared.plan.scan_keys if key not in unfinished)
+    finished = [u for u in prepared.plan.units if u.kind == "scan" and u.key not in unfinished]
     if not spec.activation_atlas.layers or not finished:
         return set()
     from atlas.actatlas.stage import run_atlas
 
-    return run_atlas(spec, prepared.facts.digest, runner.store, finished, runner.run, runner.force)
+    def tick(unit: Unit, outcome: str) -> None:  # the driver's own units count like executed ones
+        if outcome in ("done", "skipped"):
+            setattr(runner.result, outcome, getattr(runner.result, outcome) + 1)
+        if runner.tick:
+            runner.tick(unit, outcome)
+
+    context = (prepared.model, prepared.source)
+    store, force = runner.store, runner.force
+    return run_atlas(spec, prepared.facts.digest, store, finished, runner.run, context, force, tick)
+
+
+def atlas_units(prepared: Prepared, store: Store) -> list[Unit]:
+    """The activation-atlas units known before the stage runs (icons of stored grids only)."""
+    if not prepared.spec.activation_atlas.layers:
+        return []
+    from atlas.actatlas.stage import planned_units
+
+    scans = [u for u in prepared.plan.units if u.kind == "scan"]
+    return planned_units(prepared.spec, prepared.facts.digest, store, scans)
 
 
 def run_job(
@@ -212,7 +238,11 @@ def run_job(
     only: tuple[str, ...] | None = None,
     progress: Callable[[int], Callable[[Unit, str], None]] | None = None,
 ) -> JobResult:
-    """Run a job end to end. `only` limits the unit kinds (e.g. scan + examples for `atlas scan`)."""
+    """Run a job end to end. `only` limits the unit kinds (e.g. scan + examples for `atlas scan`).
+
+    `progress(total)` gives the callback that hears of each unit: "done", "failed", "skipped"
+    (already stored) or "planned" (a unit found during the run, beyond `total`: atlas icons).
+    """
     local = not is_uri(spec.out)  # the output-folder rules (atlas.outdir) are for local folders
     if local:
         spec = spec.replace(out=check_output(spec.out, spec.name))  # before any work, even the model
@@ -228,6 +258,8 @@ def run_job(
     total = sum(only is None or u.kind in only for u in prepared.plan.units)
     if with_examples:
         total += len(examples_units(spec, prepared.facts, prepared.plan.scan_keys))
+    if only is None:  # icons of grids computed during the run are announced then ("planned")
+        total += len(atlas_units(prepared, store))
     tick = progress(total) if progress else None
     runner = UnitRunner(spec, store, JobResult(out=spec.out), force, tick)
     try:
@@ -275,10 +307,7 @@ def job_status(spec: JobSpec) -> dict[str, list[str]]:
     wanted = list(prepared.plan.units)
     if not store.pending(prepared.plan.scan_keys):
         wanted += examples_units(spec, prepared.facts, prepared.plan.scan_keys)
-        if spec.activation_atlas.layers:
-            from atlas.actatlas.stage import planned_units
-
-            wanted += planned_units(spec, prepared.facts.digest, store, prepared.plan.scan_keys)
+        wanted += atlas_units(prepared, store)
     todo = set(store.pending([u.key for u in wanted], verify=True))
     status: dict[str, list[str]] = {"done": [], "pending": [], "failed": [], "stale": []}
     for unit in wanted:

@@ -19,7 +19,9 @@ from atlas.work import DirectionsWork, ExamplesWork, PairWork, RenderWork, ScanW
 
 # Bump when a part's output changes for the same inputs: every unit of that kind is recomputed.
 CODE_VERSIONS = {"render": "3", "directions": "3", "pair": "3", "scan": "1", "examples": "1", "probe": "1"}
-CODE_VERSIONS.update({"atlas_layout": "1", "atlas_grid": "1", "icons": "2"})  # atlas.actatlas.stage
+CODE_VERSIONS.update(
+    {"atlas_layout": "1", "atlas_grid": "1", "icons": "2", "atlas_images": "1", "atlas_places": "1"}
+)  # atlas.actatlas.stage
 
 # Channels per examples unit: bounds the size of one result (crops and thumbnails are PNG bytes).
 EXAMPLES_CHANNELS_PER_UNIT = 64

@@ -5,7 +5,8 @@ atomics in some backward kernels add in any order, so two runs of the same unit 
 in the last bits, and 512 optimization steps can grow that into visibly different pictures that
 excite their channel just as much. Content keys therefore name *what* was computed, and
 provenance names *where*: every shard a worker writes carries its environment in the Parquet
-schema metadata (key ``atlas.provenance``), and job.json carries the driver's.
+schema metadata (key ``atlas.provenance``), and job.json carries the driver's. When two runs of
+a unit count as the same: `run_differences` (bitwise on CPUs, a tolerance on activations on GPUs).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 METADATA_KEY = b"atlas.provenance"
 # Two renders of one unit agree when each image's activation differs by at most this fraction
@@ -53,6 +53,8 @@ def _nvidia_driver() -> str | None:
 @functools.cache
 def provenance(device: str = "cpu") -> dict[str, str | None]:
     """torch, CUDA, cuDNN and driver versions and the device (with its name on CUDA)."""
+    import torch  # here: readers of stores import this module and need no torch
+
     dev = torch.device(device)
     cuda = dev.type == "cuda" and torch.cuda.is_available()
     cudnn = torch.backends.cudnn.version() if cuda else None
@@ -79,6 +81,29 @@ def read_provenance(path: str | Path) -> dict | None:
     metadata = pq.read_schema(path).metadata or {}
     raw = metadata.get(METADATA_KEY)
     return json.loads(raw) if raw else None
+
+
+def table_provenance(table: pa.Table) -> dict | None:
+    """The environment a table was computed in, from its metadata; None if it has none."""
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    return json.loads(raw) if raw else None
+
+
+def computed_on(table: pa.Table) -> str | None:
+    """The device a table was computed on ("cpu", "cuda:0"); None if unknown."""
+    return (table_provenance(table) or {}).get("device")
+
+
+def run_differences(first: pa.Table, second: pa.Table) -> list[str]:
+    """Why two results of one unit do not count as the same run (empty: they do).
+
+    Computed on CPUs both times, a unit is deterministic: the tables must be equal, pixels
+    included. Computed on a GPU either time (or where unknown), render tables are held to
+    `render_differences`: the same rows, activations within a tolerance.
+    """
+    if computed_on(first) == computed_on(second) == "cpu":
+        return [] if first.equals(second) else ["the tables differ, and on CPUs two runs are identical"]
+    return render_differences(first, second)
 
 
 def render_differences(first: pa.Table, second: pa.Table, rtol: float = ACTIVATION_RTOL) -> list[str]:

@@ -4,10 +4,12 @@ The pipeline, per job::
 
     pending shards (ids only) -> decode + resize (CPU tasks, as many as the cluster has CPUs)
         -> BatchScanner on an actor pool (one actor per GPU; loads the model once)
-        -> one PartialScan per shard -> the driver commits it as that shard's scan unit
+        -> one PartialScan per shard, staged in the store by its actor -> the driver commits it
 
-Ray Data streams it: a bounded number of decoded shards is in flight whatever the dataset's size,
-and the driver sees one small partial per shard, never pixels.
+Ray Data streams it: a bounded number of decoded shards is in flight whatever the dataset's size.
+When the actors reach the store (a bucket, or a one-machine cluster; `workers_write`) each stages
+its shard's tables itself and hands the driver only their small records, as render workers do;
+otherwise the driver receives the tables and stages them.
 
 The unit of resumption is today's scan unit, one dataset shard under its content key: a shard's
 images travel together through both stages, so its partial is computed whole inside one actor
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,14 +37,15 @@ import ray
 from atlas.autoscale import GPUS
 from atlas.data import ImageSource, SkippedInput, decode_for_model
 from atlas.examples import BatchScanner, PartialScan
-from atlas.execute import ExecuteError, WorkerPlan, connect, plan_workers
+from atlas.execute import ExecuteError, WorkerPlan, connect, plan_workers, workers_write
 from atlas.plan import Unit
 from atlas.provenance import provenance, with_provenance
 from atlas.report import JobResult
 from atlas.skipped import KIND as SKIPPED
 from atlas.skipped import skipped_table
 from atlas.spec import ExecuteSpec, JobSpec
-from atlas.store import Store, UnitRecord
+from atlas.storage import open_location
+from atlas.store import Store, UnitRecord, write_shards
 from atlas.work import ScanWork
 
 # Partials merged per task of the tree reduction: the tree has log_8(shards) levels.
@@ -134,9 +138,16 @@ def scan_directions(model: Any, work: ScanWork) -> dict | None:
 
 
 class ShardScanner:
-    """Actor stage: holds the model and scores every shard it is handed, one partial per shard."""
+    """Actor stage: holds the model and scores every shard it is handed, one partial per shard.
 
-    def __init__(self, spec: JobSpec, work: ScanWork, device: str):
+    With a `store_uri` it stages each shard's tables in the store and returns their records
+    ("shards"); else it returns the tables ("tables") for the driver to write. Credentials for
+    a bucket come from this node's own environment, never from the driver.
+    """
+
+    def __init__(
+        self, spec: JobSpec, work: ScanWork, device: str, keys: Sequence[str], store_uri: str | None = None
+    ):
         import torch
 
         from atlas.models import load_model, pick_device
@@ -161,12 +172,20 @@ class ShardScanner:
         )
         self.provenance = provenance(str(model.device))
         self.size = model.input_size
+        self.keys = keys
+        self.location = open_location(store_uri) if store_uri else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        partials, seconds, vectors = [], [], []
-        for ids_json, sizes_json, raw, counts_json in zip(
-            batch["ids"], batch["sizes"], batch["pixels"], batch["counts"], strict=True
-        ):  # skipped images pass by: the driver stores them as their own table
+        outputs, seconds = [], []
+        for shard, ids_json, sizes_json, raw, counts_json, skipped_json in zip(
+            batch["shard"],
+            batch["ids"],
+            batch["sizes"],
+            batch["pixels"],
+            batch["counts"],
+            batch["skipped"],
+            strict=True,
+        ):
             start = time.perf_counter()
             ids = json.loads(ids_json)
             pixels = np.frombuffer(raw, np.uint8).reshape(len(ids), self.size, self.size, 3)
@@ -182,33 +201,40 @@ class ShardScanner:
             if ids:
                 stats["scanned"] += len(ids)
             partial = replace(partial, stats=dict(sorted(stats.items())))
-            partials.append(_ipc_bytes(with_provenance(partial.to_table(), self.provenance)))
-            if self.collector:
-                vectors.append(_ipc_bytes(self.collector.sample.to_table("")))
+            key = self.keys[int(shard)]
+            skipped = [SkippedInput(*item) for item in json.loads(skipped_json)]
+            vectors = self.collector.sample.to_table("") if self.collector else None
+            tables = shard_tables(key, with_provenance(partial.to_table(), self.provenance), skipped, vectors)
+            if self.location is None:
+                outputs.append(pickle.dumps(("tables", tables)))
+            else:
+                outputs.append(pickle.dumps(("shards", write_shards(self.location, key, tables))))
             seconds.append(time.perf_counter() - start)
         return {
             "shard": batch["shard"],
-            "skipped": batch["skipped"],
-            "partial": np.array(partials, dtype=object),
+            "output": np.array(outputs, dtype=object),
             "seconds": np.array(seconds, np.float64),
-            "vectors": np.array(vectors or [b""] * len(partials), dtype=object),
         }
+
+
+def shard_tables(
+    key: str, scan: pa.Table, skipped: Sequence[SkippedInput], vectors: pa.Table | None
+) -> dict[str, pa.Table]:
+    """A scan unit's tables: its partial scan, the images it skipped and, for an activation atlas,
+    its sampled vectors, all keyed to the unit (the actor's environment rides in the metadata)."""
+    tables = {
+        "scan": scan,
+        SKIPPED: skipped_table(skipped, key).replace_schema_metadata(scan.schema.metadata),
+    }
+    if vectors is not None:
+        keys = pa.array([key] * vectors.num_rows, pa.string())
+        tables["vectors"] = vectors.set_column(vectors.schema.get_field_index("unit_key"), "unit_key", keys)
+    return tables
 
 
 def _decode_memory(shard_size: int, size: int) -> int:
     """Bytes one decoding task holds: a worker with torch imported, its shard's pixels twice over."""
     return 512 * 2**20 + 2 * shard_size * size * size * 3
-
-
-def _ipc_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def _ipc_table(data: bytes) -> pa.Table:
-    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
 def decoded_shards(source: ImageSource, units: Sequence[Unit], input_size: int, decoders: int) -> Any:
@@ -239,9 +265,13 @@ def scan_dataset(
     units: Sequence[Unit],
     input_size: int,
     plan: ScanPlan,
-) -> Iterable[tuple[Unit, dict[str, pa.Table], float]]:
-    """Stream each scan unit's tables (partial scan, skipped images) and compute seconds as its
-    shard finishes."""
+    store_uri: str | None = None,
+) -> Iterable[tuple[Unit, str, dict, float]]:
+    """Stream each scan unit as its shard finishes: (unit, form, output, compute seconds).
+
+    With a `store_uri` the actors stage the unit's shards (form "shards", output their records);
+    else form is "tables" and output the tables (partial scan, skipped images) to write.
+    """
     import ray.data
 
     actors = plan.actors
@@ -251,23 +281,17 @@ def scan_dataset(
         compute=ray.data.ActorPoolStrategy(size=actors.count),
         num_cpus=actors.cpus,
         num_gpus=actors.gpus,
-        fn_constructor_kwargs={"spec": spec, "work": units[0].work, "device": actors.device},
+        fn_constructor_kwargs={
+            "spec": spec,
+            "work": units[0].work,
+            "device": actors.device,
+            "keys": [unit.key for unit in units],
+            "store_uri": store_uri,
+        },
     )
     for row in scanned.iter_rows():
-        unit = units[int(row["shard"])]
-        skipped = [SkippedInput(*item) for item in json.loads(row["skipped"])]
-        scan = _ipc_table(row["partial"])  # the actor's environment travels in its metadata
-        tables = {
-            "scan": scan,
-            SKIPPED: skipped_table(skipped, unit.key).replace_schema_metadata(scan.schema.metadata),
-        }
-        if row["vectors"]:  # the sampled vectors of an activation atlas, keyed to their unit here
-            vectors = _ipc_table(row["vectors"])
-            keys = pa.array([unit.key] * vectors.num_rows, pa.string())
-            tables["vectors"] = vectors.set_column(
-                vectors.schema.get_field_index("unit_key"), "unit_key", keys
-            )
-        yield unit, tables, float(row["seconds"])
+        form, output = pickle.loads(row["output"])  # written by our own actors just now
+        yield units[int(row["shard"])], form, output, float(row["seconds"])
 
 
 def run_scans(
@@ -290,9 +314,10 @@ def run_scans(
     connect(spec.execute)
     plan = plan or cluster_scan_plan(spec.execute)
     finished: set[str] = set()
+    store_uri = store.uri if workers_write(store) else None
     try:
-        for unit, tables, seconds in scan_dataset(spec, source, units, input_size, plan):
-            shards = store.write_shards(unit.key, tables)
+        for unit, form, output, seconds in scan_dataset(spec, source, units, input_size, plan, store_uri):
+            shards = output if form == "shards" else store.write_shards(unit.key, output)
             store.commit(UnitRecord.done(unit.key, unit.kind, unit.layer, shards, seconds=seconds))
             finished.add(unit.key)
             result.done += 1

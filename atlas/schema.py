@@ -160,6 +160,33 @@ ATLAS_CELLS_SCHEMA = pa.schema(
     ]
 )
 
+ATLAS_IMAGES_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("grid", pa.int32()),
+        ("cell", pa.int32()),
+        ("source_id", pa.string()),
+        ("position", pa.int32()),
+        ("image", pa.binary()),
+        ("unit_key", pa.string()),
+    ]
+)
+
+ATLAS_PLACES_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("atlas_layer", pa.string()),
+        ("grid", pa.int32()),
+        ("cell", pa.int32()),
+        ("direction", pa.int32()),
+        ("projection", pa.float32()),
+        ("cosine", pa.float32()),
+        ("cell_rank", pa.int32()),
+        ("place_rank", pa.int32()),
+        ("unit_key", pa.string()),
+    ]
+)
+
 ICONS_SCHEMA = pa.schema(
     [
         ("layer", pa.string()),
@@ -354,6 +381,37 @@ TABLES = {
             "mean": "the cell's mean activation vector (empty when dropped)",
             "source_ids": "up to 8 images that fell in the cell",
             "unit_key": "the grid unit",
+        },
+    ),
+    "atlas_images": StoredTable(
+        ATLAS_IMAGES_SCHEMA,
+        "one row per image listed in a kept cell's `source_ids`; one shard per atlas layer and grid size",
+        {
+            "layer": "layer name",
+            "grid": "grid size",
+            "cell": "the cell",
+            "source_id": "the image",
+            "position": "as in `vectors`",
+            "image": "PNG thumbnail (64 px) of the layer's receptive field around the position "
+            "(the whole centered square for vector layers)",
+            "unit_key": "the atlas images unit",
+        },
+    ),
+    "atlas_places": StoredTable(
+        ATLAS_PLACES_SCHEMA,
+        "one row per (cell, dictionary direction) pair that is among the cell's top 5 directions by "
+        "projection or the direction's top 3 cells by cosine; one shard per dictionary and grid size",
+        {
+            "layer": "the dictionary layer (`<layer>@<file>:<hash>`)",
+            "atlas_layer": "the layer whose activation atlas holds the cell",
+            "grid": "grid size",
+            "cell": "the cell",
+            "direction": "row of the dictionary (its channel on the dictionary layer)",
+            "projection": "the cell's mean vector projected on the direction (its activation there)",
+            "cosine": "cosine of the cell's mean vector with the direction",
+            "cell_rank": "rank of the direction among the cell's directions by projection (-1: not in the top)",
+            "place_rank": "rank of the cell among the direction's cells by cosine (-1: not in the top)",
+            "unit_key": "the atlas places unit",
         },
     ),
     "icons": StoredTable(

@@ -93,8 +93,31 @@ class Location:
             infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
         except FileNotFoundError:
             return {}
-        cut = len(self.root) + 1
-        return {i.path[cut:]: i.size for i in infos if i.type == pafs.FileType.File}
+        root = self.root.strip("/")  # fsspec's memory:// lists "/bucket/...": compare without slashes
+        cut = len(root) + 1 if root else 0
+        return {i.path.strip("/")[cut:]: i.size for i in infos if i.type == pafs.FileType.File}
+
+    def etags(self, prefix: str) -> dict[str, tuple[int, str]]:
+        """Every file under `prefix` with its size and ETag ("" where none is known), in one listing.
+
+        pyarrow's listing gives sizes only; on s3:// the same listing through boto3 (the `s3`
+        extra) also gives each object's ETag, the MD5 of its bytes for a single-part upload.
+        """
+        if self.scheme != "s3":
+            return {rel: (size, "") for rel, size in self.sizes(prefix).items()}
+        try:
+            import boto3
+        except ImportError:
+            return {rel: (size, "") for rel, size in self.sizes(prefix).items()}
+        bucket, _, key = self.path(prefix).partition("/")
+        cut = len(self.root) - len(bucket)  # object keys lack the bucket and its slash
+        pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{key}/")
+        return {
+            item["Key"][cut:]: (item["Size"], item.get("ETag", "").strip('"'))
+            for page in pages
+            for item in page.get("Contents", [])
+            if not item["Key"].endswith("/")
+        }
 
     # -- writing ----------------------------------------------------------------------------
     def write_bytes(self, rel: str, data: bytes, headers: dict[str, str] | None = None) -> None:
@@ -166,7 +189,7 @@ def open_location(out: str | os.PathLike) -> Location:
     if scheme == "s3":
         filesystem: pafs.FileSystem = _s3()
     elif scheme in ("gs", "gcs"):
-        filesystem = pafs.GcsFileSystem()
+        filesystem = _gcs()
     else:
         filesystem = _fsspec(scheme)
     return Location(filesystem, rest.rstrip("/"), target, local=False, scheme=scheme)
@@ -186,6 +209,16 @@ def _s3() -> pafs.S3FileSystem:
         parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
         options.update(endpoint_override=parts.netloc, scheme=parts.scheme)
     return pafs.S3FileSystem(**options)
+
+
+def _gcs() -> pafs.GcsFileSystem:
+    """GCS with Google's default credentials; STORAGE_EMULATOR_HOST (the variable Google's own
+    client libraries read, e.g. `http://127.0.0.1:9023`) points it at an emulator, anonymously."""
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    if not emulator:
+        return pafs.GcsFileSystem()
+    parts = urlsplit(emulator if "://" in emulator else f"http://{emulator}")
+    return pafs.GcsFileSystem(anonymous=True, endpoint_override=parts.netloc, scheme=parts.scheme)
 
 
 def _s3_put_if_absent(path: str, data: bytes) -> bool:

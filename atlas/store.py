@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from atlas.errors import AtlasError
 from atlas.journal import LEGACY_MANIFEST, Journal
 from atlas.lease import Lease
+from atlas.provenance import table_provenance
 from atlas.storage import Location, open_location, parse_out
 
 MANIFEST = LEGACY_MANIFEST
@@ -97,6 +98,11 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _md5(data: bytes) -> str:
+    """What S3 reports as a single-part object's ETag: lets a rerun check content by listing."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
 def table_to_parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
@@ -114,7 +120,8 @@ def _dumps(entry: UnitRecord) -> str:
 
 
 def write_shards(location: Location, key: str, tables: dict[str, pa.Table]) -> dict[str, dict]:
-    """Stage a unit's tables (dot names, invisible to readers); return {table_kind: {path, staged, sha256, size, rows}}."""
+    """Stage a unit's tables (dot names, invisible to readers); return {table_kind: {path, staged,
+    sha256, md5, size, rows, provenance}}."""
     token = uuid.uuid4().hex[:12]
     written = {}
     for table_kind, table in tables.items():
@@ -125,9 +132,12 @@ def write_shards(location: Location, key: str, tables: dict[str, pa.Table]) -> d
             "path": f"{SHARDS}/{table_kind}/{key}.parquet",
             "staged": staged,
             "sha256": _sha256(data),
+            "md5": _md5(data),
             "size": len(data),
             "rows": table.num_rows,
         }
+        if (info := table_provenance(table)) is not None:  # the unit's record names it too
+            written[table_kind]["provenance"] = info
     return written
 
 
@@ -205,29 +215,32 @@ class Store:
 
     # -- state of units ---------------------------------------------------------------------
     def pending(self, keys: Iterable[str], force: bool = False, verify: bool = False) -> list[str]:
-        """Keys not finished, or whose shards are missing or of another size than recorded.
+        """Keys not finished, or whose shards are missing, of another size or (S3) another ETag.
 
-        One listing of shards/ answers for every key: no shard is downloaded. `verify` also reads
-        every shard and checks its checksum (what `verify(keys)` does).
+        One listing of shards/ answers for every key: no shard is downloaded, except one whose
+        ETag is not the recorded MD5 (multipart uploads and SSE-KMS have other ETags), which is
+        read and checked by its sha256. `verify` also reads every shard and checks its checksum
+        (what `verify(keys)` does).
         """
         keys = list(keys)
         if force:
             return keys
-        sizes = self.location.sizes(SHARDS)
-        todo = {key for key in keys if not self._intact(key, sizes)}
+        listing = self.location.etags(SHARDS)
+        todo = {key for key in keys if not self._intact(key, listing)}
         if verify:
             todo |= set(self.verify(key for key in keys if key not in todo))
         return [key for key in keys if key in todo]
 
-    def _intact(self, key: str, sizes: dict[str, int]) -> bool:
+    def _intact(self, key: str, listing: dict[str, tuple[int, str]]) -> bool:
         entry = self._entries.get(key)
         if entry is None or entry.status != "done":
             return False
         for info in entry.tables.values():
-            size = sizes.get(info["path"])
+            size, etag = listing.get(info["path"], (None, ""))
             if size is None or ("size" in info and size != info["size"]):
                 return False
-            if "size" not in info and not self._checksum_ok(info):  # a store written before sizes
+            trusted = "size" in info and (not etag or "md5" not in info or etag == info["md5"])
+            if not trusted and not self._checksum_ok(info):  # before sizes, or an ETag that differs
                 return False
         return True
 

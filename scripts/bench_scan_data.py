@@ -131,7 +131,7 @@ def bench_model(model: str, folder: Path, out: Path, count: int, shard_size: int
     for decoders in (1, 2):
         plan = ScanPlan(WorkerPlan(1, 1.0, 0.0), decoders)
         scanned = scan_dataset(prepared.spec, prepared.source, units, size, plan)
-        figures[f"scan{decoders}"] = rate(len(unit.inputs.source_ids) for unit, _, _ in scanned)
+        figures[f"scan{decoders}"] = rate(len(unit.inputs.source_ids) for unit, _, _, _ in scanned)
     return figures
 
 

@@ -6,7 +6,12 @@ then builds the site in a child process and reports wall time, peak RSS and the 
 page. A second child builds a store holding only the largest layer: if the full build's peak
 RSS is close to that one, memory is bounded by a layer, not by the atlas.
 
+With `--before REV` it writes only the largest layer's store and builds its site twice, with the
+builder of git revision REV (its `atlas/` exported to a temporary folder) and with this tree, so
+two versions' peak RSS compare in one run.
+
     python scripts/bench_site.py [--out bench-out/site] [--image-size 32] [--crop-size 24]
+    python scripts/bench_site.py --layers inception5b --image-size 128 --crop-size 96 --noise 8 --before main
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +33,7 @@ from atlas.site.workers import auto_workers
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic-store fixture
 from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 ISSUE_CHANNEL_COUNT = 5484  # the figure the issue quotes for InceptionV1
 
 # VmHWM is the peak RSS of this process image only (ru_maxrss would inherit the parent's peak).
@@ -34,12 +41,15 @@ CHILD = """
 import json, re, sys, time
 from pathlib import Path
 from atlas.site import build_site
+imported_kib = int(re.search(r"VmRSS:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
 start, cpu = time.perf_counter(), time.process_time()
-index = build_site(Path(sys.argv[1]))
+site, workers = (sys.argv[2:] + ["", ""])[:2]
+index = build_site(Path(sys.argv[1]), Path(site) if site else None, int(workers) if workers else None)
 seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
 status = Path("/proc/self/status").read_text()
 peak_kib = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
-print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_mib": peak_kib / 1024, "index": str(index)}))
+print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_mib": peak_kib / 1024, "imported_mib": imported_kib / 1024,
+                  "index": str(index)}))
 """
 
 
@@ -53,9 +63,14 @@ def googlenet_mixed_layers() -> list[SyntheticLayer]:
     ]
 
 
-def build_in_child(out: Path) -> dict:
-    """Build the site in a fresh interpreter so its peak RSS is the builder's alone."""
-    result = subprocess.run([sys.executable, "-c", CHILD, str(out)], capture_output=True, text=True)
+def build_in_child(
+    out: Path, code: Path = ROOT, site: Path | None = None, workers: int | None = None
+) -> dict:
+    """Build the site in a fresh interpreter, importing `atlas` from `code`, so its peak RSS is
+    the builder's alone; `site` (a fresh folder) keeps it from reusing an earlier build's sprites."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    command = [sys.executable, "-c", CHILD, str(out), str(site or ""), str(workers or "")]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=code, env=env)
     if result.returncode != 0:
         sys.exit(f"building the site of {out} failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -64,6 +79,44 @@ def build_in_child(out: Path) -> dict:
 def load_average() -> str:
     """The machine is shared: the load says how much of the wall time was waiting for a core."""
     return " ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def fresh_store(store: Path, layers: list[SyntheticLayer], options: SyntheticOptions) -> None:
+    """A new synthetic store at `store`, deleting only what an earlier run of this script wrote."""
+    if store.exists():
+        claim_output(store, "bench-site")  # refuses a folder the atlas did not write
+        remove(store, within=store.parent)
+    claim_output(store, "bench-site")
+    write_synthetic_store(store, layers, options, model="torchvision:googlenet")
+
+
+def compare(
+    store: Path, layer: SyntheticLayer, options: SyntheticOptions, before: str, workers: int | None
+) -> None:
+    """Peak RSS of building one layer's site with git revision `before` and with this tree."""
+    start = time.perf_counter()
+    fresh_store(store, [layer], options)
+    shards, size = folder_size(store / "shards")
+    print(
+        f"store of {layer.name} written in {time.perf_counter() - start:.1f} s: {shards} shards, {size / 1e6:.0f} MB"
+    )
+    with tempfile.TemporaryDirectory() as code:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", before, "atlas"], capture_output=True, check=True
+        )
+        subprocess.run(["tar", "-x", "-C", code], input=archive.stdout, check=True)
+        old = build_in_child(store, Path(code), store / "site-before", workers)
+    new = build_in_child(store, ROOT, store / "site-after", workers)
+    print(
+        f"peak RSS building {layer.name} ({layer.channels} channels, images {options.image_size} px, crops "
+        f"{options.crop_size} px, k={options.examples_k}, noise {options.noise:g}, workers {workers or 'auto'}) into a fresh folder: {old['peak_mib']:.0f} MiB with "
+        f"{before} ({old['seconds']:.1f} s), {new['peak_mib']:.0f} MiB with this tree ({new['seconds']:.1f} s); "
+        f"load average {load_average()}"
+    )
+    print(
+        f"  of which importing the builder (before reading anything): {old['imported_mib']:.0f} MiB with {before}, "
+        f"{new['imported_mib']:.0f} MiB with this tree"
+    )
 
 
 def folder_size(path: Path) -> tuple[int, int]:
@@ -78,7 +131,14 @@ def main() -> None:
     parser.add_argument("--crop-size", type=int, default=24)
     parser.add_argument("--examples-k", type=int, default=10)
     parser.add_argument("--diversity", type=int, default=4)
+    parser.add_argument(
+        "--noise", type=float, default=0.0, help="pixel noise: 8 makes PNGs as large as renderings"
+    )
     parser.add_argument("--layers", help="comma-separated subset, e.g. inception4a (default: all nine)")
+    parser.add_argument("--workers", type=int, help="sprite processes (default: the builder's choice)")
+    parser.add_argument(
+        "--before", metavar="REV", help="compare git revision REV with this tree on the largest layer"
+    )
     args = parser.parse_args()
 
     layers = googlenet_mixed_layers()
@@ -98,17 +158,15 @@ def main() -> None:
         diversity=args.diversity,
         bins=32,
         channels_per_unit=64,
+        noise=args.noise,
     )
-    for name in ("atlas", "largest"):  # fresh stores, deleting only what an earlier run wrote
-        store = args.out / name
-        if store.exists():
-            claim_output(store, "bench-site")  # refuses a folder the atlas did not write
-            remove(store, within=args.out)
-        claim_output(store, "bench-site")
     largest = max(layers, key=lambda layer: layer.channels)
+    if args.before:
+        compare(args.out / "largest", largest, options, args.before, args.workers)
+        return
     start = time.perf_counter()
-    write_synthetic_store(args.out / "atlas", layers, options, model="torchvision:googlenet")
-    write_synthetic_store(args.out / "largest", [largest], options, model="torchvision:googlenet")
+    fresh_store(args.out / "atlas", layers, options)
+    fresh_store(args.out / "largest", [largest], options)
     print(
         f"synthetic stores written in {time.perf_counter() - start:.1f} s "
         f"(images {args.image_size} px, crops {args.crop_size} px, k={args.examples_k}, "

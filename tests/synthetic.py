@@ -50,26 +50,29 @@ class SyntheticOptions:
     interpolation_steps: int = 5
     failed_layers: tuple[str, ...] = ()
     quality: bool = True  # render units also write their quality record
+    noise: float = 0.0  # pixel noise in every image (see _pattern_png)
     seed: int = 0
 
 
 class PatternPool:
     """A fixed number of distinct PNG patterns per size, reused round-robin."""
 
-    def __init__(self, seed: int, pool: int = 97):
+    def __init__(self, seed: int, pool: int = 97, noise: float = 0.0):
         self.seed = seed
         self.pool = pool
+        self.noise = noise
         self._cache: dict[tuple[int, int], bytes] = {}
 
     def png(self, size: int, index: int) -> bytes:
         key = (size, index % self.pool)
         if key not in self._cache:
-            self._cache[key] = _pattern_png(size, key[1] + self.seed * self.pool)
+            self._cache[key] = _pattern_png(size, key[1] + self.seed * self.pool, self.noise)
         return self._cache[key]
 
 
-def _pattern_png(size: int, index: int) -> bytes:
-    """A colourful oriented stripe pattern, different for every index."""
+def _pattern_png(size: int, index: int, noise: float = 0.0) -> bytes:
+    """A colourful oriented stripe pattern, different for every index; `noise` (the standard
+    deviation of added pixel noise) makes the PNG as large as a real rendering's."""
     rng = np.random.default_rng(index)
     ys, xs = np.mgrid[0:size, 0:size] / max(size, 1)
     angle, frequency = rng.uniform(0, np.pi), rng.uniform(2, 9)
@@ -77,6 +80,8 @@ def _pattern_png(size: int, index: int) -> bytes:
     colour_a, colour_b = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
     mix = (wave[..., None] + 1) / 2
     pixels = (mix * colour_a + (1 - mix) * colour_b) * 255
+    if noise:
+        pixels = np.clip(pixels + rng.normal(0, noise, pixels.shape), 0, 255)
     buffer = io.BytesIO()
     Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -96,7 +101,7 @@ def write_synthetic_store(
     """Write job.json, manifest and shards for `layers` into `out`, like a finished run would."""
     options = options or SyntheticOptions()
     store = Store(out)
-    pool = PatternPool(options.seed)
+    pool = PatternPool(options.seed, noise=options.noise)
     store.write_job(
         {
             "name": job_name,

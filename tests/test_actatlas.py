@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -250,3 +252,68 @@ def test_token_layers_give_vectors_and_dictionaries_like_maps(tmp_path) -> None:
     rows = [["a.png", "b.png"].index(i) for i in sample.ids]  # each layer samples its own position
     base = positions(outputs["blocks.0"])[rows, sample.positions[layer.name]].numpy()
     np.testing.assert_allclose(sample.vectors[layer.name], base, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow  # shares the UMAP compile with test_planted_clusters_stay_apart (same process)
+def test_atlas_runs_end_to_end_on_a_vit_token_layer() -> None:
+    """Collect, layout, grid, icons (with classes) and thumbnails on a ViT's token layer.
+
+    Token layers come from the model as patch maps, so each image gives one hash-chosen patch
+    token; the class token is never sampled.
+    """
+    pytest.importorskip("umap")
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from atlas.actatlas.images import THUMB_SIZE, thumbnails
+    from atlas.actatlas.layout import LayoutSettings, layout
+    from atlas.actatlas.stage import IconsWork, icons_tables
+    from atlas.plan import make_unit
+    from atlas.spec import RenderSpec
+
+    model = load_model("timm:deit_tiny_patch16_224", weights="none")
+    assert model.layout("blocks.1").kind == "tokens"
+    source = open_source("demo")
+    shard = ShardRef(0, tuple(source.ids()[:16]))
+    _, sample = collect_shard(model, ["blocks.1"], source, shard, size=100, k=1, batch_size=16)
+    vectors, chosen = sample.vectors["blocks.1"], sample.positions["blocks.1"]
+    assert vectors.shape == (16, 192) and chosen.max() < 14 * 14  # patches only
+    name = sample.ids[0]
+    pixels = np.asarray(source.load(name).convert("RGB").resize((224, 224)), np.float32) / 255
+    patches = model.activations(torch.from_numpy(pixels).permute(2, 0, 1)[None], ["blocks.1"])["blocks.1"]
+    np.testing.assert_allclose(vectors[0], positions(patches)[0, chosen[0]].numpy(), atol=0.2, rtol=0.1)
+    coords = layout(vectors, LayoutSettings(n_neighbors=5, max_fit=12))  # 4 placed by `transform`
+    assert coords.shape == (16, 2) and np.isfinite(coords).all()
+    cells = grid(coords, vectors, 2, min_count=2)
+    assert cells.counts.sum() == 16 and len(cells.kept) >= 2
+    settings = replace(RenderSpec(), steps=2, size=224, batch=4)  # a ViT takes 224 x 224 only
+    work = IconsWork("grid-key", 2, settings, 2.0)
+    unit = make_unit("digest", "blocks.1", cells.kept.tolist(), work, inputs=(cells.means, vectors.mean(0)))
+    icons = icons_tables(model, unit, work)["icons"]
+    assert icons.column("cell").to_pylist() == cells.kept.tolist()
+    assert all(0 <= c < 1000 for c in icons.column("class").to_pylist())  # through the rest of the ViT
+    assert np.isfinite(icons.column("cosine").to_numpy()).all()
+    assert Image.open(io.BytesIO(icons.column("image")[0].as_py())).size == (224, 224)
+    thumbs = thumbnails(model, "blocks.1", source, [(name, int(chosen[0]))])
+    assert Image.open(io.BytesIO(thumbs[(name, int(chosen[0]))])).size == (THUMB_SIZE, THUMB_SIZE)
+
+
+def test_places_rank_directions_per_cell_by_projection_and_cells_per_direction_by_cosine() -> None:
+    from atlas.actatlas.places import places
+
+    means = np.array([[4.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0]], np.float32)
+    directions = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], np.float32)
+    found = places(np.array([10, 11, 12]), means, directions, top=1, places_per_direction=1)
+    rows = {
+        (int(c), int(d)): (int(r), int(p))
+        for c, d, r, p in zip(found.cell, found.direction, found.cell_rank, found.place_rank, strict=True)
+    }
+    # cell 12's mean has projection 1 on both axes (tie: the first direction); by cosine the
+    # loud cell 10 is direction 0's place and cell 11 direction 1's, though cell 10 projects 4.
+    assert rows[(10, 0)] == (0, 0) and rows[(11, 1)] == (0, 0) and rows[(12, 0)] == (0, -1)
+    assert rows[(10, 2)] == (-1, 0)  # direction 2 points nowhere: its best cell is still listed
+    assert len(rows) == 4
+    np.testing.assert_allclose(
+        found.cosine[(found.cell == 12) & (found.direction == 0)], [2**-0.5], rtol=1e-6
+    )

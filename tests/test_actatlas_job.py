@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from PIL import Image
 from raytools import local_ray, tiny_spec_text
 
-from atlas.job import job_status, run_job
+from atlas.actatlas.images import THUMB_SIZE
+from atlas.job import job_status, prepare, run_job
 from atlas.spec import parse_spec
 from atlas.store import Store
 
@@ -44,8 +47,26 @@ def test_atlas_stage_stores_layout_cells_icons_and_reruns_only_what_changed(tmp_
     np.save(tmp_path / "eye.npy", np.eye(32, dtype=np.float32))  # conv3 of tiny-cnn has 32 channels
     dictionary = f'[[layers]]\nname = "conv3"\nchannels = "0:2"\ndictionary = "{tmp_path / "eye.npy"}"\n'
     spec = _spec(tmp_path / "out", dictionary)
+    ticks: list[tuple[str, str]] = []
+    totals: list[int] = []
+
+    def progress(total: int):
+        totals.append(total)
+        return lambda unit, outcome: ticks.append((unit.kind, outcome))
+
     with local_ray():
-        assert run_job(spec, build=False).ok
+        assert run_job(spec, build=False, progress=progress).ok
+        finished = [kind for kind, outcome in ticks if outcome in ("done", "skipped", "failed")]
+        planned = [kind for kind, outcome in ticks if outcome == "planned"]
+        assert len(finished) == totals[0] + len(planned)  # every unit is in the total, atlas ones too
+        assert planned and set(planned) == {"icons"}  # icons are known once their grid is computed
+        total, count = totals[0], 0
+        for kind, outcome in ticks[:-1]:  # a progress bar never reaches its total before the end
+            total += outcome == "planned"
+            count += outcome != "planned"
+            assert count < total, f"{count} of {total} units finished at {kind} {outcome}"
+        atlas_kinds = {"atlas_layout", "atlas_grid", "atlas_images", "atlas_places", "icons"}
+        assert atlas_kinds <= set(finished)
         store = Store(spec.out)
         points = store.read("atlas_layout", "conv3")
         cells = store.read("atlas_grid", "conv3")
@@ -55,7 +76,8 @@ def test_atlas_stage_stores_layout_cells_icons_and_reruns_only_what_changed(tmp_
         assert pa.compute.sum(cells.column("count")).as_py() == points.num_rows  # binning conserves counts
         kept = cells.filter(pa.compute.field("kept"))
         assert sorted(icons.column("cell").to_pylist()) == sorted(kept.column("cell").to_pylist())
-        before = {kind: _units(store, kind) for kind in ("atlas_layout", "atlas_grid", "icons")}
+        kinds = ("atlas_layout", "atlas_grid", "icons", "atlas_images", "atlas_places")
+        before = {kind: _units(store, kind) for kind in kinds}
         status = job_status(spec)
         assert status["stale"] == [] and status["pending"] == [] and status["failed"] == []
         assert sum(label.startswith("icons conv3") for label in status["done"]) == len(before["icons"])
@@ -68,13 +90,27 @@ def test_atlas_stage_stores_layout_cells_icons_and_reruns_only_what_changed(tmp_
         ]
         assert sorted(named) == sorted(basis) and basis  # a one-hot dictionary: the channels' examples
 
+        thumbs = store.read("atlas_images", "conv3")
+        listed = [(r["cell"], i) for r in kept.to_pylist() for i in r["source_ids"]]
+        assert sorted(
+            zip(thumbs["cell"].to_pylist(), thumbs["source_id"].to_pylist(), strict=True)
+        ) == sorted(listed)
+        assert Image.open(io.BytesIO(thumbs["image"][0].as_py())).size == (THUMB_SIZE, THUMB_SIZE)
+        (name,) = [layer.name for layer in prepare(spec).spec.layers if layer.dictionary]
+        placed = store.read("atlas_places", name).to_pylist()
+        means = {r["cell"]: np.asarray(r["mean"]) for r in kept.to_pylist()}
+        firsts = {r["cell"]: r["direction"] for r in placed if r["cell_rank"] == 0}
+        assert firsts == {c: int(m.argmax()) for c, m in means.items()}  # one-hot: the top basis channel
+
+        (tmp_path / "eye.names.txt").write_text("".join(f"unit {i}\n" for i in range(32)))  # new hash
         wider = _spec(tmp_path / "out", dictionary)
         wider = wider.replace(activation_atlas=replace(spec.activation_atlas, grids=(4, 6)))
         assert run_job(wider, build=False).ok
         after = {kind: _units(Store(spec.out), kind) for kind in before}
     assert after["atlas_layout"] == before["atlas_layout"]  # same layout, not recomputed
-    for kind in ("atlas_grid", "icons"):
+    for kind in ("atlas_grid", "icons", "atlas_images"):
         assert set(before[kind]) < set(after[kind])  # the old grid's units kept as they were...
         assert all(after[kind][k] == v for k, v in before[kind].items())
+    assert len(after["atlas_places"]) == 2 and not set(before["atlas_places"]) & set(after["atlas_places"])
     grids = set(Store(spec.out).read("atlas_grid", "conv3").column("grid").to_pylist())
     assert grids == {4, 6}  # ...and the new size added

@@ -2,8 +2,11 @@
 
 Ray's `AutoscalingCluster` helper runs `ray stop --force` (it would kill every Ray on this shared
 machine) and needs an example file the wheel lacks, so the fixture starts the same fake cluster
-itself: a head started with an autoscaling config whose provider is `fake_multinode` (worker
-"nodes" are raylets on this machine), with its own port and temp dir, killed by that dir.
+itself: a head started with an autoscaling config whose provider is Ray's fake multinode one
+(worker "nodes" are raylets on this machine), with its own port and temp dir, killed by that dir.
+The provider is tests/fakeprovider.py's subclass: with Ray's own, a fake node whose raylet dies
+on a loaded machine is never replaced and the job waits out its start timeout (see there). The
+test failed only after other modules: see the auth-mode reset in the fixture.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from pathlib import Path
 
 import pytest
 import ray
-from raytools import tiny_spec
+from ray._private.authentication_test_utils import reset_auth_token_state
+from ray.experimental.internal_kv import _internal_kv_get
+from raytools import env_with_tests_on_path, tiny_spec
 from test_cluster_submit import free_ports, kill_processes_naming
 
+import atlas.execute as execute_module
 from atlas.autoscale import ScaleUpError
 from atlas.job import run_job
 
@@ -35,7 +41,8 @@ def fake_config(gcs: str) -> dict:
         "cluster_name": "atlas-fake",
         "max_workers": 1,
         "provider": {
-            "type": "fake_multinode",
+            "type": "external",
+            "module": "fakeprovider.LivenessCheckedFakeProvider",
             "gcs_address": gcs,
             "use_node_id_as_ip": True,
             "disable_node_updaters": True,
@@ -48,7 +55,7 @@ def fake_config(gcs: str) -> dict:
         "head_node_type": "ray.head.default",
         "auth": {},
         "upscaling_speed": 1.0,
-        "idle_timeout_minutes": 0.2,  # 12 s: idle GPU nodes go soon after the job
+        "idle_timeout_minutes": 0.1,  # 6 s: idle GPU nodes go soon after the job
         "docker": {},
         **{key: [] for key in ("initialization_commands", "setup_commands", "head_setup_commands")},
         **{
@@ -73,19 +80,27 @@ def cluster():
     gcs = f"{ray.util.get_node_ip_address()}:{gcs_port}"
     config = root / "autoscaling.json"
     config.write_text(json.dumps(fake_config(gcs)))
-    env = os.environ | {
+    env = env_with_tests_on_path() | {  # the autoscaler imports the provider from tests/
         "RAY_FAKE_CLUSTER": "1",
         "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+        "AUTOSCALER_HEARTBEAT_TIMEOUT_S": "10",  # a fake node that died is replaced within seconds
         "RAY_AUTH_MODE": "disabled",
     }
     env.pop("RAY_ADDRESS", None)
     start = [
         "ray", "start", "--head", f"--port={gcs_port}", f"--autoscaling-config={config}", "--num-cpus=1",
-        f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={agent}", f"--temp-dir={root}",
+        "--include-dashboard=false", f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={agent}",
+        f"--temp-dir={root}",
         "--disable-usage-stats",
     ]  # fmt: skip
-    saved = os.environ.get("ATLAS_AUTOSCALING_CONFIG")
-    os.environ["ATLAS_AUTOSCALING_CONFIG"] = str(config)
+    # Once any local Ray started in this process (another test module), Ray 2.60 leaves it in
+    # token-auth mode (RAY_AUTH_MODE=token, and its C++ config read from it). A driver in that
+    # mode rejects the GCS's unauthenticated calls to it, and the GCS of this cluster (started
+    # without auth) then takes every actor the driver owns for out of scope and cancels it
+    # before it starts: the job lost its workers and failed, after other modules only.
+    saved = {name: os.environ.get(name) for name in ("ATLAS_AUTOSCALING_CONFIG", "RAY_AUTH_MODE")}
+    os.environ.update(ATLAS_AUTOSCALING_CONFIG=str(config), RAY_AUTH_MODE="disabled")
+    reset_auth_token_state()
     try:
         subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
         yield gcs
@@ -94,22 +109,31 @@ def cluster():
             ray.shutdown()
         kill_processes_naming(str(root))
         shutil.rmtree(root, ignore_errors=True)
-        if saved is None:
-            os.environ.pop("ATLAS_AUTOSCALING_CONFIG", None)
-        else:
-            os.environ["ATLAS_AUTOSCALING_CONFIG"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        reset_auth_token_state()
+
+
+def gpu_node_ids() -> set[str]:
+    return {n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0) > 0}
 
 
 def gpu_nodes() -> int:
-    return sum(1 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0) > 0)
+    return len(gpu_node_ids())
 
 
-@pytest.mark.skipif(
-    os.environ.get("ATLAS_TEST_SCALE_UP") != "1",
-    reason="opt-in (ATLAS_TEST_SCALE_UP=1): on Ray's fake multinode provider the GPU node sometimes goes "
-    "away while the worker starts and the job waits out its start timeout; too flaky for CI until fixed",
-)
-def test_a_job_scales_gpu_nodes_up_from_zero_and_back_down(cluster: str, tmp_path: Path) -> None:
+def unit_worker_nodes() -> set[str]:
+    """The nodes the job's UnitWorker actors ran on, from the GCS's actor table."""
+    actors = ray._private.state.actors().values()
+    return {a["Address"]["NodeID"] for a in actors if a["ActorClassName"].endswith("UnitWorker")}
+
+
+def test_a_job_scales_gpu_nodes_up_from_zero_and_back_down(
+    cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = tiny_spec(
         tmp_path / "out",
         channels="0:2",
@@ -120,10 +144,22 @@ def test_a_job_scales_gpu_nodes_up_from_zero_and_back_down(cluster: str, tmp_pat
     try:
         ray.init(address=cluster, log_to_driver=False)
         assert gpu_nodes() == 0
+        seen: set[str] = set()  # the GPU nodes up when the job plans its workers
+        plan = execute_module.cluster_worker_plan
+
+        def planning(execute):
+            chosen = plan(execute)  # returns once the autoscaler has added the GPU nodes
+            seen.update(gpu_node_ids())
+            return chosen
+
+        monkeypatch.setattr(execute_module, "cluster_worker_plan", planning)
         result = run_job(spec, build=False)
         assert result.ok and result.done == 2, result.failed
-        deadline = time.monotonic() + 90
-        while gpu_nodes() and time.monotonic() < deadline:  # the request is withdrawn: idle nodes go
+        assert seen, "the job planned its workers before a GPU node was added"
+        assert unit_worker_nodes() and unit_worker_nodes() <= seen  # the units ran on the added nodes
+        assert json.loads(_internal_kv_get(b"autoscaler_resource_request")) == []  # request withdrawn
+        deadline = time.monotonic() + 60
+        while gpu_nodes() and time.monotonic() < deadline:  # so the idle GPU nodes go
             time.sleep(1)
         assert gpu_nodes() == 0, "the GPU node stayed up after the job withdrew its request"
     finally:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import duckdb
@@ -19,15 +20,15 @@ import pytest
 import ray
 from click.testing import CliRunner
 from PIL import Image
-from raytools import local_ray
+from raytools import env_with_tests_on_path, local_ray, write_spec
 from s3server import SECRET, s3_server
 
 from atlas.cli import main
 from atlas.lease import LeaseError
 from atlas.publish import publish_site
 from atlas.spec import parse_spec
-from atlas.storage import LocationError, parse_out
-from atlas.store import Store
+from atlas.storage import Location, LocationError, parse_out
+from atlas.store import Store, StoreError
 
 
 @pytest.fixture(scope="module")
@@ -112,19 +113,27 @@ def test_second_driver_gets_a_clear_message(s3):
     second.release()
 
 
-def test_corrupted_object_is_found_by_verify_and_recomputed(s3):
+def test_corrupted_or_missing_object_is_recomputed_never_used(s3, monkeypatch):
     store = Store("s3://atlas/corrupt")
-    for i in range(3):
+    for i in range(4):
         store.write_unit(f"k{i}", "render", "l1", table(4))
     store.flush()
-    key = "corrupt/shards/render/k1.parquet"
-    data = bytearray(s3.objects()[key])
-    data[len(data) // 2] ^= 0xFF
-    s3.client().put_object(Bucket=s3.bucket, Key=key, Body=bytes(data))
-    assert Store("s3://atlas/corrupt").pending(["k0", "k1", "k2"]) == []  # sizes match: trusted
+    keys = ["k0", "k1", "k2", "k3"]
+    damaged = "corrupt/shards/render/k1.parquet"
+    data = bytearray(s3.objects()[damaged])
+    data[len(data) // 2] ^= 0xFF  # same size: only the ETag (the MD5) tells
+    s3.client().put_object(Bucket=s3.bucket, Key=damaged, Body=bytes(data))
+    s3.client().delete_object(Bucket=s3.bucket, Key="corrupt/shards/render/k2.parquet")
+    reads: list[str] = []
+    read_bytes = Location.read_bytes
+    monkeypatch.setattr(Location, "read_bytes", lambda self, rel: reads.append(rel) or read_bytes(self, rel))
+    assert Store("s3://atlas/corrupt").pending(keys) == ["k1", "k2"]
+    assert [r for r in reads if r.startswith("shards/")] == ["shards/render/k1.parquet"]  # no other download
+    with pytest.raises(StoreError, match="damaged"):
+        Store("s3://atlas/corrupt").read_unit("k1", "render")  # a reader never uses it either
     result = CliRunner().invoke(main, ["verify", "s3://atlas/corrupt"])
-    assert result.exit_code == 1 and "2 of 3 units intact" in result.output and "damaged" in result.output
-    assert Store("s3://atlas/corrupt").pending(["k0", "k1", "k2"]) == ["k1"]  # recomputed next run
+    assert result.exit_code == 1 and "2 of 4 units intact" in result.output and "damaged" in result.output
+    assert Store("s3://atlas/corrupt").pending(keys) == ["k1", "k2"]  # forgotten: recomputed next run
 
 
 def test_duckdb_and_pandas_read_committed_shards(s3):
@@ -234,19 +243,15 @@ def test_tiny_job_into_a_bucket_reruns_nothing_and_publishes(s3, tmp_path, monke
     spec_path = tmp_path / "job.toml"
     spec_path.write_text(JOB.format(photos=photos))
 
-    driver_write = Store.write_shards
-
-    def no_images_from_the_driver(self, key, tables):
-        # Ray Data scans hand each shard's partial (ids and activations, no images) to the driver,
-        # which commits it; every table that holds images must be written by a worker.
-        for table in tables.values():
-            images = [f.name for f in table.schema if pa.types.is_binary(f.type) and table.num_rows]
-            assert not images, f"workers reach the bucket: {images} must not pass through the driver"
-        return driver_write(self, key, tables)
+    def driver_writes(self, key, tables):
+        raise AssertionError(
+            f"workers reach the bucket: unit {key}'s {sorted(tables)} passed through the driver"
+        )
 
     with local_ray():
         with monkeypatch.context() as patch:
-            patch.setattr(Store, "write_shards", no_images_from_the_driver)
+            # Every shard (renders, scan partials, examples) is staged by a Ray worker or scan actor.
+            patch.setattr(Store, "write_shards", driver_writes)
             first = CliRunner().invoke(main, ["run", str(spec_path)])
         assert first.exit_code == 0, first.output
         assert "6 units done, 0 already done" in first.output  # 3 renders, 2 scans, 1 examples
@@ -269,3 +274,46 @@ def test_tiny_job_into_a_bucket_reruns_nothing_and_publishes(s3, tmp_path, monke
     assert SECRET not in first.output + second.output
     written = [p for p in [*tmp_path.rglob("*"), *session.rglob("*")] if p.is_file() and not p.is_symlink()]
     assert not [p for p in written if secret in p.read_bytes()]
+
+
+@pytest.mark.slow
+def test_driver_killed_mid_job_rerun_completes_the_bucket_store(s3, tmp_path, monkeypatch):
+    """A real `atlas run` into a bucket, killed once a group is committed; the rerun does the rest."""
+    total = 12
+    spec_path = write_spec(
+        tmp_path / "slow.toml",
+        "s3://atlas/killed-job",
+        model="module:faultmodels:slow_cnn",
+        layer="slow",
+        channels=f"0:{total}",
+        steps=8,
+    )
+    monkeypatch.setenv("ATLAS_TEST_SLOW_FORWARD", "0.4")  # read by the workers Ray starts below
+    with local_ray() as address:
+        log = tmp_path / "driver.log"
+        env = env_with_tests_on_path() | {"RAY_ADDRESS": address}
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "atlas.cli", "run", str(spec_path), "--no-site"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("w"),
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while not Store("s3://atlas/killed-job").entries():  # the first group is put (10 s)
+                assert driver.poll() is None, log.read_text()[-2000:]
+                assert time.monotonic() < deadline, "the driver committed no group in 180 s"
+                time.sleep(0.5)
+        finally:
+            driver.kill()
+            driver.wait()
+        survived = len(Store("s3://atlas/killed-job").entries())
+        assert 0 < survived < total, "kill the driver mid-run: slow the units down if this fails"
+        rerun = CliRunner().invoke(main, ["run", str(spec_path), "--no-site"])
+    assert rerun.exit_code == 0, rerun.output
+    assert f"{total - survived} units done, {survived} already done" in rerun.output
+    store = Store("s3://atlas/killed-job")
+    named = {info["path"] for e in store.entries() for info in e.tables.values()}
+    assert len(store.entries()) == total and all(e.status == "done" for e in store.entries())
+    left = {k.removeprefix("killed-job/") for k in s3.objects() if k.startswith("killed-job/shards/")}
+    assert left == named  # nothing staged, nothing the dead driver wrote without a record

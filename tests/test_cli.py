@@ -1,5 +1,6 @@
 """The command line: bad input fails before any work with one clear line; listing commands work."""
 
+import pytest
 from click.testing import CliRunner
 
 from atlas.cli import main
@@ -60,3 +61,18 @@ def test_unknown_model_is_one_line():
     assert (
         result.exit_code == 2 and "unknown model" in result.output and "efficientnet-lite0" in result.output
     )
+
+
+def test_progress_total_grows_with_units_planned_during_the_run(capsys: pytest.CaptureFixture[str]) -> None:
+    from atlas.cli import _progress
+    from atlas.plan import Unit
+    from atlas.spec import RenderSpec
+    from atlas.work import RenderWork
+
+    unit = Unit("conv2", (0,), "r", RenderWork(RenderSpec()))
+    tick = _progress(2)
+    tick(unit, "skipped")  # 1 left
+    tick(unit, "planned")  # an icons unit found once its grid was computed: 2
+    tick(unit, "done")
+    tick(unit, "done")
+    assert "2/2" in capsys.readouterr().err.replace(" ", "")

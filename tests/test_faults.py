@@ -23,8 +23,9 @@ from faultmodels import POISONED_CHANNEL
 from raytools import env_with_tests_on_path, local_ray, manifest_units, tiny_spec, write_spec
 
 from atlas.cli import main
-from atlas.execute import Executor, WorkerPlan
+from atlas.execute import MAX_LOST_BEFORE_START_PER_WORKER, ExecuteError, Executor, WorkerPlan
 from atlas.job import UnitRunner, prepare, run_job
+from atlas.provenance import run_differences
 from atlas.report import JobResult
 from atlas.spec import load_spec
 from atlas.store import Store
@@ -131,6 +132,36 @@ def test_killed_worker_is_replaced_and_each_unit_written_once(executor, tmp_path
     assert max(e.attempts for e in reread.entries()) == 2
 
 
+@ray.remote
+class DiesBeforeStart:
+    """A worker whose process ends while it starts, as one on a node that goes away would."""
+
+    def __init__(self, *_args) -> None:
+        os._exit(1)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def test_workers_lost_before_they_start_stop_the_job_after_the_bound(cluster, tmp_path, monkeypatch):
+    spec = tiny_spec(tmp_path / "out", channels="0:2", steps=2, workers=1)
+    monkeypatch.setattr("atlas.execute.UnitWorker", DiesBeforeStart)
+    pool = Executor(spec, WorkerPlan(1, cpus=1, gpus=0), start_timeout=120)
+    created = []
+    new_worker = pool._new_worker
+    monkeypatch.setattr(pool, "_new_worker", lambda: created.append(1) or new_worker())
+    lost = MAX_LOST_BEFORE_START_PER_WORKER + 1
+    try:
+        with pytest.raises(ExecuteError, match=rf"{lost} workers were lost before they started") as err:
+            pool.run(prepare(spec).plan.units, Store(spec.out))
+    finally:
+        pool.shutdown()
+    assert "their nodes keep going away" in str(err.value)  # the problem
+    assert "idle_timeout_minutes" in str(err.value)  # and where the fix lies
+    assert len(created) == MAX_LOST_BEFORE_START_PER_WORKER  # replaced that often, then stopped
+    assert manifest_units(spec.out) == []  # nothing ran, nothing recorded as failed
+
+
 def test_nan_unit_is_recorded_failed_and_the_others_finish(cluster, tmp_path):
     spec_path = write_spec(
         tmp_path / "poison.toml",
@@ -211,4 +242,4 @@ def test_killed_driver_rerun_computes_only_missing_units(cluster, executor, tmp_
     killed, reference = read_shards(tmp_path / "killed"), read_shards(tmp_path / "clean")
     assert killed.keys() == reference.keys()
     for key, table in reference.items():
-        assert killed[key].equals(table), f"unit {key} differs from the uninterrupted run"
+        assert run_differences(killed[key], table) == [], f"unit {key} differs from the uninterrupted run"

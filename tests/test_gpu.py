@@ -19,8 +19,9 @@ from atlas.optvis import make_param, render, render_channels
 from atlas.optvis import objectives as obj
 from atlas.optvis.autobatch import DEFAULT_CAP, pass_capacity
 from atlas.plan import ModelFacts, make_plan
-from atlas.provenance import render_differences
+from atlas.provenance import run_differences
 from atlas.spec import RenderSpec, parse_spec
+from atlas.store import Store
 from atlas.units import UnitFailed, make_context, run_unit
 
 pytestmark = [
@@ -92,7 +93,31 @@ def test_nan_in_half_precision_is_a_failed_unit():
 def test_two_runs_on_the_gpu_count_as_the_same():
     first = _unit_tables("tiny-cnn", "conv2")["render"]
     second = _unit_tables("tiny-cnn", "conv2")["render"]
-    assert render_differences(first, second) == []
+    assert run_differences(first, second) == []  # held to the tolerance: computed on CUDA
+
+
+def test_a_resumed_store_counts_as_the_same_as_an_uninterrupted_one(tmp_path):
+    """A killed driver's rerun, in one process: the pending units are computed, and each unit
+    counts as the same as in a run that was never interrupted (a tolerance on a GPU)."""
+    text = SPEC.format(model="tiny-cnn", layer="conv2", precision="fp32")
+    spec = parse_spec(text.replace('"0:2"', '"0:4"').replace("batch = 2", "batch = 2\nchannels_per_unit = 1"))
+    context = make_context(spec, "cuda")
+    facts = ModelFacts(context.model.digest, {"conv2": context.model.channels("conv2")})
+    units = make_plan(spec, facts, [], []).units
+    whole, resumed = Store(tmp_path / "whole"), Store(tmp_path / "resumed")
+
+    def run(store: Store, chosen: list) -> None:
+        for unit in chosen:
+            store.write_unit_tables(unit.key, unit.kind, unit.layer, run_unit(context, unit), unit.channels)
+
+    run(resumed, units[:2])  # what the killed driver committed
+    for store in (whole, resumed):
+        left = set(store.pending([u.key for u in units]))
+        run(store, [u for u in units if u.key in left])
+    assert len(units) == 4 and len(whole.entries()) == len(resumed.entries()) == 4
+    for unit in units:
+        pair = (whole.read_unit(unit.key, "render"), resumed.read_unit(unit.key, "render"))
+        assert run_differences(*pair) == [], unit.label
 
 
 def test_packed_passes_match_one_chunk_per_pass_on_the_gpu():

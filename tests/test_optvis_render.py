@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
+import atlas
 from atlas.models import UnknownLayerError, load_model
 from atlas.optvis import (
     RenderError,
@@ -232,3 +237,61 @@ def test_non_finite_final_images_are_refused():
     images[1, 0, 0, 0] = float("inf")
     with pytest.raises(RenderError, match="final image of conv2 channel 7 holds NaN/Inf"):
         _check_finite(torch.zeros(5, 2), images, ["conv2 channel 3", "conv2 channel 7"])
+
+
+ATLAS = str(Path(atlas.__file__).parent)
+# Tensor calls that make the host wait for the device: reading a value back, or printing one.
+READS_BACK = {
+    "item", "tolist", "cpu", "numpy", "nonzero", "__bool__", "__float__", "__int__", "__index__",
+    "__repr__", "__format__",
+}  # fmt: skip
+
+
+class HostSyncs(TorchFunctionMode):
+    """Counts, by call site in atlas/, the calls that would stop the host on a GPU.
+
+    Besides read-backs, a copy to a device that is not `non_blocking` counts: PyTorch waits for
+    the device's queue after it. Calls inside torch itself are torch's business (and on a GPU
+    the optimizer's step counters live on the host anyway).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sites: Counter[str] = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        caller = sys._getframe(1)
+        if caller.f_code.co_filename.startswith(ATLAS) and self._syncs(name, args, kwargs):
+            self.sites[f"{Path(caller.f_code.co_filename).name}:{caller.f_lineno} {name}"] += 1
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def _syncs(name: str, args: tuple, kwargs: dict) -> bool:
+        if name in READS_BACK:
+            return True
+        if name == "to":  # to a device (named, or another tensor's) without non_blocking
+            named = kwargs.get("device") is not None or any(
+                isinstance(a, torch.device | str | torch.Tensor) for a in args[1:]
+            )
+            return named and not kwargs.get("non_blocking", False)
+        if name in ("tensor", "as_tensor"):  # host data made on a device: a blocking copy
+            return kwargs.get("device") is not None
+        return False
+
+
+def test_the_step_loop_never_waits_for_the_device(model):
+    """What syncs a render does must not grow with its steps: none inside the loop."""
+
+    def syncs(steps: int) -> Counter[str]:
+        chosen = settings(steps=steps, batch=4)
+        with HostSyncs() as counter:
+            render_channels(model, "conv2", [0, 1], chosen, images_per_pass=8)  # two parts a pass
+            render_directions(model, "conv2", 2, chosen, seed=0)
+        return counter.sites
+
+    syncs(1)  # what the model caches on first use is made once, not per step
+    short, long = syncs(2), syncs(5)
+    assert short, "the counter saw none of the reads after the loop: it is not counting"
+    assert long == short, f"calls that wait for the device, per step: {long - short}"

@@ -7,7 +7,14 @@ import torch
 from raytools import tiny_spec
 
 from atlas.job import job_info, prepare
-from atlas.provenance import read_provenance, render_differences
+from atlas.provenance import (
+    computed_on,
+    provenance,
+    read_provenance,
+    render_differences,
+    run_differences,
+    with_provenance,
+)
 from atlas.store import Store
 from atlas.units import make_context, run_unit
 
@@ -21,6 +28,7 @@ def test_shards_and_job_json_name_their_environment(tmp_path):
     entry = store.write_unit_tables(unit.key, unit.kind, unit.layer, tables, unit.channels)
     info = read_provenance(spec.out / entry.path)
     assert info["torch"] == torch.__version__ and info["device"] == "cpu"
+    assert Store(spec.out).entries()[0].tables["render"]["provenance"] == info  # the unit's record
     assert {"cuda", "cudnn", "driver", "device_name"} <= set(info)
     store.write_job(job_info(prepared, "now"))
     assert store.job()["provenance"]["torch"] == torch.__version__
@@ -39,3 +47,9 @@ def test_render_differences_tolerates_noise_not_a_changed_result(tmp_path):
     changed = table.set_column(index, "activation", pc.add(pc.multiply(activation, 2.0), 1.0))
     assert render_differences(table, changed) and "apart" in render_differences(table, changed)[0]
     assert "rows differ" in render_differences(table, table.slice(0, 0))[0]
+    # On CPUs a unit is deterministic, so the same nudge means another run; from a GPU it is noise.
+    assert computed_on(table) == "cpu"
+    assert run_differences(table, nudged) and run_differences(table, table) == []
+    on_gpu = with_provenance(nudged, {**provenance("cpu"), "device": "cuda:0"})
+    assert computed_on(on_gpu) == "cuda:0" and run_differences(table, on_gpu) == []
+    assert run_differences(table, with_provenance(changed, {"device": "cuda:0"}))

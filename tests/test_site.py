@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import weakref
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -347,3 +348,27 @@ def test_store_without_job_json_still_builds(tmp_path: Path) -> None:
     site = build_site(tmp_path).parent
     assert "mixed3a" in (site / "index.html").read_text()
     assert Store(tmp_path).job() == {}
+
+
+def test_site_holds_about_one_unit_of_pictures_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    """Every table read is watched: rows with pictures alive at once stay within a unit per kind."""
+    options = _small(channels_per_unit=4)
+    write_synthetic_store(tmp_path, [SyntheticLayer("mixed3a", 32)], options)
+    render_rows = 4 * (len(options.objectives) + options.diversity)  # one render unit
+    example_rows = 4 * 4 * options.examples_k  # one examples unit: four buckets per channel
+    alive: list[tuple[weakref.ref, int]] = []
+    peak = 0
+    read_unit = Store.read_unit
+
+    def watched(self, key, kind, columns=None):
+        nonlocal peak
+        table = read_unit(self, key, kind, columns)
+        if any(pa.types.is_binary(field.type) for field in table.schema):
+            alive.append((weakref.ref(table), table.num_rows))
+            peak = max(peak, sum(rows for ref, rows in alive if ref() is not None))
+        return table
+
+    monkeypatch.setattr(Store, "read_unit", watched)
+    site = build_site(tmp_path, workers=1).parent
+    assert len(list((site / "img" / "mixed3a").glob("*.jpg"))) == 32  # every channel's sprite drawn
+    assert 0 < peak <= render_rows + example_rows < (render_rows + example_rows) * 8  # the layer is 8 units

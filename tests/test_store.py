@@ -248,3 +248,20 @@ def test_old_manifests_still_load(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     store = Store(tmp_path)
     assert store.pending(["k1"]) == [] and store.read_unit("k1", "render").num_rows == 1
+
+
+def test_a_scheme_pyarrow_lacks_goes_through_fsspec():
+    """fsspec's in-memory file system stands for any fsspec driver (abfs://, hdfs://, ...)."""
+    pytest.importorskip("fsspec")
+    writer = Store("memory://atlas/fsspec", group_units=2, group_seconds=3600)
+    writer.acquire()
+    for i in range(3):
+        writer.write_unit(f"k{i}", "render", "l1", pa.table({"channel": [i]}))
+    assert [e.key for e in Store("memory://atlas/fsspec").entries()] == ["k0", "k1"]  # k2's group is open
+    writer.release()
+    reader = Store("memory://atlas/fsspec")
+    assert reader.uri == "memory://atlas/fsspec" and reader.pending(["k0", "k1", "k2", "k3"]) == ["k3"]
+    assert (
+        reader.dataset("render").count_rows() == 3
+        and reader.read_unit("k2", "render")["channel"][0].as_py() == 2
+    )

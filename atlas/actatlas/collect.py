@@ -5,7 +5,10 @@ position, chosen by a hash of the image's source id. One position rather than th
 because the mean of a photo's positions blends the objects in it (sky, dog, grass) into a vector
 no single position has; the atlas is meant to map what the layer sees at a place, as the Activation
 Atlas article does with one random position per image. The hash makes the choice reproducible and
-independent of how the dataset is sharded.
+independent of how the dataset is sharded. Token layers (ViTs) arrive from
+`LoadedModel.activations` as patch maps, so they give one patch token per image, never the class
+token: it summarizes the whole image, a different kind of vector from the patches it would be
+laid out among, and one random patch keeps the token map as local as a CNN's.
 
 The sample itself is bounded the same way as the scan's "slightly positive" sample
 (`atlas.examples`): the `size` images with the smallest hash of their id. That subset does not depend

@@ -6,7 +6,10 @@ keeps the layout; new render settings redo the icons only; new data redoes every
 
 The layout and the grids are computed by the driver (UMAP fits on one machine; its `transform`
 places the rest in Ray tasks) and written to the store like any unit; the icons are units that
-the executor runs on its workers, batched like channels.
+the executor runs on its workers, batched like channels. Beside each grid the driver writes the
+thumbnails of the images listed in its cells (`atlas_images`) and, per dictionary of the layer,
+the directions' places in it (`atlas_places`); both hang off the grid's key and not the other way
+round, so a new dictionary or thumbnail size leaves the grid and its icons as they are.
 """
 
 from __future__ import annotations
@@ -21,13 +24,23 @@ import pyarrow as pa
 
 from atlas.actatlas.classes import class_gains
 from atlas.actatlas.collect import VectorSample
+from atlas.actatlas.dictionary import DICTIONARY_MARK, load_dictionary
 from atlas.actatlas.grid import grid
 from atlas.actatlas.icons import cosine_matrix, render_icons
+from atlas.actatlas.images import THUMB_SIZE, thumbnails
 from atlas.actatlas.layout import LayoutSettings, layout
+from atlas.actatlas.places import places
+from atlas.data import ImageSource
 from atlas.models import LoadedModel
-from atlas.plan import Unit, make_unit
-from atlas.schema import ATLAS_CELLS_SCHEMA, ATLAS_POINTS_SCHEMA, ICONS_SCHEMA
-from atlas.spec import ActivationAtlasSpec, JobSpec, RenderSpec
+from atlas.plan import CODE_VERSIONS, Unit, make_unit
+from atlas.schema import (
+    ATLAS_CELLS_SCHEMA,
+    ATLAS_IMAGES_SCHEMA,
+    ATLAS_PLACES_SCHEMA,
+    ATLAS_POINTS_SCHEMA,
+    ICONS_SCHEMA,
+)
+from atlas.spec import ActivationAtlasSpec, JobSpec, LayerSpec, RenderSpec
 from atlas.store import Store
 from atlas.units import png_bytes
 from atlas.work import _render_key_settings, _Work
@@ -35,14 +48,21 @@ from atlas.work import _render_key_settings, _Work
 ICONS_PER_UNIT = 32
 # Source ids kept per cell for the site's "images that fell in it".
 IMAGES_PER_CELL = 8
+PLACES_COLUMNS = ("cell", "direction", "projection", "cosine", "cell_rank", "place_rank")
 
 
 @dataclass(frozen=True)
 class LayoutWork(_Work):
-    """UMAP over a layer's merged vector sample."""
+    """UMAP over a layer's merged vector sample.
+
+    Keyed on what the layer's vectors depend on (the scanned shards' data fingerprints and the
+    collecting code), not on the scan units' keys: those also hold every other scanned layer, so a
+    new dictionary or layer elsewhere in the job would otherwise redo this layout and its icons.
+    """
 
     kind: ClassVar[str] = "atlas_layout"
-    scans: tuple[str, ...]
+    data: tuple[str, ...]  # the finished scans' `ScanWork.data`, sorted
+    collector: str  # CODE_VERSIONS["scan"]: the code that collected the vectors
     samples: int
     max_fit: int
     n_neighbors: int
@@ -57,6 +77,25 @@ class GridWork(_Work):
     layout: str  # the layout unit's key
     size: int
     min_count: int
+
+
+@dataclass(frozen=True)
+class ImagesWork(_Work):
+    """Thumbnails of the images listed in a grid's kept cells."""
+
+    kind: ClassVar[str] = "atlas_images"
+    grid: str  # the grid unit's key
+    size: int
+    thumb: int
+
+
+@dataclass(frozen=True)
+class PlacesWork(_Work):
+    """A dictionary's directions against a grid's cells (`atlas.actatlas.places`)."""
+
+    kind: ClassVar[str] = "atlas_places"
+    grid: str  # the grid unit's key; the unit's layer is the dictionary layer (its name holds its hash)
+    size: int
 
 
 @dataclass(frozen=True)
@@ -94,8 +133,8 @@ def icons_tables(model: LoadedModel, unit: Unit, work: IconsWork) -> dict[str, p
     return {"icons": pa.table(table, schema=ICONS_SCHEMA)}
 
 
-def _sample(store: Store, scans: Sequence[str], layer: str, size: int) -> VectorSample:
-    parts = [VectorSample.from_table(store.read_unit(key, "vectors"), layer, size) for key in scans]
+def _sample(store: Store, scans: Sequence[Unit], layer: str, size: int) -> VectorSample:
+    parts = [VectorSample.from_table(store.read_unit(u.key, "vectors"), layer, size) for u in scans]
     return reduce(VectorSample.merge, parts)
 
 
@@ -133,9 +172,11 @@ def cells_table(
     return pa.table(columns, schema=ATLAS_CELLS_SCHEMA)
 
 
-def _layout_unit(spec: JobSpec, digest: str, layer: str, scans: tuple[str, ...]) -> Unit:
+def _layout_unit(spec: JobSpec, digest: str, layer: str, scans: Sequence[Unit]) -> Unit:
     atlas = spec.activation_atlas
-    work = LayoutWork(scans, atlas.samples, atlas.max_fit, atlas.n_neighbors, atlas.min_dist)
+    data = tuple(sorted(u.work.data for u in scans))
+    settings = (atlas.samples, atlas.max_fit, atlas.n_neighbors, atlas.min_dist)
+    work = LayoutWork(data, CODE_VERSIONS["scan"], *settings)
     return make_unit(digest, layer, (), work)
 
 
@@ -144,55 +185,161 @@ def _grid_units(spec: JobSpec, digest: str, layer: str, layout_key: str) -> list
     return [make_unit(digest, layer, (), GridWork(layout_key, size, atlas.min_count)) for size in atlas.grids]
 
 
-def planned_units(spec: JobSpec, digest: str, store: Store, scans: Sequence[str]) -> list[Unit]:
+def dictionaries(spec: JobSpec, layer: str) -> list[LayerSpec]:
+    """The job's dictionary layers over `layer` (already attached: named `<layer>@<file>:<hash>`)."""
+    return [d for d in spec.layers if d.dictionary and d.name.split(DICTIONARY_MARK)[0] == layer]
+
+
+def _grid_extras(spec: JobSpec, digest: str, grid_unit: Unit) -> list[Unit]:
+    """The units that read one grid on the driver: its thumbnails and each dictionary's places."""
+    layer = grid_unit.layer
+    key, size = grid_unit.key, grid_unit.work.size
+    units = [make_unit(digest, layer, (), ImagesWork(key, size, THUMB_SIZE))]
+    units += [make_unit(digest, d.name, (), PlacesWork(key, size)) for d in dictionaries(spec, layer)]
+    return units
+
+
+def planned_units(spec: JobSpec, digest: str, store: Store, scans: Sequence[Unit]) -> list[Unit]:
     """The stage's units known without computing anything (icons only of grids already stored)."""
     units = []
     for layer in spec.activation_atlas.layers:
-        layout_unit = _layout_unit(spec, digest, layer, tuple(sorted(scans)))
+        layout_unit = _layout_unit(spec, digest, layer, scans)
         units.append(layout_unit)
         for grid_unit in _grid_units(spec, digest, layer, layout_unit.key):
-            units.append(grid_unit)
+            units += [grid_unit, *_grid_extras(spec, digest, grid_unit)]
             if spec.activation_atlas.icons and store.has(grid_unit.key, verify=False):
                 units += _icon_units(spec, digest, layer, grid_unit.work.size, grid_unit.key, store)
     return units
+
+
+@dataclass
+class _DriverSteps:
+    """The stage's driver-side units: each is computed unless stored, and reported to `tick`."""
+
+    store: Store
+    force: bool
+    tick: Callable[[Unit, str], None] | None
+
+    def needed(self, unit: Unit) -> bool:
+        todo = self.force or not self.store.has(unit.key)
+        if not todo and self.tick:
+            self.tick(unit, "skipped")
+        return todo
+
+    def announce(self, units: Sequence[Unit]) -> None:
+        """Units that became known during the run (beyond the progress total)."""
+        for unit in units:
+            if self.tick:
+                self.tick(unit, "planned")
+
+    def write(self, unit: Unit, tables: dict[str, pa.Table]) -> None:
+        self.store.write_unit_tables(unit.key, unit.kind, unit.layer, tables)
+        if self.tick:
+            self.tick(unit, "done")
 
 
 def run_atlas(
     spec: JobSpec,
     digest: str,
     store: Store,
-    scans: Sequence[str],
+    scans: Sequence[Unit],
     run_units: Callable[[list[Unit]], None],
+    context: tuple[LoadedModel, ImageSource],
     force: bool = False,
+    tick: Callable[[Unit, str], None] | None = None,
 ) -> set[str]:
-    """Lay out, grid and (as units) render every atlas layer; returns the keys this stage owns."""
+    """Lay out, grid and (as units) render every atlas layer; returns the keys this stage owns.
+
+    `context` is the driver's model (receptive fields of the thumbnails) and the scanned data.
+    `tick` hears of every driver unit ("done" or "skipped") and, as "planned", of each icons unit
+    that became known here (its grid was computed in this run), so a progress total can grow.
+    """
     atlas: ActivationAtlasSpec = spec.activation_atlas
-    scans = tuple(sorted(scans))
+    scans = sorted(scans, key=lambda u: u.key)
+    known = {u.key for u in planned_units(spec, digest, store, scans)}
+    steps = _DriverSteps(store, force, tick)
     for layer in atlas.layers:
         settings = LayoutSettings(
             atlas.n_neighbors, atlas.min_dist, max_fit=atlas.max_fit, seed=spec.render.seed
         )
         layout_unit = _layout_unit(spec, digest, layer, scans)
         sample: VectorSample | None = None
-        if force or not store.has(layout_unit.key):
+        if steps.needed(layout_unit):
             sample = _sample(store, scans, layer, atlas.samples)
             coords = layout(sample.vectors[layer], settings)
-            table = _layout_table(sample, layer, coords, layout_unit.key)
-            store.write_unit(layout_unit.key, "atlas_layout", layer, table)
+            steps.write(layout_unit, {"atlas_layout": _layout_table(sample, layer, coords, layout_unit.key)})
         points = store.read_unit(layout_unit.key, "atlas_layout")
         coords = np.stack([points.column("x").to_numpy(), points.column("y").to_numpy()], axis=1)
         for grid_unit in _grid_units(spec, digest, layer, layout_unit.key):
-            if force or not store.has(grid_unit.key):
+            if steps.needed(grid_unit):
                 sample = sample or _sample(store, scans, layer, atlas.samples)
                 ids = np.array(points.column("source_id").to_pylist())
                 size = grid_unit.work.size
                 table = cells_table(
                     layer, ids, coords, sample.vectors[layer], size, atlas.min_count, grid_unit.key
                 )
-                store.write_unit(grid_unit.key, "atlas_grid", layer, table)
+                steps.write(grid_unit, {"atlas_grid": table})
+                if atlas.icons:  # announced now, while the driver still has units of its own to report
+                    icons = _icon_units(spec, digest, layer, size, grid_unit.key, store)
+                    steps.announce([u for u in icons if u.key not in known])
+            for extra in _grid_extras(spec, digest, grid_unit):
+                if steps.needed(extra):
+                    cells = store.read_unit(grid_unit.key, "atlas_grid").filter(pa.compute.field("kept"))
+                    if isinstance(extra.work, ImagesWork):
+                        steps.write(extra, {"atlas_images": images_table(context, points, cells, extra)})
+                    else:
+                        steps.write(extra, {"atlas_places": places_table(spec, layer, cells, extra)})
     units = planned_units(spec, digest, store, scans)
     run_units([u for u in units if u.kind == "icons"])
     return {u.key for u in units}
+
+
+def images_table(
+    context: tuple[LoadedModel, ImageSource], points: pa.Table, cells: pa.Table, unit: Unit
+) -> pa.Table:
+    """The `atlas_images` rows of a grid's kept cells: each listed image cut at its sampled position."""
+    position = dict(
+        zip(points.column("source_id").to_pylist(), points.column("position").to_pylist(), strict=True)
+    )
+    listed = [
+        (cell, source_id, position[source_id])
+        for cell, ids in zip(
+            cells.column("cell").to_pylist(), cells.column("source_ids").to_pylist(), strict=True
+        )
+        for source_id in ids
+    ]
+    model, source = context
+    thumbs = thumbnails(model, unit.layer, source, [(i, p) for _, i, p in listed], unit.work.thumb)
+    found = [(c, i, p) for c, i, p in listed if (i, p) in thumbs]
+    columns = {
+        "layer": [unit.layer] * len(found),
+        "grid": [unit.work.size] * len(found),
+        "cell": [c for c, _, _ in found],
+        "source_id": [i for _, i, _ in found],
+        "position": [p for _, _, p in found],
+        "image": [thumbs[(i, p)] for _, i, p in found],
+        "unit_key": [unit.key] * len(found),
+    }
+    return pa.table(columns, schema=ATLAS_IMAGES_SCHEMA)
+
+
+def places_table(spec: JobSpec, layer: str, cells: pa.Table, unit: Unit) -> pa.Table:
+    """The `atlas_places` rows of one dictionary (the unit's layer) over a grid's kept cells."""
+    if cells.num_rows == 0:
+        return ATLAS_PLACES_SCHEMA.empty_table()
+    (entry,) = [d for d in dictionaries(spec, layer) if d.name == unit.layer]
+    means = np.array(cells.column("mean").to_pylist(), np.float32)
+    vectors = load_dictionary(entry.dictionary, layer, means.shape[1]).vectors
+    ranked = places(cells.column("cell").to_numpy(), means, vectors)
+    count = len(ranked.cell)
+    columns = {
+        "layer": [unit.layer] * count,
+        "atlas_layer": [layer] * count,
+        "grid": [unit.work.size] * count,
+        **{name: getattr(ranked, name) for name in PLACES_COLUMNS},
+        "unit_key": [unit.key] * count,
+    }
+    return pa.table(columns, schema=ATLAS_PLACES_SCHEMA)
 
 
 def _icon_units(spec: JobSpec, digest: str, layer: str, size: int, grid_key: str, store: Store) -> list[Unit]:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from atlas.models.devices import to_device
+
 # Folded outputs agree with the original to about 1e-6 relative in float32; this is a bug check.
 MATCH_TOLERANCE = 1e-3
 
@@ -40,7 +42,8 @@ class Folded:
             return output
         scale, shift = self.affine[name]
         shape = (1, -1) + (1,) * (output.ndim - 2)
-        return (output - shift.view(shape).to(output)) / scale.view(shape).to(output)
+        shift, scale = (to_device(t.view(shape), output.device, output.dtype) for t in (shift, scale))
+        return (output - shift) / scale
 
 
 def _conv_bn_pairs(module: nn.Module, probe: torch.Tensor) -> list[tuple[str, str]]:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from atlas.errors import AtlasError
 from atlas.models import LOGITS, LoadedModel
+from atlas.models.devices import to_device
 
 Batch = int | Sequence[int] | None
 
@@ -101,7 +102,7 @@ class Objective:
                         f"per-element weights shaped {tuple(weight.shape)} do not match the batch "
                         f"of {value.shape[0]}"
                     )
-                return value * weight.to(value.device)
+                return value * to_device(weight, value.device)
             return value * weight
 
         label = "w" if isinstance(weight, torch.Tensor) else f"{weight:g}"
@@ -117,10 +118,10 @@ def _elements(batch: Batch, size: int, device: torch.device) -> torch.Tensor:
     """Indices of the batch elements an objective is bound to."""
     if batch is None:
         return torch.arange(size, device=device)
-    indices = torch.as_tensor([batch] if isinstance(batch, int) else list(batch), device=device)
-    if indices.numel() and (indices.min() < 0 or indices.max() >= size):
-        raise ObjectiveError(f"objective bound to batch elements {indices.tolist()} of a batch of {size}")
-    return indices
+    wanted = [batch] if isinstance(batch, int) else [int(i) for i in batch]
+    if wanted and (min(wanted) < 0 or max(wanted) >= size):  # checked on the host: no device sync
+        raise ObjectiveError(f"objective bound to batch elements {wanted} of a batch of {size}")
+    return to_device(torch.as_tensor(wanted), device)
 
 
 def _scatter(values: torch.Tensor, indices: torch.Tensor, size: int) -> torch.Tensor:
@@ -173,7 +174,7 @@ def channel(layer: str, channel: int | Sequence[int], batch: Batch = None) -> Ob
     """Mean activation of a channel over all positions (one channel per bound element if a list)."""
 
     def select(acts: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        chans = _per_element(channel, len(indices), "channel").to(acts.device)
+        chans = to_device(_per_element(channel, len(indices), "channel"), acts.device)
         return acts[torch.arange(len(indices), device=acts.device), chans].mean(dim=(1, 2))
 
     return _layer_objective(
@@ -191,7 +192,7 @@ def neuron(
     """Activation of a channel at one position (the centre of the map by default)."""
 
     def select(acts: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        chans = _per_element(channel, len(indices), "channel").to(acts.device)
+        chans = to_device(_per_element(channel, len(indices), "channel"), acts.device)
         row = acts.shape[2] // 2 if y is None else y
         col = acts.shape[3] // 2 if x is None else x
         if not (0 <= row < acts.shape[2] and 0 <= col < acts.shape[3]):
@@ -267,10 +268,10 @@ def direction(layer: str, vectors: torch.Tensor, batch: Batch = None, cosine_pow
     matrix = vectors if vectors.ndim == 2 else vectors[None]
 
     def select(acts: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        per_element = matrix.to(acts.device).expand(len(indices), -1) if len(matrix) == 1 else matrix
+        per_element = matrix.expand(len(indices), -1) if len(matrix) == 1 else matrix
         if len(per_element) != len(indices):
             raise ObjectiveError(f"{len(per_element)} directions given for {len(indices)} bound elements")
-        per_element = per_element.to(acts.device)
+        per_element = to_device(per_element, acts.device)
         dots = torch.einsum("bchw,bc->bhw", acts.float(), per_element)
         if cosine_power > 0:
             norms = acts.float().norm(dim=1) * per_element.norm(dim=1)[:, None, None] + 1e-8
@@ -312,7 +313,7 @@ def diversity(layer: str, groups: Sequence[Sequence[int]] | None = None) -> Obje
         index = (
             torch.arange(size, device=acts.device)[None]
             if groups is None
-            else torch.as_tensor([list(g) for g in groups], device=acts.device)
+            else to_device(torch.as_tensor([list(g) for g in groups]), acts.device)
         )
         cosines = gram_cosines(acts[index])  # (G, g, g)
         others = cosines.sum(dim=-1) - cosines.diagonal(dim1=-2, dim2=-1)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from atlas.errors import AtlasError
+from atlas.models.devices import to_device
 from atlas.registry import Registry
 
 # Square root of the colour covariance of ImageNet pixels (columns: decorrelated components),
@@ -34,7 +35,7 @@ class ParamError(AtlasError, ValueError):
 
 def decorrelate_colors(x: torch.Tensor) -> torch.Tensor:
     """Map (B, 3, H, W) values from the decorrelated colour basis to RGB (still unbounded)."""
-    matrix = IMAGENET_COLOR_CORRELATION_SQRT.to(device=x.device, dtype=x.dtype)
+    matrix = to_device(IMAGENET_COLOR_CORRELATION_SQRT, x.device, x.dtype)
     matrix = matrix / matrix.norm(dim=0).max()
     return torch.einsum("ij,bjhw->bihw", matrix, x)
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from atlas.errors import AtlasError
+from atlas.models.devices import to_device
 from atlas.registry import Registry
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -151,7 +152,7 @@ def _resample(
     """Sample ``images`` where the (B, 3, 3) pixel maps point; the grid is built on the device."""
     to_unit_in = _pixels_to_unit(images.shape[2], images.shape[3])
     from_unit_out = torch.linalg.inv(_pixels_to_unit(*size))
-    theta = (to_unit_in @ sampling @ from_unit_out)[:, :2].to(device=images.device, dtype=images.dtype)
+    theta = to_device((to_unit_in @ sampling @ from_unit_out)[:, :2], images.device, images.dtype)
     grid = F.affine_grid(theta, [images.shape[0], images.shape[1], *size], align_corners=True)
     sampled = F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     return sampled + fill

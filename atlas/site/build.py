@@ -21,10 +21,11 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
+from atlas.actatlas.dictionary import DICTIONARY_MARK
 from atlas.errors import AtlasError
 from atlas.outdir import check_site_folder, marker_job, write_marker
 from atlas.safefs import folder_mode, remove, swap_folder
-from atlas.site.actatlas import read_atlas
+from atlas.site.actatlas import Dictionary, read_atlas, read_places
 from atlas.site.changes import build_summary, channel_ranges, diff_builds, load_summary
 from atlas.site.channels import BUCKETS, ChannelEntry, PreviousSprites, read_layer
 from atlas.site.columns import Column, job_columns
@@ -247,7 +248,7 @@ def _build_into(
             earlier = _previous_sprites(previous, previous_site, summary.name)
             inputs = _channel_inputs(entries, summary.name)
             _build_layer(store, env, images, layer, summary, neighbours, common, inputs, earlier)
-            jobs.drain()  # one layer's sprites in flight at most: memory stays bounded by a layer
+            jobs.drain()  # the layer's sprites are on disk before the next layer starts
     sprites = {summary.name: {"slug": summary.slug, "keys": summary.sprite_keys} for summary in summaries}
     current = build_summary(entries, str(job.get("model_digest", "")), built, sprites)
     changes = diff_builds(previous, current)
@@ -310,13 +311,20 @@ def _build_layer(
     _write_details(images.folder / DETAILS_FILE, summary.slug, channels)
     columns = _row_columns(channels, common["job"], all_columns)
     shown = {column.name for column in columns}
-    atlas_grids = read_atlas(store, summary.name, root, summary.slug)
+    atlas_grids = read_atlas(
+        store, summary.name, root, summary.slug, _dictionaries_over(summary.name, common)
+    )
     summary.has_atlas = bool(atlas_grids)
+    atlas_layer, places = read_places(store, summary.name)  # a dictionary's directions in an atlas
+    slugs = {s.name: s.slug for s in common["nav"]}
     page = {
         "current": summary,
         "layer": summary,
         "previous_layer": neighbours[0],
         "next_layer": neighbours[1],
+        "names": layer.get("names") or [],
+        "places": places,
+        "atlas_page": f"{slugs[atlas_layer]}.atlas.html" if atlas_layer in slugs else "",
         **common,
     }
     layout = content.layout
@@ -350,6 +358,16 @@ def _build_layer(
     if atlas_grids:
         page_file = str(root / f"{summary.slug}.atlas.html")
         env.get_template("actatlas.html").stream(grids=atlas_grids, **page).dump(page_file, encoding="utf-8")
+
+
+def _dictionaries_over(layer: str, common: dict) -> list[Dictionary]:
+    """The dictionary layers of the job over `layer`, with their slugs and direction names."""
+    names = {entry["name"]: entry.get("names") or [] for entry in common["job"].get("layers", [])}
+    return [
+        Dictionary(s.name, s.slug, names.get(s.name, []))
+        for s in common["nav"]
+        if s.name != layer and s.name.split(DICTIONARY_MARK)[0] == layer
+    ]
 
 
 def _channel_inputs(entries: list[UnitRecord], layer: str) -> Callable[[int], str]:

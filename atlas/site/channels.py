@@ -1,7 +1,7 @@
 """One layer's channels: read its shards, queue one sprite per channel, keep a light view model.
 
-The builder calls `read_layer` once per layer and drops the result after rendering the page,
-so memory is bounded by the largest layer. Only known objective and bucket words become part of
+The builder calls `read_layer` once per layer; it holds a layer's numbers (no pixels) and about
+one unit's pictures at a time, so memory is bounded by a unit and the layer's numbers. Only known objective and bucket words become part of
 file names; anything else in the store is ignored rather than trusted.
 """
 
@@ -22,6 +22,7 @@ from atlas.site.sheets import png_size
 from atlas.site.sprites import SpriteLayout, sprite_layout
 from atlas.site.svg import HistogramShape, histogram_shape
 from atlas.store import Store
+from atlas.unitwalk import UnitWalk, layer_units
 
 INTERACTION_OBJECTIVES = ("direction", "pair", "interpolation")
 BUCKETS = ("max", "min", "slightly_positive", "slightly_negative")
@@ -31,6 +32,10 @@ EXAMPLE_COLUMNS = ["channel", "bucket", "rank", "activation", "source_id", "x", 
 SPRITE_FORMAT = 1  # bump when sprites are drawn differently, so earlier ones are not reused
 LOSS_POINTS = 48  # a loss curve is drawn from this many samples: enough for its shape
 HISTOGRAM_COLUMNS = ["channel", "edges", "counts"]
+# What the first pass reads (no pixels), and the one column of pictures per table kind.
+RENDER_NUMBERS = ["channel", "objective", "variant", "activation", "loss"]
+EXAMPLE_NUMBERS = ["channel", "bucket", "rank", "activation", "source_id", "x", "y"]
+PIXELS = {"render": "image", "examples": "crop"}
 
 
 @dataclass
@@ -68,12 +73,33 @@ class LayerContent:
 
 
 @dataclass
-class _Rows:
-    """Row numbers of one channel's images in the layer's render and examples tables."""
+class _Image:
+    """Where one picture of a channel lies (unit and row) and the numbers shown beside it."""
 
-    optimized: dict[str, int] = field(default_factory=dict)  # objective -> row
-    diversity: dict[int, int] = field(default_factory=dict)  # variant -> row of the diverse objective
-    buckets: dict[str, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))  # rank -> row
+    unit: str
+    row: int
+    value: float
+    source: tuple[str, int, int] = ("", 0, 0)  # examples: source_id, x, y
+    loss: list[float | None] = field(default_factory=list)  # optimized images: the loss curve, downsampled
+
+
+@dataclass
+class _Rows:
+    """One channel's pictures in the layer's render and examples units."""
+
+    optimized: dict[str, _Image] = field(default_factory=dict)  # objective -> picture
+    diversity: dict[int, _Image] = field(default_factory=dict)  # variant -> picture of the set
+    # bucket -> rank -> example
+    buckets: dict[str, dict[int, _Image]] = field(default_factory=lambda: defaultdict(dict))
+
+    def pictures(self, diverse: str) -> list[tuple[str, str, list[_Image]]]:
+        """(table kind, sprite region, its pictures in order), in the order a sprite places them."""
+        regions = [("render", objective, [image]) for objective, image in self.optimized.items()]
+        if self.diversity:
+            regions.append(("render", diverse, [self.diversity[v] for v in sorted(self.diversity)]))
+        for bucket, by_rank in self.buckets.items():
+            regions.append(("examples", bucket, [by_rank[rank] for rank in sorted(by_rank)]))
+        return regions
 
 
 @dataclass(frozen=True)
@@ -101,47 +127,36 @@ def read_layer(
 ) -> LayerContent:
     """Read render, examples and histogram shards of one layer and queue one sprite per channel.
 
+    Memory is bounded by a unit, not the layer: a first pass reads every unit's numbers (no
+    pixels) and where each picture lies; a second walks the channels in order, loading a unit's
+    pictures at the first channel that needs them and dropping them after the last.
     `inputs(channel)` names what a channel's sprite is made from (the content keys of its units);
     with the layout it gives the sprite's key, and a sprite of the previous build with the same
     key is linked rather than composed again, so a nightly rebuild redoes only what changed.
     `columns` (from job.json) say which objectives are single images and which one is a set.
     """
     optimized = [c.name for c in columns if c.kind == "optimized"]
-    diverse = next((c.name for c in columns if c.kind == "diverse"), None)
+    diverse = next((c.name for c in columns if c.kind == "diverse"), "")
     entries: dict[int, ChannelEntry] = {c: ChannelEntry(c) for c in expected}
-    renders = _read(store, "render", layer, RENDER_COLUMNS)
-    examples = _read(store, "examples", layer, EXAMPLE_COLUMNS)
     rows: dict[int, _Rows] = defaultdict(_Rows)
-    interaction_renders = direction_examples = None
-    if renders is not None:
-        objectives = renders.column("objective").to_pylist()
-        variants = renders.column("variant").to_pylist()
-        for row, channel in enumerate(renders.column("channel").to_pylist()):
-            if channel >= 0 and objectives[row] == diverse:
-                rows[channel].diversity[variants[row]] = row
-            elif channel >= 0 and objectives[row] in optimized:
-                rows[channel].optimized[objectives[row]] = row
-        interactions = renders.filter(pa.array([o in INTERACTION_OBJECTIVES for o in objectives]))
-        interaction_renders = interactions if interactions.num_rows else None
-    if examples is not None:
-        channels = examples.column("channel").to_pylist()
-        buckets, ranks = examples.column("bucket").to_pylist(), examples.column("rank").to_pylist()
-        for row, channel in enumerate(channels):
-            if channel >= 0 and buckets[row] in BUCKETS:
-                rows[channel].buckets[buckets[row]][ranks[row]] = row
-        directions = examples.filter(pa.array([c < 0 for c in channels]))
-        direction_examples = directions if directions.num_rows else None
-    layout = _layout(rows, renders, examples, optimized, diverse or "")
+    interaction_renders = _index_renders(store, layer, rows, optimized, diverse)
+    direction_examples = _index_examples(store, layer, rows)
+    layout = _layout(store, rows, optimized, diverse)
+    to_compose: list[ChannelEntry] = []
     for channel in sorted(rows):
         entry = entries.setdefault(channel, ChannelEntry(channel))
         entry.sprite_key = hashlib.sha256(f"{SPRITE_FORMAT}|{layout}|{inputs(channel)}".encode()).hexdigest()[
             :24
         ]
+        _keep_numbers(entry, rows[channel], diverse)
         earlier = previous.reusable(channel, entry.sprite_key) if previous else None
-        _queue_sprite(entry, rows[channel], layout, diverse or "", renders, examples, images, earlier)
-    histograms = store.read("histogram", layer, HISTOGRAM_COLUMNS)
-    if histograms is not None:
-        for row in histograms.to_pylist():
+        if earlier is not None:
+            entry.sprite = images.link(str(channel), earlier, layout.width, layout.height)
+        else:
+            to_compose.append(entry)
+    _compose_sprites(store, to_compose, rows, layout, diverse, images)
+    for table in store.read_layer("histogram", layer, HISTOGRAM_COLUMNS):
+        for row in table.to_pylist():
             if row["channel"] >= 0:
                 entry = entries.setdefault(row["channel"], ChannelEntry(row["channel"]))
                 entry.histogram = histogram_shape(row["edges"], row["counts"])
@@ -150,17 +165,51 @@ def read_layer(
     )
 
 
-def _read(store: Store, kind: str, layer: str, columns: list[str]) -> pa.Table | None:
-    table = store.read(kind, layer, columns)
-    return None if table is None else table.combine_chunks()
+def _index_renders(
+    store: Store, layer: str, rows: dict[int, _Rows], optimized: Sequence[str], diverse: str
+) -> pa.Table | None:
+    """First pass over the render units: each picture's place and numbers; interaction rows kept."""
+    interactions = []
+    for key in layer_units(store, "render", layer):
+        table = store.read_unit(key, "render", RENDER_NUMBERS)
+        objectives = table.column("objective").to_pylist()
+        variants, reached = table.column("variant").to_pylist(), table.column("activation").to_pylist()
+        losses = table.column("loss")
+        for row, channel in enumerate(table.column("channel").to_pylist()):
+            if channel >= 0 and objectives[row] == diverse:
+                rows[channel].diversity[variants[row]] = _Image(key, row, _number(reached[row]))
+            elif channel >= 0 and objectives[row] in optimized:
+                loss = downsample(losses[row].as_py() or [], LOSS_POINTS)
+                rows[channel].optimized[objectives[row]] = _Image(key, row, _number(reached[row]), loss=loss)
+        if any(o in INTERACTION_OBJECTIVES for o in objectives):
+            whole = store.read_unit(key, "render", RENDER_COLUMNS)
+            interactions.append(whole.filter(pa.array([o in INTERACTION_OBJECTIVES for o in objectives])))
+    return pa.concat_tables(interactions).combine_chunks() if interactions else None
+
+
+def _index_examples(store: Store, layer: str, rows: dict[int, _Rows]) -> pa.Table | None:
+    """First pass over the examples units: each example's place, value and source; directions kept."""
+    directions = []
+    for key in layer_units(store, "examples", layer):
+        table = store.read_unit(key, "examples", EXAMPLE_NUMBERS)
+        channels = table.column("channel").to_pylist()
+        buckets, ranks = table.column("bucket").to_pylist(), table.column("rank").to_pylist()
+        values, sources = table.column("activation").to_pylist(), table.column("source_id").to_pylist()
+        xs, ys = table.column("x").to_pylist(), table.column("y").to_pylist()
+        for row, channel in enumerate(channels):
+            if channel >= 0 and buckets[row] in BUCKETS:
+                where = (sources[row], xs[row], ys[row])
+                rows[channel].buckets[buckets[row]][ranks[row]] = _Image(
+                    key, row, _number(values[row]), where
+                )
+        if any(c < 0 for c in channels):
+            whole = store.read_unit(key, "examples", EXAMPLE_COLUMNS)
+            directions.append(whole.filter(pa.array([c < 0 for c in channels])))
+    return pa.concat_tables(directions).combine_chunks() if directions else None
 
 
 def _layout(
-    rows: dict[int, _Rows],
-    renders: pa.Table | None,
-    examples: pa.Table | None,
-    optimized: Sequence[str],
-    diverse: str,
+    store: Store, rows: dict[int, _Rows], optimized: Sequence[str], diverse: str
 ) -> SpriteLayout | None:
     """The layer's sprite layout: present objectives, largest diversity set and bucket sizes."""
     if not rows:
@@ -169,60 +218,52 @@ def _layout(
     diversity = max(len(r.diversity) for r in rows.values())
     buckets = [(b, max(len(r.buckets.get(b, ())) for r in rows.values())) for b in BUCKETS]
     buckets = [(bucket, count) for bucket, count in buckets if count]
-    optimized_size = crop_size = (1, 1)
     first_render = next(
-        (r for c in rows.values() for r in [*c.optimized.values(), *c.diversity.values()]), None
+        (i for r in rows.values() for i in [*r.optimized.values(), *r.diversity.values()]), None
     )
-    if first_render is not None:
-        optimized_size = png_size(renders.column("image")[first_render].as_py())
     first_crop = next(
-        (r for c in rows.values() for ranks in c.buckets.values() for r in ranks.values()), None
+        (i for r in rows.values() for ranks in r.buckets.values() for i in ranks.values()), None
     )
-    if first_crop is not None:
-        crop_size = png_size(examples.column("crop")[first_crop].as_py())
+    optimized_size = (1, 1) if first_render is None else png_size(_picture(store, "render", first_render))
+    crop_size = (1, 1) if first_crop is None else png_size(_picture(store, "examples", first_crop))
     return sprite_layout(objectives, optimized_size, diversity, buckets, crop_size, diverse)
 
 
-def _queue_sprite(
-    entry: ChannelEntry,
-    rows: _Rows,
+def _picture(store: Store, kind: str, image: _Image) -> bytes:
+    return store.read_unit(image.unit, kind, [PIXELS[kind]]).column(0)[image.row].as_py()
+
+
+def _keep_numbers(entry: ChannelEntry, rows: _Rows, diverse: str) -> None:
+    """The numbers a page shows for the channel: values reached, loss curves, example sources."""
+    for kind, region, pictures in rows.pictures(diverse):
+        entry.values[region] = tuple(image.value for image in pictures)
+        if kind == "examples":
+            entry.sources[region] = [list(image.source) for image in pictures]
+        elif region in rows.optimized:
+            entry.losses[region] = rows.optimized[region].loss
+
+
+def _compose_sprites(
+    store: Store,
+    entries: Sequence[ChannelEntry],
+    rows: dict[int, _Rows],
     layout: SpriteLayout,
     diverse: str,
-    renders: pa.Table | None,
-    examples: pa.Table | None,
     images: LayerImages,
-    earlier: Path | None,
 ) -> None:
-    """Keep the channel's numbers; link its earlier sprite, or place its images and queue a new one."""
-    placements = []
-    pixels = earlier is None
-    if renders is not None:
-        pngs, reached, losses = renders.column("image"), renders.column("activation"), renders.column("loss")
-        for objective, row in rows.optimized.items():
-            if pixels:
-                placements += layout.placements(objective, [pngs[row].as_py()])
-            entry.values[objective] = (_number(reached[row].as_py()),)
-            entry.losses[objective] = downsample(losses[row].as_py() or [], LOSS_POINTS)
-        if rows.diversity:
-            ordered = [rows.diversity[v] for v in sorted(rows.diversity)]
-            if pixels:
-                placements += layout.placements(diverse, [pngs[r].as_py() for r in ordered])
-            entry.values[diverse] = tuple(_number(reached[r].as_py()) for r in ordered)
-    if examples is not None:
-        crops, values = examples.column("crop"), examples.column("activation")
-        sources, xs, ys = examples.column("source_id"), examples.column("x"), examples.column("y")
-        for bucket, by_rank in rows.buckets.items():
-            ordered = [by_rank[rank] for rank in sorted(by_rank)]
-            if pixels:
-                placements += layout.placements(bucket, [crops[r].as_py() for r in ordered])
-            entry.values[bucket] = tuple(_number(values[r].as_py()) for r in ordered)
-            entry.sources[bucket] = [[sources[r].as_py(), xs[r].as_py(), ys[r].as_py()] for r in ordered]
-    if earlier is not None:
-        entry.sprite = images.link(str(entry.channel), earlier, layout.width, layout.height)
-    elif placements:
-        entry.sprite = images.compose(
-            str(entry.channel), layout.width, layout.height, placements, layout.boxes()
-        )
+    """Second pass: queue each channel's sprite, holding only the units that channel uses."""
+    regions = [rows[entry.channel].pictures(diverse) for entry in entries]
+    steps = [[(kind, image.unit) for kind, _, pictures in parts for image in pictures] for parts in regions]
+    walk = UnitWalk(store, steps, PIXELS)
+    for step, (entry, parts) in enumerate(zip(entries, regions, strict=True)):
+        placements = []
+        for kind, region, pictures in parts:
+            placements += layout.placements(region, [walk.picture(kind, p.unit, p.row) for p in pictures])
+        if placements:
+            entry.sprite = images.compose(
+                str(entry.channel), layout.width, layout.height, placements, layout.boxes()
+            )
+        walk.done(step)
 
 
 def _number(value: float | None) -> float:

@@ -2,7 +2,7 @@
 
 Decoding images and encoding sprites is most of a build's CPU time, and a Python thread pool
 does not help (the Python side of Pillow holds the GIL). Jobs go to processes in batches, with
-a bounded number of batches in flight, so memory stays bounded by a few batches plus the layer
+a bounded number of batches in flight, so memory stays bounded by a few batches plus the units
 being read. With one worker everything runs inline, which small builds and tests prefer.
 """
 

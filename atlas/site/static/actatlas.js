@@ -1,4 +1,5 @@
-// Activation atlas page: switch grid sizes and show a selected cell's icon, channels and images.
+// Activation atlas page: switch grid sizes and show a selected cell's icon, channels, dictionary
+// directions and images (thumbnails load only when their cell is shown). #g<size>-c<cell> opens a cell.
 (function () {
   "use strict";
   function showGrid(size) {
@@ -30,9 +31,32 @@
       item.appendChild(document.createTextNode(" · " + pair[1].toFixed(3)));
       return item;
     });
-    fill(document.getElementById("atlas-detail-images"), JSON.parse(cell.dataset.images), function (name) {
+    var directions = JSON.parse(cell.dataset.directions || "[]");
+    document.getElementById("atlas-detail-dictionary").hidden = !directions.length;
+    fill(document.getElementById("atlas-detail-directions"), directions, function (entry) {
       var item = document.createElement("li");
-      item.textContent = name;
+      var link = document.createElement("a");
+      link.href = entry[0] + "#channel-" + entry[1];
+      link.textContent = entry[2];
+      item.appendChild(link);
+      item.appendChild(document.createTextNode(" · " + entry[3].toFixed(3)));
+      return item;
+    });
+    fill(document.getElementById("atlas-detail-images"), JSON.parse(cell.dataset.images), function (pair) {
+      var item = document.createElement("li");
+      var figure = document.createElement("figure");
+      if (pair[1]) {
+        var thumb = document.createElement("img");
+        thumb.loading = "lazy";
+        thumb.alt = pair[0];
+        thumb.src = pair[1];
+        figure.appendChild(thumb);
+      }
+      var caption = document.createElement("figcaption");
+      caption.textContent = pair[0];
+      caption.title = pair[0];
+      figure.appendChild(caption);
+      item.appendChild(figure);
       return item;
     });
     document.querySelectorAll(".atlas-cell[aria-pressed]").forEach(function (other) { other.removeAttribute("aria-pressed"); });
@@ -54,5 +78,14 @@
       cell.addEventListener("click", function () { showCell(cell); });
       cell.addEventListener("mouseenter", function () { showCell(cell); });
     });
+    function fromHash() {
+      var target = /^#g\d+-c\d+$/.test(window.location.hash) && document.getElementById(window.location.hash.slice(1));
+      if (!target || !target.classList.contains("atlas-cell")) return;
+      showGrid(target.closest(".atlas-grid").dataset.grid);
+      showCell(target);
+      target.scrollIntoView({ block: "center" });
+    }
+    window.addEventListener("hashchange", fromHash);
+    fromHash();
   });
 })();

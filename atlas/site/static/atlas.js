@@ -179,9 +179,26 @@
       return figure;
     }
 
+    // A dictionary direction's place in the activation atlas: its best cells per grid size.
+    function placesFigure(row) {
+      const figure = make("section", "places");
+      figure.appendChild(make("h3", "group-title", "Place in the activation atlas"));
+      const list = make("ol", "");
+      JSON.parse(row.dataset.places).forEach(function (place) {
+        const item = make("li", "");
+        const link = make("a", "", place[0] + "×" + place[0] + " grid, cell " + place[1]);
+        link.href = row.dataset.atlas + "#g" + place[0] + "-c" + place[1];
+        item.appendChild(link);
+        item.appendChild(document.createTextNode(" · cosine " + place[2]));
+        list.appendChild(item);
+      });
+      figure.appendChild(list);
+      return figure;
+    }
+
     function fill(row) {
       const channel = row.id.slice("channel-".length);
-      title.textContent = "Channel " + channel;
+      title.textContent = "Channel " + channel + (row.dataset.name ? " · " + row.dataset.name : "");
       body.replaceChildren();
       const groups = { optimized: [], examples: [] };
       const extra = details(channel);
@@ -202,6 +219,7 @@
       groups.examples.forEach(function (figure) { body.appendChild(figure); });
       const svg = row.querySelector("svg.hist");
       if (svg) body.appendChild(histogramFigure(svg));
+      if (row.dataset.places) body.appendChild(placesFigure(row));
       const quality = qualityFigure(row);
       if (quality) {
         body.appendChild(make("h3", "group-title", "flags" in row.dataset
