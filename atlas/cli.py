@@ -345,7 +345,7 @@ def verify(out: str, dry_run: bool) -> None:
 @click.option("--steps", type=int, default=256, show_default=True)
 @click.option("--size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=0.05, show_default=True)
-@click.option("--transforms", type=_Registered(PRESETS), default="wide", show_default=True)
+@click.option("--transforms", type=_Registered(PRESETS), default="wider", show_default=True)
 @click.option("--lr-schedule", type=_Registered(SCHEDULES), default="warmup-cosine", show_default=True)
 @click.option(
     "--coarse-fraction",

@@ -87,7 +87,7 @@ class RenderSpec:
     param: Annotated[Text, one_of(PARAMS.names)] = "fourier"
     decorrelate: Bool = True
     decay_power: Number = 1.0
-    transforms: Annotated[Text, one_of(TRANSFORM_PRESETS.names)] = "wide"
+    transforms: Annotated[Text, one_of(TRANSFORM_PRESETS.names)] = "wider"
     objectives: Annotated[Names, each_of("objective", channel_objectives)] = DEFAULT_OBJECTIVES
     diversity: Int = 4  # at least 2 when a diverse objective is asked for: checked in parse_spec
     diversity_weight: Number = 5.0  # Gram cosine 0.99 -> 0.36 at 85% of the activation (check_optvis)

@@ -40,11 +40,14 @@ from atlas.spec import RenderSpec
 INGREDIENTS: dict[str, dict[str, object]] = {
     "standard": {"transforms": "standard"},
     "wide": {"transforms": "wide"},  # random scale 0.6-1.4
+    "wider": {"transforms": "wider"},  # scale 0.55-1.6, rotate +-20, jitter 32+16
     "constant": {"lr_schedule": "constant"},
     "cosine": {"lr_schedule": "warmup-cosine"},
     "multires": {"coarse_fraction": 0.5},  # half the steps at 1/4 then 1/2 resolution
     "multires25": {"coarse_fraction": 0.25},
+    "multires75": {"coarse_fraction": 0.75},
     "blur": {"blur_weight": 0.02},
+    "decay1.5": {"decay_power": 1.5},
     "lr0.1": {"lr": 0.1},
     "lr0.03": {"lr": 0.03},
 }

@@ -16,13 +16,13 @@ FACTS = ModelFacts(DIGEST, {"_blocks.3": 24, "_blocks.5": 40, "_blocks.9": 80})
 FINGERPRINTS = ["demo-data:0:64", "demo-data:1:40"]  # two dataset shards
 
 PINNED = [
-    ("render _blocks.3 0..3", "render-b07548d4bb72f8bfae74"),
-    ("render _blocks.5 0..3", "render-13dd679cc8a54f1f3928"),
-    ("render _blocks.9 0..3", "render-95a2fb8f6f1991845e38"),
-    ("directions _blocks.3", "directions-53e1798f4047c9232f82"),
-    ("directions _blocks.5", "directions-b1c4dafe08fc106a4b61"),
-    ("directions _blocks.9", "directions-75b1840cb60d60c80991"),
-    ("pair _blocks.5 0..1", "pair-7f20c34d4b8332182145"),
+    ("render _blocks.3 0..3", "render-e1786dea9c458e5f6eb2"),
+    ("render _blocks.5 0..3", "render-1042d04f99fcc57d0a83"),
+    ("render _blocks.9 0..3", "render-a3d4eed78e69e437c5db"),
+    ("directions _blocks.3", "directions-2d535a99d53b33bf1641"),
+    ("directions _blocks.5", "directions-6bbb6f656fa98c7cbd56"),
+    ("directions _blocks.9", "directions-61223712f2e87fcf3169"),
+    ("pair _blocks.5 0..1", "pair-149ee817721796bc7641"),
     ("scan *", "scan-8dd5f018f6545fcde6d6"),
     ("scan *", "scan-2cfd17712cb09d1894cf"),
     ("examples _blocks.3 0..3", "examples-8ac09cbd3d668003eb35"),

@@ -116,7 +116,10 @@ def test_spec_checks_the_recipe_settings():
 
 
 def test_blur_weight_smooths_the_rendered_pictures(model):
-    settings = replace(RenderSpec(), steps=24, size=32, batch=2, objectives=("channel",), lr=0.1)
+    # `wide`: the default `wider` chain's fixed 24 + 48 px of pad and jitter swamp a 32 px picture.
+    settings = replace(
+        RenderSpec(), steps=24, size=32, batch=2, objectives=("channel",), lr=0.1, transforms="wide"
+    )
     plain = render_channels(model, "conv2", [0, 1], settings)
     # A light weight: a heavy one flattens the picture until 8-bit rounding is all that is left.
     blurred = render_channels(model, "conv2", [0, 1], replace(settings, blur_weight=0.01))

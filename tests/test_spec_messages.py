@@ -140,7 +140,7 @@ GOLDEN = [
     ("param", "job.toml, line 12: render.param: 'fft' is not allowed: choose one of fourier, pixel, maco"),
     (
         "transforms",
-        "job.toml, line 12: render.transforms: 'distil' is not allowed: choose one of wide, standard, distill, vit, none",
+        "job.toml, line 12: render.transforms: 'distil' is not allowed: choose one of wider, wide, standard, distill, vit, none",
     ),
     (
         "precision",

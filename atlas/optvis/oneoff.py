@@ -39,7 +39,7 @@ class OneOffRequest:
     steps: int = 256
     size: int = 128
     lr: float = 0.05
-    transforms: str = "wide"
+    transforms: str = "wider"
     diversity_weight: float = 5.0
     penalties: dict[str, float] = field(default_factory=dict)
     seed: int = 0
