@@ -39,7 +39,7 @@ class RenderCase:
 def model_input_size(size: int, transforms: str) -> int:
     """Side of the images the model sees after the transforms (standard: 128 px -> 140 px)."""
     probe = torch.zeros(1, 3, size, size)
-    return int(preset(transforms)(probe, torch.Generator().manual_seed(0)).shape[-1])
+    return int(preset(transforms, size)(probe, torch.Generator().manual_seed(0)).shape[-1])
 
 
 def ours_renderer(model: LoadedModel, case: RenderCase) -> Callable[[], object]:

@@ -182,7 +182,7 @@ def tests_section(report: Report, out: Path) -> dict:
 
 def model_input_side(size: int, transforms: str) -> int:
     probe = torch.zeros(1, 3, size, size)
-    return int(preset(transforms)(probe, torch.Generator().manual_seed(0)).shape[-1])
+    return int(preset(transforms, size)(probe, torch.Generator().manual_seed(0)).shape[-1])
 
 
 def flops_per_image_step(model: LoadedModel, layer: str, side: int) -> float:

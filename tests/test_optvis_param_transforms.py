@@ -9,6 +9,7 @@ from torch import nn
 
 from atlas.optvis import param as P
 from atlas.optvis import transforms as T
+from atlas.quality.checkset import SHIFT_FRACTION
 
 
 @pytest.mark.parametrize("kind", P.PARAMS)
@@ -106,21 +107,31 @@ def test_rotation_and_scale_about_the_centre():
 
 def test_presets_are_seeded_differentiable_and_sized():
     x = torch.rand(3, 3, 32, 32, requires_grad=True)
-    standard = T.preset("standard")
+    standard = T.preset("standard", 32)
     out = standard(x, _generator(1))
     assert out.shape == (3, 3, 32 + 24 - 12, 32 + 24 - 12)
     assert torch.equal(out, standard(x, _generator(1)))
     assert not torch.equal(out, standard(x, _generator(2)))
     out.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
-    assert T.preset("distill")(x, _generator()).shape[-1] == 32 + 32 - 24
-    assert T.preset("vit")(x, _generator()).shape[-1] == 32 + 8 - 6
-    assert torch.equal(T.preset("none")(x, _generator()), x)
+    assert T.preset("distill", 32)(x, _generator()).shape[-1] == 32 + 32 - 24
+    assert T.preset("vit", 32)(x, _generator()).shape[-1] == 32 + 8 - 6
+    assert torch.equal(T.preset("none", 32)(x, _generator()), x)
+
+
+def test_wide_presets_scale_pad_and_jitter_with_the_render_size():
+    """At 128 px `wider` pads 24 and jitters 32 + 16 (the recipe study's amounts); at 64 px half
+    that, so its jitter stays short of the check set's quarter shift at every size."""
+    for size, pad, jitters in ((128, 24, 48), (64, 12, 24), (256, 48, 96)):
+        x = torch.rand(1, 3, size, size)
+        assert T.preset("wider", size)(x, _generator()).shape[-1] == size + 2 * pad - jitters
+        assert jitters / 2 < size * SHIFT_FRACTION
+    assert T.preset("wide", 64)(torch.rand(1, 3, 64, 64), _generator()).shape[-1] == 64 + 16 - 12
 
 
 def test_bad_transforms_are_explained():
     with pytest.raises(T.TransformError, match="standard"):
-        T.preset("standrd")
+        T.preset("standrd", 32)
     with pytest.raises(T.TransformError, match="larger than"):
         T.compose([T.jitter(10)])(torch.rand(1, 3, 8, 8), _generator())
     with pytest.raises(T.TransformError, match="positive"):

@@ -201,14 +201,15 @@ def render_parts(
         if not part.objective.layers:
             raise RenderError(f"objective {part.objective.name!r} reads no layer of the model; add one")
     layers = sorted(set().union(*(part.objective.layers for part in parts)))
-    transform = preset(transforms) if isinstance(transforms, str) else transforms
     params = [part.param.to(model.device) for part in parts]
     try:
         with torch.no_grad():
-            for param in params:
-                model.check_input_size(int(param().shape[-1]))
+            sizes = [int(param().shape[-1]) for param in params]
+        for size in sizes:
+            model.check_input_size(size)
     except ModelError as err:
         raise RenderError(str(err)) from err
+    transform = preset(transforms, max(sizes)) if isinstance(transforms, str) else transforms
     # Only parameterizations with a resolution to change (Fourier) take part in multi-resolution;
     # with none of them the render runs at full resolution throughout.
     staged = [param for param in params if hasattr(param, "band_limit")]

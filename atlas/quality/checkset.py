@@ -1,9 +1,10 @@
 """The held-out check set: transformations the optimization never sees, outside its training range.
 
-Rendering's transform presets (atlas/optvis/transforms.py) jitter by at most 32 + 16 px, scale by
-0.55-1.6 at the widest (the default ``wider`` preset) and rotate by at most 20 degrees, always on
-the render-size image, in float, without compression: the resizes below (x1.75 and x0.5 of a
-128 px render) stay outside that range. A picture that shows what a unit responds to keeps most of its activation under
+Rendering's transform presets (atlas/optvis/transforms.py) jitter by at most 32 + 16 px of a
+128 px render (the default ``wider`` preset, whose pad and jitter scale with the render size, so
+at most 19% of the image either way), scale by 0.55-1.6 at the widest and rotate by at most 20
+degrees, always on the render-size image, in float, without compression: the resizes below
+(x1.75 and x0.5), the 30 degree rotation and the quarter shift stay outside that range. A picture that shows what a unit responds to keeps most of its activation under
 changes beyond all of those; an adversarial pattern tuned to the exact pixels does not. Each
 check here is deterministic, so a record computed today is comparable with one computed later.
 """
