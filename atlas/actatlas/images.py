@@ -9,12 +9,9 @@ logits) show the whole square.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
-from PIL import Image
-
-from atlas.data import ImageSource, square_view
+from atlas.data import ImageSource, png, view_crop
 from atlas.models import LoadedModel
 from atlas.receptive import receptive_field
 
@@ -48,14 +45,7 @@ def thumbnails(
     for source_id, decoded in source.load_many(sorted(wanted)):
         if decoded.image is None:
             continue
-        image = decoded.image
-        left, top, side = square_view(image)
-        scale = side / model.input_size
         for position in wanted[source_id]:
             box = _box(model, layer, position) or (0.0, 0.0, model.input_size, model.input_size)
-            crop = (left + box[0] * scale, top + box[1] * scale, left + box[2] * scale, top + box[3] * scale)
-            thumb = image.resize((size, size), Image.Resampling.BICUBIC, box=crop)
-            buffer = io.BytesIO()
-            thumb.save(buffer, format="PNG", compress_level=3)
-            found[(source_id, position)] = buffer.getvalue()
+            found[(source_id, position)] = png(view_crop(decoded.image, box, model.input_size, size))
     return found

@@ -8,7 +8,6 @@ receptive field around the recorded position (token layers: the whole image with
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ import pyarrow as pa
 from PIL import Image
 
 from atlas import heatmaps
-from atlas.data import ImageSource, square_view
+from atlas.data import ImageSource, png, view_crop
 from atlas.examples.partial import HIST_EDGES, LayerScan, PartialScan, ScanError, base_layer
 from atlas.models import LoadedModel
 from atlas.receptive import ReceptiveField, receptive_field
@@ -167,29 +166,14 @@ def _cut(
         if decoded.image is None:
             continue
         image = decoded.image
-        left, top, side = square_view(image)
-        scale = side / field_.input_size
-        crops = {}
-        for y, x in positions[source_id]:
-            box_left, box_top, box_right, box_bottom = field_.box(y, x)
-            box = (
-                left + box_left * scale,
-                top + box_top * scale,
-                left + box_right * scale,
-                top + box_bottom * scale,
-            )
-            crops[(y, x)] = _png(image.resize((crop_size, crop_size), Image.Resampling.BICUBIC, box=box))
+        crops = {
+            (y, x): png(view_crop(image, field_.box(y, x), field_.input_size, crop_size))
+            for y, x in positions[source_id]
+        }
         thumb = image.copy()
         thumb.thumbnail((thumb_size, thumb_size), Image.Resampling.BICUBIC)
-        cut[source_id] = (crops, _png(thumb))
+        cut[source_id] = (crops, png(thumb))
     return cut
-
-
-def _png(image: Image.Image) -> bytes:
-    """PNG at zlib level 3: measured 3.5x faster to write than the default 6 for 8% more bytes."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=3)
-    return buffer.getvalue()
 
 
 def _coarse_histogram(scan: LayerScan, channel: int, bins: int) -> tuple[list[float], list[int]]:
