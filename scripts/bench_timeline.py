@@ -22,29 +22,15 @@ import time
 from pathlib import Path
 
 import ray
-import torch
 
-from atlas.models.registry import build
 from atlas.spec import parse_spec
 from atlas.timeline.run import run_timeline
 
-
-def train(folder: Path, epochs: int) -> list[Path]:
-    folder.mkdir(parents=True)
-    torch.manual_seed(0)
-    module, _ = build("tiny-cnn", "none")
-    optimizer = torch.optim.SGD(module.parameters(), lr=0.05)
-    paths = []
-    for epoch in range(1, epochs + 1):
-        for _ in range(4):
-            images = torch.rand(16, 3, 64, 64)
-            loss = torch.nn.functional.cross_entropy(module(images), images.mean(dim=(2, 3)).argmax(dim=1))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        paths.append(folder / f"epoch-{epoch}.pt")
-        torch.save(module.state_dict(), paths[-1])
-    return paths
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1] / "tests")
+)  # the tests' training and timeline fixtures
+from synthetic_timeline import write_synthetic_timeline  # noqa: E402
+from training import train_checkpoints  # noqa: E402
 
 
 def spec(root: Path, out: str, checkpoints: list[Path], args: argparse.Namespace):
@@ -86,9 +72,6 @@ def page_sizes() -> None:
     """The timeline pages of a synthetic 1,024-channel layer over ten checkpoints: time and bytes."""
     from atlas.site import build_site
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic-timeline fixture
-    from synthetic_timeline import write_synthetic_timeline
-
     with tempfile.TemporaryDirectory() as tmp:
         # rendered and scanned: every 3rd checkpoint and the latest (0, 3, 6, 9), 4 examples each
         write_synthetic_timeline(
@@ -126,7 +109,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        paths = train(root / "ckpt", 6)
+        paths = train_checkpoints(root / "ckpt", 6, steps=4, batch=16)
         ray.init(
             address="local",
             num_cpus=args.workers,

@@ -11,16 +11,16 @@ from PIL import Image
 from atlas.models.registry import build
 
 
-def train_checkpoints(folder: Path, epochs: int) -> list[Path]:
-    """tiny-cnn trained a few steps per epoch on synthetic images (class = the brightest colour)."""
+def train_checkpoints(folder: Path, epochs: int, steps: int = 2, batch: int = 8) -> list[Path]:
+    """tiny-cnn trained `steps` steps per epoch on synthetic images (class = the brightest colour)."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     module, _ = build("tiny-cnn", "none")
     optimizer = torch.optim.SGD(module.parameters(), lr=0.05)
     paths = []
     for epoch in range(1, epochs + 1):
-        for _ in range(2):
-            images = torch.rand(8, 3, 64, 64)
+        for _ in range(steps):
+            images = torch.rand(batch, 3, 64, 64)
             labels = images.mean(dim=(2, 3)).argmax(dim=1)
             loss = torch.nn.functional.cross_entropy(module(images), labels)
             optimizer.zero_grad()
