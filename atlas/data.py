@@ -249,19 +249,39 @@ class ImageSource(ABC):
             if decoded.image is not None:
                 good.append((source_id, decoded.image))
             elif skipped is not None:
-                reason = decoded.reasons[0].removeprefix("skipped:") if decoded.reasons else "unknown"
-                skipped.append(SkippedInput(source_id, reason, decoded.message))
+                skipped.append(skipped_input(source_id, decoded))
         return good, counts
+
+    def raw_many(self, source_ids: Sequence[str]) -> Iterator[tuple[str, Raw]] | None:
+        """Each id's encoded bytes (or file), undecoded, in `load_many`'s order, for decoders of
+        their own (`atlas.examples.decode`); None when the source holds no encoded images."""
+        return None
+
+
+def skipped_input(source_id: str, decoded: Decoded) -> SkippedInput:
+    """The record of an image that decoded to nothing, for the store's `skipped` table."""
+    reason = decoded.reasons[0].removeprefix("skipped:") if decoded.reasons else "unknown"
+    return SkippedInput(source_id, reason, decoded.message)
+
+
+# What a source holds for one id: encoded bytes, a file, or why there is nothing (None: missing).
+Raw = bytes | Path | Decoded | None
+
+
+def decode_raw(raw: Raw, draft_size: int | None) -> Decoded:
+    """`decode_image` of one `raw_many` item; a missing one is skipped as missing."""
+    if raw is None:
+        return Decoded(None, ["skipped:missing"], "gone since the source was listed")
+    if isinstance(raw, Decoded):
+        return raw
+    return decode_image(raw, draft_size)
 
 
 def _decode_all(
-    raw_items: Iterable[tuple[str, bytes | Path | None]], draft_size: int | None
+    raw_items: Iterable[tuple[str, Raw]], draft_size: int | None
 ) -> Iterator[tuple[str, Decoded]]:
     for source_id, raw in raw_items:
-        if raw is None:
-            yield source_id, Decoded(None, ["skipped:missing"], "gone since the source was listed")
-        else:
-            yield source_id, decode_image(raw, draft_size)
+        yield source_id, decode_raw(raw, draft_size)
 
 
 def _hash_lines(lines: Iterable[str]) -> str:
@@ -306,8 +326,11 @@ class FolderSource(ImageSource):
     def load_many(
         self, source_ids: Sequence[str], draft_size: int | None = None
     ) -> Iterator[tuple[str, Decoded]]:
+        return _decode_all(self.raw_many(source_ids), draft_size)
+
+    def raw_many(self, source_ids: Sequence[str]) -> Iterator[tuple[str, Raw]]:
         paths = ((i, self.root / i) for i in source_ids)
-        return _decode_all(((i, path if path.is_file() else None) for i, path in paths), draft_size)
+        return ((i, path if path.is_file() else None) for i, path in paths)
 
 
 @dataclass
@@ -342,9 +365,9 @@ class ParquetSource(ImageSource):
     def load_many(
         self, source_ids: Sequence[str], draft_size: int | None = None
     ) -> Iterator[tuple[str, Decoded]]:
-        return _decode_all(self._raw_many(source_ids), draft_size)
+        return _decode_all(self.raw_many(source_ids), draft_size)
 
-    def _raw_many(self, source_ids: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
+    def raw_many(self, source_ids: Sequence[str]) -> Iterator[tuple[str, Raw]]:
         """Rows in file order, so each needed row group is read once whatever order was asked."""
         parquet = pq.ParquetFile(self.path)
         starts = [0]

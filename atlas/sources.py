@@ -4,7 +4,8 @@ shards of a large dataset (e.g. `train-00000-of-01024.parquet`), or both mixed.
 Every image file under the prefix is one image (id: its path relative to the prefix), every row
 of every `.parquet` file under it too (id: `<relative path>#row<i>`). Workers open the filesystem
 themselves (the source pickles as its URI), read only the files and row groups they need, and
-decode with `atlas.data.decode_image`, so bad images are skipped and counted as everywhere else.
+decode with `atlas.data.decode_image` (or a scan's own decoder, from `raw_many`), so bad images
+are skipped and counted as everywhere else.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from atlas.data import (
     IMAGE_SUFFIXES,
     Decoded,
     ImageSource,
+    Raw,
     SourceError,
     _image_bytes,
     _is_image_column,
-    decode_image,
+    decode_raw,
 )
 
 _ROW = "#row"
@@ -117,6 +119,9 @@ class FileSystemSource(ImageSource):
     def load_many(
         self, source_ids: Sequence[str], draft_size: int | None = None
     ) -> Iterator[tuple[str, Decoded]]:
+        return ((source_id, decode_raw(raw, draft_size)) for source_id, raw in self.raw_many(source_ids))
+
+    def raw_many(self, source_ids: Sequence[str]) -> Iterator[tuple[str, Raw]]:
         """Image files one read each; Parquet rows grouped by file, each row group read once."""
         fs, _ = _filesystem(self.uri)
         rows: dict[str, list[tuple[int, str]]] = {}
@@ -134,7 +139,7 @@ class FileSystemSource(ImageSource):
             except (FileNotFoundError, OSError):
                 yield source_id, Decoded(None, ["skipped:missing"])
                 continue
-            yield source_id, decode_image(raw, draft_size)
+            yield source_id, raw
         for rel, wanted in rows.items():
             with fs.open_input_file(self._path(rel)) as handle:
                 parquet = pq.ParquetFile(handle)
@@ -150,7 +155,7 @@ class FileSystemSource(ImageSource):
                         cached = _image_bytes(parquet.read_row_group(group, columns=[column]).column(0))
                     value = cached[row - starts[group]].as_py()
                     if isinstance(value, bytes) and value:
-                        yield source_id, decode_image(value, draft_size)
+                        yield source_id, value
                     else:
                         yield source_id, Decoded(None, ["skipped:missing"])
 

@@ -327,18 +327,22 @@ def test_reductions_match_numpy_histogram_on_both_backends() -> None:
     assert histogram[upper] == histogram[lower] == 1
 
 
-def test_prefetched_batches_equal_sequential_ones(dataset: ImageSource) -> None:
+@pytest.mark.parametrize("tensors", [False, True], ids=["pil", "tensor-decoder"])
+def test_prefetched_batches_equal_sequential_ones(dataset: ImageSource, tensors: bool) -> None:
+    from atlas.data import decode_for_model
+    from atlas.examples.decode import TensorDecoder
     from atlas.examples.scan import _batches
 
+    decoder = TensorDecoder("cpu") if tensors else decode_for_model
     ids = dataset.ids()[:20]
-    sequential = list(_batches(dataset, ids, 6, 32, prefetch=False))
-    prefetched = list(_batches(dataset, ids, 6, 32, prefetch=True))
+    sequential = list(_batches(dataset, ids, 6, 32, prefetch=False, decoder=decoder))
+    prefetched = list(_batches(dataset, ids, 6, 32, prefetch=True, decoder=decoder))
     assert len(sequential) == len(prefetched) == 4
     for (ids_a, pixels_a, counts_a, skipped_a), (ids_b, pixels_b, counts_b, skipped_b) in zip(
         sequential, prefetched, strict=True
     ):
         assert ids_a == ids_b and counts_a == counts_b and skipped_a == skipped_b
-        assert np.array_equal(pixels_a, pixels_b)
+        assert np.array_equal(np.asarray(pixels_a), np.asarray(pixels_b))
 
 
 def test_logits_are_scanned_as_one_position_seeing_everything(

@@ -15,7 +15,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from atlas.data import ImageSource, ShardRef, SkippedInput, decode_for_model
+from atlas.data import ImageSource, ShardRef, SkippedInput
+from atlas.examples.decode import Batch, Decoder, scan_decoder
 from atlas.examples.partial import (
     DEFAULT_SAMPLE_SIZE,
     HIST_BINS,
@@ -29,13 +30,17 @@ from atlas.examples.partial import (
 )
 from atlas.models import LoadedModel
 
-Batch = tuple[list[str], np.ndarray | None, Counter[str], list[SkippedInput]]
-
 
 def _batches(
-    source: ImageSource, source_ids: Sequence[str], batch_size: int, size: int, prefetch: bool
+    source: ImageSource,
+    source_ids: Sequence[str],
+    batch_size: int,
+    size: int,
+    prefetch: bool,
+    decoder: Decoder,
 ) -> Iterator[Batch]:
-    """Decoded, resized batches as uint8 [B, H, W, 3] arrays, with what was skipped or converted.
+    """Decoded, resized batches as uint8 [B, H, W, 3] arrays or tensors, with what was skipped
+    or converted.
 
     With `prefetch` the next batch decodes in a thread while this one runs: right when a GPU
     computes and the CPU waits, wrong on CPU, where torch already keeps every core busy and a
@@ -43,7 +48,7 @@ def _batches(
     """
 
     def load(chunk: Sequence[str]) -> Batch:
-        return decode_for_model(source, chunk, size)
+        return decoder(source, chunk, size)
 
     chunks = [source_ids[i : i + batch_size] for i in range(0, len(source_ids), batch_size)]
     if not prefetch:
@@ -64,6 +69,9 @@ class BatchScanner:
     batch into a `PartialScan`, so a shard's scan is a fold of `PartialScan.merge` over batches.
     `directions` maps a layer to an [n, C] tensor; each row becomes channel i of the pseudo-layer
     `<layer>@direction` (projection of the activation vector at each position onto the row).
+    `precision` is the forward pass's: `auto` runs it in bf16 autocast on a CUDA device that
+    has bf16 (channels_last, as the model is kept), fp32 elsewhere; activations are kept as
+    float32 whatever it is.
     """
 
     def __init__(
@@ -74,10 +82,14 @@ class BatchScanner:
         directions: Mapping[str, torch.Tensor] | None = None,
         sample_size: int = DEFAULT_SAMPLE_SIZE,
         on_batch: Callable[[list[str], Mapping[str, torch.Tensor]], None] | None = None,
+        precision: str = "auto",
     ):
-        self.on_batch = on_batch  # sees each batch's raw outputs (the activation atlas's vectors)
+        self.on_batch = on_batch  # sees each batch's float32 outputs (the activation atlas's vectors)
         if k < 1:
             raise ScanError(f"k must be at least 1, got {k}")
+        if precision not in PRECISIONS:
+            raise ScanError(f"unknown scan precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        self.bf16 = precision == "bf16" or (precision == "auto" and _has_bf16(model.device))
         self.model, self.k, self.sample_size = model, k, sample_size
         self.names = [model.resolve_layer(name) for name in layers]
         self.directions = {
@@ -96,11 +108,18 @@ class BatchScanner:
     def empty(self) -> PartialScan:
         return PartialScan.empty(self.channels, self.k, self.sample_size)
 
-    def scan(self, ids: list[str], pixels: np.ndarray) -> PartialScan:
+    def scan(self, ids: list[str], pixels: np.ndarray | torch.Tensor) -> PartialScan:
         """One batch of uint8 [B, H, W, 3] images at the model's input size (no stats)."""
-        x01 = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(self.model.device).float().div_(255.0)
+        device = self.model.device
+        pixels = torch.as_tensor(pixels)
+        if pixels.device.type == "cuda":  # decoded on another stream: keep it until used here
+            pixels.record_stream(torch.cuda.current_stream(pixels.device))
+        x01 = pixels.to(device).permute(0, 3, 1, 2).float().div_(255.0)
+        x01 = x01.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():  # not inference_mode: its tensors would poison later autograd
-            outputs = self.model.activations(x01, self._needed)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                outputs = self.model.activations(x01, self._needed)
+            outputs = {name: output.float() for name, output in outputs.items()}
             if self.on_batch is not None:
                 self.on_batch(ids, outputs)
             maps = {name: _as_map(outputs[name]) for name in self.names}
@@ -123,17 +142,22 @@ def scan_shard(
     directions: Mapping[str, torch.Tensor] | None = None,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     on_batch: Callable[[list[str], Mapping[str, torch.Tensor]], None] | None = None,
+    decoder: Decoder | None = None,
+    precision: str = "auto",
 ) -> PartialScan:
     """Scan one shard in this process: one truncated forward pass per batch records every layer.
 
     Bad images are skipped or converted and counted in `stats`; they never stop the scan.
+    `decoder` defaults to the device's (`scan_decoder`: JPEGs decoded on a GPU, PIL on the CPU);
+    `precision` is `BatchScanner`'s.
     """
-    scanner = BatchScanner(model, layers, k, directions, sample_size, on_batch)
+    scanner = BatchScanner(model, layers, k, directions, sample_size, on_batch, precision)
     partial = scanner.empty()
     stats: Counter[str] = Counter()
     skipped: list[SkippedInput] = []
     prefetch = model.device.type != "cpu"
-    batches = _batches(source, shard.source_ids, batch_size, model.input_size, prefetch)
+    decoder = decoder or scan_decoder(model.device)
+    batches = _batches(source, shard.source_ids, batch_size, model.input_size, prefetch, decoder)
     for ids, pixels, counts, bad in batches:
         stats.update(counts)
         skipped += bad
@@ -142,6 +166,13 @@ def scan_shard(
         stats["scanned"] += len(ids)
         partial = partial.merge(scanner.scan(ids, pixels))
     return replace(partial, stats=dict(sorted(stats.items())), skipped=tuple(skipped))
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def _has_bf16(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def _as_map(output: torch.Tensor) -> torch.Tensor:
