@@ -37,6 +37,7 @@ from atlas.data import (
     MIN_SIDE,
     Decoded,
     ImageSource,
+    Raw,
     SkippedInput,
     decode_for_model,
     decode_raw,
@@ -108,29 +109,32 @@ class TensorDecoder:
         raw_items = source.raw_many(source_ids)
         if raw_items is None:
             return decode_for_model(source, source_ids, size)
-        decoded: list[tuple[str, Decoded | None]] = []  # None: the tensor path decodes it
+        # PIL's outcome, or the conversions of a JPEG the tensor path decodes (image None).
+        decoded: list[tuple[str, Decoded]] = []
         jpegs: list[tuple[int, bytes, int]] = []  # (position, bytes, draft scale)
+        originals: dict[int, Raw] = {}  # what PIL decodes if the tensor path cannot after all
         for source_id, raw in raw_items:
             data = _bytes(raw)
             plan = jpeg_plan(data, size) if data is not None else None
-            if plan is None:
-                decoded.append((source_id, decode_raw(data if data is not None else raw, size)))
+            if plan is None:  # PIL reads the original, so its messages name the file as before
+                decoded.append((source_id, decode_raw(raw, size)))
                 continue
             scale, reasons = plan
             jpegs.append((len(decoded), data, scale))
+            originals[len(decoded)] = raw
             decoded.append((source_id, Decoded(None, reasons)))
         with torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext():
             views = self._views(jpegs, size)
-            for position, data, _ in jpegs:
+            for position, raw in originals.items():
                 if position not in views:  # the batched decode rejected it: PIL decides
-                    decoded[position] = (decoded[position][0], decode_raw(data, size))
+                    decoded[position] = (decoded[position][0], decode_raw(raw, size))
             ids, pixels, counts, skipped = [], [], Counter(), []
             for position, (source_id, outcome) in enumerate(decoded):
                 counts.update(outcome.reasons)
                 if position in views:
                     pixels.append(views[position])
                 elif outcome.image is not None:
-                    view = np.asarray(model_view(outcome.image, size))
+                    view = np.array(model_view(outcome.image, size))
                     pixels.append(torch.from_numpy(view).to(self.device, non_blocking=True))
                 else:
                     skipped.append(skipped_input(source_id, outcome))
