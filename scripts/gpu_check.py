@@ -16,7 +16,9 @@ still reports what it measured. Sections:
   doubling up to the largest that fits in memory (fp32, and bf16 at the largest), with image-steps
   per second and the achieved TFLOP/s counted by ``torch.utils.flop_counter``;
 - scan: dataset images per second through ``scan_shard`` over all nine mixed layers, on
-  generated JPEGs decoded from disk;
+  generated 500x375 JPEGs read from disk, decoded by PIL (one thread) and by batched
+  ``decode_jpeg`` (nvJPEG on a GPU), each against min(decode, forward) ceilings measured in the
+  same run, with the GPU's busy share (the rate over the forward ceiling; NVML's utilization);
 - slice: the appendix job (jobs/inceptionv1.toml) cut to 32 channels of each of its nine mixed
   layers, run unit by unit through ``run_unit`` with the PNG encoding and the Parquet store
   writes included, and the full job (5,488 channels) projected from it (see ``project``).
@@ -47,8 +49,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from atlas.data import open_source  # noqa: E402
-from atlas.examples import scan_shard  # noqa: E402
+from atlas.data import decode_for_model, open_source  # noqa: E402
+from atlas.examples import BatchScanner, scan_shard  # noqa: E402
+from atlas.examples.decode import Decoder, TensorDecoder  # noqa: E402
 from atlas.models import LoadedModel, load_model  # noqa: E402
 from atlas.optvis import make_param  # noqa: E402
 from atlas.optvis import objectives as obj  # noqa: E402
@@ -262,35 +265,142 @@ def render_section(model: LoadedModel, settings: Settings, report: Report) -> di
     return figures
 
 
-def write_images(folder: Path, count: int) -> None:
-    """``count`` 320x256 JPEGs of smooth random colour fields: real decode work, no dataset needed."""
+@dataclass(frozen=True)
+class ScanSizes:
+    """Images of each scan measurement: PIL decodes one image at a time, the tensor path batches."""
+
+    distinct: int  # distinct JPEG files written; the others are hard links to them
+    pil_images: int  # the scan with PIL decoding (one decoding thread), and its decode ceiling
+    tensor_images: int  # the scan with batched JPEG decoding (nvJPEG on a GPU)
+    batch: int
+    repeats: int  # forward passes timed for the forward ceiling
+
+
+SCAN_SIZES = {"cuda": ScanSizes(256, 512, 8192, 512, 10), "cpu": ScanSizes(8, 8, 8, 4, 2)}
+
+
+def write_images(folder: Path, count: int, distinct: int) -> None:
+    """``count`` 500x375 JPEGs (ImageNet's typical photo; grain over a gradient, as the ceiling
+    measurement in ../shared/gpu/scan_ceiling.py): real decode work, no dataset needed."""
     generator = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
+    ramp = np.linspace(0, 191, 500)[None, :, None]
     for index in range(count):
-        coarse = generator.integers(0, 256, (8, 10, 3), dtype=np.uint8)
-        image = Image.fromarray(coarse).resize((320, 256), Image.Resampling.BICUBIC)
-        image.save(folder / f"{index:05d}.jpg", quality=90)
+        path = folder / f"{index:05d}.jpg"
+        if index < distinct:
+            pixels = (generator.random((375, 500, 3)) * 64 + ramp).astype(np.uint8)
+            Image.fromarray(pixels).save(path, quality=90)
+        else:
+            os.link(folder / f"{index % distinct:05d}.jpg", path)
+
+
+class Utilization:
+    """The GPU's utilization (NVML: share of time a kernel runs) sampled by ``nvidia-smi`` every
+    100 ms while the block runs; nothing when there is no nvidia-smi."""
+
+    def __init__(self, device: torch.device):
+        self.samples: list[int] = []
+        self.command = None
+        if device.type == "cuda" and shutil.which("nvidia-smi"):
+            uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+            self.command = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+            self.command += ["-lms", "100", "-i", f"GPU-{uuid}" if uuid else "0"]
+
+    def __enter__(self) -> Utilization:
+        self.process = (
+            subprocess.Popen(self.command, stdout=subprocess.PIPE, text=True) if self.command else None
+        )
+        time.sleep(0.3 if self.process else 0)  # nvidia-smi starts before the first sample
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            out, _ = self.process.communicate(timeout=10)
+            self.samples = [int(line) for line in out.split() if line.strip().isdigit()]
+
+    def figures(self) -> dict:
+        if not self.samples:
+            return {"nvidia_smi": "not available"}
+        return {"mean_percent": round(sum(self.samples) / len(self.samples), 1), "samples": len(self.samples)}
 
 
 def scan_section(model: LoadedModel, layers: list[str], settings: Settings, work: Path) -> dict:
+    """Scan images/s with PIL decoding and with batched tensor decoding (nvJPEG on a GPU), each
+    against its ceilings measured here: the decoder alone, and the scan's forward pass (with its
+    statistics) on batches already on the device. The GPU's busy share is the scan's rate over
+    the forward ceiling, and NVML's utilization sampled during the scan."""
+    sizes = SCAN_SIZES[model.device.type]
     folder = work / "images"
-    write_images(folder, settings.scan_images)
+    write_images(folder, max(sizes.pil_images, sizes.tensor_images), sizes.distinct)
     source = open_source(folder)
-    (shard,) = source.shards(settings.scan_images)
-    warm = replace(shard, source_ids=shard.source_ids[: settings.scan_batch])
-    scan_shard(model, layers, source, warm, batch_size=settings.scan_batch)
-    synchronize(model.device)
-    start = time.perf_counter()
-    partial = scan_shard(model, layers, source, shard, batch_size=settings.scan_batch)
-    synchronize(model.device)
-    seconds = time.perf_counter() - start
-    return {
-        "images": partial.stats.get("scanned", 0),
-        "batch_size": settings.scan_batch,
+    (shard,) = source.shards(max(sizes.pil_images, sizes.tensor_images))
+    tensor_decoder = TensorDecoder(model.device)
+    scanner = BatchScanner(model, layers)
+
+    def rate(images: int, run: Callable[[], object]) -> float:
+        synchronize(model.device)
+        start = time.perf_counter()
+        run()
+        synchronize(model.device)
+        return round(images / (time.perf_counter() - start), 1)
+
+    def decode_all(decoder: Decoder, ids: tuple[str, ...]) -> None:
+        for begin in range(0, len(ids), sizes.batch):
+            decoder(source, ids[begin : begin + sizes.batch], model.input_size)
+
+    ids, pixels, _, _ = tensor_decoder(source, shard.source_ids[: sizes.batch], model.input_size)
+    pixels = torch.as_tensor(pixels).to(model.device)
+    scanner.scan(ids, pixels)  # warm-up: cuDNN and autocast caches
+
+    def forward() -> None:
+        for _ in range(sizes.repeats):
+            scanner.scan(ids, pixels)
+
+    def bare() -> None:  # the forward pass alone, as ../shared/gpu/scan_ceiling.py times it
+        x01 = pixels.permute(0, 3, 1, 2).float().div(255).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), torch.autocast(model.device.type, torch.bfloat16, enabled=scanner.bf16):
+            for _ in range(sizes.repeats):
+                model.activations(x01, scanner.needed)
+
+    figures: dict[str, object] = {
         "layers": len(layers),
-        "seconds": round(seconds, 2),
-        "images_per_s": round(partial.stats.get("scanned", 0) / seconds, 1),
+        "batch_size": sizes.batch,
+        "precision": "bf16" if scanner.bf16 else "fp32",
+        "photo": "500x375 JPEG",
+        "cpu_count": os.cpu_count(),
+        "bare_forward_images_per_s": rate(len(ids) * sizes.repeats, bare),
+        "forward_ceiling_images_per_s": rate(len(ids) * sizes.repeats, forward),
     }
+    for name, decoder, count in (
+        ("pil", decode_for_model, sizes.pil_images),
+        ("tensor", tensor_decoder, sizes.tensor_images),
+    ):
+        part = replace(shard, source_ids=shard.source_ids[:count])
+        decode_all(decoder, part.source_ids[: sizes.batch])  # warm-up
+        ceiling = rate(count, lambda part=part, decoder=decoder: decode_all(decoder, part.source_ids))
+        with Utilization(model.device) as utilization:
+            start = time.perf_counter()
+            partial = scan_shard(model, layers, source, part, batch_size=sizes.batch, decoder=decoder)
+            synchronize(model.device)
+            seconds = time.perf_counter() - start
+        scanned = partial.stats.get("scanned", 0)
+        bound = min(ceiling, figures["forward_ceiling_images_per_s"])  # type: ignore[type-var]
+        figures[name] = {
+            "decoder": "PIL, one thread"
+            if decoder is decode_for_model
+            else f"decode_jpeg on {model.device.type}",
+            "images": scanned,
+            "seconds": round(seconds, 2),
+            "images_per_s": round(scanned / seconds, 1),
+            "decode_ceiling_images_per_s": ceiling,
+            "share_of_min_ceiling": round(scanned / seconds / bound, 3),
+            "gpu_busy_share": round(scanned / seconds / figures["forward_ceiling_images_per_s"], 3),  # type: ignore[operator]
+            "utilization": utilization.figures(),
+        }
+    figures["images"] = figures["pil"]["images"]  # type: ignore[index]
+    figures["images_per_s"] = figures["pil"]["images_per_s"]  # type: ignore[index]
+    return figures
 
 
 def project(per_layer: dict[str, dict], totals: dict[str, int]) -> dict:

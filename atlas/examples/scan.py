@@ -103,7 +103,7 @@ class BatchScanner:
                 )
         self.channels = {name: model.channels(name) for name in self.names}
         self.channels.update({direction_layer(n): rows.shape[0] for n, rows in self.directions.items()})
-        self._needed = sorted(set(self.names) | set(self.directions))
+        self.needed = sorted(set(self.names) | set(self.directions))
 
     def empty(self) -> PartialScan:
         return PartialScan.empty(self.channels, self.k, self.sample_size)
@@ -118,7 +118,7 @@ class BatchScanner:
         x01 = x01.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():  # not inference_mode: its tensors would poison later autograd
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                outputs = self.model.activations(x01, self._needed)
+                outputs = self.model.activations(x01, self.needed)
             outputs = {name: output.float() for name, output in outputs.items()}
             if self.on_batch is not None:
                 self.on_batch(ids, outputs)
