@@ -146,9 +146,43 @@ def test_scan_on_the_gpu_finds_the_same_examples_as_on_the_cpu(tmp_path):
     source = open_source(tmp_path)
     (shard,) = source.shards(12)
     scans = [
-        scan_shard(load_model("tiny-cnn", device=device), ["conv2"], source, shard, k=3, batch_size=5)
+        scan_shard(
+            load_model("tiny-cnn", device=device),
+            ["conv2"],
+            source,
+            shard,
+            k=3,
+            batch_size=5,
+            precision="fp32",
+        )
         for device in ("cpu", "cuda")
     ]
     cpu, gpu = (s.layers["conv2"] for s in scans)
     assert (cpu.top.ids == gpu.top.ids).mean() > 0.95
     np.testing.assert_allclose(cpu.top.values, gpu.top.values, rtol=1e-3, atol=1e-4)
+
+
+def test_a_gpu_scan_with_nvjpeg_and_bf16_finds_nearly_the_same_examples_as_the_cpu(tmp_path):
+    """The GPU's defaults (JPEGs decoded by nvJPEG, bf16 forward) against PIL and fp32 on the CPU:
+    the same images skipped, the same examples up to near-ties, values within bf16's tolerance."""
+    rng = np.random.default_rng(1)
+    for index in range(20):  # smooth photos: the decoders differ most on pixel noise (see decode.py)
+        coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        size = (240 - 6 * index, 60 + 9 * index)
+        Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC).save(tmp_path / f"{index:02d}.jpg")
+    (tmp_path / "bad.jpg").write_bytes((tmp_path / "00.jpg").read_bytes()[:300])
+    source = open_source(tmp_path)
+    (shard,) = source.shards(21)
+    scans = [
+        scan_shard(
+            load_model("tiny-cnn", device=device), ["conv2", "conv3"], source, shard, k=3, batch_size=8
+        )
+        for device in ("cpu", "cuda")
+    ]
+    assert scans[0].stats == scans[1].stats and scans[0].skipped == scans[1].skipped
+    for layer in ("conv2", "conv3"):
+        cpu, gpu = (s.layers[layer] for s in scans)
+        shared = np.mean([len(set(a) & set(b)) / 3 for a, b in zip(cpu.top.ids, gpu.top.ids, strict=True)])
+        assert shared > 0.8
+        scale = np.abs(cpu.top.values).max()
+        np.testing.assert_allclose(cpu.top.values, gpu.top.values, atol=0.05 * scale)
