@@ -287,3 +287,22 @@ def test_atlas_plan_and_run_stop_on_an_unusable_dictionary_in_one_line(tmp_path,
         )
         assert "Traceback" not in result.output
         assert not (tmp_path / "out").exists()  # no output folder, store or lease
+
+
+def test_a_timeline_refuses_a_dictionary_instead_of_following_the_base_channels(tmp_path) -> None:
+    """A timeline's units are the base layer's channels: a dictionary there would be dropped unseen."""
+    from click.testing import CliRunner
+
+    from atlas.cli import main
+
+    path = _dictionary(tmp_path, 64 * C)
+    job = tmp_path / "job.toml"
+    job.write_text(
+        _job_text(tmp_path, f'name = "{BASE}"\nchannels = [0, 100]\ndictionary = "{path}"').replace(
+            'name = "tiny-cnn"', 'name = "tiny-cnn"\ncheckpoints = ["ckpt/step-*.pt"]'
+        )
+    )
+    result = CliRunner().invoke(main, ["timeline", str(job)])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "dictionary" in lines[0], result.output
+    assert not (tmp_path / "out").exists()
