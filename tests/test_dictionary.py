@@ -8,6 +8,7 @@ dtype and shape, damaged `.npy` bytes and names with every character but a newli
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import tempfile
@@ -306,3 +307,24 @@ def test_a_timeline_refuses_a_dictionary_instead_of_following_the_base_channels(
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and "dictionary" in lines[0], result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_calibrate_measures_the_dictionary_layer_the_job_scans(tmp_path, monkeypatch) -> None:
+    """`atlas calibrate` timed the base layer's C channels where the job scans K = 64 x C directions."""
+    from atlas.cost import calibrate
+
+    examples = importlib.import_module("atlas.examples")  # `atlas.examples` is also the notebook call
+
+    scanned: list[str] = []
+
+    class Recording(examples.BatchScanner):
+        def __init__(self, model, layers, *args, **kwargs) -> None:
+            scanned.extend(layers)
+            super().__init__(model, layers, *args, **kwargs)
+
+    monkeypatch.setattr(examples, "BatchScanner", Recording)
+    layer = f'name = "{BASE}"\ndictionary = "{_dictionary(tmp_path, 64 * C)}"'
+    model = load_model("tiny-cnn")
+    calibrate(parse_spec(_job_text(tmp_path, layer), source="<t>"), model, repeats=1)
+    (name,) = scanned
+    assert model.channels(name) == 64 * C
