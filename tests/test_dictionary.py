@@ -121,6 +121,30 @@ def test_job_json_names_every_direction_of_the_dictionary(tmp_path, k: int) -> N
     assert {u.channels for u in prepared.plan.units} <= {(0,), (k - 1,), (0, k - 1)}
 
 
+def test_dictionary_layer_names_and_so_content_keys_are_pinned(tmp_path) -> None:
+    """The layer name (its hash is in every content key) as the code before this reader gave it,
+    whatever the format: float64 .npy with CRLF names, float16 safetensors with metadata names,
+    bfloat16 safetensors (as SAEs are often saved; it could not be read before)."""
+    from safetensors.numpy import save_file
+    from safetensors.torch import save_file as save_torch
+
+    matrix = (np.arange(8 * C).reshape(8, C) - 100) / 8  # exact in float16
+    names = [f"n{i}" for i in range(8)]
+    np.save(tmp_path / "a.npy", matrix)
+    (tmp_path / "a.names.txt").write_bytes(("\r\n".join(names) + "\r\n").encode())
+    save_file(
+        {"w": matrix.astype(np.float16)},
+        str(tmp_path / "a.safetensors"),
+        metadata={"names": json.dumps(names)},
+    )
+    np.save(tmp_path / "b.npy", matrix)
+    assert load_dictionary(tmp_path / "a.npy", BASE, C).layer_name == "conv3@a:96d7b6c8"
+    assert load_dictionary(tmp_path / "a.safetensors", BASE, C).layer_name == "conv3@a:96d7b6c8"
+    assert load_dictionary(tmp_path / "b.npy", BASE, C).layer_name == "conv3@b:a9f10c1f"
+    save_torch({"w": torch.from_numpy(matrix).bfloat16()}, str(tmp_path / "b.safetensors"))
+    assert load_dictionary(tmp_path / "b.safetensors", BASE, C).layer_name == "conv3@b:a9f10c1f"
+
+
 # ---- files that cannot be dictionaries: a space of arrays, and a space of damaged bytes
 
 EVERY_DTYPE = st.one_of(
