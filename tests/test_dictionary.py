@@ -90,7 +90,8 @@ def test_every_view_of_a_dictionary_layer_is_the_projection_on_its_rows(tmp_path
     pixels = torch.from_numpy(np.stack([r.image for r in rendered])).permute(0, 3, 1, 2).float() / 255
     base = model.activations(pixels, [BASE])[BASE].numpy().mean(axis=(2, 3))  # (2, C)
     measured = [base[i] @ vectors[r.channel] for i, r in enumerate(rendered)]
-    np.testing.assert_allclose([r.activation for r in rendered], measured, rtol=0.05, atol=0.05)
+    activations = [r.activation for r in rendered]  # of the float images: uint8 moves them ~1e-3
+    np.testing.assert_allclose(activations, measured, rtol=0.02, atol=0.005)
 
     # activation-atlas places: cells (means over the base layer's C channels) against the K rows
     means = np.random.default_rng(1).normal(size=(6, C)).astype(np.float32)
