@@ -353,3 +353,28 @@ def test_calibrate_measures_the_dictionary_layer_the_job_scans(tmp_path, monkeyp
     calibrate(parse_spec(_job_text(tmp_path, layer), source="<t>"), model, repeats=1)
     (name,) = scanned
     assert model.channels(name) == 64 * C
+
+
+@pytest.mark.parametrize("layer", ["logits", "fc"])
+def test_a_dictionary_on_a_layer_without_a_map_is_one_line(tmp_path, layer: str) -> None:
+    """Logits and flat outputs have no positions to project (a KeyError traceback before)."""
+    from click.testing import CliRunner
+
+    from atlas.cli import main
+
+    path = tmp_path / "d.npy"
+    np.save(path, np.ones((3, 10)))  # tiny-cnn's logits: 10 classes
+    job = tmp_path / "job.toml"
+    job.write_text(_job_text(tmp_path, f'name = "{layer}"\ndictionary = "{path}"'))
+    result = CliRunner().invoke(main, ["plan", str(job)])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and f"layer {layer!r}" in lines[0], result.output
+
+
+def test_a_dictionary_on_a_class_token_is_refused_not_moved_to_the_tokens(tmp_path) -> None:
+    """`blocks.0@cls` would have been cut at `@` and attached to every token of blocks.0."""
+    model = load_model("timm:deit_tiny_patch16_224", weights="none")
+    path = tmp_path / "d.npy"
+    np.save(path, np.ones((3, model.channels("blocks.0"))))
+    with pytest.raises(DictionaryError, match="class token"):
+        attach_layers(model, [LayerSpec("blocks.0@cls", None, path)])
