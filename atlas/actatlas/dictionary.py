@@ -7,6 +7,11 @@ projection onto row i, so every view a channel has (optimized images with the ch
 which is then the direction objective, diversity, dataset examples with buckets and histograms,
 deep links) comes from the same code as for channels, and a one-hot dictionary gives exactly the
 channels' results.
+
+K is any count of rows (SAEs are 8-64 x C); only the columns must be the base layer's C channels.
+`layer_dictionary` is the one reader of a `[[layers]]` entry's file, so C always comes from the
+base layer. Anything that is not K >= 1 finite real rows (as float32) of C columns, with K names
+where names are given, is a `DictionaryError` when the job is planned, before any work.
 """
 
 from __future__ import annotations
