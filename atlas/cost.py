@@ -192,10 +192,11 @@ def calibrate(spec: JobSpec, model: Any, repeats: int = 3) -> Throughput:
     """
     import torch
 
+    from atlas.actatlas.dictionary import attach_layers
     from atlas.examples import BatchScanner
     from atlas.optvis import render_channels
 
-    layers = [layer.name for layer in spec.layers]
+    layers = [layer.name for layer in attach_layers(model, spec.layers)]  # a dictionary's K directions
     scanner = BatchScanner(model, layers, spec.examples.k)
     batch = spec.examples.batch_size
     pixels = np.random.default_rng(0).integers(

@@ -83,7 +83,7 @@ def job_info(prepared: Prepared, started: str, finished: str | None = None) -> d
                 "height": info.height if info else 0,
                 "width": info.width if info else 0,
                 "layout": info.layout if info else "map",
-                **({"names": _direction_names(layer, total)} if layer.dictionary else {}),
+                **({"names": _direction_names(model, layer)} if layer.dictionary else {}),
             }
         )
     return {
@@ -101,11 +101,11 @@ def job_info(prepared: Prepared, started: str, finished: str | None = None) -> d
     }
 
 
-def _direction_names(layer: LayerSpec, total: int) -> list[str]:
-    """A dictionary layer's direction names, which the site shows beside the channel numbers."""
-    from atlas.actatlas.dictionary import DICTIONARY_MARK, load_dictionary
+def _direction_names(model: LoadedModel, layer: LayerSpec) -> list[str]:
+    """A dictionary layer's K direction names, which the site shows beside the channel numbers."""
+    from atlas.actatlas.dictionary import layer_dictionary
 
-    return list(load_dictionary(layer.dictionary, layer.name.split(DICTIONARY_MARK)[0], total).names)
+    return list(layer_dictionary(model, layer).names)
 
 
 def merged_scan(spec: JobSpec, store: Store, scan_keys: tuple[str, ...]) -> PartialScan:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -114,3 +115,37 @@ def test_atlas_stage_stores_layout_cells_icons_and_reruns_only_what_changed(tmp_
     assert len(after["atlas_places"]) == 2 and not set(before["atlas_places"]) & set(after["atlas_places"])
     grids = set(Store(spec.out).read("atlas_grid", "conv3").column("grid").to_pylist())
     assert grids == {4, 6}  # ...and the new size added
+
+
+@pytest.mark.slow
+def test_dictionaries_smaller_equal_and_64x_wider_than_the_layer_get_every_view(tmp_path) -> None:
+    """K < C, K = C and K = 64 x C random dictionaries over conv3 (C = 32) in one real job."""
+    sizes = (5, 32, 64 * 32)
+    entries = ""
+    for k in sizes:
+        np.save(tmp_path / f"d{k}.npy", np.random.default_rng(k).normal(size=(k, 32)))
+        names = "".join(f"feature {i}\u2028of {k}\n" for i in range(k))  # a line separator inside
+        (tmp_path / f"d{k}.names.txt").write_text(names, encoding="utf-8")
+        entries += (
+            f'[[layers]]\nname = "conv3"\nchannels = [0, {k - 1}]\ndictionary = "{tmp_path / f"d{k}.npy"}"\n'
+        )
+    spec = _spec(tmp_path / "out", entries)
+    with local_ray():
+        result = run_job(spec, build=True)
+    assert result.ok and not result.failed
+    store = Store(spec.out)
+    job = json.loads((spec.out / "job.json").read_text(encoding="utf-8"))
+    dictionary_layers = [entry for entry in job["layers"] if "names" in entry]
+    assert [entry["total_channels"] for entry in dictionary_layers] == list(sizes)
+    renders, examples = store.read("render"), store.read("examples")
+    histograms = store.read("histogram")
+    for k, entry in zip(sizes, dictionary_layers, strict=True):
+        name = entry["name"]
+        assert entry["names"] == [f"feature {i}\u2028of {k}" for i in range(k)]
+        for table in (renders, examples, histograms):
+            rows = table.filter(pa.compute.field("layer") == name)
+            assert set(rows.column("channel").to_pylist()) == {0, k - 1}, name
+        placed = store.read("atlas_places", name)
+        assert set(placed.column("direction").to_pylist()) == set(range(k))  # each has its places
+        pages = [p.read_text(encoding="utf-8") for p in result.site.parent.glob("*.html")]
+        assert any(f"feature {k - 1}\u2028of {k}" in page for page in pages), name  # shown by name

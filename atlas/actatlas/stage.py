@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from atlas.actatlas.classes import class_gains
 from atlas.actatlas.collect import VectorSample
-from atlas.actatlas.dictionary import DICTIONARY_MARK, load_dictionary
+from atlas.actatlas.dictionary import base_layer, layer_dictionary
 from atlas.actatlas.grid import grid
 from atlas.actatlas.icons import cosine_matrix, render_icons
 from atlas.actatlas.images import THUMB_SIZE, thumbnails
@@ -187,7 +187,7 @@ def _grid_units(spec: JobSpec, digest: str, layer: str, layout_key: str) -> list
 
 def dictionaries(spec: JobSpec, layer: str) -> list[LayerSpec]:
     """The job's dictionary layers over `layer` (already attached: named `<layer>@<file>:<hash>`)."""
-    return [d for d in spec.layers if d.dictionary and d.name.split(DICTIONARY_MARK)[0] == layer]
+    return [d for d in spec.layers if d.dictionary and base_layer(d.name) == layer]
 
 
 def _grid_extras(spec: JobSpec, digest: str, grid_unit: Unit) -> list[Unit]:
@@ -288,7 +288,7 @@ def run_atlas(
                     if isinstance(extra.work, ImagesWork):
                         steps.write(extra, {"atlas_images": images_table(context, points, cells, extra)})
                     else:
-                        steps.write(extra, {"atlas_places": places_table(spec, layer, cells, extra)})
+                        steps.write(extra, {"atlas_places": places_table(spec, context[0], cells, extra)})
     units = planned_units(spec, digest, store, scans)
     run_units([u for u in units if u.kind == "icons"])
     return {u.key for u in units}
@@ -323,13 +323,14 @@ def images_table(
     return pa.table(columns, schema=ATLAS_IMAGES_SCHEMA)
 
 
-def places_table(spec: JobSpec, layer: str, cells: pa.Table, unit: Unit) -> pa.Table:
+def places_table(spec: JobSpec, model: LoadedModel, cells: pa.Table, unit: Unit) -> pa.Table:
     """The `atlas_places` rows of one dictionary (the unit's layer) over a grid's kept cells."""
     if cells.num_rows == 0:
         return ATLAS_PLACES_SCHEMA.empty_table()
+    layer = base_layer(unit.layer)
     (entry,) = [d for d in dictionaries(spec, layer) if d.name == unit.layer]
-    means = np.array(cells.column("mean").to_pylist(), np.float32)
-    vectors = load_dictionary(entry.dictionary, layer, means.shape[1]).vectors
+    means = np.array(cells.column("mean").to_pylist(), np.float32)  # (cells, C) on the base layer
+    vectors = layer_dictionary(model, entry).vectors  # (K, C)
     ranked = places(cells.column("cell").to_numpy(), means, vectors)
     count = len(ranked.cell)
     columns = {

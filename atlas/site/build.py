@@ -21,7 +21,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from atlas.actatlas.dictionary import DICTIONARY_MARK
+from atlas.actatlas.dictionary import base_layer
 from atlas.errors import AtlasError
 from atlas.outdir import check_site_folder, marker_job, write_marker
 from atlas.safefs import folder_mode, remove, swap_folder
@@ -366,7 +366,7 @@ def _dictionaries_over(layer: str, common: dict) -> list[Dictionary]:
     return [
         Dictionary(s.name, s.slug, names.get(s.name, []))
         for s in common["nav"]
-        if s.name != layer and s.name.split(DICTIONARY_MARK)[0] == layer
+        if s.name != layer and base_layer(s.name) == layer
     ]
 
 

@@ -200,7 +200,11 @@ def prepare_timeline(spec: JobSpec, store: Store, add: Sequence[Path] = ()) -> T
 
 def run_timeline(spec: JobSpec, add: Sequence[Path] = (), force: bool = False) -> TimelineResult:
     """Probe every checkpoint, render the selected ones, match consecutive ones, keep the series."""
-
+    if any(layer.dictionary for layer in spec.layers):  # refused before the output folder is claimed
+        raise TimelineError(
+            f"{spec.source}: a timeline follows a layer's channels across checkpoints, not a dictionary's "
+            "directions; remove `dictionary` from [[layers]] (`atlas run` renders a dictionary)"
+        )
     local = not is_uri(spec.out)  # the output-folder rules (atlas.outdir) are for local folders
     if local:
         spec = spec.replace(out=check_output(spec.out, spec.name))
