@@ -264,7 +264,13 @@ def status(job: Path, out: str | None, verbose: bool) -> None:
         if name == "failed" or verbose:
             for item in items:
                 click.echo(f"  {name}: {item}")
-    skipped = read_skipped(Store(spec.out))
+    store = Store(spec.out)
+    if store.journal.skipped:
+        click.echo(
+            f"{len(store.journal.skipped)} unreadable journal lines skipped (their units count as "
+            f"pending; `atlas verify {store.uri}` names them and drops them)"
+        )
+    skipped = read_skipped(store)
     if skipped.num_rows:
         click.echo(describe(count_reasons(skipped)) + (":" if verbose else " (-v lists them)"))
     for row in skipped.to_pylist() if verbose else ():
@@ -365,20 +371,26 @@ def verify(out: str, dry_run: bool) -> None:
     from atlas.store import Store
 
     store = Store(parse_out(out))
+    store.require()
     bad = store.verify()
     for key in bad:
         entry = store.entry(key)
         click.echo(f"  damaged: {entry.kind} {entry.layer} {list(entry.channels)} ({key})", err=True)
+    unreadable = store.journal.skipped
+    for line in unreadable:
+        click.echo(f"  unreadable journal line (skipped): {line}", err=True)
     done = sum(1 for e in store.entries() if e.status == "done")
     click.echo(f"{done - len(bad)} of {done} units intact in {store.uri}")
-    if bad and not dry_run:
-        store.acquire()
+    if (bad or unreadable) and not dry_run:
+        store.acquire()  # rewrites the journal without the unreadable lines
         try:
             store.forget(bad)
         finally:
             store.release()
         click.echo(f"{len(bad)} damaged units forgotten: the next run recomputes them")
-    if bad:
+        if unreadable:
+            click.echo(f"{len(unreadable)} unreadable journal lines dropped: their units are recomputed")
+    if bad or unreadable:
         sys.exit(1)
 
 

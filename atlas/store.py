@@ -109,10 +109,27 @@ def table_to_parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _record(item: dict) -> UnitRecord:
+_FIELD_TYPES = {"rows": int, "attempts": int, "seconds": (int, float), "tables": dict}
+
+
+def _record(item: object) -> UnitRecord:
+    """A journal line as a unit record; ValueError when it is not one (the journal skips it)."""
+    if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("key", "kind", "layer")):
+        raise ValueError("not a unit record (one needs the strings key, kind and layer)")
     item = {k: v for k, v in item.items() if k in _RECORD_FIELDS}  # old stores: "extra"
-    item["channels"] = tuple(item.get("channels", ()))
-    return UnitRecord(**item)
+    channels = item.get("channels", [])
+    wrong = [k for k, v in item.items() if not isinstance(v, _FIELD_TYPES.get(k, str)) and k != "channels"]
+    if not isinstance(channels, list) or not all(type(c) is int for c in channels):
+        wrong.append("channels")
+    elif not all(
+        isinstance(t, dict) and isinstance(t.get("path"), str) for t in item.get("tables", {}).values()
+    ):
+        wrong.append("tables")
+    if wrong or item.get("status", "done") not in ("done", "failed"):
+        raise ValueError(
+            f"not a unit record (unit {item['key']}: {', '.join(wrong) or 'status'} of the wrong kind)"
+        )
+    return UnitRecord(**{**item, "channels": tuple(channels)})
 
 
 def _dumps(entry: UnitRecord) -> str:
@@ -162,16 +179,28 @@ class Store:
         self._lease = lease
         self._entries = self._load()
         self.cleanup()
-        if self.journal.should_compact() or self.location.exists(MANIFEST):
-            self._compact()
+        if self.journal.should_compact() or self.location.exists(MANIFEST) or self.journal.skipped:
+            self._compact()  # a snapshot of the live records: lines that were no record are dropped
 
     def _load(self) -> dict[str, UnitRecord]:
         try:
-            return {key: _record(item) for key, item in self.journal.load().items()}
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            return self.journal.load(_record)
+        except (ValueError, KeyError, TypeError) as err:  # only a legacy manifest.json fails whole
             raise StoreError(
                 f"{self.location.url(MANIFEST)} is not a valid manifest ({err}); delete it to rebuild from scratch"
             ) from err
+
+    def exists(self) -> bool:
+        """Whether an atlas store is here: a job.json, a journal or a legacy manifest."""
+        return self.journal.found or self.location.exists(JOB)
+
+    def require(self) -> None:
+        """StoreError unless an atlas store is here (commands that only read one)."""
+        if not self.exists():
+            raise StoreError(
+                f"{self.uri} is not an atlas store (it has no {JOB} and no journal): give the `out` of a "
+                "job that ran (a timeline's store is its timeline/ folder)"
+            )
 
     def release(self) -> None:
         """Commit what is buffered and hand the store back."""
