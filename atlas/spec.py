@@ -222,21 +222,24 @@ class _Context:
         self.source = source
 
     def line_of(self, section: str, key: str | None, entry: int | None = None) -> int | None:
-        """The line of `section.key` (of the `entry`-th `[[section]]` table, counted from 0)."""
-        current, seen = None, -1
+        """The line of `section.key` (of the `entry`-th `[[section]]` table, counted from 0; that
+        table's header when it lacks the key)."""
+        current, seen, table = None, -1, None
         for number, raw in enumerate(self.lines, start=1):
             line = raw.split("#", 1)[0].strip()
             header = re.match(r"^\[\[?\s*([A-Za-z0-9_.\-]+)\s*\]\]?$", line)
             if header:
                 current = header.group(1)
                 seen += current == section
-                if key is None and current == section and entry in (None, seen):
-                    return number
+                if current == section and entry in (None, seen):
+                    table = table or number
+                    if key is None:
+                        return number
                 continue
             here = current == section and entry in (None, seen)
             if key is not None and here and re.match(rf"^{re.escape(key)}\s*=", line):
                 return number
-        return None
+        return table if entry is not None else None
 
     def error(self, section: str, key: str | None, message: str, entry: int | None = None) -> SpecError:
         where = f"{section}.{key}" if key else f"[{section}]"
