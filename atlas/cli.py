@@ -267,8 +267,8 @@ def status(job: Path, out: str | None, verbose: bool) -> None:
     store = Store(spec.out)
     if store.journal.skipped:
         click.echo(
-            f"{len(store.journal.skipped)} unreadable journal lines skipped (their units count as "
-            f"pending; `atlas verify {store.uri}` names them and drops them)"
+            f"{len(store.journal.skipped)} unreadable journal lines skipped like torn lines "
+            f"(`atlas verify {store.uri}` names them and drops them)"
         )
     skipped = read_skipped(store)
     if skipped.num_rows:

@@ -159,3 +159,27 @@ def test_a_journal_line_that_is_json_but_no_record_names_its_file(tmp_path: Path
     chunk.write_text(chunk.read_text() + '{"units": []}\n')
     skipped = Store(tmp_path).journal.skipped
     assert len(skipped) == 1 and chunk.name in skipped[0] and "manifest.json" not in skipped[0]
+
+
+def test_verify_names_damaged_journal_lines_and_drops_them_and_the_site_still_builds(tmp_path: Path):
+    from click.testing import CliRunner
+
+    from atlas.cli import main
+
+    out = tmp_path / "out"
+    write_synthetic_store(out, [SyntheticLayer("mixed4a", 2)], SyntheticOptions(examples_k=2))
+    units = {e.key for e in Store(out).entries()}
+    chunk = sorted((out / "journal").glob("chunk-*.jsonl"))[-1]
+    chunk.write_bytes(chunk.read_bytes() + b"\xff\xfe\x00garbage\n[1]\n")
+    runner = CliRunner()
+    listed = runner.invoke(main, ["verify", str(out), "--dry-run"])
+    assert listed.exit_code == 1 and listed.stderr.count(chunk.name) == 2 and "Traceback" not in listed.output
+    assert "not UTF-8" in listed.stderr and "not a unit record" in listed.stderr
+    assert runner.invoke(main, ["site", str(out)]).exit_code == 0
+    repaired = runner.invoke(main, ["verify", str(out)])
+    assert repaired.exit_code == 1 and "2 unreadable journal lines dropped" in repaired.output
+    again = runner.invoke(main, ["verify", str(out)])
+    assert again.exit_code == 0 and again.stderr == "" and Store(out).journal.skipped == []
+    assert {e.key for e in Store(out).entries()} == {
+        e.key for e in Store(out).entries() if e.status == "done"
+    }
