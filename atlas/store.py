@@ -109,27 +109,29 @@ def table_to_parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-_FIELD_TYPES = {"rows": int, "attempts": int, "seconds": (int, float), "tables": dict}
-
-
 def _record(item: object) -> UnitRecord:
-    """A journal line as a unit record; ValueError when it is not one (the journal skips it)."""
-    if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("key", "kind", "layer")):
+    """A journal line as a unit record; ValueError when it is not one (the journal skips it).
+
+    Checked: what readers index by (key, kind, layer, status, channels, each table's path and
+    sha256); the other fields are only shown."""
+    if not isinstance(item, dict) or not all(type(item.get(k)) is str for k in ("key", "kind", "layer")):
         raise ValueError("not a unit record (one needs the strings key, kind and layer)")
-    item = {k: v for k, v in item.items() if k in _RECORD_FIELDS}  # old stores: "extra"
-    channels = item.get("channels", [])
-    wrong = [k for k, v in item.items() if not isinstance(v, _FIELD_TYPES.get(k, str)) and k != "channels"]
-    if not isinstance(channels, list) or not all(type(c) is int for c in channels):
-        wrong.append("channels")
-    elif not all(
-        isinstance(t, dict) and isinstance(t.get("path"), str) for t in item.get("tables", {}).values()
-    ):
-        wrong.append("tables")
-    if wrong or item.get("status", "done") not in ("done", "failed"):
-        raise ValueError(
-            f"not a unit record (unit {item['key']}: {', '.join(wrong) or 'status'} of the wrong kind)"
+    channels, tables = item.get("channels", []), item.get("tables", {})
+    if (
+        item.get("status", "done") not in ("done", "failed")
+        or type(channels) is not list
+        or not all(type(c) is int for c in channels)
+        or type(tables) is not dict
+        or not all(
+            type(t) is dict and type(t.get("path")) is type(t.get("sha256")) is str for t in tables.values()
         )
-    return UnitRecord(**{**item, "channels": tuple(channels)})
+    ):
+        raise ValueError(
+            f"not a unit record (unit {item['key']}: a status, channels or tables of the wrong kind)"
+        )
+    fields_ = {k: v for k, v in item.items() if k in _RECORD_FIELDS}  # old stores: "extra"
+    fields_["channels"] = tuple(channels)
+    return UnitRecord(**fields_)
 
 
 def _dumps(entry: UnitRecord) -> str:
