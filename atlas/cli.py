@@ -6,6 +6,7 @@ import logging
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -76,7 +77,9 @@ class _OneLine(click.Command):
     """Parsing: a usage error is one line; --help and --version still work beside a broken plugin,
     with a warning line (docs/ERRORS.md)."""
 
-    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:  # noqa: ANN001
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
         try:
             return super().make_context(info_name, args, parent, **extra)
         except click.exceptions.Exit:
