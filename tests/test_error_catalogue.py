@@ -363,3 +363,16 @@ def test_a_broken_plugin_in_a_fresh_process(broken_plugin_installed, args, code)
     assert "Traceback" not in done.stderr
     if code == 0:
         assert re.search(r"\d+\.\d+", done.stdout)
+
+
+@pytest.mark.parametrize("out", ["elsewhere", "file://{tmp}/elsewhere"])
+def test_timeline_takes_out_like_run(tmp_path, monkeypatch, out):
+    """`atlas timeline JOB --out DIR` reaches the job (here: its empty series), as `atlas run` does."""
+    monkeypatch.chdir(tmp_path)
+    case = Case("timeline", tmp_path, random.Random(0))
+    args = case.job()
+    spec = tmp_path / "job.toml"
+    spec.write_text(spec.read_text().replace(f'checkpoints = ["{tmp_path / "good.pt"}"]\n', ""))  # none yet
+    result = CliRunner().invoke(main, [*args, "--out", out.format(tmp=tmp_path)])
+    assert "the timeline has no checkpoints" in one_error_line(result)
+    assert not (tmp_path / "out").exists()  # the spec's own out is not where it looked
