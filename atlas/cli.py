@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -15,7 +17,7 @@ from atlas.optvis.param import PARAMS
 from atlas.optvis.render import PRECISIONS
 from atlas.optvis.schedules import SCHEDULES
 from atlas.optvis.transforms import PRESETS
-from atlas.registry import Registry
+from atlas.registry import Registry, load_plugins, plugin_error
 from atlas.spec import JobSpec, load_spec
 from atlas.storage import parse_out
 
@@ -49,12 +51,64 @@ def _progress(total: int):
     return tick
 
 
-class _Group(click.Group):
+class _Echo(logging.Handler):
+    """Prints the library's INFO notes (e.g. what was unwrapped from a checkpoint) as `note:` lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"note: {record.getMessage()}", err=True)
+
+
+def _show_notes() -> None:
+    log = logging.getLogger("atlas.models")
+    if not any(isinstance(handler, _Echo) for handler in log.handlers):
+        log.addHandler(_Echo())
+        log.setLevel(logging.INFO)
+
+
+def _one_line(err: click.UsageError) -> click.UsageError:
+    """click's usage error as one `Error:` line (usage and hint folded into it)."""
+    if isinstance(err, click.exceptions.NoArgsIsHelpError) or err.ctx is None:
+        return err  # `atlas` alone prints the help
+    message = " ".join(err.format_message().split())
+    return click.UsageError(f"{message} (see `{err.ctx.command_path} --help`)")
+
+
+class _OneLine(click.Command):
+    """Parsing: a usage error is one line; --help and --version still work beside a broken plugin,
+    with a warning line (docs/ERRORS.md)."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.Exit:
+            if (error := plugin_error()) is not None:
+                click.echo(f"Warning: {error}", err=True)
+            raise
+        except click.UsageError as err:
+            raise _one_line(err) from None
+
+
+class _Command(_OneLine):
+    """A command: a broken plugin stops it before it starts (its names might be needed anywhere)."""
+
+    def invoke(self, ctx: click.Context):
+        load_plugins()
+        _show_notes()
+        return super().invoke(ctx)
+
+
+class _Group(_OneLine, click.Group):
     """Prints a user error (`AtlasError`) as one line and exits with its code, never a traceback."""
+
+    command_class = _Command
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as err:  # e.g. an unknown command
+            raise _one_line(err) from None
         except AtlasError as err:
             message = " ".join(str(err).split())  # one line, even for a message built over several
             click.echo(f"Error: {message}", err=True)
@@ -65,8 +119,16 @@ class _Registered(click.Choice):
     """A choice among a registry's names (plugins' included); a wrong one in the registry's words."""
 
     def __init__(self, registry: Registry) -> None:
-        super().__init__(registry.names())
         self.registry = registry
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # asked when used: plugins are imported by then
+        return self.registry.names() if plugin_error() is None else self.registry.known()
+
+    @choices.setter
+    def choices(self, _names: tuple[str, ...]) -> None:
+        pass
 
     def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
         if value not in self.registry:
@@ -205,7 +267,13 @@ def status(job: Path, out: str | None, verbose: bool) -> None:
         if name == "failed" or verbose:
             for item in items:
                 click.echo(f"  {name}: {item}")
-    skipped = read_skipped(Store(spec.out))
+    store = Store(spec.out)
+    if store.journal.skipped:
+        click.echo(
+            f"{len(store.journal.skipped)} unreadable journal lines skipped like torn lines "
+            f"(`atlas verify {store.uri}` names them and drops them)"
+        )
+    skipped = read_skipped(store)
     if skipped.num_rows:
         click.echo(describe(count_reasons(skipped)) + (":" if verbose else " (-v lists them)"))
     for row in skipped.to_pylist() if verbose else ():
@@ -246,7 +314,7 @@ ROLE_NOTES = {
 
 @main.command()
 @click.argument("job", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: the spec's job.out).")
+@click.option("--out", help=OUT_HELP)
 @click.option(
     "--add",
     "add",
@@ -256,7 +324,7 @@ ROLE_NOTES = {
 )
 @click.option("--force", is_flag=True, help="Recompute the timeline's units that are already done.")
 @click.option("--no-site", is_flag=True, help="Only compute and store; do not build the site.")
-def timeline(job: Path, out: Path | None, add: tuple[Path, ...], force: bool, no_site: bool) -> None:
+def timeline(job: Path, out: str | None, add: tuple[Path, ...], force: bool, no_site: bool) -> None:
     """Probe every checkpoint of the series, render and scan the selected ones, match units across them."""
     from atlas.timeline.run import run_timeline
 
@@ -306,20 +374,26 @@ def verify(out: str, dry_run: bool) -> None:
     from atlas.store import Store
 
     store = Store(parse_out(out))
+    store.require()
     bad = store.verify()
     for key in bad:
         entry = store.entry(key)
         click.echo(f"  damaged: {entry.kind} {entry.layer} {list(entry.channels)} ({key})", err=True)
+    unreadable = store.journal.skipped
+    for line in unreadable:
+        click.echo(f"  unreadable journal line (skipped): {line}", err=True)
     done = sum(1 for e in store.entries() if e.status == "done")
     click.echo(f"{done - len(bad)} of {done} units intact in {store.uri}")
-    if bad and not dry_run:
-        store.acquire()
+    if (bad or unreadable) and not dry_run:
+        store.acquire()  # rewrites the journal without the unreadable lines
         try:
             store.forget(bad)
         finally:
             store.release()
         click.echo(f"{len(bad)} damaged units forgotten: the next run recomputes them")
-    if bad:
+        if unreadable:
+            click.echo(f"{len(unreadable)} unreadable journal lines dropped: their units are recomputed")
+    if bad or unreadable:
         sys.exit(1)
 
 

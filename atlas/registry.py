@@ -8,7 +8,8 @@ registry, so adding a choice is one edit in one place.
 Plugins: an installed package lists modules under the entry point group `neuron_atlas.plugins`
 (`[project.entry-points."neuron_atlas.plugins"] mine = "mine.atlas_plugin"`); each registry
 imports them all on its first lookup, in every process (CLI, driver and Ray workers alike), so a
-plugin's names are valid everywhere the package is installed.
+plugin's names are valid everywhere the package is installed. A plugin that fails to import
+makes every lookup raise `PluginError`, naming it and its package (docs/ERRORS.md).
 """
 
 from __future__ import annotations
@@ -25,15 +26,26 @@ PLUGIN_GROUP = "neuron_atlas.plugins"
 T = TypeVar("T")
 
 _plugins_loaded = False
+_plugin_error: PluginError | None = None  # the first plugin that failed to import, raised on every lookup
 
 
 class RegistryError(AtlasError, ValueError):
     """A name registered twice, or a plugin that cannot be imported."""
 
 
+class PluginError(RegistryError):
+    """An installed plugin whose module raises on import; the message names it and its package."""
+
+
 def load_plugins() -> None:
-    """Import every module listed under the `neuron_atlas.plugins` entry point group, once."""
-    global _plugins_loaded
+    """Import every module listed under the `neuron_atlas.plugins` entry point group, once.
+
+    A plugin that fails to import raises `PluginError` here, then on every later call: no lookup
+    goes on with a registry that lacks names the user installed.
+    """
+    global _plugins_loaded, _plugin_error
+    if _plugin_error is not None:
+        raise _plugin_error
     if _plugins_loaded:
         return
     _plugins_loaded = True  # before importing: a plugin may look names up while it registers
@@ -41,10 +53,23 @@ def load_plugins() -> None:
         try:
             point.load()
         except Exception as err:
-            raise RegistryError(
-                f"plugin {point.name!r} ({point.value}) failed to import: {err}; fix or uninstall "
-                f"the package that declares it under the {PLUGIN_GROUP!r} entry points"
-            ) from err
+            dist = getattr(getattr(point, "dist", None), "name", None)
+            package = f"`pip uninstall {dist}`" if dist else "uninstall the package that declares it"
+            reason = " ".join(f"{type(err).__name__}: {err}".split())
+            _plugin_error = PluginError(
+                f"plugin {point.name!r} ({point.value}) failed to import ({reason}); fix it or {package} "
+                f"(it is listed under the {PLUGIN_GROUP!r} entry points)"
+            )
+            raise _plugin_error from err
+
+
+def plugin_error() -> PluginError | None:
+    """The error of a plugin that failed to import, or None when every plugin imports."""
+    try:
+        load_plugins()
+    except PluginError as err:
+        return err
+    return None
 
 
 def close_matches(name: str, options: list[str]) -> str:
@@ -74,6 +99,10 @@ class Registry(Generic[T]):
 
     def names(self) -> tuple[str, ...]:
         load_plugins()
+        return tuple(self._entries)
+
+    def known(self) -> tuple[str, ...]:
+        """The names registered so far, without importing plugins (help text beside a broken one)."""
         return tuple(self._entries)
 
     def items(self) -> list[tuple[str, T]]:

@@ -221,23 +221,29 @@ class _Context:
         self.lines = text.splitlines()
         self.source = source
 
-    def line_of(self, section: str, key: str | None) -> int | None:
-        current = None
+    def line_of(self, section: str, key: str | None, entry: int | None = None) -> int | None:
+        """The line of `section.key` (of the `entry`-th `[[section]]` table, counted from 0; that
+        table's header when it lacks the key)."""
+        current, seen, table = None, -1, None
         for number, raw in enumerate(self.lines, start=1):
             line = raw.split("#", 1)[0].strip()
             header = re.match(r"^\[\[?\s*([A-Za-z0-9_.\-]+)\s*\]\]?$", line)
             if header:
                 current = header.group(1)
-                if key is None and current == section:
-                    return number
+                seen += current == section
+                if current == section and entry in (None, seen):
+                    table = table or number
+                    if key is None:
+                        return number
                 continue
-            if key is not None and current == section and re.match(rf"^{re.escape(key)}\s*=", line):
+            here = current == section and entry in (None, seen)
+            if key is not None and here and re.match(rf"^{re.escape(key)}\s*=", line):
                 return number
-        return None
+        return table if entry is not None else None
 
-    def error(self, section: str, key: str | None, message: str) -> SpecError:
+    def error(self, section: str, key: str | None, message: str, entry: int | None = None) -> SpecError:
         where = f"{section}.{key}" if key else f"[{section}]"
-        line = self.line_of(section, key)
+        line = self.line_of(section, key, entry)
         at = f", line {line}" if line else ""
         return SpecError(f"{self.source}{at}: {where}: {message}")
 
@@ -255,7 +261,7 @@ def _section(ctx: _Context, name: str, cls: type, raw: Any) -> tuple[Any, list[P
     return validate_section(cls, raw, hint)
 
 
-def _channels(ctx: _Context, value: Any) -> tuple[int, ...] | None:
+def _channels(ctx: _Context, value: Any, entry: int) -> tuple[int, ...] | None:
     """Channels are "all", a "start:stop" range, or an array of integers."""
     if value == "all":
         return None
@@ -263,7 +269,10 @@ def _channels(ctx: _Context, value: Any) -> tuple[int, ...] | None:
         match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", value)
         if not match or int(match.group(2)) <= int(match.group(1)):
             raise ctx.error(
-                "layers", "channels", f'expected "all", "start:stop" or an array of integers, got {value!r}'
+                "layers",
+                "channels",
+                f'expected "all", "start:stop" or an array of integers, got {value!r}',
+                entry,
             )
         return tuple(range(int(match.group(1)), int(match.group(2))))
     if (
@@ -272,10 +281,10 @@ def _channels(ctx: _Context, value: Any) -> tuple[int, ...] | None:
         and all(isinstance(c, int) and not isinstance(c, bool) for c in value)
     ):
         if any(c < 0 for c in value):
-            raise ctx.error("layers", "channels", f"channels must be >= 0, got {value!r}")
+            raise ctx.error("layers", "channels", f"channels must be >= 0, got {value!r}", entry)
         return tuple(dict.fromkeys(value))
     raise ctx.error(
-        "layers", "channels", f'expected "all", "start:stop" or an array of integers, got {value!r}'
+        "layers", "channels", f'expected "all", "start:stop" or an array of integers, got {value!r}', entry
     )
 
 
@@ -283,12 +292,12 @@ def _layers(ctx: _Context, raw: Any) -> tuple[LayerSpec, ...]:
     if not isinstance(raw, list) or not raw:
         raise ctx.error("layers", None, 'expected at least one [[layers]] table with name = "..."')
     layers = []
-    for item in raw:
+    for entry, item in enumerate(raw):
         if isinstance(item, str):  # layers = ["a", "b"] shorthand: every channel
             layers.append(LayerSpec(item))
             continue
         if not isinstance(item, dict):
-            raise ctx.error("layers", None, f"expected a table or a layer name, got {type_name(item)}")
+            raise ctx.error("layers", None, f"expected a table or a layer name, got {type_name(item)}", entry)
         unknown = set(item) - {"name", "channels", "dictionary"}
         if unknown:
             key = sorted(unknown)[0]
@@ -297,13 +306,16 @@ def _layers(ctx: _Context, raw: Any) -> tuple[LayerSpec, ...]:
                 key,
                 f"unknown key. {close_matches(key, ['name', 'channels', 'dictionary'])}"
                 "Valid keys: name, channels, dictionary",
+                entry,
             )
         if not isinstance(item.get("dictionary", ""), str):
-            raise ctx.error("layers", "dictionary", "expected a path string to a .npy or .safetensors file")
+            raise ctx.error(
+                "layers", "dictionary", "expected a path string to a .npy or .safetensors file", entry
+            )
         if not isinstance(item.get("name"), str) or not item["name"]:
-            raise ctx.error("layers", "name", 'every [[layers]] table needs name = "<layer>"')
+            raise ctx.error("layers", "name", 'every [[layers]] table needs name = "<layer>"', entry)
         dictionary = Path(item["dictionary"]) if item.get("dictionary") else None
-        layers.append(LayerSpec(item["name"], _channels(ctx, item.get("channels", "all")), dictionary))
+        layers.append(LayerSpec(item["name"], _channels(ctx, item.get("channels", "all"), entry), dictionary))
     return tuple(layers)
 
 
@@ -364,11 +376,11 @@ def _resolve_paths(ctx: _Context, spec: JobSpec, base: Path) -> JobSpec:
             )
         examples = replace(examples, source=str(path))
     layers = []
-    for layer in spec.layers:
+    for entry, layer in enumerate(spec.layers):
         if layer.dictionary is not None:
             path = layer.dictionary if layer.dictionary.is_absolute() else base / layer.dictionary
             if not path.is_file():
-                raise ctx.error("layers", "dictionary", f"file {path} does not exist")
+                raise ctx.error("layers", "dictionary", f"file {path} does not exist", entry)
             layer = replace(layer, dictionary=path)
         layers.append(layer)
     cost = spec.cost
@@ -467,7 +479,7 @@ def check_against_model(spec: JobSpec, model: Any) -> None:
         except UnknownLayerError as err:
             line = next((n for n, text in enumerate(ctx.lines, 1) if f'"{layer}"' in text), None)
             raise SpecError(f"{ctx.source}{f', line {line}' if line else ''}: {err}") from err
-    for layer in spec.layers:
+    for entry, layer in enumerate(spec.layers):
         count = model.channels(layer.name)
         bad = [c for c in layer.channels or () if c >= count]
         if bad:
@@ -475,6 +487,7 @@ def check_against_model(spec: JobSpec, model: Any) -> None:
                 "layers",
                 "channels",
                 f"layer {layer.name!r} has {count} channels (0..{count - 1}); {bad} out of range",
+                entry,
             )
     for layer, a, b in spec.interactions.pairs:
         count = model.channels(layer)

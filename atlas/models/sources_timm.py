@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from atlas.models.hub import local_cache_only, weights_not_cached
-from atlas.models.registry import ModelError, Preprocessing, did_you_mean, load_state_dict, model_source
+from atlas.models.registry import ModelError, Preprocessing, did_you_mean, load_checkpoint, model_source
 
 
 def _timm():
@@ -43,7 +43,7 @@ def build_timm(name: str, weights: str, checkpoint: Path | None) -> tuple[nn.Mod
     else:
         module = timm.create_model(name, pretrained=False)
         if checkpoint is not None:
-            module.load_state_dict(load_state_dict(checkpoint))
+            load_checkpoint(module, checkpoint, f"timm:{name}")
     config = timm.data.resolve_data_config({}, model=module)
     _, height, width = config["input_size"]
     if height != width:
