@@ -302,9 +302,12 @@ def timeline(job: Path, out: str | None, add: tuple[Path, ...], force: bool, no_
 @click.option("--keep", type=int, default=3, show_default=True, help="Published versions to keep.")
 def site(out: str, publish: str | None, keep: int) -> None:
     """(Re)build the static HTML atlas from an output folder or bucket."""
-    from atlas.publish import publish_site, site_of_store
+    from atlas.publish import check_target, publish_site, site_of_store
+    from atlas.storage import open_location
 
     target = parse_out(publish, "--publish") if publish else None
+    if target is not None:
+        check_target(open_location(target))  # before the build: a target it may not use fails at once
     index, published = site_of_store(parse_out(out, "OUT"))
     click.echo(f"site: {published or index}")
     if target is not None:

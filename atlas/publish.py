@@ -87,8 +87,9 @@ def publish_site(index: Path, target: Path | str, keep: int = 3) -> str:
     return location.url(ENTRY)
 
 
-def claim_target(location: Location) -> None:
-    """The output-folder rules for a publish target; marks it as the atlas's when it may write there."""
+def check_target(location: Location) -> bool:
+    """The output-folder rules for a publish target, checked before anything is built or written:
+    True when the atlas published there before (its marker says so), False when it may start."""
     where = location.root if location.local else location.uri
     root = Path(location.root)
     if location.local and (root.is_symlink() or root.exists()) and not root.is_dir():
@@ -101,9 +102,8 @@ def claim_target(location: Location) -> None:
                 f"publish target {where} is {owner} of the atlas (see its {MARKER}), not a publish "
                 f"target: publishing there would mix with it. Publish to a folder or prefix of its own"
             )
-        if info.get("kind") == KIND:
-            return
-    elif not location.empty() and not _legacy_target(location):
+        return info.get("kind") == KIND
+    if not location.empty() and not _legacy_target(location):
         raise PublishError(
             f"publish target {where} is not empty and has no {MARKER} file: publishing writes "
             f"{ENTRY}, {POINTER} and {VERSIONS}/ there and prunes old versions, so the atlas publishes "
@@ -111,7 +111,13 @@ def claim_target(location: Location) -> None:
             f"Choose another, e.g. {where}/atlas; if an earlier atlas published to {where}, "
             f"create an empty {MARKER} file in it (only versions the atlas records are ever pruned)"
         )
-    location.write_bytes(MARKER, marker_bytes(kind=KIND))
+    return False
+
+
+def claim_target(location: Location) -> None:
+    """`check_target`, then mark the target as one the atlas publishes to."""
+    if not check_target(location):
+        location.write_bytes(MARKER, marker_bytes(kind=KIND))
 
 
 def _legacy_target(location: Location) -> bool:
