@@ -22,6 +22,7 @@ import html
 import json
 import mimetypes
 import os
+import re
 import time
 from pathlib import Path
 
@@ -81,9 +82,9 @@ def publish_site(index: Path, target: Path | str, keep: int = 3) -> str:
         headers = {"Content-Type": content_type(rel), "Cache-Control": "public, max-age=86400, immutable"}
         location.write_bytes(f"{VERSIONS}/{version}/{rel}", path.read_bytes(), headers)
     write_record(location, version, names, complete=True)  # last: the version is whole
-    previous = current_version(location)
+    previous = served_versions(location)
     switch(location, version)
-    prune_versions(location, max(2, keep), keep_also={version, previous} - {None})
+    prune_versions(location, max(2, keep), keep_also={version, *previous})
     return location.url(ENTRY)
 
 
@@ -94,6 +95,7 @@ def check_target(location: Location) -> bool:
     root = Path(location.root)
     if location.local and (root.is_symlink() or root.exists()) and not root.is_dir():
         raise PublishError(f"publish target {where} exists and is not a folder; choose another --publish")
+    marked = False
     if location.exists(MARKER):
         info = marker_info(location.read_bytes(MARKER))
         if info.get("job") or info.get("kind") not in (None, KIND):
@@ -102,8 +104,8 @@ def check_target(location: Location) -> bool:
                 f"publish target {where} is {owner} of the atlas (see its {MARKER}), not a publish "
                 f"target: publishing there would mix with it. Publish to a folder or prefix of its own"
             )
-        return info.get("kind") == KIND
-    if not location.empty() and not _legacy_target(location):
+        marked = info.get("kind") == KIND
+    elif not location.empty() and not _legacy_target(location):
         raise PublishError(
             f"publish target {where} is not empty and has no {MARKER} file: publishing writes "
             f"{ENTRY}, {POINTER} and {VERSIONS}/ there and prunes old versions, so the atlas publishes "
@@ -111,7 +113,14 @@ def check_target(location: Location) -> bool:
             f"Choose another, e.g. {where}/atlas; if an earlier atlas published to {where}, "
             f"create an empty {MARKER} file in it (only versions the atlas records are ever pruned)"
         )
-    return False
+    for name, folder in ((VERSIONS, True), (ENTRY, False), (POINTER, False)):
+        path = root / name
+        if location.local and (path.is_symlink() or path.exists()) and path.is_dir() != folder:
+            raise PublishError(
+                f"{path} is in the way: publishing writes {'a folder' if folder else 'a file'} there; "
+                f"move it, or choose another --publish"
+            )
+    return marked
 
 
 def claim_target(location: Location) -> None:
@@ -122,12 +131,19 @@ def claim_target(location: Location) -> None:
 
 def _legacy_target(location: Location) -> bool:
     """A target an atlas published to before markers existed: its pointer names its own entry page."""
-    try:
-        pointer = json.loads(location.read_bytes(POINTER))
-    except (FileNotFoundError, ValueError):
-        return False
+    pointer = _json_file(location, POINTER)
     version = pointer.get("version") if isinstance(pointer, dict) else None
     return isinstance(version, str) and pointer.get("index") == f"{VERSIONS}/{version}/{ENTRY}"
+
+
+def _json_file(location: Location, rel: str) -> object:
+    """A small JSON file's value; None where there is no such file or it is not JSON."""
+    if not location.exists(rel):
+        return None
+    try:
+        return json.loads(location.read_bytes(rel))
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def write_record(location: Location, version: str, files: list[str], complete: bool) -> None:
@@ -146,12 +162,18 @@ def switch(location: Location, version: str) -> None:
     location.write_bytes(ENTRY, page.encode(), {**fresh, "Content-Type": _TYPES[".html"]})
 
 
-def current_version(location: Location) -> str | None:
-    try:
-        version = json.loads(location.read_bytes(POINTER)).get("version")
-    except (FileNotFoundError, ValueError, AttributeError):
-        return None
-    return version if isinstance(version, str) else None
+def served_versions(location: Location) -> set[str]:
+    """The versions readers are sent to: by current.json and by the entry page (two, only when
+    a publish was cut between writing the one and the other)."""
+    pointer = _json_file(location, POINTER)
+    served = {pointer.get("version")} if isinstance(pointer, dict) else set()
+    if location.exists(ENTRY):
+        served.update(
+            re.findall(
+                r'url=versions/([^/"]+)/index\.html"', location.read_bytes(ENTRY).decode(errors="replace")
+            )
+        )
+    return {version for version in served if isinstance(version, str)}
 
 
 def prune_versions(location: Location, keep: int, keep_also: set[str]) -> list[str]:
@@ -183,10 +205,7 @@ def prune_versions(location: Location, keep: int, keep_also: set[str]) -> list[s
 
 def _read_record(location: Location, rel: str) -> tuple[bool, list[str]] | None:
     """(complete, files) of a version's record; None for one the atlas cannot read as its own."""
-    try:
-        record = json.loads(location.read_bytes(rel))
-    except (FileNotFoundError, ValueError):
-        return None
+    record = _json_file(location, rel)
     if not isinstance(record, dict) or record.get("writer") != "neuron-atlas":
         return None
     files = record.get("files")
