@@ -28,7 +28,6 @@ from pathlib import Path
 
 from atlas.errors import AtlasError
 from atlas.outdir import MARKER, marker_bytes, marker_info
-from atlas.safefs import remove_empty_folders
 from atlas.storage import Location, open_location
 
 VERSIONS = "versions"
@@ -198,8 +197,7 @@ def prune_versions(location: Location, keep: int, keep_also: set[str]) -> list[s
             if f"{folder}/{rel}" in listed:  # a name in the record that lists nothing real is skipped
                 location.delete(f"{folder}/{rel}")
         location.delete(f"{folder}/{RECORD}")  # last: a prune cut short is finished by the next
-        if location.local:
-            remove_empty_folders(location.path(folder), within=location.root)
+        location.delete_empty_folder(folder)
     return doomed
 
 

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pyarrow.fs as pafs
 
 from atlas.errors import AtlasError
-from atlas.safefs import file_mode, remove
+from atlas.safefs import file_mode, remove, remove_empty_folders
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
 
@@ -229,6 +229,16 @@ class Location:
             return
         with contextlib.suppress(FileNotFoundError):
             self.fs.delete_file(self.path(rel))
+
+    def delete_empty_folder(self, rel: str) -> None:
+        """Remove a folder left without files: locally each empty folder below it (never through a
+        link); in a bucket the empty folder objects pyarrow leaves (it re-creates a parent's on
+        every delete), only when no file is left under the prefix."""
+        if self.local:
+            remove_empty_folders(self.path(rel), within=self.root)
+        elif not self.sizes(rel):
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.delete_dir(self.path(rel))
 
 
 def open_location(out: str | os.PathLike) -> Location:
