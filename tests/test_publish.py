@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -11,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from raytools import env_with_tests_on_path
 from s3server import s3_server
 from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 
@@ -316,3 +321,49 @@ def test_a_publish_killed_mid_upload_never_costs_readers_their_version(make_targ
         for v, index in ((third, sites[2]), (fourth, sites[3]))
         for rel in [*site_files(index), RECORD]
     }
+
+
+def test_a_killed_publish_process_then_keep_2_on_the_s3_server(s3, tmp_path):
+    """A real `kill -9` mid-upload: the next `atlas site --publish --keep 2` runs keep what
+    readers are on and remove the dead process's partial version."""
+    store = write_synthetic_store(tmp_path / "out", [SyntheticLayer("l", 4)], SMALL)
+    target = Target(f"s3://{s3.bucket}/killed-www", s3=s3, prefix="killed-www")
+
+    def publish() -> str:
+        result = CliRunner().invoke(main, ["site", str(store.root), "--publish", target.uri, "--keep", "2"])
+        assert result.exit_code == 0, result.output
+        return current_is_intact(target, store.root / "site" / "index.html")
+
+    first = publish()
+    script = f"""
+import time
+from atlas.publish import publish_site
+from atlas.storage import Location
+write_bytes = Location.write_bytes
+def slow(self, *args, **kwargs):
+    write_bytes(self, *args, **kwargs)
+    time.sleep(0.3)
+Location.write_bytes = slow
+publish_site({str(store.root / "site" / "index.html")!r}, {target.uri!r}, keep=2)
+"""
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], env=env_with_tests_on_path(), stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while (
+            len(target.versions() - {first}) == 0
+            or len(target.files()) < len(site_files(store.root / "site" / "index.html")) + 8
+        ):
+            assert child.poll() is None and time.monotonic() < deadline, child.stderr.read().decode()[-2000:]
+            time.sleep(0.1)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    (partial,) = target.versions() - {first}
+    assert not json.loads(target.files()[f"versions/{partial}/{RECORD}"])["complete"]
+    assert readers_versions(target, store.root / "site" / "index.html") == {first}
+    third = publish()
+    assert target.versions() == {first, third}  # the partial version is gone, readers' version kept
+    fourth = publish()
+    assert target.versions() == {third, fourth} == target.folders()
