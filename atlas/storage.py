@@ -72,9 +72,10 @@ def check_uri(text: str, where: str = "") -> None:
         raise LocationError(
             f"{prefix}the {scheme}:// URI carries a credential, or characters no bucket or host name "
             "holds, before its first '/' (not repeated here). Credentials never go in a URI, where "
-            "they would reach job.json, logs and error messages: remove them and set them where the "
-            "SDK looks (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, "
-            f"GOOGLE_APPLICATION_CREDENTIALS), then write {scheme}://BUCKET/PREFIX"
+            "they would reach job.json, logs and error messages: remove them and set them in the "
+            "environment or config files, where the SDK looks (AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, GOOGLE_APPLICATION_CREDENTIALS); then write "
+            f"{scheme}://BUCKET/PREFIX"
         )
     if "?" in rest or "#" in rest:
         raise LocationError(
