@@ -177,8 +177,8 @@ def served_versions(location: Location) -> set[str]:
 
 def prune_versions(location: Location, keep: int, keep_also: set[str]) -> list[str]:
     """Delete the files the atlas recorded for all but the newest `keep` complete versions, and
-    for partial versions older than the newest complete one; never a version in `keep_also` (the
-    current one) nor one without a record. Returns the versions whose files were deleted."""
+    for partial versions older than the newest complete one; never a version in `keep_also` (those
+    readers are on) nor one without a record. Returns the versions whose files were deleted."""
     listed = location.sizes(VERSIONS)
     records = {}
     for rel in listed:
