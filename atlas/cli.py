@@ -19,7 +19,7 @@ from atlas.optvis.schedules import SCHEDULES
 from atlas.optvis.transforms import PRESETS
 from atlas.registry import Registry, load_plugins, plugin_error
 from atlas.spec import JobSpec, load_spec
-from atlas.storage import parse_out
+from atlas.storage import check_uri, parse_out
 
 OUT_HELP = "Output folder or bucket URI, e.g. s3://bucket/prefix (default: the spec's job.out)."
 
@@ -30,7 +30,7 @@ def _packaged_spec(name: str) -> Path:
 
 def _load(path: Path, out: str | None) -> JobSpec:
     spec = load_spec(path)
-    return spec.replace(out=parse_out(out)) if out else spec
+    return spec.replace(out=parse_out(out, "--out")) if out else spec
 
 
 def _progress(total: int):
@@ -115,6 +115,18 @@ class _Group(_OneLine, click.Group):
             ctx.exit(err.exit_code)
 
 
+class _LocalPath(click.Path):
+    """A local file's path; a URI given instead meets `check_uri` before any message repeats it."""
+
+    def __init__(self, **options) -> None:
+        super().__init__(path_type=Path, **options)
+
+    def convert(self, value, param: click.Parameter | None, ctx: click.Context | None):
+        if isinstance(value, str):
+            check_uri(value, param.get_error_hint(ctx) if param and ctx else "")
+        return super().convert(value, param, ctx)
+
+
 class _Registered(click.Choice):
     """A choice among a registry's names (plugins' included); a wrong one in the registry's words."""
 
@@ -170,7 +182,7 @@ def demo(out: str, force: bool) -> None:
 
 
 @main.command()
-@click.argument("job", type=click.Path(path_type=Path))
+@click.argument("job", type=_LocalPath())
 @click.option("--out", help=OUT_HELP)
 @click.option("--force", is_flag=True, help="Recompute units that are already done.")
 @click.option("--no-site", is_flag=True, help="Only compute and store; do not build the site.")
@@ -180,7 +192,7 @@ def run(job: Path, out: str | None, force: bool, no_site: bool) -> None:
 
 
 @main.command()
-@click.argument("job", type=click.Path(path_type=Path))
+@click.argument("job", type=_LocalPath())
 @click.option("--out", help=OUT_HELP)
 @click.option("--force", is_flag=True)
 def scan(job: Path, out: str | None, force: bool) -> None:
@@ -189,12 +201,12 @@ def scan(job: Path, out: str | None, force: bool) -> None:
 
 
 @main.command()
-@click.argument("job", type=click.Path(path_type=Path))
+@click.argument("job", type=_LocalPath())
 @click.option("--out", help=OUT_HELP)
 @click.option("--price", type=float, help="Price per GPU-hour (default: the spec's cost.price_per_gpu_hour).")
 @click.option(
     "--throughput",
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    type=_LocalPath(exists=True, dir_okay=False),
     help="Throughput figures from `atlas calibrate` (default: the spec's cost.throughput).",
 )
 def plan(job: Path, out: str | None, price: float | None, throughput: Path | None) -> None:
@@ -232,8 +244,8 @@ def plan(job: Path, out: str | None, price: float | None, throughput: Path | Non
 
 
 @main.command()
-@click.argument("job", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="JSON file to write.")
+@click.argument("job", type=_LocalPath())
+@click.option("-o", "--output", type=_LocalPath(), required=True, help="JSON file to write.")
 @click.option("--device", default="auto", show_default=True)
 def calibrate(job: Path, output: Path, device: str) -> None:
     """Measure scan and render throughput of a job's model here, for `atlas plan`'s GPU-hours."""
@@ -251,7 +263,7 @@ def calibrate(job: Path, output: Path, device: str) -> None:
 
 
 @main.command()
-@click.argument("job", type=click.Path(path_type=Path))
+@click.argument("job", type=_LocalPath())
 @click.option("--out", help=OUT_HELP)
 @click.option("-v", "--verbose", is_flag=True, help="List every unit, not only the counts.")
 def status(job: Path, out: str | None, verbose: bool) -> None:
@@ -282,7 +294,7 @@ def status(job: Path, out: str | None, verbose: bool) -> None:
 
 @main.command()
 @click.argument("model")
-@click.option("--checkpoint", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--checkpoint", type=_LocalPath(exists=True, dir_okay=False))
 @click.option("--weights", default="default", show_default=True)
 @click.option("--all", "show_all", is_flag=True, help="Also list sub-modules inside blocks.")
 def layers(model: str, checkpoint: Path | None, weights: str, show_all: bool) -> None:
@@ -313,13 +325,13 @@ ROLE_NOTES = {
 
 
 @main.command()
-@click.argument("job", type=click.Path(path_type=Path))
+@click.argument("job", type=_LocalPath())
 @click.option("--out", help=OUT_HELP)
 @click.option(
     "--add",
     "add",
     multiple=True,
-    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    type=_LocalPath(exists=True, dir_okay=False),
     help="Append this checkpoint to the stored series (a nightly job's new weights).",
 )
 @click.option("--force", is_flag=True, help="Recompute the timeline's units that are already done.")
@@ -358,12 +370,16 @@ def timeline(job: Path, out: str | None, add: tuple[Path, ...], force: bool, no_
 @click.option("--keep", type=int, default=3, show_default=True, help="Published versions to keep.")
 def site(out: str, publish: str | None, keep: int) -> None:
     """(Re)build the static HTML atlas from an output folder or bucket."""
-    from atlas.publish import publish_site, site_of_store
+    from atlas.publish import check_target, publish_site, site_of_store
+    from atlas.storage import open_location
 
-    index, published = site_of_store(parse_out(out))
+    target = parse_out(publish, "--publish") if publish else None
+    if target is not None:
+        check_target(open_location(target))  # before the build: a target it may not use fails at once
+    index, published = site_of_store(parse_out(out, "OUT"))
     click.echo(f"site: {published or index}")
-    if publish:
-        click.echo(f"published: {publish_site(index, parse_out(publish), keep=keep)}")
+    if target is not None:
+        click.echo(f"published: {publish_site(index, target, keep=keep)}")
 
 
 @main.command()
@@ -373,7 +389,7 @@ def verify(out: str, dry_run: bool) -> None:
     """Read every shard of a store and check its sha256; damaged units are recomputed by the next run."""
     from atlas.store import Store
 
-    store = Store(parse_out(out))
+    store = Store(parse_out(out, "OUT"))
     store.require()
     bad = store.verify()
     for key in bad:
@@ -436,7 +452,7 @@ def verify(out: str, dry_run: bool) -> None:
 @click.option(
     "--precision", type=_Registered(PRECISIONS), default="fp32", show_default=True, help="Autocast."
 )
-@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="PNG to write.")
+@click.option("-o", "--out", type=_LocalPath(), required=True, help="PNG to write.")
 def render(
     model_name: str, out: Path, penalty: tuple[str, ...], device: str, no_decorrelate: bool, **options
 ) -> None:

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
 from atlas.errors import AtlasError
+from atlas.storage import check_uri
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MIN_SIDE = 16  # smaller images carry too little to be an example of anything
@@ -515,6 +516,7 @@ class DemoSource(ImageSource):
 def open_source(source: str | Path, column: str | None = None) -> ImageSource:
     """`demo`, a folder of images, a `.parquet` file, a folder of Parquet shards or a bucket prefix
     (`s3://...`, any URI pyarrow.fs opens); fails now (not mid-scan) when unusable."""
+    check_uri(str(source), "the dataset source")
     if str(source) == "demo":
         demo = DemoSource()
         if not demo.ids():

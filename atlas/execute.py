@@ -32,7 +32,7 @@ from atlas.errors import AtlasError
 from atlas.plan import Unit
 from atlas.report import JobResult
 from atlas.spec import ExecuteSpec, JobSpec
-from atlas.storage import Location, open_location
+from atlas.storage import Location, check_uri, open_location
 from atlas.store import Store, UnitRecord, write_shards
 from atlas.units import UnitFailed, make_context, run_unit
 
@@ -99,6 +99,7 @@ def connect(execute: ExecuteSpec) -> None:
 
 def check_address(address: str, where: str, timeout: float = 5.0) -> None:
     """Fail fast on addresses a driver cannot join; Ray itself waits minutes on an unreachable one."""
+    check_uri(address, where)  # never repeat a credential written into the address
     if address.startswith(("http://", "https://")):
         raise ExecuteError(
             f"{where} is {address}, a dashboard URL: `ray job submit` takes that, but a driver joins "

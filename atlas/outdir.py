@@ -122,9 +122,23 @@ def check_site_folder(site_dir: Path) -> None:
         )
 
 
+def marker_bytes(**info: str) -> bytes:
+    """What a marker file holds: who wrote the folder, and e.g. the job or the kind of folder."""
+    return (json.dumps({"writer": "neuron-atlas", **info}) + "\n").encode()
+
+
+def marker_info(data: bytes) -> dict:
+    """What a marker records; {} for one that records nothing readable (e.g. made by `touch`)."""
+    try:
+        recorded = json.loads(data.decode("utf-8"))
+    except ValueError:
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
 def write_marker(folder: Path, **info: str) -> None:
     """Mark `folder` as written by the atlas (the file is tiny, so a plain write is enough)."""
-    (folder / MARKER).write_text(json.dumps({"writer": "neuron-atlas", **info}) + "\n", encoding="utf-8")
+    (folder / MARKER).write_bytes(marker_bytes(**info))
 
 
 def marker_job(folder: Path) -> str | None:
@@ -133,10 +147,9 @@ def marker_job(folder: Path) -> str | None:
     if not path.is_file() or path.is_symlink():
         return None
     try:
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        job = marker_info(path.read_bytes()).get("job")
+    except OSError:
         return ""
-    job = recorded.get("job") if isinstance(recorded, dict) else None
     return job if isinstance(job, str) else ""
 
 

@@ -9,6 +9,7 @@ names and never follows a symbolic link.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -78,6 +79,19 @@ def remove(path: Path | str, within: Path | str) -> None:
         shutil.rmtree(target)
     else:
         os.unlink(target)
+
+
+def remove_empty_folders(folder: Path | str, within: Path | str) -> None:
+    """Remove `folder` and the folders below it that hold nothing, deepest first; a folder that
+    still holds anything (a file, a link) stays, and no link is followed."""
+    root, top = Path(os.path.abspath(within)), Path(os.path.abspath(folder))
+    if root not in top.parents:
+        raise UnsafeDeletionError(f"refusing to remove folders at {folder}: it is not inside {root}")
+    if top.is_symlink() or not top.is_dir():
+        return
+    for current, _, _ in os.walk(top, topdown=False):
+        with contextlib.suppress(OSError):  # not empty: kept
+            os.rmdir(current)
 
 
 def _exchange(first: Path, second: Path) -> bool:

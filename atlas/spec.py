@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,7 +25,7 @@ from atlas.optvis.schedules import SCHEDULES
 from atlas.optvis.transforms import PRESETS as TRANSFORM_PRESETS
 from atlas.outdir import OutputFolderError, check_job_name, derived_out
 from atlas.registry import close_matches
-from atlas.storage import LocationError, parse_out
+from atlas.storage import LocationError, check_uri, parse_out
 from atlas.validation import (
     Bool,
     ChannelPairs,
@@ -248,6 +249,31 @@ class _Context:
         return SpecError(f"{self.source}{at}: {where}: {message}")
 
 
+def _check_uris(ctx: _Context, raw: dict) -> None:
+    """Every string in the spec meets `check_uri` before any check can repeat it in a message:
+    a credential is refused wherever it is written (out, examples.source, checkpoints, ...)."""
+
+    def strings(value: Any) -> Iterator[str]:
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            for item in value.items():
+                yield from strings(list(item))
+        elif isinstance(value, list):
+            for item in value:
+                yield from strings(item)
+
+    for section, table in raw.items():
+        entries = table if isinstance(table, list) else [table]
+        for entry in entries:
+            for key, value in entry.items() if isinstance(entry, dict) else [(None, entry)]:
+                for text in strings([key, value]):
+                    try:
+                        check_uri(text)
+                    except LocationError as err:
+                        raise ctx.error(section, key, str(err)) from err
+
+
 def _section(ctx: _Context, name: str, cls: type, raw: Any) -> tuple[Any, list[Problem]]:
     """Validate one table; its problems come back to be reported in the order of the file."""
     if not isinstance(raw, dict):
@@ -401,6 +427,7 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"{source}: not valid TOML: {err}") from err
+    _check_uris(ctx, raw)
     for key in raw:
         if key not in TOP_LEVEL:
             raise ctx.error(

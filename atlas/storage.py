@@ -3,14 +3,16 @@
 Every path the store touches is joined here, relative to the location's root, and goes through
 `pyarrow.fs` (fsspec only for schemes pyarrow lacks), so `s3://atlas/nightly` is a bucket prefix
 and never a local folder named `s3:`. Credentials come from where each SDK looks by itself
-(environment, config files, instance role); a URI that carries them is refused, so no secret can
-reach job.json, a log, an error message or a Ray runtime environment through the URI.
+(environment, config files, instance role); a URI that carries them is refused by `check_uri`,
+the one rule every URI the atlas accepts passes through, so no secret can reach job.json, a log,
+an error message or a Ray runtime environment through a URI.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from urllib.parse import urlsplit
 import pyarrow.fs as pafs
 
 from atlas.errors import AtlasError
-from atlas.safefs import file_mode, remove
+from atlas.safefs import file_mode, remove, remove_empty_folders
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
 
@@ -29,29 +31,68 @@ class LocationError(AtlasError):
     """An output URI that cannot be used; the message says how to write it."""
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
+_AUTHORITY = re.compile(r"(?P<host>[A-Za-z0-9._\-]*)(?::(?P<port>[0-9]+))?")
+BUCKET_SCHEMES = ("s3", "gs", "gcs")  # the part after `scheme://` names a bucket, never a port
+
+
 def is_uri(out: str | os.PathLike) -> bool:
     """True for `scheme://...` (a bucket or other remote file system), False for a local path."""
     text = str(out)
     return "://" in text and not text.startswith("file://")
 
 
-def parse_out(text: str) -> Path | str:
+def check_uri(text: str, where: str = "") -> None:
+    """The one rule for every URI the atlas accepts: no credential in it, whatever it holds.
+
+    A text holding `://` is a URI and must read `scheme://HOST/path` where HOST, everything up to
+    the first `/`, `?` or `#` (RFC 3986), is a bare bucket or host name (letters, digits, `.`,
+    `_`, `-`), with a port (digits) only on schemes that have hosts and only when no `@`
+    follows. Anything else is refused, without repeating any of the text but its scheme: an `@`
+    (`user:password@`, `user@`, `:password@`, `@`), a `:` before a `/` in a password
+    (`KEY:SEC/RET@bucket`), `%`-escapes, non-ASCII, and a `?` or `#` part (where pyarrow reads
+    `access_key=`/`secret_key=`). `@` and `:` after the first `/` are the path's and are kept
+    (`s3://bucket/a@b:c`); a text without `://` is a local path, checked by nothing here.
+    Because a `/` ends HOST for every URI parser, a user name holding `/` reads as a path.
+    """
+    if "://" not in text:
+        return
+    scheme, _, rest = text.partition("://")
+    prefix = f"{where}: " if where else ""
+    if not _SCHEME.fullmatch(scheme):
+        raise LocationError(
+            f"{prefix}the value holds '://' but does not begin with a URI scheme (not repeated here); "
+            "write a local path, or scheme://BUCKET/PREFIX such as s3://atlas/nightly"
+        )
+    found = re.search(r"[/?#]", rest)
+    authority = rest[: found.start()] if found else rest
+    shape = _AUTHORITY.fullmatch(authority)
+    port = shape is not None and shape.group("port") is not None
+    if shape is None or (port and (scheme.lower() in BUCKET_SCHEMES or "@" in rest)):
+        raise LocationError(
+            f"{prefix}the {scheme}:// URI carries a credential, or characters no bucket or host name "
+            "holds, before its first '/' (not repeated here). Credentials never go in a URI, where "
+            "they would reach job.json, logs and error messages: remove them and set them in the "
+            "environment or config files, where the SDK looks (AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, GOOGLE_APPLICATION_CREDENTIALS); then write "
+            f"{scheme}://BUCKET/PREFIX"
+        )
+    if "?" in rest or "#" in rest:
+        raise LocationError(
+            f"{prefix}the {scheme}:// URI has a '?' or '#' part (not repeated here: options there "
+            "can hold credentials); write plain scheme://BUCKET/PREFIX and set options and "
+            "credentials in the environment or config files"
+        )
+
+
+def parse_out(text: str, where: str = "") -> Path | str:
     """A spec's or the CLI's `out`: a Path for local folders, the URI text for anything remote."""
+    check_uri(text, where)
     if text.startswith("file://"):
         return Path(urlsplit(text).path)
     if not is_uri(text):
         return Path(text)
     parts = urlsplit(text)
-    if parts.username or parts.password or "@" in parts.netloc:
-        raise LocationError(
-            f"{parts.scheme}://…@{parts.hostname}: credentials do not belong in the output URI (they would "
-            "end up in job.json and logs); set them in the environment or config files, e.g. "
-            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or GOOGLE_APPLICATION_CREDENTIALS"
-        )
-    if parts.query or parts.fragment:
-        raise LocationError(
-            f"{text}: options in the output URI are not supported; use plain scheme://bucket/prefix"
-        )
     if not parts.netloc:
         raise LocationError(
             f"{text} names no bucket; write {parts.scheme}://BUCKET/PREFIX, e.g. s3://atlas/nightly"
@@ -96,6 +137,18 @@ class Location:
         root = self.root.strip("/")  # fsspec's memory:// lists "/bucket/...": compare without slashes
         cut = len(root) + 1 if root else 0
         return {i.path.strip("/")[cut:]: i.size for i in infos if i.type == pafs.FileType.File}
+
+    def empty(self) -> bool:
+        """True when nothing is at or below the root (a missing folder or prefix is empty)."""
+        info = self.fs.get_file_info(self.root)
+        if info.type == pafs.FileType.File:
+            return False
+        if info.type == pafs.FileType.NotFound and self.local:
+            return True
+        try:
+            return not self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        except FileNotFoundError:
+            return True
 
     def etags(self, prefix: str) -> dict[str, tuple[int, str]]:
         """Every file under `prefix` with its size and ETag ("" where none is known), in one listing.
@@ -178,6 +231,16 @@ class Location:
         with contextlib.suppress(FileNotFoundError):
             self.fs.delete_file(self.path(rel))
 
+    def delete_empty_folder(self, rel: str) -> None:
+        """Remove a folder left without files: locally each empty folder below it (never through a
+        link); in a bucket the empty folder objects pyarrow leaves (it re-creates a parent's on
+        every delete), only when no file is left under the prefix."""
+        if self.local:
+            remove_empty_folders(self.path(rel), within=self.root)
+        elif not self.sizes(rel):
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.delete_dir(self.path(rel))
+
 
 def open_location(out: str | os.PathLike) -> Location:
     """The file system and root for an output folder or URI (credentials found by the SDK)."""
@@ -206,8 +269,8 @@ def _s3() -> pafs.S3FileSystem:
     if region:
         options["region"] = region
     if endpoint:
-        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
-        options.update(endpoint_override=parts.netloc, scheme=parts.scheme)
+        netloc, scheme = _endpoint(endpoint, "AWS_ENDPOINT_URL", "https")
+        options.update(endpoint_override=netloc, scheme=scheme)
     return pafs.S3FileSystem(**options)
 
 
@@ -217,8 +280,16 @@ def _gcs() -> pafs.GcsFileSystem:
     emulator = os.environ.get("STORAGE_EMULATOR_HOST")
     if not emulator:
         return pafs.GcsFileSystem()
-    parts = urlsplit(emulator if "://" in emulator else f"http://{emulator}")
-    return pafs.GcsFileSystem(anonymous=True, endpoint_override=parts.netloc, scheme=parts.scheme)
+    netloc, scheme = _endpoint(emulator, "STORAGE_EMULATOR_HOST", "http")
+    return pafs.GcsFileSystem(anonymous=True, endpoint_override=netloc, scheme=scheme)
+
+
+def _endpoint(value: str, variable: str, default_scheme: str) -> tuple[str, str]:
+    """An endpoint variable's host[:port] and scheme, under the same rule as every URI."""
+    url = value if "://" in value else f"{default_scheme}://{value}"
+    check_uri(url, variable)
+    parts = urlsplit(url)
+    return parts.netloc, parts.scheme
 
 
 def _s3_put_if_absent(path: str, data: bytes) -> bool:
