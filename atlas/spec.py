@@ -58,6 +58,7 @@ class SpecError(AtlasError, ValueError):
 
 DEFAULT_OBJECTIVES = ("channel", "neuron", "negative", "diversity")  # fixed: it feeds content keys
 FORBID = with_config(ConfigDict(extra="forbid"))
+COMPILE_CHOICES = ("auto", "on", "off")
 
 
 @FORBID
@@ -154,6 +155,9 @@ class ExecuteSpec:
     retries: Annotated[Int, Ge(0)] = 2
     address: OptionalText = None
     scale_up_timeout: Annotated[Number, Gt(0)] = 900.0  # seconds to wait for the autoscaler's GPU nodes
+    # How workers run renders (never part of a content key): torch.compile of the truncated model
+    # ("auto": on CUDA only).
+    compile: Annotated[Text, one_of(lambda: COMPILE_CHOICES)] = "auto"
 
 
 @FORBID

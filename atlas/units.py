@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 from PIL import Image
 
 from atlas.data import ImageSource, open_source
@@ -80,6 +81,7 @@ class WorkerContext:
         """This context with another checkpoint's weights, kept until the next one (timeline units)."""
         if self._checkpoint is None or self._checkpoint[0] != checkpoint:
             model = load_model(self.model.name, checkpoint, self.weights, device=self.model.device)
+            model.compile = self.model.compile
             self._checkpoint = (checkpoint, model)
         return replace(self, model=self._checkpoint[1])
 
@@ -188,8 +190,17 @@ def run_unit(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
         raise UnitFailed(f"{unit.label}: {err}") from err
 
 
+def compile_backend(choice: str, device: torch.device) -> str:
+    """The torch.compile backend for ``execute.compile`` on ``device`` ("" for none): "auto"
+    compiles on CUDA only, where it pays (on CPU the one-time compilation outweighs the gain)."""
+    if choice == "on" or (choice == "auto" and device.type == "cuda"):
+        return "inductor"
+    return ""
+
+
 def make_context(spec: JobSpec, device: str = "auto") -> WorkerContext:
     model = load_model(spec.model.name, spec.model.checkpoint, spec.model.weights, device=pick_device(device))
+    model.compile = compile_backend(spec.execute.compile, model.device)
     if any(layer.dictionary for layer in spec.layers):
         from atlas.actatlas.dictionary import attach_layers
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
+import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,6 +22,7 @@ from atlas.models.layout import CLS_SUFFIX, MAP, TOKENS, Layout, find_layout, pr
 from atlas.models.registry import ModelError, Preprocessing, build
 
 LOGITS = "logits"
+log = logging.getLogger(__name__)
 
 
 class UnknownLayerError(AtlasError, KeyError):
@@ -65,10 +68,17 @@ class LoadedModel:
     folded: Folded = field(default_factory=Folded, repr=False)
     # False: every forward stops by raising from a hook (what ran before sub-networks were traced).
     trace: bool = True
+    # An execution setting, never part of a content key: the torch.compile backend that traced
+    # sub-networks run through ("inductor"; "aot_eager" traces without generating code), or ""
+    # for none. Compiled once per worker and layer set (see ``compile_seconds``).
+    compile: str = ""
+    # Layer set -> seconds of its compiled sub-network's first call (the one-time compilation).
+    compile_seconds: dict[frozenset[str], float] = field(default_factory=dict, repr=False)
     # Derived layer -> (its source layer, the source's layout, the module applied to its map).
     _derived: dict[str, tuple[str, Layout, nn.Module]] = field(default_factory=dict, repr=False)
     # (id of the module, modules read) -> the traced sub-network, or None where tracing failed.
-    _subnets: dict[tuple[int, frozenset[str]], nn.Module | None] = field(default_factory=dict, repr=False)
+    # (its compiled form: the key ends in the compile backend).
+    _subnets: dict[tuple, nn.Module | None] = field(default_factory=dict, repr=False)
 
     @property
     def input_size(self) -> int:
@@ -259,10 +269,35 @@ class LoadedModel:
                 x01, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
             )
         x = self.normalize(x01)
+        if self.device.type == "cuda":  # the weights are channels_last (freeze); cuDNN wants both
+            x = x.contiguous(memory_format=torch.channels_last)
         subnet = self.truncated(wanted) if self.trace and LOGITS not in wanted else None
         if subnet is None:
             return self._hooked(x, wanted)
+        if self.compile:
+            return self._views(wanted, self._compiled(self._sources(wanted), subnet, x))
         return self._views(wanted, subnet(x))
+
+    def _compiled(self, sources: frozenset[str], subnet: nn.Module, x: torch.Tensor) -> dict[str, object]:
+        """The sub-network's outputs through torch.compile; the first call per layer set is the
+        compilation, timed into ``compile_seconds`` and logged (it is paid once per worker)."""
+        key = (id(self.module), sources, self.compile)
+        compiled = self._subnets.get(key)
+        if compiled is None:
+            compiled = self._subnets[key] = torch.compile(subnet, backend=self.compile)
+        if sources in self.compile_seconds:
+            return compiled(x)
+        start = time.perf_counter()
+        out = compiled(x)
+        self.compile_seconds[sources] = seconds = time.perf_counter() - start
+        log.warning(
+            "compiled %s (%s) up to %s in %.1f s (once per worker and layer set)",
+            self.name,
+            self.compile,
+            ", ".join(sorted(sources)),
+            seconds,
+        )
+        return out
 
     def _sources(self, wanted: set[str]) -> frozenset[str]:
         """The modules whose raw outputs give the views ``wanted`` (derived layers: their sources)."""
