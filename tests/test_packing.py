@@ -117,3 +117,19 @@ def test_a_diverging_unit_fails_alone_and_its_companions_finish(tmp_path) -> Non
 
 
 _TINY = load_model("tiny-cnn")  # one model for every example Hypothesis draws
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=5),
+    name=st.sampled_from(["wider", "distill", "standard", "none"]),
+    seed=st.integers(0, 2**16),
+)
+def test_one_resampling_of_all_parts_is_each_part_resampled_alone(sizes, name, seed) -> None:
+    from atlas.optvis.transforms import preset
+
+    transform = preset(name, 32)
+    images = [torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed + n)) for n in sizes]
+    together = transform.parts(images, [torch.Generator().manual_seed(seed + i) for i in range(len(sizes))])
+    alone = [transform(batch, torch.Generator().manual_seed(seed + i)) for i, batch in enumerate(images)]
+    assert torch.equal(together, torch.cat(alone))

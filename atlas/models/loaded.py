@@ -274,7 +274,9 @@ class LoadedModel:
         subnet = self.truncated(wanted) if self.trace and LOGITS not in wanted else None
         if subnet is None:
             return self._hooked(x, wanted)
-        if self.compile:
+        if self.compile and torch.is_grad_enabled() and x.requires_grad:
+            # Only optimization steps: measurements and scans (no gradient) take other shapes,
+            # each of which would cost a compilation.
             return self._views(wanted, self._compiled(self._sources(wanted), subnet, x))
         return self._views(wanted, subnet(x))
 
