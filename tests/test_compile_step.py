@@ -57,3 +57,23 @@ def test_compile_choice_compiles_on_cuda_by_default_and_never_when_off(choice, d
     backend = compile_backend(ExecuteSpec(compile=choice).compile, torch.device(device))
     expected = {"on": "inductor", "off": "", "auto": "inductor" if device == "cuda" else ""}[choice]
     assert backend == expected
+
+
+def test_blocks_compile_once_for_every_truncation_depth() -> None:
+    """GoogLeNet's Inception blocks are compiled one by one and shared: rendering three layers
+    compiles the three blocks they reach, once each, and leaves the model's own modules alone."""
+    torch.manual_seed(0)
+    model = load_model("torchvision:googlenet", weights="none")
+    eager = {
+        layer: render_channels(model, layer, [0, 1], SETTINGS) for layer in ("inception3a", "inception4a")
+    }
+    model.compile = "aot_eager"
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for layer in ("inception3a", "inception4a", "inception3b"):
+        compiled = render_channels(model, layer, [0, 1], SETTINGS)
+        if layer in eager:
+            _compare(eager[layer], compiled, pixels=0)
+    assert torch._dynamo.utils.counters["frames"]["ok"] == 3  # the blocks 3a, 3b, 4a: once each
+    assert type(model.module.inception4a).__name__ == "Inception"  # compiled copies live in the sub-networks
+    assert len(model.compile_seconds) == 3

@@ -69,8 +69,9 @@ class LoadedModel:
     # False: every forward stops by raising from a hook (what ran before sub-networks were traced).
     trace: bool = True
     # An execution setting, never part of a content key: the torch.compile backend that traced
-    # sub-networks run through ("inductor"; "aot_eager" traces without generating code), or ""
-    # for none. Compiled once per worker and layer set (see ``compile_seconds``).
+    # sub-networks run through in optimization steps ("inductor"; "aot_eager" traces without
+    # generating code), or "" for none. Blocks are compiled one by one where they can be
+    # (``_regional``), once per worker whatever the layer sets; else one graph per layer set.
     compile: str = ""
     # Layer set -> seconds of its compiled sub-network's first call (the one-time compilation).
     compile_seconds: dict[frozenset[str], float] = field(default_factory=dict, repr=False)
@@ -286,7 +287,8 @@ class LoadedModel:
         key = (id(self.module), sources, self.compile)
         compiled = self._subnets.get(key)
         if compiled is None:
-            compiled = self._subnets[key] = torch.compile(subnet, backend=self.compile)
+            compiled = self._regional(sources) or torch.compile(subnet, backend=self.compile)
+            self._subnets[key] = compiled
         if sources in self.compile_seconds:
             return compiled(x)
         start = time.perf_counter()
@@ -300,6 +302,34 @@ class LoadedModel:
             seconds,
         )
         return out
+
+    def _regional(self, sources: frozenset[str]) -> nn.Module | None:
+        """A sub-network whose blocks (every module of a requested module's own class, e.g.
+        GoogLeNet's Inception blocks) stay whole and run compiled, one compilation per block
+        shared by every layer set: nine truncation depths cost what one does. None where a
+        requested module is a torch.nn built-in or the blocks cannot stay whole."""
+        kinds = {type(self._modules[name]) for name in sources}
+        if any(kind.__module__.startswith("torch.") for kind in kinds):
+            return None
+        subnet = self._trace(sources, self._views_of(sources), leaves=tuple(kinds))
+        if subnet is None:
+            return None
+        for node in subnet.graph.nodes:
+            if node.op == "call_module" and type(subnet.get_submodule(node.target)) in kinds:
+                parent, _, child = node.target.rpartition(".")
+                setattr(subnet.get_submodule(parent) if parent else subnet, child, self._region(node.target))
+        return subnet
+
+    def _region(self, name: str) -> nn.Module:
+        """Module ``name`` through torch.compile, made once and shared by every layer set."""
+        key = (id(self.module), name, self.compile, "region")
+        if key not in self._subnets:
+            self._subnets[key] = torch.compile(self._modules[name], backend=self.compile)
+        return self._subnets[key]  # type: ignore[return-value]
+
+    def _views_of(self, sources: frozenset[str]) -> set[str]:
+        """The plain views of ``sources`` (what a check of their sub-network compares)."""
+        return {name for name in sources if name in self._info_by_name}
 
     def _sources(self, wanted: set[str]) -> frozenset[str]:
         """The modules whose raw outputs give the views ``wanted`` (derived layers: their sources)."""
@@ -342,12 +372,19 @@ class LoadedModel:
             self._subnets[key] = self._trace(sources, set(wanted))
         return self._subnets[key]
 
-    def _trace(self, sources: frozenset[str], wanted: set[str]) -> nn.Module | None:
+    def _trace(
+        self, sources: frozenset[str], wanted: set[str], leaves: tuple[type, ...] = ()
+    ) -> nn.Module | None:
+        """The traced sub-network returning ``sources`` (modules of the classes ``leaves`` kept
+        whole), or None where fx cannot trace it or it disagrees with the hook path on a probe."""
         from torchvision.models.feature_extraction import create_feature_extractor
 
         try:
             subnet = create_feature_extractor(
-                self.module, return_nodes={name: name for name in sources}, suppress_diff_warning=True
+                self.module,
+                return_nodes={name: name for name in sources},
+                tracer_kwargs={"leaf_modules": list(leaves)} if leaves else None,
+                suppress_diff_warning=True,
             )
         except Exception:  # noqa: BLE001 - fx cannot trace this model: the hook path serves it
             return None
