@@ -73,7 +73,8 @@ class LoadedModel:
     # generating code), or "" for none. Blocks are compiled one by one where they can be
     # (``_regional``), once per worker whatever the layer sets; else one graph per layer set.
     compile: str = ""
-    # Layer set -> seconds of its compiled sub-network's first call (the one-time compilation).
+    # Layer set -> seconds of its compiled sub-network's first forward call (the one-time
+    # compilation of the forward; the backward's happens in the first backward).
     compile_seconds: dict[frozenset[str], float] = field(default_factory=dict, repr=False)
     # Derived layer -> (its source layer, the source's layout, the module applied to its map).
     _derived: dict[str, tuple[str, Layout, nn.Module]] = field(default_factory=dict, repr=False)
@@ -295,7 +296,8 @@ class LoadedModel:
         out = compiled(x)
         self.compile_seconds[sources] = seconds = time.perf_counter() - start
         log.warning(
-            "compiled %s (%s) up to %s in %.1f s (once per worker and layer set)",
+            "compiled %s (%s) up to %s in %.1f s, forward (the backward compiles at its first step; "
+            "once per worker and layer set)",
             self.name,
             self.compile,
             ", ".join(sorted(sources)),
