@@ -58,6 +58,7 @@ from atlas.examples import scan_shard  # noqa: E402
 from atlas.models import LoadedModel, load_model  # noqa: E402
 from atlas.optvis import make_param  # noqa: E402
 from atlas.optvis import objectives as obj  # noqa: E402
+from atlas.optvis.autobatch import pass_capacity  # noqa: E402
 from atlas.optvis.recipes import render_channel_sets  # noqa: E402
 from atlas.optvis.render import RenderPart, render_parts  # noqa: E402
 from atlas.optvis.transforms import preset  # noqa: E402
@@ -313,15 +314,15 @@ CEILING_RESERVE_S = 25  # kept after the slice's layers for the bare step (it re
 def project(per_layer: dict[str, dict], totals: dict[str, int], steps: int) -> dict:
     """The full job's render time on one device, from the slice.
 
-    Each layer's seconds per channel (its packed units' wall time, PNG, quality records and
-    Parquet writes included, divided by the channels rendered, scaled from the slice's ``steps``
-    to the job's 512) times the layer's full channel count, summed over the nine layers, plus
+    Each layer's seconds per channel (its packed units' optimization, scaled from the slice's
+    ``steps`` to the job's 512, plus the call's fixed PNG, quality and Parquet seconds, divided by
+    the channels rendered) times the layer's full channel count, summed over the nine layers, plus
     each layer's one-time compilation (paid once per worker). Layers the slice did not reach use
     the mean of those it did (then ``partial`` is true). Units are independent, so N GPUs divide
     the steady part by N (each pays the compilations; driver and scheduling overhead left out).
     """
     rates = {
-        layer: f["seconds"] / f["channels"] * JOB_STEPS / steps
+        layer: (f["optimize_s"] * JOB_STEPS / steps + f["fixed_s"]) / f["channels"]
         for layer, f in per_layer.items()
         if f.get("channels")
     }
@@ -342,8 +343,8 @@ def project(per_layer: dict[str, dict], totals: dict[str, int], steps: int) -> d
         "minutes_on": {str(n): round((steady / n + compile_s) / 60, 1) for n in (1, 8)},
         "target_minutes_one_gpu": 15,
         "partial": len(rates) < len(totals),
-        "method": "sum over layers of (slice seconds per channel x 512 / slice steps x the layer's "
-        "channel count) + each layer's compilation once",
+        "method": "sum over layers of ((optimization s x 512 / slice steps + fixed s per call) / "
+        "channels x the layer's channel count) + each layer's compilation once",
     }
 
 
@@ -424,6 +425,8 @@ def slice_section(model: LoadedModel, settings: Settings, report: Report, work: 
         "compile": settings.slice_compile or "off",
         "precision": settings.slice_precision,
         "packed": "each layer's units in one worker call (atlas.units.run_units)",
+        # images per physical batch (free memory, capped; one chunk on CPU): a call is one batch on a GPU
+        "images_per_pass": pass_capacity(model, render.batch, render.size),
         "per_layer": {},
     }
     per_layer: dict[str, dict] = figures["per_layer"]  # type: ignore[assignment]
@@ -434,12 +437,15 @@ def slice_section(model: LoadedModel, settings: Settings, report: Report, work: 
             if report.left() < last * 1.2 + CEILING_RESERVE_S:
                 figures["stopped"] = f"time budget: {len(per_layer)} of {len(layers)} layers done"
                 break
-            # One step at the pack's shape first: the compilation (forward and backward), timed apart.
+            # One step at the pack's shape first: the compilation (forward and backward), timed
+            # apart; then the optimization alone (its seconds per step scale to 512 steps); then
+            # the call a worker makes, whose excess over the optimization (PNG encoding, quality
+            # records, Parquet writes) is paid once per call, whatever the steps.
             requests = [(unit.layer, unit.channels) for unit in units]
             compile_s, _ = _timed(
-                model.device,
-                partial(render_channel_sets, model, requests, replace(render, steps=1)),
+                model.device, partial(render_channel_sets, model, requests, replace(render, steps=1))
             )
+            optimize_s, _ = _timed(model.device, partial(render_channel_sets, model, requests, render))
             start = time.perf_counter()
             outcomes = run_units(context, units)
             for unit, outcome in zip(units, outcomes, strict=True):
@@ -450,17 +456,18 @@ def slice_section(model: LoadedModel, settings: Settings, report: Report, work: 
                 else:
                     store.write_unit_tables(unit.key, unit.kind, unit.layer, outcome, unit.channels)
             synchronize(model.device)
-            steady = time.perf_counter() - start
-            last = steady + compile_s  # what the next layer will take, about
+            whole_s = time.perf_counter() - start
+            last = compile_s + optimize_s + whole_s  # what the next layer will take, about
             images = len(units[0].channels) * images_per_channel * len(units)
-            compile_s = compile_s if settings.slice_compile else 0.0  # else just a first step
             per_layer[layer] = {
                 "channels": sum(len(unit.channels) for unit in units),
                 "units": len(units),
-                "images_per_pass": images,
-                "seconds": round(steady, 2),
-                "compile_s": round(compile_s, 1),
-                "image_steps_per_s": round(images * settings.slice_steps / steady, 1),
+                "images_per_call": images,
+                "compile_s": round(compile_s if settings.slice_compile else 0.0, 1),  # else a first step
+                "optimize_s": round(optimize_s, 2),
+                "call_s": round(whole_s, 2),
+                "fixed_s": round(max(whole_s - optimize_s, 0.0), 2),
+                "image_steps_per_s": round(images * settings.slice_steps / optimize_s, 1),
                 "images_per_channel": images_per_channel,
                 "rows": sum(o["render"].num_rows for o in outcomes if not isinstance(o, UnitFailed)),
                 "failed": sum(isinstance(o, UnitFailed) for o in outcomes),
@@ -484,8 +491,8 @@ def ceiling(
         return {"skipped": "no layer measured or no time left"}
     layer = list(per_layer)[-1]
     figures = per_layer[layer]
-    batch = figures["images_per_pass"]
-    render_s = 1 / figures["image_steps_per_s"] * batch  # per step, PNG and writes included
+    batch = figures["images_per_call"]
+    render_s = batch / figures["image_steps_per_s"]  # per optimization step
     bare_s = bare_step(model, layer, batch, side, settings.slice_precision)
     own_s = overhead_step(batch, settings, model.device)
     flops = flops_of(model, layer, side)
