@@ -34,12 +34,17 @@ from atlas.report import JobResult
 from atlas.spec import ExecuteSpec, JobSpec
 from atlas.storage import Location, check_uri, open_location
 from atlas.store import Store, UnitRecord, write_shards
-from atlas.units import UnitFailed, make_context, run_unit
+from atlas.units import UnitFailed, make_context, run_unit, run_units
 
 # How long the driver waits for a first live worker before it gives up (model load included).
 DEFAULT_START_TIMEOUT_S = 600.0
 # How often the driver wakes up while waiting, to notice that no worker can start.
 _POLL_S = 1.0
+
+
+# Render units per call to a GPU worker ("auto"): 16 units of the appendix (8 channels x 7
+# images each) fill a physical batch of ~900 images, near the H200's best (DEFAULT_CAP).
+RENDER_UNITS_PER_GPU_CALL = 16
 
 
 # A worker whose node goes away before it starts is replaced, but only this many times per worker:
@@ -62,6 +67,12 @@ class WorkerPlan:
         """A GPU worker takes CUDA when its process sees a device; a GPU that Ray only counts
         (a fake GPU resource in tests) leaves it on the CPU."""
         return "auto" if self.gpus > 0 else "cpu"
+
+    def units_per_call(self, execute: ExecuteSpec) -> int:
+        """Render units sent to a worker in one call: the spec's number, else many on a GPU."""
+        if execute.units_per_call != "auto":
+            return int(execute.units_per_call)
+        return RENDER_UNITS_PER_GPU_CALL if self.gpus > 0 else 1
 
     def describe(self) -> str:
         """E.g. '4 workers x 1 GPU' for logs and summaries."""
@@ -206,6 +217,25 @@ class UnitWorker:
         shards = write_shards(self.locations[store_uri], unit.key, tables)
         return "shards", shards, time.perf_counter() - start
 
+    def run_many(self, units: list[Unit], store_uri: str | None = None) -> list[tuple[str, Any, float]]:
+        """Several units (no inputs) in one call, render units optimized together
+        (``atlas.units.run_units``): per unit what ``run`` returns, or ("failed", reason, seconds).
+        A unit's seconds are the call's, shared out by its share of the units."""
+        start = time.perf_counter()
+        outcomes = run_units(self.context, units)
+        results: list[tuple[str, Any, float]] = []
+        for unit, outcome in zip(units, outcomes, strict=True):
+            if isinstance(outcome, UnitFailed):
+                results.append(("failed", str(outcome), 0.0))
+            elif store_uri is None:
+                results.append(("tables", outcome, 0.0))
+            else:
+                if store_uri not in self.locations:
+                    self.locations[store_uri] = open_location(store_uri)
+                results.append(("shards", write_shards(self.locations[store_uri], unit.key, outcome), 0.0))
+        share = (time.perf_counter() - start) / max(len(units), 1)
+        return [(form, output, share) for form, output, _ in results]
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -226,6 +256,8 @@ class _Call:
     unit: Unit
     worker: _Worker
     attempt: int
+    # Render units packed into the same call (unit is the first); empty for a one-unit call.
+    packed: tuple[tuple[Unit, int], ...] = ()
 
 
 class Executor:
@@ -291,9 +323,13 @@ class Executor:
                     continue
                 call = in_flight.pop(ref)
                 call.worker.load -= 1
-                outcome = self._collect(ref, call, store, result, pending)
-                if on_progress and outcome != "retry":
-                    on_progress(call.unit, outcome)
+                if call.packed:
+                    outcomes = self._collect_packed(ref, call, store, result, pending)
+                else:
+                    outcomes = [(call.unit, self._collect(ref, call, store, result, pending))]
+                for unit, outcome in outcomes:
+                    if on_progress and outcome != "retry":
+                        on_progress(unit, outcome)
             if any(w.pid is not None and not w.lost for w in self.workers) or in_flight:
                 last_live = time.monotonic()
             elif time.monotonic() - last_live > self.start_timeout:
@@ -313,10 +349,20 @@ class Executor:
         the object store once and travels as a reference, not once per call.
         """
         live = [w for w in self.workers if w.pid is not None and not w.lost]
+        per_call = self.workers_plan.units_per_call(self.spec.execute)
         while pending and live and len(in_flight) < limit:
             unit, attempt = pending.popleft()
             worker = min(live, key=lambda w: w.load)
             worker.load += 1
+            if per_call > 1 and unit.kind == "render" and unit.inputs is None:
+                packed = [(unit, attempt)]
+                while pending and len(packed) < per_call and _packs_with(pending[0][0], unit):
+                    packed.append(pending.popleft())
+                if len(packed) > 1:
+                    units = [replace(u, inputs=None) for u, _ in packed]
+                    ref = worker.handle.run_many.remote(units, self._store_uri)
+                    in_flight[ref] = _Call(unit, worker, attempt, tuple(packed))
+                    continue
             inputs = None
             if unit.inputs is not None:
                 if id(unit.inputs) not in shipped:
@@ -369,12 +415,46 @@ class Executor:
                 pending.append((unit, call.attempt + 1))
                 return "retry"
             return self._fail(call, store, result, reason)
+        self._commit(call, store, result, form, output, seconds)
+        return "done"
+
+    def _collect_packed(
+        self, ref: ray.ObjectRef, call: _Call, store: Store, result: JobResult, pending: deque
+    ) -> list[tuple[Unit, str]]:
+        """A packed call's outcomes, unit by unit; a lost worker sends each unit back to retry."""
+        try:
+            outputs = ray.get(ref)
+        except RayError as err:
+            if not (isinstance(err, RayTaskError) and not _is_system_failure(err)):
+                self._replace(call.worker)
+            outcomes = []
+            for unit, attempt in call.packed:
+                one = _Call(unit, call.worker, attempt)
+                if attempt <= self.spec.execute.retries:
+                    result.retried += 1
+                    pending.append((unit, attempt + 1))
+                    outcomes.append((unit, "retry"))
+                else:
+                    outcomes.append((unit, self._fail(one, store, result, _reason(err))))
+            return outcomes
+        outcomes = []
+        for (unit, attempt), (form, output, seconds) in zip(call.packed, outputs, strict=True):
+            one = _Call(unit, call.worker, attempt)
+            if form == "failed":
+                outcomes.append((unit, self._fail(one, store, result, output)))
+                continue
+            self._commit(one, store, result, form, output, seconds)
+            outcomes.append((unit, "done"))
+        return outcomes
+
+    @staticmethod
+    def _commit(call: _Call, store: Store, result: JobResult, form: str, output: Any, seconds: float) -> None:
+        unit = call.unit
         shards = output if form == "shards" else store.write_shards(unit.key, output)
         store.commit(
             UnitRecord.done(unit.key, unit.kind, unit.layer, shards, unit.channels, call.attempt, seconds)
         )
         result.done += 1
-        return "done"
 
     @staticmethod
     def _fail(call: _Call, store: Store, result: JobResult, reason: str) -> str:
@@ -400,6 +480,17 @@ class Executor:
             f"{free.get('CPU', 0):g} CPU and {free.get('GPU', 0):g} GPU free. Add nodes, lower "
             "execute.workers, or check `ray status`"
         )
+
+
+def _packs_with(unit: Unit, first: Unit) -> bool:
+    """Whether ``unit`` can join ``first``'s packed call: a render unit with the same settings
+    and weights (the worker optimizes them together)."""
+    return (
+        unit.kind == "render"
+        and unit.inputs is None
+        and unit.work == first.work
+        and unit.checkpoint == first.checkpoint
+    )
 
 
 def _is_system_failure(err: RayTaskError) -> bool:

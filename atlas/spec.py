@@ -59,6 +59,7 @@ class SpecError(AtlasError, ValueError):
 
 DEFAULT_OBJECTIVES = ("channel", "neuron", "negative", "diversity")  # fixed: it feeds content keys
 FORBID = with_config(ConfigDict(extra="forbid"))
+COMPILE_CHOICES = ("auto", "on", "off")
 
 
 @FORBID
@@ -155,6 +156,11 @@ class ExecuteSpec:
     retries: Annotated[Int, Ge(0)] = 2
     address: OptionalText = None
     scale_up_timeout: Annotated[Number, Gt(0)] = 900.0  # seconds to wait for the autoscaler's GPU nodes
+    # How workers run renders (never part of a content key): torch.compile of the truncated model
+    # ("auto": on CUDA only), and render units per worker call, optimized together in physical
+    # batches ("auto": atlas.execute.RENDER_UNITS_PER_GPU_CALL on GPU workers, 1 on CPU).
+    compile: Annotated[Text, one_of(lambda: COMPILE_CHOICES)] = "auto"
+    units_per_call: IntOrAuto = "auto"
 
 
 @FORBID

@@ -14,12 +14,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 from PIL import Image
 
 from atlas.data import ImageSource, open_source
 from atlas.examples import direction_layer, finalize_layer, scan_shard
 from atlas.models import LoadedModel, load_model, pick_device
-from atlas.optvis import RenderError, random_directions, render_channels, render_directions, render_pair
+from atlas.optvis import (
+    RenderError,
+    random_directions,
+    render_channel_sets,
+    render_directions,
+    render_pair,
+)
 from atlas.plan import Unit
 from atlas.provenance import provenance, with_provenance
 from atlas.quality import quality_table
@@ -69,6 +76,8 @@ class WorkerContext:
     _source: ImageSource | None = field(default=None, repr=False)
     weights: str = "default"
     _checkpoint: tuple[str, LoadedModel] | None = field(default=None, repr=False)
+    # Images per physical batch of render units (None: as the device's free memory allows).
+    images_per_pass: int | None = None
 
     def source(self) -> ImageSource:
         """Opened on first use: workers that only render never list the dataset."""
@@ -80,12 +89,22 @@ class WorkerContext:
         """This context with another checkpoint's weights, kept until the next one (timeline units)."""
         if self._checkpoint is None or self._checkpoint[0] != checkpoint:
             model = load_model(self.model.name, checkpoint, self.weights, device=self.model.device)
+            model.compile = self.model.compile
             self._checkpoint = (checkpoint, model)
         return replace(self, model=self._checkpoint[1])
 
 
 def _render(ctx: WorkerContext, unit: Unit, work: RenderWork) -> dict[str, pa.Table]:
-    images = render_channels(ctx.model, unit.layer, unit.channels, work.render)
+    return _render_tables(ctx, unit, _render_many(ctx, [unit])[0])
+
+
+def _render_many(ctx: WorkerContext, units: Sequence[Unit]) -> list[list[Any]]:
+    """The rendered images of render units that share their settings, optimized together."""
+    requests = [(unit.layer, unit.channels) for unit in units]
+    return render_channel_sets(ctx.model, requests, units[0].work.render, ctx.images_per_pass)
+
+
+def _render_tables(ctx: WorkerContext, unit: Unit, images: Sequence[Any]) -> dict[str, pa.Table]:
     return {"render": rendered_table(images, unit.key), "quality": quality_table(ctx.model, images, unit.key)}
 
 
@@ -171,6 +190,11 @@ UNIT_KINDS.register("probe", run_probe)
 UNIT_KINDS.register("icons", _icons)
 
 
+def _stamped(ctx: WorkerContext, tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
+    info = provenance(str(ctx.model.device))
+    return {kind: with_provenance(table, info) for kind, table in tables.items()}
+
+
 def run_unit(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
     """Compute one unit; deterministic failures are raised as UnitFailed with the reason.
 
@@ -179,17 +203,58 @@ def run_unit(ctx: WorkerContext, unit: Unit) -> dict[str, pa.Table]:
     if unit.checkpoint is not None:
         ctx = ctx.on_checkpoint(unit.checkpoint)
     try:
-        tables = UNIT_KINDS.get(unit.kind)(ctx, unit, unit.work)
-        info = provenance(str(ctx.model.device))
-        return {kind: with_provenance(table, info) for kind, table in tables.items()}
+        return _stamped(ctx, UNIT_KINDS.get(unit.kind)(ctx, unit, unit.work))
     except UnitFailed:
         raise
     except (FloatingPointError, ValueError, RenderError) as err:  # NaN/Inf, bad inputs: retry won't heal
         raise UnitFailed(f"{unit.label}: {err}") from err
 
 
+def compile_backend(choice: str, device: torch.device) -> str:
+    """The torch.compile backend for ``execute.compile`` on ``device`` ("" for none): "auto"
+    compiles on CUDA only, where it pays (on CPU the one-time compilation outweighs the gain)."""
+    if choice == "on" or (choice == "auto" and device.type == "cuda"):
+        return "inductor"
+    return ""
+
+
+Outcome = dict[str, pa.Table] | UnitFailed
+
+
+def run_units(ctx: WorkerContext, units: Sequence[Unit]) -> list[Outcome]:
+    """Several units in one worker call, one outcome each (its tables, or why it failed).
+
+    Render units with the same settings are optimized together (``render_channel_sets``: the
+    chunks of a layer's units share physical batches), each getting exactly what it gets alone;
+    if the packed run fails (one unit diverges), each of them runs alone so that only the bad
+    one fails. Other units run one after another.
+    """
+    outcomes: dict[int, Outcome] = {}
+    renders = [i for i, unit in enumerate(units) if unit.kind == "render" and unit.checkpoint is None]
+    by_settings: dict[Any, list[int]] = {}
+    for index in renders:
+        by_settings.setdefault(units[index].work, []).append(index)
+    for members in by_settings.values():
+        if len(members) < 2:
+            continue
+        try:
+            images = _render_many(ctx, [units[i] for i in members])
+        except (FloatingPointError, ValueError, RenderError):
+            continue  # each runs alone below: only the unit at fault fails
+        for index, rows in zip(members, images, strict=True):
+            outcomes[index] = _stamped(ctx, _render_tables(ctx, units[index], rows))
+    for index, unit in enumerate(units):
+        if index not in outcomes:
+            try:
+                outcomes[index] = run_unit(ctx, unit)
+            except UnitFailed as err:
+                outcomes[index] = err
+    return [outcomes[index] for index in range(len(units))]
+
+
 def make_context(spec: JobSpec, device: str = "auto") -> WorkerContext:
     model = load_model(spec.model.name, spec.model.checkpoint, spec.model.weights, device=pick_device(device))
+    model.compile = compile_backend(spec.execute.compile, model.device)
     if any(layer.dictionary for layer in spec.layers):
         from atlas.actatlas.dictionary import attach_layers
 

@@ -5,10 +5,11 @@
 
 GPU machines for this project are lent for about 15 minutes, start-up included, and have
 PyTorch, torchvision, timm, pyarrow, pillow, click, jinja2 and tqdm but no Ray and no package
-index. So this script imports no Ray, runs units through ``atlas.units.run_unit`` with a
-``WorkerContext`` as a worker would, keeps inside a time budget (``--budget``, 215 s on CUDA),
-and rewrites its JSON report after every section and every unit, so a run that is cut short
-still reports what it measured. Sections:
+index. So this script imports no Ray, runs units through ``atlas.units.run_units`` with a
+``WorkerContext`` as a worker would, keeps inside a time budget (``--budget``, 400 s on CUDA, of
+the 420 s ``gpu_check.sh`` allows, compilation included), and rewrites its JSON report after
+every section and every layer, so a run that is cut short still reports what it measured.
+Sections:
 
 - env: torch, CUDA, cuDNN and driver versions, the device and its memory;
 - tests: ``pytest -m gpu tests/test_gpu.py`` (skipped, and said so, when pytest is missing);
@@ -19,9 +20,13 @@ still reports what it measured. Sections:
   generated 500x375 JPEGs read from disk, decoded by PIL (one thread) and by batched
   ``decode_jpeg`` (nvJPEG on a GPU), each against min(decode, forward) ceilings measured in the
   same run, with the GPU's busy share (the rate over the forward ceiling; NVML's utilization);
-- slice: the appendix job (jobs/inceptionv1.toml) cut to 32 channels of each of its nine mixed
-  layers, run unit by unit through ``run_unit`` with the PNG encoding and the Parquet store
-  writes included, and the full job (5,488 channels) projected from it (see ``project``).
+- slice: the appendix job (jobs/inceptionv1.toml) cut to 128 channels of each of its nine mixed
+  layers and run as a GPU worker runs it: each layer's 16 units packed into one call (one
+  physical batch of 896 images), compiled (the compilation timed apart), bf16, 48 steps scaled
+  to 512, PNG encoding, quality records and Parquet writes included; then the bare compiled
+  step at the same batch (``bare_step``: the ceiling), the renderer's ratio to it and its own
+  share (parameterization + transforms), and the full job (5,488 channels) projected from it
+  (see ``project``; target: 15 min on one H200, 1.15x the bare step).
 
 GoogLeNet runs with random weights (``weights = "none"``): no weights can be downloaded on these
 machines, and speed does not depend on the values of the weights.
@@ -40,6 +45,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -55,13 +61,15 @@ from atlas.examples.decode import Decoder, TensorDecoder  # noqa: E402
 from atlas.models import LoadedModel, load_model  # noqa: E402
 from atlas.optvis import make_param  # noqa: E402
 from atlas.optvis import objectives as obj  # noqa: E402
+from atlas.optvis.autobatch import pass_capacity  # noqa: E402
+from atlas.optvis.recipes import render_channel_sets  # noqa: E402
 from atlas.optvis.render import RenderPart, render_parts  # noqa: E402
 from atlas.optvis.transforms import preset  # noqa: E402
 from atlas.plan import ModelFacts, make_plan  # noqa: E402
 from atlas.provenance import provenance  # noqa: E402
 from atlas.spec import ExamplesSpec, LayerSpec, ModelSpec, load_spec  # noqa: E402
 from atlas.store import Store, UnitRecord  # noqa: E402
-from atlas.units import UnitFailed, WorkerContext, run_unit  # noqa: E402
+from atlas.units import UnitFailed, WorkerContext, run_units  # noqa: E402
 
 JOB = ROOT / "jobs" / "inceptionv1.toml"
 SECTIONS = ("env", "tests", "render", "scan", "slice")
@@ -85,22 +93,26 @@ class Settings:
     slice_channels: int
     slice_steps: int
     slice_size: int
+    slice_compile: str  # torch.compile backend of the slice's steps ("" for none)
+    slice_precision: str
 
 
 GPU = Settings(
-    budget_s=215,  # of the 240 s the shell script allows: imports and start-up take the rest
-    render_budget_s=60,
-    reserve_s=90,
+    budget_s=400,  # of the 420 s the shell script allows: imports and start-up take the rest
+    render_budget_s=30,
+    reserve_s=300,
     render_layer="inception4d",
     render_size=128,
     render_steps=20,
-    batches=(1, 8, 32, 128),
-    find_largest=True,
+    batches=(32, 1024),  # the sweep to 4096 is on record (../shared/gpu, 2026-12-04); time goes to the slice
+    find_largest=False,
     scan_images=1024,
     scan_batch=128,
-    slice_channels=32,
-    slice_steps=512,
+    slice_channels=128,  # 16 units of 8 channels x 7 images: one physical batch of 896 images
+    slice_steps=48,  # scaled to the job's 512 in the projection
     slice_size=128,
+    slice_compile="inductor",
+    slice_precision="bf16",
 )
 QUICK = Settings(
     budget_s=200,  # generous: on a shared CI machine the quick run must finish, not be cut
@@ -116,6 +128,8 @@ QUICK = Settings(
     slice_channels=1,
     slice_steps=2,
     slice_size=48,
+    slice_compile="",  # compiling on a CPU takes minutes: CI checks the slice's plumbing only
+    slice_precision="fp32",
 )
 
 
@@ -167,7 +181,7 @@ def tests_section(report: Report, out: Path) -> dict:
     xml = out / "gpu-tests.xml"
     command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"]
     command += [str(ROOT / "tests" / "test_gpu.py"), f"--junitxml={xml}"]
-    timeout = max(10.0, min(60.0, report.left() - 30))
+    timeout = max(10.0, min(90.0, report.left() - 30))  # one test compiles (inductor): ~20 s
     try:
         run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -403,37 +417,100 @@ def scan_section(model: LoadedModel, layers: list[str], settings: Settings, work
     return figures
 
 
-def project(per_layer: dict[str, dict], totals: dict[str, int]) -> dict:
+JOB_STEPS = 512  # steps per picture in jobs/inceptionv1.toml
+CEILING_RESERVE_S = 25  # kept after the slice's layers for the bare step (it reuses their compilation)
+
+
+def project(per_layer: dict[str, dict], totals: dict[str, int], steps: int) -> dict:
     """The full job's render time on one device, from the slice.
 
-    Each layer's seconds per channel (its slice unit's wall time, PNG and Parquet included,
-    divided by the channels it rendered) times the layer's full channel count, summed over the
-    nine layers. Layers the slice did not reach use the mean seconds per channel of those it
-    did (then ``partial`` is true). Units are independent, so N GPUs divide it by N (driver and
-    scheduling overhead left out; docs/CLUSTER.md measures Ray's).
+    Each layer's seconds per channel (its packed units' optimization, scaled from the slice's
+    ``steps`` to the job's 512, plus the call's fixed PNG, quality and Parquet seconds, divided by
+    the channels rendered) times the layer's full channel count, summed over the nine layers, plus
+    each layer's one-time compilation (paid once per worker). Layers the slice did not reach use
+    the mean of those it did (then ``partial`` is true). Units are independent, so N GPUs divide
+    the steady part by N (each pays the compilations; driver and scheduling overhead left out).
     """
-    rates = {layer: f["seconds"] / f["channels"] for layer, f in per_layer.items() if f.get("channels")}
+    rates = {
+        layer: (f["optimize_s"] * JOB_STEPS / steps + f["fixed_s"]) / f["channels"]
+        for layer, f in per_layer.items()
+        if f.get("channels")
+    }
     if not rates:
         return {}
+    compiles = {layer: f.get("compile_s", 0.0) for layer, f in per_layer.items() if f.get("channels")}
     fallback = sum(rates.values()) / len(rates)
-    seconds = sum(rates.get(layer, fallback) * count for layer, count in totals.items())
+    fallback_compile = sum(compiles.values()) / len(compiles)
+    steady = sum(rates.get(layer, fallback) * count for layer, count in totals.items())
+    compile_s = sum(compiles.get(layer, fallback_compile) for layer in totals)
+    image_steps = sum(totals.values()) * per_layer[next(iter(rates))]["images_per_channel"] * JOB_STEPS
     return {
         "channels": sum(totals.values()),
-        "seconds_one_gpu": round(seconds, 1),
-        "minutes_on": {str(n): round(seconds / n / 60, 1) for n in (1, 8)},
+        "image_steps": image_steps,
+        "seconds_one_gpu": round(steady + compile_s, 1),
+        "compile_s_per_worker": round(compile_s, 1),
+        "image_steps_per_s": round(image_steps / (steady + compile_s), 1),
+        "minutes_on": {str(n): round((steady / n + compile_s) / 60, 1) for n in (1, 8)},
+        "target_minutes_one_gpu": 15,
         "partial": len(rates) < len(totals),
-        "method": "sum over layers of (slice seconds per channel x the layer's channel count)",
+        "method": "sum over layers of ((optimization s x 512 / slice steps + fixed s per call) / "
+        "channels x the layer's channel count) + each layer's compilation once",
     }
 
 
+def _timed(device: torch.device, run: Callable[[], object]) -> tuple[float, object]:
+    synchronize(device)
+    start = time.perf_counter()
+    out = run()
+    synchronize(device)
+    return time.perf_counter() - start, out
+
+
+def bare_step(model: LoadedModel, layer: str, batch: int, side: int, precision: str, steps: int = 5) -> float:
+    """Seconds per step of the bare truncated forward + backward to the input at ``batch`` images
+    (the ceiling a render step cannot beat): the same compiled sub-network the renderer's steps
+    use (``model.compile``), channels_last, under the same autocast; no parameterization, no
+    transforms, no optimizer."""
+    x = torch.rand(batch, 3, side, side, device=model.device)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def step() -> None:
+        with torch.autocast(model.device.type, dtype=dtype, enabled=dtype is not None):
+            out = model.activations(x, [layer])[layer]
+        (grad,) = torch.autograd.grad(out.float().mean(), x)
+
+    step()  # compiles if this shape is new
+    seconds, _ = _timed(model.device, lambda: [step() for _ in range(steps)])
+    return seconds / steps
+
+
+def overhead_step(batch: int, settings: Settings, device: torch.device, steps: int = 5) -> float:
+    """Seconds per step of the renderer's own work for ``batch`` images: the Fourier
+    parameterization and the transforms, forward and backward, without the model."""
+    param = make_param("fourier", batch, settings.slice_size, seed=0, decorrelate=True).to(device)
+    transform = preset("wider", settings.slice_size)
+    generator = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        transform(param(), generator).mean().backward()
+
+    step()
+    seconds, _ = _timed(device, lambda: [step() for _ in range(steps)])
+    return seconds / steps
+
+
 def slice_section(model: LoadedModel, settings: Settings, report: Report, work: Path) -> dict:
-    """The appendix job cut to a few channels per layer, run unit by unit as a worker runs them."""
+    """The appendix job cut to ``slice_channels`` channels of each layer, run as a GPU worker runs
+    it: each layer's units packed into one call (``run_units``: one physical batch), compiled,
+    in ``slice_precision``, with PNG, quality records and Parquet writes; then the bare compiled
+    step at the same batch, and the renderer's own share."""
     spec = load_spec(JOB)
     layers = [layer.name for layer in spec.layers]
     totals = {layer: model.channels(layer) for layer in layers}
     count = settings.slice_channels
     render = replace(
-        spec.render, steps=settings.slice_steps, size=settings.slice_size, channels_per_unit=count
+        spec.render, steps=settings.slice_steps, size=settings.slice_size, precision=settings.slice_precision
     )
     spec = spec.replace(
         out=work / "slice",
@@ -443,37 +520,116 @@ def slice_section(model: LoadedModel, settings: Settings, report: Report, work: 
         examples=ExamplesSpec(enabled=False),
     )
     plan = make_plan(spec, ModelFacts(model.digest, totals), [], [])
+    model.compile = settings.slice_compile
     context = WorkerContext(model=model, examples=spec.examples)
     store = Store(spec.out)
+    side = model_input_side(settings.slice_size, render.transforms)
+    images_per_channel = len(render.objectives) - 1 + render.diversity
     figures: dict[str, object] = {
         "layers": len(layers),
         "channels_per_layer": count,
-        "images_per_channel": len(spec.render.objectives) - 1 + spec.render.diversity,
+        "images_per_channel": images_per_channel,
         "steps": settings.slice_steps,
         "size": settings.slice_size,
+        "model_input": side,
+        "compile": settings.slice_compile or "off",
+        "precision": settings.slice_precision,
+        "packed": "each layer's units in one worker call (atlas.units.run_units)",
+        # images per physical batch (free memory, capped; one chunk on CPU): a call is one batch on a GPU
+        "images_per_pass": pass_capacity(model, render.batch, render.size),
         "per_layer": {},
     }
     per_layer: dict[str, dict] = figures["per_layer"]  # type: ignore[assignment]
     last = 0.0
-    for unit in plan.units:
-        if report.left() < last * 1.2 + 5:
-            figures["stopped"] = f"time budget: {len(per_layer)} of {len(layers)} layers done"
-            break
-        start = time.perf_counter()
-        try:
-            tables = run_unit(context, unit)
-            store.write_unit_tables(unit.key, unit.kind, unit.layer, tables, unit.channels)
-            outcome = {"rows": tables["render"].num_rows}
-        except UnitFailed as err:
-            store.commit(UnitRecord.failed(unit.key, unit.kind, unit.layer, str(err), unit.channels))
-            outcome = {"failed": str(err)[:200]}
-        synchronize(model.device)
-        last = time.perf_counter() - start
-        per_layer[unit.layer] = {"channels": len(unit.channels), "seconds": round(last, 2), **outcome}
-        figures["shard_bytes"] = sum(p.stat().st_size for p in (spec.out / "shards").rglob("*.parquet"))
-        figures["projection"] = project(per_layer, totals)
-        report.put("slice", figures)
+    try:
+        for layer in layers:
+            units = [unit for unit in plan.units if unit.layer == layer]
+            if report.left() < last * 1.2 + CEILING_RESERVE_S:
+                figures["stopped"] = f"time budget: {len(per_layer)} of {len(layers)} layers done"
+                break
+            # One step at the pack's shape first: the compilation (forward and backward), timed
+            # apart; then the optimization alone (its seconds per step scale to 512 steps); then
+            # the call a worker makes, whose excess over the optimization (PNG encoding, quality
+            # records, Parquet writes) is paid once per call, whatever the steps.
+            requests = [(unit.layer, unit.channels) for unit in units]
+            compile_s, _ = _timed(
+                model.device, partial(render_channel_sets, model, requests, replace(render, steps=1))
+            )
+            optimize_s, _ = _timed(model.device, partial(render_channel_sets, model, requests, render))
+            start = time.perf_counter()
+            outcomes = run_units(context, units)
+            for unit, outcome in zip(units, outcomes, strict=True):
+                if isinstance(outcome, UnitFailed):
+                    store.commit(
+                        UnitRecord.failed(unit.key, unit.kind, unit.layer, str(outcome), unit.channels)
+                    )
+                else:
+                    store.write_unit_tables(unit.key, unit.kind, unit.layer, outcome, unit.channels)
+            synchronize(model.device)
+            whole_s = time.perf_counter() - start
+            last = compile_s + optimize_s + whole_s  # what the next layer will take, about
+            images = len(units[0].channels) * images_per_channel * len(units)
+            per_layer[layer] = {
+                "channels": sum(len(unit.channels) for unit in units),
+                "units": len(units),
+                "images_per_call": images,
+                "compile_s": round(compile_s if settings.slice_compile else 0.0, 1),  # else a first step
+                "optimize_s": round(optimize_s, 2),
+                "call_s": round(whole_s, 2),
+                "fixed_s": round(max(whole_s - optimize_s, 0.0), 2),
+                "image_steps_per_s": round(images * settings.slice_steps / optimize_s, 1),
+                "images_per_channel": images_per_channel,
+                "rows": sum(o["render"].num_rows for o in outcomes if not isinstance(o, UnitFailed)),
+                "failed": sum(isinstance(o, UnitFailed) for o in outcomes),
+            }
+            figures["shard_bytes"] = sum(p.stat().st_size for p in (spec.out / "shards").rglob("*.parquet"))
+            figures["projection"] = project(per_layer, totals, settings.slice_steps)
+            report.put("slice", figures)
+        figures["ceiling"] = ceiling(model, per_layer, settings, side, report)
+    finally:
+        model.compile = ""
     return figures
+
+
+def ceiling(
+    model: LoadedModel, per_layer: dict[str, dict], settings: Settings, side: int, report: Report
+) -> dict:
+    """The bare compiled step at the slice's batch on the deepest measured layer, against the
+    renderer's whole step there (the first compiled call excluded from both); and the share of
+    the step that is the renderer's own (parameterization + transforms)."""
+    if not per_layer or report.left() < CEILING_RESERVE_S / 2:
+        return {"skipped": "no layer measured or no time left"}
+    layer = list(per_layer)[-1]
+    figures = per_layer[layer]
+    batch = figures["images_per_call"]
+    render_s = batch / figures["image_steps_per_s"]  # per optimization step
+    bare_s = bare_step(model, layer, batch, side, settings.slice_precision)
+    own_s = overhead_step(batch, settings, model.device)
+    flops = flops_of(model, layer, side)
+    return {
+        "layer": layer,
+        "batch": batch,
+        "gflop_per_image_step": round(flops / 1e9, 3),
+        "render_ms_per_step": round(render_s * 1000, 2),
+        "bare_ms_per_step": round(bare_s * 1000, 2),
+        "bare_image_steps_per_s": round(batch / bare_s, 1),
+        "render_tflop_per_s": round(batch * flops / render_s / 1e12, 2),
+        "bare_tflop_per_s": round(batch * flops / bare_s / 1e12, 2),
+        "render_over_bare": round(render_s / bare_s, 3),
+        "target_render_over_bare": 1.15,
+        "param_and_transforms_ms_per_step": round(own_s * 1000, 2),
+        "param_and_transforms_share": round(own_s / render_s, 3),
+    }
+
+
+def flops_of(model: LoadedModel, layer: str, side: int) -> float:
+    """``flops_per_image_step`` of the eager sub-network (the FLOP counter does not see inside
+    compiled code)."""
+    backend, model.compile = model.compile, ""
+    try:
+        return flops_per_image_step(model, layer, side)
+    finally:
+        model.compile = backend
 
 
 def guarded(report: Report, name: str, run: Callable[[], dict]) -> None:

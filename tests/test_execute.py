@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from raytools import local_ray, tiny_spec, write_spec
 
 from atlas.cli import main
-from atlas.execute import ExecuteError, WorkerPlan, check_address, plan_workers
+from atlas.execute import RENDER_UNITS_PER_GPU_CALL, ExecuteError, WorkerPlan, check_address, plan_workers
 from atlas.models.registry import build
 from atlas.spec import ExecuteSpec
 from atlas.store import Store
@@ -147,3 +147,32 @@ def test_workers_of_a_started_cluster_run_at_normal_priority(tmp_path):
     finally:
         executor.shutdown()
         ray.shutdown()
+
+
+@pytest.mark.parametrize("setting", ["auto", 1, 5])
+@pytest.mark.parametrize("gpus", [0.0, 1.0])
+def test_gpu_workers_get_many_render_units_per_call_cpu_workers_one(setting, gpus):
+    plan = WorkerPlan(count=1, cpus=1.0, gpus=gpus)
+    expected = setting if setting != "auto" else (RENDER_UNITS_PER_GPU_CALL if gpus else 1)
+    assert plan.units_per_call(ExecuteSpec(units_per_call=setting)) == expected
+
+
+@pytest.mark.slow
+def test_packed_calls_commit_every_unit_with_the_pictures_of_unpacked_ones(cluster, tmp_path):
+    rows = {}
+    for per_call in (1, 3):
+        out = tmp_path / f"out{per_call}"
+        spec = write_spec(tmp_path / f"job{per_call}.toml", out, channels="0:5", workers=1)
+        spec.write_text(spec.read_text() + f"units_per_call = {per_call}\n")
+        assert "5 units done, 0 already done, 0 failed" in run_cli(str(spec))
+        store = Store(out)
+        rows[per_call] = {
+            entry.key: store.read_unit(entry.key, "render", ["channel", "activation"]).to_pylist()
+            for entry in store.entries()
+        }
+    assert rows[1].keys() == rows[3].keys() and len(rows[1]) == 5
+    for key, alone in rows[1].items():
+        for a, b in zip(alone, rows[3][key], strict=True):
+            assert a["channel"] == b["channel"] and a["activation"] == pytest.approx(
+                b["activation"], rel=1e-5
+            )

@@ -43,11 +43,14 @@ objectives = ["channel", "negative"]
 precision = "{precision}"
 [examples]
 enabled = false
+[execute]
+compile = "{compile}"
 """
 
 
-def _unit_tables(model: str, layer: str, precision: str = "fp32") -> dict:
-    spec = parse_spec(SPEC.format(model=model, layer=layer, precision=precision))
+def _unit_tables(model: str, layer: str, precision: str = "fp32", compile: str = "off") -> dict:
+    """One render unit through a worker's context (compile off: each context compiles anew)."""
+    spec = parse_spec(SPEC.format(model=model, layer=layer, precision=precision, compile=compile))
     context = make_context(spec, "cuda")
     facts = ModelFacts(context.model.digest, {layer: context.model.channels(layer)})
     (unit,) = make_plan(spec, facts, [], []).units
@@ -90,6 +93,14 @@ def test_nan_in_half_precision_is_a_failed_unit():
         _unit_tables("module:faultmodels:overflow_cnn", "conv3", "fp16")
 
 
+def test_a_compiled_bf16_unit_counts_as_the_same_as_an_eager_one():
+    """execute.compile (auto: on here) changes no content key, so its pictures must pass for the
+    eager ones: inductor's kernels, held to the GPU tolerance."""
+    eager = _unit_tables("tiny-cnn", "conv2", "bf16")["render"]
+    compiled = _unit_tables("tiny-cnn", "conv2", "bf16", compile="auto")["render"]
+    assert run_differences(eager, compiled) == []
+
+
 def test_two_runs_on_the_gpu_count_as_the_same():
     first = _unit_tables("tiny-cnn", "conv2")["render"]
     second = _unit_tables("tiny-cnn", "conv2")["render"]
@@ -99,7 +110,7 @@ def test_two_runs_on_the_gpu_count_as_the_same():
 def test_a_resumed_store_counts_as_the_same_as_an_uninterrupted_one(tmp_path):
     """A killed driver's rerun, in one process: the pending units are computed, and each unit
     counts as the same as in a run that was never interrupted (a tolerance on a GPU)."""
-    text = SPEC.format(model="tiny-cnn", layer="conv2", precision="fp32")
+    text = SPEC.format(model="tiny-cnn", layer="conv2", precision="fp32", compile="off")
     spec = parse_spec(text.replace('"0:2"', '"0:4"').replace("batch = 2", "batch = 2\nchannels_per_unit = 1"))
     context = make_context(spec, "cuda")
     facts = ModelFacts(context.model.digest, {"conv2": context.model.channels("conv2")})

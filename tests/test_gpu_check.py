@@ -32,4 +32,12 @@ def test_gpu_check_runs_on_cpu_and_reports_every_section(tmp_path):
     assert sliced["shard_bytes"] > 0
     projection = sliced["projection"]
     assert projection["channels"] == 5488 and not projection["partial"]
-    assert abs(projection["minutes_on"]["1"] - 8 * projection["minutes_on"]["8"]) < 0.5
+    compile_min = projection["compile_s_per_worker"] / 60  # every worker compiles once
+    assert (
+        abs(projection["minutes_on"]["1"] - compile_min - 8 * (projection["minutes_on"]["8"] - compile_min))
+        < 0.5
+    )
+    assert projection["image_steps"] == 5488 * 7 * 512 and projection["image_steps_per_s"] > 0
+    ceiling = sliced["ceiling"]
+    assert ceiling["bare_ms_per_step"] > 0 and ceiling["render_over_bare"] > 0
+    assert ceiling["param_and_transforms_share"] > 0 and ceiling["gflop_per_image_step"] > 0

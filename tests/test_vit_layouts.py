@@ -76,13 +76,17 @@ def test_token_layers_come_back_as_patch_maps_and_the_class_token_as_its_own(dei
     assert deit.channels("blocks.1@cls") == 192
 
 
-def test_truncated_forward_stops_at_the_deepest_transformer_block(deit: LoadedModel) -> None:
+@pytest.mark.parametrize("trace", [True, False])
+def test_truncated_forward_stops_at_the_deepest_transformer_block(deit: LoadedModel, trace: bool) -> None:
+    deit.truncated({"blocks.1.mlp.act"})  # tracing (once per layer set) walks the whole model
     ran = []
     handle = deit.module.blocks[2].register_forward_hook(lambda *_: ran.append(2))
+    deit.trace = trace
     try:
         deit.activations(torch.rand(1, 3, 224, 224), ["blocks.1.mlp.act"])
     finally:
         handle.remove()
+        deit.trace = True
     assert ran == []
 
 

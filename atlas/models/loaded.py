@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
+import logging
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -18,6 +22,7 @@ from atlas.models.layout import CLS_SUFFIX, MAP, TOKENS, Layout, find_layout, pr
 from atlas.models.registry import ModelError, Preprocessing, build
 
 LOGITS = "logits"
+log = logging.getLogger(__name__)
 
 
 class UnknownLayerError(AtlasError, KeyError):
@@ -45,7 +50,13 @@ class LayerInfo:
 
 
 class _StopForward(Exception):
-    """Raised by a hook once every requested layer has been seen, to skip the rest of the net."""
+    """Raised by a hook once every requested layer has been seen, to skip the rest of the net
+    (the fallback for models ``torch.fx`` cannot trace; see ``LoadedModel.truncated``)."""
+
+
+# A traced sub-network must give the hook path's activations on a probe before it is used.
+_TRACE_RTOL = 1e-4
+_TRACE_ATOL = 1e-5
 
 
 @dataclass
@@ -55,6 +66,21 @@ class LoadedModel:
     preprocessing: Preprocessing
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     folded: Folded = field(default_factory=Folded, repr=False)
+    # False: every forward stops by raising from a hook (what ran before sub-networks were traced).
+    trace: bool = True
+    # An execution setting, never part of a content key: the torch.compile backend that traced
+    # sub-networks run through in optimization steps ("inductor"; "aot_eager" traces without
+    # generating code), or "" for none. Blocks are compiled one by one where they can be
+    # (``_regional``), once per worker whatever the layer sets; else one graph per layer set.
+    compile: str = ""
+    # Layer set -> seconds of its compiled sub-network's first forward call (the one-time
+    # compilation of the forward; the backward's happens in the first backward).
+    compile_seconds: dict[frozenset[str], float] = field(default_factory=dict, repr=False)
+    # Derived layer -> (its source layer, the source's layout, the module applied to its map).
+    _derived: dict[str, tuple[str, Layout, nn.Module]] = field(default_factory=dict, repr=False)
+    # (id of the module, modules read) -> the traced sub-network, or None where tracing failed.
+    # (its compiled form: the key ends in the compile backend).
+    _subnets: dict[tuple, nn.Module | None] = field(default_factory=dict, repr=False)
 
     @property
     def input_size(self) -> int:
@@ -104,7 +130,7 @@ class LoadedModel:
 
             handles.append(mod.register_forward_hook(hook))
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self._derive_hooks(self._derived):
                 size = self.input_size
                 self.module(torch.zeros(1, 3, size, size, device=self.device))
         finally:
@@ -144,16 +170,34 @@ class LoadedModel:
         if name in self._modules:
             raise UnknownLayerError(f"model {self.name!r} already has a layer {name!r}; choose another name")
         module = module.to(self.device)
-        layout = self.layout(source)
+        self._derived[name] = (source, self.layout(source), module)
         self._modules[name] = module
-
-        def derive(mod: nn.Module, _inputs: object, out: object) -> None:
-            """Runs `module` for its own hooks; returns None so the source's output stays as it was."""
-            module(layout.to_map(self.folded.restore(source, unwrap(out, mod))))
-
-        self._modules[source].register_forward_hook(derive)
         for found in ("_layer_infos", "_info_by_name"):  # found again, now with the new layer
             self.__dict__.pop(found, None)
+        self._subnets.clear()
+
+    def _derive(self, name: str, source_out: torch.Tensor) -> torch.Tensor:
+        """The derived layer ``name`` from its source's raw output."""
+        source, layout, module = self._derived[name]
+        return module(layout.to_map(self.folded.restore(source, source_out)))
+
+    @contextlib.contextmanager
+    def _derive_hooks(self, names: object) -> Iterator[None]:
+        """While open, the derived layers ``names`` run inside the forward pass, after their
+        sources, so that hooks on them see their outputs (the probe and the hook path)."""
+        handles = []
+        for name in names:  # type: ignore[attr-defined]
+            source = self._derived[name][0]
+
+            def derive(mod: nn.Module, _inputs: object, out: object, name: str = name) -> None:
+                self._derive(name, unwrap(out, mod))  # returns None: the source's output stays
+
+            handles.append(self._modules[source].register_forward_hook(derive))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def layers(self) -> list[LayerInfo]:
         """Every module with a map, token or channels-last output, in forward order, at input_size."""
@@ -222,6 +266,151 @@ class LoadedModel:
         few pixels).
         """
         wanted = {self.resolve_layer(n) for n in layer_names}
+        if self.fixed_size and x01.shape[-1] != self.input_size:
+            x01 = F.interpolate(
+                x01, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
+            )
+        x = self.normalize(x01)
+        if self.device.type == "cuda":  # the weights are channels_last (freeze); cuDNN wants both
+            x = x.contiguous(memory_format=torch.channels_last)
+        subnet = self.truncated(wanted) if self.trace and LOGITS not in wanted else None
+        if subnet is None:
+            return self._hooked(x, wanted)
+        if self.compile and torch.is_grad_enabled() and x.requires_grad:
+            # Only optimization steps: measurements and scans (no gradient) take other shapes,
+            # each of which would cost a compilation.
+            return self._views(wanted, self._compiled(self._sources(wanted), subnet, x))
+        return self._views(wanted, subnet(x))
+
+    def _compiled(self, sources: frozenset[str], subnet: nn.Module, x: torch.Tensor) -> dict[str, object]:
+        """The sub-network's outputs through torch.compile; the first call per layer set is the
+        compilation, timed into ``compile_seconds`` and logged (it is paid once per worker)."""
+        key = (id(self.module), sources, self.compile)
+        compiled = self._subnets.get(key)
+        if compiled is None:
+            compiled = self._regional(sources) or torch.compile(subnet, backend=self.compile)
+            self._subnets[key] = compiled
+        if sources in self.compile_seconds:
+            return compiled(x)
+        start = time.perf_counter()
+        out = compiled(x)
+        self.compile_seconds[sources] = seconds = time.perf_counter() - start
+        log.warning(
+            "compiled %s (%s) up to %s in %.1f s, forward (the backward compiles at its first step; "
+            "once per worker and layer set)",
+            self.name,
+            self.compile,
+            ", ".join(sorted(sources)),
+            seconds,
+        )
+        return out
+
+    def _regional(self, sources: frozenset[str]) -> nn.Module | None:
+        """A sub-network whose blocks (every module of a requested module's own class, e.g.
+        GoogLeNet's Inception blocks) stay whole and run compiled, one compilation per block
+        shared by every layer set: nine truncation depths cost what one does. None where a
+        requested module is a torch.nn built-in or the blocks cannot stay whole."""
+        kinds = {type(self._modules[name]) for name in sources}
+        if any(kind.__module__.startswith("torch.") for kind in kinds):
+            return None
+        subnet = self._trace(sources, self._views_of(sources), leaves=tuple(kinds))
+        if subnet is None:
+            return None
+        for node in subnet.graph.nodes:
+            if node.op == "call_module" and type(subnet.get_submodule(node.target)) in kinds:
+                parent, _, child = node.target.rpartition(".")
+                setattr(subnet.get_submodule(parent) if parent else subnet, child, self._region(node.target))
+        return subnet
+
+    def _region(self, name: str) -> nn.Module:
+        """Module ``name`` through torch.compile, made once and shared by every layer set."""
+        key = (id(self.module), name, self.compile, "region")
+        if key not in self._subnets:
+            self._subnets[key] = torch.compile(self._modules[name], backend=self.compile)
+        return self._subnets[key]  # type: ignore[return-value]
+
+    def _views_of(self, sources: frozenset[str]) -> set[str]:
+        """The plain views of ``sources`` (what a check of their sub-network compares)."""
+        return {name for name in sources if name in self._info_by_name}
+
+    def _sources(self, wanted: set[str]) -> frozenset[str]:
+        """The modules whose raw outputs give the views ``wanted`` (derived layers: their sources)."""
+        modules = {name.removesuffix(CLS_SUFFIX) for name in wanted}
+        return frozenset(self._derived[m][0] if m in self._derived else m for m in modules)
+
+    def _view(self, view: str, raw: object) -> torch.Tensor:
+        """A requested layer's (B, C, H, W) map from its module's raw output."""
+        module_name = view.removesuffix(CLS_SUFFIX)
+        out = self.folded.restore(module_name, unwrap(raw, self._modules[module_name]))
+        if module_name not in self._info_by_name:
+            return out
+        layout = self._info_by_name[module_name].shape
+        return layout.cls_map(out) if view.endswith(CLS_SUFFIX) else layout.to_map(out)
+
+    def _views(self, wanted: set[str], raw: dict[str, object]) -> dict[str, torch.Tensor]:
+        """Every view ``wanted`` from the raw outputs of its source modules (a traced sub-network's)."""
+        views = {}
+        for view in wanted:
+            module_name = view.removesuffix(CLS_SUFFIX)
+            if module_name in self._derived:
+                source = self._derived[module_name][0]
+                views[view] = self._view(
+                    view, self._derive(module_name, unwrap(raw[source], self._modules[source]))
+                )
+            else:
+                views[view] = self._view(view, raw[module_name])
+        return views
+
+    def truncated(self, wanted: set[str] | frozenset[str]) -> nn.Module | None:
+        """The model cut after the deepest module that ``wanted`` reads, as a traced graph
+        (``torch.fx`` through torchvision's feature extraction) that returns those modules' raw
+        outputs by name: nothing after them runs, and it has no hooks, so ``torch.compile`` can
+        trace it whole. Built once per set of modules and checked against the hook path on a
+        probe; None (the hook path is used) where the model cannot be traced or disagrees.
+        """
+        sources = self._sources(set(wanted))
+        key = (id(self.module), sources)
+        if key not in self._subnets:
+            self._subnets[key] = self._trace(sources, set(wanted))
+        return self._subnets[key]
+
+    def _trace(
+        self, sources: frozenset[str], wanted: set[str], leaves: tuple[type, ...] = ()
+    ) -> nn.Module | None:
+        """The traced sub-network returning ``sources`` (modules of the classes ``leaves`` kept
+        whole), or None where fx cannot trace it or it disagrees with the hook path on a probe."""
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        try:
+            subnet = create_feature_extractor(
+                self.module,
+                return_nodes={name: name for name in sources},
+                tracer_kwargs={"leaf_modules": list(leaves)} if leaves else None,
+                suppress_diff_warning=True,
+            )
+        except Exception:  # noqa: BLE001 - fx cannot trace this model: the hook path serves it
+            return None
+        size = self.input_size
+        probe = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(self.device)
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+            probe = self.normalize(probe)
+            try:
+                traced = self._views(wanted, subnet(probe))
+            except Exception:  # noqa: BLE001 - e.g. a module called twice returns another call's output
+                return None
+            hooked = self._hooked(probe, wanted)
+        for view, expected in hooked.items():
+            got = traced.get(view)
+            if got is None or got.shape != expected.shape:
+                return None
+            scale = float(expected.abs().max()) or 1.0
+            if not torch.allclose(got, expected, rtol=_TRACE_RTOL, atol=_TRACE_ATOL * scale):
+                return None
+        return subnet
+
+    def _hooked(self, x: torch.Tensor, wanted: set[str]) -> dict[str, torch.Tensor]:
+        """The activations of normalized input ``x`` by forward hooks; the forward stops by raising
+        once every requested layer has been seen (works for every model, but cannot be compiled)."""
         captured: dict[str, torch.Tensor] = {}
         handles = []
         needs_logits = LOGITS in wanted
@@ -229,27 +418,18 @@ class LoadedModel:
         for name in wanted - {LOGITS}:
             by_module.setdefault(name.removesuffix(CLS_SUFFIX), []).append(name)
         for module_name, views in by_module.items():
-            layout = self._info_by_name[module_name].shape if module_name in self._info_by_name else None
 
-            def hook(mod, _i, out, views=views, layout=layout, module_name=module_name):
-                out = self.folded.restore(module_name, unwrap(out, mod))
+            def hook(mod, _i, out, views=views):
                 for view in views:
-                    if layout is None:
-                        captured[view] = out
-                    elif view.endswith(CLS_SUFFIX):
-                        captured[view] = layout.cls_map(out)
-                    else:
-                        captured[view] = layout.to_map(out)
+                    captured[view] = self._view(view, out)
                 if not needs_logits and len(captured) == len(wanted):
                     raise _StopForward
 
             handles.append(self._modules[module_name].register_forward_hook(hook))
-        if self.fixed_size and x01.shape[-1] != self.input_size:
-            x01 = F.interpolate(
-                x01, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
-            )
+        derived = [name for name in by_module if name in self._derived]
         try:
-            out = self.module(self.normalize(x01))
+            with self._derive_hooks(derived):
+                out = self.module(x)
             if needs_logits:
                 captured[LOGITS] = out
         except _StopForward:

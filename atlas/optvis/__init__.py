@@ -5,6 +5,7 @@ from atlas.optvis.param import ParamError, maco_magnitude, make_param
 from atlas.optvis.recipes import (
     RenderedImage,
     random_directions,
+    render_channel_sets,
     render_channels,
     render_directions,
     render_pair,
@@ -25,6 +26,7 @@ __all__ = [
     "make_param",
     "random_directions",
     "render",
+    "render_channel_sets",
     "render_channels",
     "render_directions",
     "render_pair",

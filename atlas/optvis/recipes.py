@@ -192,21 +192,17 @@ def _label(channel: int, objective: str, variant: int, count: int) -> str:
     return f"channel {channel} ({objective})"
 
 
-def render_channels(
-    model: LoadedModel,
-    layer: str,
-    channels: Sequence[int],
-    settings: RenderSettings,
-    images_per_pass: int | None = None,
-) -> list[RenderedImage]:
-    """Every requested objective for every channel, in as few batched optimizations as fit.
+@dataclass
+class _Prepared:
+    """One channel set's optimizations before they run: its chunks' parts and who is where."""
 
-    Objectives come from ``settings.objectives`` (see ``atlas.optvis.kinds``); the
-    images are packed into chunks of ``settings.batch``, and each chunk is one optimization
-    with its own seed: the chunks decide the pictures (and the content key holds the batch).
-    Several chunks share each step's forward pass when ``images_per_pass`` allows (default: as
-    many as the free GPU memory holds, see ``atlas.optvis.autobatch``; on CPU one chunk a pass).
-    """
+    layer: str
+    items: list[_Item]
+    slots: list[list[tuple[_Item, int]]]  # per chunk: (item, variant) of each batch element
+    parts: list[RenderPart]
+
+
+def _prepare(model: LoadedModel, layer: str, channels: Sequence[int], settings: RenderSettings) -> _Prepared:
     known = channel_objectives()
     unknown = [o for o in settings.objectives if o not in known]
     if unknown:
@@ -230,16 +226,13 @@ def render_channels(
         )
         for index, (chunk, chunk_slots) in enumerate(zip(chunks, slots, strict=True))
     ]
-    capacity = (
-        images_per_pass
-        if images_per_pass is not None
-        else pass_capacity(model, settings.batch, settings.size)
-    )
-    results: list[RenderResult] = []
-    for group in _passes([len(s) for s in slots], capacity):
-        results += _render(model, [parts[i] for i in group], settings)
+    return _Prepared(layer, items, slots, parts)
+
+
+def _rows(prepared: _Prepared, results: Sequence[RenderResult]) -> list[RenderedImage]:
     rows: list[RenderedImage] = []
-    for chunk_slots, result in zip(slots, results, strict=True):
+    layer = prepared.layer
+    for chunk_slots, result in zip(prepared.slots, results, strict=True):
         means = result.activations[layer].mean(dim=(2, 3))
         images = to_uint8(result.images)
         for element, (item, variant) in enumerate(chunk_slots):
@@ -255,8 +248,57 @@ def render_channels(
                     loss=result.loss[:, element].tolist(),
                 )
             )
-    order = {(item.channel, item.objective): n for n, item in enumerate(items)}
+    order = {(item.channel, item.objective): n for n, item in enumerate(prepared.items)}
     return sorted(rows, key=lambda row: (order[(row.channel, row.objective)], row.variant))
+
+
+def render_channels(
+    model: LoadedModel,
+    layer: str,
+    channels: Sequence[int],
+    settings: RenderSettings,
+    images_per_pass: int | None = None,
+) -> list[RenderedImage]:
+    """Every requested objective for every channel, in as few batched optimizations as fit.
+
+    Objectives come from ``settings.objectives`` (see ``atlas.optvis.kinds``); the
+    images are packed into chunks of ``settings.batch``, and each chunk is one optimization
+    with its own seed: the chunks decide the pictures (and the content key holds the batch).
+    Several chunks share each step's forward pass when ``images_per_pass`` allows (default: as
+    many as the free GPU memory holds, see ``atlas.optvis.autobatch``; on CPU one chunk a pass).
+    """
+    return render_channel_sets(model, [(layer, channels)], settings, images_per_pass)[0]
+
+
+def render_channel_sets(
+    model: LoadedModel,
+    requests: Sequence[tuple[str, Sequence[int]]],
+    settings: RenderSettings,
+    images_per_pass: int | None = None,
+) -> list[list[RenderedImage]]:
+    """``render_channels`` for several (layer, channels) sets (several units) at once: their
+    chunks share physical batches, and each set gets back exactly the rows it gets alone (each
+    chunk keeps its own seed and objective; companions change only the batch the convolutions
+    see). Only sets of one layer share a pass: a pass runs the model to its deepest layer, and
+    a shallow layer's images would pay for the deep one's (measured on CPU: same-layer packing is
+    bitwise identical to rendering alone; mixing layers moved pictures by a grey level).
+    """
+    prepared = [_prepare(model, layer, channels, settings) for layer, channels in requests]
+    capacity = (
+        images_per_pass
+        if images_per_pass is not None
+        else pass_capacity(model, settings.batch, settings.size)
+    )
+    results: dict[int, list[RenderResult]] = {}
+    for layer in dict.fromkeys(one.layer for one in prepared):
+        members = [index for index, one in enumerate(prepared) if one.layer == layer]
+        owners = [(index, part) for index in members for part in prepared[index].parts]
+        sizes = [len(chunk) for index in members for chunk in prepared[index].slots]
+        for group in _passes(sizes, capacity):
+            done = _render(model, [owners[i][1] for i in group], settings)
+            for i, result in zip(group, done, strict=True):
+                results.setdefault(owners[i][0], []).append(result)
+    return [_rows(one, results[index]) for index, one in enumerate(prepared)]
 
 
 def random_directions(model: LoadedModel, layer: str, n: int, seed: int) -> torch.Tensor:

@@ -160,6 +160,17 @@ def render(
     )[0]
 
 
+def _transformed(
+    transform: Transform, images: Sequence[torch.Tensor], generators: Sequence[torch.Generator]
+) -> torch.Tensor:
+    """Every part's images through the transform with its own generator, as one batch; a preset
+    (``compose``) resamples all parts at once, a user's own transform is called per part."""
+    if len(images) > 1 and hasattr(transform, "parts"):
+        return transform.parts(images, generators)
+    seen = [transform(batch, gen) for batch, gen in zip(images, generators, strict=True)]
+    return seen[0] if len(seen) == 1 else torch.cat(seen)
+
+
 def _slices(sizes: Sequence[int]) -> list[slice]:
     ends = list(itertools.accumulate(sizes))
     return [slice(end - size, end) for size, end in zip(sizes, ends, strict=True)]
@@ -235,9 +246,8 @@ def render_parts(
         opt.zero_grad(set_to_none=True)
         images = [param() for param in params]
         spans = spans or _slices([len(batch) for batch in images])
-        seen = [transform(batch, gen) for batch, gen in zip(images, generators, strict=True)]
         with cast:
-            activations = model.activations(seen[0] if len(seen) == 1 else torch.cat(seen), layers)
+            activations = model.activations(_transformed(transform, images, generators), layers)
         score = torch.cat(
             [
                 part.objective(StepState({n: a[span] for n, a in activations.items()}, batch))

@@ -125,18 +125,34 @@ def compose(steps: Sequence[Step]) -> Transform:
         raise TransformError(f"pads in one chain must share a fill value, got {sorted(fills)}")
     fill = fills.pop() if fills else DEFAULT_FILL
 
+    def draw(
+        count: int, size: tuple[int, int], generator: torch.Generator
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The (count, 3, 3) pixel maps (output to source coordinates) and the output size."""
+        total = torch.eye(3).repeat(count, 1, 1)
+        for step in steps:  # the first step's map leftmost
+            total = total @ step.sampling(count, size, generator)
+            size = step.output_size(size)
+        return total, size
+
     def apply(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if not steps:
             return images
-        count = images.shape[0]
-        size = (images.shape[2], images.shape[3])
-        # Maps output pixel coordinates to source pixel coordinates: first step's map leftmost.
-        total = torch.eye(3).repeat(count, 1, 1)
-        for step in steps:
-            total = total @ step.sampling(count, size, generator)
-            size = step.output_size(size)
+        total, size = draw(images.shape[0], (images.shape[2], images.shape[3]), generator)
         return _resample(images, total, size, fill)
 
+    def apply_parts(parts: Sequence[torch.Tensor], generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """``apply`` to each batch with its own generator, as one resampling of them all (one
+        grid_sample for a physical batch of many parts, not one per part)."""
+        if not steps:
+            return torch.cat(list(parts))
+        drawn = [
+            draw(images.shape[0], (images.shape[2], images.shape[3]), generator)
+            for images, generator in zip(parts, generators, strict=True)
+        ]
+        return _resample(torch.cat(list(parts)), torch.cat([total for total, _ in drawn]), drawn[0][1], fill)
+
+    apply.parts = apply_parts  # type: ignore[attr-defined]
     return apply
 
 
