@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 IMPORT = ("import",)
 HELP = ("--help",)
-TIMEOUT_S = 300
+TIMEOUT_S = 600
 
 TINY = ["--model", "tiny-cnn", "--layer", "conv2"]
 SMOKE: dict[str, tuple[str, ...] | str] = {
@@ -94,7 +94,7 @@ def _run(name: str, args: tuple[str, ...], tmp: Path) -> tuple[subprocess.Comple
 def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future]:
     tmp = tmp_path_factory.mktemp("scripts")
     runnable = {n: a for n, a in SMOKE.items() if isinstance(a, tuple)}
-    pool = ThreadPoolExecutor(len(runnable))
+    pool = ThreadPoolExecutor(4)  # more only queue for the same cores
     yield {name: pool.submit(_run, name, args, tmp) for name, args in runnable.items()}
     pool.shutdown(wait=True)
 
