@@ -111,7 +111,6 @@ def test_every_script_runs_its_smoke_settings(name: str, smoke_runs: dict[str, F
         return
     done, seconds = smoke_runs[name].result()
     assert done.returncode == 0, f"{name} exited {done.returncode}:\n{done.stderr[-3000:]}"
-    assert done.stdout.strip() or entry == IMPORT, f"{name} printed nothing"
     print(f"{name}: {seconds:.1f} s")
 
 
