@@ -17,7 +17,6 @@ every shard and checks its sha256, and any read checks the checksum of what it r
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -107,6 +106,18 @@ def table_to_parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     return sink.getvalue().to_pybytes()
+
+
+def parquet_bytes_to_table(data: bytes, columns: list[str] | None = None) -> pa.Table:
+    """Parse a shard's bytes here, in the calling thread.
+
+    `pq.read_table` scans through Arrow's thread pools, whose tasks can drop the last reference
+    to `data` (a Python object) after the read returned; at interpreter exit such a release
+    takes the GIL from a native thread, and CPython ends that thread inside a `noexcept`
+    destructor: `terminate called without an active exception`, exit 134 (a no-op rerun on a
+    busy machine; `scripts/rerun_exit.py`). A single-threaded read leaves nothing behind.
+    """
+    return pq.ParquetFile(pa.BufferReader(data)).read(columns=columns, use_threads=False)
 
 
 def _record(item: object) -> UnitRecord:
@@ -421,7 +432,7 @@ class Store:
                 f"{self.location.url(info['path'])} is missing or damaged (checksum mismatch): run "
                 f"`atlas verify {self.uri}` and rerun the job to recompute it"
             )
-        return pq.read_table(io.BytesIO(data), columns=columns)
+        return parquet_bytes_to_table(data, columns)
 
     def read_layer(self, kind: str, layer: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
         """One finished unit's table of a layer at a time: memory bounded by a unit, not the layer."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from atlas.store import Store, done_record, table_to_parquet_bytes
+from atlas.store import Store, UnitRecord, table_to_parquet_bytes
 
 
 def stage(store: Store, count: int) -> list:
@@ -39,7 +39,7 @@ def stage(store: Store, count: int) -> list:
             "path": f"shards/render/{key}.parquet",
             "staged": f"staging/render/{key}.t.parquet",
         }
-        records.append(done_record(key, "render", "mixed4a", {"render": info}, range(8 * i, 8 * i + 8)))
+        records.append(UnitRecord.done(key, "render", "mixed4a", {"render": info}, range(8 * i, 8 * i + 8)))
     return records
 
 

@@ -8,8 +8,8 @@ at the model's input size, and compares it with the best of the demo dataset's i
 
 from __future__ import annotations
 
+import argparse
 import io
-import sys
 
 import numpy as np
 import torch
@@ -58,4 +58,8 @@ def main(out: str = "atlas-out/demo") -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("out", nargs="?", default="atlas-out/demo", help="a built atlas's output folder")
+    main(parser.parse_args().out)

@@ -9,8 +9,8 @@ wholly above 0.5. A store written before render units kept a quality record show
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 
 from atlas.quality import THRESHOLDS, flags
 from atlas.quality.layer import layer_records
@@ -51,4 +51,8 @@ def main(out: str = "atlas-out/demo") -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("out", nargs="?", default="atlas-out/demo", help="a built atlas's output folder")
+    main(parser.parse_args().out)

@@ -70,8 +70,12 @@ def test_adversarial_pixels_fail_the_check_set_where_a_robust_render_holds(tiny)
     strong = check_activations(tiny, robust.images, objective)
     assert set(weak.under) == {check.name for check in CHECK_SET}
     assert (weak.rendered > 0).all() and (strong.rendered > 0).all()
-    assert (weak.robust() < 0.8).all()
-    assert (strong.robust() > 0.8).all()
+    # Margins from measured spreads (seeds 0-3 x 1 and 2 threads, AMD EPYC; Intel Xeon for seed 0):
+    # adversarial keeps 0.11-0.57, robust 0.69-1.05 (one channel's 0.69-0.82 moves with the CPU's
+    # float kernels), robust minus adversarial per channel at least 0.38. The property is the gap,
+    # per channel, not where a robust render sits against a fixed bar.
+    assert (weak.robust() < 0.7).all()
+    assert (strong.robust() - weak.robust() > 0.2).all()
     assert (strong.worst() > weak.worst()).all()
     assert flags({"robust_activation": float(weak.robust()[0])}) == ["robust_activation"]
 

@@ -338,8 +338,9 @@ def render_vectors(
     """Feature visualizations of the rows of ``vectors`` (n, C), ``settings.batch`` at a time.
 
     Rows are channel -1 with ``objective`` as their objective name and ``variants`` (default: the
-    row index) as their variant. ``activation`` is the projection of the final image's
-    activations onto the vector, averaged over positions.
+    row index) as their variant. ``activation`` is the dot product of the final image's
+    activations, averaged over positions, with the vector: a projection only for a unit vector
+    (random directions), not for an activation atlas's cell means.
     """
     layer = model.resolve_layer(layer)
     variants = list(range(len(vectors))) if variants is None else list(variants)
