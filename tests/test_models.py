@@ -89,3 +89,23 @@ def test_autograd_still_works_after_an_inference_mode_pass():
 
 def test_logit_count_of_a_model_that_needs_its_input_size():
     assert load_model("efficientnet-lite0", weights="none").channels(LOGITS) == 1000
+
+
+@pytest.mark.parametrize("trace", [True, False])
+def test_the_first_call_of_an_unprobed_untraceable_model_takes_activations_by_hooks(trace: bool) -> None:
+    """A ViT cannot be traced, so activations come by hooks; the layer probe those hooks need ran
+    into them and recursed until Python's limit when it was the model's first call."""
+    import torchvision
+
+    from atlas.models import LoadedModel, Preprocessing
+
+    torch.manual_seed(0)
+    module = torchvision.models.VisionTransformer(
+        image_size=16, patch_size=4, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16, num_classes=2
+    ).eval()
+    model = LoadedModel("vit", module, Preprocessing(16, mean=(0.5,) * 3, std=(0.25,) * 3, fixed_size=True))
+    model.trace = trace
+    layer = "encoder.layers.encoder_layer_0.mlp.1"
+    with torch.no_grad():
+        acts = model.activations(torch.rand(2, 3, 16, 16), [layer])[layer]
+    assert acts.shape == (2, 16, 4, 4)

@@ -414,6 +414,9 @@ class LoadedModel:
         captured: dict[str, torch.Tensor] = {}
         handles = []
         needs_logits = LOGITS in wanted
+        # The hooks read the layers' layouts; finding them runs a probe forward, which must not
+        # run into this call's hooks (it recursed until Python's limit on a model not yet probed).
+        self._layer_infos  # noqa: B018 (cached: computed here, before the hooks are in place)
         by_module: dict[str, list[str]] = {}
         for name in wanted - {LOGITS}:
             by_module.setdefault(name.removesuffix(CLS_SUFFIX), []).append(name)
