@@ -8,6 +8,7 @@ own; the parent alternates the modes and takes medians:
   (worker start and model load included) while a thread polls the RSS of the worker actors.
 
     python scripts/bench_ray.py --steps 2 --repeats 1
+    python scripts/bench_ray.py --steps 1 --job my-job.toml    # another job, reduced the same way
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ from bench_common import median, peak_rss_mib
 WORKER_TITLE = "ray::UnitWorker"
 
 
-def demo_spec(out: Path, steps: int):
-    """The packaged demo job with ``steps`` optimization steps, writing to ``out``."""
+DEMO = Path(str(resources.files("atlas") / "jobs" / "demo.toml"))
+
+
+def demo_spec(out: Path, steps: int, job: Path = DEMO):
+    """The job (the packaged demo by default) with ``steps`` optimization steps, writing to ``out``."""
     from atlas.spec import load_spec
 
-    spec = load_spec(Path(str(resources.files("atlas") / "jobs" / "demo.toml")))
+    spec = load_spec(job)
     return spec.replace(out=out, render=replace(spec.render, steps=steps))
 
 
@@ -73,14 +77,14 @@ class InProcessExecutor:
         self.context = None
 
 
-def run_in_process(out: Path, steps: int) -> dict[str, float]:
+def run_in_process(out: Path, steps: int, job: Path = DEMO) -> dict[str, float]:
     """``run_job`` on the demo with every unit run in this process instead of on Ray."""
     import atlas.execute
     from atlas.job import run_job
 
     atlas.execute.Executor = InProcessExecutor
     start = time.perf_counter()
-    result = run_job(demo_spec(out, steps), build=False)
+    result = run_job(demo_spec(out, steps, job), build=False)
     seconds = time.perf_counter() - start
     if not result.ok:
         raise RuntimeError(f"the demo job failed in process: {result.failed}")
@@ -121,14 +125,14 @@ class WorkerMemory:
             self._stop.wait(self._interval)
 
 
-def run_on_ray(out: Path, steps: int) -> dict[str, object]:
+def run_on_ray(out: Path, steps: int, job: Path = DEMO) -> dict[str, object]:
     """Start the local cluster, then ``run_job`` the demo (no site build) and watch the workers."""
     import ray
 
     from atlas.execute import connect
     from atlas.job import run_job
 
-    spec = demo_spec(out, steps)
+    spec = demo_spec(out, steps, job)
     start = time.perf_counter()
     connect(spec.execute)
     startup = time.perf_counter() - start
@@ -150,22 +154,23 @@ def run_on_ray(out: Path, steps: int) -> dict[str, object]:
     }
 
 
-def _child(mode: str, steps: int) -> dict:
+def _child(mode: str, steps: int, job: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, __file__, "--mode", mode, "--steps", str(steps), "--out", tmp]
+        command = [sys.executable, __file__, "--mode", mode, "--steps", str(steps), "--job", str(job)]
+        command += ["--out", tmp]
         done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"bench_ray.py --mode {mode} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def compare(steps: int, repeats: int) -> dict[str, object]:
-    """Alternate in-process and Ray runs of the reduced demo; medians and the overhead ratio."""
+def compare(steps: int, repeats: int, job: Path = DEMO) -> dict[str, object]:
+    """Alternate in-process and Ray runs of the reduced job; medians and the overhead ratio."""
     runs: dict[str, list[dict]] = {"inprocess": [], "ray": []}
     for round_index in range(repeats):
         order = ["inprocess", "ray"] if round_index % 2 == 0 else ["ray", "inprocess"]
         for mode in order:
-            runs[mode].append(_child(mode, steps))
+            runs[mode].append(_child(mode, steps, job))
     in_process = median([r["seconds"] for r in runs["inprocess"]])
     on_ray = median([r["seconds"] for r in runs["ray"]])
     return {
@@ -189,15 +194,16 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=2, help="render steps of the reduced demo")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--job", type=Path, default=DEMO, help="job spec to run (default: the demo)")
     parser.add_argument("--mode", choices=("inprocess", "ray"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode == "inprocess":
-        print(json.dumps(run_in_process(args.out, args.steps)))
+        print(json.dumps(run_in_process(args.out, args.steps, args.job)))
     elif args.mode == "ray":
-        print(json.dumps(run_on_ray(args.out, args.steps)))
+        print(json.dumps(run_on_ray(args.out, args.steps, args.job)))
     else:
-        print(json.dumps(compare(args.steps, args.repeats), indent=2))
+        print(json.dumps(compare(args.steps, args.repeats, args.job), indent=2))
 
 
 if __name__ == "__main__":

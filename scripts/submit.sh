@@ -16,6 +16,7 @@ usage: scripts/submit.sh [options] JOB.toml [atlas run options...]
   --then-site     run `atlas run --no-site`, then build the site only if every unit succeeded
   --no-wait       return after submitting; follow with `ray job logs -f ID`
   --id ID         submission id (default: atlas-<job name>-<UTC time>)
+  --dry-run       print the `ray job submit` command line and exit without contacting a cluster
 
 Token authentication: the token comes from $RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH or
 ~/.ray/auth_token, whichever is set first (see docs/CLUSTER.md).
@@ -28,6 +29,7 @@ OUT=""
 WAIT=1
 THEN_SITE=0
 ID=""
+DRY_RUN=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --address) ADDRESS="${2:?--address needs a URL}"; shift 2 ;;
@@ -35,6 +37,7 @@ while [[ $# -gt 0 ]]; do
     --then-site) THEN_SITE=1; shift ;;
     --no-wait) WAIT=0; shift ;;
     --id) ID="${2:?--id needs a value}"; shift 2 ;;
+    --dry-run) DRY_RUN=1; shift ;;
     -h | --help) usage; exit 0 ;;
     -*) echo "submit.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     *) break ;;
@@ -88,6 +91,11 @@ ID="${ID:-atlas-$NAME-$(date -u +%Y%m%d-%H%M%S)}"
 SUBMIT=(ray job submit --address "$ADDRESS" --working-dir "$ROOT" --submission-id "$ID")
 [[ $WAIT == 0 ]] && SUBMIT+=(--no-wait)
 echo "submit.sh: $ID -> $ADDRESS: $ENTRYPOINT" >&2
+if [[ $DRY_RUN == 1 ]]; then
+  printf '%q ' "${SUBMIT[@]}" -- bash -c "$ENTRYPOINT"
+  echo
+  exit 0
+fi
 status=0
 "${SUBMIT[@]}" -- bash -c "$ENTRYPOINT" || status=$?  # ray quotes each word: one shell line
 if [[ $WAIT == 0 && $status == 0 ]]; then

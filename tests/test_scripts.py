@@ -1,101 +1,207 @@
 """Every script in scripts/ runs: its smallest settings, so a figure in the docs stays reproducible.
 
-One entry per file of the directory listing: a new script without an entry fails here. Entries
-are the script's arguments; `IMPORT` only imports a module that other scripts run (its figures
-come through `bench.py`); `HELP` runs `--help` (it imports everything the script imports) where
-the script needs a built atlas, Ray or minutes; `COVERED` names the test that already runs it.
-All scripts start at once, each in its own process, when the first entry is checked.
+One entry per file of the directory listing: a new script without an entry fails here. An entry
+is the script's arguments (the documented command with smaller numbers) and a regular expression
+its output must match: a figure line, so that a script which exits 0 having measured nothing
+fails. A module that `bench.py` runs (`via="bench.py"`) is checked in that run's output; an entry
+with `after` starts once that entry's run has finished (`nightly.sh` builds the tiny atlas that
+the scripts reading a finished atlas read). A string entry names the test that already runs the
+script. All runs start at once, four at a time, each in its own process, when the first entry is
+checked; `{tmp}` in an argument is the run's scratch folder.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import subprocess
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
-IMPORT = ("import",)
-HELP = ("--help",)
 TIMEOUT_S = 600
 
-TINY = ["--model", "tiny-cnn", "--layer", "conv2"]
-SMOKE: dict[str, tuple[str, ...] | str] = {
-    "actatlas_agreement.py": HELP,  # needs an activation-atlas job's output folder
-    "actatlas_cost.py": (
-        *TINY,
-        "--images",
-        "8",
-        "--icons",
-        "1",
-        "--steps",
-        "2",
-        "--size",
-        "32",
-        "--grid",
-        "4",
+# The tiny atlas of the scripts that read a finished one: tiny-cnn, two channels, four steps,
+# examples from the demo photos; `ATLAS_JOB` adds an activation atlas on a 4x4 grid.
+JOB = """
+[job]
+name = "smoke"
+out = "{tmp}/unused"
+[model]
+name = "tiny-cnn"
+[[layers]]
+name = "conv2"
+channels = "0:2"
+[render]
+steps = 4
+size = 32
+batch = 4
+objectives = ["channel"]
+channels_per_unit = 2
+[examples]
+source = "demo"
+k = 2
+shard_size = 100
+batch_size = 50
+[execute]
+workers = 1
+"""
+ATLAS_JOB = (
+    JOB
+    + """
+[activation_atlas]
+layers = ["conv2"]
+grids = [4]
+n_neighbors = 10
+min_count = 3
+"""
+)
+OUT = "{tmp}/atlas"  # written by the nightly.sh entry
+
+
+@dataclass(frozen=True)
+class Run:
+    args: tuple[str, ...]
+    prints: str  # a regular expression that stdout + stderr must match
+    via: str = ""  # the script that runs this module (default: the entry's own file)
+    after: str = ""  # the entry whose run must finish first
+    peers: tuple[str, ...] = ()  # optional packages: missing, the run must say so, and is skipped
+    missing: str = ""  # what the run prints when a peer is missing
+
+
+TINY = ("--model", "tiny-cnn", "--layer", "conv2")
+BENCH = ("--quick", "--threads", "1", "--only", "overhead,quality", *TINY)
+SMOKE: dict[str, Run | str] = {
+    "nightly.sh": Run(
+        ("--out", OUT, "{tmp}/atlas-job.toml"), r"nightly: done in \d+ s; site in .*/atlas/site"
     ),
-    "bench.py": HELP,  # `--quick` runs every section (minutes); its parts are the entries below
-    "bench_common.py": IMPORT,
-    "bench_compile.py": HELP,  # torch.compile takes minutes on CPU
-    "bench_fold.py": (*TINY, "--channels", "1", "--steps", "1", "--repeats", "1", "--device", "cpu"),
-    "bench_journal.py": ("--units", "50"),
-    "bench_lucent.py": IMPORT,
-    "bench_quality.py": IMPORT,
-    "bench_ray.py": HELP,  # starts Ray twice
-    "bench_recipes.py": HELP,
-    "bench_render.py": IMPORT,
-    "bench_scan.py": ("--images", "8", "--batch-size", "4", "--shard-size", "8", "--k", "2", "--rounds", "1"),
-    "bench_scan_data.py": HELP,  # Ray Data
-    "bench_site.py": HELP,
-    "bench_timeline.py": ("--pages",),
-    "bench_vit.py": HELP,
-    "check_demo.py": HELP,  # needs the demo atlas (`atlas demo`)
-    "check_optvis.py": HELP,
-    "gen_docs.py": ("--check",),
+    "actatlas_agreement.py": Run(
+        (OUT, "conv2"), r'"agreement": [0-9.]+, "agreement_shuffled"', after="nightly.sh"
+    ),
+    "actatlas_cost.py": Run(
+        (*TINY, "--images", "8", "--icons", "1", "--steps", "2", "--size", "32", "--grid", "4"),
+        r"PLACEHOLDER",
+    ),
+    "bench.py": Run(BENCH, r"overhead: conv2"),
+    "bench_common.py": Run(BENCH, r"'cores': \d+, 'torch_threads': 1", via="bench.py"),
+    "bench_compile.py": Run(
+        (
+            "--channels",
+            "1",
+            "--size",
+            "32",
+            "--steps",
+            "1",
+            "--repeats",
+            "1",
+            "--device",
+            "cpu",
+            "--backend",
+            "aot_eager",
+        ),
+        r"first compiled call [0-9.]+ s \(1 of 1 frames compiled.*\n.*wall: hooks [0-9.]+ ms/step",
+    ),
+    "bench_fold.py": Run(
+        (*TINY, "--channels", "1", "--steps", "1", "--repeats", "1", "--device", "cpu"), r"PLACEHOLDER"
+    ),
+    "bench_journal.py": Run(("--units", "50"), r"PLACEHOLDER"),
+    "bench_lucent.py": Run(
+        ("--quick", "--threads", "1", "--only", "render", *TINY),
+        r"speed-up vs lucent at the same model input: x[0-9.]+",
+        via="bench.py",
+        peers=("lucent", "kornia"),
+        missing="the render comparison needs torch-lucent and kornia",
+    ),
+    "bench_quality.py": Run(BENCH, r"\| MACO \| standard \| -?[0-9.]+ \|", via="bench.py"),
+    "bench_ray.py": Run(
+        ("--steps", "1", "--repeats", "1", "--job", "{tmp}/job.toml"), r'"overhead": -?[0-9.]+'
+    ),
+    "bench_recipes.py": Run(
+        (*TINY, "--recipes", "default", "--steps", "2", "--classes", "2", "--channels", "1", "--size", "32")
+        + ("--resize", "32", "--photos", "4"),
+        r"\| default \| 2 \| \d+% \|",
+    ),
+    "bench_render.py": Run(BENCH, r"bare forward\+backward", via="bench.py"),
+    "bench_scan.py": Run(
+        ("--images", "8", "--batch-size", "4", "--shard-size", "8", "--k", "2", "--rounds", "1"),
+        r"PLACEHOLDER",
+    ),
+    "bench_scan_data.py": Run(
+        ("--images", "16", "--models", "tiny-cnn", "--shard-size", "8"), r"PLACEHOLDER"
+    ),
+    "bench_site.py": Run(
+        ("--out", "{tmp}/site", "--layers", "inception3a", "--image-size", "16", "--crop-size", "8")
+        + ("--examples-k", "1", "--diversity", "1", "--workers", "1"),
+        r"build: [0-9.]+ s wall.* for 256 channels",
+    ),
+    "bench_timeline.py": Run(("--pages",), r"PLACEHOLDER"),
+    "bench_vit.py": Run(
+        ("--steps", "2", "--seeds", "1", "--overhead-steps", "1", "--repeats", "1", "--batch", "1"),
+        r"PLACEHOLDER",
+    ),
+    "check_demo.py": Run((OUT,), r"2 channels vs \d+ images: ratio min x[0-9.]+", after="nightly.sh"),
+    "check_optvis.py": Run(
+        ("--steps", "2", "--size", "32", "--threads", "1", "--diversity-weights", "5"),
+        r"class +\d+: top-1 +\d+",
+    ),
+    "gen_docs.py": Run(("--check",), r"PLACEHOLDER"),
     "gpu_check.py": "tests/test_gpu_check.py",
     "gpu_check.sh": "tests/test_gpu_check.py",
-    "measure_cluster.py": HELP,  # Ray
-    "nightly.sh": HELP,
-    "project_appendix.py": (),
-    "quality_report.py": HELP,  # needs the demo atlas
-    "rerun_exit.py": ("--runs", "2", "--load", "0", "--images", "4"),
-    "spec_info.py": ("jobs/demo.toml",),
-    "submit.sh": HELP,
+    "measure_cluster.py": Run(
+        ("--units", "4", "--workers", "1"), r"overhead: -?[0-9.]+ ms/unit beyond the work"
+    ),
+    "project_appendix.py": Run((), r"PLACEHOLDER"),
+    "quality_report.py": Run((OUT,), r"\| conv2 \| 2 \| \d+ \|", after="nightly.sh"),
+    "rerun_exit.py": Run(("--runs", "2", "--load", "0", "--images", "4"), r"PLACEHOLDER"),
+    "spec_info.py": Run(("jobs/demo.toml",), r"^demo atlas-out/demo$"),
+    "submit.sh": Run(
+        ("--dry-run", "--out", "{tmp}/atlas", "--then-site", "{tmp}/job.toml"),
+        r"ray job submit --address \S+ --working-dir \S+ --submission-id atlas-smoke-\S+ -- bash -c "
+        r"atlas\\ run.*--no-site",
+    ),
 }
 
 
-def _command(name: str, args: tuple[str, ...]) -> list[str]:
-    if args == IMPORT:
-        return [sys.executable, "-c", f"import {Path(name).stem}"]
-    runner = ["bash"] if name.endswith(".sh") else [sys.executable]
-    return [*runner, str(SCRIPTS / name), *args]
+def _command(script: str, args: tuple[str, ...], tmp: Path) -> list[str]:
+    runner = ["bash"] if script.endswith(".sh") else [sys.executable]
+    return [*runner, str(SCRIPTS / script), *(a.format(tmp=tmp) for a in args)]
 
 
-def _run(name: str, args: tuple[str, ...], tmp: Path) -> tuple[subprocess.CompletedProcess, float]:
+def _run(command: list[str], first: Future | None) -> tuple[subprocess.CompletedProcess, float]:
+    if first is not None:
+        first.result()
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(SCRIPTS), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
     }
     start = time.perf_counter()
-    done = subprocess.run(
-        _command(name, args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
-    )
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     return done, time.perf_counter() - start
 
 
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future]:
     tmp = tmp_path_factory.mktemp("scripts")
-    runnable = {n: a for n, a in SMOKE.items() if isinstance(a, tuple)}
+    (tmp / "job.toml").write_text(JOB.format(tmp=tmp))
+    (tmp / "atlas-job.toml").write_text(ATLAS_JOB.format(tmp=tmp))
+    entries = [(n, r) for n, r in SMOKE.items() if isinstance(r, Run)]
     pool = ThreadPoolExecutor(4)  # more only queue for the same cores
-    yield {name: pool.submit(_run, name, args, tmp) for name, args in runnable.items()}
+    runs: dict[tuple[str, tuple[str, ...]], Future] = {}
+    futures: dict[str, Future] = {}
+    for name, run in sorted(entries, key=lambda entry: bool(entry[1].after)):  # waiting ones last
+        key = (run.via or name, run.args)
+        if key not in runs:
+            runs[key] = pool.submit(_run, _command(*key, tmp), futures.get(run.after))
+        futures[name] = runs[key]
+    yield futures
     pool.shutdown(wait=True)
 
 
@@ -110,7 +216,15 @@ def test_every_script_runs_its_smoke_settings(name: str, smoke_runs: dict[str, F
         assert (ROOT / entry).is_file()
         return
     done, seconds = smoke_runs[name].result()
+    output = done.stdout + done.stderr
+    missing = [peer for peer in entry.peers if importlib.util.find_spec(peer) is None]
+    if missing:
+        assert entry.missing in output, f"{name} without {missing} should say so:\n{output[-3000:]}"
+        pytest.skip(f"{', '.join(missing)} not installed: {entry.missing}")
     assert done.returncode == 0, f"{name} exited {done.returncode}:\n{done.stderr[-3000:]}"
+    assert re.search(entry.prints, output, re.MULTILINE), (
+        f"{name} printed no line matching {entry.prints!r}:\n{output[-3000:]}"
+    )
     print(f"{name}: {seconds:.1f} s")
 
 
