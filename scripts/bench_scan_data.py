@@ -154,12 +154,14 @@ def main() -> None:
         folder = Path(tmp) / "jpegs"
         folder.mkdir()
         counts = {"tiny-cnn": args.images, "efficientnet-lite0": args.images_efficientnet}
+        models = args.models.split(",")
+        count = max(counts[model] for model in models)  # only what the models run here read
         start = time.perf_counter()
-        write_jpegs(folder, max(counts.values()))
-        print(f"generated {max(counts.values())} JPEGs of 500x375 in {time.perf_counter() - start:.0f} s")
+        write_jpegs(folder, count)
+        print(f"generated {count} JPEGs of 500x375 in {time.perf_counter() - start:.0f} s")
         ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
         try:
-            for model in args.models.split(","):
+            for model in models:
                 f = bench_model(model, folder, Path(tmp) / model, counts[model], args.shard_size)
                 print(f"{model}: {f['images']:.0f} images, shards of {args.shard_size}")
                 print(f"  forward (1 actor, 1 thread): {f['forward']:8.1f} images/s")
