@@ -50,9 +50,10 @@ def check_uri(text: str, where: str = "") -> None:
     `_`, `-`), with a port (digits) only on schemes that have hosts and only when no `@`
     follows. Anything else is refused, without repeating any of the text but its scheme: an `@`
     (`user:password@`, `user@`, `:password@`, `@`), a `:` before a `/` in a password
-    (`KEY:SEC/RET@bucket`), `%`-escapes, non-ASCII, and a `?` or `#` part (where pyarrow reads
-    `access_key=`/`secret_key=`). `@` and `:` after the first `/` are the path's and are kept
-    (`s3://bucket/a@b:c`); a text without `://` is a local path, checked by nothing here.
+    (`KEY:SEC/RET@bucket`), `%`-escapes, non-ASCII, a `#` part, and `?` options other than the
+    plain, secret-free `URI_OPTIONS` (pyarrow reads `access_key=`/`secret_key=` there). `@` and
+    `:` after the first `/` are the path's and are kept (`s3://bucket/a@b:c`); a text without
+    `://` is a local path, checked by nothing here.
     Because a `/` ends HOST for every URI parser, a user name holding `/` reads as a path.
     """
     if "://" not in text:
@@ -77,12 +78,38 @@ def check_uri(text: str, where: str = "") -> None:
             "AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, GOOGLE_APPLICATION_CREDENTIALS); then write "
             f"{scheme}://BUCKET/PREFIX"
         )
-    if "?" in rest or "#" in rest:
+    _, _, query = rest.partition("?")
+    if "#" in rest or not _plain_options(query):
         raise LocationError(
-            f"{prefix}the {scheme}:// URI has a '?' or '#' part (not repeated here: options there "
-            "can hold credentials); write plain scheme://BUCKET/PREFIX and set options and "
-            "credentials in the environment or config files"
+            f"{prefix}the {scheme}:// URI has a '#' part or '?' options other than "
+            f"{', '.join(URI_OPTIONS)} with plain values (not repeated here: options there can hold "
+            "credentials); set credentials in the environment or config files, as the SDK reads them"
         )
+
+
+# Options pyarrow's file systems read from a URI's query that hold no secret; the values must be
+# plain (host:port, region, true/false, numbers). Any other option (`access_key`, `secret_key`,
+# `session_token`, ...) is refused.
+URI_OPTIONS = (
+    "endpoint_override",
+    "scheme",
+    "region",
+    "allow_bucket_creation",
+    "allow_bucket_deletion",
+    "force_virtual_addressing",
+    "connect_timeout",
+    "request_timeout",
+)
+_OPTION_VALUE = re.compile(r"[A-Za-z0-9._:\-]*")
+
+
+def _plain_options(query: str) -> bool:
+    """True when a URI's query holds only `URI_OPTIONS` with plain values (or is empty)."""
+    for pair in query.split("&") if query else ():
+        name, equals, value = pair.partition("=")
+        if name not in URI_OPTIONS or not equals or not _OPTION_VALUE.fullmatch(value):
+            return False
+    return True
 
 
 def parse_out(text: str, where: str = "") -> Path | str:

@@ -188,7 +188,9 @@ def test_a_spend_budget_stops_the_job_after_a_unit_and_the_rerun_resumes(
     cluster: str, tmp_path: Path
 ) -> None:
     """1 (fake) GPU held: the first finished unit passes a budget of a few milliseconds of it."""
-    budget = "gpus_per_worker = 1\n[cost]\nbudget_gpu_hours = 0.000001"
+    # One unit a call: a GPU worker packs 16 render units into one call by default, and the
+    # budget is checked after each call.
+    budget = "gpus_per_worker = 1\nunits_per_call = 1\n[cost]\nbudget_gpu_hours = 0.000001"
     with pytest.raises(BudgetExceeded, match="rerun with a larger budget"):
         run_job(tiny_spec(tmp_path / "out", channels="0:3", workers=1, extra=budget), build=False)
     assert [u["status"] for u in manifest_units(tmp_path / "out")] == ["done"]
