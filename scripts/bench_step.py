@@ -1,0 +1,102 @@
+"""The render step's cost against the number of parts (render units) packed into one batch.
+
+For 1, 16 and 64 parts of the appendix's objectives (channel, negative, diversity), packed into
+one physical batch by ``render_channel_sets``, prints the operator calls per optimization step
+(torch dispatcher calls, counted with a TorchDispatchMode) and the wall milliseconds per step.
+Both are differences between a run of ``steps`` steps and one of 1 step, so setup, the final
+forward and result splitting are not counted. A step whose cost is independent of the number
+of parts keeps the operator count flat; CUDA launches one kernel per operator, so on a GPU the
+count is what the per-part overhead costs.
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python scripts/bench_step.py --model tiny-cnn
+    PYTHONPATH=. OMP_NUM_THREADS=1 python scripts/bench_step.py --model torchvision:googlenet --layer inception4a
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from atlas.models import LoadedModel, load_model
+from atlas.optvis.recipes import render_channel_sets
+from atlas.spec import RenderSpec
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts every operator call that reaches the dispatcher (one CUDA launch or more each)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.calls[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def settings(steps: int, size: int) -> RenderSpec:
+    """The appendix recipe, small: a unit's 8 channels become 2-image chunks here (one part each)."""
+    return RenderSpec(
+        steps=steps,
+        size=size,
+        batch=4,
+        objectives=("channel", "negative", "diversity"),
+        diversity=2,
+        coarse_fraction=0.0,
+    )
+
+
+def requests(model: LoadedModel, layer: str, parts: int) -> list[tuple[str, list[int]]]:
+    """Enough one-channel requests for ``parts`` chunks of 4 images (channel + negative + 2 diverse)."""
+    count = model.channels(layer)
+    return [(layer, [index % count]) for index in range(parts)]
+
+
+def run(model: LoadedModel, layer: str, parts: int, steps: int, size: int) -> None:
+    wanted = requests(model, layer, parts)
+    render_channel_sets(model, wanted, settings(steps, size), images_per_pass=4 * parts)
+
+
+def ops_per_step(model: LoadedModel, layer: str, parts: int, size: int, steps: int = 3) -> float:
+    counts = []
+    for n in (1, 1 + steps):
+        with OpCounter() as counter:
+            run(model, layer, parts, n, size)
+        counts.append(sum(counter.calls.values()))
+    return (counts[1] - counts[0]) / steps
+
+
+def ms_per_step(model: LoadedModel, layer: str, parts: int, size: int, steps: int) -> float:
+    run(model, layer, parts, 2, size)  # warm-up
+    times = []
+    for n in (1, 1 + steps):
+        start = time.perf_counter()
+        run(model, layer, parts, n, size)
+        times.append(time.perf_counter() - start)
+    return (times[1] - times[0]) / steps * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny-cnn")
+    parser.add_argument("--layer", default=None, help="default: the model's last layer but the logits")
+    parser.add_argument("--size", type=int, default=48)
+    parser.add_argument("--steps", type=int, default=5, help="steps timed per figure")
+    parser.add_argument("--parts", type=int, nargs="+", default=[1, 16, 64])
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = load_model(args.model, weights="none") if ":" in args.model else load_model(args.model)
+    layer = args.layer or model.resolve_layer("conv2" if args.model == "tiny-cnn" else "inception4a")
+    print(f"{args.model} {layer} {args.size} px, 4 images per part, threads {torch.get_num_threads()}")
+    for parts in args.parts:
+        ops = ops_per_step(model, layer, parts, args.size)
+        ms = ms_per_step(model, layer, parts, args.size, args.steps)
+        print(f"parts {parts:3d} ({4 * parts:4d} images): {ops:7.0f} ops/step, {ms:8.1f} ms/step")
+
+
+if __name__ == "__main__":
+    main()
