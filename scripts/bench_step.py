@@ -3,6 +3,9 @@
 For 1, 16 and 64 parts of the appendix's objectives (channel, negative, diversity), packed into
 one physical batch by ``render_channel_sets``, prints the operator calls per optimization step
 (torch dispatcher calls, counted with a TorchDispatchMode) and the wall milliseconds per step.
+The transform draws a render makes before its step loop (host work on CPU tensors, one set per
+part and step from each part's generator) are counted apart; on a version of the renderer
+without them that count is 0 and the draws fall in the loop's.
 Both are differences between a run of ``steps`` steps and one of 1 step, so setup, the final
 forward and result splitting are not counted. A step whose cost is independent of the number
 of parts keeps the operator count flat; CUDA launches one kernel per operator, so on a GPU the
@@ -15,15 +18,21 @@ count is what the per-part overhead costs.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from atlas.models import LoadedModel, load_model
 from atlas.optvis.recipes import render_channel_sets
 from atlas.spec import RenderSpec
+
+# The module, not the ``render`` function atlas.optvis exports under the same name.
+render_module = importlib.import_module("atlas.optvis.render")
 
 
 class OpCounter(TorchDispatchMode):
@@ -56,18 +65,39 @@ def requests(model: LoadedModel, layer: str, parts: int) -> list[tuple[str, list
     return [(layer, [index % count]) for index in range(parts)]
 
 
+@contextlib.contextmanager
+def draws_apart(counter: OpCounter) -> Iterator[None]:
+    """Count the transform draws made before the step loop (host work on CPU tensors, one set
+    per part and step, from each part's own generator) in ``counter`` rather than the step's."""
+    original = render_module._transforms
+
+    def drawn(*args: object) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        with _disable_current_modes(), counter:
+            return original(*args)
+
+    render_module._transforms = drawn
+    try:
+        yield
+    finally:
+        render_module._transforms = original
+
+
 def run(model: LoadedModel, layer: str, parts: int, steps: int, size: int) -> None:
     wanted = requests(model, layer, parts)
     render_channel_sets(model, wanted, settings(steps, size), images_per_pass=4 * parts)
 
 
-def ops_per_step(model: LoadedModel, layer: str, parts: int, size: int, steps: int = 3) -> float:
+def ops_per_step(
+    model: LoadedModel, layer: str, parts: int, size: int, steps: int = 3
+) -> tuple[float, float]:
+    """Operator calls per step: in the step loop, and in the transform draws made up front."""
     counts = []
     for n in (1, 1 + steps):
-        with OpCounter() as counter:
+        draws = OpCounter()
+        with OpCounter() as counter, draws_apart(draws):
             run(model, layer, parts, n, size)
-        counts.append(sum(counter.calls.values()))
-    return (counts[1] - counts[0]) / steps
+        counts.append((sum(counter.calls.values()), sum(draws.calls.values())))
+    return ((counts[1][0] - counts[0][0]) / steps, (counts[1][1] - counts[0][1]) / steps)
 
 
 def ms_per_step(model: LoadedModel, layer: str, parts: int, size: int, steps: int) -> float:
@@ -93,9 +123,12 @@ def main() -> None:
     layer = args.layer or model.resolve_layer("conv2" if args.model == "tiny-cnn" else "inception4a")
     print(f"{args.model} {layer} {args.size} px, 4 images per part, threads {torch.get_num_threads()}")
     for parts in args.parts:
-        ops = ops_per_step(model, layer, parts, args.size)
+        ops, draws = ops_per_step(model, layer, parts, args.size)
         ms = ms_per_step(model, layer, parts, args.size, args.steps)
-        print(f"parts {parts:3d} ({4 * parts:4d} images): {ops:7.0f} ops/step, {ms:8.1f} ms/step")
+        print(
+            f"parts {parts:3d} ({4 * parts:4d} images): {ops:6.0f} ops/step in the loop, "
+            f"{draws:6.0f} in draws up front, {ms:8.1f} ms/step"
+        )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from atlas.models.devices import to_device
 from atlas.registry import Registry
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+# A step's random draws for ``count`` images: index tensors whose last dimension is the image.
+Drawn = tuple[torch.Tensor, ...]
 DEFAULT_FILL = 0.5
 RECIPE_STUDY_SIZE = 128  # the render size at which the relative presets' pixel amounts were measured
 
@@ -47,11 +49,11 @@ class Pad:
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         return size[0] + 2 * self.width, size[1] + 2 * self.width
 
-    def draw(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.empty(count, 0)
+    def draw(self, count: int, generator: torch.Generator) -> Drawn:
+        return ()
 
-    def maps(self, drawn: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        shift = torch.full((len(drawn),), -float(self.width))
+    def maps(self, drawn: Drawn, count: int, size: tuple[int, int]) -> torch.Tensor:
+        shift = torch.full((count,), -float(self.width))
         return _translation(shift, shift)
 
 
@@ -66,11 +68,12 @@ class Jitter:
             raise TransformError(f"jitter({self.distance}) is larger than the {size[0]}x{size[1]} image")
         return size[0] - self.distance, size[1] - self.distance
 
-    def draw(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randint(self.distance + 1, (2, count), generator=generator).float().T
+    def draw(self, count: int, generator: torch.Generator) -> Drawn:
+        return (torch.randint(self.distance + 1, (2, count), generator=generator),)
 
-    def maps(self, drawn: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        return _translation(drawn[:, 0], drawn[:, 1])
+    def maps(self, drawn: Drawn, count: int, size: tuple[int, int]) -> torch.Tensor:
+        offsets = drawn[0].float()
+        return _translation(offsets[0], offsets[1])
 
 
 @dataclass(frozen=True)
@@ -89,13 +92,12 @@ class Affine:
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         return size
 
-    def draw(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        scales = torch.tensor(self.scales)[torch.randint(len(self.scales), (count,), generator=generator)]
-        degrees = torch.tensor(self.degrees)[torch.randint(len(self.degrees), (count,), generator=generator)]
-        return torch.stack([scales, degrees], dim=1)
+    def draw(self, count: int, generator: torch.Generator) -> Drawn:
+        scale = torch.randint(len(self.scales), (count,), generator=generator)
+        return scale, torch.randint(len(self.degrees), (count,), generator=generator)
 
-    def maps(self, drawn: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        count, scales, degrees = len(drawn), drawn[:, 0], drawn[:, 1]
+    def maps(self, drawn: Drawn, count: int, size: tuple[int, int]) -> torch.Tensor:
+        scales, degrees = torch.tensor(self.scales)[drawn[0]], torch.tensor(self.degrees)[drawn[1]]
         radians = degrees * (math.pi / 180.0)
         centre_y, centre_x = (size[0] - 1) / 2, (size[1] - 1) / 2
         to_centre = _translation(torch.full((count,), -centre_x), torch.full((count,), -centre_y))
@@ -134,12 +136,14 @@ def compose(steps: Sequence[Step]) -> Transform:
         raise TransformError(f"pads in one chain must share a fill value, got {sorted(fills)}")
     fill = fills.pop() if fills else DEFAULT_FILL
 
-    def chain(drawn: Sequence[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
-        """The (N, 3, 3) pixel maps (output to source coordinates) of each step's draws, and the
-        output size; batched over however many draws (of one part, or of every part and step)."""
-        total = torch.eye(3).repeat(len(drawn[0]), 1, 1)
+    def chain(
+        drawn: Sequence[Drawn], count: int, size: tuple[int, int]
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The (count, 3, 3) pixel maps (output to source coordinates) of each step's draws, and
+        the output size; batched over however many draws (of one part, or of every part and step)."""
+        total = torch.eye(3).repeat(count, 1, 1)
         for step, values in zip(steps, drawn, strict=True):  # the first step's map leftmost
-            total = total @ step.maps(values, size)
+            total = total @ step.maps(values, count, size)
             size = step.output_size(size)
         return total, size
 
@@ -147,7 +151,7 @@ def compose(steps: Sequence[Step]) -> Transform:
         if not steps:
             return images
         count, size = images.shape[0], (images.shape[2], images.shape[3])
-        total, out = chain([step.draw(count, generator) for step in steps], size)
+        total, out = chain([step.draw(count, generator) for step in steps], count, size)
         return _resample(images, total, out, fill)
 
     def apply_parts(parts: Sequence[torch.Tensor], generators: Sequence[torch.Generator]) -> torch.Tensor:
@@ -165,7 +169,7 @@ def compose(steps: Sequence[Step]) -> Transform:
         whatever the number of parts."""
         if not steps:
             return lambda images, index: images
-        drawn: list[list[torch.Tensor]] = [[] for _ in steps]
+        drawn: list[list[Drawn]] = [[] for _ in steps]
         for count, generator in zip(counts, generators, strict=True):
             for _ in range(repeats):
                 for values, step in zip(drawn, steps, strict=True):
@@ -173,10 +177,16 @@ def compose(steps: Sequence[Step]) -> Transform:
         # From (part, call) order to (call, part): each call's batch holds the parts in order.
         parts = len(counts)
         flat = [
-            torch.cat([values[part * repeats + call] for call in range(repeats) for part in range(parts)])
+            tuple(
+                torch.cat(pieces, dim=-1)
+                for pieces in zip(
+                    *(values[part * repeats + call] for call in range(repeats) for part in range(parts)),
+                    strict=True,
+                )
+            )
             for values in drawn
         ]
-        total, out = chain(flat, size)
+        total, out = chain(flat, repeats * sum(counts), size)
         thetas = _theta(size, total, out).reshape(repeats, sum(counts), 2, 3)
         placed: list[torch.Tensor] = []
 
