@@ -28,6 +28,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from atlas.models import LoadedModel, load_model
+from atlas.optvis.param import PARAMS
 from atlas.optvis.recipes import render_channel_sets
 from atlas.spec import RenderSpec
 
@@ -47,7 +48,7 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def settings(steps: int, size: int) -> RenderSpec:
+def settings(steps: int, size: int, param: str = "fourier") -> RenderSpec:
     """The appendix recipe, small: a unit's 8 channels become 2-image chunks here (one part each)."""
     return RenderSpec(
         steps=steps,
@@ -56,6 +57,7 @@ def settings(steps: int, size: int) -> RenderSpec:
         objectives=("channel", "negative", "diversity"),
         diversity=2,
         coarse_fraction=0.0,
+        param=param,
     )
 
 
@@ -69,7 +71,10 @@ def requests(model: LoadedModel, layer: str, parts: int) -> list[tuple[str, list
 def draws_apart(counter: OpCounter) -> Iterator[None]:
     """Count the transform draws made before the step loop (host work on CPU tensors, one set
     per part and step, from each part's own generator) in ``counter`` rather than the step's."""
-    original = render_module._transforms
+    original = getattr(render_module, "_transforms", None)
+    if original is None:  # a renderer that draws inside its loop
+        yield
+        return
 
     def drawn(*args: object) -> Callable[[torch.Tensor, int], torch.Tensor]:
         with _disable_current_modes(), counter:
@@ -82,30 +87,31 @@ def draws_apart(counter: OpCounter) -> Iterator[None]:
         render_module._transforms = original
 
 
-def run(model: LoadedModel, layer: str, parts: int, steps: int, size: int) -> None:
+def run(model: LoadedModel, layer: str, parts: int, steps: int, size: int, param: str = "fourier") -> None:
     wanted = requests(model, layer, parts)
-    render_channel_sets(model, wanted, settings(steps, size), images_per_pass=4 * parts)
+    render_channel_sets(model, wanted, settings(steps, size, param), images_per_pass=4 * parts)
 
 
 def ops_per_step(
-    model: LoadedModel, layer: str, parts: int, size: int, steps: int = 3
+    model: LoadedModel, layer: str, parts: int, size: int, steps: int = 3, param: str = "fourier"
 ) -> tuple[float, float]:
     """Operator calls per step: in the step loop, and in the transform draws made up front."""
+    run(model, layer, parts, 1, size, param)  # warm-up: first-call caches are no step's work
     counts = []
     for n in (1, 1 + steps):
         draws = OpCounter()
         with OpCounter() as counter, draws_apart(draws):
-            run(model, layer, parts, n, size)
+            run(model, layer, parts, n, size, param)
         counts.append((sum(counter.calls.values()), sum(draws.calls.values())))
     return ((counts[1][0] - counts[0][0]) / steps, (counts[1][1] - counts[0][1]) / steps)
 
 
-def ms_per_step(model: LoadedModel, layer: str, parts: int, size: int, steps: int) -> float:
-    run(model, layer, parts, 2, size)  # warm-up
+def ms_per_step(model: LoadedModel, layer: str, parts: int, size: int, steps: int, param: str) -> float:
+    run(model, layer, parts, 2, size, param)  # warm-up
     times = []
     for n in (1, 1 + steps):
         start = time.perf_counter()
-        run(model, layer, parts, n, size)
+        run(model, layer, parts, n, size, param)
         times.append(time.perf_counter() - start)
     return (times[1] - times[0]) / steps * 1000
 
@@ -117,14 +123,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=48)
     parser.add_argument("--steps", type=int, default=5, help="steps timed per figure")
     parser.add_argument("--parts", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--param", default="fourier", choices=PARAMS.names())
     args = parser.parse_args()
     torch.manual_seed(0)
     model = load_model(args.model, weights="none") if ":" in args.model else load_model(args.model)
     layer = args.layer or model.resolve_layer("conv2" if args.model == "tiny-cnn" else "inception4a")
-    print(f"{args.model} {layer} {args.size} px, 4 images per part, threads {torch.get_num_threads()}")
+    print(
+        f"{args.model} {layer} {args.size} px, {args.param}, 4 images per part, threads {torch.get_num_threads()}"
+    )
     for parts in args.parts:
-        ops, draws = ops_per_step(model, layer, parts, args.size)
-        ms = ms_per_step(model, layer, parts, args.size, args.steps)
+        ops, draws = ops_per_step(model, layer, parts, args.size, param=args.param)
+        ms = ms_per_step(model, layer, parts, args.size, args.steps, args.param)
         print(
             f"parts {parts:3d} ({4 * parts:4d} images): {ops:6.0f} ops/step in the loop, "
             f"{draws:6.0f} in draws up front, {ms:8.1f} ms/step"

@@ -52,6 +52,7 @@ SMOKE: dict[str, tuple[str, ...] | str] = {
     "bench_render.py": IMPORT,
     "bench_scan.py": ("--images", "8", "--batch-size", "4", "--shard-size", "8", "--k", "2", "--rounds", "1"),
     "bench_scan_data.py": HELP,  # Ray Data
+    "bench_step.py": (*TINY, "--parts", "1", "2", "--steps", "1", "--size", "32"),
     "bench_site.py": HELP,
     "bench_timeline.py": ("--pages",),
     "bench_vit.py": HELP,
