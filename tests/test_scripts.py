@@ -134,6 +134,10 @@ SMOKE: dict[str, Run | str] = {
         ("--images", "8", "--batch-size", "4", "--shard-size", "8", "--k", "2", "--rounds", "1"),
         r"scan_shard +: +[0-9.]+ images/s",
     ),
+    "bench_step.py": Run(
+        (*TINY, "--parts", "1", "2", "--steps", "1", "--size", "32"),
+        r"parts +2 \( +8 images\): +[0-9]+ ops/step in the loop",
+    ),
     "bench_scan_data.py": Run(
         ("--images", "16", "--models", "tiny-cnn", "--shard-size", "8"),
         r"scan speed-up from 1 to 2 decoding CPUs: x[0-9.]+",

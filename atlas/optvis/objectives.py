@@ -10,7 +10,7 @@ element has its own channel is still a handful of tensor operations per step.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +41,28 @@ class StepState:
 Check = Callable[[LoadedModel], None]
 
 
+@dataclass(frozen=True)
+class Term:
+    """``weight`` times a named measure (`MEASURES`) of the bound elements, one channel each where
+    the measure reads one. An objective that is a weighted sum of terms can be evaluated together
+    with other objectives' terms (`bind_terms`): a physical batch of many parts then costs one
+    call per measure, not one per part. ``group``: the measure scores groups of elements (the
+    diversity term): consecutive bound elements in groups of this size, 0 for one group of all."""
+
+    measure: str
+    options: tuple[object, ...]
+    batch: Batch = None
+    channels: int | Sequence[int] | None = None
+    group: int | None = None
+    weight: float = 1.0
+
+
 class Objective:
-    """A named score function plus the layers it reads and the checks it needs on a model."""
+    """A named score function plus the layers it reads and the checks it needs on a model.
+
+    ``terms``: the same score as a weighted sum of `Term`s, where it is one (None otherwise: a
+    constant offset, per-element weights or a custom score), for evaluation across parts.
+    """
 
     def __init__(
         self,
@@ -50,11 +70,13 @@ class Objective:
         name: str,
         layers: frozenset[str] = frozenset(),
         checks: tuple[Check, ...] = (),
+        terms: tuple[Term, ...] | None = None,
     ):
         self.score = score
         self.name = name
         self.layers = layers
         self.checks = checks
+        self.terms = terms
 
     def __call__(self, state: StepState) -> torch.Tensor:
         return self.score(state)
@@ -71,8 +93,13 @@ class Objective:
             return self(state) + sign * other(state)
 
         op = "+" if sign > 0 else "-"
+        terms = None if self.terms is None or other.terms is None else self.terms + _scaled(other.terms, sign)
         return Objective(
-            score, f"{self.name} {op} {other.name}", self.layers | other.layers, self.checks + other.checks
+            score,
+            f"{self.name} {op} {other.name}",
+            self.layers | other.layers,
+            self.checks + other.checks,
+            terms,
         )
 
     def __add__(self, other: Objective | float) -> Objective:
@@ -89,7 +116,9 @@ class Objective:
         return self + (-other)
 
     def __neg__(self) -> Objective:
-        return Objective(lambda s: -self(s), f"-({self.name})", self.layers, self.checks)
+        return Objective(
+            lambda s: -self(s), f"-({self.name})", self.layers, self.checks, _scaled(self.terms, -1.0)
+        )
 
     def __mul__(self, weight: float | torch.Tensor) -> Objective:
         """Scale by a number, or per element by a (B,) tensor (e.g. interpolation weights)."""
@@ -105,8 +134,11 @@ class Objective:
                 return value * to_device(weight, value.device)
             return value * weight
 
-        label = "w" if isinstance(weight, torch.Tensor) else f"{weight:g}"
-        return Objective(score, f"{label} * ({self.name})", self.layers, self.checks)
+        if isinstance(weight, torch.Tensor):
+            return Objective(score, f"w * ({self.name})", self.layers, self.checks)
+        return Objective(
+            score, f"{weight:g} * ({self.name})", self.layers, self.checks, _scaled(self.terms, weight)
+        )
 
     __rmul__ = __mul__
 
@@ -114,14 +146,86 @@ class Objective:
         return f"Objective({self.name})"
 
 
-def _elements(batch: Batch, size: int, device: torch.device) -> torch.Tensor:
-    """Indices of the batch elements an objective is bound to."""
+def _scaled(terms: tuple[Term, ...] | None, factor: float) -> tuple[Term, ...] | None:
+    return None if terms is None else tuple(replace(term, weight=term.weight * factor) for term in terms)
+
+
+# A measure: (state, options, element indices, one channel per element, group size) -> one value
+# per index. Values of several parts' elements are computed in one call.
+Measure = Callable[[StepState, tuple, torch.Tensor, torch.Tensor, int], torch.Tensor]
+MEASURES: dict[str, Measure] = {}
+
+
+def _bound(batch: Batch, size: int) -> list[int]:
+    """The batch elements an objective is bound to, checked against the batch size."""
     if batch is None:
-        return torch.arange(size, device=device)
+        return list(range(size))
     wanted = [batch] if isinstance(batch, int) else [int(i) for i in batch]
     if wanted and (min(wanted) < 0 or max(wanted) >= size):  # checked on the host: no device sync
         raise ObjectiveError(f"objective bound to batch elements {wanted} of a batch of {size}")
-    return to_device(torch.as_tensor(wanted), device)
+    return wanted
+
+
+@dataclass(frozen=True)
+class BoundTerms:
+    """Terms of many parts, merged by what they measure: scores a physical batch of ``size``
+    elements with one call per measure (`bind_terms`)."""
+
+    size: int
+    calls: tuple[tuple[str, tuple, int, torch.Tensor, torch.Tensor, torch.Tensor], ...]
+
+    def __call__(self, state: StepState) -> torch.Tensor:
+        total = torch.zeros(self.size, device=state.images.device)
+        for measure, options, group, indices, channels, weights in self.calls:
+            values = MEASURES[measure](state, options, indices, channels, group).float()
+            total = total.index_add(0, indices, values * weights)
+        return total
+
+
+def bind_terms(parts: Sequence[tuple[Sequence[Term], int]], device: torch.device) -> BoundTerms:
+    """The terms of each part, (terms, batch size) in physical-batch order, bound to the elements
+    they read there; terms of one measure and options (and group size) become one call. Raises
+    ObjectiveError for elements or channels that do not fit a part."""
+    merged: dict[tuple, tuple[list[int], list[int], list[float]]] = {}
+    offset = 0
+    for terms, size in parts:
+        for term in terms:
+            elements = _bound(term.batch, size)
+            group = len(elements) if term.group == 0 else term.group or 0
+            indices, channels, weights = merged.setdefault((term.measure, term.options, group), ([], [], []))
+            indices.extend(offset + element for element in elements)
+            if term.channels is not None:
+                channels.extend(_per_element(term.channels, len(elements), "channel").tolist())
+            weights.extend([term.weight] * len(elements))
+        offset += size
+    calls = tuple(
+        (
+            measure,
+            options,
+            group,
+            to_device(torch.as_tensor(indices, dtype=torch.long), device),
+            to_device(torch.as_tensor(channels, dtype=torch.long), device),
+            to_device(torch.as_tensor(weights, dtype=torch.float32), device),
+        )
+        for (measure, options, group), (indices, channels, weights) in merged.items()
+    )
+    return BoundTerms(offset, calls)
+
+
+def _term_objective(
+    term: Term, name: str, layers: frozenset[str], checks: tuple[Check, ...] = ()
+) -> Objective:
+    """An objective that is one term: called alone, it binds the term to the batch it is given."""
+
+    def score(state: StepState) -> torch.Tensor:
+        return bind_terms([((term,), state.batch)], state.images.device)(state)
+
+    return Objective(score, name, layers, checks, (term,))
+
+
+def _elements(batch: Batch, size: int, device: torch.device) -> torch.Tensor:
+    """Indices of the batch elements an objective is bound to."""
+    return to_device(torch.as_tensor(_bound(batch, size), dtype=torch.long), device)
 
 
 def _scatter(values: torch.Tensor, indices: torch.Tensor, size: int) -> torch.Tensor:
@@ -170,15 +274,43 @@ def _layer_objective(
     return Objective(score, name, frozenset([layer]), checks)
 
 
+def _channel_mean(
+    state: StepState, options: tuple, indices: torch.Tensor, channels: torch.Tensor, _g: int
+) -> torch.Tensor:
+    (layer,) = options
+    return state.activations[layer][indices, channels].mean(dim=(1, 2))
+
+
+def _neuron_value(
+    state: StepState, options: tuple, indices: torch.Tensor, channels: torch.Tensor, _g: int
+) -> torch.Tensor:
+    layer, x, y = options
+    acts = state.activations[layer]
+    row = acts.shape[2] // 2 if y is None else y
+    col = acts.shape[3] // 2 if x is None else x
+    if not (0 <= row < acts.shape[2] and 0 <= col < acts.shape[3]):
+        raise ObjectiveError(
+            f"neuron position (x={col}, y={row}) is outside the {acts.shape[3]}x{acts.shape[2]} "
+            f"map of layer {layer!r}"
+        )
+    return acts[indices, channels, row, col]
+
+
+def _mean_square(
+    state: StepState, options: tuple, indices: torch.Tensor, _c: torch.Tensor, _g: int
+) -> torch.Tensor:
+    (layer,) = options
+    return state.activations[layer][indices].float().pow(2).mean(dim=(1, 2, 3))
+
+
+MEASURES.update(channel=_channel_mean, neuron=_neuron_value, deepdream=_mean_square)
+
+
 def channel(layer: str, channel: int | Sequence[int], batch: Batch = None) -> Objective:
     """Mean activation of a channel over all positions (one channel per bound element if a list)."""
-
-    def select(acts: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        chans = to_device(_per_element(channel, len(indices), "channel"), acts.device)
-        return acts[torch.arange(len(indices), device=acts.device), chans].mean(dim=(1, 2))
-
-    return _layer_objective(
-        layer, batch, f"channel {layer}:{channel}", select, (channel_check(layer, channel),)
+    term = Term("channel", (layer,), batch, channel)
+    return _term_objective(
+        term, f"channel {layer}:{channel}", frozenset([layer]), (channel_check(layer, channel),)
     )
 
 
@@ -190,28 +322,15 @@ def neuron(
     batch: Batch = None,
 ) -> Objective:
     """Activation of a channel at one position (the centre of the map by default)."""
-
-    def select(acts: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        chans = to_device(_per_element(channel, len(indices), "channel"), acts.device)
-        row = acts.shape[2] // 2 if y is None else y
-        col = acts.shape[3] // 2 if x is None else x
-        if not (0 <= row < acts.shape[2] and 0 <= col < acts.shape[3]):
-            raise ObjectiveError(
-                f"neuron position (x={col}, y={row}) is outside the {acts.shape[3]}x{acts.shape[2]} "
-                f"map of layer {layer!r}"
-            )
-        return acts[torch.arange(len(indices), device=acts.device), chans, row, col]
-
-    return _layer_objective(
-        layer, batch, f"neuron {layer}:{channel}", select, (channel_check(layer, channel),)
+    term = Term("neuron", (layer, x, y), batch, channel)
+    return _term_objective(
+        term, f"neuron {layer}:{channel}", frozenset([layer]), (channel_check(layer, channel),)
     )
 
 
 def deepdream(layer: str, batch: Batch = None) -> Objective:
     """The layer objective (DeepDream): mean squared activation over channels and positions."""
-    return _layer_objective(
-        layer, batch, f"deepdream {layer}", lambda acts, _i: acts.float().pow(2).mean(dim=(1, 2, 3))
-    )
+    return _term_objective(Term("deepdream", (layer,), batch), f"deepdream {layer}", frozenset([layer]))
 
 
 def _logit_check(label: int) -> Check:
@@ -230,22 +349,33 @@ def _logit_check(label: int) -> Check:
     return check
 
 
+def _logit(
+    state: StepState, options: tuple, indices: torch.Tensor, _c: torch.Tensor, _g: int
+) -> torch.Tensor:
+    (label,) = options
+    return state.activations[LOGITS][indices, label]
+
+
+def _probability(
+    state: StepState, options: tuple, indices: torch.Tensor, _c: torch.Tensor, _g: int
+) -> torch.Tensor:
+    (label,) = options
+    return torch.softmax(state.activations[LOGITS][indices].float(), dim=1)[:, label]
+
+
+MEASURES.update(logit=_logit, probability=_probability)
+
+
 def class_logit(label: int, batch: Batch = None) -> Objective:
     """The pre-softmax score of a class."""
-    return _layer_objective(
-        LOGITS, batch, f"logit {label}", lambda logits, _i: logits[:, label], (_logit_check(label),)
-    )
+    term = Term("logit", (label,), batch)
+    return _term_objective(term, f"logit {label}", frozenset([LOGITS]), (_logit_check(label),))
 
 
 def class_probability(label: int, batch: Batch = None) -> Objective:
     """The softmax probability of a class (pushes other classes down too)."""
-    return _layer_objective(
-        LOGITS,
-        batch,
-        f"probability {label}",
-        lambda logits, _i: torch.softmax(logits.float(), dim=1)[:, label],
-        (_logit_check(label),),
-    )
+    term = Term("probability", (label,), batch)
+    return _term_objective(term, f"probability {label}", frozenset([LOGITS]), (_logit_check(label),))
 
 
 def _direction_check(layer: str, size: int) -> Check:
@@ -307,19 +437,26 @@ def diversity(layer: str, groups: Sequence[Sequence[int]] | None = None) -> Obje
     if groups is not None and len({len(g) for g in groups}) > 1:
         raise ObjectiveError(f"diversity groups must have equal sizes, got {[len(g) for g in groups]}")
 
-    def score(state: StepState) -> torch.Tensor:
-        acts = state.activations[layer]
-        size = acts.shape[0]
-        index = (
-            torch.arange(size, device=acts.device)[None]
-            if groups is None
-            else to_device(torch.as_tensor([list(g) for g in groups]), acts.device)
+    if groups is None:
+        term = Term("diversity", (layer,), group=0)
+    else:
+        term = Term(
+            "diversity", (layer,), [i for g in groups for i in g], group=len(groups[0]) if groups else 0
         )
-        cosines = gram_cosines(acts[index])  # (G, g, g)
-        others = cosines.sum(dim=-1) - cosines.diagonal(dim1=-2, dim2=-1)
-        return _scatter(-others.flatten(), index.flatten(), size)
+    return _term_objective(term, f"diversity {layer}", frozenset([layer]))
 
-    return Objective(score, f"diversity {layer}", frozenset([layer]))
+
+def _gram_dissent(
+    state: StepState, options: tuple, indices: torch.Tensor, _c: torch.Tensor, group: int
+) -> torch.Tensor:
+    """Minus each element's summed Gram cosine to the others of its group (consecutive indices)."""
+    (layer,) = options
+    cosines = gram_cosines(state.activations[layer][indices.view(-1, group)])  # (G, g, g)
+    others = cosines.sum(dim=-1) - cosines.diagonal(dim1=-2, dim2=-1)
+    return -others.flatten()
+
+
+MEASURES["diversity"] = _gram_dissent
 
 
 def alignment(layer: str, batch: Sequence[int]) -> Objective:
@@ -349,35 +486,51 @@ def interpolate(first: Objective, second: Objective, batch: Sequence[int], size:
     return first * weight_first + second * weight_second
 
 
-def _image_objective(name: str, batch: Batch, measure: Callable[[torch.Tensor], torch.Tensor]) -> Objective:
-    def score(state: StepState) -> torch.Tensor:
-        indices = _elements(batch, state.batch, state.images.device)
-        return _scatter(measure(state.images[indices].float()), indices, state.batch)
-
-    return Objective(score, name)
+def _image_term(name: str, options: tuple[object, ...], batch: Batch) -> Objective:
+    return _term_objective(Term(name, options, batch), name, frozenset())
 
 
 def l1(constant: float = 0.5, batch: Batch = None) -> Objective:
     """Mean |image - constant|: a penalty, subtract it (``obj - w * l1()``)."""
-    return _image_objective("l1", batch, lambda x: (x - constant).abs().mean(dim=(1, 2, 3)))
+    return _image_term("l1", (constant,), batch)
 
 
 def total_variation(batch: Batch = None) -> Objective:
     """Mean absolute difference between neighbouring pixels: a penalty, subtract it."""
-
-    def measure(x: torch.Tensor) -> torch.Tensor:
-        dy = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().mean(dim=(1, 2, 3))
-        dx = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().mean(dim=(1, 2, 3))
-        return dx + dy
-
-    return _image_objective("total_variation", batch, measure)
+    return _image_term("total_variation", (), batch)
 
 
 def blur(batch: Batch = None) -> Objective:
     """Half the squared distance to a 3x3-blurred copy (held fixed): a penalty, subtract it."""
+    return _image_term("blur", (), batch)
 
-    def measure(x: torch.Tensor) -> torch.Tensor:
-        blurred = F.avg_pool2d(F.pad(x, [1, 1, 1, 1], mode="replicate"), 3, stride=1).detach()
-        return 0.5 * (x - blurred).pow(2).sum(dim=(1, 2, 3))
 
-    return _image_objective("blur", batch, measure)
+def _image_measure(measure: Callable[..., torch.Tensor]) -> Measure:
+    def values(
+        state: StepState, options: tuple, indices: torch.Tensor, _c: torch.Tensor, _g: int
+    ) -> torch.Tensor:
+        return measure(state.images[indices].float(), *options)
+
+    return values
+
+
+def _distance(x: torch.Tensor, constant: float) -> torch.Tensor:
+    return (x - constant).abs().mean(dim=(1, 2, 3))
+
+
+def _variation(x: torch.Tensor) -> torch.Tensor:
+    dy = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().mean(dim=(1, 2, 3))
+    dx = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().mean(dim=(1, 2, 3))
+    return dx + dy
+
+
+def _blur_distance(x: torch.Tensor) -> torch.Tensor:
+    blurred = F.avg_pool2d(F.pad(x, [1, 1, 1, 1], mode="replicate"), 3, stride=1).detach()
+    return 0.5 * (x - blurred).pow(2).sum(dim=(1, 2, 3))
+
+
+MEASURES.update(
+    l1=_image_measure(_distance),
+    total_variation=_image_measure(_variation),
+    blur=_image_measure(_blur_distance),
+)

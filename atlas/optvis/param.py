@@ -7,8 +7,9 @@ Every parameterization is an ``nn.Module`` whose ``forward()`` returns a batch o
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -76,6 +77,9 @@ class PixelParam(nn.Module):
         self.pixels = nn.Parameter(init)
         self.decorrelate = decorrelate
 
+    def stack_key(self) -> Hashable:
+        return ("pixel", tuple(self.pixels.shape[1:]), self.decorrelate)
+
     def forward(self) -> torch.Tensor:
         return to_rgb(self.pixels, self.decorrelate)
 
@@ -106,8 +110,15 @@ class FourierParam(nn.Module):
         )
         self.register_buffer("scale", frequency_scale(size, size, decay_power))
         self.size = size
+        self.decay_power = decay_power
         self.decorrelate = decorrelate
         self.band: torch.Tensor | None = None
+
+    def stack_key(self) -> Hashable | None:
+        """A spectrum shared by the batch is no per-image parameter: such a batch stays whole."""
+        if self.shared is not None:
+            return None
+        return ("fourier", self.size, self.decay_power, self.decorrelate)
 
     @torch.no_grad()
     def band_limit(self, factor: int) -> None:
@@ -175,6 +186,9 @@ class MacoParam(nn.Module):
         self.register_buffer("magnitude", magnitude)
         self.size = size
 
+    def stack_key(self) -> Hashable:
+        return ("maco", self.size, self.magnitude.detach().cpu().numpy().tobytes())
+
     def forward(self) -> torch.Tensor:
         coefficients = torch.polar(self.magnitude.expand_as(self.phase), self.phase.float())
         image = torch.fft.irfft2(coefficients, s=(self.size, self.size), norm="ortho")
@@ -199,6 +213,45 @@ class GeneratorParam(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ParamError(f"the generator must return (B, 3, H, W) images, got {tuple(images.shape)}")
         return images
+
+
+def stack(params: Sequence[nn.Module]) -> list[tuple[nn.Module, list[int]]]:
+    """Parameterizations that compute alike (same ``stack_key``: kind, size and options) as one
+    module each: its parameters are its members' concatenated along the batch, so a step costs
+    one call and one optimizer tensor per group, not per part, and each image is what its own
+    module makes. Returns (module, member indices) in order of first appearance; a module with
+    no ``stack_key`` (or None) is a group of its own, used as it is. `unstack` writes back."""
+    groups: dict[Hashable, list[int]] = {}
+    for index, param in enumerate(params):
+        key = param.stack_key() if hasattr(param, "stack_key") else None
+        groups.setdefault(("alone", index) if key is None else key, []).append(index)
+    return [
+        (_stacked([params[i] for i in members]) if len(members) > 1 else params[members[0]], members)
+        for members in groups.values()
+    ]
+
+
+def _stacked(params: Sequence[nn.Module]) -> nn.Module:
+    merged = copy.copy(params[0])  # options and buffers shared; only the parameters are new
+    merged._parameters = {
+        name: nn.Parameter(torch.cat([param.get_parameter(name).detach() for param in params]))
+        for name in params[0]._parameters
+    }
+    return merged
+
+
+@torch.no_grad()
+def unstack(merged: nn.Module, params: Sequence[nn.Module]) -> None:
+    """Copy a `stack` group's parameters back into its members (their final values)."""
+    if len(params) == 1 and params[0] is merged:
+        return
+    start = 0
+    for param in params:
+        count = 0
+        for name, own in param.named_parameters(recurse=False):
+            own.copy_(merged.get_parameter(name)[start : start + len(own)])
+            count = len(own)
+        start += count
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,19 @@
 """The optimization loop: one batched run where every element may have its own objective.
 
 Each step is one parameterization forward, one transform call, one truncated model forward (it
-stops at the deepest layer any objective reads) and one backward, whatever the batch holds.
+stops at the deepest layer any objective reads) and one backward, whatever the batch holds. A
+physical batch of many parts (`render_parts`) costs the same number of operator calls per step
+as one part: parameterizations that compute alike run as one module (`param.stack`), objectives
+that are sums of terms are evaluated one call per measure (`objectives.bind_terms`), and the
+transforms are drawn before the loop, each part from its own generator
+(scripts/bench_step.py measures it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -16,7 +21,8 @@ from torch import nn
 
 from atlas.errors import AtlasError
 from atlas.models import LoadedModel, ModelError
-from atlas.optvis.objectives import Objective, ObjectiveError, StepState
+from atlas.optvis.objectives import Objective, ObjectiveError, StepState, bind_terms
+from atlas.optvis.param import stack, unstack
 from atlas.optvis.schedules import SCHEDULES, ScheduleError, resolution_factor
 from atlas.optvis.transforms import Transform, preset
 from atlas.registry import Registry
@@ -160,20 +166,54 @@ def render(
     )[0]
 
 
-def _transformed(
-    transform: Transform, images: Sequence[torch.Tensor], generators: Sequence[torch.Generator]
-) -> torch.Tensor:
-    """Every part's images through the transform with its own generator, as one batch; a preset
-    (``compose``) resamples all parts at once, a user's own transform is called per part."""
-    if len(images) > 1 and hasattr(transform, "parts"):
-        return transform.parts(images, generators)
-    seen = [transform(batch, gen) for batch, gen in zip(images, generators, strict=True)]
-    return seen[0] if len(seen) == 1 else torch.cat(seen)
-
-
 def _slices(sizes: Sequence[int]) -> list[slice]:
     ends = list(itertools.accumulate(sizes))
     return [slice(end - size, end) for size, end in zip(sizes, ends, strict=True)]
+
+
+def _transforms(
+    transform: Transform, counts: Sequence[int], size: int, generators: Sequence[torch.Generator], steps: int
+) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """Step ``index``'s transform of the physical batch, each part's images drawn from its own
+    generator: a preset (``compose``) draws every step up front and resamples the batch at once;
+    a user's own transform is called part by part."""
+    if hasattr(transform, "ahead"):
+        return transform.ahead(counts, (size, size), generators, steps)
+
+    def each(images: torch.Tensor, index: int) -> torch.Tensor:
+        seen = [
+            transform(batch, gen) for batch, gen in zip(images.split(list(counts)), generators, strict=True)
+        ]
+        return seen[0] if len(seen) == 1 else torch.cat(seen)
+
+    return each
+
+
+def _scorer(
+    parts: Sequence[RenderPart], counts: Sequence[int], spans: Sequence[slice], device: torch.device
+) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
+    """The physical batch's scores: objectives that are sums of terms evaluated together (one
+    call per measure for all parts), any other objective on its own part's slice."""
+    try:
+        bound = bind_terms(
+            [(part.objective.terms or (), count) for part, count in zip(parts, counts, strict=True)], device
+        )
+    except ObjectiveError as err:
+        raise RenderError(str(err)) from err
+    alone = [
+        (part.objective, span)
+        for part, span in zip(parts, spans, strict=True)
+        if part.objective.terms is None
+    ]
+
+    def score(activations: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        total = bound(StepState(activations, images))
+        for objective, span in alone:
+            own = objective(StepState({n: a[span] for n, a in activations.items()}, images[span]))
+            total = total.slice_scatter(total[span] + own, start=span.start, end=span.stop)
+        return total
+
+    return score
 
 
 def render_parts(
@@ -215,63 +255,75 @@ def render_parts(
     params = [part.param.to(model.device) for part in parts]
     try:
         with torch.no_grad():
-            sizes = [int(param().shape[-1]) for param in params]
-        for size in sizes:
-            model.check_input_size(size)
+            shapes = [tuple(param().shape) for param in params]
+        for shape in shapes:
+            model.check_input_size(shape[-1])
     except ModelError as err:
         raise RenderError(str(err)) from err
-    transform = preset(transforms, max(sizes)) if isinstance(transforms, str) else transforms
+    size = max(shape[-1] for shape in shapes)
+    transform = preset(transforms, size) if isinstance(transforms, str) else transforms
+    # Parts whose parameterizations compute alike run as one module (one call, one optimizer
+    # tensor); the physical batch holds the parts group by group.
+    groups = stack(params)
+    modules = [module for module, _ in groups]
+    order = [index for _, members in groups for index in members]
+    counts = [shapes[index][0] for index in order]
+    spans = [slice(0)] * len(parts)
+    for index, span in zip(order, _slices(counts), strict=True):
+        spans[index] = span
+    physical = [parts[index] for index in order]
+    generators = [torch.Generator(device="cpu").manual_seed(part.seed) for part in physical]
+    transformed = _transforms(transform, counts, size, generators, steps)
+    score_of = _scorer(physical, counts, [spans[index] for index in order], model.device)
     # Only parameterizations with a resolution to change (Fourier) take part in multi-resolution;
     # with none of them the render runs at full resolution throughout.
-    staged = [param for param in params if hasattr(param, "band_limit")]
+    staged = [module for module in modules if hasattr(module, "band_limit")]
     coarse_fraction = coarse_fraction if staged else 0.0
-    trainable = [p for param in params for p in param.parameters() if p.requires_grad]
+    trainable = [p for module in modules for p in module.parameters() if p.requires_grad]
     factor = 1
-    generators = [torch.Generator(device="cpu").manual_seed(part.seed) for part in parts]
     cast = _autocast(model.device, precision)
     losses: list[torch.Tensor] = []
-    kept: dict[int, list[torch.Tensor]] = {}
+    kept: dict[int, torch.Tensor] = {}
     wanted_snapshots = set(snapshots)
-    spans: list[slice] = []
+
+    def draw() -> torch.Tensor:
+        return torch.cat([module() for module in modules]) if len(modules) > 1 else modules[0]()
+
     for step in range(1, steps + 1):
         wanted = resolution_factor(step, steps, coarse_fraction) if coarse_fraction else 1
         if step == 1 or wanted != factor:
             # A new resolution is a new parameterization: a fresh optimizer, no stale moments.
             factor = wanted
-            for param in staged:
-                param.band_limit(factor)
+            for module in staged:
+                module.band_limit(factor)
             opt = make_optimizer(optimizer, trainable, lr)
         for group in opt.param_groups:
             group["lr"] = lr * schedule(step, steps)
         opt.zero_grad(set_to_none=True)
-        images = [param() for param in params]
-        spans = spans or _slices([len(batch) for batch in images])
+        images = draw()
         with cast:
-            activations = model.activations(_transformed(transform, images, generators), layers)
-        score = torch.cat(
-            [
-                part.objective(StepState({n: a[span] for n, a in activations.items()}, batch))
-                for part, span, batch in zip(parts, spans, images, strict=True)
-            ]
-        )
+            activations = model.activations(transformed(images, step - 1), layers)
+        score = score_of(activations, images)
         (-score.sum()).backward()
         opt.step()
         losses.append(-score.detach())
         if step in wanted_snapshots:
             with torch.no_grad():
-                kept[step] = [param().detach().float().cpu() for param in params]
+                kept[step] = draw().detach().float().cpu()
     loss = torch.stack(losses).float().cpu()
+    for module, members in groups:
+        unstack(module, [params[index] for index in members])
     with torch.no_grad():
-        finals = [param().detach() for param in params]
-        for part, span, final in zip(parts, spans, finals, strict=True):
-            _check_finite(loss[:, span], final.float().cpu(), part.labels)
-        activations = model.activations(torch.cat(finals) if len(finals) > 1 else finals[0], layers)
+        final = draw().detach()
+        for part, span in zip(parts, spans, strict=True):
+            _check_finite(loss[:, span], final[span].float().cpu(), part.labels)
+        activations = model.activations(final, layers)
     return [
         RenderResult(
-            images=final.float().cpu(),
+            images=final[span].float().cpu(),
             activations={name: act[span].float().cpu() for name, act in activations.items()},
             loss=loss[:, span],
-            snapshots={step: images[index] for step, images in kept.items()},
+            snapshots={step: images[span] for step, images in kept.items()},
         )
-        for index, (span, final) in enumerate(zip(spans, finals, strict=True))
+        for span in spans
     ]

@@ -22,6 +22,8 @@ from atlas.models.devices import to_device
 from atlas.registry import Registry
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+# A step's random draws for ``count`` images: index tensors whose last dimension is the image.
+Drawn = tuple[torch.Tensor, ...]
 DEFAULT_FILL = 0.5
 RECIPE_STUDY_SIZE = 128  # the render size at which the relative presets' pixel amounts were measured
 
@@ -47,7 +49,10 @@ class Pad:
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         return size[0] + 2 * self.width, size[1] + 2 * self.width
 
-    def sampling(self, count: int, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    def draw(self, count: int, generator: torch.Generator) -> Drawn:
+        return ()
+
+    def maps(self, drawn: Drawn, count: int, size: tuple[int, int]) -> torch.Tensor:
         shift = torch.full((count,), -float(self.width))
         return _translation(shift, shift)
 
@@ -63,8 +68,11 @@ class Jitter:
             raise TransformError(f"jitter({self.distance}) is larger than the {size[0]}x{size[1]} image")
         return size[0] - self.distance, size[1] - self.distance
 
-    def sampling(self, count: int, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-        offsets = torch.randint(self.distance + 1, (2, count), generator=generator).float()
+    def draw(self, count: int, generator: torch.Generator) -> Drawn:
+        return (torch.randint(self.distance + 1, (2, count), generator=generator),)
+
+    def maps(self, drawn: Drawn, count: int, size: tuple[int, int]) -> torch.Tensor:
+        offsets = drawn[0].float()
         return _translation(offsets[0], offsets[1])
 
 
@@ -84,9 +92,12 @@ class Affine:
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         return size
 
-    def sampling(self, count: int, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-        scales = torch.tensor(self.scales)[torch.randint(len(self.scales), (count,), generator=generator)]
-        degrees = torch.tensor(self.degrees)[torch.randint(len(self.degrees), (count,), generator=generator)]
+    def draw(self, count: int, generator: torch.Generator) -> Drawn:
+        scale = torch.randint(len(self.scales), (count,), generator=generator)
+        return scale, torch.randint(len(self.degrees), (count,), generator=generator)
+
+    def maps(self, drawn: Drawn, count: int, size: tuple[int, int]) -> torch.Tensor:
+        scales, degrees = torch.tensor(self.scales)[drawn[0]], torch.tensor(self.degrees)[drawn[1]]
         radians = degrees * (math.pi / 180.0)
         centre_y, centre_x = (size[0] - 1) / 2, (size[1] - 1) / 2
         to_centre = _translation(torch.full((count,), -centre_x), torch.full((count,), -centre_y))
@@ -125,34 +136,69 @@ def compose(steps: Sequence[Step]) -> Transform:
         raise TransformError(f"pads in one chain must share a fill value, got {sorted(fills)}")
     fill = fills.pop() if fills else DEFAULT_FILL
 
-    def draw(
-        count: int, size: tuple[int, int], generator: torch.Generator
+    def chain(
+        drawn: Sequence[Drawn], count: int, size: tuple[int, int]
     ) -> tuple[torch.Tensor, tuple[int, int]]:
-        """The (count, 3, 3) pixel maps (output to source coordinates) and the output size."""
+        """The (count, 3, 3) pixel maps (output to source coordinates) of each step's draws, and
+        the output size; batched over however many draws (of one part, or of every part and step)."""
         total = torch.eye(3).repeat(count, 1, 1)
-        for step in steps:  # the first step's map leftmost
-            total = total @ step.sampling(count, size, generator)
+        for step, values in zip(steps, drawn, strict=True):  # the first step's map leftmost
+            total = total @ step.maps(values, count, size)
             size = step.output_size(size)
         return total, size
 
     def apply(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if not steps:
             return images
-        total, size = draw(images.shape[0], (images.shape[2], images.shape[3]), generator)
-        return _resample(images, total, size, fill)
+        count, size = images.shape[0], (images.shape[2], images.shape[3])
+        total, out = chain([step.draw(count, generator) for step in steps], count, size)
+        return _resample(images, total, out, fill)
 
     def apply_parts(parts: Sequence[torch.Tensor], generators: Sequence[torch.Generator]) -> torch.Tensor:
         """``apply`` to each batch with its own generator, as one resampling of them all (one
         grid_sample for a physical batch of many parts, not one per part)."""
+        size = (parts[0].shape[2], parts[0].shape[3])
+        return ahead([len(images) for images in parts], size, generators, 1)(torch.cat(list(parts)), 0)
+
+    def ahead(
+        counts: Sequence[int], size: tuple[int, int], generators: Sequence[torch.Generator], repeats: int
+    ) -> Callable[[torch.Tensor, int], torch.Tensor]:
+        """``repeats`` calls of ``apply_parts`` drawn up front: every part's draws come from its own
+        generator in the order those calls would draw them (part by part, call by call), the maps
+        are built in one batch, and call ``index`` is then one resampling of the physical batch,
+        whatever the number of parts."""
         if not steps:
-            return torch.cat(list(parts))
-        drawn = [
-            draw(images.shape[0], (images.shape[2], images.shape[3]), generator)
-            for images, generator in zip(parts, generators, strict=True)
+            return lambda images, index: images
+        drawn: list[list[Drawn]] = [[] for _ in steps]
+        for count, generator in zip(counts, generators, strict=True):
+            for _ in range(repeats):
+                for values, step in zip(drawn, steps, strict=True):
+                    values.append(step.draw(count, generator))
+        # From (part, call) order to (call, part): each call's batch holds the parts in order.
+        parts = len(counts)
+        flat = [
+            tuple(
+                torch.cat(pieces, dim=-1)
+                for pieces in zip(
+                    *(values[part * repeats + call] for call in range(repeats) for part in range(parts)),
+                    strict=True,
+                )
+            )
+            for values in drawn
         ]
-        return _resample(torch.cat(list(parts)), torch.cat([total for total, _ in drawn]), drawn[0][1], fill)
+        total, out = chain(flat, repeats * sum(counts), size)
+        thetas = _theta(size, total, out).reshape(repeats, sum(counts), 2, 3)
+        placed: list[torch.Tensor] = []
+
+        def resample(images: torch.Tensor, index: int) -> torch.Tensor:
+            if not placed:  # one transfer to the images' device for every call
+                placed.append(to_device(thetas, images.device, images.dtype))
+            return _sample(images, placed[0][index], out, fill)
+
+        return resample
 
     apply.parts = apply_parts  # type: ignore[attr-defined]
+    apply.ahead = ahead  # type: ignore[attr-defined]
     return apply
 
 
@@ -167,9 +213,19 @@ def _resample(
     images: torch.Tensor, sampling: torch.Tensor, size: tuple[int, int], fill: float
 ) -> torch.Tensor:
     """Sample ``images`` where the (B, 3, 3) pixel maps point; the grid is built on the device."""
-    to_unit_in = _pixels_to_unit(images.shape[2], images.shape[3])
+    theta = _theta((images.shape[2], images.shape[3]), sampling, size)
+    return _sample(images, to_device(theta, images.device, images.dtype), size, fill)
+
+
+def _theta(source: tuple[int, int], sampling: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, 3, 3) pixel maps to affine_grid's (N, 2, 3) matrices in [-1, 1] coordinates."""
+    to_unit_in = _pixels_to_unit(*source)
     from_unit_out = torch.linalg.inv(_pixels_to_unit(*size))
-    theta = to_device((to_unit_in @ sampling @ from_unit_out)[:, :2], images.device, images.dtype)
+    return (to_unit_in @ sampling @ from_unit_out)[:, :2]
+
+
+def _sample(images: torch.Tensor, theta: torch.Tensor, size: tuple[int, int], fill: float) -> torch.Tensor:
+    """``images`` resampled through (B, 2, 3) ``theta`` (on their device) to ``size``."""
     grid = F.affine_grid(theta, [images.shape[0], images.shape[1], *size], align_corners=True)
     sampled = F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     return sampled + fill
