@@ -190,16 +190,16 @@ def _as_map(output: torch.Tensor) -> torch.Tensor:
     return output[:, :, None, None] if output.ndim == 2 else output
 
 
-def _reduce(act: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _reduce(act: torch.Tensor, in_numpy: bool) -> tuple[torch.Tensor, ...]:
     """Per image and channel: max, argmax, min, argmin over positions ([B, C]) and the histogram
     ([C, HIST_BINS] int64), as tensors on the activation's device.
 
-    On CUDA torch reduces on the GPU; on CPU numpy does (returned as tensors sharing its memory),
+    On CUDA torch reduces on the GPU; on CPU numpy does (`in_numpy`; returned as tensors sharing its memory),
     because single-threaded numpy beats torch's thread pool by 10x for these memory-bound passes
     on a shared machine. Both give the same numbers.
     """
     batch, channels = act.shape[:2]
-    if act.device.type == "cpu":
+    if in_numpy:
         flat = act.contiguous().numpy().reshape(batch, channels, -1)
         max_i, min_i = flat.argmax(axis=2), flat.argmin(axis=2)
         max_v = np.take_along_axis(flat, max_i[..., None], axis=2)[..., 0]
@@ -287,7 +287,7 @@ class RunningScan:
         for name, act in maps.items():
             top, bottom, histogram, sample = self.layers[name]
             width = act.shape[3]
-            max_v, max_i, min_v, min_i, counts = _reduce(act)
+            max_v, max_i, min_v, min_i, counts = _reduce(act, in_numpy=act.device.type == "cpu")
             top.merge(max_v.T, images, max_i.T, width, rank)
             bottom.merge(-min_v.T, images, min_i.T, width, rank)
             histogram += counts
