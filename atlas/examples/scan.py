@@ -66,8 +66,9 @@ def _batches(
 class BatchScanner:
     """Scores decoded batches on one model: the per-batch step of every scan, wherever it runs.
 
-    Built once per worker (it resolves the layers and checks the directions); `scan` turns one
-    batch into a `PartialScan`, so a shard's scan is a fold of `PartialScan.merge` over batches.
+    Built once per worker (it resolves the layers and checks the directions); `add` folds one
+    batch into a `RunningScan` on the device (a shard's scan: nothing read back until its
+    `partial()`), and `scan` turns one batch into a `PartialScan` (the same fold, read back).
     `directions` maps a layer to an [n, C] tensor; each row becomes channel i of the pseudo-layer
     `<layer>@direction` (projection of the activation vector at each position onto the row).
     `precision` is the forward pass's: `auto` runs it in bf16 autocast on a CUDA device that
