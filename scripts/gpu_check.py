@@ -19,7 +19,7 @@ Sections:
 - scan: dataset images per second through ``scan_shard`` over all nine mixed layers, on
   generated 500x375 JPEGs read from disk, decoded by PIL (one thread) and by batched
   ``decode_jpeg`` (nvJPEG on a GPU), each against min(decode, forward) ceilings measured in the
-  same run, with the GPU's busy share (the rate over the forward ceiling; NVML's utilization);
+  same run, with the GPU's busy share (the rate over the bare forward pass, no statistics; NVML's utilization);
 - slice: the appendix job (jobs/inceptionv1.toml) cut to 128 channels of each of its nine mixed
   layers and run as a GPU worker runs it: each layer's 16 units packed into one call (one
   physical batch of 896 images), compiled (the compilation timed apart), bf16, 48 steps scaled
