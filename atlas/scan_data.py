@@ -189,14 +189,15 @@ class ShardScanner:
             start = time.perf_counter()
             ids = json.loads(ids_json)
             pixels = np.frombuffer(raw, np.uint8).reshape(len(ids), self.size, self.size, 3)
-            partial = self.scanner.empty()
+            running = self.scanner.running()
             if self.collector:
                 self.collector.reset()
             begin = 0
             for size in json.loads(sizes_json):
                 end = begin + size
-                partial = partial.merge(self.scanner.scan(ids[begin:end], pixels[begin:end]))
+                self.scanner.add(running, ids[begin:end], pixels[begin:end])
                 begin = end
+            partial = running.partial()
             stats = Counter(json.loads(counts_json))
             if ids:
                 stats["scanned"] += len(ids)

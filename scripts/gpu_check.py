@@ -19,7 +19,7 @@ Sections:
 - scan: dataset images per second through ``scan_shard`` over all nine mixed layers, on
   generated 500x375 JPEGs read from disk, decoded by PIL (one thread) and by batched
   ``decode_jpeg`` (nvJPEG on a GPU), each against min(decode, forward) ceilings measured in the
-  same run, with the GPU's busy share (the rate over the forward ceiling; NVML's utilization);
+  same run, with the GPU's busy share (the rate over the bare forward pass, no statistics; NVML's utilization);
 - slice: the appendix job (jobs/inceptionv1.toml) cut to 128 channels of each of its nine mixed
   layers and run as a GPU worker runs it: each layer's 16 units packed into one call (one
   physical batch of 896 images), compiled (the compilation timed apart), bf16, 48 steps scaled
@@ -343,7 +343,7 @@ def scan_section(model: LoadedModel, layers: list[str], settings: Settings, work
     """Scan images/s with PIL decoding and with batched tensor decoding (nvJPEG on a GPU), each
     against its ceilings measured here: the decoder alone, and the scan's forward pass (with its
     statistics) on batches already on the device. The GPU's busy share is the scan's rate over
-    the forward ceiling, and NVML's utilization sampled during the scan."""
+    the bare forward pass's (no statistics), and NVML's utilization sampled during the scan."""
     sizes = SCAN_SIZES[model.device.type]
     folder = work / "images"
     write_images(folder, max(sizes.pil_images, sizes.tensor_images), sizes.distinct)
@@ -367,9 +367,11 @@ def scan_section(model: LoadedModel, layers: list[str], settings: Settings, work
     pixels = torch.as_tensor(pixels).to(model.device)
     scanner.scan(ids, pixels)  # warm-up: cuDNN and autocast caches
 
-    def forward() -> None:
+    def forward() -> None:  # as scan_shard folds a shard: on the device, one read-back at the end
+        running = scanner.running()
         for _ in range(sizes.repeats):
-            scanner.scan(ids, pixels)
+            scanner.add(running, ids, pixels)
+        running.partial()
 
     def bare() -> None:  # the forward pass alone, as ../shared/gpu/scan_ceiling.py times it
         x01 = pixels.permute(0, 3, 1, 2).float().div(255).contiguous(memory_format=torch.channels_last)
@@ -409,7 +411,7 @@ def scan_section(model: LoadedModel, layers: list[str], settings: Settings, work
             "images_per_s": round(scanned / seconds, 1),
             "decode_ceiling_images_per_s": ceiling,
             "share_of_min_ceiling": round(scanned / seconds / bound, 3),
-            "gpu_busy_share": round(scanned / seconds / figures["forward_ceiling_images_per_s"], 3),  # type: ignore[operator]
+            "gpu_busy_share": round(scanned / seconds / figures["bare_forward_images_per_s"], 3),  # type: ignore[operator]
             "utilization": utilization.figures(),
         }
     figures["images"] = figures["pil"]["images"]  # type: ignore[index]

@@ -65,6 +65,28 @@ def test_merge_is_order_free_and_bounded() -> None:
         whole.merge(VectorSample.from_batch(ids, {"conv": maps}, size=8))
 
 
+@pytest.mark.parametrize(("size", "step"), [(16, 7), (5, 3), (64, 40)])
+def test_the_collector_keeps_on_the_device_what_merging_batch_samples_keeps(size: int, step: int) -> None:
+    """The device-kept sample equals the numpy fold of `VectorSample.from_batch` merges."""
+    from atlas.actatlas.collect import VectorCollector
+
+    model = load_model("tiny-cnn")
+    collector = VectorCollector(model, ["conv2", "logits"], size)
+    ids = _ids(40)
+    outputs = {"conv2": torch.randn(40, model.channels("conv2"), 4, 4), "logits": torch.randn(40, 10)}
+    folded = VectorSample.empty(collector.channels, size)
+    for begin in range(0, 40, step):
+        batch = {n: o[begin : begin + step] for n, o in outputs.items()}
+        collector.observe(ids[begin : begin + step], batch)
+        folded = folded.merge(VectorSample.from_batch(ids[begin : begin + step], batch, size))
+    mine = collector.sample
+    np.testing.assert_array_equal(mine.ids, folded.ids)
+    np.testing.assert_array_equal(mine.priority, folded.priority)
+    for name in outputs:
+        np.testing.assert_array_equal(mine.positions[name], folded.positions[name])
+        np.testing.assert_array_equal(mine.vectors[name], folded.vectors[name])
+
+
 def test_collect_rides_on_the_scan_without_changing_it() -> None:
     model = load_model("tiny-cnn")
     source = open_source("demo")

@@ -373,3 +373,66 @@ def test_thumb_shows_the_whole_image_and_crop_the_seen_square(model: LoadedModel
     assert thumb.getpixel((2, 5))[0] > 150  # the red sides are in the thumbnail
     crop = np.asarray(Image.open(io.BytesIO(row["crop"])).convert("RGB"))
     assert (crop[..., 2] > 150).all()  # but not in the crop
+
+
+def _tie_heavy_batch(count: int, seed: int) -> np.ndarray:
+    """uint8 images at tiny-cnn's 64 px where every third is black: equal extremes across images."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (count, 64, 64, 3), dtype=np.uint8)
+    pixels[::3] = 0
+    return pixels
+
+
+def _same_scan(mine: PartialScan, theirs: PartialScan) -> None:
+    assert mine.to_table().to_pydict() == theirs.to_table().to_pydict()
+
+
+@pytest.mark.parametrize(
+    ("k", "sample_size", "sizes"), [(1, 3, (5, 2)), (3, 512, (4, 4, 1)), (12, 6, (7, 3, 8))]
+)
+def test_running_scan_on_the_device_equals_merging_batch_partials(
+    model: LoadedModel, k: int, sample_size: int, sizes: tuple[int, ...]
+) -> None:
+    """The device fold picks exactly what numpy's `PartialScan.merge` picks, ties broken by id."""
+    from atlas.examples import BatchScanner
+
+    directions = {
+        "conv2": torch.randn(3, model.channels("conv2"), generator=torch.Generator().manual_seed(k))
+    }
+    scanner = BatchScanner(model, ["conv1", "conv3", "logits"], k, directions, sample_size)
+    running, merged = scanner.running(), PartialScan.empty(scanner.channels, k, sample_size)
+    names = random.Random(k).sample(range(1000), sum(sizes))
+    begin = 0
+    for index, size in enumerate(sizes):
+        ids, pixels = [f"p{n}" for n in names[begin : begin + size]], _tie_heavy_batch(size, index)
+        begin += size
+        scanner.add(running, ids, pixels)
+        merged = merged.merge(scanner.scan(ids, pixels))
+    _same_scan(running.partial(), merged)
+
+
+def test_a_batch_reads_nothing_back_and_a_shard_reads_back_once(model: LoadedModel, monkeypatch) -> None:
+    """Batches stay on the device (the torch reductions, as on a GPU); what `partial()` reads
+    back does not grow with layers, channels or batches."""
+    from test_optvis_render import HostSyncs
+
+    from atlas.examples import BatchScanner
+    from atlas.examples import scan as scan_module
+
+    reduce = scan_module._reduce
+    monkeypatch.setattr(scan_module, "_reduce", lambda act, in_numpy: reduce(act, in_numpy=False))
+
+    def syncs(layers: list[str], batches: int) -> tuple[int, int]:
+        directions = {"conv2": torch.ones(4, model.channels("conv2"))} if len(layers) > 1 else None
+        scanner = BatchScanner(model, layers, 3, directions)
+        running = scanner.running()
+        with HostSyncs() as adding:
+            for index in range(batches):
+                scanner.add(running, [f"b{index}i{i}" for i in range(4)], _tie_heavy_batch(4, index))
+        with HostSyncs() as reading:
+            running.partial()
+        return sum(adding.sites.values()), sum(reading.sites.values())
+
+    syncs(["conv1"], 1)  # what the model caches on first use is made once
+    few, many = syncs(["conv1"], 1), syncs(["conv1", "conv2", "conv3", "logits"], 3)
+    assert few[0] == many[0] == 0, "a batch reads back from the device"
+    assert 0 < few[1] == many[1], "the read-back at the end grows with the layers or batches"

@@ -138,6 +138,10 @@ SMOKE: dict[str, Run | str] = {
         (*TINY, "--parts", "1", "2", "--steps", "1", "--size", "32"),
         r"parts +2 \( +8 images\): +[0-9]+ ops/step in the loop",
     ),
+    "bench_scan_stats.py": Run(
+        ("--seconds", "0.5"),
+        r"this +tiny-cnn scan_images_per_s=[0-9.]+ fold_images_per_s=[0-9.]+",
+    ),
     "bench_scan_data.py": Run(
         ("--images", "16", "--models", "tiny-cnn", "--shard-size", "8"),
         r"scan speed-up from 1 to 2 decoding CPUs: x[0-9.]+",

@@ -164,21 +164,49 @@ class VectorSample:
 
 
 class VectorCollector:
-    """Folds each scanned batch into a `VectorSample` (the `on_batch` hook of a `BatchScanner`)."""
+    """Folds each scanned batch into a `VectorSample` (the `on_batch` hook of a `BatchScanner`).
+
+
+    The sampled vectors stay on the scan's device between batches (as `VectorSample.merge`
+    would keep them: the `size` smallest (priority, id)); `sample` reads them back once.
+    """
 
     def __init__(self, model: LoadedModel, layers: Sequence[str], size: int = DEFAULT_SIZE):
         self.names = [model.resolve_layer(n) for n in layers]
         self.channels = {n: model.channels(n) for n in self.names}
-        self.size = size
+        self.size, self.device = size, model.device
         self.reset()
 
     def reset(self) -> None:
         """Start a new shard's sample."""
-        self.sample = VectorSample.empty(self.channels, self.size)
+        empty = VectorSample.empty(self.channels, self.size)
+        self.ids, self.priority, self.positions = empty.ids, empty.priority, empty.positions
+        self.rows = {n: torch.zeros((0, c), device=self.device) for n, c in self.channels.items()}
 
     def observe(self, ids: list[str], outputs: Mapping[str, torch.Tensor]) -> None:
-        batch = {n: outputs[n] for n in self.names}
-        self.sample = self.sample.merge(VectorSample.from_batch(ids, batch, self.size))
+        all_ids = np.concatenate([self.ids, ids])
+        priority = np.concatenate([self.priority, source_priority(ids)])
+        keep = np.lexsort((all_ids, priority))[: self.size]
+        self.ids, self.priority = all_ids[keep], priority[keep]
+        rows = torch.from_numpy(keep.astype(np.int64)).to(self.device, non_blocking=True)
+        for name in self.names:
+            flat = positions(outputs[name].detach().float())
+            index = position_index(ids, name, flat.shape[1])
+            batch = flat[
+                torch.arange(len(ids), device=flat.device),
+                torch.from_numpy(index).to(flat.device, non_blocking=True),
+            ]
+            self.rows[name] = torch.cat([self.rows[name], batch])[rows]
+            self.positions[name] = np.concatenate([self.positions[name], index])[keep]
+
+    @property
+    def sample(self) -> VectorSample:
+        """The shard's sample so far, read back from the device."""
+        names = list(self.rows)
+        host = torch.cat([self.rows[n] for n in names], dim=1).cpu().numpy() if names else None
+        bounds = np.cumsum([0] + [self.channels[n] for n in names])
+        vectors = {n: host[:, bounds[i] : bounds[i + 1]] for i, n in enumerate(names)} if names else {}
+        return VectorSample(self.size, self.ids, self.priority, dict(self.positions), vectors)
 
 
 def collect_shard(

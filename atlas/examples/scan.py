@@ -18,6 +18,7 @@ import torch
 from atlas.data import ImageSource, ShardRef, SkippedInput
 from atlas.examples.decode import Batch, Decoder, scan_decoder
 from atlas.examples.partial import (
+    _SAMPLE_FIELDS,
     DEFAULT_SAMPLE_SIZE,
     HIST_BINS,
     LayerScan,
@@ -65,8 +66,9 @@ def _batches(
 class BatchScanner:
     """Scores decoded batches on one model: the per-batch step of every scan, wherever it runs.
 
-    Built once per worker (it resolves the layers and checks the directions); `scan` turns one
-    batch into a `PartialScan`, so a shard's scan is a fold of `PartialScan.merge` over batches.
+    Built once per worker (it resolves the layers and checks the directions); `add` folds one
+    batch into a `RunningScan` on the device (a shard's scan: nothing read back until its
+    `partial()`), and `scan` turns one batch into a `PartialScan` (the same fold, read back).
     `directions` maps a layer to an [n, C] tensor; each row becomes channel i of the pseudo-layer
     `<layer>@direction` (projection of the activation vector at each position onto the row).
     `precision` is the forward pass's: `auto` runs it in bf16 autocast on a CUDA device that
@@ -105,16 +107,18 @@ class BatchScanner:
         self.channels.update({direction_layer(n): rows.shape[0] for n, rows in self.directions.items()})
         self.needed = sorted(set(self.names) | set(self.directions))
 
-    def empty(self) -> PartialScan:
-        return PartialScan.empty(self.channels, self.k, self.sample_size)
+    def running(self) -> RunningScan:
+        """An empty running scan on the model's device, for `add` to fold batches into."""
+        return RunningScan(self.channels, self.k, self.sample_size, self.model.device)
 
-    def scan(self, ids: list[str], pixels: np.ndarray | torch.Tensor) -> PartialScan:
-        """One batch of uint8 [B, H, W, 3] images at the model's input size (no stats)."""
+    def add(self, running: RunningScan, ids: list[str], pixels: np.ndarray | torch.Tensor) -> None:
+        """Score one batch of uint8 [B, H, W, 3] images at the model's input size into `running`,
+        on the device: nothing is read back to the host until `running.partial()`."""
         device = self.model.device
         pixels = torch.as_tensor(pixels)
         if pixels.device.type == "cuda":  # decoded on another stream: keep it until used here
             pixels.record_stream(torch.cuda.current_stream(pixels.device))
-        x01 = pixels.to(device).permute(0, 3, 1, 2).float().div_(255.0)
+        x01 = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         x01 = x01.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():  # not inference_mode: its tensors would poison later autograd
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -129,7 +133,13 @@ class BatchScanner:
                     for n, rows in self.directions.items()
                 }
             )
-            return _batch_partial(maps, ids, self.k, self.sample_size)
+            running.add(ids, maps)
+
+    def scan(self, ids: list[str], pixels: np.ndarray | torch.Tensor) -> PartialScan:
+        """One batch of uint8 [B, H, W, 3] images at the model's input size (no stats)."""
+        running = self.running()
+        self.add(running, ids, pixels)
+        return running.partial()
 
 
 def scan_shard(
@@ -152,7 +162,7 @@ def scan_shard(
     `precision` is `BatchScanner`'s.
     """
     scanner = BatchScanner(model, layers, k, directions, sample_size, on_batch, precision)
-    partial = scanner.empty()
+    running = scanner.running()
     stats: Counter[str] = Counter()
     skipped: list[SkippedInput] = []
     prefetch = model.device.type != "cpu"
@@ -164,8 +174,8 @@ def scan_shard(
         if pixels is None:
             continue
         stats["scanned"] += len(ids)
-        partial = partial.merge(scanner.scan(ids, pixels))
-    return replace(partial, stats=dict(sorted(stats.items())), skipped=tuple(skipped))
+        scanner.add(running, ids, pixels)
+    return replace(running.partial(), stats=dict(sorted(stats.items())), skipped=tuple(skipped))
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -181,12 +191,13 @@ def _as_map(output: torch.Tensor) -> torch.Tensor:
     return output[:, :, None, None] if output.ndim == 2 else output
 
 
-def _reduce(act: torch.Tensor, in_numpy: bool) -> tuple[np.ndarray, ...]:
-    """Per image and channel: max, argmax, min, argmin over positions ([B, C]) and the histogram.
+def _reduce(act: torch.Tensor, in_numpy: bool) -> tuple[torch.Tensor, ...]:
+    """Per image and channel: max, argmax, min, argmin over positions ([B, C]) and the histogram
+    ([C, HIST_BINS] int64), as tensors on the activation's device.
 
-    On CUDA the reductions stay on the GPU; on CPU numpy does them (`in_numpy`), because
-    single-threaded numpy beats torch's thread pool by 10x for these memory-bound passes on a
-    shared machine. Both give the same numbers.
+    On CUDA torch reduces on the GPU; on CPU numpy does (`in_numpy`; returned as tensors sharing its memory),
+    because single-threaded numpy beats torch's thread pool by 10x for these memory-bound passes
+    on a shared machine. Both give the same numbers.
     """
     batch, channels = act.shape[:2]
     if in_numpy:
@@ -196,38 +207,121 @@ def _reduce(act: torch.Tensor, in_numpy: bool) -> tuple[np.ndarray, ...]:
         min_v = np.take_along_axis(flat, min_i[..., None], axis=2)[..., 0]
         offsets = (np.arange(channels, dtype=np.int32) * HIST_BINS)[None, :, None]
         bins = bin_index(flat.view(np.int32), np) + offsets
-        histogram = np.bincount(bins.ravel(), minlength=channels * HIST_BINS)
-        return max_v, max_i, min_v, min_i, histogram.reshape(channels, HIST_BINS)
+        histogram = np.bincount(bins.ravel(), minlength=channels * HIST_BINS).astype(np.int64)
+        arrays = (max_v, max_i, min_v, min_i, histogram.reshape(channels, HIST_BINS))
+        return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
     flat = act.contiguous().flatten(2)
     max_v, max_i = flat.max(dim=2)
     min_v, min_i = flat.min(dim=2)
     offsets = (torch.arange(channels, device=act.device, dtype=torch.int32) * HIST_BINS).view(1, channels, 1)
     bins = bin_index(flat.view(torch.int32), torch) + offsets
     histogram = torch.bincount(bins.flatten(), minlength=channels * HIST_BINS).view(channels, HIST_BINS)
-    return tuple(t.cpu().numpy() for t in (max_v, max_i, min_v, min_i, histogram))
+    return max_v, max_i, min_v, min_i, histogram
 
 
-def _batch_partial(maps: Mapping[str, torch.Tensor], ids: list[str], k: int, sample_size: int) -> PartialScan:
-    """The partial scan of one batch, so a shard's scan is a fold of `merge` (same code path)."""
-    priority = source_priority(ids)
-    keep = np.lexsort((np.array(ids), priority))[:sample_size]
-    id_grid = np.array(ids)
-    layers = {}
-    for name, act in maps.items():
-        batch, channels, _, width = act.shape
-        max_v, max_i, min_v, min_i, histogram = _reduce(act, in_numpy=act.device.type == "cpu")
-        max_y, max_x = (max_i // width).astype(np.int32), (max_i % width).astype(np.int32)
-        min_y, min_x = (min_i // width).astype(np.int32), (min_i % width).astype(np.int32)
-        ids_cb = np.broadcast_to(id_grid, (channels, batch))
-        layers[name] = LayerScan(
-            TopK.empty(channels, k).merge(TopK(max_v.T, ids_cb, max_y.T, max_x.T)),
-            TopK.empty(channels, k).merge(TopK(-min_v.T, ids_cb, min_y.T, min_x.T)),
-            histogram.astype(np.int64),
-            max_v[keep],
-            max_y[keep],
-            max_x[keep],
-            min_v[keep],
-            min_y[keep],
-            min_x[keep],
-        )
-    return PartialScan(k, sample_size, layers, id_grid[keep], priority[keep], {})
+class _RunningTopK:
+    """`TopK` kept on a device: values [C, k] float32 and, per entry, the image's number in the
+    running scan (-1 for pads) and its position. Merged as `TopK.merge` does: a stable sort by
+    the id's rank, then a stable sort by value, picks exactly what numpy's lexsort picks."""
+
+    def __init__(self, channels: int, k: int, device: torch.device):
+        self.values = torch.full((channels, k), -torch.inf, device=device)
+        self.images = torch.full((channels, k), -1, dtype=torch.int64, device=device)
+        self.ys = torch.zeros((channels, k), dtype=torch.int32, device=device)
+        self.xs = torch.zeros((channels, k), dtype=torch.int32, device=device)
+
+    def merge(
+        self, values: torch.Tensor, images: torch.Tensor, index: torch.Tensor, width: int, rank: torch.Tensor
+    ) -> None:
+        """Fold in one batch: `values` [C, B], `images` [B] their numbers, `index` [C, B] the flat
+        positions, `rank` the rank of each id (pads first) indexed by image number + 1."""
+        channels, k = self.values.shape
+        values = torch.cat([self.values, values], dim=1)
+        images = torch.cat([self.images, images.expand(channels, -1)], dim=1)
+        ys = torch.cat([self.ys, (index // width).int()], dim=1)
+        xs = torch.cat([self.xs, (index % width).int()], dim=1)
+        by_id = torch.argsort(rank[images + 1], dim=1, stable=True)
+        keys = values.gather(1, by_id).neg().add(0.0)  # + 0.0: -0.0 ties with 0.0, as in numpy
+        order = by_id.gather(1, torch.argsort(keys, dim=1, stable=True))[:, :k]
+        self.values, self.images, self.ys, self.xs = (t.gather(1, order) for t in (values, images, ys, xs))
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.values, self.images.int(), self.ys, self.xs]
+
+
+class RunningScan:
+    """A shard's statistics kept on the scan's device between batches (top-k, bottom-k,
+    histograms, the sampled images' extremes); `partial()` reads them back in one copy."""
+
+    def __init__(self, channels: Mapping[str, int], k: int, sample_size: int, device: torch.device):
+        self.k, self.sample_size, self.device = k, sample_size, device
+        self.ids: list[str] = []
+        self.sample_ids, self.sample_priority = np.zeros(0, "<U1"), np.zeros(0, np.uint64)
+        self.layers = {
+            name: (
+                _RunningTopK(count, k, device),
+                _RunningTopK(count, k, device),
+                torch.zeros((count, HIST_BINS), dtype=torch.int64, device=device),
+                [
+                    torch.zeros((0, count), dtype=torch.float32 if i % 3 == 0 else torch.int32, device=device)
+                    for i in range(len(_SAMPLE_FIELDS))
+                ],
+            )
+            for name, count in channels.items()
+        }
+
+    def _upload(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(self.device, non_blocking=True)
+
+    def add(self, ids: list[str], maps: Mapping[str, torch.Tensor]) -> None:
+        """Fold one batch's [B, C, H, W] activation maps in, by layer, on their device."""
+        first = len(self.ids)
+        self.ids += ids
+        _, inverse = np.unique(np.array(self.ids), return_inverse=True)
+        rank = self._upload(np.concatenate([[-1], inverse.ravel()]).astype(np.int64))
+        images = torch.arange(first, first + len(ids), device=self.device)
+        sample_ids = np.concatenate([self.sample_ids, ids])
+        priority = np.concatenate([self.sample_priority, source_priority(ids)])
+        keep = np.lexsort((sample_ids, priority))[: self.sample_size]
+        self.sample_ids, self.sample_priority = sample_ids[keep], priority[keep]
+        keep_rows = self._upload(keep.astype(np.int64))
+        for name, act in maps.items():
+            top, bottom, histogram, sample = self.layers[name]
+            width = act.shape[3]
+            max_v, max_i, min_v, min_i, counts = _reduce(act, in_numpy=act.device.type == "cpu")
+            top.merge(max_v.T, images, max_i.T, width, rank)
+            bottom.merge(-min_v.T, images, min_i.T, width, rank)
+            histogram += counts
+            batch = [max_v, (max_i // width).int(), (max_i % width).int()]
+            batch += [min_v, (min_i // width).int(), (min_i % width).int()]
+            for i, rows in enumerate(batch):
+                sample[i] = torch.cat([sample[i], rows])[keep_rows]
+
+    def partial(self) -> PartialScan:
+        """The `PartialScan` of every batch added so far: one copy from the device."""
+        pieces = []
+        for top, bottom, histogram, sample in self.layers.values():
+            for t in [*top.tensors(), *bottom.tensors(), histogram, *sample]:
+                pieces.append(t.contiguous().view(torch.int32).flatten())
+        host = torch.cat(pieces).cpu().numpy() if pieces else np.zeros(0, np.int32)
+        names = np.array([*self.ids, ""])  # image number -1 is a pad's id, ''
+        offset, layers = 0, {}
+
+        def take(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+            nonlocal offset
+            count = int(np.prod(shape)) * np.dtype(dtype).itemsize // 4
+            array = host[offset : offset + count].view(dtype).reshape(shape)
+            offset += count
+            return array
+
+        for name, (_, _, histogram, _) in self.layers.items():
+            channels, m = histogram.shape[0], len(self.sample_ids)
+            tops = []
+            for _ in range(2):
+                values, images = take((channels, self.k), np.float32), take((channels, self.k), np.int32)
+                ys, xs = take((channels, self.k), np.int32), take((channels, self.k), np.int32)
+                tops.append(TopK(values, names[images], ys, xs))
+            counts = take((channels, HIST_BINS), np.int64)
+            sampled = [take((m, channels), np.float32 if i % 3 == 0 else np.int32) for i in range(6)]
+            layers[name] = LayerScan(*tops, counts, *sampled)
+        return PartialScan(self.k, self.sample_size, layers, self.sample_ids, self.sample_priority, {})
