@@ -9,7 +9,6 @@ CliRunner; two cases run as subprocesses, with a plugin installed the way a pack
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import string
@@ -22,12 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from plugintools import plugin_environment
 
 import atlas.registry as registry
 from atlas.cli import main
 from atlas.models.registry import build
 from atlas.outdir import MARKER
-from atlas.registry import PLUGIN_GROUP
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -338,14 +337,8 @@ def test_every_command_says_one_line_for_every_bad_input(command, bad, tmp_path,
 @pytest.fixture
 def broken_plugin_installed(tmp_path: Path) -> dict[str, str]:
     """An environment where an installed package's plugin module raises on import."""
-    site = tmp_path / "site-packages"
-    info = site / "atlas_broken_plugin-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: atlas-broken-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[{PLUGIN_GROUP}]\nbroken = broken_plugin_module\n")
+    site, env = plugin_environment(tmp_path, "atlas-broken-plugin", "broken", "broken_plugin_module")
     (site / "broken_plugin_module.py").write_text("raise ImportError('a dependency is missing')\n")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), str(REPO), env.get("PYTHONPATH", "")) if p)
     return env
 
 

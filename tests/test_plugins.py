@@ -6,14 +6,13 @@ The plugin is installed the way a package would be: a distribution whose entry p
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from plugintools import plugin_environment
 
-from atlas.registry import PLUGIN_GROUP
 from atlas.site import build_site
 from atlas.spec import SpecError, parse_spec
 
@@ -55,15 +54,7 @@ print(json.dumps({{"help": help_text, "misspelt": misspelt, "accepted": list(acc
 @pytest.fixture
 def installed(tmp_path: Path) -> dict[str, str]:
     """An environment where the `smooth_objective` module is a plugin of an installed package."""
-    site = tmp_path / "site-packages"
-    info = site / "atlas_smooth_plugin-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: atlas-smooth-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[{PLUGIN_GROUP}]\nsmooth = smooth_objective\n")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    paths = [str(site), str(TESTS), str(REPO), env.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    return env
+    return plugin_environment(tmp_path, "atlas-smooth-plugin", "smooth", "smooth_objective")[1]
 
 
 def test_plugin_objective_reaches_the_cli_the_spec_and_the_site(installed, tmp_path):

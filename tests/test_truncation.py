@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
+from training import small_vit
 
-from atlas.models import LoadedModel, Preprocessing, load_model
+from atlas.models import LoadedModel, load_model
 
 # (model, layer sets, input side): maps, a leaf conv, inception blocks, MBConv blocks, tokens, @cls.
 CASES = {
@@ -28,16 +28,6 @@ def _model(name: str) -> LoadedModel:
 @pytest.fixture(scope="module")
 def models() -> dict[str, LoadedModel]:
     return {name: _model(name) for name in CASES}
-
-
-def small_vit() -> LoadedModel:
-    torch.manual_seed(0)
-    module = torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=64, num_classes=5
-    )
-    for param in module.parameters():
-        param.requires_grad_(False)
-    return LoadedModel("small-vit", module.eval(), Preprocessing(32))
 
 
 def _both(model: LoadedModel, x: torch.Tensor, layers: tuple[str, ...]) -> tuple[dict, dict]:

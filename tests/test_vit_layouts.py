@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 from click.testing import CliRunner
+from training import small_vit
 
 from atlas.cli import main
-from atlas.models import LoadedModel, ModelError, Preprocessing, UnknownLayerError, load_model
+from atlas.models import LoadedModel, ModelError, UnknownLayerError, load_model
 from atlas.models.layout import CHANNELS_LAST, TOKENS, Layout, find_layout
 from atlas.optvis import objectives as obj
 from atlas.optvis.param import make_param
@@ -40,13 +40,7 @@ def deit() -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def small_torchvision_vit() -> LoadedModel:
-    torch.manual_seed(0)
-    module = torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=64, num_classes=5
-    )
-    for param in module.parameters():
-        param.requires_grad_(False)
-    return LoadedModel("small-vit", module.eval(), Preprocessing(32))  # as a module:... ViT comes
+    return small_vit()  # loaded as a module:... ViT would be: no model source, no folding
 
 
 def test_timm_vit_lists_mlp_units_attention_and_blocks_with_token_layouts(deit: LoadedModel) -> None:

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
 
-from atlas.models.registry import build
+from atlas.models import LoadedModel
+from atlas.models.registry import Preprocessing, build
 
 
 def train_checkpoints(folder: Path, epochs: int, steps: int = 2, batch: int = 8) -> list[Path]:
@@ -41,3 +43,14 @@ def write_photos(folder: Path, count: int = 8) -> Path:
         pixels = np.random.default_rng(i).integers(0, 255, (40, 40, 3), np.uint8)
         Image.fromarray(pixels).save(folder / f"{i}.png")
     return folder
+
+
+def small_vit() -> LoadedModel:
+    """A two-block torchvision ViT at 32 px with seeded random weights, frozen, as a LoadedModel."""
+    torch.manual_seed(0)
+    module = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=64, num_classes=5
+    )
+    for param in module.parameters():
+        param.requires_grad_(False)
+    return LoadedModel("small-vit", module.eval(), Preprocessing(32))
