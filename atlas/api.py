@@ -32,13 +32,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from atlas.data import ImageListSource, ImageSource, open_source
-from atlas.errors import AtlasError
-from atlas.examples import finalize_layer, scan_shard
+from atlas.core.errors import AtlasError
+from atlas.data.open import open_source
+from atlas.data.source import ImageListSource, ImageSource
+from atlas.kinds.examples import finalize_layer, scan_shard
 from atlas.models import LOGITS, LoadedModel, freeze, load_model, pick_device
 from atlas.models.registry import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from atlas.optvis import objectives as obj
-from atlas.optvis.kinds import OBJECTIVES
+from atlas.optvis.named import OBJECTIVES
 from atlas.optvis.objectives import StepState
 from atlas.optvis.oneoff import OneOffRequest, render_one_off
 from atlas.optvis.recipes import to_uint8
@@ -70,7 +71,7 @@ def _forms() -> str:
 def _target(text: str) -> obj.Objective:
     """One target: ``layer:channel`` or ``kind:layer:channel`` / ``logit:N`` / ``deepdream:layer``.
 
-    The kinds are the registered objectives (atlas.optvis.kinds) except the diverse ones, which
+    The kinds are the registered objectives (atlas.optvis.named) except the diverse ones, which
     need a set of images rather than a term.
     """
     parts = text.split(":")

@@ -10,16 +10,16 @@ from typing import Any
 
 import click
 
-from atlas.errors import AtlasError
-from atlas.optvis.kinds import OBJECTIVES
+from atlas.core.errors import AtlasError
+from atlas.core.registry import Registry, load_plugins, plugin_error
+from atlas.optvis.named import OBJECTIVES
 from atlas.optvis.oneoff import DESCENTS, PENALTIES
 from atlas.optvis.param import PARAMS
 from atlas.optvis.render import PRECISIONS
 from atlas.optvis.schedules import SCHEDULES
 from atlas.optvis.transforms import PRESETS
-from atlas.registry import Registry, load_plugins, plugin_error
-from atlas.spec import JobSpec, load_spec
-from atlas.storage import check_uri, parse_out
+from atlas.plan.spec import JobSpec, load_spec
+from atlas.store.location import check_uri, parse_out
 
 OUT_HELP = "Output folder or bucket URI, e.g. s3://bucket/prefix (default: the spec's job.out)."
 
@@ -149,8 +149,8 @@ class _Registered(click.Choice):
 
 
 def _run(spec: JobSpec, force: bool, build: bool, only: tuple[str, ...] | None = None) -> None:
-    from atlas.job import run_job
-    from atlas.skipped import describe
+    from atlas.data.skipped import describe
+    from atlas.run.job import run_job
 
     result = run_job(spec, force=force, build=build, only=only, progress=_progress)
     where = result.site or result.out
@@ -211,9 +211,9 @@ def scan(job: Path, out: str | None, force: bool) -> None:
 )
 def plan(job: Path, out: str | None, price: float | None, throughput: Path | None) -> None:
     """List the units a job would run, without running them, and what they would cost."""
-    from atlas.cost import Throughput, estimate
-    from atlas.job import prepare
-    from atlas.store import Store
+    from atlas.run.cost import Throughput, estimate
+    from atlas.run.job import prepare
+    from atlas.store.store import Store
 
     spec = _load(job, out)
     prepared = prepare(spec)
@@ -221,13 +221,13 @@ def plan(job: Path, out: str | None, price: float | None, throughput: Path | Non
     for unit in prepared.plan.units:
         counts[unit.kind] = counts.get(unit.kind, 0) + 1
         click.echo(f"{unit.key}  {unit.label}")
-    from atlas.plan import examples_units
+    from atlas.plan.units import examples_units
 
     later = len(examples_units(prepared.spec, prepared.facts, prepared.plan.scan_keys))
     summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
     click.echo(f"{len(prepared.plan.units)} units ({summary}) + {later} examples units after the scan")
     if prepared.spec.model.checkpoints:
-        from atlas.timeline.series import describe_order
+        from atlas.site.series import describe_order
 
         click.echo("\n".join(describe_order(prepared.spec.model.checkpoints)))
     figures = throughput or spec.cost.throughput
@@ -249,8 +249,8 @@ def plan(job: Path, out: str | None, price: float | None, throughput: Path | Non
 @click.option("--device", default="auto", show_default=True)
 def calibrate(job: Path, output: Path, device: str) -> None:
     """Measure scan and render throughput of a job's model here, for `atlas plan`'s GPU-hours."""
-    from atlas.cost import calibrate as measure
     from atlas.models import load_model, pick_device
+    from atlas.run.cost import calibrate as measure
 
     spec = load_spec(job)
     model = load_model(spec.model.name, spec.model.checkpoint, spec.model.weights, device=pick_device(device))
@@ -268,9 +268,9 @@ def calibrate(job: Path, output: Path, device: str) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="List every unit, not only the counts.")
 def status(job: Path, out: str | None, verbose: bool) -> None:
     """Show which units of a job are done, pending, stale or failed."""
-    from atlas.job import job_status
-    from atlas.skipped import count_reasons, describe, read_skipped
-    from atlas.store import Store
+    from atlas.data.skipped import count_reasons, describe, read_skipped
+    from atlas.run.job import job_status
+    from atlas.store.store import Store
 
     spec = _load(job, out)
     state = job_status(spec)
@@ -338,7 +338,7 @@ ROLE_NOTES = {
 @click.option("--no-site", is_flag=True, help="Only compute and store; do not build the site.")
 def timeline(job: Path, out: str | None, add: tuple[Path, ...], force: bool, no_site: bool) -> None:
     """Probe every checkpoint of the series, render and scan the selected ones, match units across them."""
-    from atlas.timeline.run import run_timeline
+    from atlas.run.timeline import run_timeline
 
     spec = _load(job, out)
     result = run_timeline(spec, add=add, force=force)
@@ -352,7 +352,7 @@ def timeline(job: Path, out: str | None, add: tuple[Path, ...], force: bool, no_
     for label, reason in result.failed:
         click.echo(f"  failed: {label}: {reason}", err=True)
     if not no_site:
-        from atlas.publish import site_of_store
+        from atlas.site.publish import site_of_store
 
         index, published = site_of_store(spec.out)  # a bucket's site goes online, as after `atlas run`
         click.echo(f"site: {published or index}")
@@ -370,8 +370,8 @@ def timeline(job: Path, out: str | None, add: tuple[Path, ...], force: bool, no_
 @click.option("--keep", type=int, default=3, show_default=True, help="Published versions to keep.")
 def site(out: str, publish: str | None, keep: int) -> None:
     """(Re)build the static HTML atlas from an output folder or bucket."""
-    from atlas.publish import check_target, publish_site, site_of_store
-    from atlas.storage import open_location
+    from atlas.site.publish import check_target, publish_site, site_of_store
+    from atlas.store.location import open_location
 
     target = parse_out(publish, "--publish") if publish else None
     if target is not None:
@@ -387,7 +387,7 @@ def site(out: str, publish: str | None, keep: int) -> None:
 @click.option("--dry-run", is_flag=True, help="Only report; leave damaged units recorded as done.")
 def verify(out: str, dry_run: bool) -> None:
     """Read every shard of a store and check its sha256; damaged units are recomputed by the next run."""
-    from atlas.store import Store
+    from atlas.store.store import Store
 
     store = Store(parse_out(out, "OUT"))
     store.require()

@@ -2,7 +2,7 @@
 
 For every stored icon: the mean activation vector of the icon image (as stored, PNG) at the atlas
 layer, and the fraction of icons more cosine-similar to their own cell's mean than to any other
-cell's (`atlas.actatlas.icons.agreement`); the same with the cells shuffled is the negative control.
+cell's (`atlas.kinds.actatlas.icons.agreement`); the same with the cells shuffled is the negative control.
 
     PYTHONPATH=$PWD python scripts/actatlas_agreement.py /tmp/aa-demo/out _blocks.5
 """
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from atlas.actatlas.icons import agreement
+from atlas.kinds.actatlas.icons import agreement
 from atlas.models import load_model
-from atlas.store import open_store
+from atlas.store.store import open_store
 
 
 def main() -> None:

@@ -19,12 +19,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from atlas.actatlas.collect import collect_shard
-from atlas.actatlas.grid import grid
-from atlas.actatlas.icons import agreement, render_icons
-from atlas.data import ShardRef, open_source
+from atlas.data.open import open_source
+from atlas.data.source import ShardRef
+from atlas.kinds.actatlas.collect import collect_shard
+from atlas.kinds.actatlas.grid import grid
+from atlas.kinds.actatlas.icons import agreement, render_icons
 from atlas.models import load_model
-from atlas.spec import RenderSpec
+from atlas.plan.spec import RenderSpec
 
 
 def main() -> None:
@@ -52,7 +53,7 @@ def main() -> None:
     figures["scan_s_per_image"] = scan_s / len(ids)
 
     try:
-        from atlas.actatlas.layout import LayoutSettings, layout
+        from atlas.kinds.actatlas.layout import LayoutSettings, layout
 
         t0 = time.perf_counter()
         layout(vectors[:64], LayoutSettings(n_neighbors=10))  # numba's compile, counted apart

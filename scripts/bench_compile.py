@@ -28,7 +28,7 @@ from bench_common import interleaved, machine  # noqa: E402
 
 from atlas.models import load_model, pick_device  # noqa: E402
 from atlas.optvis import render_channels  # noqa: E402
-from atlas.spec import RenderSpec  # noqa: E402
+from atlas.plan.spec import RenderSpec  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:

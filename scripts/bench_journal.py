@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from atlas.store import Store, UnitRecord, table_to_parquet_bytes
+from atlas.store.store import Store, UnitRecord, table_to_parquet_bytes
 
 
 def stage(store: Store, count: int) -> list:

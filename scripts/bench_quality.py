@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from atlas.data import model_view, open_source
+from atlas.data.open import open_source
+from atlas.data.source import model_view
 from atlas.models import LoadedModel
 from atlas.optvis import make_param, render
 from atlas.optvis import objectives as obj

@@ -34,27 +34,27 @@ DEMO = Path(str(resources.files("atlas") / "jobs" / "demo.toml"))
 
 def demo_spec(out: Path, steps: int, job: Path = DEMO):
     """The job (the packaged demo by default) with ``steps`` optimization steps, writing to ``out``."""
-    from atlas.spec import load_spec
+    from atlas.plan.spec import load_spec
 
     spec = load_spec(job)
     return spec.replace(out=out, render=replace(spec.render, steps=steps))
 
 
 class InProcessExecutor:
-    """Stands in for ``atlas.execute.Executor``: the same units, run here one after another.
+    """Stands in for ``atlas.run.executor.Executor``: the same units, run here one after another.
 
     ``run_job`` keeps all of its driver logic (planning, skipping, merging the scans, writing the
     store); only where the units run changes, so the two timings differ by Ray alone.
     """
 
     def __init__(self, spec) -> None:
-        from atlas.units import make_context
+        from atlas.run.worker import make_context
 
         self.context = make_context(spec)
 
     def run(self, units, store, on_progress=None, result=None):
-        from atlas.report import JobResult
-        from atlas.units import run_unit
+        from atlas.run.report import JobResult
+        from atlas.run.worker import run_unit
 
         report = result if result is not None else JobResult()
         for unit in units:
@@ -79,10 +79,10 @@ class InProcessExecutor:
 
 def run_in_process(out: Path, steps: int, job: Path = DEMO) -> dict[str, float]:
     """``run_job`` on the demo with every unit run in this process instead of on Ray."""
-    import atlas.execute
-    from atlas.job import run_job
+    import atlas.run.executor
+    from atlas.run.job import run_job
 
-    atlas.execute.Executor = InProcessExecutor
+    atlas.run.executor.Executor = InProcessExecutor
     start = time.perf_counter()
     result = run_job(demo_spec(out, steps, job), build=False)
     seconds = time.perf_counter() - start
@@ -129,8 +129,8 @@ def run_on_ray(out: Path, steps: int, job: Path = DEMO) -> dict[str, object]:
     """Start the local cluster, then ``run_job`` the demo (no site build) and watch the workers."""
     import ray
 
-    from atlas.execute import connect
-    from atlas.job import run_job
+    from atlas.run.executor import connect
+    from atlas.run.job import run_job
 
     spec = demo_spec(out, steps, job)
     start = time.perf_counter()

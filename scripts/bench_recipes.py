@@ -1,6 +1,6 @@
 """Recipe study: which render recipe gives pictures that hold up under the held-out check set?
 
-A recipe is the job's render settings (`atlas.spec.RenderSpec`) with some ingredients switched
+A recipe is the job's render settings (`atlas.plan.spec.RenderSpec`) with some ingredients switched
 on, written as ``+``-joined names (``default`` is none; see ``INGREDIENTS``), e.g.
 ``wide+cosine+multires``. Every image is rendered by the atlas's own recipe code
 (`atlas.optvis.recipes.render_objective`), so what is measured here is what a job renders.
@@ -33,8 +33,8 @@ from bench_quality import dataset_reference
 from atlas.models import LOGITS, LoadedModel, load_model
 from atlas.optvis import objectives as obj
 from atlas.optvis.recipes import render_objective
+from atlas.plan.spec import RenderSpec
 from atlas.quality import check_activations, high_frequency_share
-from atlas.spec import RenderSpec
 
 # ingredient -> the render settings it sets (on top of the defaults, in the order written)
 INGREDIENTS: dict[str, dict[str, object]] = {

@@ -22,7 +22,7 @@ from atlas.models import LOGITS, LoadedModel
 from atlas.optvis import make_param, render, render_channels
 from atlas.optvis import objectives as obj
 from atlas.optvis.transforms import preset
-from atlas.spec import RenderSpec
+from atlas.plan.spec import RenderSpec
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from atlas.data import ShardRef, model_view, open_source
-from atlas.examples import PartialScan, scan_shard
+from atlas.data.open import open_source
+from atlas.data.source import ShardRef, model_view
+from atlas.kinds.examples import PartialScan, scan_shard
 from atlas.models import load_model, pick_device
 
 DEFAULT_LAYERS = {"tiny-cnn": "conv2,conv3", "efficientnet-lite0": "_blocks.3,_blocks.5,_blocks.9"}

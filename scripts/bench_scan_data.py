@@ -34,12 +34,12 @@ import ray
 import torch
 from PIL import Image
 
-from atlas.data import decode_for_model
-from atlas.examples import BatchScanner
-from atlas.execute import WorkerPlan
-from atlas.job import prepare
-from atlas.scan_data import ScanPlan, decoded_shards, scan_dataset
-from atlas.spec import parse_spec
+from atlas.data.source import decode_for_model
+from atlas.kinds.examples import BatchScanner
+from atlas.plan.spec import parse_spec
+from atlas.run.executor import WorkerPlan
+from atlas.run.job import prepare
+from atlas.run.scans import ScanPlan, decoded_shards, scan_dataset
 
 LAYERS = {"tiny-cnn": "conv3", "efficientnet-lite0": "_blocks.9"}
 SPEC = """

@@ -32,7 +32,7 @@ def measure(seconds: float) -> dict[str, dict[str, float]]:
     import numpy as np
     import torch
 
-    from atlas.examples import BatchScanner
+    from atlas.kinds.examples import BatchScanner
     from atlas.models import load_model
 
     torch.set_num_threads(1)

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 from atlas.models import load_model
-from atlas.outdir import claim_output
-from atlas.safefs import remove
 from atlas.site.workers import auto_workers
+from atlas.store.outdir import claim_output
+from atlas.store.safefs import remove
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic-store fixture
 from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store  # noqa: E402

@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from atlas.models import LoadedModel, load_model
 from atlas.optvis.param import PARAMS
 from atlas.optvis.recipes import render_channel_sets
-from atlas.spec import RenderSpec
+from atlas.plan.spec import RenderSpec
 
 # The module, not the ``render`` function atlas.optvis exports under the same name.
 render_module = importlib.import_module("atlas.optvis.render")

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import ray
 
-from atlas.spec import parse_spec
-from atlas.timeline.run import run_timeline
+from atlas.plan.spec import parse_spec
+from atlas.run.timeline import run_timeline
 
 sys.path.insert(
     0, str(Path(__file__).resolve().parents[1] / "tests")

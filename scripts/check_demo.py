@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from atlas.data import open_source
+from atlas.data.open import open_source
 from atlas.models import load_model
-from atlas.store import Store
+from atlas.store.store import Store
 
 
 def as_batch(images: list[Image.Image], size: int) -> torch.Tensor:

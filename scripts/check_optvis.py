@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from atlas.data import DEMO_EXCLUDED, model_view
+from atlas.data.source import DEMO_EXCLUDED, model_view
 from atlas.models import LoadedModel, load_model
 from atlas.optvis import make_param, render
 from atlas.optvis import objectives as obj

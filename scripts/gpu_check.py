@@ -5,7 +5,7 @@
 
 GPU machines for this project are lent for about 15 minutes, start-up included, and have
 PyTorch, torchvision, timm, pyarrow, pillow, click, jinja2 and tqdm but no Ray and no package
-index. So this script imports no Ray, runs units through ``atlas.units.run_units`` with a
+index. So this script imports no Ray, runs units through ``atlas.run.worker.run_units`` with a
 ``WorkerContext`` as a worker would, keeps inside a time budget (``--budget``, 400 s on CUDA, of
 the 420 s ``gpu_check.sh`` allows, compilation included), and rewrites its JSON report after
 every section and every layer, so a run that is cut short still reports what it measured.
@@ -55,9 +55,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from atlas.data import decode_for_model, open_source  # noqa: E402
-from atlas.examples import BatchScanner, scan_shard  # noqa: E402
-from atlas.examples.decode import Decoder, TensorDecoder  # noqa: E402
+from atlas.core.provenance import provenance  # noqa: E402
+from atlas.data.open import open_source  # noqa: E402
+from atlas.data.source import decode_for_model  # noqa: E402
+from atlas.kinds.examples import BatchScanner, scan_shard  # noqa: E402
+from atlas.kinds.examples.decode import Decoder, TensorDecoder  # noqa: E402
 from atlas.models import LoadedModel, load_model  # noqa: E402
 from atlas.optvis import make_param  # noqa: E402
 from atlas.optvis import objectives as obj  # noqa: E402
@@ -65,11 +67,10 @@ from atlas.optvis.autobatch import pass_capacity  # noqa: E402
 from atlas.optvis.recipes import render_channel_sets  # noqa: E402
 from atlas.optvis.render import RenderPart, render_parts  # noqa: E402
 from atlas.optvis.transforms import preset  # noqa: E402
-from atlas.plan import ModelFacts, make_plan  # noqa: E402
-from atlas.provenance import provenance  # noqa: E402
-from atlas.spec import ExamplesSpec, LayerSpec, ModelSpec, load_spec  # noqa: E402
-from atlas.store import Store, UnitRecord  # noqa: E402
-from atlas.units import UnitFailed, WorkerContext, run_units  # noqa: E402
+from atlas.plan.spec import ExamplesSpec, LayerSpec, ModelSpec, load_spec  # noqa: E402
+from atlas.plan.units import ModelFacts, make_plan  # noqa: E402
+from atlas.run.worker import UnitFailed, WorkerContext, run_units  # noqa: E402
+from atlas.store.store import Store, UnitRecord  # noqa: E402
 
 JOB = ROOT / "jobs" / "inceptionv1.toml"
 SECTIONS = ("env", "tests", "render", "scan", "slice")
@@ -536,7 +537,7 @@ def slice_section(model: LoadedModel, settings: Settings, report: Report, work: 
         "model_input": side,
         "compile": settings.slice_compile or "off",
         "precision": settings.slice_precision,
-        "packed": "each layer's units in one worker call (atlas.units.run_units)",
+        "packed": "each layer's units in one worker call (atlas.run.worker.run_units)",
         # images per physical batch (free memory, capped; one chunk on CPU): a call is one batch on a GPU
         "images_per_pass": pass_capacity(model, render.batch, render.size),
         "per_layer": {},

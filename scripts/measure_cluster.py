@@ -16,9 +16,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from atlas.job import prepare
-from atlas.spec import parse_spec
-from atlas.store import Store
+from atlas.plan.spec import parse_spec
+from atlas.run.job import prepare
+from atlas.store.store import Store
 
 SPEC = """
 layers = ["conv2", "conv3"]
@@ -41,8 +41,8 @@ workers = {workers}
 
 
 def measure_scheduling(units: int, workers: int) -> None:
-    from atlas.execute import Executor
-    from atlas.units import make_context, run_unit
+    from atlas.run.executor import Executor
+    from atlas.run.worker import make_context, run_unit
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = parse_spec(SPEC.format(out=Path(tmp) / "ray", workers=workers))

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check import flops_per_image_step, model_input_side  # noqa: E402
 
 from atlas.models import load_model  # noqa: E402
-from atlas.optvis.kinds import OBJECTIVES  # noqa: E402
-from atlas.spec import load_spec  # noqa: E402
+from atlas.optvis.named import OBJECTIVES  # noqa: E402
+from atlas.plan.spec import load_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,8 +13,8 @@ import argparse
 import statistics
 
 from atlas.quality import THRESHOLDS, flags
-from atlas.quality.layer import layer_records
-from atlas.store import Store
+from atlas.site.layer_quality import layer_records
+from atlas.store.store import Store
 
 COLUMNS = ("relative_activation", "robust_activation", "high_frequency", "diversity_similarity")
 

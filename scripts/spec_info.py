@@ -5,7 +5,7 @@ A spec that does not load prints its error (file, key, line, fix) and exits with
 
 import sys
 
-from atlas.spec import SpecError, load_spec
+from atlas.plan.spec import SpecError, load_spec
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from atlas.registry import PLUGIN_GROUP
+from atlas.core.registry import PLUGIN_GROUP
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent

@@ -11,8 +11,8 @@ from typing import Any
 
 import ray
 
-from atlas.spec import JobSpec, parse_spec
-from atlas.store import Store
+from atlas.plan.spec import JobSpec, parse_spec
+from atlas.store.store import Store
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent

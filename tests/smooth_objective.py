@@ -7,7 +7,7 @@ than the plain channel objective's. Nothing under atlas/ names it.
 from collections.abc import Sequence
 
 from atlas.optvis import objectives as obj
-from atlas.optvis.kinds import register_objective
+from atlas.optvis.named import register_objective
 
 SMOOTHING = 0.05
 

@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from atlas.schema import EXAMPLES_SCHEMA, HISTOGRAM_SCHEMA, QUALITY_SCHEMA, RENDER_SCHEMA
-from atlas.store import Store, UnitRecord
+from atlas.core.schema import EXAMPLES_SCHEMA, HISTOGRAM_SCHEMA, QUALITY_SCHEMA, RENDER_SCHEMA
+from atlas.store.store import Store, UnitRecord
 
 BUCKET_SIGNS = {"max": 3.0, "slightly_positive": 0.5, "slightly_negative": -0.5, "min": -3.0}
 

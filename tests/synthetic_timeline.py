@@ -1,7 +1,7 @@
 """A synthetic timeline store: the site's tests and page-size checks run without a model or Ray.
 
 The tables are the real ones: probe statistics from random signatures, and match and CKA tables
-computed by `atlas.timeline.compare` from them, so the site reads exactly what a run writes.
+computed by `atlas.kinds.timeline.compare` from them, so the site reads exactly what a run writes.
 At checkpoint p (p >= 1) channel 5p is dead (and born again at p + 1), channels 5p + 1 and
 5p + 2 swap indices and channel 5p + 3 changes role, so every kind of event appears.
 """
@@ -16,11 +16,11 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from atlas.schema import EXAMPLES_SCHEMA, PROBE_SCHEMA, RENDER_SCHEMA
-from atlas.store import open_store
-from atlas.timeline.compare import compare
-from atlas.timeline.match import dead_units
-from atlas.timeline.series import TIMELINE_DIR, Checkpoint, series_key, series_table, write_unit
+from atlas.core.schema import EXAMPLES_SCHEMA, PROBE_SCHEMA, RENDER_SCHEMA
+from atlas.kinds.timeline.compare import compare
+from atlas.kinds.timeline.match import dead_units
+from atlas.site.series import TIMELINE_DIR, Checkpoint, series_key, series_table, write_unit
+from atlas.store.store import open_store
 
 
 def _png(rng: np.random.Generator, size: int) -> bytes:

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from atlas.actatlas.collect import CollectError, VectorSample, collect_shard, position_index, positions
-from atlas.actatlas.grid import grid
-from atlas.data import ShardRef, open_source
-from atlas.examples import scan_shard
+from atlas.data.open import open_source
+from atlas.data.source import ShardRef
+from atlas.kinds.actatlas.collect import CollectError, VectorSample, collect_shard, position_index, positions
+from atlas.kinds.actatlas.grid import grid
+from atlas.kinds.examples import scan_shard
 from atlas.models import load_model
 
 
@@ -68,7 +69,7 @@ def test_merge_is_order_free_and_bounded() -> None:
 @pytest.mark.parametrize(("size", "step"), [(16, 7), (5, 3), (64, 40)])
 def test_the_collector_keeps_on_the_device_what_merging_batch_samples_keeps(size: int, step: int) -> None:
     """The device-kept sample equals the numpy fold of `VectorSample.from_batch` merges."""
-    from atlas.actatlas.collect import VectorCollector
+    from atlas.kinds.actatlas.collect import VectorCollector
 
     model = load_model("tiny-cnn")
     collector = VectorCollector(model, ["conv2", "logits"], size)
@@ -124,7 +125,7 @@ def test_planted_clusters_stay_apart() -> None:
     pytest.importorskip("umap")
     from sklearn.manifold import trustworthiness
 
-    from atlas.actatlas.layout import LayoutSettings, layout
+    from atlas.kinds.actatlas.layout import LayoutSettings, layout
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(12, 16)) * 4
@@ -145,8 +146,8 @@ def test_icons_find_their_own_cells_on_the_demo_model() -> None:
     """Icons of real cell means (EfficientNet-Lite0, demo photos); shuffled directions: chance."""
     from dataclasses import replace
 
-    from atlas.actatlas.icons import agreement, render_icons
-    from atlas.spec import RenderSpec
+    from atlas.kinds.actatlas.icons import agreement, render_icons
+    from atlas.plan.spec import RenderSpec
 
     model = load_model("efficientnet-lite0")
     source = open_source("demo")
@@ -170,7 +171,7 @@ def test_icons_find_their_own_cells_on_the_demo_model() -> None:
 def test_dictionary_files_load_with_names_and_fail_clearly(tmp_path) -> None:
     from safetensors.numpy import save_file
 
-    from atlas.actatlas.dictionary import DictionaryError, load_dictionary
+    from atlas.plan.dictionary import DictionaryError, load_dictionary
 
     matrix = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
     np.save(tmp_path / "sae.npy", matrix)
@@ -207,7 +208,7 @@ def test_class_of_a_direction_follows_the_rest_of_the_network() -> None:
     """Known answer: channel j of the layer feeds (through ReLU, pooling, a permuted linear) class perm[j]."""
     from torch import nn
 
-    from atlas.actatlas.classes import class_gains
+    from atlas.kinds.actatlas.classes import class_gains
     from atlas.models.loaded import freeze
     from atlas.models.registry import Preprocessing
 
@@ -228,9 +229,9 @@ def test_one_hot_dictionary_layer_gives_exactly_the_channels_results(tmp_path) -
     """Known answer: as a layer, a one-hot dictionary has the channels' activations, examples, renders."""
     from dataclasses import replace
 
-    from atlas.actatlas.dictionary import attach_layers
     from atlas.optvis import render_channels
-    from atlas.spec import LayerSpec, RenderSpec
+    from atlas.plan.dictionary import attach_layers
+    from atlas.plan.spec import LayerSpec, RenderSpec
 
     model = load_model("tiny-cnn")
     channels = model.channels("conv3")
@@ -259,8 +260,8 @@ def test_one_hot_dictionary_layer_gives_exactly_the_channels_results(tmp_path) -
 
 def test_token_layers_give_vectors_and_dictionaries_like_maps(tmp_path) -> None:
     """A ViT's token layer: one vector per image from its patch grid; a one-hot dictionary equals it."""
-    from atlas.actatlas.dictionary import attach_layers
-    from atlas.spec import LayerSpec
+    from atlas.plan.dictionary import attach_layers
+    from atlas.plan.spec import LayerSpec
 
     model = load_model("timm:deit_tiny_patch16_224", weights="none")
     channels = model.channels("blocks.0")
@@ -288,11 +289,11 @@ def test_atlas_runs_end_to_end_on_a_vit_token_layer() -> None:
 
     from PIL import Image
 
-    from atlas.actatlas.images import THUMB_SIZE, thumbnails
-    from atlas.actatlas.layout import LayoutSettings, layout
-    from atlas.actatlas.stage import IconsWork, icons_tables
-    from atlas.plan import make_unit
-    from atlas.spec import RenderSpec
+    from atlas.kinds.actatlas.images import THUMB_SIZE, thumbnails
+    from atlas.kinds.actatlas.layout import LayoutSettings, layout
+    from atlas.kinds.actatlas.stage import IconsWork, icons_tables
+    from atlas.plan.spec import RenderSpec
+    from atlas.plan.units import make_unit
 
     model = load_model("timm:deit_tiny_patch16_224", weights="none")
     assert model.layout("blocks.1").kind == "tokens"
@@ -322,7 +323,7 @@ def test_atlas_runs_end_to_end_on_a_vit_token_layer() -> None:
 
 
 def test_places_rank_directions_per_cell_by_projection_and_cells_per_direction_by_cosine() -> None:
-    from atlas.actatlas.places import places
+    from atlas.kinds.actatlas.places import places
 
     means = np.array([[4.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0]], np.float32)
     directions = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], np.float32)

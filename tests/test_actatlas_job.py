@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 from raytools import local_ray, tiny_spec_text
 
-from atlas.actatlas.images import THUMB_SIZE
-from atlas.job import job_status, prepare, run_job
-from atlas.spec import parse_spec
-from atlas.store import Store
+from atlas.kinds.actatlas.images import THUMB_SIZE
+from atlas.plan.spec import parse_spec
+from atlas.run.job import job_status, prepare, run_job
+from atlas.store.store import Store
 
 pytest.importorskip("umap")
 ATLAS = """

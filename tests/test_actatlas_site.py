@@ -12,11 +12,11 @@ import pytest
 from browsers import CHROMIUM, chromium
 from synthetic import PatternPool, SyntheticLayer, SyntheticOptions, write_synthetic_store
 
-from atlas.actatlas.places import places
-from atlas.actatlas.stage import PLACES_COLUMNS, cells_table
-from atlas.schema import ATLAS_IMAGES_SCHEMA, ATLAS_PLACES_SCHEMA, ICONS_SCHEMA
+from atlas.core.schema import ATLAS_IMAGES_SCHEMA, ATLAS_PLACES_SCHEMA, ICONS_SCHEMA
+from atlas.kinds.actatlas.places import places
+from atlas.kinds.actatlas.stage import PLACES_COLUMNS, cells_table
 from atlas.site import build_site
-from atlas.store import Store
+from atlas.store.store import Store
 
 pytest.importorskip("playwright.sync_api")
 pytestmark = [
@@ -95,7 +95,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     layers = [SyntheticLayer("mixed3a", CHANNELS), SyntheticLayer(DICTIONARY, len(NAMES))]
     store = write_synthetic_store(out, layers, options)
     job = store.job()
-    job["layers"][1]["names"] = NAMES  # as atlas.job writes a dictionary layer's entry
+    job["layers"][1]["names"] = NAMES  # as atlas.run.job writes a dictionary layer's entry
     store.write_job(job)
     _write_atlas(out, "mixed3a")
     return build_site(out).parent

@@ -14,7 +14,7 @@ from torch import nn
 
 import atlas
 from atlas.api import ApiError, Examples, Visualization, parse_objective
-from atlas.errors import AtlasError
+from atlas.core.errors import AtlasError
 from atlas.models import load_model
 from atlas.optvis.objectives import StepState
 

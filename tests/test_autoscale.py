@@ -26,9 +26,9 @@ from ray.experimental.internal_kv import _internal_kv_get
 from raytools import env_with_tests_on_path, tiny_spec
 from test_cluster_submit import free_ports, kill_processes_naming
 
-import atlas.execute as execute_module
-from atlas.autoscale import ScaleUpError
-from atlas.job import run_job
+import atlas.run.executor as execute_module
+from atlas.run.autoscale import ScaleUpError
+from atlas.run.job import run_job
 
 pytestmark = pytest.mark.slow
 

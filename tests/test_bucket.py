@@ -24,11 +24,11 @@ from raytools import env_with_tests_on_path, local_ray, write_spec
 from s3server import SECRET, s3_server
 
 from atlas.cli import main
-from atlas.lease import LeaseError
-from atlas.publish import publish_site
-from atlas.spec import parse_spec
-from atlas.storage import Location, LocationError, parse_out
-from atlas.store import Store, StoreError
+from atlas.plan.spec import parse_spec
+from atlas.site.publish import publish_site
+from atlas.store.lease import LeaseError
+from atlas.store.location import Location, LocationError, parse_out
+from atlas.store.store import Store, StoreError
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_readers_see_only_committed_groups(s3):
 def test_killed_driver_loses_at_most_the_open_group(s3, tmp_path):
     script = """
 import os, signal, pyarrow as pa
-from atlas.store import Store
+from atlas.store.store import Store
 store = Store("s3://atlas/killed", group_units=2, group_seconds=3600)
 store.acquire()
 for i in range(5):

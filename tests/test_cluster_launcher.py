@@ -18,10 +18,10 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 from raytools import REPO
 
 from atlas.cli import main
-from atlas.job import prepare
 from atlas.models import load_model
-from atlas.spec import LayerSpec, ModelSpec, load_spec
-from atlas.units import make_context, run_unit
+from atlas.plan.spec import LayerSpec, ModelSpec, load_spec
+from atlas.run.job import prepare
+from atlas.run.worker import make_context, run_unit
 
 CLUSTER = REPO / "cluster.yaml"
 INCEPTION = REPO / "jobs" / "inceptionv1.toml"
@@ -52,7 +52,7 @@ def test_cluster_has_gpu_workers_that_scale_from_zero_and_a_head_without_workers
     assert head["resources"] == {"CPU": 0}  # atlas workers never land on the head
     assert workers and all(re.match(r"(g|p)\d", t["node_config"]["InstanceType"]) for t in workers)
     assert all(t["min_workers"] == 0 and t["max_workers"] >= 1 for t in workers)  # the job asks for them
-    assert all(t["resources"]["GPU"] >= 1 for t in workers)  # what atlas.autoscale reads before any is up
+    assert all(t["resources"]["GPU"] >= 1 for t in workers)  # what atlas.run.autoscale reads before any is up
 
 
 def test_every_node_starts_ray_with_token_auth_and_gets_the_token(config):

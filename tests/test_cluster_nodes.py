@@ -10,11 +10,11 @@ import ray
 from ray.cluster_utils import Cluster
 from raytools import env_with_tests_on_path, tiny_spec
 
-from atlas.execute import ExecuteError, Executor, WorkerPlan
-from atlas.job import prepare
-from atlas.plan import Unit
-from atlas.store import Store
-from atlas.work import RenderWork
+from atlas.plan.units import Unit
+from atlas.plan.work import RenderWork
+from atlas.run.executor import ExecuteError, Executor, WorkerPlan
+from atlas.run.job import prepare
+from atlas.store.store import Store
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ import torch
 
 from atlas.models import LoadedModel, load_model
 from atlas.optvis.recipes import render_channels
-from atlas.spec import ExecuteSpec, RenderSpec
-from atlas.units import compile_backend
+from atlas.plan.spec import ExecuteSpec, RenderSpec
+from atlas.run.worker import compile_backend
 
 SETTINGS = RenderSpec(steps=3, size=48, batch=4, objectives=("channel", "negative"))
 

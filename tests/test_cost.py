@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from atlas.cli import main
-from atlas.cost import BudgetExceeded, CostError, Spend, Throughput, check_estimate, estimate
-from atlas.data import ShardRef
-from atlas.plan import Unit
-from atlas.spec import CostSpec, RenderSpec, SpecError, parse_spec
-from atlas.work import ExamplesWork, RenderWork, ScanWork
+from atlas.data.source import ShardRef
+from atlas.plan.spec import CostSpec, RenderSpec, SpecError, parse_spec
+from atlas.plan.units import Unit
+from atlas.plan.work import ExamplesWork, RenderWork, ScanWork
+from atlas.run.cost import BudgetExceeded, CostError, Spend, Throughput, check_estimate, estimate
 
 SPEC = """
 [job]

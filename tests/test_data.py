@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from atlas.data import (
+from atlas.data.source import (
     MAX_SIDE,
     MIN_SIDE,
     DemoSource,

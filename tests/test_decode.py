@@ -16,12 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from atlas.data import EXIF_ORIENTATION, decode_for_model, open_source
-from atlas.examples import scan_shard
-from atlas.examples.decode import TensorDecoder, _decode_jpegs, jpeg_plan
+from atlas.data.open import open_source
+from atlas.data.source import EXIF_ORIENTATION, decode_for_model
+from atlas.kinds.examples import scan_shard
+from atlas.kinds.examples.decode import TensorDecoder, _decode_jpegs, jpeg_plan
 from atlas.models import load_model
 
-# What "the same model input" means (grey levels of 255): see atlas/examples/decode.py.
+# What "the same model input" means (grey levels of 255): see atlas/kinds/examples/decode.py.
 MEAN_LEVELS = 1.5
 MAX_LEVELS = 48
 

@@ -23,11 +23,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from atlas.actatlas.dictionary import DictionaryError, attach_layers, load_dictionary
-from atlas.data import ShardRef, open_source
-from atlas.examples import scan_shard
+from atlas.data.open import open_source
+from atlas.data.source import ShardRef
+from atlas.kinds.examples import scan_shard
 from atlas.models import load_model
-from atlas.spec import LayerSpec, RenderSpec, parse_spec
+from atlas.plan.dictionary import DictionaryError, attach_layers, load_dictionary
+from atlas.plan.spec import LayerSpec, RenderSpec, parse_spec
 
 BASE = "conv3"  # tiny-cnn: 32 channels on an 8 x 8 map
 C = 32
@@ -58,9 +59,9 @@ def model():
 
 @pytest.mark.parametrize("k", SIZES.values(), ids=SIZES.keys())
 def test_every_view_of_a_dictionary_layer_is_the_projection_on_its_rows(tmp_path, model, k: int) -> None:
-    from atlas.actatlas.stage import PlacesWork, places_table
+    from atlas.kinds.actatlas.stage import PlacesWork, places_table
     from atlas.optvis import render_channels
-    from atlas.plan import make_unit
+    from atlas.plan.units import make_unit
 
     path = _dictionary(tmp_path, k)
     vectors = np.load(path).astype(np.float32)
@@ -110,7 +111,7 @@ def test_every_view_of_a_dictionary_layer_is_the_projection_on_its_rows(tmp_path
 @pytest.mark.parametrize("k", SIZES.values(), ids=SIZES.keys())
 def test_job_json_names_every_direction_of_the_dictionary(tmp_path, k: int) -> None:
     """The reported bug: job_info read the dictionary with K where the layer's C is meant."""
-    from atlas.job import job_info, prepare
+    from atlas.run.job import job_info, prepare
 
     names = [f"feature {i}\u2028line two\x0bof it\x1c{i}" for i in range(k)]
     path = _dictionary(tmp_path, k, names)
@@ -336,9 +337,11 @@ def test_a_timeline_refuses_a_dictionary_instead_of_following_the_base_channels(
 
 def test_calibrate_measures_the_dictionary_layer_the_job_scans(tmp_path, monkeypatch) -> None:
     """`atlas calibrate` timed the base layer's C channels where the job scans K = 64 x C directions."""
-    from atlas.cost import calibrate
+    from atlas.run.cost import calibrate
 
-    examples = importlib.import_module("atlas.examples")  # `atlas.examples` is also the notebook call
+    examples = importlib.import_module(
+        "atlas.kinds.examples"
+    )  # `atlas.kinds.examples` is also the notebook call
 
     scanned: list[str] = []
 

@@ -1,4 +1,4 @@
-"""The stored tables' columns are documented once, generated from atlas/schema.py: the docs stay true."""
+"""The stored tables' columns are documented once, generated from atlas/core/schema.py: the docs stay true."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import gen_docs  # noqa: E402
 
-from atlas.schema import TABLES, StoredTable  # noqa: E402
+from atlas.core.schema import TABLES, StoredTable  # noqa: E402
 
 
 def test_store_doc_lists_the_columns_of_atlas_schema() -> None:

@@ -23,10 +23,10 @@ import torch
 from click.testing import CliRunner
 from plugintools import plugin_environment
 
-import atlas.registry as registry
+import atlas.core.registry as registry
 from atlas.cli import main
 from atlas.models.registry import build
-from atlas.outdir import MARKER
+from atlas.store.outdir import MARKER
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent

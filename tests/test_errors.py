@@ -4,15 +4,15 @@ import pytest
 from click.testing import CliRunner
 
 from atlas.cli import main
-from atlas.data import SourceError
-from atlas.errors import AtlasError
-from atlas.examples import ScanError
-from atlas.execute import ExecuteError
+from atlas.core.errors import AtlasError
+from atlas.data.source import SourceError
+from atlas.kinds.examples import ScanError
 from atlas.models import ModelError, UnknownLayerError
 from atlas.optvis import ObjectiveError, ParamError, RenderError, TransformError
+from atlas.plan.spec import SpecError
+from atlas.run.executor import ExecuteError
 from atlas.site.build import SiteError
-from atlas.spec import SpecError
-from atlas.store import StoreError
+from atlas.store.store import StoreError
 
 SPEC = """
 [job]
@@ -125,6 +125,6 @@ def test_every_user_error_is_one_line_wherever_it_is_raised(monkeypatch, tmp_pat
     def fail(*args, **kwargs):
         raise error(f"{error.__name__} happened;\nfix it like this")
 
-    monkeypatch.setattr("atlas.job.run_job", fail)
+    monkeypatch.setattr("atlas.run.job.run_job", fail)
     line = invoke("run", spec(tmp_path))
     assert line == f"Error: {error.__name__} happened; fix it like this"

@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from atlas.data import ImageSource, ShardRef, open_source
-from atlas.examples import (
+from atlas.data.open import open_source
+from atlas.data.source import ImageSource, ShardRef
+from atlas.kinds.examples import (
     PartialScan,
     ScanError,
     TopK,
@@ -24,7 +25,7 @@ from atlas.examples import (
     source_priority,
 )
 from atlas.models import LoadedModel, load_model
-from atlas.receptive import receptive_field
+from atlas.models.receptive import receptive_field
 
 LAYERS = ("conv2", "conv3")
 SHARD = 8
@@ -303,8 +304,8 @@ def test_receptive_field_grows_with_depth_and_boxes_stay_inside(model: LoadedMod
 
 
 def test_reductions_match_numpy_histogram_on_both_backends() -> None:
-    from atlas.examples import HIST_EDGES
-    from atlas.examples.scan import _reduce
+    from atlas.kinds.examples import HIST_EDGES
+    from atlas.kinds.examples.scan import _reduce
 
     # Seeded: a value exactly on a negative edge bins by magnitude (mirrored), unlike numpy's
     # half-open bins, so random draws would fail about one run in 300; that edge is pinned below.
@@ -329,9 +330,9 @@ def test_reductions_match_numpy_histogram_on_both_backends() -> None:
 
 @pytest.mark.parametrize("tensors", [False, True], ids=["pil", "tensor-decoder"])
 def test_prefetched_batches_equal_sequential_ones(dataset: ImageSource, tensors: bool) -> None:
-    from atlas.data import decode_for_model
-    from atlas.examples.decode import TensorDecoder
-    from atlas.examples.scan import _batches
+    from atlas.data.source import decode_for_model
+    from atlas.kinds.examples.decode import TensorDecoder
+    from atlas.kinds.examples.scan import _batches
 
     decoder = TensorDecoder("cpu") if tensors else decode_for_model
     ids = dataset.ids()[:20]
@@ -393,7 +394,7 @@ def test_running_scan_on_the_device_equals_merging_batch_partials(
     model: LoadedModel, k: int, sample_size: int, sizes: tuple[int, ...]
 ) -> None:
     """The device fold picks exactly what numpy's `PartialScan.merge` picks, ties broken by id."""
-    from atlas.examples import BatchScanner
+    from atlas.kinds.examples import BatchScanner
 
     directions = {
         "conv2": torch.randn(3, model.channels("conv2"), generator=torch.Generator().manual_seed(k))
@@ -415,8 +416,8 @@ def test_a_batch_reads_nothing_back_and_a_shard_reads_back_once(model: LoadedMod
     back does not grow with layers, channels or batches."""
     from test_optvis_render import HostSyncs
 
-    from atlas.examples import BatchScanner
-    from atlas.examples import scan as scan_module
+    from atlas.kinds.examples import BatchScanner
+    from atlas.kinds.examples import scan as scan_module
 
     reduce = scan_module._reduce
     monkeypatch.setattr(scan_module, "_reduce", lambda act, in_numpy: reduce(act, in_numpy=False))

@@ -11,14 +11,14 @@ from click.testing import CliRunner
 from test_data import write_bad_folder
 
 from atlas.cli import main
-from atlas.data import open_source
-from atlas.examples import finalize_layer, scan_shard
-from atlas.job import run_job
+from atlas.data.open import open_source
+from atlas.data.skipped import read_skipped
+from atlas.kinds.examples import finalize_layer, scan_shard
 from atlas.models import load_model
+from atlas.plan.spec import parse_spec
+from atlas.run.job import run_job
 from atlas.site import build_site
-from atlas.skipped import read_skipped
-from atlas.spec import parse_spec
-from atlas.store import Store
+from atlas.store.store import Store
 
 pytestmark = pytest.mark.slow
 

@@ -13,10 +13,16 @@ from click.testing import CliRunner
 from raytools import local_ray, tiny_spec, write_spec
 
 from atlas.cli import main
-from atlas.execute import RENDER_UNITS_PER_GPU_CALL, ExecuteError, WorkerPlan, check_address, plan_workers
 from atlas.models.registry import build
-from atlas.spec import ExecuteSpec
-from atlas.store import Store
+from atlas.plan.spec import ExecuteSpec
+from atlas.run.executor import (
+    RENDER_UNITS_PER_GPU_CALL,
+    ExecuteError,
+    WorkerPlan,
+    check_address,
+    plan_workers,
+)
+from atlas.store.store import Store
 
 AUTO = ExecuteSpec()
 
@@ -136,7 +142,7 @@ def test_workers_of_a_started_cluster_run_at_normal_priority(tmp_path):
     """Ray's default niceness 15 would let any busy process slow the atlas workers several times."""
     import ray
 
-    from atlas.execute import Executor
+    from atlas.run.executor import Executor
 
     if ray.is_initialized():
         ray.shutdown()

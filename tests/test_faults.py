@@ -23,12 +23,12 @@ from faultmodels import POISONED_CHANNEL
 from raytools import env_with_tests_on_path, local_ray, manifest_units, tiny_spec, write_spec
 
 from atlas.cli import main
-from atlas.execute import MAX_LOST_BEFORE_START_PER_WORKER, ExecuteError, Executor, WorkerPlan
-from atlas.job import UnitRunner, prepare, run_job
-from atlas.provenance import run_differences
-from atlas.report import JobResult
-from atlas.spec import load_spec
-from atlas.store import Store
+from atlas.core.provenance import run_differences
+from atlas.plan.spec import load_spec
+from atlas.run.executor import MAX_LOST_BEFORE_START_PER_WORKER, ExecuteError, Executor, WorkerPlan
+from atlas.run.job import UnitRunner, prepare, run_job
+from atlas.run.report import JobResult
+from atlas.store.store import Store
 
 pytestmark = pytest.mark.slow
 
@@ -145,7 +145,7 @@ class DiesBeforeStart:
 
 def test_workers_lost_before_they_start_stop_the_job_after_the_bound(cluster, tmp_path, monkeypatch):
     spec = tiny_spec(tmp_path / "out", channels="0:2", steps=2, workers=1)
-    monkeypatch.setattr("atlas.execute.UnitWorker", DiesBeforeStart)
+    monkeypatch.setattr("atlas.run.executor.UnitWorker", DiesBeforeStart)
     pool = Executor(spec, WorkerPlan(1, cpus=1, gpus=0), start_timeout=120)
     created = []
     new_worker = pool._new_worker

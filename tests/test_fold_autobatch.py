@@ -8,8 +8,8 @@ from torch import nn
 from atlas.models import freeze, load_model
 from atlas.models.registry import Preprocessing
 from atlas.optvis.autobatch import DEFAULT_CAP, HEADROOM, capacity_from_memory, pass_capacity
-from atlas.plan import ModelFacts, make_plan
-from atlas.spec import parse_spec
+from atlas.plan.spec import parse_spec
+from atlas.plan.units import ModelFacts, make_plan
 
 
 class ConvBnNet(nn.Module):

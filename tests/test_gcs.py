@@ -10,7 +10,7 @@ from gcsserver import gcs_server
 from raytools import local_ray, write_spec
 
 from atlas.cli import main
-from atlas.store import Store
+from atlas.store.store import Store
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 
 from atlas.models.registry import PREFIXES, WRAPPERS, ModelError, build, load_checkpoint, state_dict_mismatch
-from atlas.spec import SpecError, parse_spec
-from atlas.store import Store
+from atlas.plan.spec import SpecError, parse_spec
+from atlas.store.store import Store
 
 MODEL = build("tiny-cnn", "none")[0]
 STATE = MODEL.state_dict()

@@ -12,17 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
-from atlas.data import open_source
-from atlas.examples import scan_shard
+from atlas.core.provenance import run_differences
+from atlas.data.open import open_source
+from atlas.kinds.examples import scan_shard
 from atlas.models import load_model
 from atlas.optvis import make_param, render, render_channels
 from atlas.optvis import objectives as obj
 from atlas.optvis.autobatch import DEFAULT_CAP, pass_capacity
-from atlas.plan import ModelFacts, make_plan
-from atlas.provenance import run_differences
-from atlas.spec import RenderSpec, parse_spec
-from atlas.store import Store
-from atlas.units import UnitFailed, make_context, run_unit
+from atlas.plan.spec import RenderSpec, parse_spec
+from atlas.plan.units import ModelFacts, make_plan
+from atlas.run.worker import UnitFailed, make_context, run_unit
+from atlas.store.store import Store
 
 pytestmark = [
     pytest.mark.gpu,
@@ -69,7 +69,7 @@ def test_model_parameters_and_results_are_on_the_gpu():
 
 def test_unit_records_its_gpu_provenance():
     table = _unit_tables("tiny-cnn", "conv2")["render"]
-    info = json.loads(table.schema.metadata[b"atlas.provenance"])
+    info = json.loads(table.schema.metadata[b"atlas.core.provenance"])
     assert info["device"].startswith("cuda") and info["cuda"] and info["device_name"]
 
 

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from atlas import heatmaps
-from atlas.data import ShardRef, model_view, open_source
-from atlas.examples import finalize_layer, scan_shard
+from atlas.data.open import open_source
+from atlas.data.source import ShardRef, model_view
+from atlas.kinds.examples import finalize_layer, heatmaps, scan_shard
 from atlas.models import LoadedModel, Preprocessing
 
 SIZE = 32

@@ -12,8 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_import_is_cheap_and_units_run_without_ray_installed():
     """The GPU machine has no Ray: the unit code, store, job runner, CLI, API and gpu_check import
-    without it. `import atlas` alone loads no torch, and `atlas.examples` stays the API function
-    after the submodule of that name is imported."""
+    without it. `import atlas` alone loads no torch, and `atlas.examples` is the API function."""
     script = textwrap.dedent(
         f"""
         import sys
@@ -26,8 +25,8 @@ def test_import_is_cheap_and_units_run_without_ray_installed():
         sys.meta_path.insert(0, HideRay())
         import atlas
         assert "torch" not in sys.modules
-        import atlas.units, atlas.store, atlas.job, atlas.cli, atlas.site, atlas.api
-        from atlas.examples import scan_shard
+        import atlas.run.worker, atlas.store.store, atlas.run.job, atlas.cli, atlas.site, atlas.api
+        from atlas.kinds.examples import scan_shard
         assert callable(atlas.examples) and atlas.examples.__module__ == "atlas.api"
         sys.path.insert(0, {str(ROOT / "scripts")!r})
         import gpu_check

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from atlas.interpretability import forced_choice, image_statistics, split_examples, unit_proxy
+from atlas.site.interpretability import forced_choice, image_statistics, split_examples, unit_proxy
 
 SIZE, PATCH, K = 48, 12, 20
 MAGENTA, GREEN = (230, 40, 220), (40, 200, 50)

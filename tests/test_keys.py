@@ -1,14 +1,14 @@
 """The content keys of the demo job, pinned: a refactor that changes them recomputes every user's atlas.
 
 If this fails, something that feeds the keys changed (a unit's settings, their serialized form,
-a default, the weight digest). Bump `atlas.plan.CODE_VERSIONS` on purpose or undo the change.
+a default, the weight digest). Bump `atlas.plan.units.CODE_VERSIONS` on purpose or undo the change.
 """
 
 from pathlib import Path
 
 from atlas.models import load_model
-from atlas.plan import ModelFacts, examples_units, make_plan
-from atlas.spec import load_spec
+from atlas.plan.spec import load_spec
+from atlas.plan.units import ModelFacts, examples_units, make_plan
 
 DEMO = Path(__file__).resolve().parents[1] / "jobs" / "demo.toml"
 DIGEST = "6c403c088d9f7086"  # efficientnet-lite0's ImageNet weights from the installed package

@@ -12,8 +12,8 @@ from atlas.optvis import RenderError, render, render_channels
 from atlas.optvis import objectives as obj
 from atlas.optvis.param import FourierParam, make_param
 from atlas.optvis.schedules import COARSE_FACTORS, FLOOR, SCHEDULES, resolution_factor, warmup_cosine
+from atlas.plan.spec import RenderSpec, SpecError, parse_spec
 from atlas.quality import high_frequency_share
-from atlas.spec import RenderSpec, SpecError, parse_spec
 
 
 @pytest.fixture(scope="module")

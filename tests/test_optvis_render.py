@@ -168,7 +168,7 @@ def test_divergence_names_the_unit_and_step(model):
 
 
 def test_spec_dataclass_is_accepted(model):
-    spec = pytest.importorskip("atlas.spec")
+    spec = pytest.importorskip("atlas.plan.spec")
     render_spec = replace(spec.RenderSpec(), steps=2, size=32, objectives=("channel",))
     rows = render_channels(model, "conv1", [0], render_spec)
     assert len(rows) == 1 and rows[0].image.shape == (32, 32, 3)

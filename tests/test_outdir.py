@@ -15,16 +15,16 @@ import pytest
 from click.testing import CliRunner
 from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 
-import atlas.job
-from atlas import safefs
+import atlas.run.job
 from atlas.cli import main
-from atlas.errors import AtlasError
-from atlas.job import run_job
-from atlas.outdir import MARKER, OutputFolderError, check_site_folder, claim_output, marker_job
-from atlas.safefs import UnsafeDeletionError, remove, swap_folder
+from atlas.core.errors import AtlasError
+from atlas.plan.spec import SpecError, parse_spec
+from atlas.run.job import run_job
 from atlas.site import build_site
-from atlas.spec import SpecError, parse_spec
-from atlas.store import Store
+from atlas.store import safefs
+from atlas.store.outdir import MARKER, OutputFolderError, check_site_folder, claim_output, marker_job
+from atlas.store.safefs import UnsafeDeletionError, remove, swap_folder
+from atlas.store.store import Store
 
 SPEC = """
 [job]
@@ -67,7 +67,7 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     def no_work(spec: object) -> None:
         raise AssertionError("the output folder must be refused before the model loads")
 
-    monkeypatch.setattr(atlas.job, "prepare", no_work)
+    monkeypatch.setattr(atlas.run.job, "prepare", no_work)
     return cwd
 
 

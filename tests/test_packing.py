@@ -13,9 +13,9 @@ from raytools import tiny_spec
 
 from atlas.models import load_model
 from atlas.optvis.recipes import render_channel_sets, render_channels
-from atlas.plan import ModelFacts, make_plan
-from atlas.spec import LayerSpec, RenderSpec
-from atlas.units import UnitFailed, WorkerContext, run_unit, run_units
+from atlas.plan.spec import LayerSpec, RenderSpec
+from atlas.plan.units import ModelFacts, make_plan
+from atlas.run.worker import UnitFailed, WorkerContext, run_unit, run_units
 
 SETTINGS = RenderSpec(steps=3, size=40, batch=4, objectives=("channel", "negative", "diversity"), diversity=2)
 

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from atlas.data import demo_photos
-from atlas.job import run_job
-from atlas.spec import load_spec
-from atlas.store import Store
+from atlas.data.source import demo_photos
+from atlas.plan.spec import load_spec
+from atlas.run.job import run_job
+from atlas.store.store import Store
 
 DEMO = Path(__file__).resolve().parents[1] / "jobs" / "demo.toml"
 RENDER_COLUMNS = [

@@ -2,8 +2,8 @@
 
 from dataclasses import replace
 
-from atlas.plan import ModelFacts, make_plan
-from atlas.spec import parse_spec
+from atlas.plan.spec import parse_spec
+from atlas.plan.units import ModelFacts, make_plan
 
 SPEC = """
 [model]
@@ -69,7 +69,7 @@ def test_new_checkpoint_changes_every_key():
 
 
 def test_examples_units_chunk_channels_and_follow_their_settings():
-    from atlas.plan import EXAMPLES_CHANNELS_PER_UNIT, examples_units
+    from atlas.plan.units import EXAMPLES_CHANNELS_PER_UNIT, examples_units
 
     spec = parse_spec(SPEC.replace("enabled = false", "quantiles = [0.1, 0.9]"))
     facts = ModelFacts("digest-a", {"conv2": 100, "conv3": 32})

@@ -19,8 +19,9 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from atlas.data import ShardRef, open_source
-from atlas.examples import scan_shard
+from atlas.data.open import open_source
+from atlas.data.source import ShardRef
+from atlas.kinds.examples import scan_shard
 from atlas.models import LoadedModel, Preprocessing
 from atlas.optvis.recipes import render_channels
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from plugintools import plugin_environment
 
+from atlas.plan.spec import SpecError, parse_spec
 from atlas.site import build_site
-from atlas.spec import SpecError, parse_spec
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -34,7 +34,7 @@ from click.testing import CliRunner
 from atlas.cli import main
 from atlas.site.columns import atlas_columns, columns_json
 from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
-from atlas.spec import SpecError, parse_spec
+from atlas.plan.spec import SpecError, parse_spec
 
 spec = {spec!r}
 try:

@@ -6,8 +6,7 @@ import pyarrow.compute as pc
 import torch
 from raytools import tiny_spec
 
-from atlas.job import job_info, prepare
-from atlas.provenance import (
+from atlas.core.provenance import (
     computed_on,
     provenance,
     read_provenance,
@@ -15,8 +14,9 @@ from atlas.provenance import (
     run_differences,
     with_provenance,
 )
-from atlas.store import Store
-from atlas.units import make_context, run_unit
+from atlas.run.job import job_info, prepare
+from atlas.run.worker import make_context, run_unit
+from atlas.store.store import Store
 
 
 def test_shards_and_job_json_name_their_environment(tmp_path):

@@ -20,9 +20,9 @@ from s3server import s3_server
 from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 
 from atlas.cli import main
-from atlas.outdir import MARKER, claim_output
-from atlas.publish import ENTRY, POINTER, RECORD, PublishError, content_type, publish_site
-from atlas.storage import Location
+from atlas.site.publish import ENTRY, POINTER, RECORD, PublishError, content_type, publish_site
+from atlas.store.location import Location
+from atlas.store.outdir import MARKER, claim_output
 
 SMALL = SyntheticOptions(image_size=16, crop_size=12, examples_k=2, diversity=2, bins=8, channels_per_unit=4)
 
@@ -344,8 +344,8 @@ def test_a_killed_publish_process_then_keep_2_on_the_s3_server(s3, tmp_path):
     first = publish()
     script = f"""
 import time
-from atlas.publish import publish_site
-from atlas.storage import Location
+from atlas.site.publish import publish_site
+from atlas.store.location import Location
 write_bytes = Location.write_bytes
 def slow(self, *args, **kwargs):
     write_bytes(self, *args, **kwargs)

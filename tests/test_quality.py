@@ -9,17 +9,17 @@ import pytest
 import torch
 from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 
+from atlas.core.schema import QUALITY_SCHEMA
 from atlas.models import load_model
 from atlas.optvis import make_param, render
 from atlas.optvis import objectives as obj
-from atlas.plan import Unit
+from atlas.plan.spec import ExamplesSpec, RenderSpec
+from atlas.plan.units import Unit
+from atlas.plan.work import RenderWork
 from atlas.quality import CHECK_SET, check_activations, diversity_similarity, flags, high_frequency_share
-from atlas.quality.layer import layer_records
-from atlas.schema import QUALITY_SCHEMA
-from atlas.spec import ExamplesSpec, RenderSpec
-from atlas.store import Store
-from atlas.units import WorkerContext, run_unit
-from atlas.work import RenderWork
+from atlas.run.worker import WorkerContext, run_unit
+from atlas.site.layer_quality import layer_records
+from atlas.store.store import Store
 
 CHANNELS = [0, 3, 5, 7]
 

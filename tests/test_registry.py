@@ -5,11 +5,11 @@ from pathlib import Path
 import click
 import pytest
 
-import atlas.registry as registry
+import atlas.core.registry as registry
 from atlas.catalog import BEGIN, END, REGISTRIES, registry_table
 from atlas.cli import render
-from atlas.registry import Registry, RegistryError
-from atlas.spec import SpecError, parse_spec
+from atlas.core.registry import Registry, RegistryError
+from atlas.plan.spec import SpecError, parse_spec
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "CONTRACTS.md"
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from atlas.job import UnitRunner
-from atlas.plan import ModelFacts, make_plan
-from atlas.report import JobResult
-from atlas.spec import parse_spec
-from atlas.store import Store, UnitRecord
+from atlas.plan.spec import parse_spec
+from atlas.plan.units import ModelFacts, make_plan
+from atlas.run.job import UnitRunner
+from atlas.run.report import JobResult
+from atlas.store.store import Store, UnitRecord
 
 SPEC = """
 [model]
@@ -24,7 +24,7 @@ enabled = false
 
 
 class RecordingExecutor:
-    """Stands in for atlas.execute.Executor: records what it is given and stores each unit."""
+    """Stands in for atlas.run.executor.Executor: records what it is given and stores each unit."""
 
     def __init__(self) -> None:
         self.given: list[list[str]] = []

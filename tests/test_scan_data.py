@@ -14,14 +14,14 @@ import pyarrow as pa
 import pytest
 from raytools import env_with_tests_on_path, local_ray, manifest_units, tiny_spec
 
-from atlas.cost import BudgetExceeded
-from atlas.data import open_source
-from atlas.examples import PartialScan, scan_shard
-from atlas.job import prepare, run_job
-from atlas.report import JobResult
-from atlas.scan_data import cluster_scan_plan, plan_scan, run_scans, scan_directions, tree_merge
-from atlas.spec import ExecuteSpec, load_spec, parse_spec
-from atlas.store import Store
+from atlas.data.open import open_source
+from atlas.kinds.examples import PartialScan, scan_shard
+from atlas.plan.spec import ExecuteSpec, load_spec, parse_spec
+from atlas.run.cost import BudgetExceeded
+from atlas.run.job import prepare, run_job
+from atlas.run.report import JobResult
+from atlas.run.scans import cluster_scan_plan, plan_scan, run_scans, scan_directions, tree_merge
+from atlas.store.store import Store
 
 SPEC = """
 [job]

@@ -21,13 +21,13 @@ from synthetic import (
     write_synthetic_store,
 )
 
-from atlas.schema import RENDER_SCHEMA
+from atlas.core.schema import RENDER_SCHEMA
 from atlas.site import SiteError, build_site
 from atlas.site.changes import channel_ranges
 from atlas.site.sheets import compose, grid_placements, png_size
 from atlas.site.slugs import layer_slugs
 from atlas.site.sprites import sprite_layout
-from atlas.store import Store
+from atlas.store.store import Store
 
 HOSTILE = '<script>alert("x")</script>/../../evil'
 

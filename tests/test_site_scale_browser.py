@@ -16,7 +16,7 @@ from browsers import CHROMIUM, chromium
 from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 
 from atlas.site import build_site
-from atlas.store import Store
+from atlas.store.store import Store
 
 UNITS = 4096
 LAYERS = 25

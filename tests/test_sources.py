@@ -10,10 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from atlas.data import FolderSource, SourceError, open_source
-from atlas.examples import scan_shard
+from atlas.data.formats import FileSystemSource
+from atlas.data.open import open_source
+from atlas.data.source import FolderSource, SourceError
+from atlas.kinds.examples import scan_shard
 from atlas.models import load_model
-from atlas.sources import FileSystemSource
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from atlas.models import load_model
-from atlas.spec import SpecError, check_against_model, load_spec, parse_spec
+from atlas.plan.spec import SpecError, check_against_model, load_spec, parse_spec
 
 DEMO = Path(__file__).resolve().parents[1] / "jobs" / "demo.toml"
 
@@ -88,7 +88,7 @@ def test_channel_out_of_range(tmp_path):
 
 def test_transform_presets_match_the_renderer():
     from atlas.optvis.transforms import PRESETS
-    from atlas.spec import TRANSFORM_PRESETS
+    from atlas.plan.spec import TRANSFORM_PRESETS
 
     assert set(TRANSFORM_PRESETS) == set(PRESETS)
 

@@ -6,7 +6,7 @@ change, the messages may not (a test per message would hide a reworded one among
 
 import pytest
 
-from atlas.spec import SpecError, parse_spec
+from atlas.plan.spec import SpecError, parse_spec
 
 BASE = '[job]\nname = "t"\n\n[model]\nname = "tiny-cnn"\n\n[[layers]]\nname = "conv2"\nchannels = "0:4"\n'
 cases = {

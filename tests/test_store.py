@@ -7,10 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from atlas.lease import LeaseError
-from atlas.retention import apply_retention
-from atlas.storage import LocationError
-from atlas.store import Store, StoreError, UnitRecord
+from atlas.store.lease import LeaseError
+from atlas.store.location import LocationError
+from atlas.store.retention import apply_retention
+from atlas.store.store import Store, StoreError, UnitRecord
 
 
 def table(n: int, layer: str = "l1") -> pa.Table:
@@ -103,7 +103,7 @@ def test_torn_last_line_is_not_a_record(tmp_path):
 
 
 def test_compaction_keeps_every_record_and_drops_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr("atlas.journal.COMPACT_MIN_LINES", 4)
+    monkeypatch.setattr("atlas.store.journal.COMPACT_MIN_LINES", 4)
     store = Store(tmp_path)
     for i in range(10):
         store.write_unit(f"k{i}", "render", "l1", table(1))
@@ -227,7 +227,7 @@ def test_read_layer_yields_one_unit_at_a_time(tmp_path):
 
 
 def test_open_store_takes_paths_and_file_uris(tmp_path):
-    from atlas.store import open_store
+    from atlas.store.store import open_store
 
     Store(tmp_path).write_unit("k1", "render", "l1", table(1))
     by_uri = open_store(tmp_path.as_uri())

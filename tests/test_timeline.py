@@ -13,11 +13,11 @@ from raytools import local_ray
 from training import train_checkpoints, write_photos
 
 from atlas.cli import main
+from atlas.kinds.timeline.match import STATUSES
 from atlas.models import load_model
-from atlas.spec import SpecError, load_spec, parse_spec
-from atlas.timeline.match import STATUSES
-from atlas.timeline.run import gather_series, run_timeline, timeline_store
-from atlas.timeline.series import TimelineError, describe_order, stored_series
+from atlas.plan.spec import SpecError, load_spec, parse_spec
+from atlas.run.timeline import gather_series, run_timeline, timeline_store
+from atlas.site.series import TimelineError, describe_order, stored_series
 
 
 def spec_for(root: Path, checkpoints: str = '["ckpt/epoch-*.pt"]'):
@@ -70,7 +70,7 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         seen.append(Path(checkpoint).name if checkpoint else "")
         return load_model(name, checkpoint, *args, **kwargs)
 
-    monkeypatch.setattr("atlas.timeline.run.load_model", counted)
+    monkeypatch.setattr("atlas.run.timeline.load_model", counted)
     return seen
 
 

@@ -12,10 +12,10 @@ from s3server import s3_server
 from training import train_checkpoints, write_photos
 
 from atlas.cli import main
-from atlas.retention import apply_retention
-from atlas.store import open_store
-from atlas.timeline.run import timeline_store
-from atlas.timeline.series import stored_series
+from atlas.run.timeline import timeline_store
+from atlas.site.series import stored_series
+from atlas.store.retention import apply_retention
+from atlas.store.store import open_store
 
 JOB = """
 [job]

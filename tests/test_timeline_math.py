@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from atlas.kinds.timeline.cka import linear_cka
+from atlas.kinds.timeline.match import match_units
+from atlas.kinds.timeline.probe import probe_model
 from atlas.models import freeze
 from atlas.models.registry import Preprocessing
-from atlas.timeline.cka import linear_cka
-from atlas.timeline.match import match_units
-from atlas.timeline.probe import probe_model
 
 
 def test_cka_of_a_representation_with_itself_is_one() -> None:

@@ -9,10 +9,10 @@ import pyarrow as pa
 import torch
 import torchvision
 
+from atlas.kinds.timeline.compare import compare
+from atlas.kinds.timeline.probe import probe_model
 from atlas.models import freeze
 from atlas.models.registry import Preprocessing
-from atlas.timeline.compare import compare
-from atlas.timeline.probe import probe_model
 
 BLOCK = "encoder.layers.encoder_layer_0"
 HIDDEN = f"{BLOCK}.mlp.1"  # the MLP's hidden units after GELU: (B, 1 + 16 patches, 64) tokens

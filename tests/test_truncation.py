@@ -131,7 +131,7 @@ def test_module_called_twice_falls_back_to_the_hooks(models) -> None:
 
 
 def test_derived_dictionary_layers_come_from_the_traced_source() -> None:
-    from atlas.actatlas.dictionary import Projection
+    from atlas.plan.dictionary import Projection
 
     model = _model("tiny-cnn")
     vectors = np.random.default_rng(0).normal(size=(5, model.channels("conv2"))).astype(np.float32)

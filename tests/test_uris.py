@@ -21,10 +21,10 @@ from s3server import s3_server
 from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 
 from atlas.cli import main
-from atlas.data import open_source
-from atlas.publish import publish_site
-from atlas.storage import URI_OPTIONS, LocationError, check_uri, open_location, parse_out
-from atlas.store import Store
+from atlas.data.open import open_source
+from atlas.site.publish import publish_site
+from atlas.store.location import URI_OPTIONS, LocationError, check_uri, open_location, parse_out
+from atlas.store.store import Store
 
 SCHEMES = ("s3", "gs", "gcs", "file", "memory", "hdfs", "http", "az")
 # What secrets hold: AWS secrets have `/` and `+`; escapes, unicode, the URI's own delimiters.

@@ -17,7 +17,7 @@ from atlas.optvis import objectives as obj
 from atlas.optvis.param import make_param
 from atlas.optvis.recipes import render_channels, render_directions, render_pair
 from atlas.optvis.render import RenderError, render
-from atlas.spec import RenderSpec
+from atlas.plan.spec import RenderSpec
 
 
 def _raw(model: LoadedModel, layer: str, x01: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,9 @@ from atlas.models.loaded import (
 )
 from atlas.models.registry import ModelError, Preprocessing
 
+# Sources in their own modules register themselves on import (their heavy imports are lazy).
+from atlas.models import sources_open_clip, sources_timm  # noqa: E402, F401  (isort: skip)
+
 __all__ = [
     "LOGITS",
     "LayerInfo",

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atlas.errors import AtlasError
+from atlas.core.errors import AtlasError
 from atlas.models.fold import Folded, fold_batchnorm
 from atlas.models.layout import CLS_SUFFIX, MAP, TOKENS, Layout, find_layout, prefix_tokens, role, unwrap
 from atlas.models.registry import ModelError, Preprocessing, build

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from atlas.errors import AtlasError
-from atlas.registry import Registry
+from atlas.core.errors import AtlasError
+from atlas.core.registry import Registry
 
 _log = logging.getLogger(__name__)
 
@@ -307,7 +307,3 @@ def build(
     raise ModelError(
         f"unknown model {name!r}{did_you_mean(name, names)}; use one of {', '.join(usages[:-1])} or {usages[-1]}"
     )
-
-
-# Sources in their own modules register themselves on import (their heavy imports are lazy).
-from atlas.models import sources_open_clip, sources_timm  # noqa: E402, F401

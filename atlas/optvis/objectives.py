@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from atlas.errors import AtlasError
+from atlas.core.errors import AtlasError
 from atlas.models import LOGITS, LoadedModel
 from atlas.models.devices import to_device
 

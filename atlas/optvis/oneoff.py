@@ -15,7 +15,7 @@ from PIL import Image
 
 from atlas.models import LOGITS, LoadedModel
 from atlas.optvis import objectives as obj
-from atlas.optvis.kinds import OBJECTIVES
+from atlas.optvis.named import OBJECTIVES
 from atlas.optvis.param import make_param
 from atlas.optvis.recipes import to_uint8
 from atlas.optvis.render import STEEPEST_DESCENT, RenderError, RenderResult, render

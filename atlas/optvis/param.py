@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atlas.errors import AtlasError
+from atlas.core.errors import AtlasError
+from atlas.core.registry import Registry
 from atlas.models.devices import to_device
-from atlas.registry import Registry
 
 # Square root of the colour covariance of ImageNet pixels (columns: decorrelated components),
 # the empirical statistic published with lucid; mixing through it makes the optimizer step in a

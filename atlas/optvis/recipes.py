@@ -1,6 +1,6 @@
 """What the atlas renders for a unit: channel sets, random directions and neuron pairs.
 
-These functions turn job settings (``atlas.spec.RenderSpec`` or anything with the same attribute
+These functions turn job settings (``atlas.plan.spec.RenderSpec`` or anything with the same attribute
 names) into batched ``render`` calls and flatten the result into ``RenderedImage`` rows that
 match the ``render`` shard columns of docs/CONTRACTS.md.
 """
@@ -17,7 +17,7 @@ import torch
 from atlas.models import LoadedModel
 from atlas.optvis import objectives as obj
 from atlas.optvis.autobatch import pass_capacity
-from atlas.optvis.kinds import OBJECTIVES, Term, channel_objectives
+from atlas.optvis.named import OBJECTIVES, Term, channel_objectives
 from atlas.optvis.param import make_param
 from atlas.optvis.render import RenderError, RenderPart, RenderResult, render_parts
 
@@ -26,7 +26,7 @@ ALIGNMENT_WEIGHT = 1e-2
 
 
 class RenderSettings(Protocol):
-    """The attributes of ``atlas.spec.RenderSpec`` that rendering reads."""
+    """The attributes of ``atlas.plan.spec.RenderSpec`` that rendering reads."""
 
     steps: int
     size: int
@@ -261,7 +261,7 @@ def render_channels(
 ) -> list[RenderedImage]:
     """Every requested objective for every channel, in as few batched optimizations as fit.
 
-    Objectives come from ``settings.objectives`` (see ``atlas.optvis.kinds``); the
+    Objectives come from ``settings.objectives`` (see ``atlas.optvis.named``); the
     images are packed into chunks of ``settings.batch``, and each chunk is one optimization
     with its own seed: the chunks decide the pictures (and the content key holds the batch).
     Several chunks share each step's forward pass when ``images_per_pass`` allows (default: as

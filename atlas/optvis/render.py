@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from atlas.errors import AtlasError
+from atlas.core.errors import AtlasError
+from atlas.core.registry import Registry
 from atlas.models import LoadedModel, ModelError
 from atlas.optvis.objectives import Objective, ObjectiveError, StepState, bind_terms
 from atlas.optvis.param import stack, unstack
 from atlas.optvis.schedules import SCHEDULES, ScheduleError, resolution_factor
 from atlas.optvis.transforms import Transform, preset
-from atlas.registry import Registry
 
 OPTIMIZERS = ("adam", "l2", "linf")
 # The article's three notions of steepest descent, as (parameterization, decorrelate, optimizer).

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from atlas.errors import AtlasError
-from atlas.registry import Registry
+from atlas.core.errors import AtlasError
+from atlas.core.registry import Registry
 
 Schedule = Callable[[int, int], float]
 

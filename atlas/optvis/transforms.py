@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from atlas.errors import AtlasError
+from atlas.core.errors import AtlasError
+from atlas.core.registry import Registry
 from atlas.models.devices import to_device
-from atlas.registry import Registry
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 # A step's random draws for ``count`` images: index tensors whose last dimension is the image.

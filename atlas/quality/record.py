@@ -21,12 +21,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from atlas.core.schema import QUALITY_SCHEMA
 from atlas.models import LoadedModel
 from atlas.optvis import objectives as obj
 from atlas.optvis.recipes import RenderedImage
 from atlas.quality.checkset import check_activations, quantized
 from atlas.quality.measures import diversity_similarity, high_frequency_share
-from atlas.schema import QUALITY_SCHEMA
 
 # A picture fails a measure when it is on the wrong side of its threshold: (direction, value).
 THRESHOLDS: dict[str, tuple[str, float]] = {

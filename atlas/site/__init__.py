@@ -12,10 +12,10 @@
     static/atlas.css, atlas.js    the only style and script; nothing is fetched from elsewhere
     build.json                    unit keys and sprite keys, for "what changed" and for reuse
     skipped.html                  the dataset images the scan could not use, and why
-    .neuron-atlas                 marker: a later build may replace this folder (atlas.outdir)
+    .neuron-atlas                 marker: a later build may replace this folder (atlas.store.outdir)
 
 Slugs are made from layer names (`slugs.py`); pages are built in a sibling folder and swapped
-into place in one step (`build.py`, `atlas.safefs.swap_folder`).
+into place in one step (`build.py`, `atlas.store.safefs.swap_folder`).
 """
 
 from atlas.site.build import SiteError, build_site

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from atlas.store import Store
+from atlas.store.store import Store
 
 TOP_CHANNELS = 5
 

@@ -21,10 +21,9 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from atlas.actatlas.dictionary import base_layer
-from atlas.errors import AtlasError
-from atlas.outdir import check_site_folder, marker_job, write_marker
-from atlas.safefs import folder_mode, remove, swap_folder
+from atlas.core.errors import AtlasError
+from atlas.data.skipped import REASONS, count_reasons, read_skipped
+from atlas.plan.dictionary import base_layer
 from atlas.site.actatlas import Dictionary, read_atlas, read_places
 from atlas.site.changes import build_summary, channel_ranges, diff_builds, load_summary
 from atlas.site.channels import BUCKETS, ChannelEntry, PreviousSprites, read_layer
@@ -38,8 +37,9 @@ from atlas.site.sprites import SpriteLayout
 from atlas.site.timeline import ALERTS_SHOWN as TIMELINE_ALERTS_SHOWN
 from atlas.site.timeline import build_timeline, has_timeline
 from atlas.site.workers import ComposeJobs, auto_workers
-from atlas.skipped import REASONS, count_reasons, read_skipped
-from atlas.store import JOB, Store, UnitRecord
+from atlas.store.outdir import check_site_folder, marker_job, write_marker
+from atlas.store.safefs import folder_mode, remove, swap_folder
+from atlas.store.store import JOB, Store, UnitRecord
 
 SUMMARY_FILE = "build.json"
 DETAILS_FILE = "details.js"
@@ -99,7 +99,7 @@ def build_site(out: Path | str, site_dir: Path | None = None, workers: int | Non
     """Build the atlas site for the store `out`; returns the path of its index.html.
 
     The site is built on local disk: in `out/site` for a local store, in a cache folder for a
-    bucket (kept, so the next build reuses unchanged sprites; `atlas.publish` puts it online).
+    bucket (kept, so the next build reuses unchanged sprites; `atlas.site.publish` puts it online).
     `workers` processes compose the channel sprites (default: one per core for large atlases,
     inline for small ones).
     """

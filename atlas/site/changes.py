@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from atlas.store import UnitRecord
+from atlas.store.store import UnitRecord
 
 SUMMARY_VERSION = 1
 

@@ -21,8 +21,8 @@ from atlas.site.images import LayerImages, Picture
 from atlas.site.sheets import png_size
 from atlas.site.sprites import SpriteLayout, sprite_layout
 from atlas.site.svg import HistogramShape, histogram_shape
-from atlas.store import Store
-from atlas.unitwalk import UnitWalk, layer_units
+from atlas.site.unitwalk import UnitWalk, layer_units
+from atlas.store.store import Store
 
 INTERACTION_OBJECTIVES = ("direction", "pair", "interpolation")
 BUCKETS = ("max", "min", "slightly_positive", "slightly_negative")

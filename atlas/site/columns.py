@@ -39,7 +39,7 @@ SLIGHTLY = [
 
 def atlas_columns() -> list[Column]:
     """Every registered per-channel objective and the example buckets, in row order."""
-    from atlas.optvis.kinds import OBJECTIVES
+    from atlas.optvis.named import OBJECTIVES
 
     objectives = [
         Column(name, "diverse" if kind.diverse else "optimized", (*kind.labels, name), kind.side)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import statistics
 
 from atlas.quality import THRESHOLDS, flags
-from atlas.quality.layer import layer_records
 from atlas.site.channels import ChannelEntry
-from atlas.store import Store
+from atlas.site.layer_quality import layer_records
+from atlas.store.store import Store
 
 # key -> label, in the order the channel view lists them.
 MEASURES = {

@@ -1,6 +1,6 @@
 """The timeline pages: how each channel changes across the checkpoints of a series.
 
-Read from the timeline store (`<out>/timeline`, atlas.timeline) one layer at a time: a page per
+Read from the timeline store (`<out>/timeline`, atlas.kinds.timeline) one layer at a time: a page per
 layer (CKA between consecutive checkpoints, one row per channel with a sparkline and what
 happened to it) and a page per channel (filmstrips of the optimized image by index and following
 the match, each scanned checkpoint's top dataset examples, curves of its activation statistics).
@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from jinja2 import Environment
 
+from atlas.site.series import TIMELINE_DIR, Checkpoint, is_done, stored_series
 from atlas.site.slugs import layer_slugs
-from atlas.store import Store, open_store
-from atlas.timeline.series import TIMELINE_DIR, Checkpoint, is_done, stored_series
+from atlas.store.store import Store, open_store
 
 PROBE_COLUMNS = ["layer", "channel", "max", "mean", "active"]
 STATS = (("max", "max activation"), ("mean", "mean activation"), ("active", "fraction of positions active"))

@@ -1,0 +1,432 @@
+"""The Arrow schemas of the tables the atlas stores, and what each column means.
+
+One home for them: the renderer's units, the dataset examples and the synthetic stores of the
+site's tests and benchmark all write exactly these columns, and the column tables of
+docs/STORE.md are generated from `TABLES` (scripts/gen_docs.py).
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+RENDER_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("channel", pa.int32()),
+        ("channel_b", pa.int32()),
+        ("objective", pa.string()),
+        ("variant", pa.int32()),
+        ("label", pa.string()),
+        ("image", pa.binary()),
+        ("activation", pa.float32()),
+        ("loss", pa.list_(pa.float32())),
+        ("unit_key", pa.string()),
+    ]
+)
+
+EXAMPLES_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("channel", pa.int32()),
+        ("bucket", pa.string()),
+        ("rank", pa.int32()),
+        ("activation", pa.float32()),
+        ("source_id", pa.string()),
+        ("x", pa.int32()),
+        ("y", pa.int32()),
+        ("crop", pa.binary()),
+        ("thumb", pa.binary()),
+        ("unit_key", pa.string()),
+    ]
+)
+
+HISTOGRAM_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("channel", pa.int32()),
+        ("edges", pa.list_(pa.float32())),
+        ("counts", pa.list_(pa.int64())),
+        ("unit_key", pa.string()),
+    ]
+)
+
+# One row per picture of a render unit, written by the same unit (atlas/quality/record.py).
+QUALITY_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("channel", pa.int32()),
+        ("objective", pa.string()),
+        ("variant", pa.int32()),
+        ("peak_activation", pa.float32()),
+        ("robust_activation", pa.float32()),
+        ("robust_worst", pa.float32()),
+        ("high_frequency", pa.float32()),
+        ("diversity_similarity", pa.float32()),
+        ("unit_key", pa.string()),
+    ]
+)
+
+SKIPPED_SCHEMA = pa.schema(
+    [
+        ("source_id", pa.string()),
+        ("reason", pa.string()),
+        ("message", pa.string()),
+        ("unit_key", pa.string()),
+    ]
+)
+
+# Timeline tables (atlas.kinds.timeline, docs/STORE.md "Timeline"): one `probe` table per checkpoint,
+# one `match` and one `cka` table per pair of consecutive checkpoints, one `series` table.
+PROBE_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("channel", pa.int32()),
+        ("max", pa.float32()),
+        ("mean", pa.float32()),
+        ("std", pa.float32()),
+        ("active", pa.float32()),
+        ("dead", pa.bool_()),
+        ("signature", pa.list_(pa.float32())),
+        ("unit_key", pa.string()),
+    ]
+)
+
+MATCH_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("channel", pa.int32()),
+        ("matched", pa.int32()),
+        ("correlation", pa.float32()),
+        ("status", pa.string()),
+        ("unit_key", pa.string()),
+    ]
+)
+
+CKA_SCHEMA = pa.schema([("layer", pa.string()), ("cka", pa.float32()), ("unit_key", pa.string())])
+
+SERIES_SCHEMA = pa.schema(
+    [
+        ("position", pa.int32()),
+        ("label", pa.string()),
+        ("step", pa.int64()),
+        ("checkpoint", pa.string()),
+        ("digest", pa.string()),
+        ("probe_key", pa.string()),
+        ("match_key", pa.string()),
+        ("render_keys", pa.list_(pa.string())),
+        ("scan_keys", pa.list_(pa.string())),
+        ("examples_keys", pa.list_(pa.string())),
+        ("size", pa.int64()),
+        ("mtime_ns", pa.int64()),
+    ]
+)
+
+# Activation atlases (atlas.kinds.actatlas): the vectors a scan shard sampled, their 2-D layout, the
+# grid cells over it and one icon per kept cell.
+VECTORS_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("source_id", pa.string()),
+        ("position", pa.int32()),
+        ("vector", pa.list_(pa.float32())),
+        ("unit_key", pa.string()),
+    ]
+)
+
+ATLAS_POINTS_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("source_id", pa.string()),
+        ("position", pa.int32()),
+        ("x", pa.float32()),
+        ("y", pa.float32()),
+        ("unit_key", pa.string()),
+    ]
+)
+
+ATLAS_CELLS_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("grid", pa.int32()),
+        ("cell", pa.int32()),
+        ("row", pa.int32()),
+        ("column", pa.int32()),
+        ("count", pa.int64()),
+        ("kept", pa.bool_()),
+        ("mean", pa.list_(pa.float32())),
+        ("source_ids", pa.list_(pa.string())),
+        ("unit_key", pa.string()),
+    ]
+)
+
+ATLAS_IMAGES_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("grid", pa.int32()),
+        ("cell", pa.int32()),
+        ("source_id", pa.string()),
+        ("position", pa.int32()),
+        ("image", pa.binary()),
+        ("unit_key", pa.string()),
+    ]
+)
+
+ATLAS_PLACES_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("atlas_layer", pa.string()),
+        ("grid", pa.int32()),
+        ("cell", pa.int32()),
+        ("direction", pa.int32()),
+        ("projection", pa.float32()),
+        ("cosine", pa.float32()),
+        ("cell_rank", pa.int32()),
+        ("place_rank", pa.int32()),
+        ("unit_key", pa.string()),
+    ]
+)
+
+ICONS_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("grid", pa.int32()),
+        ("cell", pa.int32()),
+        ("image", pa.binary()),
+        ("activation", pa.float32()),
+        ("cosine", pa.float32()),
+        ("class", pa.int32()),
+        ("class_gain", pa.float32()),
+        ("unit_key", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class StoredTable:
+    schema: pa.Schema
+    rows: str  # what one row is
+    meanings: Mapping[str, str]  # column -> what it holds
+
+
+TABLES = {
+    "render": StoredTable(
+        RENDER_SCHEMA,
+        "one row per image",
+        {
+            "layer": "layer name",
+            "channel": "channel (first channel for pairs; -1 for directions, whose id is `variant`)",
+            "channel_b": "second channel for `pair` / `interpolation`, else -1",
+            "objective": "`channel`, `neuron`, `negative`, `diversity`, `direction`, `pair`, `interpolation`",
+            "variant": "index within a diversity set / direction id / interpolation step",
+            "label": "human text, e.g. `channel 12`, `random direction 3`, `12 + 45`",
+            "image": "PNG bytes",
+            "activation": "mean activation of `channel` over space for the final image (direction: projection)",
+            "loss": "loss curve",
+            "unit_key": "content key of the unit that wrote the row",
+        },
+    ),
+    "examples": StoredTable(
+        EXAMPLES_SCHEMA,
+        "one row per example",
+        {
+            "layer": "layer name",
+            "channel": "channel; random direction i is channel -1 - i",
+            "bucket": "`max`, `min`, `slightly_positive`, `slightly_negative`",
+            "rank": "0 = most extreme in its bucket",
+            "activation": "the channel's spatial maximum (`min`, `slightly_negative`: minimum) on the image",
+            "source_id": "the image, e.g. `demo:horse.png@328x328+0+0` or a path relative to the folder",
+            "x": "column of the position in the layer's activation map (the patch, on token layers)",
+            "y": "row of the position in the layer's activation map (the patch, on token layers)",
+            "crop": "PNG, the receptive field around the position; on token layers the whole image "
+            "with the unit's per-patch heatmap",
+            "thumb": "PNG, the whole image",
+            "unit_key": "content key of the unit that wrote the row",
+        },
+    ),
+    "histogram": StoredTable(
+        HISTOGRAM_SCHEMA,
+        "one row per channel",
+        {
+            "layer": "layer name",
+            "channel": "channel; random direction i is channel -1 - i",
+            "edges": "bin edges, roughly log-spaced; the outer ones are the true minimum and maximum",
+            "counts": "positions (of every image) per bin",
+            "unit_key": "content key of the unit that wrote the row",
+        },
+    ),
+    "quality": StoredTable(
+        QUALITY_SCHEMA,
+        "one row per picture of a render unit, written by that unit beside its `render` rows",
+        {
+            "layer": "as in `render`",
+            "channel": "as in `render`",
+            "objective": "as in `render` (`channel`, `neuron`, `negative`, `diversity`)",
+            "variant": "as in `render`",
+            "peak_activation": "the picture's activation at its strongest position (`negative`: minus the weakest), "
+            "the measure of an example's `activation`: over the rank-0 `max` example it is the activation "
+            "relative to the best dataset example (the site divides; the scan runs after rendering)",
+            "robust_activation": "mean share of the picture's own objective kept under the held-out check set "
+            "(`atlas.quality.CHECK_SET`: resize to 224 and 64 px, quarter shift, 30° rotation, JPEG 75; all "
+            "outside the render transforms' range); null when the rendered score is not positive",
+            "robust_worst": "the smallest share any one check keeps",
+            "high_frequency": "share of luminance spectral power above 0.25 cycles/px (half Nyquist), "
+            "Hann-windowed; white noise about 0.80, photos a few hundredths",
+            "diversity_similarity": "`diversity` rows: mean pairwise cosine of the set's Gram matrices at the "
+            "layer (1 = one picture repeated); null on other rows",
+            "unit_key": "the render unit",
+        },
+    ),
+    "skipped": StoredTable(
+        SKIPPED_SCHEMA,
+        "one row per image a scan could not use; one shard per scan unit, empty when none",
+        {
+            "source_id": "the image, relative to the source's root (folder: `sub/x.jpg`; Parquet: `<file>#row<i>`)",
+            "reason": "`corrupt`, `truncated`, `too_large` (over Pillow's decompression-bomb limit), "
+            "`tiny` (a side under 16 px), `missing` (gone since the source was listed)",
+            "message": "the decoder's words, e.g. `cannot identify image file ...`",
+            "unit_key": "the scan unit",
+        },
+    ),
+    "probe": StoredTable(
+        PROBE_SCHEMA,
+        "timeline: one row per channel and layer of a checkpoint",
+        {
+            "layer": "layer name",
+            "channel": "channel",
+            "max": "maximum activation over every position of every probe image",
+            "mean": "mean activation over the same positions",
+            "std": "standard deviation over the same positions",
+            "active": "fraction of those positions where the activation is > 0",
+            "dead": "std <= 1e-6 x (1 + abs(mean)): constant over the probe set (a dead unit may be a positive constant)",
+            "signature": "activations at `positions` sampled positions (the same for every checkpoint) of each probe "
+            "image: what matching and CKA compare",
+            "unit_key": "the probe unit",
+        },
+    ),
+    "match": StoredTable(
+        MATCH_SCHEMA,
+        "timeline: one row per channel of the earlier checkpoint of a consecutive pair",
+        {
+            "layer": "layer name",
+            "channel": "channel in the earlier checkpoint",
+            "matched": "its channel in the later checkpoint (Hungarian assignment), -1 if none",
+            "correlation": "Pearson correlation of the two channels' signatures",
+            "status": "`kept`, `moved` (matched to another index), `changed` (correlation below `role_threshold`), "
+            "`died` (alive, then dead at this index), `born` (dead, then alive), `dead` (dead in both)",
+            "unit_key": "the match unit",
+        },
+    ),
+    "cka": StoredTable(
+        CKA_SCHEMA,
+        "timeline: one row per layer of a consecutive pair",
+        {
+            "layer": "layer name",
+            "cka": "linear CKA (Kornblith et al., 2019) of the two checkpoints' signature matrices",
+            "unit_key": "the match unit",
+        },
+    ),
+    "series": StoredTable(
+        SERIES_SCHEMA,
+        "timeline: one row per checkpoint, in series order",
+        {
+            "position": "0, 1, ... in series order",
+            "label": "the file name, or `step N`",
+            "step": "the last number in the file name; -1 when it has none",
+            "checkpoint": "the file's absolute path when it was added",
+            "digest": "the weight digest: what identifies the checkpoint",
+            "probe_key": "its probe unit",
+            "match_key": "the match unit with the previous checkpoint (empty for the first)",
+            "render_keys": "its render units (empty when never rendered)",
+            "scan_keys": "its dataset scan units, one per shard (empty when never scanned)",
+            "examples_keys": "its examples units: the top dataset examples per channel",
+            "size": "the checkpoint file's size in bytes when its digest was taken (-1: unknown)",
+            "mtime_ns": "its modification time then, in ns: the same path, size and mtime reuse the digest",
+        },
+    ),
+    "vectors": StoredTable(
+        VECTORS_SCHEMA,
+        "one row per sampled image and activation-atlas layer; one shard per scan unit of a job with an atlas",
+        {
+            "layer": "layer name",
+            "source_id": "the image",
+            "position": "flat index of the hash-chosen spatial (or token) position",
+            "vector": "the activation vector there (C values)",
+            "unit_key": "the scan unit",
+        },
+    ),
+    "atlas_layout": StoredTable(
+        ATLAS_POINTS_SCHEMA,
+        "one row per sampled image; one shard per atlas layer",
+        {
+            "layer": "layer name",
+            "source_id": "the image",
+            "position": "as in `vectors`",
+            "x": "UMAP coordinate",
+            "y": "UMAP coordinate",
+            "unit_key": "the layout unit",
+        },
+    ),
+    "atlas_grid": StoredTable(
+        ATLAS_CELLS_SCHEMA,
+        "one row per non-empty cell; one shard per atlas layer and grid size",
+        {
+            "layer": "layer name",
+            "grid": "grid size (cells per side)",
+            "cell": "row * grid + column",
+            "row": "row, 0 at the lowest y",
+            "column": "column, 0 at the lowest x",
+            "count": "samples in the cell (the counts of a grid add up to the layout's rows)",
+            "kept": "count >= min_count (dropped cells are listed, and counted, but get no mean or icon)",
+            "mean": "the cell's mean activation vector (empty when dropped)",
+            "source_ids": "up to 8 images that fell in the cell",
+            "unit_key": "the grid unit",
+        },
+    ),
+    "atlas_images": StoredTable(
+        ATLAS_IMAGES_SCHEMA,
+        "one row per image listed in a kept cell's `source_ids`; one shard per atlas layer and grid size",
+        {
+            "layer": "layer name",
+            "grid": "grid size",
+            "cell": "the cell",
+            "source_id": "the image",
+            "position": "as in `vectors`",
+            "image": "PNG thumbnail (64 px) of the layer's receptive field around the position "
+            "(the whole centered square for vector layers)",
+            "unit_key": "the atlas images unit",
+        },
+    ),
+    "atlas_places": StoredTable(
+        ATLAS_PLACES_SCHEMA,
+        "one row per (cell, dictionary direction) pair that is among the cell's top 5 directions by "
+        "projection or the direction's top 3 cells by cosine; one shard per dictionary and grid size",
+        {
+            "layer": "the dictionary layer (`<layer>@<file>:<hash>`)",
+            "atlas_layer": "the layer whose activation atlas holds the cell",
+            "grid": "grid size",
+            "cell": "the cell",
+            "direction": "row of the dictionary (its channel on the dictionary layer)",
+            "projection": "the cell's mean vector projected on the direction (its activation there)",
+            "cosine": "cosine of the cell's mean vector with the direction",
+            "cell_rank": "rank of the direction among the cell's directions by projection (-1: not in the top)",
+            "place_rank": "rank of the cell among the direction's cells by cosine (-1: not in the top)",
+            "unit_key": "the atlas places unit",
+        },
+    ),
+    "icons": StoredTable(
+        ICONS_SCHEMA,
+        "one row per kept cell; one shard per icons unit (up to 32 cells)",
+        {
+            "layer": "layer name",
+            "grid": "grid size",
+            "cell": "the cell",
+            "image": "PNG, optimized toward the cell's mean (dot product x cosine^cosine_power)",
+            "activation": "dot product of the icon's mean activation vector with the cell mean (not divided by the mean's norm: the objective's scale; `cosine` is the scale-free figure)",
+            "cosine": "cosine of the icon's mean activation vector with the cell mean",
+            "class": "the class whose logit the cell's direction raises most, through the rest of the network",
+            "class_gain": "by how much that logit rises over the dataset mean's",
+            "unit_key": "the icons unit",
+        },
+    ),
+}

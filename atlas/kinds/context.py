@@ -1,0 +1,74 @@
+"""What every kind's worker handler receives: the worker's context (its model, loaded once, and
+the job's image source), the failure that retrying will not fix, and PNG encoding."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from PIL import Image
+
+from atlas.data.open import open_source
+from atlas.data.source import ImageSource
+from atlas.models import LoadedModel, load_model, pick_device
+from atlas.plan.spec import ExamplesSpec, JobSpec
+
+
+class UnitFailed(RuntimeError):
+    """A failure that retrying will not fix (NaN during optimization, bad data); recorded as failed."""
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """uint8 HxWx3 array -> PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+@dataclass
+class WorkerContext:
+    """What a worker keeps between units: the model (loaded once) and the job's image source."""
+
+    model: LoadedModel
+    examples: ExamplesSpec
+    _source: ImageSource | None = field(default=None, repr=False)
+    weights: str = "default"
+    _checkpoint: tuple[str, LoadedModel] | None = field(default=None, repr=False)
+    # Images per physical batch of render units (None: as the device's free memory allows).
+    images_per_pass: int | None = None
+
+    def source(self) -> ImageSource:
+        """Opened on first use: workers that only render never list the dataset."""
+        if self._source is None:
+            self._source = open_source(self.examples.source, column=self.examples.column)
+        return self._source
+
+    def on_checkpoint(self, checkpoint: str) -> WorkerContext:
+        """This context with another checkpoint's weights, kept until the next one (timeline units)."""
+        if self._checkpoint is None or self._checkpoint[0] != checkpoint:
+            model = load_model(self.model.name, checkpoint, self.weights, device=self.model.device)
+            model.compile = self.model.compile
+            self._checkpoint = (checkpoint, model)
+        return replace(self, model=self._checkpoint[1])
+
+
+def compile_backend(choice: str, device: torch.device) -> str:
+    """The torch.compile backend for ``execute.compile`` on ``device`` ("" for none): "auto"
+    compiles on CUDA only, where it pays (on CPU the one-time compilation outweighs the gain)."""
+    if choice == "on" or (choice == "auto" and device.type == "cuda"):
+        return "inductor"
+    return ""
+
+
+def make_context(spec: JobSpec, device: str = "auto") -> WorkerContext:
+    model = load_model(spec.model.name, spec.model.checkpoint, spec.model.weights, device=pick_device(device))
+    model.compile = compile_backend(spec.execute.compile, model.device)
+    if any(layer.dictionary for layer in spec.layers):
+        from atlas.plan.dictionary import attach_layers
+
+        attach_layers(model, spec.layers)
+    # The job's own checkpoint counts as loaded: a timeline's units on it do not load it twice.
+    loaded = (str(spec.model.checkpoint), model) if spec.model.checkpoint else None
+    return WorkerContext(model=model, examples=spec.examples, weights=spec.model.weights, _checkpoint=loaded)

@@ -1,0 +1,192 @@
+"""Finalizing a layer: the merged scan becomes the `examples` and `histogram` tables, with crops.
+
+`finalize_layer` estimates each "slightly" bucket's quantile from the partial's sample and picks
+the sampled images nearest to it; it trims the fixed fine histogram's empty bins and merges
+neighbours down to `bins` (exact), with the true extremes as outer edges. Crops are the layer's
+receptive field around the recorded position (token layers: the whole image with a heatmap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from atlas.core.schema import EXAMPLES_SCHEMA, HISTOGRAM_SCHEMA
+from atlas.data.source import ImageSource, png, view_crop
+from atlas.kinds.examples import heatmaps
+from atlas.kinds.examples.partial import HIST_EDGES, LayerScan, PartialScan, ScanError, base_layer
+from atlas.models import LoadedModel
+from atlas.models.receptive import ReceptiveField, receptive_field
+
+
+@dataclass(frozen=True)
+class _Pick:
+    """One example row before its image is cut."""
+
+    channel: int
+    bucket: str
+    rank: int
+    activation: float
+    source_id: str
+    y: int
+    x: int
+
+
+def finalize_layer(
+    model: LoadedModel,
+    layer: str,
+    partial: PartialScan,
+    source: ImageSource,
+    crop_size: int,
+    thumb_size: int,
+    unit_key: str,
+    channels: Sequence[int] | None = None,
+    quantiles: tuple[float, float] = (0.25, 0.75),
+    bins: int = 32,
+) -> tuple[pa.Table, pa.Table]:
+    """The `examples` and `histogram` tables of one (pseudo-)layer from the merged scan.
+
+    Buckets: `max` / `min` are the k images with the highest spatial maximum / lowest spatial
+    minimum. `slightly_negative` are the sampled images whose spatial minimum is nearest the
+    `quantiles[0]` quantile of all images' minima, `slightly_positive` those whose maximum is
+    nearest the `quantiles[1]` quantile of the maxima. Rank 0 is the most extreme in every bucket
+    (highest for max / slightly_positive, lowest for min / slightly_negative).
+    Crops are the layer's receptive field around the position, cut from the centered square the
+    model saw; on token layers (ViTs) they are that whole square with the unit's per-patch
+    heatmap (atlas.kinds.examples.heatmaps). Thumbs show the whole image, longest side `thumb_size`.
+    """
+    if layer not in partial.layers:
+        raise ScanError(f"the scan has no layer {layer!r}; scanned: {', '.join(partial.layers)}")
+    if not all(0.0 <= q <= 1.0 for q in quantiles):
+        raise ScanError(f"quantiles must lie in [0, 1], got {quantiles}")
+    scan = partial.layers[layer]
+    wanted = list(range(scan.channels)) if channels is None else list(channels)
+    bad = [c for c in wanted if not 0 <= c < scan.channels]
+    if bad:
+        raise ScanError(f"layer {layer!r} has {scan.channels} channels; no channel {bad[0]}")
+    picks = [p for c in wanted for p in _picks(scan, partial.sample_ids, c, partial.k, quantiles)]
+    field_ = receptive_field(model, base_layer(layer))
+    images = _cut(source, picks, field_, crop_size, thumb_size)
+    kept = [p for p in picks if p.source_id in images]
+    crops = [images[p.source_id][0][(p.y, p.x)] for p in kept]
+    if heatmaps.wanted(model, layer):  # token layers: whole image + per-patch heatmap
+        keys = [(p.source_id, p.channel, p.bucket in ("min", "slightly_negative")) for p in kept]
+        drawn = heatmaps.overlays(model, layer, source, keys, crop_size)
+        crops = [drawn.get(key, crop) for key, crop in zip(keys, crops, strict=True)]
+    examples = pa.table(
+        {
+            "layer": pa.array([layer] * len(kept), pa.string()),
+            "channel": pa.array([p.channel for p in kept], pa.int32()),
+            "bucket": pa.array([p.bucket for p in kept], pa.string()),
+            "rank": pa.array([p.rank for p in kept], pa.int32()),
+            "activation": pa.array([p.activation for p in kept], pa.float32()),
+            "source_id": pa.array([p.source_id for p in kept], pa.string()),
+            "x": pa.array([p.x for p in kept], pa.int32()),
+            "y": pa.array([p.y for p in kept], pa.int32()),
+            "crop": pa.array(crops, pa.binary()),
+            "thumb": pa.array([images[p.source_id][1] for p in kept], pa.binary()),
+            "unit_key": pa.array([unit_key] * len(kept), pa.string()),
+        },
+        schema=EXAMPLES_SCHEMA,
+    )
+    histograms = [_coarse_histogram(scan, c, bins) for c in wanted]
+    histogram = pa.table(
+        {
+            "layer": pa.array([layer] * len(wanted), pa.string()),
+            "channel": pa.array(wanted, pa.int32()),
+            "edges": pa.array([h[0] for h in histograms], pa.list_(pa.float32())),
+            "counts": pa.array([h[1] for h in histograms], pa.list_(pa.int64())),
+            "unit_key": pa.array([unit_key] * len(wanted), pa.string()),
+        },
+        schema=HISTOGRAM_SCHEMA,
+    )
+    return examples, histogram
+
+
+def _picks(
+    scan: LayerScan, sample_ids: np.ndarray, channel: int, k: int, quantiles: tuple[float, float]
+) -> list[_Pick]:
+    picks = []
+    for bucket, top, sign in (("max", scan.top, 1.0), ("min", scan.bottom, -1.0)):
+        for rank in range(k):
+            if top.ids[channel, rank]:
+                picks.append(
+                    _Pick(
+                        channel,
+                        bucket,
+                        rank,
+                        sign * float(top.values[channel, rank]),
+                        str(top.ids[channel, rank]),
+                        int(top.ys[channel, rank]),
+                        int(top.xs[channel, rank]),
+                    )
+                )
+    sides = (
+        ("slightly_negative", scan.sample_min, scan.sample_min_y, scan.sample_min_x, quantiles[0], 1.0),
+        ("slightly_positive", scan.sample_max, scan.sample_max_y, scan.sample_max_x, quantiles[1], -1.0),
+    )
+    for bucket, values, ys, xs, q, order_sign in sides:
+        column = values[:, channel]
+        if len(column) == 0:
+            continue
+        target = float(np.quantile(column, q))
+        nearest = np.lexsort((sample_ids, np.abs(column - target)))[:k]
+        nearest = nearest[np.lexsort((sample_ids[nearest], order_sign * column[nearest]))]
+        picks.extend(
+            _Pick(
+                channel,
+                bucket,
+                rank,
+                float(column[i]),
+                str(sample_ids[i]),
+                int(ys[i, channel]),
+                int(xs[i, channel]),
+            )
+            for rank, i in enumerate(nearest)
+        )
+    return picks
+
+
+def _cut(
+    source: ImageSource, picks: Sequence[_Pick], field_: ReceptiveField, crop_size: int, thumb_size: int
+) -> dict[str, tuple[dict[tuple[int, int], bytes], bytes]]:
+    """Per source id: PNG crops by position and the PNG thumbnail; each image is decoded once.
+
+    Ids that no longer load (the source changed since the scan) are left out.
+    """
+    positions: dict[str, set[tuple[int, int]]] = {}
+    for pick in picks:
+        positions.setdefault(pick.source_id, set()).add((pick.y, pick.x))
+    cut = {}
+    for source_id, decoded in source.load_many(sorted(positions)):
+        if decoded.image is None:
+            continue
+        image = decoded.image
+        crops = {
+            (y, x): png(view_crop(image, field_.box(y, x), field_.input_size, crop_size))
+            for y, x in positions[source_id]
+        }
+        thumb = image.copy()
+        thumb.thumbnail((thumb_size, thumb_size), Image.Resampling.BICUBIC)
+        cut[source_id] = (crops, png(thumb))
+    return cut
+
+
+def _coarse_histogram(scan: LayerScan, channel: int, bins: int) -> tuple[list[float], list[int]]:
+    """Trim empty fine bins, merge neighbours down to at most `bins`, outer edges = true extremes."""
+    counts = scan.histogram[channel]
+    occupied = np.nonzero(counts)[0]
+    if len(occupied) == 0:
+        return [], []
+    first, last = int(occupied[0]), int(occupied[-1])
+    group = -(-(last - first + 1) // max(1, bins))
+    starts = list(range(first, last + 1, group))
+    coarse = [int(counts[s : min(s + group, last + 1)].sum()) for s in starts]
+    edges = [float(HIST_EDGES[s]) for s in starts] + [float(HIST_EDGES[last + 1])]
+    edges[0] = -float(scan.bottom.values[channel, 0])
+    edges[-1] = float(scan.top.values[channel, 0])
+    return edges, coarse

@@ -1,0 +1,76 @@
+"""Every channel's quality record in a layer of a store, with what only the whole atlas knows.
+
+A render unit's `quality` table describes its pictures; this adds the activation relative to the
+channel's best dataset example and the 2AFC interpretability proxy, both of which need the
+examples. The site and scripts/quality_report.py read records through here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from atlas.site.interpretability import layer_proxies
+from atlas.store.store import Store
+
+MAIN_PICTURE = ("channel", "neuron", "diversity")  # the picture a channel's record describes
+QUALITY_COLUMNS = [
+    "channel",
+    "objective",
+    "variant",
+    "peak_activation",
+    "robust_activation",
+    "high_frequency",
+    "diversity_similarity",
+]
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def best_examples(store: Store, layer: str) -> dict[int, float]:
+    """Each channel's rank-0 `max` example activation (a spatial maximum, like `peak_activation`)."""
+    table = store.read("examples", layer, ["channel", "bucket", "rank", "activation"])
+    rows = table.to_pylist() if table is not None else []
+    return {r["channel"]: r["activation"] for r in rows if r["bucket"] == "max" and r["rank"] == 0}
+
+
+def layer_records(store: Store, layer: str, best: Mapping[int, float] | None = None) -> dict[int, dict]:
+    """Channel -> record: measure -> value, and `proxy_*_interval` -> [low, high].
+
+    The record describes the channel's main picture (the `channel` objective, else `neuron`,
+    else the first of the diversity set); ``best`` (default: read from the store) gives the best
+    example's activation per channel.
+    """
+    best = best_examples(store, layer) if best is None else best
+    main: dict[int, dict] = {}
+    similarity: dict[int, float] = {}
+    table = store.read("quality", layer, QUALITY_COLUMNS)
+    for row in table.to_pylist() if table is not None else []:
+        if row["objective"] not in MAIN_PICTURE or (row["objective"] == "diversity" and row["variant"]):
+            continue
+        if row["diversity_similarity"] is not None:
+            similarity[row["channel"]] = row["diversity_similarity"]
+        held = main.get(row["channel"])
+        if held is None or MAIN_PICTURE.index(row["objective"]) < MAIN_PICTURE.index(held["objective"]):
+            main[row["channel"]] = row
+    records: dict[int, dict] = {}
+    for channel, row in main.items():
+        record = records.setdefault(channel, {})
+        record["robust_activation"] = _finite(row["robust_activation"])
+        record["high_frequency"] = _finite(row["high_frequency"])
+        reference = best.get(channel)
+        if reference is not None and reference > 0 and row["peak_activation"] is not None:
+            record["relative_activation"] = _finite(row["peak_activation"] / reference)
+        record["diversity_similarity"] = _finite(similarity.get(channel))
+    for channel, proxies in layer_proxies(store, layer).items():
+        record = records.setdefault(channel, {})
+        for judged_from, result in proxies.items():
+            if result is not None:
+                record[f"proxy_{judged_from}"] = result.accuracy
+                record[f"proxy_{judged_from}_interval"] = [round(result.low, 3), round(result.high, 3)]
+    return {
+        channel: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items() if v is not None}
+        for channel, record in records.items()
+    }
