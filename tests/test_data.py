@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from atlas.data.open import open_source
 from atlas.data.source import (
     MAX_SIDE,
     MIN_SIDE,
@@ -21,7 +22,6 @@ from atlas.data.source import (
     SourceError,
     decode_image,
     model_view,
-    open_source,
 )
 
 
