@@ -78,7 +78,9 @@ def test_no_import_circles():
         state[node] = 1
         for target in sorted(graph[node]):
             if state.get(target) == 1:
-                circle.extend(trail[trail.index(target) :] + [node, target] if target in trail else [node, target])
+                circle.extend(
+                    trail[trail.index(target) :] + [node, target] if target in trail else [node, target]
+                )
                 return True
             if target not in state and visit(target, trail + [node]):
                 return True
