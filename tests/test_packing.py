@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from raytools import tiny_spec
 
@@ -119,12 +119,13 @@ def test_a_diverging_unit_fails_alone_and_its_companions_finish(tmp_path) -> Non
 _TINY = load_model("tiny-cnn")  # one model for every example Hypothesis draws
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
-    sizes=st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=5),
-    name=st.sampled_from(["wider", "distill", "standard", "none"]),
+    sizes=st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=6),
+    name=st.sampled_from(["wider", "wide", "distill", "standard", "vit", "none"]),
     seed=st.integers(0, 2**16),
 )
+@example(sizes=[1, 3], name="wider", seed=0)  # a batched matmul rounded these apart
 def test_one_resampling_of_all_parts_is_each_part_resampled_alone(sizes, name, seed) -> None:
     from atlas.optvis.transforms import preset
 

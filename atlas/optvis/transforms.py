@@ -32,6 +32,17 @@ class TransformError(AtlasError, ValueError):
     """A transform preset or argument that cannot be used."""
 
 
+def _compose(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """The product of 3x3 maps (batched or not), element by element: the same bits for an image
+    whatever the batch it is in (a batched matmul's rounding depends on the batch size)."""
+    left, right = torch.broadcast_tensors(left, right)
+    rows = [
+        torch.stack([sum(left[..., i, k] * right[..., k, j] for k in range(3)) for j in range(3)], dim=-1)
+        for i in range(3)
+    ]
+    return torch.stack(rows, dim=-2)
+
+
 def _translation(dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
     matrices = torch.eye(3).repeat(len(dx), 1, 1)
     matrices[:, 0, 2] = dx
@@ -97,17 +108,19 @@ class Affine:
         return scale, torch.randint(len(self.degrees), (count,), generator=generator)
 
     def maps(self, drawn: Drawn, count: int, size: tuple[int, int]) -> torch.Tensor:
-        scales, degrees = torch.tensor(self.scales)[drawn[0]], torch.tensor(self.degrees)[drawn[1]]
-        radians = degrees * (math.pi / 180.0)
+        # cos and sin of the table, then picked: the same bits whatever the number of images
+        radians = torch.tensor(self.degrees) * (math.pi / 180.0)
+        cos, sin = torch.cos(radians)[drawn[1]], torch.sin(radians)[drawn[1]]
+        scales = torch.tensor(self.scales)[drawn[0]]
         centre_y, centre_x = (size[0] - 1) / 2, (size[1] - 1) / 2
         to_centre = _translation(torch.full((count,), -centre_x), torch.full((count,), -centre_y))
         back = _translation(torch.full((count,), centre_x), torch.full((count,), centre_y))
         rotation = torch.eye(3).repeat(count, 1, 1)
-        rotation[:, 0, 0] = torch.cos(radians) / scales
-        rotation[:, 0, 1] = -torch.sin(radians) / scales
-        rotation[:, 1, 0] = torch.sin(radians) / scales
-        rotation[:, 1, 1] = torch.cos(radians) / scales
-        return back @ rotation @ to_centre
+        rotation[:, 0, 0] = cos / scales
+        rotation[:, 0, 1] = -sin / scales
+        rotation[:, 1, 0] = sin / scales
+        rotation[:, 1, 1] = cos / scales
+        return _compose(_compose(back, rotation), to_centre)
 
 
 Step = Pad | Jitter | Affine
@@ -143,7 +156,7 @@ def compose(steps: Sequence[Step]) -> Transform:
         the output size; batched over however many draws (of one part, or of every part and step)."""
         total = torch.eye(3).repeat(count, 1, 1)
         for step, values in zip(steps, drawn, strict=True):  # the first step's map leftmost
-            total = total @ step.maps(values, count, size)
+            total = _compose(total, step.maps(values, count, size))
             size = step.output_size(size)
         return total, size
 
@@ -221,7 +234,7 @@ def _theta(source: tuple[int, int], sampling: torch.Tensor, size: tuple[int, int
     """(N, 3, 3) pixel maps to affine_grid's (N, 2, 3) matrices in [-1, 1] coordinates."""
     to_unit_in = _pixels_to_unit(*source)
     from_unit_out = torch.linalg.inv(_pixels_to_unit(*size))
-    return (to_unit_in @ sampling @ from_unit_out)[:, :2]
+    return _compose(_compose(to_unit_in, sampling), from_unit_out)[:, :2]
 
 
 def _sample(images: torch.Tensor, theta: torch.Tensor, size: tuple[int, int], fill: float) -> torch.Tensor:
