@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import logging
 import sys
-from importlib import resources
+from importlib import import_module, resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from atlas.core.errors import AtlasError
 from atlas.core.registry import Registry, load_plugins, plugin_error
-from atlas.optvis.named import OBJECTIVES
-from atlas.optvis.oneoff import DESCENTS, PENALTIES
-from atlas.optvis.param import PARAMS
-from atlas.optvis.render import PRECISIONS
-from atlas.optvis.schedules import SCHEDULES
-from atlas.optvis.transforms import PRESETS
-from atlas.plan.spec import JobSpec, load_spec
 from atlas.store.location import check_uri, parse_out
+
+if TYPE_CHECKING:
+    from atlas.plan.spec import JobSpec
 
 OUT_HELP = "Output folder or bucket URI, e.g. s3://bucket/prefix (default: the spec's job.out)."
 
@@ -29,6 +25,8 @@ def _packaged_spec(name: str) -> Path:
 
 
 def _load(path: Path, out: str | None) -> JobSpec:
+    from atlas.plan.spec import load_spec
+
     spec = load_spec(path)
     return spec.replace(out=parse_out(out, "--out")) if out else spec
 
@@ -128,24 +126,50 @@ class _LocalPath(click.Path):
 
 
 class _Registered(click.Choice):
-    """A choice among a registry's names (plugins' included); a wrong one in the registry's words."""
+    """A choice among a registry's names (plugins' included), or a fixed tuple's; a wrong one in
+    the registry's words. The registry is imported when the option is used or its help shown, so
+    that `atlas --help` and the commands that do not render never import torch."""
 
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
+    def __init__(self, module: str, name: str) -> None:
+        self.home = (module, name)
         super().__init__(())
 
     @property
+    def names(self) -> Registry | tuple[str, ...]:
+        return getattr(import_module(self.home[0]), self.home[1])
+
+    @property
     def choices(self) -> tuple[str, ...]:  # asked when used: plugins are imported by then
-        return self.registry.names() if plugin_error() is None else self.registry.known()
+        names = self.names
+        if not isinstance(names, Registry):
+            return tuple(names)
+        return names.names() if plugin_error() is None else names.known()
 
     @choices.setter
     def choices(self, _names: tuple[str, ...]) -> None:
         pass
 
     def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        if value not in self.registry:
-            self.fail(str(self.registry.unknown(value)), param, ctx)
+        names = self.names
+        if not isinstance(names, Registry):
+            return super().convert(value, param, ctx)
+        if value not in names:
+            self.fail(str(names.unknown(value)), param, ctx)
         return value
+
+
+class _PenaltyOption(click.Option):
+    """`--penalty`, whose help names the penalties (imported only when the help is shown)."""
+
+    @property
+    def help(self) -> str:
+        from atlas.optvis.oneoff import PENALTIES
+
+        return f"NAME=WEIGHT with NAME one of {', '.join(PENALTIES)} (repeatable)."
+
+    @help.setter
+    def help(self, _text: str | None) -> None:
+        pass
 
 
 def _run(spec: JobSpec, force: bool, build: bool, only: tuple[str, ...] | None = None) -> None:
@@ -250,6 +274,7 @@ def plan(job: Path, out: str | None, price: float | None, throughput: Path | Non
 def calibrate(job: Path, output: Path, device: str) -> None:
     """Measure scan and render throughput of a job's model here, for `atlas plan`'s GPU-hours."""
     from atlas.models import load_model, pick_device
+    from atlas.plan.spec import load_spec
     from atlas.run.cost import calibrate as measure
 
     spec = load_spec(job)
@@ -419,15 +444,19 @@ def verify(out: str, dry_run: bool) -> None:
 @click.option(
     "--channel", type=int, default=0, show_default=True, help="Channel, or class for logit/probability."
 )
-@click.option("--objective", type=_Registered(OBJECTIVES), default="channel", show_default=True)
+@click.option(
+    "--objective", type=_Registered("atlas.optvis.named", "OBJECTIVES"), default="channel", show_default=True
+)
 @click.option(
     "--count", type=int, default=1, show_default=True, help="Images in the batch (diversity needs >= 2)."
 )
-@click.option("--param", type=_Registered(PARAMS), default="fourier", show_default=True)
+@click.option(
+    "--param", type=_Registered("atlas.optvis.param", "PARAMS"), default="fourier", show_default=True
+)
 @click.option("--no-decorrelate", is_flag=True, help="Skip the ImageNet colour decorrelation.")
 @click.option(
     "--descent",
-    type=click.Choice(DESCENTS),
+    type=_Registered("atlas.optvis.oneoff", "DESCENTS"),
     default="adam",
     show_default=True,
     help="adam, or one of the article's steepest descents.",
@@ -435,8 +464,15 @@ def verify(out: str, dry_run: bool) -> None:
 @click.option("--steps", type=int, default=256, show_default=True)
 @click.option("--size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=0.05, show_default=True)
-@click.option("--transforms", type=_Registered(PRESETS), default="wider", show_default=True)
-@click.option("--lr-schedule", type=_Registered(SCHEDULES), default="warmup-cosine", show_default=True)
+@click.option(
+    "--transforms", type=_Registered("atlas.optvis.transforms", "PRESETS"), default="wider", show_default=True
+)
+@click.option(
+    "--lr-schedule",
+    type=_Registered("atlas.optvis.schedules", "SCHEDULES"),
+    default="warmup-cosine",
+    show_default=True,
+)
 @click.option(
     "--coarse-fraction",
     type=click.FloatRange(0, 1, max_open=True),
@@ -444,13 +480,15 @@ def verify(out: str, dry_run: bool) -> None:
     show_default=True,
     help="Share of the steps at a lower resolution of the parameterization (multi-resolution).",
 )
-@click.option(
-    "--penalty", multiple=True, help=f"NAME=WEIGHT with NAME one of {', '.join(PENALTIES)} (repeatable)."
-)
+@click.option("--penalty", cls=_PenaltyOption, multiple=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option(
-    "--precision", type=_Registered(PRECISIONS), default="fp32", show_default=True, help="Autocast."
+    "--precision",
+    type=_Registered("atlas.optvis.render", "PRECISIONS"),
+    default="fp32",
+    show_default=True,
+    help="Autocast.",
 )
 @click.option("-o", "--out", type=_LocalPath(), required=True, help="PNG to write.")
 def render(

@@ -18,6 +18,7 @@ import pyarrow as pa
 from PIL import Image
 
 from atlas.core.schema import EXAMPLES_SCHEMA, HISTOGRAM_SCHEMA, QUALITY_SCHEMA, RENDER_SCHEMA
+from atlas.site.columns import atlas_columns, columns_json
 from atlas.store.store import Store, UnitRecord
 
 BUCKET_SIGNS = {"max": 3.0, "slightly_positive": 0.5, "slightly_negative": -0.5, "min": -3.0}
@@ -107,6 +108,7 @@ def write_synthetic_store(
             "name": job_name,
             "model": model,
             "model_digest": _key("digest", model, options.seed),
+            "columns": columns_json(atlas_columns()),  # recorded by every run since they exist
             "layers": [
                 {
                     "name": layer.name,

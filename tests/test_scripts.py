@@ -146,6 +146,9 @@ SMOKE: dict[str, Run | str] = {
         ("--images", "16", "--models", "tiny-cnn", "--shard-size", "8"),
         r"scan speed-up from 1 to 2 decoding CPUs: x[0-9.]+",
     ),
+    "bench_help.py": Run(
+        ("--runs", "1"), r"atlas --help \(.*\): median [0-9.]+ s over 1 runs, peak RSS [0-9.]+ MiB"
+    ),
     "bench_site.py": Run(
         ("--out", "{tmp}/site", "--layers", "inception3a", "--image-size", "16", "--crop-size", "8")
         + ("--examples-k", "1", "--diversity", "1", "--workers", "1"),

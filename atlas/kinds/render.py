@@ -14,7 +14,7 @@ from atlas.optvis import render_channel_sets, render_directions, render_pair
 from atlas.plan.kinds import register_kind
 from atlas.plan.units import Unit
 from atlas.plan.work import DirectionsWork, PairWork, RenderWork
-from atlas.quality import quality_table
+from atlas.quality.record import quality_table
 
 
 def rendered_table(images: Sequence[Any], unit_key: str) -> pa.Table:

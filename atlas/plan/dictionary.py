@@ -30,10 +30,10 @@ from torch import nn
 from atlas.core.errors import AtlasError
 from atlas.models import LoadedModel
 from atlas.models.layout import CLS_SUFFIX
+from atlas.plan.layer_names import DICTIONARY_MARK, base_layer
 from atlas.plan.spec import LayerSpec
 
 SUFFIXES = (".npy", ".safetensors")
-DICTIONARY_MARK = "@"
 REAL_KINDS = "biuf"  # bool, signed and unsigned integers, floats: exactly representable or rounded
 
 
@@ -190,11 +190,6 @@ def load_dictionary(path: Path | str, layer: str, channels: int) -> Dictionary:
         )
     labels = tuple(names) if names is not None else tuple(f"direction {i}" for i in range(len(vectors)))
     return Dictionary(layer, vectors, labels, path.stem)
-
-
-def base_layer(name: str) -> str:
-    """The model layer under a (dictionary) layer name: `conv3` for `conv3@sae:1a2b3c4d`."""
-    return name.split(DICTIONARY_MARK)[0]
 
 
 def layer_dictionary(model: LoadedModel, layer: LayerSpec) -> Dictionary:

@@ -1,17 +1,27 @@
-"""How far a unit's pictures can be trusted: held-out robustness, noise, diversity, thresholds."""
+"""How far a unit's pictures can be trusted: held-out robustness, noise, diversity, thresholds.
 
-from atlas.quality.checkset import CHECK_SET, CheckResult, check_activations
-from atlas.quality.measures import HIGH_FREQUENCY_CUTOFF, diversity_similarity, high_frequency_share
-from atlas.quality.record import THRESHOLDS, flags, quality_table
+The names below are loaded on first use, so that the thresholds (``atlas.quality.thresholds``)
+can be read without torch (the site does).
+"""
 
-__all__ = [
-    "CHECK_SET",
-    "HIGH_FREQUENCY_CUTOFF",
-    "THRESHOLDS",
-    "CheckResult",
-    "check_activations",
-    "diversity_similarity",
-    "flags",
-    "high_frequency_share",
-    "quality_table",
-]
+from importlib import import_module
+from typing import Any
+
+_HOMES = {
+    "CHECK_SET": "checkset",
+    "CheckResult": "checkset",
+    "check_activations": "checkset",
+    "HIGH_FREQUENCY_CUTOFF": "measures",
+    "diversity_similarity": "measures",
+    "high_frequency_share": "measures",
+    "quality_table": "record",
+    "THRESHOLDS": "thresholds",
+    "flags": "thresholds",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'atlas.quality' has no attribute {name!r}")
+    return getattr(import_module(f"atlas.quality.{_HOMES[name]}"), name)

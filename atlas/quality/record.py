@@ -14,8 +14,7 @@ it out of the render unit keeps render keys free of dataset fingerprints.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -28,25 +27,7 @@ from atlas.optvis.recipes import RenderedImage
 from atlas.quality.checkset import check_activations, quantized
 from atlas.quality.measures import diversity_similarity, high_frequency_share
 
-# A picture fails a measure when it is on the wrong side of its threshold: (direction, value).
-THRESHOLDS: dict[str, tuple[str, float]] = {
-    "robust_activation": ("min", 0.80),  # share of the activation kept under the check set
-    "high_frequency": ("max", 0.20),  # share of spectral power above half Nyquist
-    "relative_activation": ("min", 1.00),  # peak over the best dataset example's peak
-}
 CHECK_BATCH = 32  # pictures scored at once: bounds the memory of the resize to 224
-
-
-def flags(record: Mapping[str, float | None]) -> list[str]:
-    """The measures of ``record`` that fail their threshold; missing or NaN values never fail."""
-    failed = []
-    for name, (direction, limit) in THRESHOLDS.items():
-        value = record.get(name)
-        if value is None or not math.isfinite(value):
-            continue
-        if (direction == "min" and value < limit) or (direction == "max" and value > limit):
-            failed.append(name)
-    return failed
 
 
 def _objective(layer: str, rows: Sequence[RenderedImage]) -> obj.Objective:

@@ -23,7 +23,7 @@ from markupsafe import Markup
 
 from atlas.core.errors import AtlasError
 from atlas.data.skipped import REASONS, count_reasons, read_skipped
-from atlas.plan.dictionary import base_layer
+from atlas.plan.layer_names import base_layer
 from atlas.site.actatlas import Dictionary, read_atlas, read_places
 from atlas.site.changes import build_summary, channel_ranges, diff_builds, load_summary
 from atlas.site.channels import BUCKETS, ChannelEntry, PreviousSprites, read_layer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from atlas.quality import THRESHOLDS, flags
+from atlas.quality.thresholds import THRESHOLDS, flags
 from atlas.site.channels import ChannelEntry
 from atlas.site.layer_quality import layer_records
 from atlas.store.store import Store

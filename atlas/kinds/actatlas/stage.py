@@ -39,8 +39,9 @@ from atlas.kinds.actatlas.layout import LayoutSettings, layout
 from atlas.kinds.actatlas.places import places
 from atlas.kinds.context import png_bytes
 from atlas.models import LoadedModel
-from atlas.plan.dictionary import base_layer, layer_dictionary
+from atlas.plan.dictionary import layer_dictionary
 from atlas.plan.kinds import register_kind
+from atlas.plan.layer_names import base_layer
 from atlas.plan.spec import ActivationAtlasSpec, JobSpec, LayerSpec, RenderSpec
 from atlas.plan.units import CODE_VERSIONS, Unit, make_unit
 from atlas.plan.work import _render_key_settings, _Work

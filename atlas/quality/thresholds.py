@@ -1,0 +1,25 @@
+"""When a picture is flagged: each quality measure's threshold (no torch: the site reads these)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+# A picture fails a measure when it is on the wrong side of its threshold: (direction, value).
+THRESHOLDS: dict[str, tuple[str, float]] = {
+    "robust_activation": ("min", 0.80),  # share of the activation kept under the check set
+    "high_frequency": ("max", 0.20),  # share of spectral power above half Nyquist
+    "relative_activation": ("min", 1.00),  # peak over the best dataset example's peak
+}
+
+
+def flags(record: Mapping[str, float | None]) -> list[str]:
+    """The measures of ``record`` that fail their threshold; missing or NaN values never fail."""
+    failed = []
+    for name, (direction, limit) in THRESHOLDS.items():
+        value = record.get(name)
+        if value is None or not math.isfinite(value):
+            continue
+        if (direction == "min" and value < limit) or (direction == "max" and value > limit):
+            failed.append(name)
+    return failed
