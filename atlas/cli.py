@@ -245,9 +245,9 @@ def plan(job: Path, out: str | None, price: float | None, throughput: Path | Non
     for unit in prepared.plan.units:
         counts[unit.kind] = counts.get(unit.kind, 0) + 1
         click.echo(f"{unit.key}  {unit.label}")
-    from atlas.plan.units import examples_units
+    from atlas.run.job import merge_units
 
-    later = len(examples_units(prepared.spec, prepared.facts, prepared.plan.scan_keys))
+    later = len(merge_units(prepared, prepared.plan.keys()))
     summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
     click.echo(f"{len(prepared.plan.units)} units ({summary}) + {later} examples units after the scan")
     if prepared.spec.model.checkpoints:

@@ -65,9 +65,9 @@ def test_unknown_model_is_one_line():
 
 def test_progress_total_grows_with_units_planned_during_the_run(capsys: pytest.CaptureFixture[str]) -> None:
     from atlas.cli import _progress
+    from atlas.kinds.render import RenderWork
     from atlas.plan.spec import RenderSpec
     from atlas.plan.units import Unit
-    from atlas.plan.work import RenderWork
 
     unit = Unit("conv2", (0,), "r", RenderWork(RenderSpec()))
     tick = _progress(2)

@@ -10,8 +10,8 @@ import ray
 from ray.cluster_utils import Cluster
 from raytools import env_with_tests_on_path, tiny_spec
 
+from atlas.kinds.render import RenderWork
 from atlas.plan.units import Unit
-from atlas.plan.work import RenderWork
 from atlas.run.executor import ExecuteError, Executor, WorkerPlan
 from atlas.run.job import prepare
 from atlas.store.store import Store

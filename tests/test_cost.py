@@ -10,9 +10,10 @@ from click.testing import CliRunner
 
 from atlas.cli import main
 from atlas.data.source import ShardRef
+from atlas.kinds.examples.units import ExamplesWork, ScanWork
+from atlas.kinds.render import RenderWork
 from atlas.plan.spec import CostSpec, RenderSpec, SpecError, parse_spec
 from atlas.plan.units import Unit
-from atlas.plan.work import ExamplesWork, RenderWork, ScanWork
 from atlas.run.cost import BudgetExceeded, CostError, Spend, Throughput, check_estimate, estimate
 
 SPEC = """

@@ -25,8 +25,9 @@ from raytools import env_with_tests_on_path, local_ray, manifest_units, tiny_spe
 from atlas.cli import main
 from atlas.core.provenance import run_differences
 from atlas.plan.spec import load_spec
+from atlas.run.driver import Driver
 from atlas.run.executor import MAX_LOST_BEFORE_START_PER_WORKER, ExecuteError, Executor, WorkerPlan
-from atlas.run.job import UnitRunner, prepare, run_job
+from atlas.run.job import prepare, run_job
 from atlas.run.report import JobResult
 from atlas.store.store import Store
 
@@ -52,7 +53,7 @@ def executor(cluster, tmp_path_factory):
 
 def run_units(executor: Executor, spec, store: Store | None = None):
     """Run a spec's pending units on the shared pool, as `atlas run --no-site` would."""
-    runner = UnitRunner(spec, store or Store(spec.out), JobResult(spec.out), executor=executor)
+    runner = Driver(spec, store or Store(spec.out), JobResult(spec.out), executor=executor)
     runner.run(prepare(spec).plan.units)
     return runner.result
 

@@ -1,14 +1,16 @@
 """The content keys of the demo job, pinned: a refactor that changes them recomputes every user's atlas.
 
 If this fails, something that feeds the keys changed (a unit's settings, their serialized form,
-a default, the weight digest). Bump `atlas.plan.units.CODE_VERSIONS` on purpose or undo the change.
+a default, the weight digest). Bump the work type's `version` (atlas.plan.work) on purpose or undo the change.
 """
 
 from pathlib import Path
 
+import atlas.kinds  # noqa: F401  (registers the built-in unit kinds)
 from atlas.models import load_model
+from atlas.plan.kinds import PlanInputs
 from atlas.plan.spec import load_spec
-from atlas.plan.units import ModelFacts, examples_units, make_plan
+from atlas.plan.units import ModelFacts, make_plan, plan_phase
 
 DEMO = Path(__file__).resolve().parents[1] / "jobs" / "demo.toml"
 DIGEST = "6c403c088d9f7086"  # efficientnet-lite0's ImageNet weights from the installed package
@@ -34,7 +36,7 @@ PINNED = [
 def test_every_unit_of_the_demo_job_keeps_its_key():
     spec = load_spec(DEMO)
     plan = make_plan(spec, FACTS, shards=[0, 1], fingerprints=FINGERPRINTS)
-    units = [*plan.units, *examples_units(spec, FACTS, plan.scan_keys)]
+    units = [*plan.units, *plan_phase("merge", spec, FACTS, PlanInputs(finished=plan.keys()))]
     assert [(u.label, u.key) for u in units] == PINNED
 
 

@@ -2,6 +2,8 @@
 
 from dataclasses import replace
 
+import atlas.kinds  # noqa: F401  (registers the built-in unit kinds)
+from atlas.plan.kinds import PlanInputs
 from atlas.plan.spec import parse_spec
 from atlas.plan.units import ModelFacts, make_plan
 
@@ -69,15 +71,14 @@ def test_new_checkpoint_changes_every_key():
 
 
 def test_examples_units_chunk_channels_and_follow_their_settings():
-    from atlas.plan.units import EXAMPLES_CHANNELS_PER_UNIT, examples_units
+    from atlas.kinds.examples.units import EXAMPLES_CHANNELS_PER_UNIT, examples_units
 
     spec = parse_spec(SPEC.replace("enabled = false", "quantiles = [0.1, 0.9]"))
     facts = ModelFacts("digest-a", {"conv2": 100, "conv3": 32})
     spec = spec.replace(layers=(replace(spec.layers[0], channels=None),))
-    units = examples_units(spec, facts, ["scan-1"])
+    scans = PlanInputs(finished={"scan": ("scan-1",)})
+    units = examples_units(spec, facts, scans)
     assert [len(u.channels) for u in units] == [EXAMPLES_CHANNELS_PER_UNIT, 100 - EXAMPLES_CHANNELS_PER_UNIT]
     assert [u.work.with_directions for u in units] == [True, False]
-    other = examples_units(
-        spec.replace(examples=replace(spec.examples, quantiles=(0.2, 0.8))), facts, ["scan-1"]
-    )
+    other = examples_units(spec.replace(examples=replace(spec.examples, quantiles=(0.2, 0.8))), facts, scans)
     assert not {u.key for u in units} & {u.key for u in other}

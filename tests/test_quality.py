@@ -10,12 +10,12 @@ import torch
 from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 
 from atlas.core.schema import QUALITY_SCHEMA
+from atlas.kinds.render import RenderWork
 from atlas.models import load_model
 from atlas.optvis import make_param, render
 from atlas.optvis import objectives as obj
 from atlas.plan.spec import ExamplesSpec, RenderSpec
 from atlas.plan.units import Unit
-from atlas.plan.work import RenderWork
 from atlas.quality import CHECK_SET, check_activations, diversity_similarity, flags, high_frequency_share
 from atlas.run.worker import WorkerContext, run_unit
 from atlas.site.layer_quality import layer_records

@@ -6,7 +6,7 @@ import pyarrow as pa
 
 from atlas.plan.spec import parse_spec
 from atlas.plan.units import ModelFacts, make_plan
-from atlas.run.job import UnitRunner
+from atlas.run.driver import Driver
 from atlas.run.report import JobResult
 from atlas.store.store import Store, UnitRecord
 
@@ -52,7 +52,7 @@ def test_only_pending_units_reach_the_executor_and_the_rest_count_as_skipped(tmp
     store.commit(UnitRecord.failed(units[2].key, "render", "conv2", "NaN"))  # retried
     outcomes: list[tuple[str, str]] = []
     executor = RecordingExecutor()
-    runner = UnitRunner(
+    runner = Driver(
         spec, store, JobResult(), tick=lambda u, o: outcomes.append((u.key, o)), executor=executor
     )
     runner.run(units)
@@ -62,5 +62,5 @@ def test_only_pending_units_reach_the_executor_and_the_rest_count_as_skipped(tmp
 
     runner.run(units)  # everything is done now: the executor is not called again
     assert len(executor.given) == 1 and runner.result.skipped == 4
-    UnitRunner(spec, store, JobResult(), force=True, executor=executor).run(units)
+    Driver(spec, store, JobResult(), force=True, executor=executor).run(units)
     assert executor.given[-1] == [u.key for u in units]

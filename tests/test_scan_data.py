@@ -115,7 +115,7 @@ def test_ray_data_partials_equal_an_in_process_scan_and_merge_by_tree(
     store = Store(spec.out)
     report = run_scans(spec, prepared.source, units, store, prepared.model.input_size, JobResult())
     assert (report.done, report.failed) == (len(units), [])
-    merged = tree_merge(store, prepared.plan.scan_keys, fan_in=2)  # 4 shards: two levels
+    merged = tree_merge(store, prepared.plan.keys()["scan"], fan_in=2)  # 4 shards: two levels
 
     work = units[0].work
     directions = scan_directions(prepared.model, work)

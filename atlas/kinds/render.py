@@ -4,17 +4,57 @@ optimized on a worker (atlas.optvis) into the `render` table, with a quality rec
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
 from atlas.core.schema import RENDER_SCHEMA
 from atlas.kinds.context import WorkerContext, png_bytes
 from atlas.optvis import render_channel_sets, render_directions, render_pair
-from atlas.plan.kinds import register_kind
-from atlas.plan.units import Unit
-from atlas.plan.work import DirectionsWork, PairWork, RenderWork
+from atlas.plan.kinds import PlanInputs, Speed, register_kind
+from atlas.plan.spec import JobSpec, RenderSpec
+from atlas.plan.units import ModelFacts, Unit, chunks, layer_channels, make_unit
+from atlas.plan.work import Work, render_key_settings
 from atlas.quality.record import quality_table
+
+
+@dataclass(frozen=True)
+class RenderWork(Work):
+    """Optimize each channel of the unit with every objective of the render settings."""
+
+    kind: ClassVar[str] = "render"
+    version: ClassVar[str] = "3"  # bump when its result changes for the same inputs
+    render: RenderSpec
+
+    def key_settings(self) -> dict[str, Any]:
+        return render_key_settings(self.render)
+
+
+@dataclass(frozen=True)
+class DirectionsWork(Work):
+    """Optimize `directions` random directions in the layer's activation space."""
+
+    kind: ClassVar[str] = "directions"
+    version: ClassVar[str] = "3"  # bump when its result changes for the same inputs
+    render: RenderSpec
+    directions: int
+
+    def key_settings(self) -> dict[str, Any]:
+        return {**render_key_settings(self.render), "directions": self.directions}
+
+
+@dataclass(frozen=True)
+class PairWork(Work):
+    """Optimize two channels jointly, and the interpolation between them."""
+
+    kind: ClassVar[str] = "pair"
+    version: ClassVar[str] = "3"  # bump when its result changes for the same inputs
+    render: RenderSpec
+    interpolation_steps: int
+
+    def key_settings(self) -> dict[str, Any]:
+        return {**render_key_settings(self.render), "interpolation_steps": self.interpolation_steps}
 
 
 def rendered_table(images: Sequence[Any], unit_key: str) -> pa.Table:
@@ -65,6 +105,63 @@ def _render_packed(ctx: WorkerContext, units: Sequence[Unit]) -> list[dict[str, 
     ]
 
 
-register_kind("render", _render, run_many=_render_packed)
-register_kind("directions", _directions)
-register_kind("pair", _pair)
+def render_units(spec: JobSpec, facts: ModelFacts, inputs: PlanInputs) -> list[Unit]:
+    if not spec.render.enabled:
+        return []
+    work = RenderWork(spec.render)
+    units = []
+    for layer in spec.layers:
+        for chunk in chunks(layer_channels(layer, facts), spec.render.channels_per_unit):
+            units.append(make_unit(facts.digest, layer.name, chunk, work))
+    return units
+
+
+def directions_units(spec: JobSpec, facts: ModelFacts, inputs: PlanInputs) -> list[Unit]:
+    count = spec.interactions.random_directions
+    if not count:
+        return []
+    work = DirectionsWork(spec.render, count)
+    return [make_unit(facts.digest, layer.name, (), work) for layer in spec.layers]
+
+
+def pair_units(spec: JobSpec, facts: ModelFacts, inputs: PlanInputs) -> list[Unit]:
+    pair = PairWork(spec.render, spec.interactions.interpolation_steps)
+    return [make_unit(facts.digest, layer, (a, b), pair) for layer, a, b in spec.interactions.pairs]
+
+
+def images_per_channel(render: RenderSpec) -> int:
+    """Pictures a render unit optimizes per channel: one per objective, `diversity` for diversity."""
+    return sum(render.diversity if o == "diversity" else 1 for o in render.objectives)
+
+
+def _step_seconds(spec: JobSpec, speed: Speed) -> float:
+    return spec.render.steps / speed.render_image_steps_per_s
+
+
+register_kind(
+    RenderWork,
+    phase="first",
+    planner=render_units,
+    handler=_render,
+    run_many=_render_packed,
+    cost=lambda unit, spec, speed: (
+        len(unit.channels) * images_per_channel(spec.render) * _step_seconds(spec, speed)
+    ),
+    tables=("render", "quality"),
+)
+register_kind(
+    DirectionsWork,
+    phase="first",
+    planner=directions_units,
+    handler=_directions,
+    cost=lambda unit, spec, speed: unit.work.directions * _step_seconds(spec, speed),
+    tables=("render",),
+)
+register_kind(
+    PairWork,
+    phase="first",
+    planner=pair_units,
+    handler=_pair,
+    cost=lambda unit, spec, speed: (1 + unit.work.interpolation_steps) * _step_seconds(spec, speed),
+    tables=("render",),
+)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from atlas.core.errors import AtlasError
+from atlas.plan.kinds import UNIT_KINDS
 from atlas.plan.spec import CostSpec, JobSpec
 from atlas.plan.units import Unit
 
@@ -86,25 +87,15 @@ class Estimate:
         return f"estimated {self.total:.3g} GPU-hours ({parts or 'nothing left'}){cost}"
 
 
-def _images_per_channel(spec: JobSpec) -> int:
-    return sum(spec.render.diversity if o == "diversity" else 1 for o in spec.render.objectives)
-
-
 def unit_seconds(unit: Unit, spec: JobSpec, speed: Throughput) -> float:
-    """Device seconds one unit takes: images x steps for renders, images for scans.
-
-    Examples units crop on the CPU and count nothing here.
-    """
-    steps = spec.render.steps / speed.render_image_steps_per_s
-    if unit.kind == "render":
-        return len(unit.channels) * _images_per_channel(spec) * steps
-    if unit.kind == "directions":
-        return spec.interactions.random_directions * steps
-    if unit.kind == "pair":
-        return (1 + spec.interactions.interpolation_steps) * steps
-    if unit.kind == "scan":
-        return len(unit.inputs.source_ids) / speed.scan_images_per_s
-    return 0.0
+    """Device seconds one unit takes, by its kind's registered cost model (atlas.plan.kinds)."""
+    kind = UNIT_KINDS.get(unit.kind)
+    if kind.cost is None:
+        raise CostError(
+            f"unit kind {unit.kind!r} registers no cost model, so the job's cost cannot be estimated; "
+            "give its register_kind call a `cost`, or run the job without a budget"
+        )
+    return kind.cost(unit, spec, speed)
 
 
 def estimate(units: Iterable[Unit], spec: JobSpec, speed: Throughput) -> Estimate:

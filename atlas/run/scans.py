@@ -39,9 +39,9 @@ from atlas.data.skipped import KIND as SKIPPED
 from atlas.data.skipped import skipped_table
 from atlas.data.source import ImageSource, SkippedInput, decode_for_model
 from atlas.kinds.examples import BatchScanner, PartialScan
+from atlas.kinds.examples.units import ScanWork
 from atlas.plan.spec import ExecuteSpec, JobSpec
 from atlas.plan.units import Unit
-from atlas.plan.work import ScanWork
 from atlas.run.autoscale import GPUS
 from atlas.run.executor import ExecuteError, WorkerPlan, connect, plan_workers, workers_write
 from atlas.run.report import JobResult

@@ -20,13 +20,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from atlas.kinds.examples.units import ScanWork, examples_units, scan_units
+from atlas.kinds.render import render_units
 from atlas.kinds.timeline.compare import compare
-from atlas.kinds.timeline.probe import probe_ids
+from atlas.kinds.timeline.probe import ProbeWork, probe_ids
 from atlas.models import LoadedModel, load_model
+from atlas.plan.kinds import PlanInputs
 from atlas.plan.spec import JobSpec, check_against_model
-from atlas.plan.units import ModelFacts, Unit, examples_units, make_unit, render_units, scan_units
-from atlas.plan.work import ProbeWork
-from atlas.run.job import layer_scan, merged_scan, open_dataset
+from atlas.plan.units import ModelFacts, Unit, make_unit
+from atlas.run.driver import Driver, checked, writing
+from atlas.run.job import open_dataset
+from atlas.run.phases import layer_scan, merged_scan
 from atlas.site.series import (
     TIMELINE_DIR,
     Checkpoint,
@@ -40,13 +44,10 @@ from atlas.site.series import (
     stored_series,
     write_unit,
 )
-from atlas.store.location import is_uri
-from atlas.store.outdir import check_output, claim_output
 from atlas.store.store import Store, open_store
 
 if TYPE_CHECKING:
     from atlas.data.source import ShardRef
-    from atlas.run.executor import Executor
 
 MATCH_VERSION = "1"
 
@@ -153,9 +154,10 @@ def plan_timeline(
         facts = ModelFacts(checkpoint.digest, channels)
         probe_unit = make_unit(checkpoint.digest, "*", (), probe, inputs=data.probe_ids)
         selected = rendered(position, len(series), spec)
-        renders = render_units(spec, facts) if selected else []
-        scans = scan_units(spec, facts, data.shards, data.fingerprints) if selected and scanned(spec) else []
-        crops = examples_units(spec, facts, [u.key for u in scans])
+        renders = render_units(spec, facts, PlanInputs()) if selected else []
+        shards = PlanInputs(data.shards, data.fingerprints)
+        scans = scan_units(spec, facts, shards) if selected and scanned(spec) else []
+        crops = examples_units(spec, facts, PlanInputs(finished={ScanWork.kind: tuple(u.key for u in scans)}))
         units[checkpoint.digest] = (probe_unit, *renders, *scans)
         examples[checkpoint.digest] = tuple(crops)
         before = planned[-1].probe_key if planned else ""
@@ -205,18 +207,10 @@ def run_timeline(spec: JobSpec, add: Sequence[Path] = (), force: bool = False) -
             f"{spec.source}: a timeline follows a layer's channels across checkpoints, not a dictionary's "
             "directions; remove `dictionary` from [[layers]] (`atlas run` renders a dictionary)"
         )
-    local = not is_uri(spec.out)  # the output-folder rules (atlas.store.outdir) are for local folders
-    if local:
-        spec = spec.replace(out=check_output(spec.out, spec.name))
+    spec = checked(spec)
     t0 = time.perf_counter()
-    if local:
-        claim_output(spec.out, spec.name)
-    store = timeline_store(spec.out)
-    store.acquire()  # one driver per store
-    try:
+    with writing(spec, store_at=timeline_store) as store:
         return _run(spec, store, add, force, t0)
-    finally:
-        store.release()
 
 
 def _run(spec: JobSpec, store: Store, add: Sequence[Path], force: bool, t0: float) -> TimelineResult:
@@ -224,18 +218,18 @@ def _run(spec: JobSpec, store: Store, add: Sequence[Path], force: bool, t0: floa
     plan = prepare_timeline(spec, store, add)
     result = TimelineResult(out=spec.out, checkpoints=len(plan.series))
     result.added = sum(c.digest not in before for c in plan.series)
-    runner = _Runner(spec, store, result, force)
+    driver = Driver(spec, store, force=force)
     try:
         # Phase one: probes, renders and scans of every checkpoint on one pool (each worker swaps
         # weights, it never restarts); phase two: each scanned checkpoint's examples from its scans.
-        runner.run({c.path: plan.units[c.digest] for c in plan.series})
-        runner.run(
-            {c.path: plan.examples[c.digest] for c in plan.series if not store.pending(c.scan_keys)},
-            merge=True,
-        )
+        _run_checkpoints(driver, result, {c.path: plan.units[c.digest] for c in plan.series})
+        scanned_ones = {
+            c.path: plan.examples[c.digest] for c in plan.series if not store.pending(c.scan_keys)
+        }
+        _run_checkpoints(driver, result, scanned_ones, merge=True)
     finally:
-        if runner.executor is not None:
-            runner.executor.shutdown()
+        driver.shutdown()
+    result.skipped, result.failed = driver.result.skipped, driver.result.failed
     for previous, checkpoint in itertools.pairwise(plan.series):
         if store.pending([checkpoint.match_key], force=force) and all(
             is_done(store, k) for k in (previous.probe_key, checkpoint.probe_key)
@@ -262,39 +256,24 @@ def _run(spec: JobSpec, store: Store, add: Sequence[Path], force: bool, t0: floa
     return result
 
 
-@dataclass
-class _Runner:
-    """Runs the pending units of each checkpoint on one executor, started at the first need."""
-
-    spec: JobSpec
-    store: Store
-    result: TimelineResult
-    force: bool
-    executor: Executor | None = None
-
-    def run(self, by_checkpoint: dict[str, Sequence[Unit]], merge: bool = False) -> None:
-        """With `merge`, each checkpoint's units are examples units and read its merged scans."""
-        todo: list[Unit] = []
-        for path, units in by_checkpoint.items():
-            pending = set(self.store.pending([u.key for u in units], force=self.force))
-            self.result.skipped += len(units) - len(pending)
-            if pending and not Path(path).is_file():  # finished units stay; new ones need weights
-                self.result.unavailable.append(path)
-                continue
-            units = [replace(u, checkpoint=path) for u in units if u.key in pending]
-            if merge and units:
-                merged = merged_scan(self.spec, self.store, units[0].work.scans)
-                units = [replace(u, inputs=layer_scan(merged, u)) for u in units]
-            todo += units
-        if not todo:
-            return
-        if self.executor is None:
-            from atlas.run.executor import Executor
-
-            self.executor = Executor(checkpoint_spec(self.spec, todo[-1].checkpoint))
-        report = self.executor.run(todo, self.store)
-        self.store.flush()
-        self.result.failed += report.failed
-        for unit in todo:
-            if is_done(self.store, unit.key):
-                self.result.computed[unit.kind] = self.result.computed.get(unit.kind, 0) + 1
+def _run_checkpoints(
+    driver: Driver, result: TimelineResult, by_checkpoint: dict[str, Sequence[Unit]], merge: bool = False
+) -> None:
+    """Each checkpoint's pending units, on the weights of its file, on one executor (started at
+    the first need). With `merge`, the units are examples units and read their merged scans."""
+    todo: list[Unit] = []
+    for path, units in by_checkpoint.items():
+        pending = driver.pending(units)
+        if pending and not Path(path).is_file():  # finished units stay; new ones need weights
+            result.unavailable.append(path)
+            continue
+        pending = [replace(u, checkpoint=path) for u in pending]
+        if merge and pending:
+            merged = merged_scan(driver.spec, driver.store, pending[0].work.scans)
+            pending = [replace(u, inputs=layer_scan(merged, u)) for u in pending]
+        todo += pending
+    if todo:
+        driver.execute(todo, checkpoint_spec(driver.spec, todo[-1].checkpoint))
+    for unit in todo:
+        if is_done(driver.store, unit.key):
+            result.computed[unit.kind] = result.computed.get(unit.kind, 0) + 1

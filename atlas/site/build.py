@@ -36,6 +36,7 @@ from atlas.site.slugs import layer_slugs
 from atlas.site.sprites import SpriteLayout
 from atlas.site.timeline import ALERTS_SHOWN as TIMELINE_ALERTS_SHOWN
 from atlas.site.timeline import build_timeline, has_timeline
+from atlas.site.views import layer_views
 from atlas.site.workers import ComposeJobs, auto_workers
 from atlas.store.outdir import check_site_folder, marker_job, write_marker
 from atlas.store.safefs import folder_mode, remove, swap_folder
@@ -325,6 +326,7 @@ def _build_layer(
         "names": layer.get("names") or [],
         "places": places,
         "atlas_page": f"{slugs[atlas_layer]}.atlas.html" if atlas_layer in slugs else "",
+        "views": layer_views(store, summary.name),  # units of kinds with a registered view
         **common,
     }
     layout = content.layout

@@ -14,10 +14,10 @@ round, so a new dictionary or thumbnail size leaves the grid and its icons as th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import reduce
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -38,13 +38,14 @@ from atlas.kinds.actatlas.images import THUMB_SIZE, thumbnails
 from atlas.kinds.actatlas.layout import LayoutSettings, layout
 from atlas.kinds.actatlas.places import places
 from atlas.kinds.context import png_bytes
+from atlas.kinds.examples.units import ScanWork
 from atlas.models import LoadedModel
 from atlas.plan.dictionary import layer_dictionary
 from atlas.plan.kinds import register_kind
 from atlas.plan.layer_names import base_layer
 from atlas.plan.spec import ActivationAtlasSpec, JobSpec, LayerSpec, RenderSpec
-from atlas.plan.units import CODE_VERSIONS, Unit, make_unit
-from atlas.plan.work import _render_key_settings, _Work
+from atlas.plan.units import Unit, make_unit
+from atlas.plan.work import Work, render_key_settings
 from atlas.store.store import Store
 
 ICONS_PER_UNIT = 32
@@ -54,7 +55,7 @@ PLACES_COLUMNS = ("cell", "direction", "projection", "cosine", "cell_rank", "pla
 
 
 @dataclass(frozen=True)
-class LayoutWork(_Work):
+class LayoutWork(Work):
     """UMAP over a layer's merged vector sample.
 
     Keyed on what the layer's vectors depend on (the scanned shards' data fingerprints and the
@@ -63,8 +64,9 @@ class LayoutWork(_Work):
     """
 
     kind: ClassVar[str] = "atlas_layout"
+    version: ClassVar[str] = "1"  # bump when its result changes for the same inputs
     data: tuple[str, ...]  # the finished scans' `ScanWork.data`, sorted
-    collector: str  # CODE_VERSIONS["scan"]: the code that collected the vectors
+    collector: str  # ScanWork.version: the code that collected the vectors
     samples: int
     max_fit: int
     n_neighbors: int
@@ -72,46 +74,50 @@ class LayoutWork(_Work):
 
 
 @dataclass(frozen=True)
-class GridWork(_Work):
+class GridWork(Work):
     """One grid size over a layout: counts, kept cells and their mean vectors."""
 
     kind: ClassVar[str] = "atlas_grid"
+    version: ClassVar[str] = "1"  # bump when its result changes for the same inputs
     layout: str  # the layout unit's key
     size: int
     min_count: int
 
 
 @dataclass(frozen=True)
-class ImagesWork(_Work):
+class ImagesWork(Work):
     """Thumbnails of the images listed in a grid's kept cells."""
 
     kind: ClassVar[str] = "atlas_images"
+    version: ClassVar[str] = "1"  # bump when its result changes for the same inputs
     grid: str  # the grid unit's key
     size: int
     thumb: int
 
 
 @dataclass(frozen=True)
-class PlacesWork(_Work):
+class PlacesWork(Work):
     """A dictionary's directions against a grid's cells (`atlas.kinds.actatlas.places`)."""
 
     kind: ClassVar[str] = "atlas_places"
+    version: ClassVar[str] = "1"  # bump when its result changes for the same inputs
     grid: str  # the grid unit's key; the unit's layer is the dictionary layer (its name holds its hash)
     size: int
 
 
 @dataclass(frozen=True)
-class IconsWork(_Work):
+class IconsWork(Work):
     """Icons of a chunk of a grid's kept cells; `inputs` are their mean vectors."""
 
     kind: ClassVar[str] = "icons"
+    version: ClassVar[str] = "2"  # bump when its result changes for the same inputs
     grid: str  # the grid unit's key
     size: int
     render: RenderSpec
     cosine_power: float
 
     def key_settings(self) -> dict[str, Any]:
-        return {**_render_key_settings(self.render), "grid": self.grid, "cosine_power": self.cosine_power}
+        return {**render_key_settings(self.render), "grid": self.grid, "cosine_power": self.cosine_power}
 
 
 def icons_tables(model: LoadedModel, unit: Unit, work: IconsWork) -> dict[str, pa.Table]:
@@ -178,7 +184,7 @@ def _layout_unit(spec: JobSpec, digest: str, layer: str, scans: Sequence[Unit]) 
     atlas = spec.activation_atlas
     data = tuple(sorted(u.work.data for u in scans))
     settings = (atlas.samples, atlas.max_fit, atlas.n_neighbors, atlas.min_dist)
-    work = LayoutWork(data, CODE_VERSIONS["scan"], *settings)
+    work = LayoutWork(data, ScanWork.version, *settings)
     return make_unit(digest, layer, (), work)
 
 
@@ -214,30 +220,18 @@ def planned_units(spec: JobSpec, digest: str, store: Store, scans: Sequence[Unit
     return units
 
 
-@dataclass
-class _DriverSteps:
-    """The stage's driver-side units: each is computed unless stored, and reported to `tick`."""
+class Steps(Protocol):
+    """What the stage needs of the driver loop (atlas.run.driver.Driver): whether a unit the stage
+    computes itself is to be computed, committing it, announcing units found during the run, and
+    running units on the workers."""
 
-    store: Store
-    force: bool
-    tick: Callable[[Unit, str], None] | None
+    def needed(self, unit: Unit) -> bool: ...
 
-    def needed(self, unit: Unit) -> bool:
-        todo = self.force or not self.store.has(unit.key)
-        if not todo and self.tick:
-            self.tick(unit, "skipped")
-        return todo
+    def write(self, unit: Unit, tables: dict[str, pa.Table]) -> None: ...
 
-    def announce(self, units: Sequence[Unit]) -> None:
-        """Units that became known during the run (beyond the progress total)."""
-        for unit in units:
-            if self.tick:
-                self.tick(unit, "planned")
+    def announce(self, units: Sequence[Unit]) -> None: ...
 
-    def write(self, unit: Unit, tables: dict[str, pa.Table]) -> None:
-        self.store.write_unit_tables(unit.key, unit.kind, unit.layer, tables)
-        if self.tick:
-            self.tick(unit, "done")
+    def run(self, units: Sequence[Unit]) -> None: ...
 
 
 def run_atlas(
@@ -245,21 +239,19 @@ def run_atlas(
     digest: str,
     store: Store,
     scans: Sequence[Unit],
-    run_units: Callable[[list[Unit]], None],
+    steps: Steps,
     context: tuple[LoadedModel, ImageSource],
-    force: bool = False,
-    tick: Callable[[Unit, str], None] | None = None,
 ) -> set[str]:
     """Lay out, grid and (as units) render every atlas layer; returns the keys this stage owns.
 
     `context` is the driver's model (receptive fields of the thumbnails) and the scanned data.
-    `tick` hears of every driver unit ("done" or "skipped") and, as "planned", of each icons unit
-    that became known here (its grid was computed in this run), so a progress total can grow.
+    `steps` (the driver loop) commits every unit the stage computes itself and announces, as
+    "planned", each icons unit that became known here (its grid was computed in this run), so a
+    progress total can grow.
     """
     atlas: ActivationAtlasSpec = spec.activation_atlas
     scans = sorted(scans, key=lambda u: u.key)
     known = {u.key for u in planned_units(spec, digest, store, scans)}
-    steps = _DriverSteps(store, force, tick)
     for layer in atlas.layers:
         settings = LayoutSettings(
             atlas.n_neighbors, atlas.min_dist, max_fit=atlas.max_fit, seed=spec.render.seed
@@ -292,7 +284,7 @@ def run_atlas(
                     else:
                         steps.write(extra, {"atlas_places": places_table(spec, context[0], cells, extra)})
     units = planned_units(spec, digest, store, scans)
-    run_units([u for u in units if u.kind == "icons"])
+    steps.run([u for u in units if u.kind == IconsWork.kind])
     return {u.key for u in units}
 
 
@@ -366,4 +358,9 @@ def _icons(ctx: Any, unit: Unit, work: IconsWork) -> dict[str, pa.Table]:
     return icons_tables(ctx.model, unit, work)
 
 
-register_kind("icons", _icons)
+def _icons_seconds(unit: Unit, spec: JobSpec, speed: Any) -> float:
+    """One optimized picture per cell, at the job's render steps."""
+    return len(unit.channels) * spec.render.steps / speed.render_image_steps_per_s
+
+
+register_kind(IconsWork, phase="stage", handler=_icons, cost=_icons_seconds, tables=("icons",))

@@ -3,6 +3,9 @@ examples and histograms of a chunk of a layer's channels from the merged scans."
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -11,9 +14,54 @@ from atlas.data.skipped import skipped_table
 from atlas.kinds.context import WorkerContext
 from atlas.kinds.examples import direction_layer, finalize_layer, scan_shard
 from atlas.optvis import random_directions
-from atlas.plan.kinds import register_kind
-from atlas.plan.units import Unit
-from atlas.plan.work import ExamplesWork, ScanWork
+from atlas.plan.kinds import PlanInputs, register_kind
+from atlas.plan.spec import JobSpec
+from atlas.plan.units import ModelFacts, Unit, chunks, layer_channels, make_unit
+from atlas.plan.work import Work
+
+# Channels per examples unit: bounds the size of one result (crops and thumbnails are PNG bytes).
+EXAMPLES_CHANNELS_PER_UNIT = 64
+
+
+@dataclass(frozen=True)
+class ScanWork(Work):
+    """Scan one dataset shard: per-channel top/bottom k and histograms of every layer at once.
+
+    `data` fingerprints the shard (and the whole data set, since top-k are global).
+    """
+
+    kind: ClassVar[str] = "scan"
+    version: ClassVar[str] = "1"  # bump when its result changes for the same inputs
+    layers: tuple[str, ...]
+    k: int
+    batch_size: int
+    directions: int  # random directions per layer, scanned like channels
+    seed: int  # draws the random directions, as the renderer does
+    data: str
+    vectors: tuple[str, ...] = ()  # layers whose activation vectors are sampled for an activation atlas
+    vector_samples: int = 0  # the bound on that sample (atlas.kinds.actatlas.collect)
+
+    def key_settings(self) -> dict[str, Any]:
+        """Without an activation atlas the key stays what it was before atlases existed."""
+        settings = super().key_settings()
+        if not self.vectors:
+            del settings["vectors"], settings["vector_samples"]
+        return settings
+
+
+@dataclass(frozen=True)
+class ExamplesWork(Work):
+    """Crop the chosen examples of a chunk of a layer's channels from the merged scans."""
+
+    kind: ClassVar[str] = "examples"
+    version: ClassVar[str] = "1"  # bump when its result changes for the same inputs
+    scans: tuple[str, ...]  # the scan units merged, sorted
+    crop_size: int
+    thumb_size: int
+    bins: int
+    quantiles: tuple[float, float]
+    directions: int
+    with_directions: bool  # also crop the layer's random directions (the layer's first chunk)
 
 
 def _scan(ctx: WorkerContext, unit: Unit, work: ScanWork) -> dict[str, pa.Table]:
@@ -69,5 +117,71 @@ def _as_directions(table: pa.Table, layer: str) -> pa.Table:
     return table.set_column(index("layer"), "layer", pa.array([layer] * table.num_rows, pa.string()))
 
 
-register_kind("scan", _scan)
-register_kind("examples", _examples)
+def scan_units(spec: JobSpec, facts: ModelFacts, inputs: PlanInputs) -> list[Unit]:
+    """One unit per dataset shard; each reads every requested layer in a single forward pass."""
+    if not spec.examples.enabled:
+        return []
+    ex = spec.examples
+    units = []
+    for shard, fingerprint in zip(inputs.shards, inputs.fingerprints, strict=True):
+        work = ScanWork(
+            layers=tuple(layer.name for layer in spec.layers),
+            k=ex.k,
+            batch_size=ex.batch_size,
+            directions=spec.interactions.random_directions,
+            seed=spec.render.seed,
+            data=fingerprint,
+            vectors=spec.activation_atlas.layers,
+            vector_samples=spec.activation_atlas.samples if spec.activation_atlas.layers else 0,
+        )
+        units.append(make_unit(facts.digest, "*", (), work, inputs=shard))
+    return units
+
+
+def examples_units(spec: JobSpec, facts: ModelFacts, inputs: PlanInputs) -> list[Unit]:
+    """Per chunk of a layer's channels: crop the chosen examples from the finished scans, merged.
+
+    The driver attaches the merged partial scan of the unit's layer as `inputs`. The first chunk
+    of a layer also crops the examples of the layer's random directions.
+    """
+    scans = inputs.finished.get(ScanWork.kind, ())
+    if not spec.examples.enabled or not scans:
+        return []
+    ex = spec.examples
+    directions = spec.interactions.random_directions
+    units = []
+    for layer in spec.layers:
+        for index, chunk in enumerate(chunks(layer_channels(layer, facts), EXAMPLES_CHANNELS_PER_UNIT)):
+            work = ExamplesWork(
+                scans=tuple(sorted(scans)),
+                crop_size=ex.crop_size,
+                thumb_size=ex.thumb_size,
+                bins=ex.bins,
+                quantiles=tuple(ex.quantiles),
+                directions=directions,
+                with_directions=index == 0 and bool(directions),
+            )
+            units.append(make_unit(facts.digest, layer.name, chunk, work))
+    return units
+
+
+def _scan_seconds(unit: Unit, spec: JobSpec, speed: Any) -> float:
+    return len(unit.inputs.source_ids) / speed.scan_images_per_s
+
+
+register_kind(
+    ScanWork,
+    phase="first",
+    planner=scan_units,
+    handler=_scan,
+    cost=_scan_seconds,
+    tables=("scan", "vectors", SKIPPED),
+)
+register_kind(
+    ExamplesWork,
+    phase="merge",
+    planner=examples_units,
+    handler=_examples,
+    cost=lambda unit, spec, speed: 0.0,  # crops on the worker's CPU from the merged scans
+    tables=("examples", "histogram"),
+)

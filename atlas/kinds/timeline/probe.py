@@ -17,7 +17,8 @@ patch's. Token outputs whose patch grid is unknown are read with every token as 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -27,12 +28,25 @@ from atlas.core.schema import PROBE_SCHEMA
 from atlas.data.source import model_view
 from atlas.kinds.timeline.match import dead_units
 from atlas.plan.kinds import register_kind
+from atlas.plan.work import Work
 
 if TYPE_CHECKING:
     from atlas.kinds.context import WorkerContext
     from atlas.models import LoadedModel
     from atlas.plan.units import Unit
-    from atlas.plan.work import ProbeWork
+
+
+@dataclass(frozen=True)
+class ProbeWork(Work):
+    """A checkpoint's activation statistics and signatures on the timeline's probe set (atlas.kinds.timeline)."""
+
+    kind: ClassVar[str] = "probe"
+    version: ClassVar[str] = "1"  # bump when its result changes for the same inputs
+    layers: tuple[str, ...]
+    positions: int  # sampled positions per probe image in each signature
+    seed: int
+    data: str  # fingerprint of the probe images
+
 
 PROBE_BATCH = 16
 
@@ -144,4 +158,8 @@ def run_probe(ctx: WorkerContext, unit: Unit, work: ProbeWork) -> dict[str, pa.T
     return {"probe": probe_model(ctx.model, work.layers, images, work.positions, work.seed, unit.key)}
 
 
-register_kind("probe", run_probe)
+def _probe_seconds(unit: Unit, spec: Any, speed: Any) -> float:
+    return len(unit.inputs) / speed.scan_images_per_s  # a forward pass per probe image
+
+
+register_kind(ProbeWork, phase="stage", handler=run_probe, cost=_probe_seconds, tables=("probe",))

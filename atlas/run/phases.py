@@ -1,0 +1,116 @@
+"""What the job's driver does for a unit kind beyond handing its units to the executor.
+
+Most kinds need nothing: their pending units go to the workers. A kind whose units run their own
+way registers it here, by kind name, beside the rest of the run stage (this is the only code of the
+job that knows such kinds; atlas.run.job loops over these tables):
+
+- `RUNNERS`: the kind's pending units are run by this function instead of the executor (the
+  dataset-shard scans stream through Ray Data; they run first, alone on the cluster);
+- `INPUTS`: the kind's pending units get their `inputs` from this function first (the examples
+  units read the merged partial scans of their layer);
+- `STAGES`: a stage after the merge phase, which plans and runs units as it computes (the
+  activation atlases). `announced` gives the units it knows before it runs, for progress totals
+  and `atlas status`; `run` returns the keys it owns (retention keeps them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from atlas.core.registry import Registry
+from atlas.kinds.examples import PartialScan, direction_layer
+from atlas.plan.units import Plan, Unit
+from atlas.run.driver import Driver
+
+if TYPE_CHECKING:
+    from atlas.data.source import ImageSource
+    from atlas.models import LoadedModel
+    from atlas.plan.spec import JobSpec
+    from atlas.store.store import Store
+
+
+@dataclass
+class Prepared:
+    """A checked job with its plan, ready to run or to report on."""
+
+    spec: JobSpec
+    model: LoadedModel
+    facts: Any  # atlas.plan.units.ModelFacts
+    plan: Plan
+    source: ImageSource | None = None  # the dataset, opened once: the Ray Data scan reads it
+
+
+# (runner, prepared job, the kind's pending units) -> None
+Runner = Callable[[Driver, Prepared, Sequence[Unit]], None]
+# (runner, prepared job, the kind's pending units, finished keys by kind) -> the units with inputs
+Inputs = Callable[[Driver, Prepared, Sequence[Unit], dict[str, tuple[str, ...]]], list[Unit]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    after: tuple[str, ...]  # the first-phase kinds it reads: it is planned once they are all stored
+    announced: Callable[[Prepared, Store], list[Unit]]
+    run: Callable[[Driver, Prepared, dict[str, tuple[str, ...]]], set[str]]
+
+
+RUNNERS: Registry[Runner] = Registry("unit runner")
+INPUTS: Registry[Inputs] = Registry("unit inputs")
+STAGES: Registry[Stage] = Registry("job stage")
+
+
+def _run_scans(driver: Driver, prepared: Prepared, units: Sequence[Unit]) -> None:
+    from atlas.run.scans import run_scans
+
+    input_size = prepared.model.input_size
+    run_scans(driver.spec, prepared.source, units, driver.store, input_size, driver.result, driver.tick)
+
+
+def merged_scan(spec: JobSpec, store: Store, scan_keys: tuple[str, ...]) -> PartialScan:
+    """Merge every dataset shard's partial result, read back from the store, on the cluster."""
+    from atlas.run.executor import connect
+    from atlas.run.scans import tree_merge
+
+    connect(spec.execute)
+    return tree_merge(store, scan_keys)
+
+
+def layer_scan(merged: PartialScan, unit: Unit) -> PartialScan:
+    """The part of the merged scan an examples unit reads: its layer (and that layer's directions)."""
+    names = [unit.layer] + ([direction_layer(unit.layer)] if unit.work.with_directions else [])
+    return merged.select(names)
+
+
+def _merged_inputs(
+    driver: Driver, prepared: Prepared, units: Sequence[Unit], finished: dict[str, tuple[str, ...]]
+) -> list[Unit]:
+    merged = merged_scan(driver.spec, driver.store, finished.get("scan", ()))
+    return [replace(unit, inputs=layer_scan(merged, unit)) for unit in units]
+
+
+def _atlas_announced(prepared: Prepared, store: Store) -> list[Unit]:
+    """The activation-atlas units known before the stage runs (icons of stored grids only)."""
+    if not prepared.spec.activation_atlas.layers:
+        return []
+    from atlas.kinds.actatlas.stage import planned_units
+
+    return planned_units(prepared.spec, prepared.facts.digest, store, prepared.plan.by_kind("scan"))
+
+
+def _atlas_run(driver: Driver, prepared: Prepared, finished: dict[str, tuple[str, ...]]) -> set[str]:
+    """The activation atlases of the finished scans; returns the keys the stage owns."""
+    spec = prepared.spec
+    done = set(finished.get("scan", ()))
+    scans = [unit for unit in prepared.plan.by_kind("scan") if unit.key in done]
+    if not spec.activation_atlas.layers or not scans:
+        return set()
+    from atlas.kinds.actatlas.stage import run_atlas
+
+    context = (prepared.model, prepared.source)
+    return run_atlas(spec, prepared.facts.digest, driver.store, scans, driver, context)
+
+
+RUNNERS.register("scan", _run_scans)
+INPUTS.register("examples", _merged_inputs)
+STAGES.register("activation atlas", Stage(("scan",), _atlas_announced, _atlas_run))
