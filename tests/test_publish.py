@@ -21,7 +21,7 @@ from synthetic import SyntheticLayer, SyntheticOptions, write_synthetic_store
 
 from atlas.cli import main
 from atlas.site.publish import ENTRY, POINTER, RECORD, PublishError, content_type, publish_site
-from atlas.store.location import Location
+from atlas.store.location import open_location
 from atlas.store.outdir import MARKER, claim_output
 
 SMALL = SyntheticOptions(image_size=16, crop_size=12, examples_k=2, diversity=2, bins=8, channels_per_unit=4)
@@ -298,7 +298,8 @@ def test_a_publish_killed_mid_upload_never_costs_readers_their_version(make_targ
     publish_site(sites[0], target.uri, keep=2)
     first = current_is_intact(target, sites[0])
     writes = 0
-    write_bytes = Location.write_bytes
+    kind = type(open_location(target.uri))  # the target's scheme's class
+    write_bytes = kind.write_bytes
 
     def dies(self, rel, data, headers=None):
         nonlocal writes
@@ -308,7 +309,7 @@ def test_a_publish_killed_mid_upload_never_costs_readers_their_version(make_targ
         write_bytes(self, rel, data, headers)
 
     with pytest.MonkeyPatch.context() as patch, pytest.raises(Killed):
-        patch.setattr(Location, "write_bytes", dies)
+        patch.setattr(kind, "write_bytes", dies)
         publish_site(sites[1], target.uri, keep=2)
     readers_on = readers_versions(target)  # the first version, the second, or both if cut between
     killed = target.versions() - {first}  # empty when killed before its first write
@@ -345,12 +346,13 @@ def test_a_killed_publish_process_then_keep_2_on_the_s3_server(s3, tmp_path):
     script = f"""
 import time
 from atlas.site.publish import publish_site
-from atlas.store.location import Location
-write_bytes = Location.write_bytes
+from atlas.store.location import open_location
+kind = type(open_location({target.uri!r}))  # the target's scheme's class
+write_bytes = kind.write_bytes
 def slow(self, *args, **kwargs):
     write_bytes(self, *args, **kwargs)
     time.sleep(0.3)
-Location.write_bytes = slow
+kind.write_bytes = slow
 publish_site({str(store.root / "site" / "index.html")!r}, {target.uri!r}, keep=2)
 """
     child = subprocess.Popen(

@@ -17,11 +17,13 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
 from atlas.core.errors import AtlasError
+from atlas.core.registry import Registry
 from atlas.store.safefs import file_mode, remove, remove_empty_folders
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
@@ -129,13 +131,18 @@ def parse_out(text: str, where: str = "") -> Path | str:
 
 @dataclass
 class Location:
-    """A root inside a file system; every store path is relative to it."""
+    """A root inside a file system; every store path is relative to it.
+
+    This base class is a bucket-style prefix behind `pyarrow.fs` (one PUT per write, server-side
+    moves, no folders of its own). Each scheme is one subclass registered in `SCHEMES`: a local
+    folder, s3://, gs:// and, for any other scheme, an fsspec file system.
+    """
 
     fs: pafs.FileSystem
     root: str  # the root as the file system names it (no scheme, no trailing slash)
     uri: str  # printable: file:///abs/path or s3://bucket/prefix
-    local: bool
     scheme: str = "file"
+    local: ClassVar[bool] = False  # a folder on this machine (checksums are cheap to read)
 
     def path(self, rel: str) -> str:
         return f"{self.root}/{rel}" if rel else self.root
@@ -154,11 +161,10 @@ class Location:
 
     def sizes(self, prefix: str) -> dict[str, int]:
         """Every file under `prefix` with its size, keyed by path relative to the root (one listing)."""
-        base = self.path(prefix)
-        if self.fs.get_file_info(base).type != pafs.FileType.Directory and self.local:
-            return {}
         try:
-            infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+            infos = self.fs.get_file_info(
+                pafs.FileSelector(self.path(prefix), recursive=True, allow_not_found=True)
+            )
         except FileNotFoundError:
             return {}
         root = self.root.strip("/")  # fsspec's memory:// lists "/bucket/...": compare without slashes
@@ -167,49 +173,80 @@ class Location:
 
     def empty(self) -> bool:
         """True when nothing is at or below the root (a missing folder or prefix is empty)."""
-        info = self.fs.get_file_info(self.root)
-        if info.type == pafs.FileType.File:
+        if self.fs.get_file_info(self.root).type == pafs.FileType.File:
             return False
-        if info.type == pafs.FileType.NotFound and self.local:
-            return True
         try:
             return not self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
         except FileNotFoundError:
             return True
 
     def etags(self, prefix: str) -> dict[str, tuple[int, str]]:
-        """Every file under `prefix` with its size and ETag ("" where none is known), in one listing.
-
-        pyarrow's listing gives sizes only; on s3:// the same listing through boto3 (the `s3`
-        extra) also gives each object's ETag, the MD5 of its bytes for a single-part upload.
-        """
-        if self.scheme != "s3":
-            return {rel: (size, "") for rel, size in self.sizes(prefix).items()}
-        try:
-            import boto3
-        except ImportError:
-            return {rel: (size, "") for rel, size in self.sizes(prefix).items()}
-        bucket, _, key = self.path(prefix).partition("/")
-        cut = len(self.root) - len(bucket)  # object keys lack the bucket and its slash
-        pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{key}/")
-        return {
-            item["Key"][cut:]: (item["Size"], item.get("ETag", "").strip('"'))
-            for page in pages
-            for item in page.get("Contents", [])
-            if not item["Key"].endswith("/")
-        }
+        """Every file under `prefix` with its size and ETag ("" where none is known), in one listing."""
+        return {rel: (size, "") for rel, size in self.sizes(prefix).items()}
 
     # -- writing ----------------------------------------------------------------------------
     def write_bytes(self, rel: str, data: bytes, headers: dict[str, str] | None = None) -> None:
-        """Replace a file whole: temp file + fsync + rename locally, one PUT in a bucket.
+        """Replace a file whole: one PUT. `headers` (e.g. Content-Type, Cache-Control) become the
+        object's metadata."""
+        with self.fs.open_output_stream(self.path(rel), metadata=headers) as stream:
+            stream.write(data)
 
-        `headers` (e.g. Content-Type, Cache-Control) become the object's metadata in a bucket.
-        """
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Create a file only if none exists (False if one does): the lease's compare-and-swap.
+
+        Without a conditional put: check, write, read back (a narrow race, documented)."""
+        if self.exists(rel):
+            return False
+        self.write_bytes(rel, data)
+        return self.read_bytes(rel) == data
+
+    def move(self, src: str, dst: str) -> None:
+        """Server-side copy + delete (no bytes through this process)."""
+        self.fs.move(self.path(src), self.path(dst))
+
+    def delete(self, rel: str) -> None:
+        """Delete one file of the store."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(self.path(rel))
+
+    def delete_empty_folder(self, rel: str) -> None:
+        """Remove the empty folder objects pyarrow leaves (it re-creates a parent's on every
+        delete), only when no file is left under the prefix (a prefix without objects, as on GCS,
+        has nothing to remove)."""
+        folder = self.path(rel)
+        if not self.sizes(rel) and self.fs.get_file_info(folder).type == pafs.FileType.Directory:
+            with contextlib.suppress(FileNotFoundError):  # gone meanwhile
+                self.fs.delete_dir(folder)
+
+    @classmethod
+    def at(cls, scheme: str, rest: str, uri: str) -> Location:
+        """The location of `uri` (`scheme://rest`) on this class's file system."""
+        return cls(cls.filesystem(scheme), rest.rstrip("/"), uri, scheme)
+
+    @staticmethod
+    def filesystem(scheme: str) -> pafs.FileSystem:
+        raise NotImplementedError
+
+
+class LocalFolder(Location):
+    """A folder on this machine: atomic replace by rename, never a deletion outside the root or
+    through a link."""
+
+    local: ClassVar[bool] = True
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        if self.fs.get_file_info(self.path(prefix)).type != pafs.FileType.Directory:
+            return {}
+        return super().sizes(prefix)
+
+    def empty(self) -> bool:
+        if self.fs.get_file_info(self.root).type == pafs.FileType.NotFound:
+            return True
+        return super().empty()
+
+    def write_bytes(self, rel: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+        """Temp file + fsync + rename: a reader sees the old file or the new one, never a part."""
         target = self.path(rel)
-        if not self.local:
-            with self.fs.open_output_stream(target, metadata=headers) as stream:
-                stream.write(data)
-            return
         folder = os.path.dirname(target)
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
@@ -225,64 +262,92 @@ class Location:
             raise
 
     def create_exclusive(self, rel: str, data: bytes) -> bool:
-        """Create a file only if none exists (False if one does): the lease's compare-and-swap."""
         target = self.path(rel)
-        if self.local:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            try:
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode())
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            return True
-        if self.scheme == "s3":
-            return _s3_put_if_absent(target, data)
-        # No conditional put through pyarrow here: check, write, read back (a narrow race, documented).
-        if self.exists(rel):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode())
+        except FileExistsError:
             return False
-        self.write_bytes(rel, data)
-        return self.read_bytes(rel) == data
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        return True
 
     def move(self, src: str, dst: str) -> None:
-        """Rename locally; server-side copy + delete in a bucket (no bytes through this process)."""
-        if self.local:
-            os.makedirs(os.path.dirname(self.path(dst)), exist_ok=True)
-        self.fs.move(self.path(src), self.path(dst))
+        os.makedirs(os.path.dirname(self.path(dst)), exist_ok=True)
+        super().move(src, dst)
 
     def delete(self, rel: str) -> None:
-        """Delete one file of the store (locally never outside the root, never through a link)."""
-        if self.local:
-            remove(self.path(rel), within=self.root)
-            return
-        with contextlib.suppress(FileNotFoundError):
-            self.fs.delete_file(self.path(rel))
+        remove(self.path(rel), within=self.root)
 
     def delete_empty_folder(self, rel: str) -> None:
-        """Remove a folder left without files: locally each empty folder below it (never through a
-        link); in a bucket the empty folder objects pyarrow leaves (it re-creates a parent's on
-        every delete), only when no file is left under the prefix."""
-        if self.local:
-            remove_empty_folders(self.path(rel), within=self.root)
-        elif not self.sizes(rel):
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.delete_dir(self.path(rel))
+        remove_empty_folders(self.path(rel), within=self.root)
+
+    @classmethod
+    def of(cls, folder: Path) -> LocalFolder:
+        root = folder.expanduser().absolute()
+        return cls(pafs.LocalFileSystem(), root.as_posix().rstrip("/") or "/", root.as_uri())
+
+
+class S3Prefix(Location):
+    """s3:// with the SDK's own credential chain; AWS_ENDPOINT_URL(_S3) picks an S3-compatible
+    server. The lease uses a conditional PUT, and listings give ETags (through boto3)."""
+
+    @staticmethod
+    def filesystem(scheme: str) -> pafs.FileSystem:
+        return _s3()
+
+    def etags(self, prefix: str) -> dict[str, tuple[int, str]]:
+        """pyarrow's listing gives sizes only; the same listing through boto3 (the `s3` extra) also
+        gives each object's ETag, the MD5 of its bytes for a single-part upload."""
+        try:
+            import boto3
+        except ImportError:
+            return super().etags(prefix)
+        bucket, _, key = self.path(prefix).partition("/")
+        cut = len(self.root) - len(bucket)  # object keys lack the bucket and its slash
+        pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{key}/")
+        return {
+            item["Key"][cut:]: (item["Size"], item.get("ETag", "").strip('"'))
+            for page in pages
+            for item in page.get("Contents", [])
+            if not item["Key"].endswith("/")
+        }
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        return _s3_put_if_absent(self.path(rel), data)
+
+
+class GcsPrefix(Location):
+    """gs:// (or gcs://) with Google's default credentials, or an emulator (STORAGE_EMULATOR_HOST)."""
+
+    @staticmethod
+    def filesystem(scheme: str) -> pafs.FileSystem:
+        return _gcs()
+
+
+class FsspecPrefix(Location):
+    """Any other scheme fsspec knows (memory://, az://, ...), through pyarrow's fsspec handler."""
+
+    @staticmethod
+    def filesystem(scheme: str) -> pafs.FileSystem:
+        return _fsspec(scheme)
+
+
+# One class per scheme; a scheme not registered here goes to fsspec.
+SCHEMES: Registry[type[Location]] = Registry("storage scheme", LocationError)
+SCHEMES.register("s3", S3Prefix)
+SCHEMES.register("gs", GcsPrefix)
+SCHEMES.register("gcs", GcsPrefix)
 
 
 def open_location(out: str | os.PathLike) -> Location:
     """The file system and root for an output folder or URI (credentials found by the SDK)."""
     target = parse_out(str(out)) if isinstance(out, str) else Path(out)
     if isinstance(target, Path):
-        root = target.expanduser().absolute()
-        return Location(pafs.LocalFileSystem(), root.as_posix().rstrip("/") or "/", root.as_uri(), local=True)
+        return LocalFolder.of(target)
     scheme, _, rest = target.partition("://")
-    if scheme == "s3":
-        filesystem: pafs.FileSystem = _s3()
-    elif scheme in ("gs", "gcs"):
-        filesystem = _gcs()
-    else:
-        filesystem = _fsspec(scheme)
-    return Location(filesystem, rest.rstrip("/"), target, local=False, scheme=scheme)
+    kind = SCHEMES.get(scheme) if scheme in SCHEMES else FsspecPrefix
+    return kind.at(scheme, rest, target)
 
 
 def _s3() -> pafs.S3FileSystem:
