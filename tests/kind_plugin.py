@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
+from atlas.core.schema import keyed_table
 from atlas.plan.kinds import PlanInputs, register_kind
 from atlas.plan.units import ModelFacts, Unit, layer_channels, make_unit
 from atlas.plan.work import Work
@@ -49,13 +50,12 @@ def compute(ctx: Any, unit: Unit, work: NoiseMeanWork) -> dict[str, pa.Table]:
     with torch.no_grad():
         maps = ctx.model.activations(noise.to(ctx.model.device), [unit.layer])[unit.layer]
     means = maps.mean(dim=(0, 2, 3)).cpu()
-    rows = {
-        "unit_key": [unit.key] * len(unit.channels),
+    columns = {
         "layer": [unit.layer] * len(unit.channels),
         "channel": list(unit.channels),
         "mean": [float(means[c]) for c in unit.channels],
     }
-    return {TABLE: pa.Table.from_pydict(rows, schema=SCHEMA)}
+    return {TABLE: keyed_table(columns, SCHEMA, unit.key)}
 
 
 def cost(unit: Unit, spec: Any, speed: Any) -> float:

@@ -7,6 +7,7 @@ docs/STORE.md are generated from `TABLES` (scripts/gen_docs.py).
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -430,3 +431,10 @@ TABLES = {
         },
     ),
 }
+
+
+def keyed_table(columns: Mapping[str, Any], schema: pa.Schema, unit_key: str) -> pa.Table:
+    """A unit's table in `schema`: `columns` (of equal lengths) and the unit's key on every row,
+    the column every stored table carries (docs/STORE.md)."""
+    rows = len(next(iter(columns.values()))) if columns else 0
+    return pa.table({**columns, "unit_key": [unit_key] * rows}, schema=schema)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import pyarrow as pa
 
-from atlas.core.schema import SKIPPED_SCHEMA
+from atlas.core.schema import SKIPPED_SCHEMA, keyed_table
 from atlas.data.source import SkippedInput
 from atlas.store.store import Store
 
@@ -33,9 +33,8 @@ def skipped_table(skipped: Sequence[SkippedInput], unit_key: str) -> pa.Table:
         "source_id": [s.source_id for s in skipped],
         "reason": [s.reason for s in skipped],
         "message": [s.message for s in skipped],
-        "unit_key": [unit_key] * len(skipped),
     }
-    return pa.table(columns, schema=SKIPPED_SCHEMA)
+    return keyed_table(columns, SKIPPED_SCHEMA, unit_key)
 
 
 def read_skipped(store: Store, keys: Iterable[str] | None = None) -> pa.Table:

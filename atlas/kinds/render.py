@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from atlas.core.schema import RENDER_SCHEMA
+from atlas.core.schema import RENDER_SCHEMA, keyed_table
 from atlas.kinds.context import WorkerContext, png_bytes
 from atlas.optvis import render_channel_sets, render_directions, render_pair
 from atlas.plan.kinds import PlanInputs, Speed, register_kind
@@ -69,9 +69,8 @@ def rendered_table(images: Sequence[Any], unit_key: str) -> pa.Table:
         "image": [png_bytes(r.image) for r in images],
         "activation": [float(r.activation) for r in images],
         "loss": [[float(v) for v in r.loss] for r in images],
-        "unit_key": [unit_key] * len(images),
     }
-    return pa.table(columns, schema=RENDER_SCHEMA)
+    return keyed_table(columns, RENDER_SCHEMA, unit_key)
 
 
 def _render(ctx: WorkerContext, unit: Unit, work: RenderWork) -> dict[str, pa.Table]:

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import torch
 
 from atlas.core.errors import AtlasError
-from atlas.core.schema import VECTORS_SCHEMA
+from atlas.core.schema import VECTORS_SCHEMA, keyed_table
 from atlas.data.source import ImageSource, ShardRef
 from atlas.kinds.examples import PartialScan, scan_shard, source_priority
 from atlas.models import LoadedModel
@@ -122,16 +122,13 @@ class VectorSample:
         """One row per (layer, sampled image): the `vectors` table of docs/STORE.md."""
         names = list(self.vectors)
         rows = len(self.ids)
-        return pa.table(
-            {
-                "layer": [n for n in names for _ in range(rows)],
-                "source_id": [str(i) for _ in names for i in self.ids],
-                "position": np.concatenate([self.positions[n] for n in names] or [[]]).astype(np.int32),
-                "vector": [v for n in names for v in self.vectors[n]],
-                "unit_key": [unit_key] * (rows * len(names)),
-            },
-            schema=VECTORS_SCHEMA,
-        )
+        columns = {
+            "layer": [n for n in names for _ in range(rows)],
+            "source_id": [str(i) for _ in names for i in self.ids],
+            "position": np.concatenate([self.positions[n] for n in names] or [[]]).astype(np.int32),
+            "vector": [v for n in names for v in self.vectors[n]],
+        }
+        return keyed_table(columns, VECTORS_SCHEMA, unit_key)
 
     @classmethod
     def from_table(cls, table: pa.Table, layer: str, size: int) -> VectorSample:

@@ -28,6 +28,7 @@ from atlas.core.schema import (
     ATLAS_PLACES_SCHEMA,
     ATLAS_POINTS_SCHEMA,
     ICONS_SCHEMA,
+    keyed_table,
 )
 from atlas.data.source import ImageSource
 from atlas.kinds.actatlas.classes import class_gains
@@ -136,9 +137,8 @@ def icons_tables(model: LoadedModel, unit: Unit, work: IconsWork) -> dict[str, p
         "cosine": own.astype(np.float32),
         "class": gains.argmax(axis=1).astype(np.int32),
         "class_gain": gains.max(axis=1).astype(np.float32),
-        "unit_key": [unit.key] * len(icons),
     }
-    return {"icons": pa.table(table, schema=ICONS_SCHEMA)}
+    return {"icons": keyed_table(table, ICONS_SCHEMA, unit.key)}
 
 
 def _sample(store: Store, scans: Sequence[Unit], layer: str, size: int) -> VectorSample:
@@ -153,9 +153,8 @@ def _layout_table(sample: VectorSample, layer: str, coords: np.ndarray, key: str
         "position": sample.positions[layer].astype(np.int32),
         "x": coords[:, 0],
         "y": coords[:, 1],
-        "unit_key": [key] * len(coords),
     }
-    return pa.table(columns, schema=ATLAS_POINTS_SCHEMA)
+    return keyed_table(columns, ATLAS_POINTS_SCHEMA, key)
 
 
 def cells_table(
@@ -175,9 +174,8 @@ def cells_table(
         "kept": [int(c) in means for c in occupied],
         "mean": [means.get(int(c), []) for c in occupied],
         "source_ids": [ids[result.cell == c][:IMAGES_PER_CELL].tolist() for c in occupied],
-        "unit_key": [key] * len(occupied),
     }
-    return pa.table(columns, schema=ATLAS_CELLS_SCHEMA)
+    return keyed_table(columns, ATLAS_CELLS_SCHEMA, key)
 
 
 def _layout_unit(spec: JobSpec, digest: str, layer: str, scans: Sequence[Unit]) -> Unit:
@@ -312,9 +310,8 @@ def images_table(
         "source_id": [i for _, i, _ in found],
         "position": [p for _, _, p in found],
         "image": [thumbs[(i, p)] for _, i, p in found],
-        "unit_key": [unit.key] * len(found),
     }
-    return pa.table(columns, schema=ATLAS_IMAGES_SCHEMA)
+    return keyed_table(columns, ATLAS_IMAGES_SCHEMA, unit.key)
 
 
 def places_table(spec: JobSpec, model: LoadedModel, cells: pa.Table, unit: Unit) -> pa.Table:
@@ -332,9 +329,8 @@ def places_table(spec: JobSpec, model: LoadedModel, cells: pa.Table, unit: Unit)
         "atlas_layer": [layer] * count,
         "grid": [unit.work.size] * count,
         **{name: getattr(ranked, name) for name in PLACES_COLUMNS},
-        "unit_key": [unit.key] * count,
     }
-    return pa.table(columns, schema=ATLAS_PLACES_SCHEMA)
+    return keyed_table(columns, ATLAS_PLACES_SCHEMA, unit.key)
 
 
 def _icon_units(spec: JobSpec, digest: str, layer: str, size: int, grid_key: str, store: Store) -> list[Unit]:

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from atlas.core.schema import EXAMPLES_SCHEMA, HISTOGRAM_SCHEMA
+from atlas.core.schema import EXAMPLES_SCHEMA, HISTOGRAM_SCHEMA, keyed_table
 from atlas.data.source import ImageSource, png, view_crop
 from atlas.kinds.examples import heatmaps
 from atlas.kinds.examples.partial import HIST_EDGES, LayerScan, PartialScan, ScanError, base_layer
@@ -77,7 +77,7 @@ def finalize_layer(
         keys = [(p.source_id, p.channel, p.bucket in ("min", "slightly_negative")) for p in kept]
         drawn = heatmaps.overlays(model, layer, source, keys, crop_size)
         crops = [drawn.get(key, crop) for key, crop in zip(keys, crops, strict=True)]
-    examples = pa.table(
+    examples = keyed_table(
         {
             "layer": pa.array([layer] * len(kept), pa.string()),
             "channel": pa.array([p.channel for p in kept], pa.int32()),
@@ -89,20 +89,20 @@ def finalize_layer(
             "y": pa.array([p.y for p in kept], pa.int32()),
             "crop": pa.array(crops, pa.binary()),
             "thumb": pa.array([images[p.source_id][1] for p in kept], pa.binary()),
-            "unit_key": pa.array([unit_key] * len(kept), pa.string()),
         },
-        schema=EXAMPLES_SCHEMA,
+        EXAMPLES_SCHEMA,
+        unit_key,
     )
     histograms = [_coarse_histogram(scan, c, bins) for c in wanted]
-    histogram = pa.table(
+    histogram = keyed_table(
         {
             "layer": pa.array([layer] * len(wanted), pa.string()),
             "channel": pa.array(wanted, pa.int32()),
             "edges": pa.array([h[0] for h in histograms], pa.list_(pa.float32())),
             "counts": pa.array([h[1] for h in histograms], pa.list_(pa.int64())),
-            "unit_key": pa.array([unit_key] * len(wanted), pa.string()),
         },
-        schema=HISTOGRAM_SCHEMA,
+        HISTOGRAM_SCHEMA,
+        unit_key,
     )
     return examples, histogram
 

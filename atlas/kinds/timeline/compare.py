@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from atlas.core.schema import CKA_SCHEMA, MATCH_SCHEMA
+from atlas.core.schema import CKA_SCHEMA, MATCH_SCHEMA, keyed_table
 from atlas.kinds.timeline.cka import linear_cka
 from atlas.kinds.timeline.match import match_units
 
@@ -29,21 +29,19 @@ def compare(before: pa.Table, after: pa.Table, role_threshold: float, unit_key: 
         matching = match_units(a, b, dead_a, dead_b, role_threshold)
         count = a.shape[1]
         matches.append(
-            pa.table(
+            keyed_table(
                 {
                     "layer": [layer] * count,
                     "channel": np.arange(count, dtype=np.int32),
                     "matched": matching.matched.astype(np.int32),
                     "correlation": matching.correlation.astype(np.float32),
                     "status": list(matching.status),
-                    "unit_key": [unit_key] * count,
                 },
-                schema=MATCH_SCHEMA,
+                MATCH_SCHEMA,
+                unit_key,
             )
         )
-        ckas.append(
-            pa.table({"layer": [layer], "cka": [linear_cka(a, b)], "unit_key": [unit_key]}, schema=CKA_SCHEMA)
-        )
+        ckas.append(keyed_table({"layer": [layer], "cka": [linear_cka(a, b)]}, CKA_SCHEMA, unit_key))
     return {
         "match": pa.concat_tables(matches) if matches else MATCH_SCHEMA.empty_table(),
         "cka": pa.concat_tables(ckas) if ckas else CKA_SCHEMA.empty_table(),

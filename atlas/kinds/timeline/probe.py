@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from atlas.core.schema import PROBE_SCHEMA
+from atlas.core.schema import PROBE_SCHEMA, keyed_table
 from atlas.data.source import model_view
 from atlas.kinds.timeline.match import dead_units
 from atlas.plan.kinds import register_kind
@@ -96,20 +96,17 @@ class _LayerStats:
         mean = mean_c + self.shift
         channels = len(mean)
         signature = np.concatenate(self.signature, axis=1).astype(np.float32)
-        return pa.table(
-            {
-                "layer": [layer] * channels,
-                "channel": np.arange(channels, dtype=np.int32),
-                "max": self.maximum.astype(np.float32),
-                "mean": mean.astype(np.float32),
-                "std": std.astype(np.float32),
-                "active": (self.active / self.count).astype(np.float32),
-                "dead": dead_units(std, mean),
-                "signature": list(signature),
-                "unit_key": [unit_key] * channels,
-            },
-            schema=PROBE_SCHEMA,
-        )
+        columns = {
+            "layer": [layer] * channels,
+            "channel": np.arange(channels, dtype=np.int32),
+            "max": self.maximum.astype(np.float32),
+            "mean": mean.astype(np.float32),
+            "std": std.astype(np.float32),
+            "active": (self.active / self.count).astype(np.float32),
+            "dead": dead_units(std, mean),
+            "signature": list(signature),
+        }
+        return keyed_table(columns, PROBE_SCHEMA, unit_key)
 
 
 def probe_model(
