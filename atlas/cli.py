@@ -278,7 +278,13 @@ def calibrate(job: Path, output: Path, device: str) -> None:
     from atlas.run.cost import calibrate as measure
 
     spec = load_spec(job)
-    model = load_model(spec.model.name, spec.model.checkpoint, spec.model.weights, device=pick_device(device))
+    model = load_model(
+        spec.model.name,
+        spec.model.checkpoint,
+        spec.model.weights,
+        device=pick_device(device),
+        search=spec.model.path,
+    )
     speed = measure(spec, model)
     speed.save(output)
     click.echo(

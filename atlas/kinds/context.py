@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ class WorkerContext:
     examples: ExamplesSpec
     _source: ImageSource | None = field(default=None, repr=False)
     weights: str = "default"
+    search: Path | None = None  # where a `module:` model is imported from (the spec's model.path)
     _checkpoint: tuple[str, LoadedModel] | None = field(default=None, repr=False)
     # Images per physical batch of render units (None: as the device's free memory allows).
     images_per_pass: int | None = None
@@ -48,7 +50,9 @@ class WorkerContext:
     def on_checkpoint(self, checkpoint: str) -> WorkerContext:
         """This context with another checkpoint's weights, kept until the next one (timeline units)."""
         if self._checkpoint is None or self._checkpoint[0] != checkpoint:
-            model = load_model(self.model.name, checkpoint, self.weights, device=self.model.device)
+            model = load_model(
+                self.model.name, checkpoint, self.weights, device=self.model.device, search=self.search
+            )
             model.compile = self.model.compile
             self._checkpoint = (checkpoint, model)
         return replace(self, model=self._checkpoint[1])
@@ -63,7 +67,13 @@ def compile_backend(choice: str, device: torch.device) -> str:
 
 
 def make_context(spec: JobSpec, device: str = "auto") -> WorkerContext:
-    model = load_model(spec.model.name, spec.model.checkpoint, spec.model.weights, device=pick_device(device))
+    model = load_model(
+        spec.model.name,
+        spec.model.checkpoint,
+        spec.model.weights,
+        device=pick_device(device),
+        search=spec.model.path,
+    )
     model.compile = compile_backend(spec.execute.compile, model.device)
     if any(layer.dictionary for layer in spec.layers):
         from atlas.plan.dictionary import attach_layers
@@ -71,4 +81,10 @@ def make_context(spec: JobSpec, device: str = "auto") -> WorkerContext:
         attach_layers(model, spec.layers)
     # The job's own checkpoint counts as loaded: a timeline's units on it do not load it twice.
     loaded = (str(spec.model.checkpoint), model) if spec.model.checkpoint else None
-    return WorkerContext(model=model, examples=spec.examples, weights=spec.model.weights, _checkpoint=loaded)
+    return WorkerContext(
+        model=model,
+        examples=spec.examples,
+        weights=spec.model.weights,
+        _checkpoint=loaded,
+        search=spec.model.path,
+    )

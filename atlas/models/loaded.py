@@ -19,7 +19,7 @@ from torch import nn
 from atlas.core.errors import AtlasError
 from atlas.models.fold import Folded, fold_batchnorm
 from atlas.models.layout import CLS_SUFFIX, MAP, TOKENS, Layout, find_layout, prefix_tokens, role, unwrap
-from atlas.models.registry import ModelError, Preprocessing, build
+from atlas.models.registry import ModelError, Preprocessing, build, importable
 
 LOGITS = "logits"
 log = logging.getLogger(__name__)
@@ -449,9 +449,14 @@ def load_model(
     weights: str = "default",
     device: str | torch.device = "cpu",
     fold: bool = True,
+    search: str | Path | None = None,
 ) -> LoadedModel:
-    """Build, load and freeze a model from the registry for inference and input optimization."""
-    module, preprocessing = build(name, weights, Path(checkpoint) if checkpoint else None)
+    """Build, load and freeze a model from the registry for inference and input optimization.
+
+    A `module:` model is imported from `search` (a spec's `model.path`: by default the spec's
+    folder), then the working directory, then the installed packages."""
+    with importable(search):
+        module, preprocessing = build(name, weights, Path(checkpoint) if checkpoint else None)
     return freeze(name, module, preprocessing, device, fold)
 
 

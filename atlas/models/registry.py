@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 import logging
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,6 +152,25 @@ def _weights_member(enum: type, weights: str) -> object:
         raise ModelError(f"unknown weights {weights!r}; choose one of: default, none, {names}") from err
 
 
+_SEARCHED: list[str] = []  # the folders `importable` put on sys.path, for the error message
+
+
+@contextmanager
+def importable(search: str | Path | None) -> Iterator[None]:
+    """`search` (when given) and the working directory on `sys.path` while a model is built, as
+    `python` run in that folder would have them: a user's `mynet.py` beside the spec imports."""
+    folders = [str(Path(f).resolve()) for f in (search, Path.cwd()) if f is not None]
+    added = [f for f in dict.fromkeys(folders) if f not in sys.path]
+    sys.path[:0] = added
+    _SEARCHED[:] = list(dict.fromkeys(folders))
+    try:
+        yield
+    finally:
+        for folder in added:
+            sys.path.remove(folder)
+        _SEARCHED.clear()
+
+
 @model_source("module:", "module:<package.module>:<callable>")
 def _user_module(target: str, weights: str, checkpoint: Path | None) -> tuple[nn.Module, Preprocessing]:
     module_name, _, attr = target.rpartition(":")
@@ -158,7 +179,11 @@ def _user_module(target: str, weights: str, checkpoint: Path | None) -> tuple[nn
     try:
         factory: Callable[[], nn.Module] = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
-        raise ModelError(f"cannot import {attr!r} from {module_name!r}: {err}") from err
+        looked = f" (looked in {', '.join(_SEARCHED)} and the installed packages)" if _SEARCHED else ""
+        raise ModelError(
+            f"cannot import {attr!r} from {module_name!r}: {err}{looked}; put the module in the spec's "
+            "folder, set [model] path to its folder, or install it"
+        ) from err
     module = factory()
     if not isinstance(module, nn.Module):
         raise ModelError(f"{target} returned {type(module).__name__}, not a torch.nn.Module")

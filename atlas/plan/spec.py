@@ -69,6 +69,7 @@ class ModelSpec:
     checkpoint: OptionalPath = None
     weights: Text = "default"
     checkpoints: Names = ()  # a timeline's series: paths or globs (atlas.kinds.timeline)
+    path: OptionalPath = None  # where a `module:` model is imported from (default: the spec's folder)
 
 
 @dataclass(frozen=True)
@@ -398,6 +399,13 @@ def _resolve_paths(ctx: _Context, spec: JobSpec, base: Path) -> JobSpec:
         if not path.is_file():
             raise ctx.error("model", "checkpoint", f"file {path} does not exist")
         model = replace(model, checkpoint=path)
+    if model.name.startswith("module:"):  # imported from the spec's folder, like any relative path
+        folder = base if model.path is None else model.path if model.path.is_absolute() else base / model.path
+        if not folder.is_dir():
+            raise ctx.error(
+                "model", "path", f"folder {folder} does not exist; give the folder holding the model's module"
+            )
+        model = replace(model, path=folder)
     # Globs stay globs (a nightly series grows); only made absolute here, expanded by atlas.kinds.timeline.
     model = replace(model, checkpoints=tuple(str(base / c) for c in model.checkpoints))
     examples = spec.examples

@@ -39,7 +39,7 @@ __all__ = ["Prepared", "job_status", "prepare", "run_job"]
 
 def prepare(spec: JobSpec) -> Prepared:
     """Load the model on the driver, check the spec against it, open the data, plan the units."""
-    model = load_model(spec.model.name, spec.model.checkpoint, spec.model.weights)
+    model = load_model(spec.model.name, spec.model.checkpoint, spec.model.weights, search=spec.model.path)
     if any(layer.dictionary for layer in spec.layers):
         from atlas.plan.dictionary import attach_layers
 

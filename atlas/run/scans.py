@@ -155,7 +155,11 @@ class ShardScanner:
         assigned = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(assigned)))
         model = load_model(
-            spec.model.name, spec.model.checkpoint, spec.model.weights, device=pick_device(device)
+            spec.model.name,
+            spec.model.checkpoint,
+            spec.model.weights,
+            device=pick_device(device),
+            search=spec.model.path,
         )
         if any(layer.dictionary for layer in spec.layers):
             from atlas.plan.dictionary import attach_layers

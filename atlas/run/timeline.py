@@ -102,7 +102,7 @@ def gather_series(
         resolved, info = str(path.resolve()), path.stat()
         digest = cached.get((resolved, info.st_size, info.st_mtime_ns))
         if digest is None:
-            model = load_model(spec.model.name, path, spec.model.weights)
+            model = load_model(spec.model.name, path, spec.model.weights, search=spec.model.path)
             digest, loaded = model.digest, (resolved, model)
         stat = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
         if digest not in by_digest:
@@ -194,7 +194,7 @@ def prepare_timeline(spec: JobSpec, store: Store, add: Sequence[Path] = ()) -> T
     if loaded is not None and loaded[0] == newest:
         model = loaded[1]
     else:
-        model = load_model(spec.model.name, newest, spec.model.weights)
+        model = load_model(spec.model.name, newest, spec.model.weights, search=spec.model.path)
     check_against_model(spec, model)
     channels = {layer.name: model.channels(layer.name) for layer in spec.layers}
     return plan_timeline(spec, series, channels, timeline_data(spec))
