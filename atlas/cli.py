@@ -284,6 +284,7 @@ def calibrate(job: Path, output: Path, device: str) -> None:
         spec.model.weights,
         device=pick_device(device),
         search=spec.model.path,
+        stated=spec.model.input_overrides(),
     )
     speed = measure(spec, model)
     speed.save(output)

@@ -37,6 +37,7 @@ class WorkerContext:
     _source: ImageSource | None = field(default=None, repr=False)
     weights: str = "default"
     search: Path | None = None  # where a `module:` model is imported from (the spec's model.path)
+    stated: dict | None = None  # the input the spec states (ModelSpec.input_overrides)
     _checkpoint: tuple[str, LoadedModel] | None = field(default=None, repr=False)
     # Images per physical batch of render units (None: as the device's free memory allows).
     images_per_pass: int | None = None
@@ -51,7 +52,12 @@ class WorkerContext:
         """This context with another checkpoint's weights, kept until the next one (timeline units)."""
         if self._checkpoint is None or self._checkpoint[0] != checkpoint:
             model = load_model(
-                self.model.name, checkpoint, self.weights, device=self.model.device, search=self.search
+                self.model.name,
+                checkpoint,
+                self.weights,
+                device=self.model.device,
+                search=self.search,
+                stated=self.stated,
             )
             model.compile = self.model.compile
             self._checkpoint = (checkpoint, model)
@@ -73,6 +79,7 @@ def make_context(spec: JobSpec, device: str = "auto") -> WorkerContext:
         spec.model.weights,
         device=pick_device(device),
         search=spec.model.path,
+        stated=spec.model.input_overrides(),
     )
     model.compile = compile_backend(spec.execute.compile, model.device)
     if any(layer.dictionary for layer in spec.layers):
@@ -87,4 +94,5 @@ def make_context(spec: JobSpec, device: str = "auto") -> WorkerContext:
         weights=spec.model.weights,
         _checkpoint=loaded,
         search=spec.model.path,
+        stated=spec.model.input_overrides(),
     )

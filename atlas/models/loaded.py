@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -76,6 +77,9 @@ class LoadedModel:
     # Layer set -> seconds of its compiled sub-network's first forward call (the one-time
     # compilation of the forward; the backward's happens in the first backward).
     compile_seconds: dict[frozenset[str], float] = field(default_factory=dict, repr=False)
+    # The input the job's spec stated where the model's own declaration was not used: part of the
+    # digest, so a changed size or normalization recomputes what it changes (None: as declared).
+    stated: dict[str, object] | None = None
     # Derived layer -> (its source layer, the source's layout, the module applied to its map).
     _derived: dict[str, tuple[str, Layout, nn.Module]] = field(default_factory=dict, repr=False)
     # (id of the module, modules read) -> the traced sub-network, or None where tracing failed.
@@ -99,6 +103,8 @@ class LoadedModel:
         for key, tensor in sorted(self.module.state_dict().items()):
             h.update(key.encode())
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        if self.stated:  # only then: models used as declared keep the keys they always had
+            h.update(json.dumps(self.stated, sort_keys=True, default=list).encode())
         return h.hexdigest()[:16]
 
     @cached_property
@@ -450,14 +456,20 @@ def load_model(
     device: str | torch.device = "cpu",
     fold: bool = True,
     search: str | Path | None = None,
+    stated: dict[str, object] | None = None,
 ) -> LoadedModel:
     """Build, load and freeze a model from the registry for inference and input optimization.
 
     A `module:` model is imported from `search` (a spec's `model.path`: by default the spec's
-    folder), then the working directory, then the installed packages."""
+    folder), then the working directory, then the installed packages. `stated` (a spec's
+    `ModelSpec.input_overrides()`: input_size, mean, std of [0, 1] RGB) replaces what the model
+    declares of its input."""
     with importable(search):
         module, preprocessing = build(name, weights, Path(checkpoint) if checkpoint else None)
-    return freeze(name, module, preprocessing, device, fold)
+    changed = {k: v for k, v in (stated or {}).items() if getattr(preprocessing, k) != v}
+    if changed:
+        preprocessing = replace(preprocessing, **changed)  # type: ignore[arg-type]
+    return freeze(name, module, preprocessing, device, fold, stated=changed or None)
 
 
 def freeze(
@@ -466,6 +478,7 @@ def freeze(
     preprocessing: Preprocessing,
     device: str | torch.device = "cpu",
     fold: bool = True,
+    stated: dict[str, object] | None = None,
 ) -> LoadedModel:
     """eval(), no parameter gradients, BatchNorm folded (``fold``), channels_last on ``device``.
 
@@ -475,7 +488,7 @@ def freeze(
     module = module.eval()
     for param in module.parameters():
         param.requires_grad_(False)
-    loaded = LoadedModel(name=name, module=module, preprocessing=preprocessing)
+    loaded = LoadedModel(name=name, module=module, preprocessing=preprocessing, stated=stated)
     if fold:
         _ = loaded.digest  # cached now, from the unfolded weights
         loaded.module, loaded.folded = fold_batchnorm(module, preprocessing.input_size)

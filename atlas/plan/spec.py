@@ -35,7 +35,9 @@ from atlas.plan.validation import (
     NumberOrAuto,
     NumberPair,
     OptionalPath,
+    OptionalSide,
     OptionalText,
+    OptionalTriple,
     Problem,
     Text,
     each_of,
@@ -70,6 +72,28 @@ class ModelSpec:
     weights: Text = "default"
     checkpoints: Names = ()  # a timeline's series: paths or globs (atlas.kinds.timeline)
     path: OptionalPath = None  # where a `module:` model is imported from (default: the spec's folder)
+    # The model's input, where the model does not declare it (or declares it wrongly): the side it
+    # takes, and the normalization of its input, in the units of `value_range`.
+    input_size: OptionalSide = None
+    mean: OptionalTriple = None
+    std: OptionalTriple = None
+    value_range: NumberPair = (0.0, 1.0)
+
+    def input_overrides(self) -> dict[str, Any]:
+        """What the spec states of the model's input, as `load_model` takes it: mean and std of
+        [0, 1] RGB. `value_range` alone says the model takes unnormalized values in that range."""
+        low, high = self.value_range
+        scaled = (low, high) != (0.0, 1.0)
+        stated: dict[str, Any] = {}
+        if self.input_size is not None:
+            stated["input_size"] = self.input_size
+        if self.mean is not None or scaled:
+            mean = self.mean if self.mean is not None else (0.0, 0.0, 0.0)
+            stated["mean"] = tuple((m - low) / (high - low) for m in mean)
+        if self.std is not None or scaled:
+            std = self.std if self.std is not None else (1.0, 1.0, 1.0)
+            stated["std"] = tuple(s / (high - low) for s in std)
+        return stated
 
 
 @dataclass(frozen=True)
@@ -381,6 +405,17 @@ def _check_atlas(ctx: _Context, spec: JobSpec) -> None:
         )
 
 
+def _check_model_input(ctx: _Context, model: ModelSpec) -> None:
+    """A normalization that can be applied: a range from low to high, a positive std."""
+    low, high = model.value_range
+    if not low < high:
+        raise ctx.error(
+            "model", "value_range", f"[{low:g}, {high:g}] is empty: write [low, high], e.g. [0, 255]"
+        )
+    if model.std is not None and min(model.std) <= 0:
+        raise ctx.error("model", "std", f"{list(model.std)} has a value <= 0: every std divides the input")
+
+
 def _check_budget(ctx: _Context, cost: CostSpec) -> None:
     """A budget in money is only checkable with a price per GPU-hour."""
     if cost.budget and not cost.price_per_gpu_hour:
@@ -495,6 +530,7 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
     _check_diversity(ctx, spec.render)
     _check_atlas(ctx, spec)
     _check_budget(ctx, spec.cost)
+    _check_model_input(ctx, spec.model)
     return _resolve_paths(ctx, spec, base or Path.cwd())
 
 

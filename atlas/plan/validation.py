@@ -113,6 +113,21 @@ NumberPair = Annotated[
     tuple[Annotated[float, Strict()], Annotated[float, Strict()]],
     Expect("an array of two numbers like [0.25, 0.75]", _floats),
 ]
+
+
+def _input_side(value: int | None) -> int | None:
+    if value is not None and not 8 <= value <= 4096:
+        raise plain(f"{value!r} is not allowed: must be between 8 and 4096 pixels")
+    return value
+
+
+OptionalSide = Annotated[
+    Annotated[int, Strict()] | None, Expect("an integer", unit=" pixels"), AfterValidator(_input_side)
+]
+OptionalTriple = Annotated[
+    tuple[Annotated[float, Strict()], Annotated[float, Strict()], Annotated[float, Strict()]] | None,
+    Expect("an array of three numbers (red, green, blue) like [0.485, 0.456, 0.406]", _floats),
+]
 ChannelPairs = Annotated[
     tuple[tuple[Annotated[str, Strict()], Annotated[int, Strict()], Annotated[int, Strict()]], ...],
     Expect('an array of [layer, channel_a, channel_b] like [["mixed4a", 1, 2]]'),

@@ -39,7 +39,13 @@ __all__ = ["Prepared", "job_status", "prepare", "run_job"]
 
 def prepare(spec: JobSpec) -> Prepared:
     """Load the model on the driver, check the spec against it, open the data, plan the units."""
-    model = load_model(spec.model.name, spec.model.checkpoint, spec.model.weights, search=spec.model.path)
+    model = load_model(
+        spec.model.name,
+        spec.model.checkpoint,
+        spec.model.weights,
+        search=spec.model.path,
+        stated=spec.model.input_overrides(),
+    )
     if any(layer.dictionary for layer in spec.layers):
         from atlas.plan.dictionary import attach_layers
 
@@ -84,6 +90,7 @@ def job_info(prepared: Prepared, started: str, finished: str | None = None) -> d
         "model": spec.model.name,
         "model_digest": prepared.facts.digest,
         "input_size": model.input_size,
+        "input": model_input(model),
         "layers": layers,
         "spec": spec_to_dict(spec),
         "started": started,
@@ -91,6 +98,19 @@ def job_info(prepared: Prepared, started: str, finished: str | None = None) -> d
         "renderer_version": UNIT_KINDS.get("render").version,
         "columns": columns_json(atlas_columns()),  # the site's row, from the objective registry
         "provenance": provenance(str(pick_device())),  # this node; each shard names its worker's
+    }
+
+
+def model_input(model: LoadedModel) -> dict:
+    """The input the model was run on (job.json; the site's "Settings used"): its side, and the
+    mean and std of [0, 1] RGB, each from the spec or as the model declares it."""
+    stated = model.stated or {}
+    prep = model.preprocessing
+    return {
+        "size": prep.input_size,
+        "mean": [round(float(v), 6) for v in prep.mean],
+        "std": [round(float(v), 6) for v in prep.std],
+        "from_spec": sorted("size" if k == "input_size" else k for k in stated),
     }
 
 

@@ -160,6 +160,7 @@ class ShardScanner:
             spec.model.weights,
             device=pick_device(device),
             search=spec.model.path,
+            stated=spec.model.input_overrides(),
         )
         if any(layer.dictionary for layer in spec.layers):
             from atlas.plan.dictionary import attach_layers

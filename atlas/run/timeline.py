@@ -102,7 +102,13 @@ def gather_series(
         resolved, info = str(path.resolve()), path.stat()
         digest = cached.get((resolved, info.st_size, info.st_mtime_ns))
         if digest is None:
-            model = load_model(spec.model.name, path, spec.model.weights, search=spec.model.path)
+            model = load_model(
+                spec.model.name,
+                path,
+                spec.model.weights,
+                search=spec.model.path,
+                stated=spec.model.input_overrides(),
+            )
             digest, loaded = model.digest, (resolved, model)
         stat = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
         if digest not in by_digest:
@@ -194,7 +200,13 @@ def prepare_timeline(spec: JobSpec, store: Store, add: Sequence[Path] = ()) -> T
     if loaded is not None and loaded[0] == newest:
         model = loaded[1]
     else:
-        model = load_model(spec.model.name, newest, spec.model.weights, search=spec.model.path)
+        model = load_model(
+            spec.model.name,
+            newest,
+            spec.model.weights,
+            search=spec.model.path,
+            stated=spec.model.input_overrides(),
+        )
     check_against_model(spec, model)
     channels = {layer.name: model.channels(layer.name) for layer in spec.layers}
     return plan_timeline(spec, series, channels, timeline_data(spec))

@@ -443,6 +443,15 @@ def _settings(job: dict) -> list[tuple[str, list[tuple[str, str]]]]:
     """The job spec's render and examples settings as (section, [(key, text)]) for display."""
     spec = job.get("spec") or {}
     sections = []
+    model_input = job.get("input")
+    if isinstance(model_input, dict) and model_input:
+        stated = model_input.get("from_spec") or []
+        shown = [
+            (k, f"{_setting_text(model_input[k])} ({'the spec' if k in stated else 'the model'})")
+            for k in ("size", "mean", "std")
+            if k in model_input
+        ]
+        sections.append(("model input", [(str(k), v) for k, v in shown]))
     for section in ("render", "examples", "interactions"):
         values = spec.get(section)
         if isinstance(values, dict) and values:
