@@ -72,7 +72,7 @@ GOLDEN = [
     ),
     (
         "top_level_below_table",
-        "job.toml, line 3: model.layers: unknown key. 'layers' is a top-level key: move it above the first [table] or write [[layers]]. Valid keys: name, checkpoint, weights, checkpoints",
+        "job.toml, line 3: model.layers: unknown key. 'layers' is a top-level key: move it above the first [table] or write [[layers]]. Valid keys: name, checkpoint, weights, checkpoints, path, input_size, mean, std, value_range",
     ),
     (
         "unknown_section",
