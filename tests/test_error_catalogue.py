@@ -180,6 +180,23 @@ def model_name(case: Case) -> list[str]:
     return case.job(model=name)
 
 
+def model_input(case: Case) -> list[str]:
+    line = case.rng.choice(
+        [
+            f"input_size = {case.rng.choice([0, 4, 5000])}",
+            'input_size = "224"',
+            "mean = [0.5, 0.5]",
+            f"std = [1, {case.rng.choice([0, -1])}, 1]",
+            f"value_range = [{case.rng.choice(['255, 0', '1, 1'])}]",
+            'path = "no such folder"',
+        ]
+    )
+    model = (
+        'module:mynet:build"\n' + line + "\n#" if line.startswith("path") else 'tiny-cnn"\n' + line + "\n#"
+    )
+    return case.job(model=model)
+
+
 def layer_name(case: Case) -> list[str]:
     name = case.rng.choice(["conv_2", "conv9", case.word()])
     if case.command == "render":
@@ -257,6 +274,7 @@ BAD_INPUTS: dict[str, Callable[[Case], list[str]]] = {
     "spec-value": spec_value,
     "layers-entry": layers_entry,
     "model-name": model_name,
+    "model-input": model_input,
     "layer-name": layer_name,
     "channel": channel,
     "checkpoint-missing": checkpoint_missing,
@@ -277,6 +295,7 @@ NAMES = {
     "spec-value": r"line \d+: render\.",
     "layers-entry": r"line \d+: layers\.",
     "model-name": r"model|cannot import",
+    "model-input": r"line \d+: model\.(input_size|mean|std|value_range|path)",
     "layer-name": r"no layer",
     "channel": r"out of range",
     "checkpoint-missing": r"\.pt.* does not exist",
