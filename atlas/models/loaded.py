@@ -469,7 +469,15 @@ def load_model(
     changed = {k: v for k, v in (stated or {}).items() if getattr(preprocessing, k) != v}
     if changed:
         preprocessing = replace(preprocessing, **changed)  # type: ignore[arg-type]
-    return freeze(name, module, preprocessing, device, fold, stated=changed or None)
+    try:
+        return freeze(name, module, preprocessing, device, fold, stated=changed or None)
+    except (AssertionError, RuntimeError, ValueError) as err:  # the model refuses the probe input
+        side = preprocessing.input_size
+        reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+        raise ModelError(
+            f"{name} fails on a {side}x{side} input ({reason}); if it takes another side or "
+            "normalization, state it: [model] input_size = N (a module: model may declare `input_size`)"
+        ) from err
 
 
 def freeze(

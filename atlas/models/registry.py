@@ -189,10 +189,15 @@ def _user_module(target: str, weights: str, checkpoint: Path | None) -> tuple[nn
         raise ModelError(f"{target} returned {type(module).__name__}, not a torch.nn.Module")
     if checkpoint is not None:
         load_checkpoint(module, checkpoint, f"module:{target}")
-    size = int(getattr(module, "input_size", 224))
+    # A declared side: `input_size`, else torchvision's `image_size` (VisionTransformer, Swin...),
+    # a side such models take and no other.
+    declared = getattr(module, "input_size", None)
+    own = getattr(module, "image_size", None)
+    size = int(declared if declared is not None else own if isinstance(own, int) else 224)
+    fixed = declared is None and isinstance(own, int)
     mean = tuple(getattr(module, "input_mean", IMAGENET_MEAN))
     std = tuple(getattr(module, "input_std", IMAGENET_STD))
-    return module, Preprocessing(input_size=size, mean=mean, std=std)  # type: ignore[arg-type]
+    return module, Preprocessing(input_size=size, mean=mean, std=std, fixed_size=fixed)  # type: ignore[arg-type]
 
 
 # What people wrap a state dict in, tried in this order: Lightning and timm ("state_dict"), training

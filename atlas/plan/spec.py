@@ -229,6 +229,9 @@ class JobSpec:
         1  # retention: units planned by the last N complete runs stay (0: all; atlas.store.retention)
     )
     cost: CostSpec = field(default_factory=CostSpec)
+    # "section.key" of every setting the spec file wrote (the others took their defaults): a
+    # default may follow the model (render.size of a fixed-size model), a written value never does.
+    written: frozenset[str] = field(default=frozenset(), compare=False)
 
     def replace(self, **sections: Any) -> JobSpec:
         """A copy with whole sections replaced, e.g. spec.replace(out=Path("x"))."""
@@ -526,7 +529,21 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
     if problems:
         raise ctx.error(problems[0][0], problems[0][1].key, problems[0][1].message)
     sections = {key: value for key, (value, _) in checked.items()}
-    spec = JobSpec(name=name, out=out, keep_runs=keep_runs, layers=layers, source=Path(source), **sections)
+    written = frozenset(
+        f"{section}.{key}"
+        for section in SECTIONS
+        if isinstance(raw.get(section), dict)
+        for key in raw[section]
+    )
+    spec = JobSpec(
+        name=name,
+        out=out,
+        keep_runs=keep_runs,
+        layers=layers,
+        source=Path(source),
+        written=written,
+        **sections,
+    )
     _check_diversity(ctx, spec.render)
     _check_atlas(ctx, spec)
     _check_budget(ctx, spec.cost)
@@ -539,6 +556,16 @@ def load_spec(path: Path | str) -> JobSpec:
     if not path.is_file():
         raise SpecError(f"job spec {path} does not exist")
     return parse_spec(path.read_text(), source=str(path), base=path.parent.resolve())
+
+
+def follow_model(spec: JobSpec, model: Any) -> JobSpec:
+    """Defaults that follow the model: a fixed-size model (learned position embeddings) renders at
+    its input size unless the spec wrote render.size (a written size is checked, not changed)."""
+    if model.fixed_size and "render.size" not in spec.written and spec.render.size != model.input_size:
+        from dataclasses import replace
+
+        return spec.replace(render=replace(spec.render, size=model.input_size))
+    return spec
 
 
 def check_against_model(spec: JobSpec, model: Any) -> None:
@@ -593,4 +620,6 @@ def spec_to_dict(spec: JobSpec) -> dict:
             return [clean(v) for v in value]
         return value
 
-    return clean(asdict(spec))
+    view = asdict(spec)
+    view.pop("written")  # how the spec was written, not what it asks for
+    return clean(view)

@@ -22,7 +22,7 @@ from atlas.data.skipped import KIND as SKIPPED
 from atlas.data.skipped import count_reasons, read_skipped
 from atlas.models import LoadedModel, load_model, pick_device
 from atlas.plan.kinds import UNIT_KINDS, PlanInputs
-from atlas.plan.spec import JobSpec, LayerSpec, check_against_model, spec_to_dict
+from atlas.plan.spec import JobSpec, LayerSpec, check_against_model, follow_model, spec_to_dict
 from atlas.plan.units import ModelFacts, Unit, make_plan, plan_phase
 from atlas.run.driver import Driver, checked, writing
 from atlas.run.phases import INPUTS, RUNNERS, STAGES, Prepared
@@ -50,6 +50,7 @@ def prepare(spec: JobSpec) -> Prepared:
         from atlas.plan.dictionary import attach_layers
 
         spec = spec.replace(layers=attach_layers(model, spec.layers))
+    spec = follow_model(spec, model)
     check_against_model(spec, model)
     facts = ModelFacts(model.digest, {layer.name: model.channels(layer.name) for layer in spec.layers})
     source, shards, fingerprints = open_dataset(spec) if spec.examples.enabled else (None, [], [])
