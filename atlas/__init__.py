@@ -12,6 +12,10 @@ __version__ = "0.1.0"
 __all__ = ["Examples", "Visualization", "examples", "scan", "visualize"]
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
 def __getattr__(name: str) -> Any:
     if name in __all__:
         from atlas import api

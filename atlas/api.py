@@ -23,7 +23,7 @@ import html
 import io
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -176,9 +176,9 @@ class Visualization:
     """Images optimized for one objective; displays itself in Jupyter."""
 
     objective: str
-    images: list[Image.Image]
+    images: list[Image.Image] = field(repr=False)
     activations: list[float]  # the objective's value for each final image, without transforms
-    loss: list[float]  # minus the objective at each step, averaged over the images
+    loss: list[float] = field(repr=False)  # minus the objective at each step, averaged over the images
 
     @property
     def activation(self) -> float:

@@ -447,6 +447,12 @@ def verify(out: str, dry_run: bool) -> None:
 
 @main.command()
 @click.option("--model", "model_name", default="efficientnet-lite0", show_default=True)
+@click.option(
+    "--checkpoint",
+    type=_LocalPath(exists=True, dir_okay=False),
+    help="State dict to load (as `atlas layers`).",
+)
+@click.option("--weights", default="default", show_default=True)
 @click.option("--layer", required=True, help="Layer name (see `atlas layers MODEL`).")
 @click.option(
     "--channel", type=int, default=0, show_default=True, help="Channel, or class for logit/probability."
@@ -499,7 +505,14 @@ def verify(out: str, dry_run: bool) -> None:
 )
 @click.option("-o", "--out", type=_LocalPath(), required=True, help="PNG to write.")
 def render(
-    model_name: str, out: Path, penalty: tuple[str, ...], device: str, no_decorrelate: bool, **options
+    model_name: str,
+    checkpoint: Path | None,
+    weights: str,
+    out: Path,
+    penalty: tuple[str, ...],
+    device: str,
+    no_decorrelate: bool,
+    **options,
 ) -> None:
     """Render one feature visualization (one objective, one or more images) to a PNG."""
     from atlas.models import load_model, pick_device
@@ -510,7 +523,8 @@ def render(
     except ValueError as err:
         raise click.BadParameter(f"penalties are NAME=WEIGHT, e.g. tv=0.05 ({err})") from err
     request = OneOffRequest(penalties=weights, decorrelate=not no_decorrelate, **options)
-    result = render_one_off(load_model(model_name, device=pick_device(device)), request)
+    model = load_model(model_name, checkpoint, weights, device=pick_device(device))
+    result = render_one_off(model, request)
     save_strip(result.images, out)
     reached = ", ".join(f"{value:.3f}" for value in read_out(result, request))
     click.echo(f"wrote {out} ({request.objective} {request.layer}:{request.channel} reached {reached})")

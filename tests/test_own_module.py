@@ -115,3 +115,33 @@ def test_a_model_path_that_is_no_folder_is_refused_at_the_spec(tmp_path: Path) -
     job.write_text(JOB.format(out=tmp_path / "out", module="mynet", path='path = "nowhere"'))
     with pytest.raises(SpecError, match=r"model\.path.*nowhere does not exist"):
         load_spec(job)
+
+
+def test_render_takes_the_checkpoint_layers_takes(tmp_path: Path) -> None:
+    """`atlas render --checkpoint` loads a DDP checkpoint of the user's module, as `atlas layers` does."""
+    import torch
+
+    (tmp_path / "mynet_e.py").write_text(NET)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import mynet_e
+
+        weights = {f"module.{k}": v * 2 for k, v in mynet_e.build().state_dict().items()}
+    finally:
+        sys.path.remove(str(tmp_path))
+    torch.save({"model": weights}, tmp_path / "ddp.pt")
+    args = ["render", "--model", "module:mynet_e:build", "--checkpoint", "ddp.pt", "--layer", "2"]
+    rendered = _atlas(tmp_path, *args, "--steps", "2", "--size", "32", "-o", "out.png")
+    assert rendered.returncode == 0, rendered.stderr
+    assert "stripped the 'module.' prefix" in rendered.stderr and (tmp_path / "out.png").is_file()
+    missing = _atlas(tmp_path, *args[:4], "nothere.pt", "--layer", "2", "-o", "out.png")
+    assert missing.returncode == 2 and "nothere.pt" in missing.stderr
+
+
+def test_the_notebook_api_is_listed_and_prints_briefly() -> None:
+    import atlas
+    from atlas.api import Visualization
+
+    assert {"visualize", "examples", "Visualization"} <= set(dir(atlas))
+    shown = repr(Visualization("channel:conv2:0", [], [0.25], [0.1] * 500))
+    assert shown == "Visualization(objective='channel:conv2:0', activations=[0.25])"
