@@ -172,6 +172,17 @@ class _PenaltyOption(click.Option):
         pass
 
 
+def _explain(prepared: Any, store: Any, units: Any) -> None:
+    """How many of `units` are already stored, and why the others are to be computed."""
+    from atlas.run.reasons import reasons
+
+    pending = set(store.pending([u.key for u in units]))
+    todo = [u for u in units if u.key in pending]
+    click.echo(f"{len(units) - len(todo)} already done, {len(todo)} to compute")
+    for reason, count in reasons(prepared, store, todo):
+        click.echo(f"  {count} because: {reason}")
+
+
 def _run(spec: JobSpec, force: bool, build: bool, only: tuple[str, ...] | None = None) -> None:
     from atlas.data.skipped import describe
     from atlas.run.job import run_job
@@ -250,6 +261,7 @@ def plan(job: Path, out: str | None, price: float | None, throughput: Path | Non
     later = len(merge_units(prepared, prepared.plan.keys()))
     summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
     click.echo(f"{len(prepared.plan.units)} units ({summary}) + {later} examples units after the scan")
+    _explain(prepared, Store(prepared.spec.out), prepared.plan.units)
     if prepared.spec.model.checkpoints:
         from atlas.site.series import describe_order
 
@@ -306,7 +318,20 @@ def status(job: Path, out: str | None, verbose: bool) -> None:
 
     spec = _load(job, out)
     state = job_status(spec)
+    later, because = state.pop("later"), state.pop("because")
     click.echo("  ".join(f"{name}: {len(items)}" for name, items in state.items()))
+    if later:
+        click.echo(
+            f"+ {len(later)} units planned once the units they read are done (examples after the scans)"
+        )
+    for line in because:
+        count, _, reason = line.partition(": ")
+        click.echo(f"  {count} to compute because: {reason}")
+    if state["stale"]:
+        click.echo(
+            f"  {len(state['stale'])} stale: stored units this job no longer asks for (older settings, "
+            "weights or data); the next run keeps them for job.keep_runs runs, then drops them"
+        )
     for name, items in state.items():
         if name == "failed" or verbose:
             for item in items:

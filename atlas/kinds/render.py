@@ -147,6 +147,7 @@ register_kind(
         len(unit.channels) * images_per_channel(spec.render) * _step_seconds(spec, speed)
     ),
     tables=("render", "quality"),
+    reads=("render",),
 )
 register_kind(
     DirectionsWork,
@@ -155,6 +156,7 @@ register_kind(
     handler=_directions,
     cost=lambda unit, spec, speed: unit.work.directions * _step_seconds(spec, speed),
     tables=("render",),
+    reads=("render", "interactions"),
 )
 register_kind(
     PairWork,
@@ -163,4 +165,5 @@ register_kind(
     handler=_pair,
     cost=lambda unit, spec, speed: (1 + unit.work.interpolation_steps) * _step_seconds(spec, speed),
     tables=("render",),
+    reads=("render", "interactions"),
 )

@@ -76,6 +76,7 @@ class UnitKind:
     cost: CostModel | None = None
     tables: tuple[str, ...] = ()
     run_many: ManyHandler | None = None
+    reads: tuple[str, ...] = ()  # the spec sections its settings come from (to say why it reruns)
 
     @property
     def version(self) -> str:
@@ -98,10 +99,13 @@ def register_kind(
     cost: CostModel | None = None,
     tables: Sequence[str] = (),
     run_many: ManyHandler | None = None,
+    reads: Sequence[str] = (),
 ) -> UnitKind:
     """Register the unit kind of work type `work` (its `kind` and `version` class attributes); a
     second registration of a name is an error. Kinds of the ``first`` and ``merge`` phases plan
-    their units with `planner`; ``stage`` kinds are planned by the stage that runs them."""
+    their units with `planner`; ``stage`` kinds are planned by the stage that runs them. `reads`
+    names the spec sections its settings come from (`atlas plan` and `atlas status` say which of
+    their settings changed when its units are to be recomputed)."""
     name, version = getattr(work, "kind", None), getattr(work, "version", None)
     if not isinstance(name, str) or not isinstance(version, str):
         raise KindError(
@@ -111,7 +115,7 @@ def register_kind(
         raise KindError(f"unit kind {name!r}: phase {phase!r} is not one of {', '.join(PHASES)}")
     if planner is None and phase != "stage":
         raise KindError(f"unit kind {name!r} of phase {phase!r} needs a planner")
-    kind = UnitKind(name, work, phase, planner, handler, cost, tuple(tables), run_many)
+    kind = UnitKind(name, work, phase, planner, handler, cost, tuple(tables), run_many, tuple(reads))
     return UNIT_KINDS.register(name, kind)
 
 

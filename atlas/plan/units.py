@@ -37,8 +37,19 @@ class Unit:
 
     @property
     def label(self) -> str:
-        chans = f" {self.channels[0]}..{self.channels[-1]}" if self.channels else ""
+        chans = f" {channel_runs(self.channels)}" if self.channels else ""
         return f"{self.kind} {self.layer}{chans}"
+
+
+def channel_runs(channels: Sequence[int]) -> str:
+    """Channels as runs, the real ones: `0..7` for 0-7, `0,3,7` for [0, 3, 7], `0..2,5`."""
+    runs: list[list[int]] = []
+    for channel in channels:
+        if runs and channel == runs[-1][-1] + 1:
+            runs[-1].append(channel)
+        else:
+            runs.append([channel])
+    return ",".join(f"{run[0]}..{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
 
 
 @dataclass(frozen=True)

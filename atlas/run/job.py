@@ -243,7 +243,11 @@ def _now() -> str:
 
 
 def job_status(spec: JobSpec) -> dict[str, list[str]]:
-    """Which units of the job are done, pending, failed, and which stored units are stale."""
+    """Which units of the job are done, pending, failed, and which stored units are stale; `later`:
+    the units planned once those they read are done (examples after the scans), and `because`:
+    why the pending and failed ones are to be computed, "N: reason" largest group first."""
+    from atlas.run.reasons import reasons
+
     prepared = prepare(spec)
     spec = prepared.spec  # dictionary layers renamed to their content-hashed names
     store = open_store(spec.out)
@@ -264,4 +268,7 @@ def job_status(spec: JobSpec) -> dict[str, list[str]]:
             status["pending"].append(unit.label)
     keys = {u.key for u in wanted}
     status["stale"] = [f"{e.kind} {e.layer} ({e.key})" for e in store.entries() if e.key not in keys]
+    status["later"] = [u.label for u in merge_units(prepared, prepared.plan.keys()) if u.key not in keys]
+    computed = [u for u in wanted if u.key in todo]
+    status["because"] = [f"{count}: {reason}" for reason, count in reasons(prepared, store, computed)]
     return status

@@ -359,4 +359,11 @@ def _icons_seconds(unit: Unit, spec: JobSpec, speed: Any) -> float:
     return len(unit.channels) * spec.render.steps / speed.render_image_steps_per_s
 
 
-register_kind(IconsWork, phase="stage", handler=_icons, cost=_icons_seconds, tables=("icons",))
+register_kind(
+    IconsWork,
+    phase="stage",
+    handler=_icons,
+    cost=_icons_seconds,
+    tables=("icons",),
+    reads=("render", "activation_atlas"),
+)

@@ -176,6 +176,7 @@ register_kind(
     handler=_scan,
     cost=_scan_seconds,
     tables=("scan", "vectors", SKIPPED),
+    reads=("examples", "interactions", "activation_atlas"),
 )
 register_kind(
     ExamplesWork,
@@ -184,4 +185,5 @@ register_kind(
     handler=_examples,
     cost=lambda unit, spec, speed: 0.0,  # crops on the worker's CPU from the merged scans
     tables=("examples", "histogram"),
+    reads=("examples", "interactions"),
 )
