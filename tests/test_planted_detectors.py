@@ -159,3 +159,40 @@ def test_detector_unit_finds_the_planted_images_and_its_visualization_beats_them
     with torch.no_grad():
         dataset_means = model.activations(pixels, [case.layer])[case.layer][:, unit].mean(dim=(1, 2))
     assert rendered.activation > float(dataset_means.max())
+
+
+def spec_text(layer: str) -> str:
+    return f'[model]\nname = "tiny-cnn"\n[[layers]]\nname = "{layer}"\n'
+
+
+def test_a_token_layer_with_the_default_settings_pictures_its_detector(dataset: Path) -> None:
+    """A job that writes no render settings renders a ViT's token layer with the recipe measured
+    best for tokens (atlas.plan.units.TOKEN_RENDER), and its picture beats every dataset image;
+    the same job's map layers keep the CNN defaults (and their content keys)."""
+    from dataclasses import replace
+
+    from atlas.plan.spec import parse_spec
+    from atlas.plan.units import ModelFacts, render_for
+
+    case = CASES["vit"]
+    spec = parse_spec(spec_text(case.layer))
+    facts = ModelFacts("digest", {case.layer: 64}, frozenset({case.layer}))
+    settings = render_for(spec, facts, case.layer)
+    assert (settings.param, settings.transforms) == ("maco", "vit")
+    assert render_for(spec, ModelFacts("digest", {case.layer: 64}), case.layer) == spec.render  # a map layer
+    written = parse_spec(f'{spec_text(case.layer)}[render]\nparam = "fourier"\n')
+    assert render_for(written, facts, case.layer).param == "fourier"  # a written value stays
+
+    model = _train(case.build(), seed=1)
+    unit = _detector(model, case.layer)
+    settings = replace(
+        settings, size=SIZE, objectives=("channel",), batch=1
+    )  # the model's size (follow_model)
+    rendered = render_channels(model, case.layer, [unit], settings)[0]
+    source = open_source(dataset)
+    pixels = torch.stack(
+        [torch.from_numpy(np.array(source.load(i))).permute(2, 0, 1).float() / 255 for i in source.ids()]
+    )
+    with torch.no_grad():
+        dataset_means = model.activations(pixels, [case.layer])[case.layer][:, unit].mean(dim=(1, 2))
+    assert rendered.activation > float(dataset_means.max())

@@ -14,7 +14,7 @@ from atlas.kinds.context import WorkerContext, png_bytes
 from atlas.optvis import render_channel_sets, render_directions, render_pair
 from atlas.plan.kinds import PlanInputs, Speed, register_kind
 from atlas.plan.spec import JobSpec, RenderSpec
-from atlas.plan.units import ModelFacts, Unit, chunks, layer_channels, make_unit
+from atlas.plan.units import ModelFacts, Unit, chunks, layer_channels, make_unit, render_for
 from atlas.plan.work import Work, render_key_settings
 from atlas.quality.record import quality_table
 
@@ -107,9 +107,9 @@ def _render_packed(ctx: WorkerContext, units: Sequence[Unit]) -> list[dict[str, 
 def render_units(spec: JobSpec, facts: ModelFacts, inputs: PlanInputs) -> list[Unit]:
     if not spec.render.enabled:
         return []
-    work = RenderWork(spec.render)
     units = []
     for layer in spec.layers:
+        work = RenderWork(render_for(spec, facts, layer.name))
         for chunk in chunks(layer_channels(layer, facts), spec.render.channels_per_unit):
             units.append(make_unit(facts.digest, layer.name, chunk, work))
     return units
@@ -119,13 +119,18 @@ def directions_units(spec: JobSpec, facts: ModelFacts, inputs: PlanInputs) -> li
     count = spec.interactions.random_directions
     if not count:
         return []
-    work = DirectionsWork(spec.render, count)
-    return [make_unit(facts.digest, layer.name, (), work) for layer in spec.layers]
+    return [
+        make_unit(facts.digest, layer.name, (), DirectionsWork(render_for(spec, facts, layer.name), count))
+        for layer in spec.layers
+    ]
 
 
 def pair_units(spec: JobSpec, facts: ModelFacts, inputs: PlanInputs) -> list[Unit]:
-    pair = PairWork(spec.render, spec.interactions.interpolation_steps)
-    return [make_unit(facts.digest, layer, (a, b), pair) for layer, a, b in spec.interactions.pairs]
+    steps = spec.interactions.interpolation_steps
+    return [
+        make_unit(facts.digest, layer, (a, b), PairWork(render_for(spec, facts, layer), steps))
+        for layer, a, b in spec.interactions.pairs
+    ]
 
 
 def images_per_channel(render: RenderSpec) -> int:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from atlas.plan.kinds import KindError, Phase, PlanInputs, kinds_of
-from atlas.plan.spec import JobSpec
+from atlas.plan.spec import JobSpec, RenderSpec
 from atlas.plan.work import Work
 
 
@@ -58,6 +58,21 @@ class ModelFacts:
 
     digest: str
     channels: Mapping[str, int]  # layer -> channel count
+    tokens: frozenset[str] = frozenset()  # the layers whose outputs are tokens (ViTs)
+
+
+# What renders token layers best where the spec does not say (BENCHMARKS.md, "Vision
+# transformers": MACO with the light `vit` transforms reaches 1.44 where the CNN defaults stall).
+TOKEN_RENDER = {"param": "maco", "transforms": "vit"}
+
+
+def render_for(spec: JobSpec, facts: ModelFacts, layer: str) -> RenderSpec:
+    """The render settings of one layer: the spec's, with the defaults of the layer's layout for
+    the settings the spec did not write (token layers: TOKEN_RENDER; maps keep the CNN defaults)."""
+    if layer not in facts.tokens:
+        return spec.render
+    unwritten = {k: v for k, v in TOKEN_RENDER.items() if f"render.{k}" not in spec.written}
+    return replace(spec.render, **unwritten)
 
 
 @dataclass(frozen=True)

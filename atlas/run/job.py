@@ -21,6 +21,7 @@ from atlas.core.provenance import provenance
 from atlas.data.skipped import KIND as SKIPPED
 from atlas.data.skipped import count_reasons, read_skipped
 from atlas.models import LoadedModel, load_model, pick_device
+from atlas.models.layout import TOKENS
 from atlas.plan.kinds import UNIT_KINDS, PlanInputs
 from atlas.plan.spec import JobSpec, LayerSpec, check_against_model, follow_model, spec_to_dict
 from atlas.plan.units import ModelFacts, Unit, make_plan, plan_phase
@@ -52,10 +53,19 @@ def prepare(spec: JobSpec) -> Prepared:
         spec = spec.replace(layers=attach_layers(model, spec.layers))
     spec = follow_model(spec, model)
     check_against_model(spec, model)
-    facts = ModelFacts(model.digest, {layer.name: model.channels(layer.name) for layer in spec.layers})
+    facts = ModelFacts(
+        model.digest,
+        {layer.name: model.channels(layer.name) for layer in spec.layers},
+        token_layers(model, [layer.name for layer in spec.layers]),
+    )
     source, shards, fingerprints = open_dataset(spec) if spec.examples.enabled else (None, [], [])
     plan = make_plan(spec, facts, shards, fingerprints)
     return Prepared(spec, model, facts, plan, source)
+
+
+def token_layers(model: LoadedModel, names: list[str]) -> frozenset[str]:
+    """The layers among `names` whose outputs are tokens (their render defaults differ)."""
+    return frozenset(name for name in names if model.layout(name).kind == TOKENS)
 
 
 def open_dataset(spec: JobSpec) -> tuple[ImageSource, list[ShardRef], list[str]]:

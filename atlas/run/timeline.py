@@ -29,7 +29,7 @@ from atlas.plan.kinds import PlanInputs
 from atlas.plan.spec import JobSpec, check_against_model
 from atlas.plan.units import ModelFacts, Unit, make_unit
 from atlas.run.driver import Driver, checked, writing
-from atlas.run.job import open_dataset
+from atlas.run.job import open_dataset, token_layers
 from atlas.run.phases import layer_scan, merged_scan
 from atlas.site.series import (
     TIMELINE_DIR,
@@ -147,7 +147,11 @@ def scanned(spec: JobSpec) -> bool:
 
 
 def plan_timeline(
-    spec: JobSpec, series: Sequence[Checkpoint], channels: dict[str, int], data: TimelineData
+    spec: JobSpec,
+    series: Sequence[Checkpoint],
+    channels: dict[str, int],
+    data: TimelineData,
+    tokens: frozenset[str] = frozenset(),
 ) -> TimelinePlan:
     """Pure: the probe unit of every checkpoint, render, scan and examples units of the selected
     ones (the very units `atlas run` plans for those weights), match keys."""
@@ -157,7 +161,7 @@ def plan_timeline(
     )
     planned, units, examples = [], {}, {}
     for position, checkpoint in enumerate(series):
-        facts = ModelFacts(checkpoint.digest, channels)
+        facts = ModelFacts(checkpoint.digest, channels, tokens)
         probe_unit = make_unit(checkpoint.digest, "*", (), probe, inputs=data.probe_ids)
         selected = rendered(position, len(series), spec)
         renders = render_units(spec, facts, PlanInputs()) if selected else []
@@ -209,7 +213,8 @@ def prepare_timeline(spec: JobSpec, store: Store, add: Sequence[Path] = ()) -> T
         )
     check_against_model(spec, model)
     channels = {layer.name: model.channels(layer.name) for layer in spec.layers}
-    return plan_timeline(spec, series, channels, timeline_data(spec))
+    tokens = token_layers(model, list(channels))
+    return plan_timeline(spec, series, channels, timeline_data(spec), tokens)
 
 
 def run_timeline(spec: JobSpec, add: Sequence[Path] = (), force: bool = False) -> TimelineResult:
