@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Examples", "Visualization", "examples", "scan", "visualize"]
+__all__ = ["Examples", "Visualization", "examples", "layers", "scan", "visualize"]
 
 
 def __dir__() -> list[str]:

@@ -37,7 +37,8 @@ from atlas.data.open import open_source
 from atlas.data.source import ImageListSource, ImageSource
 from atlas.kinds.examples import finalize_layer, scan_shard
 from atlas.models import LOGITS, LoadedModel, freeze, load_model, pick_device
-from atlas.models.registry import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from atlas.models.loaded import LayerInfo
+from atlas.models.registry import declared_input
 from atlas.optvis import objectives as obj
 from atlas.optvis.named import OBJECTIVES
 from atlas.optvis.objectives import StepState
@@ -126,11 +127,7 @@ def as_model(model: ModelLike, device: str = "auto", input_size: int | None = No
     if isinstance(model, str):
         return _registry_model(model, where)
     if isinstance(model, nn.Module):
-        preprocessing = Preprocessing(
-            input_size=int(input_size or getattr(model, "input_size", 224)),
-            mean=tuple(getattr(model, "input_mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
-            std=tuple(getattr(model, "input_std", IMAGENET_STD)),  # type: ignore[arg-type]
-        )
+        preprocessing = declared_input(model, input_size)
         return freeze(type(model).__name__, copy.deepcopy(model), preprocessing, where)
     raise ApiError(
         f"model must be a registry name, a LoadedModel or a torch.nn.Module, not {type(model).__name__}"
@@ -201,6 +198,12 @@ class Visualization:
         )
         caption = html.escape(f"{self.objective}: {', '.join(f'{v:.3g}' for v in self.activations)}")
         return f"<figure style='margin:0'>{tags}<figcaption>{caption}</figcaption></figure>"
+
+
+def layers(model: ModelLike, input_size: int | None = None) -> list[LayerInfo]:
+    """A model's layers, as `atlas layers` lists them: name, channels (feature dims), layout and
+    grid at its input size, and each transformer block's role; for any model `visualize` takes."""
+    return as_model(model, device="cpu", input_size=input_size).layers()
 
 
 def visualize(

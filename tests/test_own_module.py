@@ -145,3 +145,21 @@ def test_the_notebook_api_is_listed_and_prints_briefly() -> None:
     assert {"visualize", "examples", "Visualization"} <= set(dir(atlas))
     shown = repr(Visualization("channel:conv2:0", [], [0.25], [0.1] * 500))
     assert shown == "Visualization(objective='channel:conv2:0', activations=[0.25])"
+
+
+def test_the_notebook_lists_a_modules_layers_and_points_to_that_listing() -> None:
+    import torchvision
+
+    import atlas
+    from atlas.models import UnknownLayerError
+
+    vit = torchvision.models.VisionTransformer(
+        image_size=48, patch_size=16, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32
+    )
+    found = {info.name: info for info in atlas.layers(vit)}  # its own side, from `image_size`
+    mlp = found["encoder.layers.encoder_layer_0.mlp.1"]
+    assert (mlp.channels, mlp.height, mlp.width, mlp.layout) == (32, 3, 3, "tokens")
+    with pytest.raises(UnknownLayerError, match=r"run `atlas.layers\(model\)` for all"):
+        atlas.visualize(vit, "encoder.layers.encoder_layer_9:0", steps=1)
+    with pytest.raises(UnknownLayerError, match=r"run `atlas layers tiny-cnn` for all"):
+        atlas.visualize("tiny-cnn", "conv9:0", steps=1)

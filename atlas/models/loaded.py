@@ -20,7 +20,7 @@ from torch import nn
 from atlas.core.errors import AtlasError
 from atlas.models.fold import Folded, fold_batchnorm
 from atlas.models.layout import CLS_SUFFIX, MAP, TOKENS, Layout, find_layout, prefix_tokens, role, unwrap
-from atlas.models.registry import ModelError, Preprocessing, build, importable
+from atlas.models.registry import ModelError, Preprocessing, build, importable, is_registry_name
 
 LOGITS = "logits"
 log = logging.getLogger(__name__)
@@ -217,9 +217,16 @@ class LoadedModel:
         if name not in self._info_by_name:
             raise UnknownLayerError(
                 f"layer {name!r} of {self.name!r} outputs neither a (B, C, H, W) map nor patch tokens "
-                f"(run `atlas layers {self.name}` for the layers it has)"
+                f"({self.listing} for the layers it has)"
             )
         return self._info_by_name[name].shape
+
+    @property
+    def listing(self) -> str:
+        """How a user lists this model's layers: the CLI for a registry name, else the notebook."""
+        return (
+            f"run `atlas layers {self.name}`" if is_registry_name(self.name) else "run `atlas.layers(model)`"
+        )
 
     def resolve_layer(self, name: str) -> str:
         if name == LOGITS or name in self._modules:
@@ -237,9 +244,7 @@ class LoadedModel:
         if not close:
             close = [n for n in known if name.lower() in n.lower()][:5]
         hint = f"; closest: {', '.join(close)}" if close else ""
-        raise UnknownLayerError(
-            f"model {self.name!r} has no layer {name!r}{hint} (run `atlas layers {self.name}` for all)"
-        )
+        raise UnknownLayerError(f"model {self.name!r} has no layer {name!r}{hint} ({self.listing} for all)")
 
     def channels(self, name: str) -> int:
         """Channels of a map, feature dimensions of tokens, classes (or embedding size) of logits."""

@@ -189,15 +189,20 @@ def _user_module(target: str, weights: str, checkpoint: Path | None) -> tuple[nn
         raise ModelError(f"{target} returned {type(module).__name__}, not a torch.nn.Module")
     if checkpoint is not None:
         load_checkpoint(module, checkpoint, f"module:{target}")
-    # A declared side: `input_size`, else torchvision's `image_size` (VisionTransformer, Swin...),
-    # a side such models take and no other.
-    declared = getattr(module, "input_size", None)
+    return module, declared_input(module)
+
+
+def declared_input(module: nn.Module, input_size: int | None = None) -> Preprocessing:
+    """What a user's module declares of its input: `input_size` (else torchvision's `image_size`,
+    a side such models take and no other; else 224), `input_mean` and `input_std` (else
+    ImageNet's). `input_size`, when given, is the caller's."""
+    declared = input_size if input_size is not None else getattr(module, "input_size", None)
     own = getattr(module, "image_size", None)
     size = int(declared if declared is not None else own if isinstance(own, int) else 224)
     fixed = declared is None and isinstance(own, int)
     mean = tuple(getattr(module, "input_mean", IMAGENET_MEAN))
     std = tuple(getattr(module, "input_std", IMAGENET_STD))
-    return module, Preprocessing(input_size=size, mean=mean, std=std, fixed_size=fixed)  # type: ignore[arg-type]
+    return Preprocessing(input_size=size, mean=mean, std=std, fixed_size=fixed)  # type: ignore[arg-type]
 
 
 # What people wrap a state dict in, tried in this order: Lightning and timm ("state_dict"), training
@@ -321,6 +326,12 @@ def did_you_mean(name: str, choices: list[str]) -> str:
 
     matches = difflib.get_close_matches(name, choices, n=5, cutoff=0.5)
     return f"; did you mean: {', '.join(matches)}?" if matches else ""
+
+
+def is_registry_name(name: str) -> bool:
+    """Whether `name` names a model through the registry (`atlas layers NAME` can load it)."""
+    prefix, colon, _ = name.partition(":")
+    return name in MODEL_SOURCES or bool(colon and f"{prefix}:" in MODEL_SOURCES)
 
 
 def build(
