@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import import_module, resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
@@ -34,7 +39,7 @@ def _load(path: Path, out: str | None) -> JobSpec:
 def _progress(total: int):
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="unit", desc="atlas", dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=total, unit="unit", desc="atlas", dynamic_ncols=True, file=_terminal())
 
     def tick(unit, outcome: str) -> None:
         if outcome in ("skipped", "planned"):  # skipped: already done, left out of the rate and ETA
@@ -53,7 +58,7 @@ class _Echo(logging.Handler):
     """Prints the library's INFO notes (e.g. what was unwrapped from a checkpoint) as `note:` lines."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"note: {record.getMessage()}", err=True)
+        click.echo(f"note: {record.getMessage()}", file=_terminal())
 
 
 def _show_notes() -> None:
@@ -183,11 +188,61 @@ def _explain(prepared: Any, store: Any, units: Any) -> None:
         click.echo(f"  {count} because: {reason}")
 
 
+_TERMINALS: list[TextIO] = []  # where the tool's own progress and notes go while Ray's go to a file
+
+
+def _terminal() -> TextIO:
+    return _TERMINALS[-1] if _TERMINALS else sys.stderr
+
+
+@contextmanager
+def _quiet_ray(name: str) -> Iterator[Path]:
+    """While the body runs, what Ray prints in this process (its C++ core worker's lines and its
+    Python warnings) goes to a log file, named by the summary; the tool's own progress and notes
+    still reach the terminal. Yields the log's path."""
+    log = Path(tempfile.gettempdir()) / f"atlas-{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    sys.stderr.flush()
+    real = _is_fd2(sys.stderr)
+    saved = os.dup(2)
+    terminal = os.fdopen(os.dup(saved), "w", buffering=1) if real else sys.stderr
+    with open(log, "ab") as handle:
+        os.dup2(handle.fileno(), 2)
+    _TERMINALS.append(terminal)
+    try:
+        yield log
+    finally:
+        _TERMINALS.pop()
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        if real:
+            terminal.close()
+
+
+def _is_fd2(stream: TextIO) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # a captured stream (tests, notebooks)
+        return False
+
+
+def _ray_log_lines(log: Path, failed: bool) -> None:
+    """Name Ray's log when it holds anything; after a failure, show its last lines too."""
+    if not log.is_file() or not log.stat().st_size:
+        log.unlink(missing_ok=True)
+        return
+    click.echo(f"  Ray's messages: {log}", err=True)
+    if failed:
+        for line in log.read_text(errors="replace").splitlines()[-10:]:
+            click.echo(f"    {line}", err=True)
+
+
 def _run(spec: JobSpec, force: bool, build: bool, only: tuple[str, ...] | None = None) -> None:
     from atlas.data.skipped import describe
     from atlas.run.job import run_job
 
-    result = run_job(spec, force=force, build=build, only=only, progress=_progress)
+    with _quiet_ray(spec.name) as log:
+        result = run_job(spec, force=force, build=build, only=only, progress=_progress)
     where = result.site or result.out
     skipped_inputs = describe(result.skipped_inputs)
     extra = f", {skipped_inputs}" if skipped_inputs else ""
@@ -198,6 +253,7 @@ def _run(spec: JobSpec, force: bool, build: bool, only: tuple[str, ...] | None =
     )
     for label, reason in result.failed:
         click.echo(f"  failed: {label}: {reason}", err=True)
+    _ray_log_lines(log, bool(result.failed))
     if result.failed:
         sys.exit(1)
 
@@ -398,7 +454,8 @@ def timeline(job: Path, out: str | None, add: tuple[Path, ...], force: bool, no_
     from atlas.run.timeline import run_timeline
 
     spec = _load(job, out)
-    result = run_timeline(spec, add=add, force=force)
+    with _quiet_ray(spec.name) as log:
+        result = run_timeline(spec, add=add, force=force)
     computed = ", ".join(f"{n} {kind}" for kind, n in sorted(result.computed.items())) or "nothing"
     click.echo(
         f"timeline {spec.name}: {result.checkpoints} checkpoints ({result.added} new), computed {computed}, "
@@ -413,6 +470,7 @@ def timeline(job: Path, out: str | None, add: tuple[Path, ...], force: bool, no_
 
         index, published = site_of_store(spec.out)  # a bucket's site goes online, as after `atlas run`
         click.echo(f"site: {published or index}")
+    _ray_log_lines(log, bool(result.failed))
     if result.failed:
         sys.exit(1)
 
