@@ -174,7 +174,9 @@ class Visualization:
 
     objective: str
     images: list[Image.Image] = field(repr=False)
-    activations: list[float]  # the objective's value for each final image, without transforms
+    # For each final image, without transforms: the objective's value, or for a single
+    # "negative:layer:channel" target the channel's activation (which it drives down).
+    activations: list[float]
     loss: list[float] = field(repr=False)  # minus the objective at each step, averaged over the images
 
     @property
@@ -237,9 +239,17 @@ def visualize(
     result = render_one_off(loaded, request, target)
     with torch.no_grad():
         values = target(StepState(result.activations, result.images))
+    if isinstance(objective, str) and _minimizes(objective):
+        values = -values  # "negative:L:c" minimizes the channel: report the channel, as the store does
     images = [Image.fromarray(array) for array in to_uint8(result.images)]
     name = objective if isinstance(objective, str) else target.name
     return Visualization(name, images, values.tolist(), result.loss.mean(dim=1).tolist())
+
+
+def _minimizes(text: str) -> bool:
+    """Whether `text` is one target of an objective that minimizes its unit (side "negative")."""
+    kind = text.strip().split(":")[0]
+    return kind in OBJECTIVES and OBJECTIVES.get(kind).side == "negative" and not re.search(r"[+*]|\s-", text)
 
 
 @dataclass(frozen=True)

@@ -163,3 +163,21 @@ def test_the_notebook_lists_a_modules_layers_and_points_to_that_listing() -> Non
         atlas.visualize(vit, "encoder.layers.encoder_layer_9:0", steps=1)
     with pytest.raises(UnknownLayerError, match=r"run `atlas layers tiny-cnn` for all"):
         atlas.visualize("tiny-cnn", "conv9:0", steps=1)
+
+
+def test_a_negative_objective_reports_the_channel_it_drives_down() -> None:
+    """`negative:L:c` minimizes channel c: its activation is the channel's (as the store reports
+    it), not the objective's value, so the sign agrees with the channel's mean on the picture."""
+    import numpy as np
+    import torch
+
+    import atlas
+    from atlas.api import as_model
+
+    shown = atlas.visualize("tiny-cnn", "negative:conv2:0", steps=8, size=32)
+    model = as_model("tiny-cnn")
+    pixels = torch.from_numpy(np.stack([np.asarray(i) for i in shown.images])).permute(0, 3, 1, 2) / 255
+    with torch.no_grad():
+        mean = float(model.activations(pixels.float(), ["conv2"])["conv2"][:, 0].mean())
+    assert shown.activation == pytest.approx(mean, abs=0.01) and shown.activation < 0
+    assert atlas.api._minimizes("negative:conv2:0") and not atlas.api._minimizes("negative:conv2:0 + conv2:1")
