@@ -4,6 +4,7 @@ checkpoint and the plan that says why the atlas is recomputed."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 import subprocess
@@ -32,15 +33,11 @@ def _atlas(folder: Path, command: str) -> subprocess.CompletedProcess:
 
 def _save_ddp(folder: Path, scale: float) -> None:
     """Weights as a DistributedDataParallel training script saves them."""
-    sys.path.insert(0, str(folder))
-    try:
-        import mynet
-
-        torch.manual_seed(1)
-        weights = {f"module.{k}": v * scale for k, v in mynet.build().state_dict().items()}
-    finally:
-        sys.path.remove(str(folder))
-        sys.modules.pop("mynet", None)
+    found = importlib.util.spec_from_file_location("walkthrough_mynet", folder / "mynet.py")
+    mynet = importlib.util.module_from_spec(found)  # this file's module, whatever else is imported
+    found.loader.exec_module(mynet)
+    torch.manual_seed(1)
+    weights = {f"module.{k}": v * scale for k, v in mynet.build().state_dict().items()}
     torch.save({"model": weights, "epoch": 3}, folder / "mynet.pt")
 
 
