@@ -127,3 +127,18 @@ def test_a_model_refusing_the_probe_says_to_state_its_size(folder: Path, monkeyp
     with pytest.raises(ModelError, match=r"fails on a 224x224 input .*takes 40 px.*input_size = N"):
         load_model("module:tinyvits:only40")
     assert load_model("module:tinyvits:only40", stated={"input_size": 40}).input_size == 40
+
+
+def test_a_vit_timeline_with_default_settings_renders_at_the_models_size(folder: Path) -> None:
+    import torch
+
+    from atlas.run.timeline import prepare_timeline, timeline_store
+
+    weights = load_model("module:tinyvits:vit64", search=folder).module.state_dict()
+    for step in (1, 2):
+        torch.save({k: v + step * 0.01 for k, v in weights.items()}, folder / f"step-{step}.pt")
+    job = _job(folder, "vit64", model='checkpoints = ["step-*.pt"]')
+    spec = load_spec(job)
+    plan = prepare_timeline(spec, timeline_store(spec.out))
+    assert plan.spec is not None and plan.spec.render.size == 64  # the default followed the model
+    assert len(plan.series) == 2

@@ -26,7 +26,7 @@ from atlas.kinds.timeline.compare import compare
 from atlas.kinds.timeline.probe import ProbeWork, probe_ids
 from atlas.models import LoadedModel, load_model
 from atlas.plan.kinds import PlanInputs
-from atlas.plan.spec import JobSpec, check_against_model
+from atlas.plan.spec import JobSpec, check_against_model, follow_model
 from atlas.plan.units import ModelFacts, Unit, make_unit
 from atlas.run.driver import Driver, checked, writing
 from atlas.run.job import open_dataset, token_layers
@@ -139,6 +139,7 @@ class TimelinePlan:
     series: tuple[Checkpoint, ...]  # with the keys each checkpoint's results go under
     units: dict[str, tuple[Unit, ...]]  # checkpoint digest -> its probe, render and scan units
     examples: dict[str, tuple[Unit, ...]]  # checkpoint digest -> its examples units (after its scans)
+    spec: JobSpec | None = None  # the spec planned, its model-dependent defaults resolved (follow_model)
 
 
 def scanned(spec: JobSpec) -> bool:
@@ -211,10 +212,11 @@ def prepare_timeline(spec: JobSpec, store: Store, add: Sequence[Path] = ()) -> T
             search=spec.model.path,
             stated=spec.model.input_overrides(),
         )
+    spec = follow_model(spec, model)
     check_against_model(spec, model)
     channels = {layer.name: model.channels(layer.name) for layer in spec.layers}
     tokens = token_layers(model, list(channels))
-    return plan_timeline(spec, series, channels, timeline_data(spec), tokens)
+    return replace(plan_timeline(spec, series, channels, timeline_data(spec), tokens), spec=spec)
 
 
 def run_timeline(spec: JobSpec, add: Sequence[Path] = (), force: bool = False) -> TimelineResult:
@@ -233,6 +235,7 @@ def run_timeline(spec: JobSpec, add: Sequence[Path] = (), force: bool = False) -
 def _run(spec: JobSpec, store: Store, add: Sequence[Path], force: bool, t0: float) -> TimelineResult:
     before = {c.digest for c in stored_series(store)}
     plan = prepare_timeline(spec, store, add)
+    spec = plan.spec or spec  # a fixed-size model's render size, where the spec did not write it
     result = TimelineResult(out=spec.out, checkpoints=len(plan.series))
     result.added = sum(c.digest not in before for c in plan.series)
     driver = Driver(spec, store, force=force)
