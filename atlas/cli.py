@@ -177,8 +177,9 @@ class _PenaltyOption(click.Option):
         pass
 
 
-def _explain(prepared: Any, store: Any, units: Any) -> None:
-    """How many of `units` are already stored, and why the others are to be computed."""
+def _explain(prepared: Any, store: Any, units: Any) -> list[Any]:
+    """How many of `units` are already stored, and why the others are to be computed; returns
+    the others."""
     from atlas.run.reasons import reasons
 
     pending = set(store.pending([u.key for u in units]))
@@ -186,6 +187,7 @@ def _explain(prepared: Any, store: Any, units: Any) -> None:
     click.echo(f"{len(units) - len(todo)} already done, {len(todo)} to compute")
     for reason, count in reasons(prepared, store, todo):
         click.echo(f"  {count} because: {reason}")
+    return todo
 
 
 _TERMINALS: list[TextIO] = []  # where the tool's own progress and notes go while Ray's go to a file
@@ -317,7 +319,7 @@ def plan(job: Path, out: str | None, price: float | None, throughput: Path | Non
     later = len(merge_units(prepared, prepared.plan.keys()))
     summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
     click.echo(f"{len(prepared.plan.units)} units ({summary}) + {later} examples units after the scan")
-    _explain(prepared, Store(prepared.spec.out), prepared.plan.units)
+    todo = _explain(prepared, Store(prepared.spec.out), prepared.plan.units)
     if prepared.spec.model.checkpoints:
         from atlas.site.series import describe_order
 
@@ -329,10 +331,9 @@ def plan(job: Path, out: str | None, price: float | None, throughput: Path | Non
         )
         return
     speed = Throughput.load(Path(figures), spec.render.batch)
-    left = Store(prepared.spec.out).pending([u.key for u in prepared.plan.units])
-    found = estimate([u for u in prepared.plan.units if u.key in set(left)], spec, speed)
+    found = estimate(todo, spec, speed)
     rate = spec.cost.price_per_gpu_hour if price is None else price
-    click.echo(f"{len(left)} units left: {found.describe(rate)} on {speed.device} (figures: {figures})")
+    click.echo(f"{len(todo)} units left: {found.describe(rate)} on {speed.device} (figures: {figures})")
 
 
 @main.command()
@@ -341,19 +342,12 @@ def plan(job: Path, out: str | None, price: float | None, throughput: Path | Non
 @click.option("--device", default="auto", show_default=True)
 def calibrate(job: Path, output: Path, device: str) -> None:
     """Measure scan and render throughput of a job's model here, for `atlas plan`'s GPU-hours."""
-    from atlas.models import load_model, pick_device
+    from atlas.models import pick_device
     from atlas.plan.spec import load_spec
     from atlas.run.cost import calibrate as measure
 
     spec = load_spec(job)
-    model = load_model(
-        spec.model.name,
-        spec.model.checkpoint,
-        spec.model.weights,
-        device=pick_device(device),
-        search=spec.model.path,
-        stated=spec.model.input_overrides(),
-    )
+    model = spec.model.load(pick_device(device))
     speed = measure(spec, model)
     speed.save(output)
     click.echo(

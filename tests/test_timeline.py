@@ -70,7 +70,7 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         seen.append(Path(checkpoint).name if checkpoint else "")
         return load_model(name, checkpoint, *args, **kwargs)
 
-    monkeypatch.setattr("atlas.run.timeline.load_model", counted)
+    monkeypatch.setattr("atlas.models.load_model", counted)  # ModelSpec.load looks it up there
     return seen
 
 

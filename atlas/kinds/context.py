@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,8 +12,8 @@ from PIL import Image
 
 from atlas.data.open import open_source
 from atlas.data.source import ImageSource
-from atlas.models import LoadedModel, load_model, pick_device
-from atlas.plan.spec import ExamplesSpec, JobSpec
+from atlas.models import LoadedModel, pick_device
+from atlas.plan.spec import ExamplesSpec, JobSpec, ModelSpec
 
 
 class UnitFailed(RuntimeError):
@@ -35,9 +34,9 @@ class WorkerContext:
     model: LoadedModel
     examples: ExamplesSpec
     _source: ImageSource | None = field(default=None, repr=False)
-    weights: str = "default"
-    search: Path | None = None  # where a `module:` model is imported from (the spec's model.path)
-    stated: dict | None = None  # the input the spec states (ModelSpec.input_overrides)
+    # How the job names its model (weights, folder, stated input): a timeline's other checkpoints
+    # load the same way. None: the registry name of `model`, as declared.
+    source_model: ModelSpec | None = None
     _checkpoint: tuple[str, LoadedModel] | None = field(default=None, repr=False)
     # Images per physical batch of render units (None: as the device's free memory allows).
     images_per_pass: int | None = None
@@ -51,14 +50,8 @@ class WorkerContext:
     def on_checkpoint(self, checkpoint: str) -> WorkerContext:
         """This context with another checkpoint's weights, kept until the next one (timeline units)."""
         if self._checkpoint is None or self._checkpoint[0] != checkpoint:
-            model = load_model(
-                self.model.name,
-                checkpoint,
-                self.weights,
-                device=self.model.device,
-                search=self.search,
-                stated=self.stated,
-            )
+            source = self.source_model or ModelSpec(name=self.model.name)
+            model = source.load(self.model.device, checkpoint)
             model.compile = self.model.compile
             self._checkpoint = (checkpoint, model)
         return replace(self, model=self._checkpoint[1])
@@ -73,14 +66,7 @@ def compile_backend(choice: str, device: torch.device) -> str:
 
 
 def make_context(spec: JobSpec, device: str = "auto") -> WorkerContext:
-    model = load_model(
-        spec.model.name,
-        spec.model.checkpoint,
-        spec.model.weights,
-        device=pick_device(device),
-        search=spec.model.path,
-        stated=spec.model.input_overrides(),
-    )
+    model = spec.model.load(pick_device(device))
     model.compile = compile_backend(spec.execute.compile, model.device)
     if any(layer.dictionary for layer in spec.layers):
         from atlas.plan.dictionary import attach_layers
@@ -88,11 +74,4 @@ def make_context(spec: JobSpec, device: str = "auto") -> WorkerContext:
         attach_layers(model, spec.layers)
     # The job's own checkpoint counts as loaded: a timeline's units on it do not load it twice.
     loaded = (str(spec.model.checkpoint), model) if spec.model.checkpoint else None
-    return WorkerContext(
-        model=model,
-        examples=spec.examples,
-        weights=spec.model.weights,
-        _checkpoint=loaded,
-        search=spec.model.path,
-        stated=spec.model.input_overrides(),
-    )
+    return WorkerContext(model=model, examples=spec.examples, source_model=spec.model, _checkpoint=loaded)

@@ -79,6 +79,16 @@ class ModelSpec:
     std: OptionalTriple = None
     value_range: NumberPair = (0.0, 1.0)
 
+    def load(self, device: Any = "cpu", checkpoint: str | Path | None = None) -> Any:
+        """The model as the spec names it (`atlas.models.load_model`): from its folder, with the
+        input it states, on `device`; `checkpoint` (a timeline's) in place of the spec's own."""
+        from atlas.models import load_model
+
+        weights = checkpoint if checkpoint is not None else self.checkpoint
+        return load_model(
+            self.name, weights, self.weights, device=device, search=self.path, stated=self.input_overrides()
+        )
+
     def input_overrides(self) -> dict[str, Any]:
         """What the spec states of the model's input, as `load_model` takes it: mean and std of
         [0, 1] RGB. `value_range` alone says the model takes unnormalized values in that range."""

@@ -20,7 +20,7 @@ import atlas.kinds  # noqa: F401  (registers the built-in unit kinds)
 from atlas.core.provenance import provenance
 from atlas.data.skipped import KIND as SKIPPED
 from atlas.data.skipped import count_reasons, read_skipped
-from atlas.models import LoadedModel, load_model, pick_device
+from atlas.models import LoadedModel, pick_device
 from atlas.models.layout import TOKENS
 from atlas.plan.kinds import UNIT_KINDS, PlanInputs
 from atlas.plan.spec import JobSpec, LayerSpec, check_against_model, follow_model, spec_to_dict
@@ -40,13 +40,7 @@ __all__ = ["Prepared", "job_status", "prepare", "run_job"]
 
 def prepare(spec: JobSpec) -> Prepared:
     """Load the model on the driver, check the spec against it, open the data, plan the units."""
-    model = load_model(
-        spec.model.name,
-        spec.model.checkpoint,
-        spec.model.weights,
-        search=spec.model.path,
-        stated=spec.model.input_overrides(),
-    )
+    model = spec.model.load()
     if any(layer.dictionary for layer in spec.layers):
         from atlas.plan.dictionary import attach_layers
 
@@ -137,12 +131,14 @@ def finished_keys(store: Store, units: Sequence[Unit], complete: bool = False) -
     `complete`, only kinds whose every unit is stored: what `atlas status` can plan from."""
     unfinished = set(store.pending([u.key for u in units]))
     by_kind: dict[str, list[str]] = {}
+    incomplete = set()
     for unit in units:
         by_kind.setdefault(unit.kind, [])
-        if unit.key not in unfinished:
+        if unit.key in unfinished:
+            incomplete.add(unit.kind)
+        else:
             by_kind[unit.kind].append(unit.key)
-    total = {kind: sum(u.kind == kind for u in units) for kind in by_kind}
-    return {k: tuple(v) for k, v in by_kind.items() if not complete or len(v) == total[k]}
+    return {k: tuple(v) for k, v in by_kind.items() if not complete or k not in incomplete}
 
 
 def run_first(driver: Driver, prepared: Prepared, only: tuple[str, ...] | None) -> None:

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from atlas.core.registry import Registry
 from atlas.kinds.examples import PartialScan, direction_layer
-from atlas.plan.units import Plan, Unit
+from atlas.plan.units import ModelFacts, Plan, Unit
 from atlas.run.driver import Driver
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class Prepared:
 
     spec: JobSpec
     model: LoadedModel
-    facts: Any  # atlas.plan.units.ModelFacts
+    facts: ModelFacts
     plan: Plan
     source: ImageSource | None = None  # the dataset, opened once: the Ray Data scan reads it
 

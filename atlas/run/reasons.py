@@ -43,8 +43,9 @@ def reasons(prepared: Prepared, store: Store, pending: Sequence[Unit]) -> list[t
         return [("first run: nothing is stored yet", len(pending))] if pending else []
     before, now = job.get("spec") or {}, spec_to_dict(prepared.spec)
     recorded = {layer.get("name"): set(layer.get("channels") or ()) for layer in job.get("layers") or []}
-    stored = {(e.kind, e.layer, tuple(e.channels)) for e in store.entries()}
-    failed = {e.key for e in store.entries() if e.status == "failed"}
+    entries = store.entries()
+    stored = {(e.kind, e.layer, tuple(e.channels)) for e in entries}
+    failed = {e.key for e in entries if e.status == "failed"}
     digest = job.get("model_digest")
     found: Counter[str] = Counter()
     for unit in pending:

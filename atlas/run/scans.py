@@ -150,18 +150,11 @@ class ShardScanner:
     ):
         import torch
 
-        from atlas.models import load_model, pick_device
+        from atlas.models import pick_device
 
         assigned = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(assigned)))
-        model = load_model(
-            spec.model.name,
-            spec.model.checkpoint,
-            spec.model.weights,
-            device=pick_device(device),
-            search=spec.model.path,
-            stated=spec.model.input_overrides(),
-        )
+        model = spec.model.load(pick_device(device))
         if any(layer.dictionary for layer in spec.layers):
             from atlas.plan.dictionary import attach_layers
 

@@ -24,7 +24,7 @@ from atlas.kinds.examples.units import ScanWork, examples_units, scan_units
 from atlas.kinds.render import render_units
 from atlas.kinds.timeline.compare import compare
 from atlas.kinds.timeline.probe import ProbeWork, probe_ids
-from atlas.models import LoadedModel, load_model
+from atlas.models import LoadedModel
 from atlas.plan.kinds import PlanInputs
 from atlas.plan.spec import JobSpec, check_against_model, follow_model
 from atlas.plan.units import ModelFacts, Unit, make_unit
@@ -102,13 +102,7 @@ def gather_series(
         resolved, info = str(path.resolve()), path.stat()
         digest = cached.get((resolved, info.st_size, info.st_mtime_ns))
         if digest is None:
-            model = load_model(
-                spec.model.name,
-                path,
-                spec.model.weights,
-                search=spec.model.path,
-                stated=spec.model.input_overrides(),
-            )
+            model = spec.model.load(checkpoint=path)
             digest, loaded = model.digest, (resolved, model)
         stat = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
         if digest not in by_digest:
@@ -202,16 +196,7 @@ def prepare_timeline(spec: JobSpec, store: Store, add: Sequence[Path] = ()) -> T
     series, loaded = gather_series(spec, store, add)
     on_disk = [c.path for c in series if Path(c.path).is_file()]
     newest = on_disk[-1] if on_disk else spec.model.checkpoint
-    if loaded is not None and loaded[0] == newest:
-        model = loaded[1]
-    else:
-        model = load_model(
-            spec.model.name,
-            newest,
-            spec.model.weights,
-            search=spec.model.path,
-            stated=spec.model.input_overrides(),
-        )
+    model = loaded[1] if loaded is not None and loaded[0] == newest else spec.model.load(checkpoint=newest)
     spec = follow_model(spec, model)
     check_against_model(spec, model)
     channels = {layer.name: model.channels(layer.name) for layer in spec.layers}

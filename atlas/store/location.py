@@ -218,15 +218,6 @@ class Location:
             with contextlib.suppress(FileNotFoundError):  # gone meanwhile
                 self.fs.delete_dir(folder)
 
-    @classmethod
-    def at(cls, scheme: str, rest: str, uri: str) -> Location:
-        """The location of `uri` (`scheme://rest`) on this class's file system."""
-        return cls(cls.filesystem(scheme), rest.rstrip("/"), uri, scheme)
-
-    @staticmethod
-    def filesystem(scheme: str) -> pafs.FileSystem:
-        raise NotImplementedError
-
 
 class LocalFolder(Location):
     """A folder on this machine: atomic replace by rename, never a deletion outside the root or
@@ -333,7 +324,8 @@ class FsspecPrefix(Location):
         return _fsspec(scheme)
 
 
-# One class per scheme; a scheme not registered here goes to fsspec.
+# One class per remote scheme, each with its `filesystem(scheme)`; a scheme not registered here
+# goes to fsspec.
 SCHEMES: Registry[type[Location]] = Registry("storage scheme", LocationError)
 SCHEMES.register("s3", S3Prefix)
 SCHEMES.register("gs", GcsPrefix)
@@ -347,7 +339,7 @@ def open_location(out: str | os.PathLike) -> Location:
         return LocalFolder.of(target)
     scheme, _, rest = target.partition("://")
     kind = SCHEMES.get(scheme) if scheme in SCHEMES else FsspecPrefix
-    return kind.at(scheme, rest, target)
+    return kind(kind.filesystem(scheme), rest.rstrip("/"), target, scheme)
 
 
 def _s3() -> pafs.S3FileSystem:
