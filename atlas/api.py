@@ -21,16 +21,16 @@ import difflib
 import functools
 import html
 import io
-import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import torch
 from PIL import Image
 from torch import nn
+from tqdm import tqdm
 
 from atlas.core.errors import AtlasError
 from atlas.data.open import open_source
@@ -39,10 +39,9 @@ from atlas.kinds.examples import finalize_layer, scan_shard
 from atlas.models import LOGITS, LoadedModel, freeze, load_model, pick_device
 from atlas.models.loaded import LayerInfo
 from atlas.models.registry import declared_input
+from atlas.optvis import named
 from atlas.optvis import objectives as obj
-from atlas.optvis.named import OBJECTIVES
-from atlas.optvis.objectives import StepState
-from atlas.optvis.oneoff import OneOffRequest, render_one_off
+from atlas.optvis.oneoff import OneOffRequest, render_target
 from atlas.optvis.recipes import to_uint8
 
 ModelLike = str | LoadedModel | nn.Module
@@ -50,67 +49,18 @@ ImagesLike = str | Path | Sequence[Image.Image | str | Path]
 # Channels shown when a result with many channels is displayed; the data holds them all.
 SHOWN_CHANNELS = 16
 
+
 # One term of an objective string: an optional sign, an optional "weight *", then a target.
-_TERM = re.compile(
-    r"\s*(?P<sign>[+-])?\s*(?:(?P<weight>\d+(?:\.\d*)?(?:e-?\d+)?|\.\d+)\s*\*\s*)?(?P<target>[\w.@]+(?::[\w.@]+)*)\s*"
-)
-
-
 class ApiError(AtlasError, ValueError):
     """A call of the notebook API that cannot work as written; the message shows the fix."""
 
 
-def _forms() -> str:
-    """How each registered objective is written in a string, for the error that lists them."""
-    named = [(name, kind) for name, kind in OBJECTIVES.items() if not kind.diverse]
-    channel = "|".join(name for name, kind in named if kind.readout == "channel")
-    layer = ", ".join(f"{name}:layer" for name, kind in named if kind.readout == "layer")
-    logits = " or ".join(f"{name}:N" for name, kind in named if kind.readout == "logits")
-    return f"{channel}:layer:channel, {layer}, {logits}"
-
-
-def _target(text: str) -> obj.Objective:
-    """One target: ``layer:channel`` or ``kind:layer:channel`` / ``logit:N`` / ``deepdream:layer``.
-
-    The kinds are the registered objectives (atlas.optvis.named) except the diverse ones, which
-    need a set of images rather than a term.
-    """
-    parts = text.split(":")
-    named = len(parts) > 1 and parts[0] in OBJECTIVES and not OBJECTIVES.get(parts[0]).diverse
-    name, args = (parts[0], parts[1:]) if named else ("channel", parts)
-    kind = OBJECTIVES.get(name)
-    try:
-        if kind.readout == "logits" and len(args) == 1:
-            return kind.term("", int(args[0]), None)
-        if kind.readout == "layer" and len(args) == 1:
-            return kind.term(args[0], 0, None)
-        if kind.readout == "channel" and len(args) == 2:
-            return kind.term(args[0], int(args[1]), None)
-    except ValueError:
-        pass
-    raise ApiError(
-        f"cannot read the objective target {text!r}: write layer:channel (e.g. '_blocks.9:5'), {_forms()}"
-    )
-
-
 def parse_objective(text: str) -> obj.Objective:
     """A lucent-style objective string: weighted sums of targets, e.g. ``2*_blocks.9:5 - _blocks.9:7``."""
-    position, total = 0, None
-    while position < len(text):
-        match = _TERM.match(text, position)
-        if not match or match.end() == position or (total is not None and not match.group("sign")):
-            raise ApiError(
-                f"cannot read objective {text!r} at {text[position:]!r}: join terms with + or -, "
-                "weights as 2*layer:channel"
-            )
-        term = _target(match.group("target"))
-        weight = float(match.group("weight") or 1.0) * (-1.0 if match.group("sign") == "-" else 1.0)
-        term = term if weight == 1.0 else weight * term
-        total = term if total is None else total + term
-        position = match.end()
-    if total is None:
-        raise ApiError("the objective is empty: write e.g. '_blocks.9:5' (layer:channel)")
-    return total
+    try:
+        return named.parse_objective(text)
+    except obj.ObjectiveError as err:
+        raise ApiError(str(err)) from None
 
 
 @functools.lru_cache(maxsize=4)
@@ -236,20 +186,12 @@ def visualize(
             raise ApiError("diversity needs a set of images: pass count=4 (or any number >= 2)")
         layer = next((name for name in layers if name != LOGITS), layers[0])
         target = target + request.diversity_weight * obj.diversity(layer)
-    result = render_one_off(loaded, request, target)
-    with torch.no_grad():
-        values = target(StepState(result.activations, result.images))
-    if isinstance(objective, str) and _minimizes(objective):
-        values = -values  # "negative:L:c" minimizes the channel: report the channel, as the store does
+    result, values = render_target(loaded, request, target)
+    if isinstance(objective, str) and named.reports_negated(objective):
+        values = [-v for v in values]  # "negative:L:c" minimizes the channel: report the channel
     images = [Image.fromarray(array) for array in to_uint8(result.images)]
     name = objective if isinstance(objective, str) else target.name
-    return Visualization(name, images, values.tolist(), result.loss.mean(dim=1).tolist())
-
-
-def _minimizes(text: str) -> bool:
-    """Whether `text` is one target of an objective that minimizes its unit (side "negative")."""
-    kind = text.strip().split(":")[0]
-    return kind in OBJECTIVES and OBJECTIVES.get(kind).side == "negative" and not re.search(r"[+*]|\s-", text)
+    return Visualization(name, images, values, result.loss.mean(dim=1).tolist())
 
 
 @dataclass(frozen=True)
@@ -271,6 +213,10 @@ class Examples:
     layer: str
     table: pa.Table  # the `examples` table of docs/STORE.md
     histograms: pa.Table  # the `histogram` table
+
+    def __repr__(self) -> str:
+        k = max(self.table.column("rank").to_pylist(), default=-1) + 1
+        return f"Examples(layer={self.layer!r}, channels={len(self.channels)}, k={k})"
 
     @property
     def channels(self) -> list[int]:
@@ -351,26 +297,39 @@ def examples(
     thumb_size: int = 64,
     device: str = "auto",
     input_size: int | None = None,
+    progress: bool = True,
 ) -> Examples:
     """Scan ``images`` (a folder, a .parquet file, "demo", or a list of PIL images / paths) with
     ``model`` and keep, per channel of ``layer``, the ``k`` images that excite it most and least,
     with crops of the receptive field around the strongest position. No job spec, no store.
+    ``progress`` shows a bar of the images scanned, then of the crops cut.
     """
     loaded = as_model(model, device, input_size)
     name = loaded.resolve_layer(layer)
     source = _source(images)
     (shard,) = source.shards(max(1, len(source)))
-    partial = scan_shard(loaded, [name], source, shard, k=k, batch_size=batch_size)
-    table, histograms = finalize_layer(
-        loaded,
-        name,
-        partial,
-        source,
-        crop_size=crop_size,
-        thumb_size=thumb_size,
-        unit_key="notebook",
-        channels=list(channels) if channels is not None else None,
-    )
+    bar = tqdm(total=len(source), unit="image", desc="scan", disable=not progress, file=sys.stderr)
+    with bar:
+        partial = scan_shard(
+            loaded,
+            [name],
+            source,
+            shard,
+            k=k,
+            batch_size=batch_size,
+            on_batch=lambda ids, _: bar.update(len(ids)),
+        )
+        bar.set_postfix_str("cutting crops")
+        table, histograms = finalize_layer(
+            loaded,
+            name,
+            partial,
+            source,
+            crop_size=crop_size,
+            thumb_size=thumb_size,
+            unit_key="notebook",
+            channels=list(channels) if channels is not None else None,
+        )
     return Examples(name, table, histograms)
 
 

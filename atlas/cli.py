@@ -163,6 +163,27 @@ class _Registered(click.Choice):
         return value
 
 
+class _ObjectiveText(_Registered):
+    """A registered objective's name, or an expression of targets (text with a ':'), read as
+    `atlas.visualize` reads it; a wrong one says what is wrong and how to write it."""
+
+    @staticmethod
+    def is_expression(value: str) -> bool:
+        return ":" in value
+
+    def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if not self.is_expression(value):
+            return super().convert(value, param, ctx)
+        from atlas.optvis.named import parse_objective
+        from atlas.optvis.objectives import ObjectiveError
+
+        try:
+            parse_objective(value)
+        except ObjectiveError as err:
+            self.fail(str(err), param, ctx)
+        return value
+
+
 class _PenaltyOption(click.Option):
     """`--penalty`, whose help names the penalties (imported only when the help is shown)."""
 
@@ -530,12 +551,17 @@ def verify(out: str, dry_run: bool) -> None:
     help="State dict to load (as `atlas layers`).",
 )
 @click.option("--weights", default="default", show_default=True)
-@click.option("--layer", required=True, help="Layer name (see `atlas layers MODEL`).")
+@click.option("--layer", help="Layer name (see `atlas layers MODEL`); not used by an expression.")
 @click.option(
     "--channel", type=int, default=0, show_default=True, help="Channel, or class for logit/probability."
 )
 @click.option(
-    "--objective", type=_Registered("atlas.optvis.named", "OBJECTIVES"), default="channel", show_default=True
+    "--objective",
+    type=_ObjectiveText("atlas.optvis.named", "OBJECTIVES"),
+    default="channel",
+    show_default=True,
+    help="An objective's name, read with --layer and --channel, or an expression of targets as "
+    "the notebook takes it: '2*conv2:5 - conv2:7', 'neuron:conv2:5 + 0.5*deepdream:conv3'.",
 )
 @click.option(
     "--count", type=int, default=1, show_default=True, help="Images in the batch (diversity needs >= 2)."
@@ -593,18 +619,30 @@ def render(
 ) -> None:
     """Render one feature visualization (one objective, one or more images) to a PNG."""
     from atlas.models import load_model, pick_device
-    from atlas.optvis.oneoff import OneOffRequest, read_out, render_one_off, save_strip
+    from atlas.optvis.named import parse_objective, reports_negated
+    from atlas.optvis.oneoff import OneOffRequest, read_out, render_one_off, render_target, save_strip
 
     try:
         weights = {name: float(value) for name, _, value in (p.partition("=") for p in penalty)}
     except ValueError as err:
         raise click.BadParameter(f"penalties are NAME=WEIGHT, e.g. tv=0.05 ({err})") from err
+    text = options["objective"]
+    target = parse_objective(text) if _ObjectiveText.is_expression(text) else None
+    if target is not None:
+        options["layer"] = min(target.layers)  # a layer the request names; the target reads its own
+    elif options["layer"] is None:
+        raise click.UsageError(f"--objective {text} needs --layer (see `atlas layers {model_name}`)")
     request = OneOffRequest(penalties=weights, decorrelate=not no_decorrelate, **options)
     model = load_model(model_name, checkpoint, weights, device=pick_device(device))
-    result = render_one_off(model, request)
+    if target is None:
+        result = render_one_off(model, request)
+        values, what = read_out(result, request), f"{text} {request.layer}:{request.channel}"
+    else:
+        result, values = render_target(model, request, target)
+        values, what = [-v for v in values] if reports_negated(text) else values, text
     save_strip(result.images, out)
-    reached = ", ".join(f"{value:.3f}" for value in read_out(result, request))
-    click.echo(f"wrote {out} ({request.objective} {request.layer}:{request.channel} reached {reached})")
+    reached = ", ".join(f"{value:.3f}" for value in values)
+    click.echo(f"wrote {out} ({what} reached {reached})")
 
 
 if __name__ == "__main__":

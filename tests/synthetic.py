@@ -52,6 +52,7 @@ class SyntheticOptions:
     failed_layers: tuple[str, ...] = ()
     quality: bool = True  # render units also write their quality record
     noise: float = 0.0  # pixel noise in every image (see _pattern_png)
+    zero_bottom: tuple[int, ...] = ()  # channels whose bottom examples all tie at 0, as on a ReLU layer
     seed: int = 0
 
 
@@ -226,7 +227,9 @@ def _example_rows(pool: PatternPool, layer: str, channel: int, options: Syntheti
                     "channel": channel,
                     "bucket": bucket,
                     "rank": rank,
-                    "activation": sign * (1 + (options.examples_k - rank) / options.examples_k),
+                    "activation": 0.0
+                    if bucket == "min" and channel in options.zero_bottom
+                    else sign * (1 + (options.examples_k - rank) / options.examples_k),
                     "source_id": f"synthetic/{(channel * 31 + rank) % 500}.png",
                     "x": rank % 7,
                     "y": rank % 5,

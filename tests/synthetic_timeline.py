@@ -80,12 +80,14 @@ def write_synthetic_timeline(
     latest_digest: str | None = None,
     scanned: Sequence[int] = (),
     examples: int = 4,
+    rendered: Sequence[int] | None = None,
 ) -> list[Checkpoint]:
     """Write a timeline store under `out` and return its series.
 
     `latest_digest` gives the newest checkpoint a real digest, e.g. the job's, whose scan the
     timeline then shows as that checkpoint's dataset examples. The checkpoints at the positions
-    `scanned` get an examples unit of their own: `examples` top images per channel.
+    `scanned` get an examples unit of their own: `examples` top images per channel. The checkpoints
+    at the positions `rendered` (default: every `render_every`-th and the newest) get a render unit.
     """
     rng = np.random.default_rng(seed)
     store = open_store(Path(out) / TIMELINE_DIR)
@@ -117,7 +119,8 @@ def write_synthetic_timeline(
             match_key = f"match-synthetic{position:05d}"
             write_unit(store, match_key, "match", compare(previous, probe, 0.5, match_key))
         render_keys: tuple[str, ...] = ()
-        if position % render_every == 0 or position == checkpoints - 1:
+        renders = position % render_every == 0 or position == checkpoints - 1
+        if position in rendered if rendered is not None else renders:
             render_key = f"render-synthetic{position:05d}"
             render = pa.table(
                 {

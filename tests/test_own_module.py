@@ -11,6 +11,7 @@ import pytest
 
 from atlas.models import load_model
 from atlas.models.registry import ModelError
+from atlas.optvis.named import reports_negated
 from atlas.plan.spec import SpecError, load_spec
 
 NET = """
@@ -180,4 +181,4 @@ def test_a_negative_objective_reports_the_channel_it_drives_down() -> None:
     with torch.no_grad():
         mean = float(model.activations(pixels.float(), ["conv2"])["conv2"][:, 0].mean())
     assert shown.activation == pytest.approx(mean, abs=0.01) and shown.activation < 0
-    assert atlas.api._minimizes("negative:conv2:0") and not atlas.api._minimizes("negative:conv2:0 + conv2:1")
+    assert reports_negated("negative:conv2:0") and not reports_negated("negative:conv2:0 + conv2:1")

@@ -9,6 +9,7 @@ plugin adds one with `@register_objective(...)` from its own module (see atlas.c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -96,3 +97,69 @@ register_objective("logit", ("Logit", "Logit"), per_channel=False, readout="logi
 register_objective("probability", ("Probability", "Probability"), per_channel=False, readout="logits")(
     _probability
 )
+
+
+# Objective text (`atlas render --objective`, `atlas.visualize`): weighted targets joined by + and -.
+_TERM = re.compile(
+    r"\s*(?P<sign>[+-])?\s*(?:(?P<weight>\d+(?:\.\d*)?(?:e-?\d+)?|\.\d+)\s*\*\s*)?(?P<target>[\w.@]+(?::[\w.@]+)*)\s*"
+)
+
+
+def _forms() -> str:
+    """How each registered objective is written in a string, for the error that lists them."""
+    single = [(name, kind) for name, kind in OBJECTIVES.items() if not kind.diverse]
+    channel = "|".join(name for name, kind in single if kind.readout == "channel")
+    layer = ", ".join(f"{name}:layer" for name, kind in single if kind.readout == "layer")
+    logits = " or ".join(f"{name}:N" for name, kind in single if kind.readout == "logits")
+    return f"{channel}:layer:channel, {layer}, {logits}"
+
+
+def _target(text: str) -> obj.Objective:
+    """One target: ``layer:channel`` or ``kind:layer:channel`` / ``logit:N`` / ``deepdream:layer``.
+
+    The kinds are the registered objectives except the diverse ones, which need a set of images
+    rather than a term.
+    """
+    parts = text.split(":")
+    prefixed = len(parts) > 1 and parts[0] in OBJECTIVES and not OBJECTIVES.get(parts[0]).diverse
+    name, args = (parts[0], parts[1:]) if prefixed else ("channel", parts)
+    kind = OBJECTIVES.get(name)
+    try:
+        if kind.readout == "logits" and len(args) == 1:
+            return kind.term("", int(args[0]), None)
+        if kind.readout == "layer" and len(args) == 1:
+            return kind.term(args[0], 0, None)
+        if kind.readout == "channel" and len(args) == 2:
+            return kind.term(args[0], int(args[1]), None)
+    except ValueError:
+        pass
+    raise obj.ObjectiveError(
+        f"cannot read the objective target {text!r}: write layer:channel (e.g. '_blocks.9:5'), {_forms()}"
+    )
+
+
+def parse_objective(text: str) -> obj.Objective:
+    """A lucent-style objective string: weighted sums of targets, e.g. ``2*_blocks.9:5 - _blocks.9:7``."""
+    position, total = 0, None
+    while position < len(text):
+        match = _TERM.match(text, position)
+        if not match or match.end() == position or (total is not None and not match.group("sign")):
+            raise obj.ObjectiveError(
+                f"cannot read objective {text!r} at {text[position:]!r}: join terms with + or -, "
+                "weights as 2*layer:channel"
+            )
+        term = _target(match.group("target"))
+        weight = float(match.group("weight") or 1.0) * (-1.0 if match.group("sign") == "-" else 1.0)
+        term = term if weight == 1.0 else weight * term
+        total = term if total is None else total + term
+        position = match.end()
+    if total is None:
+        raise obj.ObjectiveError("the objective is empty: write e.g. '_blocks.9:5' (layer:channel)")
+    return total
+
+
+def reports_negated(text: str) -> bool:
+    """Whether `text` is one target of an objective that minimizes its unit (side "negative"):
+    what it reaches is then reported as the unit's own value, as the store does."""
+    kind = text.strip().split(":")[0]
+    return kind in OBJECTIVES and OBJECTIVES.get(kind).side == "negative" and not re.search(r"[+*]|\s-", text)

@@ -104,6 +104,17 @@ def render_one_off(
     )
 
 
+def render_target(
+    model: LoadedModel, request: OneOffRequest, target: obj.Objective
+) -> tuple[RenderResult, list[float]]:
+    """Render ``target`` (an objective built from text or code) with the request's settings, and
+    what each image reached: the target's own value, penalties left out."""
+    result = render_one_off(model, request, target)
+    with torch.no_grad():
+        values = target(obj.StepState(result.activations, result.images))
+    return result, values.tolist()
+
+
 def read_out(result: RenderResult, request: OneOffRequest) -> list[float]:
     """What each image reached: the channel's mean activation, or the class logit."""
     readout = OBJECTIVES.get(request.objective).readout

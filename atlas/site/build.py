@@ -31,7 +31,7 @@ from atlas.site.columns import Column, job_columns
 from atlas.site.images import LayerImages, Picture
 from atlas.site.interactions import read_interactions
 from atlas.site.paging import SEARCH_FILE, Page, ranges, split, write_search
-from atlas.site.quality import MEASURES, attach_quality, layer_spread, thresholds_for_page
+from atlas.site.quality import EXPLAINED, MEASURES, attach_quality, layer_spread, thresholds_for_page
 from atlas.site.slugs import layer_slugs
 from atlas.site.sprites import SpriteLayout
 from atlas.site.timeline import ALERTS_SHOWN as TIMELINE_ALERTS_SHOWN
@@ -312,6 +312,7 @@ def _build_layer(
     _write_details(images.folder / DETAILS_FILE, summary.slug, channels)
     columns = _row_columns(channels, common["job"], all_columns)
     shown = {column.name for column in columns}
+    fits = _row_fits(content.layout, [column.name for column in columns])
     atlas_grids = read_atlas(
         store, summary.name, root, summary.slug, _dictionaries_over(summary.name, common)
     )
@@ -327,6 +328,7 @@ def _build_layer(
         "places": places,
         "atlas_page": f"{slugs[atlas_layer]}.atlas.html" if atlas_layer in slugs else "",
         "views": layer_views(store, summary.name),  # units of kinds with a registered view
+        "fits": fits,
         **common,
     }
     layout = content.layout
@@ -342,6 +344,7 @@ def _build_layer(
             grids=grids,
             kinds=kinds,
             measures=MEASURES,
+            explained=EXPLAINED,
             thresholds=thresholds_for_page(),
             pages=summary.pages if len(pages) > 1 else [],
             page_ranges=ranges(summary.pages),
@@ -427,6 +430,24 @@ def _samples(
         if len(samples) == SAMPLES_PER_LAYER:
             break
     return samples
+
+
+# What each view of a layer page hides, and the columns with a margin before them (atlas.css).
+VIEW_HIDES = {"appendix": {"slightly_negative", "slightly_positive"}, "spectrum": {"neuron", "diversity"}}
+VIEW_MARGINS = {"appendix": {"max", "negative"}, "spectrum": set()}
+ROW_GAP, ROW_PADDING, COLUMN_MARGIN = 8, 12, 10  # px, as atlas.css sets them
+
+
+def _row_fits(layout: SpriteLayout | None, columns: list[str]) -> dict[str, tuple[float, int]]:
+    """View -> (total aspect, fixed px) of its rows: the page shrinks rows to fit the window."""
+    if layout is None:
+        return {}
+    fits = {}
+    for view, hidden in VIEW_HIDES.items():
+        shown = [c for c in columns if c not in hidden]
+        extra = ROW_PADDING + COLUMN_MARGIN * sum(c in VIEW_MARGINS[view] for c in shown)
+        fits[view] = layout.row_fit(shown, ROW_GAP, extra)
+    return fits
 
 
 def _row_columns(channels: list[ChannelEntry], job: dict, columns: list[Column]) -> list[Column]:

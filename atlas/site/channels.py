@@ -34,6 +34,7 @@ LOSS_POINTS = 48  # a loss curve is drawn from this many samples: enough for its
 HISTOGRAM_COLUMNS = ["channel", "edges", "counts"]
 # What the first pass reads (no pixels), and the one column of pictures per table kind.
 RENDER_NUMBERS = ["channel", "objective", "variant", "activation", "loss"]
+PEAK_COLUMNS = ["channel", "objective", "variant", "peak_activation"]
 EXAMPLE_NUMBERS = ["channel", "bucket", "rank", "activation", "source_id", "x", "y"]
 PIXELS = {"render": "image", "examples": "crop"}
 
@@ -44,9 +45,17 @@ class ChannelEntry:
 
     channel: int
     sprite: Picture | None = None
-    # column ("channel", "diversity", "max", ...) -> values shown for it: the activation an
-    # optimized image reaches, or one activation per example in rank order.
+    # column ("channel", "diversity", "max", ...) -> values shown for it, one per picture in order.
+    # Every value is a peak, the channel's strongest position in the picture (its largest value;
+    # its smallest for bottom examples and the negative picture), for photos and optimized
+    # pictures alike; an optimized picture without a quality record shows its objective instead.
     values: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # Optimized columns whose values are objective values (no quality record gave their peak).
+    objective_values: list[str] = field(default_factory=list)
+    # Example columns whose examples all share one activation (bucket -> that value): a tie the
+    # ranking cannot break, e.g. the bottom of a ReLU channel, where any image that leaves the
+    # channel at 0 everywhere qualifies; the page says so instead of showing arbitrary images.
+    ties: dict[str, float] = field(default_factory=dict)
     histogram: HistogramShape | None = None
     # Loaded by the channel view only (details.js): loss curves per objective and, per bucket,
     # where each example comes from as [source_id, x, y].
@@ -79,6 +88,7 @@ class _Image:
     unit: str
     row: int
     value: float
+    peak: bool = True  # the value is the picture's peak (else an optimized picture's objective)
     source: tuple[str, int, int] = ("", 0, 0)  # examples: source_id, x, y
     loss: list[float | None] = field(default_factory=list)  # optimized images: the loss curve, downsampled
 
@@ -175,16 +185,39 @@ def _index_renders(
         objectives = table.column("objective").to_pylist()
         variants, reached = table.column("variant").to_pylist(), table.column("activation").to_pylist()
         losses = table.column("loss")
+        peaks = _peaks(store, key)
         for row, channel in enumerate(table.column("channel").to_pylist()):
+            peak = peaks.get((channel, objectives[row], variants[row]))
+            value = _number(reached[row]) if peak is None else peak
             if channel >= 0 and objectives[row] == diverse:
-                rows[channel].diversity[variants[row]] = _Image(key, row, _number(reached[row]))
+                rows[channel].diversity[variants[row]] = _Image(key, row, value, peak is not None)
             elif channel >= 0 and objectives[row] in optimized:
                 loss = downsample(losses[row].as_py() or [], LOSS_POINTS)
-                rows[channel].optimized[objectives[row]] = _Image(key, row, _number(reached[row]), loss=loss)
+                rows[channel].optimized[objectives[row]] = _Image(
+                    key, row, value, peak is not None, loss=loss
+                )
         if any(o in INTERACTION_OBJECTIVES for o in objectives):
             whole = store.read_unit(key, "render", RENDER_COLUMNS)
             interactions.append(whole.filter(pa.array([o in INTERACTION_OBJECTIVES for o in objectives])))
     return pa.concat_tables(interactions).combine_chunks() if interactions else None
+
+
+def _peaks(store: Store, key: str) -> dict[tuple[int, str, int], float]:
+    """(channel, objective, variant) -> the picture's peak, signed as the examples' values are.
+
+    A render unit's quality record holds each picture's peak (for a negative picture, how far
+    its smallest value goes below 0); a unit without one (a store from before quality records)
+    gives none, and its pictures show their objective values.
+    """
+    entry = store.entry(key)
+    if entry is None or "quality" not in entry.tables:
+        return {}
+    peaks = {}
+    for row in store.read_unit(key, "quality", PEAK_COLUMNS).to_pylist():
+        if row["peak_activation"] is not None and math.isfinite(row["peak_activation"]):
+            sign = -1.0 if row["objective"] == "negative" else 1.0
+            peaks[(row["channel"], row["objective"], row["variant"])] = sign * row["peak_activation"]
+    return peaks
 
 
 def _index_examples(store: Store, layer: str, rows: dict[int, _Rows]) -> pa.Table | None:
@@ -237,8 +270,13 @@ def _keep_numbers(entry: ChannelEntry, rows: _Rows, diverse: str) -> None:
     """The numbers a page shows for the channel: values reached, loss curves, example sources."""
     for kind, region, pictures in rows.pictures(diverse):
         entry.values[region] = tuple(image.value for image in pictures)
+        if not all(image.peak for image in pictures):
+            entry.objective_values.append(region)
         if kind == "examples":
             entry.sources[region] = [list(image.source) for image in pictures]
+            values = entry.values[region]
+            if len(values) > 1 and math.isfinite(values[0]) and all(v == values[0] for v in values):
+                entry.ties[region] = values[0]
         elif region in rows.optimized:
             entry.losses[region] = rows.optimized[region].loss
 

@@ -20,6 +20,43 @@ MEASURES = {
 }
 
 
+# key -> (what the figure is, what to do about it), shown beside it in the channel view.
+EXPLAINED = {
+    "relative_activation": (
+        "The main picture's peak divided by the best top example's peak, both shown above.",
+        "Below 1 the picture excites the channel less than a photo of the dataset does: raise "
+        "render.steps or render.lr.",
+    ),
+    "robust_activation": (
+        "Share of the picture's activation it keeps, on average, when resized (x1.75, x0.5), "
+        "rotated 30°, shifted a quarter and saved as JPEG: changes outside those the "
+        "optimization saw.",
+        "Below the threshold the picture depends on its exact pixels, as adversarial noise does: "
+        "use stronger transforms (render.transforms) or more steps at a coarse scale.",
+    ),
+    "high_frequency": (
+        "Share of the picture's spectral power above a quarter cycle per pixel (white noise about "
+        "0.8, a smooth photo a few hundredths).",
+        "Above the threshold the picture is mostly pixel noise: keep render.decorrelate on or add "
+        "render.blur_weight.",
+    ),
+    "diversity_similarity": (
+        "Mean similarity of the diversity images' activation patterns: 1 repeats one picture.",
+        "No threshold; near 1, raise render.diversity_weight to spread the set.",
+    ),
+    "proxy_optimized": (
+        "A simulated two-alternative forced choice: given these pictures (and the bottom ones), "
+        "how often an image-statistics judge picks the strongly activating photo of a "
+        "(strong, weak) pair. 0.5 is chance, 1 always right; 95% interval in brackets.",
+        "No threshold: compare channels. Near 0.5 the pictures do not tell you what the channel responds to.",
+    ),
+    "proxy_examples": (
+        "The same forced choice judged from the top and bottom dataset examples instead.",
+        "No threshold: the pictures above are worth most when they score near this.",
+    ),
+}
+
+
 def attach_quality(store: Store, layer: str, channels: list[ChannelEntry]) -> None:
     """Fill each entry's `quality` and `flags`; the best example comes from the entry's values."""
     best = {c.channel: c.values["max"][0] for c in channels if c.values.get("max")}

@@ -57,6 +57,13 @@ class SpriteLayout:
             f"top:{-100 * region.y / region.height:.4g}%"
         )
 
+    def row_fit(self, columns: Sequence[str], gap: int, extra: int) -> tuple[float, int]:
+        """(total aspect ratio, fixed px) of a row showing `columns`: a row `h` px tall is
+        `h * total + fixed + number column` wide, so the page can pick `h` to fit the window.
+        `extra` is the px of margins and padding beyond one `gap` per cell."""
+        shown = [c for c in columns if c in self.regions]
+        return round(sum(self.aspect(c) for c in shown), 4), gap * len(shown) + extra
+
     def boxes(self) -> list[tuple[int, int, int, int]]:
         """Every region as (x, y, width, height): the edges to extend into the gutters."""
         return [(r.x, r.y, r.width, r.height) for r in self.regions.values()]

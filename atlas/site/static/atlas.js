@@ -43,6 +43,7 @@
     const show = document.getElementById("show");
     const thresholds = JSON.parse(list.dataset.thresholds || "{}"); // measure -> [min or max, limit]
     const measures = JSON.parse(list.dataset.measures || "{}"); // measure -> label
+    const explained = JSON.parse(list.dataset.explained || "{}"); // measure -> [what it is, what to do]
     let current = null;
     const grids = JSON.parse(list.dataset.grids || "{}"); // column -> [columns, rows] of its grid
     // column class -> "optimized" (one image), "diverse" (a set) or "examples" (from job.json)
@@ -141,12 +142,24 @@
       const values = (source.dataset.v || "").split(" ").filter(Boolean);
       if (kinds[kind] === "optimized") {
         figure.classList.add("single");
-        if (values.length) caption.appendChild(document.createTextNode(" · reaches " + values[0]));
+        if (values.length) {
+          caption.appendChild(document.createTextNode(
+            (source.dataset.objective ? " · objective " : " · peak ") + values[0]));
+        }
         const curve = sparkline(extra.loss[kind] || []);
         if (curve) {
           caption.appendChild(curve);
           caption.appendChild(make("span", "loss-label", "loss during optimization"));
         }
+        return figure;
+      }
+      if (cell.dataset.tie !== undefined) {
+        // every example has the same activation: which images the ranking kept is arbitrary
+        figure.classList.add("tied");
+        frame.replaceChildren(make("p", "tie-note", "All " + values.length + " examples tie at " +
+          cell.dataset.tie + ". More images of the dataset than are kept share this activation " +
+          "(on a ReLU layer, every image that leaves the channel at 0 everywhere), so these would " +
+          "be an arbitrary pick: none is shown."));
         return figure;
       }
       const cols = grid[0];
@@ -213,6 +226,12 @@
       groups.optimized.sort(function (a, b) {
         return Number(!a.classList.contains("single")) - Number(!b.classList.contains("single"));
       });
+      if (groups.optimized.length || groups.examples.length) {
+        body.appendChild(make("p", "defs", "Activation, everywhere in this view: the channel's " +
+          "strongest position in an image, its largest value for the top examples and the " +
+          "optimized pictures, its smallest for the bottom examples and the negative picture. " +
+          "The histogram counts every position of every dataset image."));
+      }
       if (groups.optimized.length) body.appendChild(make("h3", "group-title", "Optimized images"));
       groups.optimized.forEach(function (figure) { body.appendChild(figure); });
       if (groups.examples.length) body.appendChild(make("h3", "group-title", "Dataset examples"));
@@ -336,20 +355,31 @@
     }
     function qualityFigure(row) {
       const record = qualityOf(row);
-      const names = Object.keys(measures).filter(function (name) { return name in record; });
+      function failing(name) {
+        const rule = thresholds[name];
+        return Boolean(rule) && (rule[0] === "min" ? record[name] < rule[1] : record[name] > rule[1]);
+      }
+      // the figures that fail first, then the page's own order
+      const names = Object.keys(measures).filter(function (name) { return name in record; })
+        .sort(function (a, b) { return Number(failing(b)) - Number(failing(a)); });
       if (!names.length) return null;
       const table = make("table", "quality");
       names.forEach(function (name) {
         const line = make("tr");
         const rule = thresholds[name];
         const value = record[name];
-        const fails = rule && (rule[0] === "min" ? value < rule[1] : value > rule[1]);
+        const fails = failing(name);
         line.appendChild(make("th", "", measures[name]));
         const interval = record[name + "_interval"];
-        line.appendChild(make("td", "", formatMeasure(value) +
+        line.appendChild(make("td", "value", formatMeasure(value) +
           (interval ? " (95% " + formatMeasure(interval[0]) + "–" + formatMeasure(interval[1]) + ")" : "")));
-        line.appendChild(make("td", fails ? "bad" : "",
-          rule ? (fails ? "fails " : "passes ") + (rule[0] === "min" ? "≥ " : "≤ ") + rule[1] : ""));
+        line.appendChild(make("td", fails ? "rule bad" : "rule",
+          rule ? (fails ? "fails " : "passes ") + (rule[0] === "min" ? "≥ " : "≤ ") + rule[1] : "no threshold"));
+        const text = explained[name] || ["", ""];
+        const meaning = make("td", "meaning", text[0]);
+        // the advice matters where the figure fails, or where no threshold decides for the reader
+        if (text[1] && (fails || !rule)) meaning.appendChild(make("span", "advice", " " + text[1]));
+        line.appendChild(meaning);
         table.appendChild(line);
       });
       return table;
