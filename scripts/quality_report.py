@@ -16,7 +16,14 @@ from atlas.quality import THRESHOLDS, flags
 from atlas.site.layer_quality import layer_records
 from atlas.store.store import Store
 
-COLUMNS = ("relative_activation", "robust_activation", "high_frequency", "diversity_similarity")
+COLUMNS = (
+    "relative_activation",
+    "robust_relative",
+    "natural_path",
+    "robust_activation",
+    "high_frequency",
+    "diversity_similarity",
+)
 
 
 def spread(values: list[float]) -> str:

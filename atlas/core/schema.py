@@ -68,6 +68,19 @@ QUALITY_SCHEMA = pa.schema(
     ]
 )
 
+# One row per channel of a render unit, written by its trust unit once its examples exist (atlas/kinds/trust.py).
+TRUST_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("channel", pa.int32()),
+        ("examples_robust", pa.float32()),
+        ("path", pa.float32()),
+        ("path_baseline", pa.float32()),
+        ("path_references", pa.float32()),
+        ("unit_key", pa.string()),
+    ]
+)
+
 SKIPPED_SCHEMA = pa.schema(
     [
         ("source_id", pa.string()),
@@ -276,6 +289,23 @@ TABLES = {
             "diversity_similarity": "`diversity` rows: mean pairwise cosine of the set's Gram matrices at the "
             "layer (1 = one picture repeated); null on other rows",
             "unit_key": "the render unit",
+        },
+    ),
+    "trust": StoredTable(
+        TRUST_SCHEMA,
+        "one row per channel of a render unit, written by a trust unit once the channel's examples are stored",
+        {
+            "layer": "as in `render`",
+            "channel": "as in `render`",
+            "examples_robust": "mean share of the channel's activation its top dataset examples (resized to the "
+            "render size) keep under the check set of `quality.robust_activation`; the site divides the "
+            "picture's share by it",
+            "path": "cosine similarity between the main picture's pattern in the layers below (each channel's "
+            "mean, weighted by where the unit fires, standardized over random dataset images) and the mean "
+            "pattern of the channel's top examples",
+            "path_baseline": "the same similarity for random dataset images, averaged",
+            "path_references": "the same similarity for the top examples, each against the mean of the others",
+            "unit_key": "the trust unit",
         },
     ),
     "skipped": StoredTable(

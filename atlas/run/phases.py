@@ -9,7 +9,7 @@ job that knows such kinds; atlas.run.job loops over these tables):
 - `INPUTS`: the kind's pending units get their `inputs` from this function first (the examples
   units read the merged partial scans of their layer);
 - `STAGES`: a stage after the merge phase, which plans and runs units as it computes (the
-  activation atlases). `announced` gives the units it knows before it runs, for progress totals
+  activation atlases; the trust units, which judge stored pictures against stored examples). `announced` gives the units it knows before it runs, for progress totals
   and `atlas status`; `run` returns the keys it owns (retention keeps them).
 """
 
@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 
 from atlas.core.registry import Registry
 from atlas.kinds.examples import PartialScan, direction_layer
-from atlas.plan.units import ModelFacts, Plan, Unit
+from atlas.plan.kinds import PlanInputs
+from atlas.plan.units import ModelFacts, Plan, Unit, plan_phase
 from atlas.run.driver import Driver
 
 if TYPE_CHECKING:
@@ -111,6 +112,55 @@ def _atlas_run(driver: Driver, prepared: Prepared, finished: dict[str, tuple[str
     return run_atlas(spec, prepared.facts.digest, driver.store, scans, driver, context)
 
 
+def _stored_trust_inputs(
+    prepared: Prepared, store: Store, finished: dict[str, tuple[str, ...]]
+) -> list[Unit]:
+    """The trust units whose render and examples units are stored."""
+    if not prepared.spec.examples.enabled or prepared.source is None:
+        return []
+    from atlas.kinds.trust import trust_units
+
+    done = set(finished.get("render", ()))
+    renders = [unit for unit in prepared.plan.by_kind("render") if unit.key in done]
+    merged = plan_phase("merge", prepared.spec, prepared.facts, PlanInputs(finished=finished))
+    candidates = [unit for unit in merged if unit.kind == "examples"]
+    missing = set(store.pending([unit.key for unit in candidates]))
+    examples = [unit for unit in candidates if unit.key not in missing]
+    return trust_units(
+        prepared.spec, prepared.facts.digest, prepared.model, prepared.source, renders, examples
+    )
+
+
+def finished_keys(store: Store, units: Sequence[Unit], complete: bool = False) -> dict[str, tuple[str, ...]]:
+    """The keys of `units` that are stored, by kind (checked, or written, by their phase). With
+    `complete`, only kinds whose every unit is stored: what `atlas status` can plan from."""
+    unfinished = set(store.pending([u.key for u in units]))
+    by_kind: dict[str, list[str]] = {}
+    incomplete = set()
+    for unit in units:
+        by_kind.setdefault(unit.kind, [])
+        if unit.key in unfinished:
+            incomplete.add(unit.kind)
+        else:
+            by_kind[unit.kind].append(unit.key)
+    return {k: tuple(v) for k, v in by_kind.items() if not complete or k not in incomplete}
+
+
+def _trust_announced(prepared: Prepared, store: Store) -> list[Unit]:
+    """The trust units of the render and examples units stored now."""
+    return _stored_trust_inputs(prepared, store, finished_keys(store, prepared.plan.units))
+
+
+def _trust_run(driver: Driver, prepared: Prepared, finished: dict[str, tuple[str, ...]]) -> set[str]:
+    """Judge the stored pictures against their channels' stored top examples; returns the keys."""
+    from atlas.kinds.trust import read_inputs
+
+    units = _stored_trust_inputs(prepared, driver.store, finished)
+    driver.execute([read_inputs(driver.store, unit) for unit in driver.pending(units)])
+    return {unit.key for unit in units}
+
+
 RUNNERS.register("scan", _run_scans)
 INPUTS.register("examples", _merged_inputs)
 STAGES.register("activation atlas", Stage(("scan",), _atlas_announced, _atlas_run))
+STAGES.register("trust", Stage(("render", "scan"), _trust_announced, _trust_run))

@@ -1,8 +1,9 @@
 """Every channel's quality record in a layer of a store, with what only the whole atlas knows.
 
-A render unit's `quality` table describes its pictures; this adds the activation relative to the
-channel's best dataset example and the 2AFC interpretability proxy, both of which need the
-examples. The site and scripts/quality_report.py read records through here.
+A render unit's `quality` table describes its pictures; this adds what needs the examples: the
+activation relative to the channel's best dataset example, the share kept under the check set
+relative to the top examples' share and the natural-path margin (from the `trust` table), and the
+2AFC interpretability proxy. The site and scripts/quality_report.py read records through here.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ QUALITY_COLUMNS = [
     "high_frequency",
     "diversity_similarity",
 ]
+TRUST_COLUMNS = ["channel", "examples_robust", "path", "path_baseline", "path_references"]
 
 
 def _finite(value: float | None) -> float | None:
@@ -34,6 +36,11 @@ def best_examples(store: Store, layer: str) -> dict[int, float]:
     table = store.read("examples", layer, ["channel", "bucket", "rank", "activation"])
     rows = table.to_pylist() if table is not None else []
     return {r["channel"]: r["activation"] for r in rows if r["bucket"] == "max" and r["rank"] == 0}
+
+
+def _trust_rows(store: Store, layer: str) -> list[dict]:
+    table = store.read("trust", layer, TRUST_COLUMNS)
+    return table.to_pylist() if table is not None else []
 
 
 def layer_records(store: Store, layer: str, best: Mapping[int, float] | None = None) -> dict[int, dict]:
@@ -64,6 +71,17 @@ def layer_records(store: Store, layer: str, best: Mapping[int, float] | None = N
         if reference is not None and reference > 0 and row["peak_activation"] is not None:
             record["relative_activation"] = _finite(row["peak_activation"] / reference)
         record["diversity_similarity"] = _finite(similarity.get(channel))
+    for row in _trust_rows(store, layer):
+        record = records.get(row["channel"])
+        if record is None:
+            continue
+        kept, natural = record.get("robust_activation"), _finite(row["examples_robust"])
+        if kept is not None and natural is not None and natural > 0:
+            record["robust_relative"] = _finite(kept / natural)
+        path, low, high = (_finite(row[name]) for name in ("path", "path_baseline", "path_references"))
+        if path is not None and low is not None and high is not None and high > low:
+            record["natural_path"] = (path - low) / (high - low)
+            record["natural_path_parts"] = [round(path, 3), round(low, 3), round(high, 3)]
     for channel, proxies in layer_proxies(store, layer).items():
         record = records.setdefault(channel, {})
         for judged_from, result in proxies.items():

@@ -12,6 +12,8 @@ from atlas.store.store import Store
 # key -> label, in the order the channel view lists them.
 MEASURES = {
     "relative_activation": "Activation / best example",
+    "robust_relative": "Kept, relative to its examples",
+    "natural_path": "Natural path",
     "robust_activation": "Kept under the check set",
     "high_frequency": "High-frequency energy",
     "diversity_similarity": "Diversity set similarity",
@@ -27,12 +29,28 @@ EXPLAINED = {
         "Below 1 the picture excites the channel less than a photo of the dataset does: raise "
         "render.steps or render.lr.",
     ),
+    "robust_relative": (
+        "The share of its activation the picture keeps under the check set (below) divided by "
+        "the share the channel's top dataset examples keep under the same checks: natural images "
+        "set the bar for what the channel tolerates.",
+        "Below the threshold the picture depends on its exact pixels, as adversarial noise does: "
+        "use stronger transforms (render.transforms) or more steps at a coarse scale.",
+    ),
+    "natural_path": (
+        "Does the picture excite the channel the way its top examples do? Its pattern in the "
+        "layers below, where the channel fires, compared with the top examples' pattern: 1 is as "
+        "close as the top examples are to each other, 0 as close as a random dataset photo (in "
+        "brackets: the similarities of the picture, of random photos, of the top examples).",
+        "Below the threshold the picture reaches its activation some other way than photos do "
+        "(Geirhos et al. 2023), so it may not show what the channel detects in photos: trust the "
+        "dataset examples over it.",
+    ),
     "robust_activation": (
         "Share of the picture's activation it keeps, on average, when resized (x1.75, x0.5), "
         "rotated 30°, shifted a quarter and saved as JPEG: changes outside those the "
         "optimization saw.",
-        "Below the threshold the picture depends on its exact pixels, as adversarial noise does: "
-        "use stronger transforms (render.transforms) or more steps at a coarse scale.",
+        "No threshold of its own: some channels lose activation under any resize, photos "
+        "included; the figure relative to the examples (above) decides.",
     ),
     "high_frequency": (
         "Share of the picture's spectral power above a quarter cycle per pixel (white noise about "

@@ -371,8 +371,10 @@
         const fails = failing(name);
         line.appendChild(make("th", "", measures[name]));
         const interval = record[name + "_interval"];
+        const parts = record[name + "_parts"];
         line.appendChild(make("td", "value", formatMeasure(value) +
-          (interval ? " (95% " + formatMeasure(interval[0]) + "–" + formatMeasure(interval[1]) + ")" : "")));
+          (interval ? " (95% " + formatMeasure(interval[0]) + "–" + formatMeasure(interval[1]) + ")" : "") +
+          (parts ? " (" + parts.map(formatMeasure).join(", ") + ")" : "")));
         line.appendChild(make("td", fails ? "rule bad" : "rule",
           rule ? (fails ? "fails " : "passes ") + (rule[0] === "min" ? "≥ " : "≤ ") + rule[1] : "no threshold"));
         const text = explained[name] || ["", ""];
