@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from atlas.core.schema import EXAMPLES_SCHEMA, HISTOGRAM_SCHEMA, QUALITY_SCHEMA, RENDER_SCHEMA
+from atlas.core.schema import EXAMPLES_SCHEMA, HISTOGRAM_SCHEMA, QUALITY_SCHEMA, RENDER_SCHEMA, TRUST_SCHEMA
 from atlas.site.columns import atlas_columns, columns_json
 from atlas.store.store import Store, UnitRecord
 
@@ -167,6 +167,10 @@ def _write_channel_units(
         if options.quality:
             tables["quality"] = _table([_quality_row(row) for row in rows], QUALITY_SCHEMA, render_key)
         store.write_unit_tables(render_key, "render", layer, tables, channels)
+        if options.quality and options.examples:
+            trust_key = _key("trust", layer, channels[0], options.seed)
+            trust = {"trust": _table([_trust_row(layer, c) for c in channels], TRUST_SCHEMA, trust_key)}
+            store.write_unit_tables(trust_key, "trust", layer, trust, channels)
     if not (options.examples or options.histograms):
         return
     scan_key = _key("scan", layer, channels[0], options.seed)
@@ -201,6 +205,18 @@ def _render_row(
         "image": pool.png(size, channel * 7 + variant * 3 + len(objective)),
         "activation": sign * (4.0 + (channel % 11) / 3 + variant / 10),
         "loss": [1.0, 0.5, 0.25],
+    }
+
+
+def _trust_row(layer: str, channel: int) -> dict:
+    """The examples keep 0.9 of their activation; the picture's path varies by channel."""
+    return {
+        "layer": layer,
+        "channel": channel,
+        "examples_robust": 0.9,
+        "path": 0.1 + (channel * 7 % 10) / 10,
+        "path_baseline": 0.1,
+        "path_references": 0.9,
     }
 
 

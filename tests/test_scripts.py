@@ -159,6 +159,11 @@ SMOKE: dict[str, Run | str] = {
         ("--steps", "2", "--seeds", "1", "--overhead-steps", "1", "--repeats", "1", "--batch", "1"),
         r"(?s)\| maco \| standard \| -?[0-9.]+ \|.*render / bare: x[0-9.]+ wall",
     ),
+    "calibrate_flags.py": Run(
+        ("--out", "{tmp}/calibrate", "--model", "tiny-cnn", "--layers", "conv2", "--channels", "2")
+        + ("--steps", "4", "--size", "32"),
+        r"any flag +good: \d+/2 \(\d+%\) +adversarial: \d+/2",
+    ),
     "check_demo.py": Run((OUT,), r"2 channels vs \d+ images: ratio min x-?[0-9.]+", after="nightly.sh"),
     "check_optvis.py": Run(
         ("--steps", "2", "--size", "32", "--threads", "1", "--diversity-weights", "5"),

@@ -234,9 +234,9 @@ def test_quality_record_shows_sorts_and_filters_flagged_channels(browser, site: 
     )
     page.fill("#filter", "")
     page.select_option("#show", "all")
-    page.select_option("#sort", "robust_activation:asc")
+    page.select_option("#sort", "robust_relative:asc")
     robust = page.locator("article.ch").evaluate_all(
-        "rows => rows.map(r => JSON.parse(r.dataset.q).robust_activation)"
+        "rows => rows.map(r => JSON.parse(r.dataset.q).robust_relative)"
     )
     assert robust == sorted(robust) and robust[0] < robust[-1]
     first = page.locator("article.ch").first.get_attribute("id")
@@ -245,8 +245,8 @@ def test_quality_record_shows_sorts_and_filters_flagged_channels(browser, site: 
     page.wait_for_function(f"location.hash === '#{first}'")
     table = page.locator("#channel-view table.quality")
     assert table.is_visible()
-    assert "Kept under the check set" in table.inner_text()
-    assert "fails" in table.inner_text()  # the least robust channel fails the 0.8 threshold
+    assert "Kept, relative to its examples" in table.inner_text() and "Natural path" in table.inner_text()
+    assert "fails" in table.inner_text()  # the least robust channel fails the relative threshold
     assert "2AFC from top examples" in table.inner_text() and "95%" in table.inner_text()
     visit.shot("desktop-quality")
     assert visit.errors == []

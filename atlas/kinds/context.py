@@ -68,7 +68,7 @@ def compile_backend(choice: str, device: torch.device) -> str:
 def make_context(spec: JobSpec, device: str = "auto") -> WorkerContext:
     model = spec.model.load(pick_device(device))
     model.compile = compile_backend(spec.execute.compile, model.device)
-    if any(layer.dictionary for layer in spec.layers):
+    if any(layer.derived for layer in spec.layers):
         from atlas.plan.dictionary import attach_layers
 
         attach_layers(model, spec.layers)

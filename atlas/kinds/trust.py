@@ -51,6 +51,8 @@ REFERENCES = 5  # top dataset examples per channel: what natural images of the u
 BASELINE = 24  # random dataset images: the standardization and the baseline of the path check
 LOWER_LAYERS = 3  # layers below the unit whose activation pattern is compared
 MAIN_PICTURE = ("channel", "neuron", "diversity")  # the picture a channel's record describes
+STD_FLOOR = 0.05  # a lower channel's spread over the random images: at least this share of the median
+CLIP = 6.0  # standardized scores beyond this many spreads count as this many
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class TrustWork(Work):
     """Judge a render unit's main pictures against its channels' top examples."""
 
     kind: ClassVar[str] = "trust"
-    version: ClassVar[str] = "1"  # bump when its result changes for the same inputs
+    version: ClassVar[str] = "2"  # bump when its result changes for the same inputs
     render: str  # the render unit's key
     examples: str  # the examples unit's key (the same channels)
     size: int  # the pictures' side: examples are checked at it
@@ -139,10 +141,15 @@ def path_scores(
     pictures: torch.Tensor, references: torch.Tensor, baseline: torch.Tensor
 ) -> tuple[float, float, float]:
     """Cosine similarities with the references' mean pattern, all standardized per dimension over
-    the random images: (the pictures', the random images', the references' own, each against the
-    mean of the others)."""
-    mean, std = baseline.mean(dim=0), baseline.std(dim=0).clamp_min(1e-6)
-    pictures, references, baseline = ((x - mean) / std for x in (pictures, references, baseline))
+    the random images (spreads floored, scores clipped): (the pictures', the random images', the
+    references' own, each against the mean of the others)."""
+    mean, std = baseline.mean(dim=0), baseline.std(dim=0)
+    # A channel almost constant on photos (dead, or silent on this dataset) would turn any change
+    # into a huge score that swamps every other channel: its spread is floored, its scores clipped.
+    std = std.clamp_min(STD_FLOOR * float(std.median()) + 1e-12)
+    pictures, references, baseline = (
+        (x - mean).div(std).clamp(-CLIP, CLIP) for x in (pictures, references, baseline)
+    )
     target = references.mean(dim=0)
     picture = float(_cosines(pictures, target).mean())
     random = float(_cosines(baseline, target).mean())

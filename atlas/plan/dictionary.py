@@ -208,12 +208,17 @@ def layer_dictionary(model: LoadedModel, layer: LayerSpec) -> Dictionary:
 
 
 def attach_layers(model: LoadedModel, layers: Sequence[LayerSpec]) -> tuple[LayerSpec, ...]:
-    """Attach every [[layers]] dictionary; those layers are renamed to their dictionary layers.
+    """Attach every [[layers]] dictionary and SAE; those layers are renamed to the layers they make.
 
     Idempotent (a renamed layer keeps its name), so the driver and every worker attach the same.
     """
+    from atlas.plan.sae import attach_sae, layer_sae
+
     attached = []
     for layer in layers:
+        if layer.sae is not None:
+            attached.append(replace(layer, name=attach_sae(model, layer_sae(model, layer))))
+            continue
         if layer.dictionary is None:
             attached.append(layer)
             continue

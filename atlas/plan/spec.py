@@ -111,8 +111,14 @@ class LayerSpec:
     name: str
     channels: tuple[int, ...] | None = None  # None: every channel of the layer
     dictionary: Path | None = (
-        None  # (K, C) directions that replace the layer's channels (atlas.kinds.actatlas)
+        None  # (K, C) directions that replace the layer's channels (atlas.plan.dictionary)
     )
+    sae: Path | None = None  # a sparse autoencoder whose features replace the channels (atlas.plan.sae)
+
+    @property
+    def derived(self) -> bool:
+        """Whether the entry's units are another layer made from this one (a dictionary or an SAE)."""
+        return self.dictionary is not None or self.sae is not None
 
 
 @FORBID
@@ -372,24 +378,31 @@ def _layers(ctx: _Context, raw: Any) -> tuple[LayerSpec, ...]:
             continue
         if not isinstance(item, dict):
             raise ctx.error("layers", None, f"expected a table or a layer name, got {type_name(item)}", entry)
-        unknown = set(item) - {"name", "channels", "dictionary"}
+        keys = ["name", "channels", "dictionary", "sae"]
+        unknown = set(item) - set(keys)
         if unknown:
             key = sorted(unknown)[0]
             raise ctx.error(
-                "layers",
-                key,
-                f"unknown key. {close_matches(key, ['name', 'channels', 'dictionary'])}"
-                "Valid keys: name, channels, dictionary",
-                entry,
+                "layers", key, f"unknown key. {close_matches(key, keys)}Valid keys: {', '.join(keys)}", entry
             )
         if not isinstance(item.get("dictionary", ""), str):
             raise ctx.error(
                 "layers", "dictionary", "expected a path string to a .npy or .safetensors file", entry
             )
+        if not isinstance(item.get("sae", ""), str):
+            raise ctx.error(
+                "layers", "sae", "expected a path string to an SAE folder, .safetensors or .npz file", entry
+            )
+        if item.get("dictionary") and item.get("sae"):
+            raise ctx.error(
+                "layers", "sae", "give a dictionary or an SAE, not both: one [[layers]] table each", entry
+            )
         if not isinstance(item.get("name"), str) or not item["name"]:
             raise ctx.error("layers", "name", 'every [[layers]] table needs name = "<layer>"', entry)
         dictionary = Path(item["dictionary"]) if item.get("dictionary") else None
-        layers.append(LayerSpec(item["name"], _channels(ctx, item.get("channels", "all"), entry), dictionary))
+        sae = Path(item["sae"]) if item.get("sae") else None
+        channels = _channels(ctx, item.get("channels", "all"), entry)
+        layers.append(LayerSpec(item["name"], channels, dictionary, sae))
     return tuple(layers)
 
 
@@ -474,6 +487,11 @@ def _resolve_paths(ctx: _Context, spec: JobSpec, base: Path) -> JobSpec:
             if not path.is_file():
                 raise ctx.error("layers", "dictionary", f"file {path} does not exist", entry)
             layer = replace(layer, dictionary=path)
+        if layer.sae is not None:
+            path = layer.sae if layer.sae.is_absolute() else base / layer.sae
+            if not path.exists():
+                raise ctx.error("layers", "sae", f"{path} does not exist", entry)
+            layer = replace(layer, sae=path)
         layers.append(layer)
     cost = spec.cost
     if cost.throughput:

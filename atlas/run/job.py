@@ -41,7 +41,7 @@ __all__ = ["Prepared", "job_status", "prepare", "run_job"]
 def prepare(spec: JobSpec) -> Prepared:
     """Load the model on the driver, check the spec against it, open the data, plan the units."""
     model = spec.model.load()
-    if any(layer.dictionary for layer in spec.layers):
+    if any(layer.derived for layer in spec.layers):
         from atlas.plan.dictionary import attach_layers
 
         spec = spec.replace(layers=attach_layers(model, spec.layers))

@@ -155,7 +155,7 @@ class ShardScanner:
         assigned = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(assigned)))
         model = spec.model.load(pick_device(device))
-        if any(layer.dictionary for layer in spec.layers):
+        if any(layer.derived for layer in spec.layers):
             from atlas.plan.dictionary import attach_layers
 
             attach_layers(model, spec.layers)

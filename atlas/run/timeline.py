@@ -206,10 +206,11 @@ def prepare_timeline(spec: JobSpec, store: Store, add: Sequence[Path] = ()) -> T
 
 def run_timeline(spec: JobSpec, add: Sequence[Path] = (), force: bool = False) -> TimelineResult:
     """Probe every checkpoint, render the selected ones, match consecutive ones, keep the series."""
-    if any(layer.dictionary for layer in spec.layers):  # refused before the output folder is claimed
+    if any(layer.derived for layer in spec.layers):  # refused before the output folder is claimed
         raise TimelineError(
             f"{spec.source}: a timeline follows a layer's channels across checkpoints, not a dictionary's "
-            "directions; remove `dictionary` from [[layers]] (`atlas run` renders a dictionary)"
+            "directions or an SAE's features; remove `dictionary` or `sae` from [[layers]] (`atlas run` "
+            "renders them)"
         )
     spec = checked(spec)
     t0 = time.perf_counter()

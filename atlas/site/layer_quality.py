@@ -25,6 +25,9 @@ QUALITY_COLUMNS = [
     "diversity_similarity",
 ]
 TRUST_COLUMNS = ["channel", "examples_robust", "path", "path_baseline", "path_references"]
+# Where the top examples are hardly closer to each other's path than random photos are, the
+# natural-path figure would divide by noise: the record leaves it out.
+PATH_SPREAD = 0.1
 
 
 def _finite(value: float | None) -> float | None:
@@ -79,7 +82,7 @@ def layer_records(store: Store, layer: str, best: Mapping[int, float] | None = N
         if kept is not None and natural is not None and natural > 0:
             record["robust_relative"] = _finite(kept / natural)
         path, low, high = (_finite(row[name]) for name in ("path", "path_baseline", "path_references"))
-        if path is not None and low is not None and high is not None and high > low:
+        if path is not None and low is not None and high is not None and high - low >= PATH_SPREAD:
             record["natural_path"] = (path - low) / (high - low)
             record["natural_path_parts"] = [round(path, 3), round(low, 3), round(high, 3)]
     for channel, proxies in layer_proxies(store, layer).items():

@@ -1,0 +1,224 @@
+"""Sparse autoencoders as units: feature activations exactly as the SAE computes them, from every
+file layout people save, at every width; bad files are one line before any work."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.numpy import save_file
+
+from atlas.cli import main
+from atlas.models import load_model
+from atlas.plan.sae import SaeError, attach_sae, load_sae
+from atlas.store.store import open_store
+
+LAYER, C = "conv2", 32  # tiny-cnn's conv2
+
+
+def _weights(features: int, seed: int, activation: str) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    weights = {
+        "W_enc": rng.normal(0, 1 / np.sqrt(C), (C, features)).astype(np.float32),
+        "b_enc": rng.normal(0, 0.1, features).astype(np.float32),
+        "W_dec": rng.normal(0, 1 / np.sqrt(features), (features, C)).astype(np.float32),
+        "b_dec": rng.normal(0, 0.1, C).astype(np.float32),
+    }
+    if activation == "jumprelu":
+        weights["threshold"] = rng.uniform(0.0, 0.3, features).astype(np.float32)
+    return weights
+
+
+def _save(folder: Path, layout: str, weights: dict, activation: str, k: int, shift: bool) -> Path:
+    """The SAE written as SAELens's folder, a .safetensors file or a .npz file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if layout == "saelens":
+        path = folder / "sae"
+        path.mkdir()
+        save_file(weights, str(path / "sae_weights.safetensors"))
+        config = {"d_in": C, "d_sae": weights["W_enc"].shape[1], "apply_b_dec_to_input": shift}
+        config |= {"architecture": "standard" if activation == "relu" else activation}
+        if activation == "topk":
+            config["activation_fn_kwargs"] = {"k": k}
+        (path / "cfg.json").write_text(json.dumps(config))
+        return path
+    if layout == "safetensors":
+        path = folder / "sae.safetensors"
+        metadata = {"activation": activation, "k": str(k), "apply_b_dec_to_input": str(shift)}
+        save_file(weights, str(path), metadata=metadata)
+        return path
+    path = folder / "sae.npz"
+    np.savez(path, activation=np.array(activation), k=np.array(k), **weights)
+    return path
+
+
+def _formula(
+    acts: torch.Tensor, w: dict[str, np.ndarray], activation: str, k: int, shift: bool
+) -> torch.Tensor:
+    """The SAE written out: (B, C, H, W) layer activations -> (B, K, H, W) feature activations."""
+    x = acts.permute(0, 2, 3, 1).double()
+    if shift:
+        x = x - torch.from_numpy(w["b_dec"]).double()
+    pre = x @ torch.from_numpy(w["W_enc"]).double() + torch.from_numpy(w["b_enc"]).double()
+    if activation == "relu":
+        out = pre.clamp_min(0)
+    elif activation == "jumprelu":
+        out = torch.where(
+            pre > torch.from_numpy(w["threshold"]).double(), pre, torch.zeros_like(pre)
+        ).clamp_min(0)
+    else:
+        kth = pre.topk(k, dim=-1).values[..., -1:]
+        out = torch.where(pre >= kth, pre, torch.zeros_like(pre)).clamp_min(0)
+    return out.permute(0, 3, 1, 2).float()
+
+
+@pytest.mark.parametrize("activation", ["relu", "jumprelu", "topk"])
+@pytest.mark.parametrize("features", [C // 2, C, 64 * C])
+@pytest.mark.parametrize("layout", ["saelens", "safetensors", "npz"])
+def test_feature_activations_are_the_sae_formula(tmp_path, activation, features, layout) -> None:
+    shift = layout != "npz"  # the .npz form has no setting for it: the default, no shift
+    k = max(1, features // 8)
+    weights = _weights(features, hash((activation, features, layout)) % 1000, activation)
+    path = _save(tmp_path, layout, weights, activation, k, shift)
+    model = load_model("tiny-cnn")
+    sae = load_sae(path, LAYER, C)
+    assert (sae.activation, sae.features, sae.apply_b_dec_to_input) == (activation, features, shift)
+    name = attach_sae(model, sae)
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        outputs = model.activations(images, [LAYER, name])
+    expected = _formula(outputs[LAYER], weights, activation, k, shift)
+    assert outputs[name].shape == expected.shape == (3, features, 16, 16)
+    torch.testing.assert_close(outputs[name], expected, atol=2e-5, rtol=1e-4)
+    if activation == "topk":  # at most k features fire at each position
+        assert int((outputs[name] > 0).sum(dim=1).max()) <= k
+    assert model.channels(name) == features
+
+
+def test_the_name_holds_every_setting(tmp_path) -> None:
+    weights = _weights(16, 0, "topk")
+    names = {
+        load_sae(
+            _save(tmp_path / f"{k}{shift}", "safetensors", weights, "topk", k, shift), LAYER, C
+        ).layer_name
+        for k in (2, 3)
+        for shift in (False, True)
+    }
+    assert len(names) == 4 and all(n.startswith("conv2@sae:") for n in names)
+
+
+BAD = {
+    "no decoder bias": (lambda w: w.pop("b_dec"), "relu", 2, "no tensor 'b_dec'"),
+    "W_enc transposed": (
+        lambda w: w.update(W_enc=w["W_enc"].T.copy()),
+        "relu",
+        2,
+        "W_enc has shape [16, 32]",
+    ),
+    "wrong layer width": (
+        lambda w: w.update(b_dec=np.zeros(7, np.float32)),
+        "relu",
+        2,
+        "b_dec has shape [7]",
+    ),
+    "NaN": (lambda w: w["b_enc"].__setitem__(0, np.nan), "relu", 2, "NaN"),
+    "unknown activation": (lambda w: None, "gated", 2, "activation 'gated' is not one of"),
+    "topk without k": (lambda w: None, "topk", 0, "needs k between 1 and 16"),
+    "jumprelu without threshold": (lambda w: None, "jumprelu", 2, "needs a threshold"),
+}
+
+
+def _spec(folder: Path, sae: str, out: str = "out") -> Path:
+    spec = folder / "job.toml"
+    spec.write_text(
+        textwrap.dedent(
+            f"""
+            [job]
+            out = "{folder / out}"
+            [model]
+            name = "tiny-cnn"
+            [[layers]]
+            name = "{LAYER}"
+            sae = "{sae}"
+            channels = "0:4"
+            [render]
+            steps = 4
+            size = 32
+            objectives = ["channel"]
+            [examples]
+            source = "demo"
+            k = 3
+            [interactions]
+            random_directions = 0
+            """
+        )
+    )
+    return spec
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+@pytest.mark.parametrize("layout", ["safetensors", "npz"])
+def test_a_bad_sae_is_one_error_line_before_any_work(tmp_path, case, layout) -> None:
+    change, activation, k, message = BAD[case]
+    weights = _weights(16, 3, "relu")
+    change(weights)
+    path = _save(tmp_path, layout, weights, activation, k, False)
+    result = CliRunner().invoke(main, ["plan", str(_spec(tmp_path, path.name))])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert message in lines[0] and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: (p / "cfg.json").unlink(), "needs cfg.json and sae_weights.safetensors"),
+        (lambda p: (p / "cfg.json").write_text("{not json"), "cfg.json is not readable JSON"),
+        (
+            lambda p: (p / "cfg.json").write_text(json.dumps({"d_in": 99, "architecture": "standard"})),
+            "d_in = 99",
+        ),
+        (
+            lambda p: (p / "sae_weights.safetensors").write_bytes(b"garbage"),
+            "not a readable safetensors file",
+        ),
+    ],
+)
+def test_a_damaged_saelens_folder_says_what_is_wrong(tmp_path, damage, message) -> None:
+    path = _save(tmp_path, "saelens", _weights(16, 4, "relu"), "relu", 0, True)
+    damage(path)
+    with pytest.raises(SaeError, match=message):
+        load_sae(path, LAYER, C)
+
+
+def test_a_missing_sae_and_a_layer_with_both_are_spec_errors(tmp_path) -> None:
+    result = CliRunner().invoke(main, ["plan", str(_spec(tmp_path, "nowhere"))])
+    assert result.exit_code == 2 and "nowhere does not exist" in result.output
+    spec = _spec(tmp_path, "sae.npz")
+    spec.write_text(spec.read_text().replace('sae = "sae.npz"', 'sae = "sae.npz"\ndictionary = "d.npy"'))
+    result = CliRunner().invoke(main, ["plan", str(spec)])
+    assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_an_sae_layer_runs_as_a_job_and_its_examples_rank_by_the_feature(tmp_path) -> None:
+    weights = _weights(C * 2, 5, "topk")
+    _save(tmp_path, "saelens", weights, "topk", 8, True)
+    result = CliRunner().invoke(main, ["run", str(_spec(tmp_path, "sae")), "--no-site"])
+    assert result.exit_code == 0, result.output
+    store = open_store(tmp_path / "out")
+    layers = store.layers("render")
+    assert len(layers) == 1 and layers[0].startswith("conv2@sae:")
+    examples = store.read("examples", layers[0]).to_pylist()
+    tops = {
+        c: [r["activation"] for r in examples if r["channel"] == c and r["bucket"] == "max"] for c in range(4)
+    }
+    assert all(values == sorted(values, reverse=True) for values in tops.values())
+    assert all(v >= 0 for r in examples for v in [r["activation"]])  # a ReLU'd feature is never negative
+    rendered = store.read("render", layers[0]).to_pylist()
+    assert sorted(r["channel"] for r in rendered) == [0, 1, 2, 3]
