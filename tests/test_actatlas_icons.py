@@ -4,7 +4,8 @@ The four-family CNN of tests/families.py, its centred (signed) layer, cells of a
 held-out images. Each icon must be closer (cosine) to its own cell's mean than to the other cells'
 means, and do so better than the baseline any icon should beat: a flat image of the cell's mean
 colour. With the earlier objective (dot product x cosine^2, cosine floored at 1e-4) this model's
-green and blue icons stayed flat grey: 0.77 of the pairs, 3 of 8 own-cell cosines negative.
+icons reached 0.77 of the pairs (the flat colours 0.95), own-cell cosines 0.59 on average and
+-0.31 at worst (scripts/actatlas_icons.py, seed 0; now 0.98, 0.97 and 0.90).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _icons_reach_their_cells() -> None:
     assert [icon.variant for icon in icons] == cells.kept.tolist()
     activations = np.stack([icon.vector for icon in icons])
     own = np.diag(cosine_matrix(activations, cells.means))
-    assert own.min() > 0.5, own  # every icon points toward its cell (the old objective: 3 negative)
+    assert own.min() > 0.5, own  # every icon points toward its cell (the old objective: -0.31)
     pairs, flat_pairs = pairwise_agreement(activations, cells.means), pairwise_agreement(flat, cells.means)
     assert pairs >= 0.85 and pairs > flat_pairs, (pairs, flat_pairs)
     assert agreement(activations, cells.means) > agreement(flat, cells.means)

@@ -4,11 +4,13 @@ Each icon is optimized so that its activation, averaged over positions, reaches 
 activation vector (`atlas.optvis.objectives.mean_match`): the cell mean is the average of the
 activations of the images in the cell, so the icon is made to activate the layer as they do on
 average. The Activation Atlas article's objective, the dot product with the cell mean times a
-power of the cosine (`direction` with `cosine_power`), has practically no gradient where the cosine is at or
-below zero: on a centred (signed) layer an icon whose start points away from its cell never moved,
-and icons of a four-family model agreed with their cells at chance (BENCHMARKS.md, "Activation-atlas
-icons reach their cells"). Icons use the job's parameterization, transforms and batch size
-(`atlas.optvis.render_vectors`), so they batch exactly like channels do.
+power of the cosine (`direction` with `cosine_power`, the cosine floored at 1e-4), has practically
+no gradient where the cosine is at or below zero: on a centred (signed) layer an icon whose start
+points away from its cell barely moves, and some stayed flat grey (BENCHMARKS.md,
+"Activation-atlas icons reach their cells"). The distance to the cell mean has a gradient
+wherever the icon is not there yet, whichever way it starts. Icons use the job's
+parameterization, transforms and batch size (`atlas.optvis.render_vectors`), so they batch
+exactly like channels do.
 
 `agreement` is the check that icons show their own cell: the fraction of icons whose activation
 is more cosine-similar to their own cell's direction than to any other cell's; `pairwise_agreement`
