@@ -2,7 +2,8 @@
 
 For every stored icon: the mean activation vector of the icon image (as stored, PNG) at the atlas
 layer, and the fraction of icons more cosine-similar to their own cell's mean than to any other
-cell's (`atlas.kinds.actatlas.icons.agreement`); the same with the cells shuffled is the negative control.
+cell's (`atlas.kinds.actatlas.icons.agreement`); the same with the cells shuffled is the negative control;
+`agreement_pairs`, the fraction of (icon, other cell) pairs where the icon is closer to its own cell.
 
     PYTHONPATH=$PWD python scripts/actatlas_agreement.py /tmp/aa-demo/out _blocks.5
 """
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from atlas.kinds.actatlas.icons import agreement
+from atlas.kinds.actatlas.icons import agreement, pairwise_agreement
 from atlas.models import load_model
 from atlas.store.store import open_store
 
@@ -47,6 +48,7 @@ def main() -> None:
         "agreement": agreement(acts, means),
         "agreement_shuffled": agreement(acts, np.roll(means, 1, axis=0)),
         "chance": 1 / len(icons),
+        "agreement_pairs": pairwise_agreement(acts, means),  # chance 0.5
     }
     print(json.dumps(figures))
 

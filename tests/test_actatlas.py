@@ -311,7 +311,7 @@ def test_atlas_runs_end_to_end_on_a_vit_token_layer() -> None:
     cells = grid(coords, vectors, 2, min_count=2)
     assert cells.counts.sum() == 16 and len(cells.kept) >= 2
     settings = replace(RenderSpec(), steps=2, size=224, batch=4)  # a ViT takes 224 x 224 only
-    work = IconsWork("grid-key", 2, settings, 2.0)
+    work = IconsWork("grid-key", 2, settings)
     unit = make_unit("digest", "blocks.1", cells.kept.tolist(), work, inputs=(cells.means, vectors.mean(0)))
     icons = icons_tables(model, unit, work)["icons"]
     assert icons.column("cell").to_pylist() == cells.kept.tolist()

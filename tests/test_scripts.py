@@ -85,6 +85,7 @@ SMOKE: dict[str, Run | str] = {
     "actatlas_agreement.py": Run(
         (OUT, "conv2"), r'"agreement": [0-9.]+, "agreement_shuffled"', after="nightly.sh"
     ),
+    "actatlas_icons.py": Run(("--seeds", "0", "--steps", "8"), r'"new_beats_flat_pairs": \d+'),
     "actatlas_cost.py": Run(
         (*TINY, "--images", "8", "--icons", "1", "--steps", "2", "--size", "32", "--grid", "4"),
         r'"icons_agreement": [0-9.]+',

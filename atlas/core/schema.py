@@ -452,7 +452,7 @@ TABLES = {
             "layer": "layer name",
             "grid": "grid size",
             "cell": "the cell",
-            "image": "PNG, optimized toward the cell's mean (dot product x cosine^cosine_power)",
+            "image": "PNG, optimized so that its activation averaged over positions reaches the cell's mean (objectives.mean_match)",
             "activation": "dot product of the icon's mean activation vector with the cell mean (not divided by the mean's norm: the objective's scale; `cosine` is the scale-free figure)",
             "cosine": "cosine of the icon's mean activation vector with the cell mean",
             "class": "the class whose logit the cell's direction raises most, through the rest of the network",

@@ -413,6 +413,34 @@ def direction(layer: str, vectors: torch.Tensor, batch: Batch = None, cosine_pow
     )
 
 
+def mean_match(layer: str, targets: torch.Tensor, batch: Batch = None) -> Objective:
+    """How close the activation averaged over positions comes to a target vector (higher: closer).
+
+    ``targets`` is (C,) for every bound element or (k, C), one per bound element. The score is
+    minus the squared distance of the spatially averaged activation from the target, divided by
+    the target's squared norm: 0 when they are equal, -1 for an activation of zero. Its gradient
+    is the remaining difference, which vanishes only at the target: an image whose activation
+    starts pointing away from the target (a signed layer, any start) is pulled toward it as
+    strongly as one that starts close, and the score does not depend on where the layer's origin
+    is (a centred or an all-positive layer alike). Activation atlas icons use it with cell means.
+    """
+    targets = targets.float()
+    matrix = targets if targets.ndim == 2 else targets[None]
+
+    def select(acts: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        per_element = matrix.expand(len(indices), -1) if len(matrix) == 1 else matrix
+        if len(per_element) != len(indices):
+            raise ObjectiveError(f"{len(per_element)} targets given for {len(indices)} bound elements")
+        per_element = to_device(per_element, acts.device)
+        mean = acts.float().mean(dim=(2, 3))
+        scale = per_element.pow(2).sum(dim=1).clamp_min(1e-12)
+        return -(mean - per_element).pow(2).sum(dim=1) / scale
+
+    return _layer_objective(
+        layer, batch, f"mean match {layer}", select, (_direction_check(layer, matrix.shape[1]),)
+    )
+
+
 def random_unit_vectors(channels: int, count: int, seed: int) -> torch.Tensor:
     """``count`` seeded random unit vectors (count, channels): the 'random directions' baseline."""
     generator = torch.Generator(device="cpu").manual_seed(seed)

@@ -334,9 +334,12 @@ def render_vectors(
     objective: str,
     cosine_power: float = 0.0,
     variants: Sequence[int] | None = None,
+    match: bool = False,
 ) -> list[RenderedImage]:
     """Feature visualizations of the rows of ``vectors`` (n, C), ``settings.batch`` at a time.
 
+    Each image goes along its row (`obj.direction` with ``cosine_power``) or, with ``match``, to
+    its row (`obj.mean_match`: its activation averaged over positions made equal to the row).
     Rows are channel -1 with ``objective`` as their objective name and ``variants`` (default: the
     row index) as their variant. ``activation`` is the dot product of the final image's
     activations, averaged over positions, with the vector: a projection only for a unit vector
@@ -350,7 +353,7 @@ def render_vectors(
         names = list(labels[start : start + len(chunk)])
         result = render_objective(
             model,
-            obj.direction(layer, chunk, cosine_power=cosine_power),
+            obj.mean_match(layer, chunk) if match else obj.direction(layer, chunk, cosine_power=cosine_power),
             settings,
             len(chunk),
             settings.seed + index,

@@ -186,6 +186,8 @@ class ActivationAtlasSpec:
     n_neighbors: Annotated[Int, Ge(2)] = 20
     min_dist: Annotated[Number, Ge(0)] = 0.01
     min_count: Annotated[Int, Ge(1)] = 3  # cells with fewer samples are dropped (and counted)
+    # Unused since icons match their cell's mean (atlas.kinds.actatlas.icons); still accepted so
+    # that job files written for the earlier dot x cosine^power objective parse.
     cosine_power: Annotated[Number, Ge(0)] = 2.0
     icons: Bool = True
 

@@ -111,21 +111,20 @@ class IconsWork(Work):
     """Icons of a chunk of a grid's kept cells; `inputs` are their mean vectors."""
 
     kind: ClassVar[str] = "icons"
-    version: ClassVar[str] = "2"  # bump when its result changes for the same inputs
+    version: ClassVar[str] = "3"  # bump when its result changes for the same inputs (3: mean_match)
     grid: str  # the grid unit's key
     size: int
     render: RenderSpec
-    cosine_power: float
 
     def key_settings(self) -> dict[str, Any]:
-        return {**render_key_settings(self.render), "grid": self.grid, "cosine_power": self.cosine_power}
+        return {**render_key_settings(self.render), "grid": self.grid}
 
 
 def icons_tables(model: LoadedModel, unit: Unit, work: IconsWork) -> dict[str, pa.Table]:
     """The `icons` table of one icons unit (its worker handler)."""
     means, baseline = (np.asarray(a, np.float32) for a in unit.inputs)
     gains = class_gains(model, unit.layer, means, baseline)
-    icons = render_icons(model, unit.layer, means, unit.channels, work.render, work.cosine_power)
+    icons = render_icons(model, unit.layer, means, unit.channels, work.render)
     activations = np.stack([icon.vector for icon in icons])
     own = np.diag(cosine_matrix(activations, means))
     table = {
@@ -341,7 +340,7 @@ def _icon_units(spec: JobSpec, digest: str, layer: str, size: int, grid_key: str
     means = np.array(cells.column("mean").to_pylist(), np.float32)
     counts = cells.column("count").to_numpy()
     baseline = (means * counts[:, None]).sum(axis=0) / counts.sum()  # the mean of the kept samples
-    work = IconsWork(grid_key, size, spec.render, spec.activation_atlas.cosine_power)
+    work = IconsWork(grid_key, size, spec.render)
     return [
         make_unit(
             digest, layer, ids[i : i + ICONS_PER_UNIT], work, inputs=(means[i : i + ICONS_PER_UNIT], baseline)
