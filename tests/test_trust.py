@@ -56,11 +56,11 @@ def test_lower_layers_are_spread_over_the_layers_before_the_unit(
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10_000), dims=st.integers(3, 40), refs=st.integers(2, 8))
 def test_path_scores_do_not_depend_on_the_units_of_each_dimension(seed: int, dims: int, refs: int) -> None:
-    """Patterns are standardized over the random images: rescaling or shifting a lower channel
-    (a batch norm's job) changes nothing."""
+    """Patterns are standardized over the random images: shifting a lower channel (a bias) or
+    rescaling the whole layer changes nothing."""
     rng = np.random.default_rng(seed)
     base, references, picture = (torch.from_numpy(rng.normal(size=(n, dims))) for n in (24, refs, 1))
-    scale = torch.from_numpy(rng.uniform(0.01, 100, dims))
+    scale = float(rng.uniform(0.01, 100))
     shift = torch.from_numpy(rng.normal(0, 50, dims))
     plain = path_scores(picture, references, base)
     moved = path_scores(picture * scale + shift, references * scale + shift, base * scale + shift)

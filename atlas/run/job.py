@@ -26,7 +26,7 @@ from atlas.plan.kinds import UNIT_KINDS, PlanInputs
 from atlas.plan.spec import JobSpec, LayerSpec, check_against_model, follow_model, spec_to_dict
 from atlas.plan.units import ModelFacts, Unit, make_plan, plan_phase
 from atlas.run.driver import Driver, checked, writing
-from atlas.run.phases import INPUTS, RUNNERS, STAGES, Prepared, finished_keys
+from atlas.run.phases import INPUTS, RUNNERS, STAGES, Prepared
 from atlas.run.report import JobResult
 from atlas.site.columns import atlas_columns, columns_json
 from atlas.store.retention import apply_retention
@@ -124,6 +124,21 @@ def _direction_names(model: LoadedModel, layer: LayerSpec) -> list[str]:
     from atlas.plan.dictionary import layer_dictionary
 
     return list(layer_dictionary(model, layer).names)
+
+
+def finished_keys(store: Store, units: Sequence[Unit], complete: bool = False) -> dict[str, tuple[str, ...]]:
+    """The keys of `units` that are stored, by kind (checked, or written, by their phase). With
+    `complete`, only kinds whose every unit is stored: what `atlas status` can plan from."""
+    unfinished = set(store.pending([u.key for u in units]))
+    by_kind: dict[str, list[str]] = {}
+    incomplete = set()
+    for unit in units:
+        by_kind.setdefault(unit.kind, [])
+        if unit.key in unfinished:
+            incomplete.add(unit.kind)
+        else:
+            by_kind[unit.kind].append(unit.key)
+    return {k: tuple(v) for k, v in by_kind.items() if not complete or k not in incomplete}
 
 
 def run_first(driver: Driver, prepared: Prepared, only: tuple[str, ...] | None) -> None:

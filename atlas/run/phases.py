@@ -112,10 +112,11 @@ def _atlas_run(driver: Driver, prepared: Prepared, finished: dict[str, tuple[str
     return run_atlas(spec, prepared.facts.digest, driver.store, scans, driver, context)
 
 
-def _stored_trust_inputs(
-    prepared: Prepared, store: Store, finished: dict[str, tuple[str, ...]]
+def _trust_units(
+    prepared: Prepared, finished: dict[str, tuple[str, ...]], store: Store | None = None
 ) -> list[Unit]:
-    """The trust units whose render and examples units are stored."""
+    """The trust units of the `finished` render units and of the examples units planned from
+    `finished` (only those stored in `store`, when given)."""
     if not prepared.spec.examples.enabled or prepared.source is None:
         return []
     from atlas.kinds.trust import trust_units
@@ -123,39 +124,26 @@ def _stored_trust_inputs(
     done = set(finished.get("render", ()))
     renders = [unit for unit in prepared.plan.by_kind("render") if unit.key in done]
     merged = plan_phase("merge", prepared.spec, prepared.facts, PlanInputs(finished=finished))
-    candidates = [unit for unit in merged if unit.kind == "examples"]
-    missing = set(store.pending([unit.key for unit in candidates]))
-    examples = [unit for unit in candidates if unit.key not in missing]
+    examples = [unit for unit in merged if unit.kind == "examples"]
+    if store is not None:
+        missing = set(store.pending([unit.key for unit in examples]))
+        examples = [unit for unit in examples if unit.key not in missing]
     return trust_units(
         prepared.spec, prepared.facts.digest, prepared.model, prepared.source, renders, examples
     )
 
 
-def finished_keys(store: Store, units: Sequence[Unit], complete: bool = False) -> dict[str, tuple[str, ...]]:
-    """The keys of `units` that are stored, by kind (checked, or written, by their phase). With
-    `complete`, only kinds whose every unit is stored: what `atlas status` can plan from."""
-    unfinished = set(store.pending([u.key for u in units]))
-    by_kind: dict[str, list[str]] = {}
-    incomplete = set()
-    for unit in units:
-        by_kind.setdefault(unit.kind, [])
-        if unit.key in unfinished:
-            incomplete.add(unit.kind)
-        else:
-            by_kind[unit.kind].append(unit.key)
-    return {k: tuple(v) for k, v in by_kind.items() if not complete or k not in incomplete}
-
-
 def _trust_announced(prepared: Prepared, store: Store) -> list[Unit]:
-    """The trust units of the render and examples units stored now."""
-    return _stored_trust_inputs(prepared, store, finished_keys(store, prepared.plan.units))
+    """Every trust unit the job will have once its renders and examples are all stored: their keys
+    are known from the plan, so the progress total counts them from the start."""
+    return _trust_units(prepared, prepared.plan.keys())
 
 
 def _trust_run(driver: Driver, prepared: Prepared, finished: dict[str, tuple[str, ...]]) -> set[str]:
     """Judge the stored pictures against their channels' stored top examples; returns the keys."""
     from atlas.kinds.trust import read_inputs
 
-    units = _stored_trust_inputs(prepared, driver.store, finished)
+    units = _trust_units(prepared, finished, driver.store)
     driver.execute([read_inputs(driver.store, unit) for unit in driver.pending(units)])
     return {unit.key for unit in units}
 
