@@ -11,9 +11,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import save_file
+from torch import nn
 
+from atlas.api import as_model
 from atlas.cli import main
+from atlas.kinds.features import logit_effects, nearest_features
 from atlas.models import load_model
 from atlas.plan.sae import SaeError, attach_sae, load_sae
 from atlas.store.store import open_store
@@ -222,3 +227,60 @@ def test_an_sae_layer_runs_as_a_job_and_its_examples_rank_by_the_feature(tmp_pat
     assert all(v >= 0 for r in examples for v in [r["activation"]])  # a ReLU'd feature is never negative
     rendered = store.read("render", layers[0]).to_pylist()
     assert sorted(r["channel"] for r in rendered) == [0, 1, 2, 3]
+    features = {r["channel"]: r for r in store.read("features", layers[0]).to_pylist()}
+    unit = weights["W_dec"] / np.linalg.norm(weights["W_dec"], axis=1, keepdims=True)
+    for channel, row in features.items():
+        cosines = unit @ unit[channel]
+        cosines[channel] = -np.inf
+        assert row["nearest"] == list(np.argsort(-cosines)[:5])
+        assert (
+            row["raises_by"] == sorted(row["raises_by"], reverse=True)
+            and row["lowers_by"][0] <= row["raises_by"][-1]
+        )
+    assert sorted(features) == [0, 1, 2, 3]
+    built = CliRunner().invoke(main, ["site", str(tmp_path / "out")])
+    assert built.exit_code == 0, built.output
+    page = next((tmp_path / "out" / "site").glob("conv2-sae*.html")).read_text()
+    assert page.count("data-features=") == 4
+
+
+@settings(max_examples=25, deadline=None)
+@given(features=st.integers(2, 300), width=st.integers(1, 24), seed=st.integers(0, 1000), data=st.data())
+def test_nearest_features_are_the_highest_decoder_cosines(features: int, width: int, seed: int, data) -> None:
+    decoder = torch.from_numpy(np.random.default_rng(seed).normal(size=(features, width)).astype(np.float32))
+    asked = data.draw(st.lists(st.integers(0, features - 1), min_size=1, max_size=20, unique=True))
+    near, cosine = nearest_features(decoder, asked, 5)
+    unit = (decoder / decoder.norm(dim=1, keepdim=True)).double().numpy()
+    for row, feature in enumerate(asked):
+        expected = unit @ unit[feature]
+        expected[feature] = -np.inf
+        count = min(5, features - 1)
+        assert feature not in near[row] and len(near[row]) == count
+        np.testing.assert_allclose(cosine[row], np.sort(expected)[::-1][:count], atol=1e-5)
+
+
+class _LinearHead(nn.Module):
+    """A layer `feat` read by a linear head through a spatial mean: a known logit effect."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.feat = nn.Conv2d(3, 4, 1)
+        self.head = nn.Linear(4, 6)
+        self.input_size = 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.feat(x).mean(dim=(2, 3)))
+
+
+def test_a_decoder_direction_moves_the_logits_as_the_network_says() -> None:
+    module = _LinearHead().eval()
+    model = as_model(module, device="cpu")
+    decoder = torch.randn(5, 4, generator=torch.Generator().manual_seed(2))
+    effects = logit_effects(model, "feat", decoder, [0, 3, 4])
+    with torch.no_grad():
+        grey = model.normalize(torch.full((1, 3, 16, 16), 0.5))
+        scale = float(module.feat(grey).flatten(2).norm(dim=1).mean())
+        for row, feature in enumerate([0, 3, 4]):
+            direction = scale * decoder[feature] / decoder[feature].norm()
+            np.testing.assert_allclose(effects[row], (module.head.weight @ direction).numpy(), atol=1e-4)

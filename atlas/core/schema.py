@@ -81,6 +81,21 @@ TRUST_SCHEMA = pa.schema(
     ]
 )
 
+# One row per requested feature of an SAE layer (atlas/kinds/features.py).
+FEATURES_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("channel", pa.int32()),
+        ("nearest", pa.list_(pa.int32())),
+        ("nearest_cosine", pa.list_(pa.float32())),
+        ("raises", pa.list_(pa.int32())),
+        ("raises_by", pa.list_(pa.float32())),
+        ("lowers", pa.list_(pa.int32())),
+        ("lowers_by", pa.list_(pa.float32())),
+        ("unit_key", pa.string()),
+    ]
+)
+
 SKIPPED_SCHEMA = pa.schema(
     [
         ("source_id", pa.string()),
@@ -306,6 +321,23 @@ TABLES = {
             "path_baseline": "the same similarity for random dataset images, averaged",
             "path_references": "the same similarity for the top examples, each against the mean of the others",
             "unit_key": "the trust unit",
+        },
+    ),
+    "features": StoredTable(
+        FEATURES_SCHEMA,
+        "one row per requested feature of an SAE layer (`[[layers]] sae`)",
+        {
+            "layer": "the SAE layer, `<layer>@<stem>:<hash>`",
+            "channel": "the feature",
+            "nearest": "the features whose decoder directions have the highest cosine with this one's, best first",
+            "nearest_cosine": "those cosines",
+            "raises": "the classes whose logits rise most when the decoder direction (scaled to the mean length "
+            "of the layer's position vectors on a mid-grey image) is added to the layer's output at every "
+            "position, best first",
+            "raises_by": "those logit changes",
+            "lowers": "the classes whose logits fall most, the same way",
+            "lowers_by": "those logit changes (negative)",
+            "unit_key": "the features unit",
         },
     ),
     "skipped": StoredTable(

@@ -2,6 +2,7 @@
 implementation. Importing this package registers every built-in kind."""
 
 from atlas.kinds import (
+    features,  # noqa: F401
     render,  # noqa: F401
     trust,  # noqa: F401
 )

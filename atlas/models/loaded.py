@@ -182,6 +182,11 @@ class LoadedModel:
             self.__dict__.pop(found, None)
         self._subnets.clear()
 
+    def derived(self, name: str) -> nn.Module | None:
+        """The module of a derived layer (a dictionary's projection, an SAE's encoder), else None."""
+        found = self._derived.get(name)
+        return found[2] if found else None
+
     def _derive(self, name: str, source_out: torch.Tensor) -> torch.Tensor:
         """The derived layer ``name`` from its source's raw output."""
         source, layout, module = self._derived[name]

@@ -86,6 +86,7 @@ class SaeEncoder(nn.Module):
         self.register_buffer("w_enc", torch.from_numpy(sae.w_enc))
         self.register_buffer("b_enc", torch.from_numpy(sae.b_enc))
         self.register_buffer("b_dec", torch.from_numpy(sae.b_dec))
+        self.register_buffer("w_dec", torch.from_numpy(sae.w_dec))  # what a feature writes back
         threshold = sae.threshold if sae.threshold is not None else np.zeros(0, np.float32)
         self.register_buffer("threshold", torch.from_numpy(threshold))
 

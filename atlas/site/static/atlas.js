@@ -209,6 +209,31 @@
       return figure;
     }
 
+    // An SAE feature: the features its decoder direction is closest to, the classes it moves.
+    function featuresFigure(row) {
+      const found = JSON.parse(row.dataset.features);
+      const figure = make("section", "features");
+      figure.appendChild(make("h3", "group-title", "What the feature writes back"));
+      const near = make("p", "");
+      near.appendChild(document.createTextNode("Nearest features by decoder cosine: "));
+      found.near.forEach(function (pair, index) {
+        const link = make("a", "", "#" + pair[0]);
+        link.href = "#channel-" + pair[0];
+        if (index) near.appendChild(document.createTextNode(", "));
+        near.appendChild(link);
+        near.appendChild(document.createTextNode(" " + pair[1]));
+      });
+      figure.appendChild(near);
+      [["up", "Raises the logits of classes "], ["down", "Lowers the logits of classes "]].forEach(function (part) {
+        figure.appendChild(make("p", "", part[1] + found[part[0]].map(function (pair) {
+          return pair[0] + " (" + (pair[1] > 0 ? "+" : "") + pair[1] + ")";
+        }).join(", ")));
+      });
+      figure.appendChild(make("p", "defs", "Logit changes when the decoder direction, scaled to the " +
+        "layer's typical activation length, is added at every position of a mid-grey image."));
+      return figure;
+    }
+
     function fill(row) {
       const channel = row.id.slice("channel-".length);
       title.textContent = "Channel " + channel + (row.dataset.name ? " · " + row.dataset.name : "");
@@ -239,6 +264,7 @@
       const svg = row.querySelector("svg.hist");
       if (svg) body.appendChild(histogramFigure(svg));
       if (row.dataset.places) body.appendChild(placesFigure(row));
+      if (row.dataset.features) body.appendChild(featuresFigure(row));
       const quality = qualityFigure(row);
       if (quality) {
         body.appendChild(make("h3", "group-title", "flags" in row.dataset
