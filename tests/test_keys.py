@@ -27,9 +27,9 @@ PINNED = [
     ("pair _blocks.5 0..1", "pair-149ee817721796bc7641"),
     ("scan *", "scan-8dd5f018f6545fcde6d6"),
     ("scan *", "scan-2cfd17712cb09d1894cf"),
-    ("examples _blocks.3 0..3", "examples-8ac09cbd3d668003eb35"),
-    ("examples _blocks.5 0..3", "examples-207e2e7ea6e8b9e12809"),
-    ("examples _blocks.9 0..3", "examples-eea0f39d2c7ea18a1ee6"),
+    ("examples _blocks.3 0..3", "examples-bf686397a7a3b7bacb32"),
+    ("examples _blocks.5 0..3", "examples-405e85ff801848115820"),
+    ("examples _blocks.9 0..3", "examples-ea36b9243e67aaebbfa0"),
 ]
 
 

@@ -13,9 +13,11 @@ import torch
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from safetensors.numpy import save_file
 from torch import nn
 
+import atlas
 from atlas.api import as_model
 from atlas.cli import main
 from atlas.kinds.features import logit_effects, nearest_features
@@ -241,7 +243,10 @@ def test_an_sae_layer_runs_as_a_job_and_its_examples_rank_by_the_feature(tmp_pat
     built = CliRunner().invoke(main, ["site", str(tmp_path / "out")])
     assert built.exit_code == 0, built.output
     page = next((tmp_path / "out" / "site").glob("conv2-sae*.html")).read_text()
-    assert page.count("data-features=") == 4
+    assert page.count("data-features=") == 4 and page.count("data-active=") == 4
+    actives = store.read("histogram", layers[0]).column("active").to_pylist()
+    assert len(actives) == 4 and all(0 <= a <= 1 for a in actives)
+    assert 'class="health">Of 4 features scanned' in page
 
 
 @settings(max_examples=25, deadline=None)
@@ -284,3 +289,27 @@ def test_a_decoder_direction_moves_the_logits_as_the_network_says() -> None:
         for row, feature in enumerate([0, 3, 4]):
             direction = scale * decoder[feature] / decoder[feature].norm()
             np.testing.assert_allclose(effects[row], (module.head.weight @ direction).numpy(), atol=1e-4)
+
+
+def test_the_share_of_positions_a_unit_fires_at_is_counted_exactly() -> None:
+    """`histogram.active`: positions at least 2^-10, over every position of every image."""
+    model = load_model("tiny-cnn")
+    size = model.input_size
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (6, size, size, 3), dtype=np.uint8)
+    found = atlas.examples(model, "relu2", [Image.fromarray(p) for p in pixels], k=2, progress=False)
+    active = dict(
+        zip(
+            found.histograms.column("channel").to_pylist(),
+            found.histograms.column("active").to_pylist(),
+            strict=True,
+        )
+    )
+    with torch.no_grad():
+        maps = model.activations(torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255, ["relu2"])[
+            "relu2"
+        ]
+    expected = (maps >= 2.0**-10).float().mean(dim=(0, 2, 3))
+    assert sorted(active) == list(range(maps.shape[1]))
+    np.testing.assert_allclose([active[c] for c in range(maps.shape[1])], expected.numpy(), atol=1e-6)
+    assert min(active.values()) < max(active.values())  # some channels fire more often than others

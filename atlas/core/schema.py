@@ -48,6 +48,7 @@ HISTOGRAM_SCHEMA = pa.schema(
         ("channel", pa.int32()),
         ("edges", pa.list_(pa.float32())),
         ("counts", pa.list_(pa.int64())),
+        ("active", pa.float32()),
         ("unit_key", pa.string()),
     ]
 )
@@ -281,6 +282,8 @@ TABLES = {
             "channel": "channel; random direction i is channel -1 - i",
             "edges": "bin edges, roughly log-spaced; the outer ones are the true minimum and maximum",
             "counts": "positions (of every image) per bin",
+            "active": "share of those positions where the activation is at least 2^-10 (about 0.001): "
+            "where the unit fires (null in stores written before it was recorded)",
             "unit_key": "content key of the unit that wrote the row",
         },
     ),

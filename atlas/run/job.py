@@ -88,6 +88,7 @@ def job_info(prepared: Prepared, started: str, finished: str | None = None) -> d
                 "width": info.width if info else 0,
                 "layout": info.layout if info else "map",
                 **({"names": _direction_names(model, layer)} if layer.dictionary else {}),
+                **({"sae": True} if layer.sae else {}),  # its units are an SAE's features
             }
         )
     return {

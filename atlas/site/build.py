@@ -28,7 +28,7 @@ from atlas.site.actatlas import Dictionary, read_atlas, read_places
 from atlas.site.changes import build_summary, channel_ranges, diff_builds, load_summary
 from atlas.site.channels import BUCKETS, ChannelEntry, PreviousSprites, read_layer
 from atlas.site.columns import Column, job_columns
-from atlas.site.features import read_features
+from atlas.site.features import feature_health, read_features
 from atlas.site.images import LayerImages, Picture
 from atlas.site.interactions import read_interactions
 from atlas.site.paging import SEARCH_FILE, Page, ranges, split, write_search
@@ -328,6 +328,7 @@ def _build_layer(
         "names": layer.get("names") or [],
         "places": places,
         "features": read_features(store, summary.name),  # an SAE layer's decoder neighbours, logit effects
+        "health": feature_health(channels) if layer.get("sae") else None,
         "atlas_page": f"{slugs[atlas_layer]}.atlas.html" if atlas_layer in slugs else "",
         "views": layer_views(store, summary.name),  # units of kinds with a registered view
         "fits": fits,

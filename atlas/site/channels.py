@@ -31,7 +31,7 @@ RENDER_COLUMNS = ["channel", "channel_b", "objective", "variant", "label", "imag
 EXAMPLE_COLUMNS = ["channel", "bucket", "rank", "activation", "source_id", "x", "y", "crop"]
 SPRITE_FORMAT = 1  # bump when sprites are drawn differently, so earlier ones are not reused
 LOSS_POINTS = 48  # a loss curve is drawn from this many samples: enough for its shape
-HISTOGRAM_COLUMNS = ["channel", "edges", "counts"]
+HISTOGRAM_COLUMNS = ["channel", "edges", "counts", "active"]
 # What the first pass reads (no pixels), and the one column of pictures per table kind.
 RENDER_NUMBERS = ["channel", "objective", "variant", "activation", "loss"]
 PEAK_COLUMNS = ["channel", "objective", "variant", "peak_activation"]
@@ -56,6 +56,8 @@ class ChannelEntry:
     # ranking cannot break, e.g. the bottom of a ReLU channel, where any image that leaves the
     # channel at 0 everywhere qualifies; the page says so instead of showing arbitrary images.
     ties: dict[str, float] = field(default_factory=dict)
+    # Share of the dataset's positions where the channel is at least 2^-10 (None: not recorded).
+    active: float | None = None
     histogram: HistogramShape | None = None
     # Loaded by the channel view only (details.js): loss curves per objective and, per bucket,
     # where each example comes from as [source_id, x, y].
@@ -165,11 +167,12 @@ def read_layer(
         else:
             to_compose.append(entry)
     _compose_sprites(store, to_compose, rows, layout, diverse, images)
-    for table in store.read_layer("histogram", layer, HISTOGRAM_COLUMNS):
-        for row in table.to_pylist():
+    for table in store.read_layer("histogram", layer):  # every column: `active` is newer than some stores
+        for row in table.select([c for c in HISTOGRAM_COLUMNS if c in table.column_names]).to_pylist():
             if row["channel"] >= 0:
                 entry = entries.setdefault(row["channel"], ChannelEntry(row["channel"]))
                 entry.histogram = histogram_shape(row["edges"], row["counts"])
+                entry.active = row.get("active")
     return LayerContent(
         [entries[c] for c in sorted(entries)], layout, interaction_renders, direction_examples
     )

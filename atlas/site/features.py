@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from atlas.site.channels import ChannelEntry
 from atlas.store.store import Store
+
+FIRES = 2.0**-10  # a feature fires where it is at least this (the histogram's first bin above 0)
+DENSE = 0.10  # a feature active at more than this share of positions is dense
 
 COLUMNS = ["channel", "nearest", "nearest_cosine", "raises", "raises_by", "lowers", "lowers_by"]
 
@@ -23,3 +29,19 @@ def read_features(store: Store, layer: str) -> dict[int, dict[str, list]]:
             )
         }
     return found
+
+
+def feature_health(channels: Sequence[ChannelEntry]) -> dict[str, list[int] | int]:
+    """An SAE layer's dead features (never firing on the dataset) and dense ones (firing at more
+    than DENSE of all positions), from the scan's histograms (else the best example's value)."""
+    dead, dense, recorded = [], [], 0
+    for entry in channels:
+        best = entry.values.get("max", (None,))[0]
+        if entry.active is None and best is None:
+            continue
+        recorded += 1
+        if (entry.active == 0.0) if entry.active is not None else best < FIRES:
+            dead.append(entry.channel)
+        elif entry.active is not None and entry.active > DENSE:
+            dense.append(entry.channel)
+    return {"recorded": recorded, "dead": dead, "dense": dense}

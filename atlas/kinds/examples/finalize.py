@@ -18,7 +18,7 @@ from PIL import Image
 from atlas.core.schema import EXAMPLES_SCHEMA, HISTOGRAM_SCHEMA, keyed_table
 from atlas.data.source import ImageSource, png, view_crop
 from atlas.kinds.examples import heatmaps
-from atlas.kinds.examples.partial import HIST_EDGES, LayerScan, PartialScan, ScanError, base_layer
+from atlas.kinds.examples.partial import HIST_BINS, HIST_EDGES, LayerScan, PartialScan, ScanError, base_layer
 from atlas.models import LoadedModel
 from atlas.models.receptive import ReceptiveField, receptive_field
 
@@ -100,6 +100,7 @@ def finalize_layer(
             "channel": pa.array(wanted, pa.int32()),
             "edges": pa.array([h[0] for h in histograms], pa.list_(pa.float32())),
             "counts": pa.array([h[1] for h in histograms], pa.list_(pa.int64())),
+            "active": pa.array([active_share(scan, c) for c in wanted], pa.float32()),
         },
         HISTOGRAM_SCHEMA,
         unit_key,
@@ -174,6 +175,14 @@ def _cut(
         thumb.thumbnail((thumb_size, thumb_size), Image.Resampling.BICUBIC)
         cut[source_id] = (crops, png(thumb))
     return cut
+
+
+def active_share(scan: LayerScan, channel: int) -> float:
+    """Share of every position of every image where the channel is at least 2^-10: the fine
+    histogram's bins above [0, 2^-10), which holds the exact zeros of a ReLU (or SAE) unit."""
+    counts = scan.histogram[channel]
+    total = int(counts.sum())
+    return float(counts[HIST_BINS // 2 + 1 :].sum()) / total if total else 0.0
 
 
 def _coarse_histogram(scan: LayerScan, channel: int, bins: int) -> tuple[list[float], list[int]]:

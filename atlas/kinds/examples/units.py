@@ -54,7 +54,7 @@ class ExamplesWork(Work):
     """Crop the chosen examples of a chunk of a layer's channels from the merged scans."""
 
     kind: ClassVar[str] = "examples"
-    version: ClassVar[str] = "1"  # bump when its result changes for the same inputs
+    version: ClassVar[str] = "2"  # bump when its result changes for the same inputs (2: histogram.active)
     scans: tuple[str, ...]  # the scan units merged, sorted
     crop_size: int
     thumb_size: int

@@ -263,6 +263,10 @@
       groups.examples.forEach(function (figure) { body.appendChild(figure); });
       const svg = row.querySelector("svg.hist");
       if (svg) body.appendChild(histogramFigure(svg));
+      if (row.dataset.active) {
+        body.appendChild(make("p", "defs", "Fires (at least 0.001) at " +
+          (100 * Number(row.dataset.active)).toPrecision(3) + "% of all positions of the dataset's images."));
+      }
       if (row.dataset.places) body.appendChild(placesFigure(row));
       if (row.dataset.features) body.appendChild(featuresFigure(row));
       const quality = qualityFigure(row);
