@@ -387,6 +387,14 @@ def _direction_check(layer: str, size: int) -> Check:
     return check
 
 
+def _vector_rows(matrix: torch.Tensor, indices: torch.Tensor, acts: torch.Tensor, what: str) -> torch.Tensor:
+    """One row of `matrix` (k, C) per bound element (one row for all when k = 1), on the device."""
+    rows = matrix.expand(len(indices), -1) if len(matrix) == 1 else matrix
+    if len(rows) != len(indices):
+        raise ObjectiveError(f"{len(rows)} {what} given for {len(indices)} bound elements")
+    return to_device(rows, acts.device)
+
+
 def direction(layer: str, vectors: torch.Tensor, batch: Batch = None, cosine_power: float = 0.0) -> Objective:
     """Dot product with a vector in activation space, averaged over positions.
 
@@ -398,10 +406,7 @@ def direction(layer: str, vectors: torch.Tensor, batch: Batch = None, cosine_pow
     matrix = vectors if vectors.ndim == 2 else vectors[None]
 
     def select(acts: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        per_element = matrix.expand(len(indices), -1) if len(matrix) == 1 else matrix
-        if len(per_element) != len(indices):
-            raise ObjectiveError(f"{len(per_element)} directions given for {len(indices)} bound elements")
-        per_element = to_device(per_element, acts.device)
+        per_element = _vector_rows(matrix, indices, acts, "directions")
         dots = torch.einsum("bchw,bc->bhw", acts.float(), per_element)
         if cosine_power > 0:
             norms = acts.float().norm(dim=1) * per_element.norm(dim=1)[:, None, None] + 1e-8
@@ -428,10 +433,7 @@ def mean_match(layer: str, targets: torch.Tensor, batch: Batch = None) -> Object
     matrix = targets if targets.ndim == 2 else targets[None]
 
     def select(acts: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        per_element = matrix.expand(len(indices), -1) if len(matrix) == 1 else matrix
-        if len(per_element) != len(indices):
-            raise ObjectiveError(f"{len(per_element)} targets given for {len(indices)} bound elements")
-        per_element = to_device(per_element, acts.device)
+        per_element = _vector_rows(matrix, indices, acts, "targets")
         mean = acts.float().mean(dim=(2, 3))
         scale = per_element.pow(2).sum(dim=1).clamp_min(1e-12)
         return -(mean - per_element).pow(2).sum(dim=1) / scale
