@@ -140,6 +140,8 @@ def test_the_channel_view_defines_its_numbers_and_explains_each_figure(browser, 
     assert failing and failing == list(range(len(failing)))  # what fails comes first
     assert all(rows.nth(i).locator(".advice").count() == 1 for i in failing)
     assert any("no threshold" in text and "0.5 is chance" in text for text in texts)
+    sources = view.locator(".sources li").evaluate_all("items => items.map(i => i.textContent)")  # folded
+    assert sources and all(text.startswith("synthetic/") for text in sources)
     page.close()
 
 

@@ -29,6 +29,7 @@ from atlas.run.driver import Driver, checked, writing
 from atlas.run.phases import INPUTS, RUNNERS, STAGES, Prepared
 from atlas.run.report import JobResult
 from atlas.site.columns import atlas_columns, columns_json
+from atlas.site.labels import label_counts
 from atlas.store.retention import apply_retention
 from atlas.store.store import Store, open_store
 
@@ -98,6 +99,8 @@ def job_info(prepared: Prepared, started: str, finished: str | None = None) -> d
         "input_size": model.input_size,
         "input": model_input(model),
         "layers": layers,
+        # ImageFolder datasets (`<label>/<image>`): images per label, for label enrichment on the site
+        "labels": label_counts(prepared.source.ids()) if prepared.source is not None else {},
         "spec": spec_to_dict(spec),
         "started": started,
         "finished": finished,

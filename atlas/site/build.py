@@ -31,6 +31,7 @@ from atlas.site.columns import Column, job_columns
 from atlas.site.features import feature_health, read_features
 from atlas.site.images import LayerImages, Picture
 from atlas.site.interactions import read_interactions
+from atlas.site.labels import top_labels
 from atlas.site.paging import SEARCH_FILE, Page, ranges, split, write_search
 from atlas.site.quality import EXPLAINED, MEASURES, attach_quality, layer_spread, thresholds_for_page
 from atlas.site.slugs import layer_slugs
@@ -329,6 +330,7 @@ def _build_layer(
         "places": places,
         "features": read_features(store, summary.name),  # an SAE layer's decoder neighbours, logit effects
         "health": feature_health(channels) if layer.get("sae") else None,
+        "enriched": top_labels(channels, common["job"].get("labels") or {}),
         "atlas_page": f"{slugs[atlas_layer]}.atlas.html" if atlas_layer in slugs else "",
         "views": layer_views(store, summary.name),  # units of kinds with a registered view
         "fits": fits,

@@ -90,9 +90,9 @@ class _Image:
     unit: str
     row: int
     value: float
-    peak: bool = True  # the value is the picture's peak (else an optimized picture's objective)
     source: tuple[str, int, int] = ("", 0, 0)  # examples: source_id, x, y
     loss: list[float | None] = field(default_factory=list)  # optimized images: the loss curve, downsampled
+    peak: bool = True  # the value is the picture's peak (else an optimized picture's objective)
 
 
 @dataclass
@@ -193,7 +193,7 @@ def _index_renders(
             peak = peaks.get((channel, objectives[row], variants[row]))
             value = _number(reached[row]) if peak is None else peak
             if channel >= 0 and objectives[row] == diverse:
-                rows[channel].diversity[variants[row]] = _Image(key, row, value, peak is not None)
+                rows[channel].diversity[variants[row]] = _Image(key, row, value, peak=peak is not None)
             elif channel >= 0 and objectives[row] in optimized:
                 loss = downsample(losses[row].as_py() or [], LOSS_POINTS)
                 rows[channel].optimized[objectives[row]] = _Image(

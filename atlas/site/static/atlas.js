@@ -261,6 +261,13 @@
       groups.optimized.forEach(function (figure) { body.appendChild(figure); });
       if (groups.examples.length) body.appendChild(make("h3", "group-title", "Dataset examples"));
       groups.examples.forEach(function (figure) { body.appendChild(figure); });
+      if (row.dataset.label) {
+        const found = JSON.parse(row.dataset.label); // [label, hits, top images, share, chance]
+        body.appendChild(make("p", "defs", "Label: " + found[1] + " of the " + found[2] + " top images are " +
+          "“" + found[0] + "” (" + (100 * found[3]).toPrecision(3) + "% of the dataset); the chance of " +
+          "that many or more by luck is " + found[4] + " (hypergeometric)" +
+          (found[4] < 0.01 ? "." : ": not enriched beyond chance.")));
+      }
       const svg = row.querySelector("svg.hist");
       if (svg) body.appendChild(histogramFigure(svg));
       if (row.dataset.active) {
