@@ -131,6 +131,10 @@ SMOKE: dict[str, Run | str] = {
         r"\| default \| 2 \| \d+% \|",
     ),
     "bench_render.py": Run(BENCH, r"bare forward\+backward", via="bench.py"),
+    "bench_sae.py": Run(
+        ("--features", "256", "--images", "8,16", "--batch-size", "4", "--shard-size", "8"),
+        r"16 images: scan [0-9.]+ s \([0-9.]+ images/s\), peak RSS \d+ MiB .*finalize 256 features",
+    ),
     "bench_scan.py": Run(
         ("--images", "8", "--batch-size", "4", "--shard-size", "8", "--k", "2", "--rounds", "1"),
         r"scan_shard +: +[0-9.]+ images/s",
