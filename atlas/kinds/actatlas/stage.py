@@ -111,7 +111,8 @@ class IconsWork(Work):
     """Icons of a chunk of a grid's kept cells; `inputs` are their mean vectors."""
 
     kind: ClassVar[str] = "icons"
-    version: ClassVar[str] = "2"  # bump when its result changes for the same inputs
+    # bump when its result changes for the same inputs (3: coarse stages of at least 32 px)
+    version: ClassVar[str] = "3"
     grid: str  # the grid unit's key
     size: int
     render: RenderSpec
