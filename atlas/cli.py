@@ -566,7 +566,7 @@ def verify(out: str, dry_run: bool) -> None:
 @click.option(
     "--coarse-fraction",
     type=click.FloatRange(0, 1, max_open=True),
-    default=0.1,
+    default=0.2,
     show_default=True,
     help="Share of the steps at a lower resolution of the parameterization (multi-resolution).",
 )

@@ -9,7 +9,7 @@ lr 0.05, `wider` transforms; token layers use their own defaults, `atlas.plan.un
 - ``old``: constant lr, no coarse phase (the recipe before issue 18);
 - ``current``: warm-up over 10% then a cosine to 0.05 of lr, half the steps coarse, with the
   stages of that time (1/4 and 1/2 of the size whatever the size: a 64 px render started at 16 px);
-- ``new``: the defaults of `atlas.plan.spec.RenderSpec` (``warmup-hold-cosine``, 10% coarse,
+- ``new``: the defaults of `atlas.plan.spec.RenderSpec` (``warmup-hold-cosine``, 20% coarse,
   stages of at least 32 px).
 
 Printed per cell: each recipe's mean activation over the channels, the ratio of the new

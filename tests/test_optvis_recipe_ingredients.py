@@ -48,7 +48,7 @@ def test_warmup_hold_cosine_spends_the_step_size_of_constant_at_every_budget(ste
     factors = [warmup_hold_cosine(step, steps) for step in range(1, steps + 1)]
     peak = max(factors)
     assert sum(factors) / steps == pytest.approx(1.0)  # lr is the mean step size
-    assert 1.0 < peak < 1.2
+    assert 1.0 < peak < 1.3
     warmup = factors.index(peak) + 1
     assert 1 <= warmup <= HOLD_WARMUP_MAX  # a few steps, however long the run
     assert all(a < b for a, b in zip(factors[: warmup - 1], factors[1:warmup], strict=True))

@@ -45,7 +45,7 @@ class OneOffRequest:
     seed: int = 0
     precision: str = "fp32"
     lr_schedule: str = "warmup-hold-cosine"
-    coarse_fraction: float = 0.1
+    coarse_fraction: float = 0.2
 
 
 def build_objective(request: OneOffRequest) -> obj.Objective:

@@ -41,11 +41,12 @@ def warmup_cosine(step: int, steps: int) -> float:
 
 
 # warmup-hold-cosine: the warm-up is a share of the steps capped in steps (Adam needs a few
-# steps, not a tenth of a long run); the decay is the last quarter, down to a floor well above 0.
+# steps, not a tenth of a long run); the decay is the last 40% (the final low steps are what keep
+# the high-frequency share of the pictures down under the random transforms).
 HOLD_WARMUP_FRACTION = 0.05
 HOLD_WARMUP_MAX = 8  # steps
-HOLD_DECAY_FRACTION = 0.25
-HOLD_FLOOR = 0.2
+HOLD_DECAY_FRACTION = 0.4
+HOLD_FLOOR = 0.05
 
 
 def _hold_shape(step: int, steps: int) -> float:
@@ -66,14 +67,14 @@ def _hold_mean(steps: int) -> float:
 
 
 def warmup_hold_cosine(step: int, steps: int) -> float:
-    """A short warm-up, a hold at the peak, a half cosine over the last quarter down to
+    """A short warm-up, a hold at the peak, a half cosine over the last 40% of the steps down to
     ``HOLD_FLOOR`` of the peak, scaled so that the mean factor over the run is 1.
 
     The scale makes ``lr`` the mean step size, as with ``constant``: far from convergence (short
     budgets, small models) the activation grows with the total step size, and a schedule that
-    spends half of it (``warmup-cosine`` spends 0.52) loses half the progress. The peak is 1.10
-    to 1.13 times ``lr``; at 64 steps or more every stage keeps the same share of the steps, so
-    the shape is the same at every budget.
+    spends half of it (``warmup-cosine`` spends 0.52) loses half the progress. The peak is 1.24
+    to 1.28 times ``lr`` at any budget; the decay keeps its share of the steps, the warm-up is at
+    most ``HOLD_WARMUP_MAX`` steps.
     """
     return _hold_shape(step, steps) / _hold_mean(steps)
 

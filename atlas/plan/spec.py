@@ -134,7 +134,7 @@ class RenderSpec:
     precision: Annotated[Text, one_of(PRECISIONS.names)] = "fp32"
     channels_per_unit: Annotated[Int, Ge(1)] = 8
     lr_schedule: Annotated[Text, one_of(SCHEDULES.names)] = "warmup-hold-cosine"
-    coarse_fraction: Annotated[Number, Interval(ge=0, lt=1)] = 0.1  # multi-resolution share of the steps
+    coarse_fraction: Annotated[Number, Interval(ge=0, lt=1)] = 0.2  # multi-resolution share of the steps
     blur_weight: Annotated[Number, Ge(0)] = 0.0  # weight of the blur penalty (objectives.blur)
 
 
