@@ -586,13 +586,13 @@ def verify(out: str, dry_run: bool) -> None:
 @click.option(
     "--lr-schedule",
     type=_Registered("atlas.optvis.schedules", "SCHEDULES"),
-    default="warmup-cosine",
+    default="warmup-hold-cosine",
     show_default=True,
 )
 @click.option(
     "--coarse-fraction",
     type=click.FloatRange(0, 1, max_open=True),
-    default=0.5,
+    default=0.2,
     show_default=True,
     help="Share of the steps at a lower resolution of the parameterization (multi-resolution).",
 )

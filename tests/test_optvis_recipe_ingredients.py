@@ -11,7 +11,17 @@ from atlas.models import load_model
 from atlas.optvis import RenderError, render, render_channels
 from atlas.optvis import objectives as obj
 from atlas.optvis.param import FourierParam, make_param
-from atlas.optvis.schedules import COARSE_FACTORS, FLOOR, SCHEDULES, resolution_factor, warmup_cosine
+from atlas.optvis.recipes import render_objective
+from atlas.optvis.schedules import (
+    COARSE_FACTORS,
+    FLOOR,
+    HOLD_FLOOR,
+    HOLD_WARMUP_MAX,
+    SCHEDULES,
+    resolution_factor,
+    warmup_cosine,
+    warmup_hold_cosine,
+)
 from atlas.plan.spec import RenderSpec, SpecError, parse_spec
 from atlas.quality import high_frequency_share
 
@@ -33,6 +43,35 @@ def test_warmup_cosine_ramps_up_peaks_and_decays_to_the_floor():
     assert factors[0] < 0.2
 
 
+@pytest.mark.parametrize("steps", [16, 64, 96, 256, 1000])
+def test_warmup_hold_cosine_spends_the_step_size_of_constant_at_every_budget(steps):
+    factors = [warmup_hold_cosine(step, steps) for step in range(1, steps + 1)]
+    peak = max(factors)
+    assert sum(factors) / steps == pytest.approx(1.0)  # lr is the mean step size
+    assert 1.0 < peak < 1.3
+    warmup = factors.index(peak) + 1
+    assert 1 <= warmup <= HOLD_WARMUP_MAX  # a few steps, however long the run
+    assert all(a < b for a, b in zip(factors[: warmup - 1], factors[1:warmup], strict=True))
+    held = sum(1 for f in factors if f == pytest.approx(peak))
+    assert held >= steps // 2  # the hold: most of the run at the peak
+    assert all(a >= b for a, b in zip(factors[warmup - 1 :], factors[warmup:], strict=False))
+    assert factors[-1] / peak == pytest.approx(HOLD_FLOOR, abs=0.05)  # the end still moves
+
+
+def test_the_default_recipe_optimizes_as_far_as_plain_adam_at_a_short_budget(model):
+    """Issue 25: at 96 steps and 64 px the previous default (warm-up + cosine to 0.05, half the
+    steps coarse from 16 px) reached 0.26 where plain Adam reached 0.76, below a noise photo."""
+    objective = obj.channel("conv2", 3)
+    base = replace(RenderSpec(), steps=96, size=64, transforms="none")
+    plain = replace(base, lr_schedule="constant", coarse_fraction=0.0)
+    reached = {
+        name: render_objective(model, objective, settings, 1, 0, []).activations["conv2"][0, 3].mean().item()
+        for name, settings in (("default", base), ("plain", plain))
+    }
+    assert reached["plain"] > 0.5
+    assert reached["default"] >= 0.9 * reached["plain"]
+
+
 def test_constant_schedule_is_the_plain_optimizer(model):
     objective = obj.channel("conv2", 3)
     plain = render(model, objective, make_param("fourier", 1, 32), steps=6)
@@ -48,6 +87,16 @@ def test_resolution_factor_steps_through_the_coarse_stages():
     assert factors[10:20] == [COARSE_FACTORS[1]] * 10
     assert factors[20:] == [1] * 20
     assert {resolution_factor(step, 40, 0.0) for step in range(1, 41)} == {1}
+
+
+def test_coarse_stages_keep_at_least_32_pixels():
+    def stages(size: int) -> list[int]:
+        return [resolution_factor(step, 40, 0.5, size) for step in range(1, 41)]
+
+    assert stages(128) == [4] * 10 + [2] * 10 + [1] * 20  # 32 then 64 px
+    assert stages(224) == stages(128)
+    assert stages(64) == [2] * 20 + [1] * 20  # one coarse stage, at 32 px, for the whole share
+    assert stages(32) == [1] * 40  # nothing coarser than 32 px
 
 
 def test_band_limited_fourier_image_is_smooth_and_lifting_the_limit_keeps_it():
@@ -77,11 +126,11 @@ def test_coarse_steps_optimize_only_the_low_band():
 def test_multires_render_is_coarse_early_and_full_resolution_at_the_end(model):
     objective = obj.channel("conv2", [1, 2], batch=[0, 1])
     result = render(
-        model, objective, make_param("fourier", 2, 64), steps=8, coarse_fraction=0.5, snapshots=(2, 8)
+        model, objective, make_param("fourier", 2, 128), steps=8, coarse_fraction=0.5, snapshots=(2, 8)
     )
-    assert high_frequency_share(result.snapshots[2]).max() < 0.01
+    assert high_frequency_share(result.snapshots[2]).max() < 0.01  # a 32 px stage of a 128 px image
     assert torch.equal(result.snapshots[8], result.images)
-    plain = render(model, objective, make_param("fourier", 2, 64), steps=8)
+    plain = render(model, objective, make_param("fourier", 2, 128), steps=8)
     assert not torch.allclose(plain.images, result.images)
 
 

@@ -125,6 +125,10 @@ SMOKE: dict[str, Run | str] = {
     "bench_ray.py": Run(
         ("--steps", "1", "--repeats", "1", "--job", "{tmp}/job.toml"), r'"overhead": -?[0-9.]+'
     ),
+    "bench_budgets.py": Run(
+        ("--models", "tiny-cnn", "--steps", "2", "--sizes", "32", "--channels-64", "1"),
+        r"\| tiny-cnn \| conv2 \| 32 \| 2 \| 1 \| -?[0-9.]+ \| -?[0-9.]+ \| -?[0-9.]+ \| ",
+    ),
     "bench_recipes.py": Run(
         (*TINY, "--recipes", "default", "--steps", "2", "--classes", "2", "--channels", "1", "--size", "32")
         + ("--resize", "32", "--photos", "4"),

@@ -24,7 +24,7 @@ class RenderWork(Work):
     """Optimize each channel of the unit with every objective of the render settings."""
 
     kind: ClassVar[str] = "render"
-    version: ClassVar[str] = "3"  # bump when its result changes for the same inputs
+    version: ClassVar[str] = "4"  # bump when its result changes for the same inputs
     render: RenderSpec
 
     def key_settings(self) -> dict[str, Any]:
@@ -36,7 +36,7 @@ class DirectionsWork(Work):
     """Optimize `directions` random directions in the layer's activation space."""
 
     kind: ClassVar[str] = "directions"
-    version: ClassVar[str] = "3"  # bump when its result changes for the same inputs
+    version: ClassVar[str] = "4"  # bump when its result changes for the same inputs
     render: RenderSpec
     directions: int
 
@@ -49,7 +49,7 @@ class PairWork(Work):
     """Optimize two channels jointly, and the interpolation between them."""
 
     kind: ClassVar[str] = "pair"
-    version: ClassVar[str] = "3"  # bump when its result changes for the same inputs
+    version: ClassVar[str] = "4"  # bump when its result changes for the same inputs
     render: RenderSpec
     interpolation_steps: int
 

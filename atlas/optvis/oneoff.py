@@ -44,8 +44,8 @@ class OneOffRequest:
     penalties: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     precision: str = "fp32"
-    lr_schedule: str = "warmup-cosine"
-    coarse_fraction: float = 0.5
+    lr_schedule: str = "warmup-hold-cosine"
+    coarse_fraction: float = 0.2
 
 
 def build_objective(request: OneOffRequest) -> obj.Objective:

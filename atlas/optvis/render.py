@@ -290,7 +290,7 @@ def render_parts(
         return torch.cat([module() for module in modules]) if len(modules) > 1 else modules[0]()
 
     for step in range(1, steps + 1):
-        wanted = resolution_factor(step, steps, coarse_fraction) if coarse_fraction else 1
+        wanted = resolution_factor(step, steps, coarse_fraction, size) if coarse_fraction else 1
         if step == 1 or wanted != factor:
             # A new resolution is a new parameterization: a fresh optimizer, no stale moments.
             factor = wanted

@@ -139,8 +139,8 @@ class RenderSpec:
     seed: Int = 0
     precision: Annotated[Text, one_of(PRECISIONS.names)] = "fp32"
     channels_per_unit: Annotated[Int, Ge(1)] = 8
-    lr_schedule: Annotated[Text, one_of(SCHEDULES.names)] = "warmup-cosine"
-    coarse_fraction: Annotated[Number, Interval(ge=0, lt=1)] = 0.5  # multi-resolution share of the steps
+    lr_schedule: Annotated[Text, one_of(SCHEDULES.names)] = "warmup-hold-cosine"
+    coarse_fraction: Annotated[Number, Interval(ge=0, lt=1)] = 0.2  # multi-resolution share of the steps
     blur_weight: Annotated[Number, Ge(0)] = 0.0  # weight of the blur penalty (objectives.blur)
 
 

@@ -111,7 +111,8 @@ class IconsWork(Work):
     """Icons of a chunk of a grid's kept cells; `inputs` are their mean vectors."""
 
     kind: ClassVar[str] = "icons"
-    version: ClassVar[str] = "3"  # bump when its result changes for the same inputs (3: mean_match)
+    # bump when its result changes for the same inputs (3: mean_match; 4: coarse stages >= 32 px)
+    version: ClassVar[str] = "4"
     grid: str  # the grid unit's key
     size: int
     render: RenderSpec
