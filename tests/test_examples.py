@@ -189,7 +189,7 @@ def test_finalize_writes_the_contract_tables(
         "thumb",
         "unit_key",
     ]
-    assert histogram.schema.names == ["layer", "channel", "edges", "counts", "unit_key"]
+    assert histogram.schema.names == ["layer", "channel", "edges", "counts", "active", "unit_key"]
     rows = examples.to_pylist()
     for channel in (PLANT_CHANNEL, 0):
         for bucket in ("max", "min", "slightly_positive", "slightly_negative"):

@@ -180,7 +180,14 @@ def test_scans_and_renders_take_turns_on_one_gpu(cluster: str, photos: Path, tmp
     result = run_job(spec, build=False)
     assert result.ok, result.failed
     kinds = sorted(e.kind for e in Store(spec.out).entries())
-    assert kinds == ["examples", "render", "scan", "scan", "scan"]
+    assert kinds == [
+        "examples",
+        "render",
+        "scan",
+        "scan",
+        "scan",
+        "trust",
+    ]  # trust: the render judged against its examples
 
 
 @pytest.mark.slow

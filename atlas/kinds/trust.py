@@ -95,9 +95,17 @@ def baseline_ids(source: ImageSource, count: int = BASELINE) -> tuple[str, ...]:
     return tuple(sorted(ranked[:count]))
 
 
-def _load(source: ImageSource, ids: Sequence[str], size: int) -> torch.Tensor:
-    pixels = [np.asarray(source.load(i).convert("RGB").resize((size, size), Image.BILINEAR)) for i in ids]
-    return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float().div(255)
+def _load(source: ImageSource, ids: Sequence[str], size: int) -> tuple[torch.Tensor, list[str]]:
+    """The images of `ids` that decode (a corrupt file, skipped by the scan too, is left out), at
+    `size` x `size` in [0, 1], and their ids."""
+    pixels, kept = [], []
+    for source_id, decoded in source.load_many(list(ids)):
+        if decoded.image is not None:
+            pixels.append(np.asarray(decoded.image.convert("RGB").resize((size, size), Image.BILINEAR)))
+            kept.append(source_id)
+    if not pixels:
+        return torch.zeros(0, 3, size, size), kept
+    return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float().div(255), kept
 
 
 def _decode(png: bytes) -> torch.Tensor:
@@ -168,8 +176,14 @@ def _trust(ctx: WorkerContext, unit: Unit, work: TrustWork) -> dict[str, pa.Tabl
     if not channels:
         raise UnitFailed(f"trust {unit.layer}: no channel has both a picture and top examples")
     top = {c: inputs.top[c][: work.references] for c in channels}
-    references = _load(source, [i for c in channels for i in top[c]], work.size)
-    owners = [c for c in channels for _ in top[c]]
+    images, loaded = _load(source, list(dict.fromkeys(i for c in channels for i in top[c])), work.size)
+    row_of = {source_id: row for row, source_id in enumerate(loaded)}
+    pairs = [(c, row_of[i]) for c in channels for i in top[c] if i in row_of]  # two units may share one
+    references = images[[row for _, row in pairs]]
+    owners = [c for c, _ in pairs]
+    channels = [c for c in channels if c in owners]
+    if not channels:
+        raise UnitFailed(f"trust {unit.layer}: none of the top examples could be loaded again")
     checked = check_activations(
         model, references, obj.channel(unit.layer, owners, batch=list(range(len(owners))))
     )
@@ -177,7 +191,7 @@ def _trust(ctx: WorkerContext, unit: Unit, work: TrustWork) -> dict[str, pa.Tabl
     pictures = torch.stack([_decode(inputs.pictures[c]) for c in channels])
     columns: dict[str, list] = {name: [] for name in TRUST_SCHEMA.names if name != "unit_key"}
     if work.lower:
-        base = patterns(model, _load(source, work.baseline, work.size), work.lower, unit.layer, channels)
+        base = patterns(model, _load(source, work.baseline, work.size)[0], work.lower, unit.layer, channels)
         refs = patterns(model, references, work.lower, unit.layer, channels)
         drawn = patterns(model, pictures, work.lower, unit.layer, channels)
     for index, channel in enumerate(channels):
