@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atlas.cli import main
-from atlas.kinds.trust import lower_layers, main_pictures, path_scores, top_examples
+from atlas.kinds.trust import lower_layers, main_images, path_scores, top_examples
 from atlas.quality.thresholds import flags
 from atlas.site.layer_quality import layer_records
 from atlas.store.store import open_store
@@ -87,7 +87,7 @@ def test_the_main_picture_and_top_examples_are_read_as_the_site_reads_them() -> 
             "image": [b"d3", b"n3", b"x3", b"d4-1", b"d4-0", b"dir"],
         }
     )
-    assert main_pictures(render) == {3: b"n3", 4: b"d4-0"}
+    assert main_images(render) == {3: b"n3", 4: b"d4-0"}
     examples = pa.table(
         {
             "channel": [3, 3, 3, 3, 4, -1],

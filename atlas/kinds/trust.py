@@ -45,12 +45,12 @@ from atlas.plan.spec import JobSpec
 from atlas.plan.units import Unit, make_unit
 from atlas.plan.work import Work
 from atlas.quality.checkset import check_activations
+from atlas.quality.thresholds import main_pictures
 from atlas.store.store import Store
 
 REFERENCES = 5  # top dataset examples per channel: what natural images of the unit look like
 BASELINE = 24  # random dataset images: the standardization and the baseline of the path check
 LOWER_LAYERS = 3  # layers below the unit whose activation pattern is compared
-MAIN_PICTURE = ("channel", "neuron", "diversity")  # the picture a channel's record describes
 STD_FLOOR = 0.05  # a lower channel's spread over the random images: at least this share of the median
 CLIP = 6.0  # standardized scores beyond this many spreads count as this many
 
@@ -209,16 +209,10 @@ def _trust(ctx: WorkerContext, unit: Unit, work: TrustWork) -> dict[str, pa.Tabl
     return {"trust": keyed_table(columns, TRUST_SCHEMA, unit.key)}
 
 
-def main_pictures(render: pa.Table) -> dict[int, bytes]:
+def main_images(render: pa.Table) -> dict[int, bytes]:
     """Channel -> its main picture (PNG) in a render unit's table."""
-    best: dict[int, tuple[int, bytes]] = {}
-    for row in render.select(["channel", "objective", "variant", "image"]).to_pylist():
-        if row["objective"] not in MAIN_PICTURE or row["variant"] or row["channel"] < 0:
-            continue
-        rank = MAIN_PICTURE.index(row["objective"])
-        if row["channel"] not in best or rank < best[row["channel"]][0]:
-            best[row["channel"]] = (rank, row["image"])
-    return {channel: image for channel, (_, image) in best.items()}
+    rows = render.select(["channel", "objective", "variant", "image"]).to_pylist()
+    return {channel: row["image"] for channel, row in main_pictures(rows).items()}
 
 
 def top_examples(examples: pa.Table, references: int) -> dict[int, list[str]]:
@@ -273,7 +267,7 @@ def read_inputs(store: Store, unit: Unit) -> Unit:
     """The unit with its inputs read from the store: its render unit's main pictures and its
     examples unit's top source ids."""
     work: TrustWork = unit.work
-    pictures = main_pictures(store.read_unit(work.render, "render"))
+    pictures = main_images(store.read_unit(work.render, "render"))
     top = top_examples(
         store.read_unit(work.examples, "examples", ["channel", "bucket", "rank", "source_id"]),
         work.references,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 # A picture fails a measure when it is on the wrong side of its threshold: (direction, value).
 # The share kept under the check set is judged relative to the unit's top dataset examples'
@@ -26,3 +26,19 @@ def flags(record: Mapping[str, float | None]) -> list[str]:
         if (direction == "min" and value < limit) or (direction == "max" and value > limit):
             failed.append(name)
     return failed
+
+
+MAIN_PICTURE = ("channel", "neuron", "diversity")  # the picture a channel's record describes, by preference
+
+
+def main_pictures(rows: Iterable[Mapping]) -> dict[int, Mapping]:
+    """Channel -> its main picture among `rows` (render or quality rows: channel, objective,
+    variant): the `channel` picture, else `neuron`, else the first of the diversity set."""
+    main: dict[int, Mapping] = {}
+    for row in rows:
+        if row["objective"] not in MAIN_PICTURE or row["variant"] or row["channel"] < 0:
+            continue
+        held = main.get(row["channel"])
+        if held is None or MAIN_PICTURE.index(row["objective"]) < MAIN_PICTURE.index(held["objective"]):
+            main[row["channel"]] = row
+    return main

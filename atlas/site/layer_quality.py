@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from atlas.quality.thresholds import main_pictures
 from atlas.site.interpretability import layer_proxies
 from atlas.store.store import Store
 
-MAIN_PICTURE = ("channel", "neuron", "diversity")  # the picture a channel's record describes
 QUALITY_COLUMNS = [
     "channel",
     "objective",
@@ -54,17 +54,14 @@ def layer_records(store: Store, layer: str, best: Mapping[int, float] | None = N
     example's activation per channel.
     """
     best = best_examples(store, layer) if best is None else best
-    main: dict[int, dict] = {}
-    similarity: dict[int, float] = {}
     table = store.read("quality", layer, QUALITY_COLUMNS)
-    for row in table.to_pylist() if table is not None else []:
-        if row["objective"] not in MAIN_PICTURE or (row["objective"] == "diversity" and row["variant"]):
-            continue
-        if row["diversity_similarity"] is not None:
-            similarity[row["channel"]] = row["diversity_similarity"]
-        held = main.get(row["channel"])
-        if held is None or MAIN_PICTURE.index(row["objective"]) < MAIN_PICTURE.index(held["objective"]):
-            main[row["channel"]] = row
+    rows = table.to_pylist() if table is not None else []
+    main = main_pictures(rows)
+    similarity = {
+        row["channel"]: row["diversity_similarity"]
+        for row in rows
+        if row["objective"] == "diversity" and not row["variant"] and row["diversity_similarity"] is not None
+    }
     records: dict[int, dict] = {}
     for channel, row in main.items():
         record = records.setdefault(channel, {})
