@@ -121,6 +121,24 @@ SMOKE: dict[str, Run | str] = {
         peers=("lucent", "kornia"),
         missing="the render comparison needs torch-lucent and kornia",
     ),
+    "bench_equal_quality.py": Run(
+        (
+            *TINY,
+            "--channels",
+            "0,1",
+            "--size",
+            "32",
+            "--lucent-steps",
+            "4",
+            "--ladder",
+            "2,4",
+            "--threads",
+            "1",
+        ),
+        r"\| 4 \| -?[0-9.]+.* \| [0-9]/2 \| [0-9.]+ \|[\s\S]*equal quality: ",
+        peers=("lucent", "kornia"),
+        missing="the render comparison needs torch-lucent and kornia",
+    ),
     "bench_quality.py": Run(BENCH, r"\| MACO \| standard \| -?[0-9.]+ \|", via="bench.py"),
     "bench_ray.py": Run(
         ("--steps", "1", "--repeats", "1", "--job", "{tmp}/job.toml"), r'"overhead": -?[0-9.]+'
