@@ -7,6 +7,8 @@ position (or patch token) of the layer:
     relu:     f = relu(pre)
     jumprelu: f = relu(pre) * (pre > threshold)
     topk:     the k largest `pre` per position, through relu; every other feature 0
+              (`pre` first multiplied by each decoder row's norm where the SAE says
+              rescale_acts_by_decoder_norm)
 
 with W_enc (C, K), b_enc (K,), W_dec (K, C), b_dec (C,) and, for JumpReLU, threshold (K,) (or
 log_threshold). Like a dictionary of directions (atlas.plan.dictionary) the SAE becomes a derived
@@ -15,7 +17,9 @@ and scans rank images by it, from the same code as channels. Three files are rea
 
 - SAELens's folder: `cfg.json` (d_in, d_sae, `architecture` standard / jumprelu / topk or
   `activation_fn` relu / topk / jumprelu, `k` or `activation_fn_kwargs.k`,
-  `apply_b_dec_to_input`) and `sae_weights.safetensors`;
+  `apply_b_dec_to_input`, `rescale_acts_by_decoder_norm`) and `sae_weights.safetensors`; an
+  input normalization or reshape other than "none" is refused (the atlas feeds the layer's raw
+  activations, so such an SAE's features would be wrong);
 - a `.safetensors` file with those tensor names, the activation (and `k`,
   `apply_b_dec_to_input`) in its metadata, JumpReLU where it holds a threshold;
 - a `.npz` file with the same array names; `activation` and `k` as arrays of one value.
@@ -62,6 +66,7 @@ class Sae:
     threshold: np.ndarray | None = None  # jumprelu only, (K,)
     apply_b_dec_to_input: bool = False
     stem: str = "sae"
+    rescale_by_decoder_norm: bool = False  # topk only: pre-activations times each decoder row's norm
 
     @property
     def features(self) -> int:
@@ -74,6 +79,8 @@ class Sae:
         for array in (self.w_enc, self.b_enc, self.w_dec, self.b_dec, self.threshold):
             digest.update(b"-" if array is None else array.tobytes())
         digest.update(f"{self.activation}|{self.k}|{self.apply_b_dec_to_input}".encode())
+        if self.rescale_by_decoder_norm:  # only then: the names of SAEs without it stay as they were
+            digest.update(b"|rescale")
         return f"{self.layer}{DICTIONARY_MARK}{self.stem}:{digest.hexdigest()[:8]}"
 
 
@@ -83,6 +90,7 @@ class SaeEncoder(nn.Module):
     def __init__(self, sae: Sae):
         super().__init__()
         self.activation, self.k, self.shift = sae.activation, sae.k, sae.apply_b_dec_to_input
+        self.rescale = sae.rescale_by_decoder_norm
         self.register_buffer("w_enc", torch.from_numpy(sae.w_enc))
         self.register_buffer("b_enc", torch.from_numpy(sae.b_enc))
         self.register_buffer("b_dec", torch.from_numpy(sae.b_dec))
@@ -95,6 +103,8 @@ class SaeEncoder(nn.Module):
         if self.shift:
             x = x - self.b_dec
         pre = x @ self.w_enc + self.b_enc
+        if self.rescale:
+            pre = pre * self.w_dec.norm(dim=1)
         if self.activation == "jumprelu":
             features = torch.relu(pre) * (pre > self.threshold)
         elif self.activation == "topk":
@@ -151,6 +161,15 @@ def _settings_of_folder(folder: Path) -> dict[str, str]:
         "activation": str(activation),
         "apply_b_dec_to_input": str(config.get("apply_b_dec_to_input", False)),
     }
+    for name in ("normalize_activations", "reshape_activations"):
+        if config.get(name) not in (None, "none"):
+            raise SaeError(
+                f"SAE folder {folder}: {CONFIG_FILE} sets {name} = {config[name]!r}; the atlas feeds "
+                f'the layer\'s raw activations, so save the SAE with {name} = "none" (fold the '
+                "normalization into W_enc and b_enc)"
+            )
+    if config.get("rescale_acts_by_decoder_norm"):
+        settings["rescale_acts_by_decoder_norm"] = "True"
     k = config.get("k", kwargs.get("k") if isinstance(kwargs, dict) else None)
     if k is not None:
         settings["k"] = str(k)
@@ -238,7 +257,12 @@ def load_sae(path: Path | str, layer: str, channels: int) -> Sae:
                 f"SAE {path}: a topk SAE needs k between 1 and {count} (in cfg.json or the metadata)"
             )
     shift = settings.get("apply_b_dec_to_input", "False").lower() in ("true", "1")
-    return Sae(layer, w_enc, b_enc, w_dec, b_dec, activation, k, threshold, shift, stem)
+    rescale = settings.get("rescale_acts_by_decoder_norm", "False").lower() in ("true", "1")
+    if rescale and activation != "topk":
+        raise SaeError(
+            f"SAE {path}: rescale_acts_by_decoder_norm is read for topk SAEs only, not {activation}"
+        )
+    return Sae(layer, w_enc, b_enc, w_dec, b_dec, activation, k, threshold, shift, stem, rescale)
 
 
 def layer_sae(model: LoadedModel, layer: LayerSpec) -> Sae:
