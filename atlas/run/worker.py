@@ -1,7 +1,8 @@
 """Running units inside a worker: dispatch by kind through the registry of unit kinds.
 
-Handlers return Arrow tables keyed by table kind (the columns are documented in the README);
-they never write anything themselves, the driver does. Every kind registers itself beside its
+Handlers return Arrow tables keyed by table kind (the columns are documented in the README),
+or futures of the tables the worker's writer thread is still building; they never write
+anything themselves, the driver does. Every kind registers itself beside its
 implementation (atlas.plan.kinds); importing atlas.kinds registers the built-in ones.
 """
 
