@@ -142,3 +142,30 @@ def test_a_call_finishes_its_host_work_while_the_next_call_optimizes(spec, model
 
 def test_the_writer_thread_is_on_only_where_an_accelerator_is(spec) -> None:
     assert make_context(spec, "cpu").overlap is False
+
+
+@pytest.mark.slow
+def test_a_gpu_worker_runs_two_calls_at_once_and_commits_the_serial_tables(
+    spec, model, units, tmp_path
+) -> None:
+    """A Ray actor with a GPU that Ray counts (it computes on the CPU) takes two calls at once;
+    every unit is committed with the tables a serial run gives."""
+    from raytools import local_ray
+
+    from atlas.run.executor import Executor, WorkerPlan
+    from atlas.store.store import Store
+
+    serial = run_units(context(spec, model, overlap=False), units)
+    job = spec.replace(out=tmp_path / "out", execute=replace(spec.execute, units_per_call=1, workers=1))
+    with local_ray(num_cpus=2, num_gpus=1):
+        pool = Executor(job, WorkerPlan(1, cpus=1, gpus=1))
+        try:
+            result = pool.run(units, Store(job.out))
+        finally:
+            pool.shutdown()
+    assert result.done == len(units) and not result.failed
+    store = Store(job.out)
+    for unit, alone in zip(units, serial, strict=True):
+        assert (
+            store.read_unit(unit.key, "render").select(alone["render"].column_names).equals(alone["render"])
+        )
