@@ -26,7 +26,9 @@ Sections:
   to 512, PNG encoding, quality records and Parquet writes included; then the bare compiled
   step at the same batch (``bare_step``: the ceiling), the renderer's ratio to it and its own
   share (parameterization + transforms), and the full job (5,488 channels) projected from it
-  (see ``project``; target: 15 min on one H200, 1.15x the bare step).
+  (see ``project``; target: 15 min on one H200, 1.15x the bare step); last, the stall share
+  (``stalls``: the wall time of a worker's calls outside optimization) of the last two layers'
+  calls one after another, and pipelined with the writer thread as a GPU worker runs them.
 
 GoogLeNet runs with random weights (``weights = "none"``): no weights can be downloaded on these
 machines, and speed does not depend on the values of the weights.
@@ -43,7 +45,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -54,6 +56,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_overlap import pipelined  # noqa: E402  (scripts/, beside this file)
 
 from atlas.core.provenance import provenance  # noqa: E402
 from atlas.data.open import open_source  # noqa: E402
@@ -68,8 +72,9 @@ from atlas.optvis.recipes import render_channel_sets  # noqa: E402
 from atlas.optvis.render import RenderPart, render_parts  # noqa: E402
 from atlas.optvis.transforms import preset  # noqa: E402
 from atlas.plan.spec import ExamplesSpec, LayerSpec, ModelSpec, load_spec  # noqa: E402
-from atlas.plan.units import ModelFacts, make_plan  # noqa: E402
-from atlas.run.worker import UnitFailed, WorkerContext, run_units  # noqa: E402
+from atlas.plan.units import ModelFacts, Unit, make_plan  # noqa: E402
+from atlas.run.worker import UnitFailed, WorkerCalls, WorkerContext, run_units  # noqa: E402
+from atlas.store.location import open_location  # noqa: E402
 from atlas.store.store import Store, UnitRecord  # noqa: E402
 
 JOB = ROOT / "jobs" / "inceptionv1.toml"
@@ -589,6 +594,7 @@ def slice_section(model: LoadedModel, settings: Settings, report: Report, work: 
             figures["projection"] = project(per_layer, totals, settings.slice_steps)
             report.put("slice", figures)
         figures["ceiling"] = ceiling(model, per_layer, settings, side, report)
+        figures["stalls"] = stalls(context, plan.units, per_layer, report, work)
     finally:
         model.compile = ""
     return figures
@@ -622,6 +628,35 @@ def ceiling(
         "target_render_over_bare": 1.15,
         "param_and_transforms_ms_per_step": round(own_s * 1000, 2),
         "param_and_transforms_share": round(own_s / render_s, 3),
+    }
+
+
+def stalls(
+    context: WorkerContext, units: Sequence[Unit], per_layer: dict[str, dict], report: Report, work: Path
+) -> dict:
+    """The share of the wall time of a worker's calls spent outside optimization (PNG encoding,
+    quality records, Parquet writes), for the last two measured layers' calls: one after another
+    without the writer thread (their ``call_s`` above), and again pipelined as a GPU worker runs
+    them (``WorkerCalls`` on two threads, the writer thread on: a call's host work runs beside the
+    next call's optimization). With two calls the second's host work has nothing to hide behind;
+    in a job only the last call's is left so."""
+    layers = list(per_layer)[-2:]
+    serial_s = sum(per_layer[layer]["call_s"] for layer in layers)
+    if len(layers) < 2 or report.left() < 1.5 * serial_s:
+        return {"skipped": "fewer than two layers measured, or no time left"}
+    optimize_s = sum(per_layer[layer]["optimize_s"] for layer in layers)
+    calls = [[unit for unit in units if unit.layer == layer] for layer in layers]
+    where = open_location(str(work / "stalls"))
+    pipelined_s, _ = _timed(
+        context.model.device, partial(pipelined, WorkerCalls(replace(context, overlap=True)), calls, where)
+    )
+    return {
+        "layers": layers,
+        "optimize_s": round(optimize_s, 2),
+        "serial_s": round(serial_s, 2),
+        "pipelined_s": round(pipelined_s, 2),
+        "stall_share_serial": round(max(serial_s - optimize_s, 0.0) / serial_s, 3),
+        "stall_share_pipelined": round(max(pipelined_s - optimize_s, 0.0) / pipelined_s, 3),
     }
 
 

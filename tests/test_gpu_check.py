@@ -41,3 +41,6 @@ def test_gpu_check_runs_on_cpu_and_reports_every_section(tmp_path):
     ceiling = sliced["ceiling"]
     assert ceiling["bare_ms_per_step"] > 0 and ceiling["render_over_bare"] > 0
     assert ceiling["param_and_transforms_share"] > 0 and ceiling["gflop_per_image_step"] > 0
+    stalls = sliced["stalls"]
+    assert stalls["serial_s"] > 0 and stalls["pipelined_s"] > 0
+    assert 0 <= stalls["stall_share_pipelined"] < 1 and 0 <= stalls["stall_share_serial"] < 1

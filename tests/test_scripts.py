@@ -139,6 +139,12 @@ SMOKE: dict[str, Run | str] = {
         peers=("lucent", "kornia"),
         missing="the render comparison needs torch-lucent and kornia",
     ),
+    "bench_overlap.py": Run(
+        ("--units", "2", "--calls", "2", "--steps", "1", "--size", "32", "--images-per-pass", "8")
+        + ("--repeats", "1"),
+        r"one call: optimization alone [0-9.]+ s; serial [0-9.]+ s wall .*stall share [0-9.]+%; "
+        r"writer thread [0-9.]+ s wall .*\n.*\n2 calls: .*pipelined [0-9.]+ s wall",
+    ),
     "bench_quality.py": Run(BENCH, r"\| MACO \| standard \| -?[0-9.]+ \|", via="bench.py"),
     "bench_ray.py": Run(
         ("--steps", "1", "--repeats", "1", "--job", "{tmp}/job.toml"), r'"overhead": -?[0-9.]+'

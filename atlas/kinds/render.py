@@ -11,8 +11,8 @@ import pyarrow as pa
 
 from atlas.core.schema import RENDER_SCHEMA, keyed_table
 from atlas.kinds.context import WorkerContext, png_bytes
-from atlas.optvis import render_channel_sets, render_directions, render_pair
-from atlas.plan.kinds import PlanInputs, Speed, register_kind
+from atlas.optvis import iter_channel_sets, render_directions, render_pair
+from atlas.plan.kinds import PlanInputs, Speed, Tables, register_kind
 from atlas.plan.spec import JobSpec, RenderSpec
 from atlas.plan.units import ModelFacts, Unit, chunks, layer_channels, make_unit, render_for
 from atlas.plan.work import Work, render_key_settings
@@ -73,35 +73,35 @@ def rendered_table(images: Sequence[Any], unit_key: str) -> pa.Table:
     return keyed_table(columns, RENDER_SCHEMA, unit_key)
 
 
-def _render(ctx: WorkerContext, unit: Unit, work: RenderWork) -> dict[str, pa.Table]:
-    return _render_tables(ctx, unit, _render_many(ctx, [unit])[0])
+def _render(ctx: WorkerContext, unit: Unit, work: RenderWork) -> Tables:
+    return _render_packed(ctx, [unit])[0]
 
 
-def _render_many(ctx: WorkerContext, units: Sequence[Unit]) -> list[list[Any]]:
-    """The rendered images of render units that share their settings, optimized together."""
+def _render_packed(ctx: WorkerContext, units: Sequence[Unit]) -> list[Tables]:
+    """Render units that share their settings, optimized together. Each unit's `render` table
+    (its PNGs) goes to the writer thread as soon as the pass with its last chunk is done, while
+    the next pass optimizes; its quality record (forward passes) is measured here, in between."""
     requests = [(unit.layer, unit.channels) for unit in units]
-    return render_channel_sets(ctx.model, requests, units[0].work.render, ctx.images_per_pass)
+    rendered = iter_channel_sets(ctx.model, requests, units[0].work.render, ctx.images_per_pass)
+    pending: dict[int, Tables] = {}
+    for index, images in rendered:
+        key = units[index].key
+        pending[index] = {
+            "render": ctx.later(rendered_table, images, key),
+            "quality": quality_table(ctx.model, images, key),
+        }
+    return [pending[index] for index in range(len(units))]
 
 
-def _render_tables(ctx: WorkerContext, unit: Unit, images: Sequence[Any]) -> dict[str, pa.Table]:
-    return {"render": rendered_table(images, unit.key), "quality": quality_table(ctx.model, images, unit.key)}
-
-
-def _directions(ctx: WorkerContext, unit: Unit, work: DirectionsWork) -> dict[str, pa.Table]:
+def _directions(ctx: WorkerContext, unit: Unit, work: DirectionsWork) -> Tables:
     images = render_directions(ctx.model, unit.layer, work.directions, work.render, seed=work.render.seed)
-    return {"render": rendered_table(images, unit.key)}
+    return {"render": ctx.later(rendered_table, images, unit.key)}
 
 
-def _pair(ctx: WorkerContext, unit: Unit, work: PairWork) -> dict[str, pa.Table]:
+def _pair(ctx: WorkerContext, unit: Unit, work: PairWork) -> Tables:
     a, b = unit.channels
     images = render_pair(ctx.model, unit.layer, a, b, work.render, steps_between=work.interpolation_steps)
-    return {"render": rendered_table(images, unit.key)}
-
-
-def _render_packed(ctx: WorkerContext, units: Sequence[Unit]) -> list[dict[str, pa.Table]]:
-    return [
-        _render_tables(ctx, unit, rows) for unit, rows in zip(units, _render_many(ctx, units), strict=True)
-    ]
+    return {"render": ctx.later(rendered_table, images, unit.key)}
 
 
 def render_units(spec: JobSpec, facts: ModelFacts, inputs: PlanInputs) -> list[Unit]:

@@ -4,6 +4,7 @@ from atlas.optvis.objectives import Objective, ObjectiveError
 from atlas.optvis.param import ParamError, maco_magnitude, make_param
 from atlas.optvis.recipes import (
     RenderedImage,
+    iter_channel_sets,
     random_directions,
     render_channel_sets,
     render_channels,
@@ -22,6 +23,7 @@ __all__ = [
     "RenderResult",
     "RenderedImage",
     "TransformError",
+    "iter_channel_sets",
     "maco_magnitude",
     "make_param",
     "random_directions",

@@ -7,7 +7,7 @@ match the ``render`` shard columns of docs/CONTRACTS.md.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -283,12 +283,28 @@ def render_channel_sets(
     a shallow layer's images would pay for the deep one's (measured on CPU: same-layer packing is
     bitwise identical to rendering alone; mixing layers moved pictures by a grey level).
     """
+    finished = dict(iter_channel_sets(model, requests, settings, images_per_pass))
+    return [finished[index] for index in range(len(requests))]
+
+
+def iter_channel_sets(
+    model: LoadedModel,
+    requests: Sequence[tuple[str, Sequence[int]]],
+    settings: RenderSettings,
+    images_per_pass: int | None = None,
+) -> Iterator[tuple[int, list[RenderedImage]]]:
+    """``render_channel_sets`` one set at a time: (index of the request, its rows) as soon as
+    the physical pass holding the set's last chunk is done, so that a caller can hand a finished
+    set's host-side work (PNG encoding, tables) to another thread while the next pass optimizes.
+    Every request is checked before the first pass runs."""
     prepared = [_prepare(model, layer, channels, settings) for layer, channels in requests]
     capacity = (
         images_per_pass
         if images_per_pass is not None
         else pass_capacity(model, settings.batch, settings.size)
     )
+    left = {index: len(one.parts) for index, one in enumerate(prepared)}
+    yield from ((index, []) for index, count in left.items() if not count)
     results: dict[int, list[RenderResult]] = {}
     for layer in dict.fromkeys(one.layer for one in prepared):
         members = [index for index, one in enumerate(prepared) if one.layer == layer]
@@ -297,8 +313,11 @@ def render_channel_sets(
         for group in _passes(sizes, capacity):
             done = _render(model, [owners[i][1] for i in group], settings)
             for i, result in zip(group, done, strict=True):
-                results.setdefault(owners[i][0], []).append(result)
-    return [_rows(one, results[index]) for index, one in enumerate(prepared)]
+                owner = owners[i][0]
+                results.setdefault(owner, []).append(result)
+                left[owner] -= 1
+                if not left[owner]:
+                    yield owner, _rows(prepared[owner], results.pop(owner))
 
 
 def random_directions(model: LoadedModel, layer: str, n: int, seed: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ Phases, in the order a job runs them:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -29,8 +30,10 @@ from atlas.core.registry import Registry
 
 Phase = Literal["first", "merge", "stage"]
 PHASES: tuple[Phase, ...] = ("first", "merge", "stage")
-Tables = dict[str, pa.Table]
-# (worker context, unit, the unit's work) -> the unit's tables by table kind
+# A unit's tables by table kind: each a table, or a future of one that the worker's writer thread
+# is still building (atlas.kinds.context.WorkerContext.later); the worker waits for it.
+Tables = dict[str, pa.Table | Future]
+# (worker context, unit, the unit's work) -> the unit's tables
 Handler = Callable[[Any, Any, Any], Tables]
 # (worker context, units of one kind with equal work) -> each unit's tables, in order
 ManyHandler = Callable[[Any, Sequence[Any]], list[Tables]]

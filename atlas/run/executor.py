@@ -32,7 +32,7 @@ from atlas.plan.spec import ExecuteSpec, JobSpec
 from atlas.plan.units import Unit
 from atlas.run.autoscale import GPUS
 from atlas.run.report import JobResult
-from atlas.run.worker import UnitFailed, make_context, run_unit, run_units
+from atlas.run.worker import UnitFailed, WorkerCalls, make_context
 from atlas.store.location import Location, check_uri, open_location
 from atlas.store.store import Store, UnitRecord, write_shards
 
@@ -189,17 +189,28 @@ def workers_write(store: Store) -> bool:
     return len([node for node in ray.nodes() if node.get("Alive")]) <= 1
 
 
+# Calls a GPU worker runs at once: while one call's host-side work finishes (PNG encoding, tables,
+# shard writes), the next one, already queued by the driver, optimizes; the accelerator runs one
+# call's units at a time (atlas.run.worker.WorkerCalls).
+CALLS_AT_ONCE_PER_GPU_WORKER = 2
+
+
 @ray.remote
 class UnitWorker:
-    """Holds the model for the whole job and runs units one after another."""
+    """Holds the model for the whole job and runs units, one call's on the device at a time."""
 
     def __init__(self, spec: JobSpec, device: str):
         import torch
 
         assigned = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(assigned)))
-        self.context = make_context(spec, device)
+        self.calls = WorkerCalls(make_context(spec, device))
         self.locations: dict[str, Location] = {}
+
+    def _staged(self, store_uri: str, key: str, tables: dict) -> dict:
+        if store_uri not in self.locations:
+            self.locations[store_uri] = open_location(store_uri)
+        return write_shards(self.locations[store_uri], key, tables)
 
     def run(self, unit: Unit, inputs: Any = None, store_uri: str | None = None) -> tuple[str, dict, float]:
         """Run one unit; `inputs` arrives separately so that units sharing it ship it once.
@@ -208,33 +219,29 @@ class UnitWorker:
         records, seconds); else ("tables", the tables, seconds) for the driver to write.
         Credentials for a bucket come from this node's own environment, never from the driver.
         """
-        start = time.perf_counter()
-        tables = run_unit(self.context, replace(unit, inputs=inputs))
+        unit = replace(unit, inputs=inputs)
+        [tables], start = self.calls.outcomes([unit])
+        if isinstance(tables, UnitFailed):
+            raise tables
         if store_uri is None:
             return "tables", tables, time.perf_counter() - start
-        if store_uri not in self.locations:
-            self.locations[store_uri] = open_location(store_uri)
-        shards = write_shards(self.locations[store_uri], unit.key, tables)
-        return "shards", shards, time.perf_counter() - start
+        return "shards", self._staged(store_uri, unit.key, tables), time.perf_counter() - start
 
     def run_many(self, units: list[Unit], store_uri: str | None = None) -> list[tuple[str, Any, float]]:
         """Several units (no inputs) in one call, render units optimized together
-        (``atlas.run.worker.run_units``): per unit what ``run`` returns, or ("failed", reason, seconds).
+        (``atlas.run.worker.start_units``): per unit what ``run`` returns, or ("failed", reason, seconds).
         A unit's seconds are the call's, shared out by its share of the units."""
-        start = time.perf_counter()
-        outcomes = run_units(self.context, units)
-        results: list[tuple[str, Any, float]] = []
+        outcomes, start = self.calls.outcomes(units)
+        results: list[tuple[str, Any]] = []
         for unit, outcome in zip(units, outcomes, strict=True):
             if isinstance(outcome, UnitFailed):
-                results.append(("failed", str(outcome), 0.0))
+                results.append(("failed", str(outcome)))
             elif store_uri is None:
-                results.append(("tables", outcome, 0.0))
+                results.append(("tables", outcome))
             else:
-                if store_uri not in self.locations:
-                    self.locations[store_uri] = open_location(store_uri)
-                results.append(("shards", write_shards(self.locations[store_uri], unit.key, outcome), 0.0))
+                results.append(("shards", self._staged(store_uri, unit.key, outcome)))
         share = (time.perf_counter() - start) / max(len(units), 1)
-        return [(form, output, share) for form, output, _ in results]
+        return [(form, output, share) for form, output in results]
 
     def pid(self) -> int:
         return os.getpid()
@@ -279,7 +286,10 @@ class Executor:
 
     def _new_worker(self) -> _Worker:
         plan = self.workers_plan
-        handle = UnitWorker.options(num_cpus=plan.cpus, num_gpus=plan.gpus).remote(self.spec, plan.device)
+        at_once = CALLS_AT_ONCE_PER_GPU_WORKER if plan.gpus > 0 else 1
+        handle = UnitWorker.options(num_cpus=plan.cpus, num_gpus=plan.gpus, max_concurrency=at_once).remote(
+            self.spec, plan.device
+        )
         return _Worker(handle, handle.pid.remote())
 
     def worker_pids(self, timeout: float | None = None) -> list[int]:
