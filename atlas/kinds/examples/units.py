@@ -3,6 +3,7 @@ examples and histograms of a chunk of a layer's channels from the merged scans."
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -18,6 +19,7 @@ from atlas.plan.kinds import PlanInputs, register_kind
 from atlas.plan.spec import JobSpec
 from atlas.plan.units import ModelFacts, Unit, chunks, layer_channels, make_unit
 from atlas.plan.work import Work
+from atlas.store.store import Store
 
 # Channels per examples unit: bounds the size of one result (crops and thumbnails are PNG bytes).
 EXAMPLES_CHANNELS_PER_UNIT = 64
@@ -163,6 +165,22 @@ def examples_units(spec: JobSpec, facts: ModelFacts, inputs: PlanInputs) -> list
             )
             units.append(make_unit(facts.digest, layer.name, chunk, work))
     return units
+
+
+def stored_density(store: Store, units: Sequence[Unit]) -> dict[str, dict[int, float]]:
+    """Each channel's share of positions where it fires (`histogram.active`), by layer, from the
+    examples `units` that are stored (their random directions left out)."""
+    missing = set(store.pending([unit.key for unit in units]))
+    density: dict[str, dict[int, float]] = {}
+    for unit in units:
+        if unit.kind != ExamplesWork.kind or unit.key in missing:
+            continue
+        table = store.read_unit(unit.key, "histogram", ["channel", "active"]).to_pydict()
+        found = density.setdefault(unit.layer, {})
+        for channel, active in zip(table["channel"], table["active"], strict=True):
+            if channel >= 0 and active is not None:
+                found[channel] = active
+    return density
 
 
 def _scan_seconds(unit: Unit, spec: JobSpec, speed: Any) -> float:
