@@ -222,6 +222,12 @@ def test_a_job_visualizes_its_densest_features_and_scans_them_all(tmp_path: Path
     rendered = sorted(set(store.read("render", layer).column("channel").to_pylist()))
     assert rendered == list(densest(density, 3))
     assert len(set(density.values())) > 3  # the choice is a real one: densities differ
+    # the dashboard of an SAE layer: a share of images beside the share of positions, never below
+    # it (a position fires only in an image that fires), and quantile groups in every firing feature
+    images = dict(zip(histogram["channel"], histogram["images_active"], strict=True))
+    assert all(density[c] <= images[c] <= 1 for c in density)
+    quantiles = [r for r in store.read("examples", layer).to_pylist() if r["bucket"] == "quantile"]
+    assert {r["channel"] for r in quantiles} == {c for c in density if images[c] > 0}
     status = job_status(load_spec(job))  # the densest renders count as the job's own units
     assert not status["pending"] and not status["stale"]
     assert sum(label.startswith("render ") for label in status["done"]) == 2  # 3 features in units of 2

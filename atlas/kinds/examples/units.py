@@ -64,6 +64,15 @@ class ExamplesWork(Work):
     quantiles: tuple[float, float]
     directions: int
     with_directions: bool  # also crop the layer's random directions (the layer's first chunk)
+    # A feature dashboard (SAE layers): quantile groups and the share of images where it fires
+    dashboard: bool = False
+
+    def key_settings(self) -> dict[str, Any]:
+        """Without a dashboard the key stays what it was before dashboards existed."""
+        settings = super().key_settings()
+        if not self.dashboard:
+            del settings["dashboard"]
+        return settings
 
 
 def _scan(ctx: WorkerContext, unit: Unit, work: ScanWork) -> dict[str, pa.Table]:
@@ -103,6 +112,7 @@ def _examples(ctx: WorkerContext, unit: Unit, work: ExamplesWork) -> dict[str, p
             bins=work.bins,
             quantiles=work.quantiles,
             channels=unit.channels if name == unit.layer else None,
+            dashboard=work.dashboard and name == unit.layer,
         )
         if name != unit.layer:
             tables = tuple(_as_directions(t, unit.layer) for t in tables)
@@ -162,6 +172,7 @@ def examples_units(spec: JobSpec, facts: ModelFacts, inputs: PlanInputs) -> list
                 quantiles=tuple(ex.quantiles),
                 directions=directions,
                 with_directions=index == 0 and bool(directions),
+                dashboard=layer.sae is not None,
             )
             units.append(make_unit(facts.digest, layer.name, chunk, work))
     return units
