@@ -4,6 +4,7 @@ prices the job with and without the visualizations, and bad values are one line.
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -233,3 +234,20 @@ def test_a_job_visualizes_its_densest_features_and_scans_them_all(tmp_path: Path
     assert sum(label.startswith("render ") for label in status["done"]) == 2  # 3 features in units of 2
     again = CliRunner().invoke(main, ["plan", str(job)])
     assert "0 to compute" in again.output and "densest" not in again.output
+    built = CliRunner().invoke(main, ["site", str(tmp_path / "out")])
+    assert built.exit_code == 0, built.output
+    site = tmp_path / "out" / "site"
+    page = next(site.glob("conv2-sae*.html")).read_text()
+    assert page.count("data-images-active=") == 12 and "data-quantile='[" in page
+    details = next(site.glob("img/conv2-sae*/details.js")).read_text()
+    found = json.loads(details.strip().splitlines()[-1].split(" = ", 1)[1].rstrip(";"))
+    shown = {int(c): d["quantiles"] for c, d in found.items() if "quantiles" in d}
+    assert set(shown) == {r["channel"] for r in quantiles}
+    for channel, groups in shown.items():  # the channel view's groups are the stored ones
+        stored = sorted((r["rank"], r["source_id"]) for r in quantiles if r["channel"] == channel)
+        assert sorted((e[0], e[2]) for e in groups["examples"]) == stored
+        rows = store.read("examples", layer).to_pylist()
+        best = next(
+            r["activation"] for r in rows if (r["channel"], r["bucket"], r["rank"]) == (channel, "max", 0)
+        )
+        assert groups["top"] == pytest.approx(best) and all(e[1] <= groups["top"] for e in groups["examples"])

@@ -26,6 +26,11 @@ RENDER_SCHEMA = pa.schema(
     ]
 )
 
+# The `quantile` bucket of an SAE layer's examples: groups of equal width across (0, max], and at
+# most this many images per group; rank r lies in group QUANTILE_GROUPS - 1 - r // QUANTILE_PER_GROUP.
+QUANTILE_GROUPS = 10
+QUANTILE_PER_GROUP = 5
+
 EXAMPLES_SCHEMA = pa.schema(
     [
         ("layer", pa.string()),

@@ -22,11 +22,12 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from atlas.core.errors import AtlasError
+from atlas.core.schema import QUANTILE_GROUPS
 from atlas.data.skipped import REASONS, count_reasons, read_skipped
 from atlas.plan.layer_names import base_layer
 from atlas.site.actatlas import Dictionary, read_atlas, read_places
 from atlas.site.changes import build_summary, channel_ranges, diff_builds, load_summary
-from atlas.site.channels import BUCKETS, ChannelEntry, PreviousSprites, read_layer
+from atlas.site.channels import BUCKETS, QUANTILE, ChannelEntry, PreviousSprites, read_layer
 from atlas.site.columns import Column, job_columns
 from atlas.site.features import feature_health, read_features
 from atlas.site.images import LayerImages, Picture
@@ -341,12 +342,21 @@ def _build_layer(
     pages = split([c.channel for c in channels], summary.slug)
     summary.pages = [p for p, _ in pages]
     grids = {c: [r.columns, r.rows] for c, r in layout.regions.items() if c in shown} if layout else {}
+    quantile = layout.regions.get(QUANTILE) if layout else None  # shown by the channel view only
+    # where the channel view finds the quantile groups' cells: [x, y, cell width, cell height,
+    # cells a row, sprite width, sprite height, groups]
+    quantile_cells = (
+        [*quantile.cell(0), quantile.columns, layout.width, layout.height, QUANTILE_GROUPS]
+        if quantile and layout
+        else []
+    )
     kinds = {column.name.replace("_", "-"): column.kind for column in columns}
     for number, (this, part) in enumerate(pages):
         env.get_template("layer.html").stream(
             channels=channels[part],
             columns=columns,
             grids=grids,
+            quantile_cells=quantile_cells,
             kinds=kinds,
             measures=MEASURES,
             explained=EXPLAINED,
@@ -408,9 +418,13 @@ def _previous_sprites(previous: dict | None, site: Path, layer: str) -> Previous
 def _write_details(path: Path, slug: str, channels: list[ChannelEntry]) -> None:
     """Per-channel extras the channel view loads on demand, as a script (file:// has no fetch)."""
     details = {
-        str(entry.channel): {"loss": entry.losses, "sources": entry.sources}
+        str(entry.channel): {
+            "loss": entry.losses,
+            "sources": entry.sources,
+            **({"quantiles": entry.quantiles} if entry.quantiles else {}),
+        }
         for entry in channels
-        if entry.losses or entry.sources
+        if entry.losses or entry.sources or entry.quantiles
     }
     text = json.dumps(details, separators=(",", ":"), allow_nan=False)
     path.write_text(

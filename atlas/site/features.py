@@ -32,15 +32,20 @@ def read_features(store: Store, layer: str) -> dict[int, dict[str, list]]:
 
 
 def feature_health(channels: Sequence[ChannelEntry]) -> dict[str, list[int] | int]:
-    """An SAE layer's dead features (never firing on the dataset) and dense ones (firing at more
-    than DENSE of all positions), from the scan's histograms (else the best example's value)."""
+    """An SAE layer's dead features (firing in no image of the dataset) and dense ones (firing at
+    more than DENSE of all positions), from the scan's counts of images (else its histograms, else
+    the best example's value)."""
     dead, dense, recorded = [], [], 0
     for entry in channels:
         best = entry.values.get("max", (None,))[0]
         if entry.active is None and best is None:
             continue
         recorded += 1
-        if (entry.active == 0.0) if entry.active is not None else best < FIRES:
+        if entry.images_active is not None:
+            never = entry.images_active == 0.0
+        else:
+            never = (entry.active == 0.0) if entry.active is not None else best < FIRES
+        if never:
             dead.append(entry.channel)
         elif entry.active is not None and entry.active > DENSE:
             dense.append(entry.channel)

@@ -22,6 +22,8 @@ import pyarrow as pa
 from PIL import Image
 
 from atlas.core.schema import EXAMPLES_SCHEMA, HISTOGRAM_SCHEMA, keyed_table
+from atlas.core.schema import QUANTILE_GROUPS as GROUPS
+from atlas.core.schema import QUANTILE_PER_GROUP as PER_GROUP
 from atlas.data.source import ImageSource, png, view_crop
 from atlas.kinds.examples import heatmaps
 from atlas.kinds.examples.partial import (
@@ -35,9 +37,6 @@ from atlas.kinds.examples.partial import (
 )
 from atlas.models import LoadedModel
 from atlas.models.receptive import ReceptiveField, receptive_field
-
-GROUPS = 10  # quantile groups across a feature's activation range
-PER_GROUP = 5  # examples per quantile group
 
 
 @dataclass(frozen=True)
