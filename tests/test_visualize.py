@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browsers import CHROMIUM, chromium
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -251,3 +252,19 @@ def test_a_job_visualizes_its_densest_features_and_scans_them_all(tmp_path: Path
             r["activation"] for r in rows if (r["channel"], r["bucket"], r["rank"]) == (channel, "max", 0)
         )
         assert groups["top"] == pytest.approx(best) and all(e[1] <= groups["top"] for e in groups["examples"])
+    if CHROMIUM.exists():  # the channel view draws the groups: ten rows, one tile per example
+        channel, groups = max(shown.items(), key=lambda item: len(item[1]["examples"]))
+        url = next(site.glob("conv2-sae*.html")).as_uri() + f"#channel-{channel}"
+        with chromium() as browser:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on(
+                "console", lambda message: errors.append(message.text) if message.type == "error" else None
+            )
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(url)
+            page.wait_for_selector("#channel-view .quantiles .tile")
+            assert page.locator("#channel-view .quantile-group").count() == 10
+            assert page.locator("#channel-view .quantiles .tile").count() == len(groups["examples"])
+            assert "of the images" in page.locator("#channel-view").inner_text()
+            assert not errors
