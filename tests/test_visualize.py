@@ -238,7 +238,9 @@ def test_a_job_visualizes_its_densest_features_and_scans_them_all(tmp_path: Path
     built = CliRunner().invoke(main, ["site", str(tmp_path / "out")])
     assert built.exit_code == 0, built.output
     site = tmp_path / "out" / "site"
-    page = next(site.glob("conv2-sae*.html")).read_text()
+    layer_page = next(p for p in site.glob("conv2-sae*.html") if p.name.count(".") == 1)  # not the index
+    page = layer_page.read_text()
+    assert f'href="{layer_page.stem}.features.html"' in page
     assert page.count("data-images-active=") == 12 and "data-quantile='[" in page
     details = next(site.glob("img/conv2-sae*/details.js")).read_text()
     found = json.loads(details.strip().splitlines()[-1].split(" = ", 1)[1].rstrip(";"))
@@ -254,7 +256,7 @@ def test_a_job_visualizes_its_densest_features_and_scans_them_all(tmp_path: Path
         assert groups["top"] == pytest.approx(best) and all(e[1] <= groups["top"] for e in groups["examples"])
     if CHROMIUM.exists():  # the channel view draws the groups: ten rows, one tile per example
         channel, groups = max(shown.items(), key=lambda item: len(item[1]["examples"]))
-        url = next(site.glob("conv2-sae*.html")).as_uri() + f"#channel-{channel}"
+        url = layer_page.as_uri() + f"#channel-{channel}"
         with chromium() as browser:
             page = browser.new_page()
             errors: list[str] = []
@@ -267,4 +269,20 @@ def test_a_job_visualizes_its_densest_features_and_scans_them_all(tmp_path: Path
             assert page.locator("#channel-view .quantile-group").count() == 10
             assert page.locator("#channel-view .quantiles .tile").count() == len(groups["examples"])
             assert "of the images" in page.locator("#channel-view").inner_text()
+            assert not errors
+            index = browser.new_page()  # the feature index: every feature, and each search narrows it
+            index.on("pageerror", lambda error: errors.append(str(error)))
+            index.goto(next(site.glob("conv2-sae*.features.html")).as_uri())
+            index.wait_for_selector("#feature-results tr")
+            assert index.locator("#feature-results tr").count() == 12
+            ranked = sorted(set(density.values()))
+            cut = (ranked[-4] + ranked[-5]) / 2  # between two densities: rounding cannot cross it
+            for query, expected in [
+                ("7", [7]),
+                (f">{cut:.6g}", sorted(c for c, v in density.items() if v > cut)),
+                (f"images<{1e-9}", sorted(c for c, v in images.items() if v < 1e-9)),
+            ]:
+                index.fill("#feature-search", query)
+                shown_rows = index.locator("#feature-results tr td:first-child").all_inner_texts()
+                assert [int(text.lstrip("#")) for text in shown_rows] == expected, query
             assert not errors

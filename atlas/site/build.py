@@ -29,7 +29,7 @@ from atlas.site.actatlas import Dictionary, read_atlas, read_places
 from atlas.site.changes import build_summary, channel_ranges, diff_builds, load_summary
 from atlas.site.channels import BUCKETS, QUANTILE, ChannelEntry, PreviousSprites, read_layer
 from atlas.site.columns import Column, job_columns
-from atlas.site.features import feature_health, read_features
+from atlas.site.features import feature_health, feature_index, index_file, read_features, write_feature_index
 from atlas.site.images import LayerImages, Picture
 from atlas.site.interactions import read_interactions
 from atlas.site.labels import top_labels
@@ -322,6 +322,8 @@ def _build_layer(
     summary.has_atlas = bool(atlas_grids)
     atlas_layer, places = read_places(store, summary.name)  # a dictionary's directions in an atlas
     slugs = {s.name: s.slug for s in common["nav"]}
+    features = read_features(store, summary.name)
+    enriched = top_labels(channels, common["job"].get("labels") or {})
     page = {
         "current": summary,
         "layer": summary,
@@ -329,9 +331,9 @@ def _build_layer(
         "next_layer": neighbours[1],
         "names": layer.get("names") or [],
         "places": places,
-        "features": read_features(store, summary.name),  # an SAE layer's decoder neighbours, logit effects
+        "features": features,  # an SAE layer's decoder neighbours, logit effects
         "health": feature_health(channels) if layer.get("sae") else None,
-        "enriched": top_labels(channels, common["job"].get("labels") or {}),
+        "enriched": enriched,
         "atlas_page": f"{slugs[atlas_layer]}.atlas.html" if atlas_layer in slugs else "",
         "views": layer_views(store, summary.name),  # units of kinds with a registered view
         "fits": fits,
@@ -366,6 +368,11 @@ def _build_layer(
             this_page=number,
             **page,
         ).dump(str(root / this.href), encoding="utf-8")
+    if layer.get("sae"):  # every feature, searchable by number, label, top class and density
+        write_feature_index(root, summary.slug, feature_index(channels, features, enriched))
+        env.get_template("features.html").stream(index_script=index_file(summary.slug), **page).dump(
+            str(root / f"{summary.slug}.features.html"), encoding="utf-8"
+        )
     if interactions is not None:
         by_channel = {c.channel: c for c in channels if c.sprite is not None}
         basis = [c for c in channels if c.sprite is not None and "channel" in c.values]

@@ -620,6 +620,58 @@
     });
   }
 
+  // ---- Feature index page (SAE layers) ------------------------------------------------------
+  // rows of window.atlasFeatureIndex: [feature, label, class raised most, positions, images]
+  function setupFeatureIndex(search) {
+    const status = document.getElementById("feature-status");
+    const results = document.getElementById("feature-results");
+    const MAX_ROWS = 200;
+
+    function test(token) {
+      const bound = /^(images)?([<>])(\d*\.?\d+(?:e-?\d+)?)$/.exec(token);
+      if (bound) {
+        const column = bound[1] ? 4 : 3;
+        const limit = Number(bound[3]);
+        return function (row) { return row[column] !== null && (bound[2] === ">" ? row[column] > limit : row[column] < limit); };
+      }
+      if (/^\d+$/.test(token)) return function (row) { return row[0] === Number(token); };
+      const word = token.toLowerCase();
+      return function (row) { return String(row[1]).toLowerCase().indexOf(word) >= 0; };
+    }
+    function tests(text) {
+      // "class 207" (or class:207) is one test: the class the feature raises most
+      const found = [];
+      text.trim().replace(/class[\s:]+(\d+)/gi, function (_, number) {
+        found.push(function (row) { return row[2] === Number(number); });
+        return " ";
+      }).split(/\s+/).filter(Boolean).forEach(function (token) { found.push(test(token)); });
+      return found;
+    }
+    function percent(value) { return value === null ? "–" : (100 * value).toPrecision(3) + "%"; }
+    function render() {
+      const rows = window.atlasFeatureIndex || [];
+      const checks = tests(search.value);
+      const hits = rows.filter(function (row) { return checks.every(function (check) { return check(row); }); });
+      results.replaceChildren();
+      hits.slice(0, MAX_ROWS).forEach(function (row) {
+        const line = make("tr");
+        const cell = make("td");
+        const link = make("a", "", "#" + row[0]);
+        link.href = search.dataset.layerPage + "#channel-" + row[0];
+        cell.appendChild(link);
+        line.appendChild(cell);
+        [row[1], row[2] === null ? "–" : "class " + row[2], percent(row[3]), percent(row[4])].forEach(function (text) {
+          line.appendChild(make("td", "", String(text)));
+        });
+        results.appendChild(line);
+      });
+      status.textContent = hits.length + " of " + rows.length + " features" +
+        (hits.length > MAX_ROWS ? " (first " + MAX_ROWS + " shown)" : "");
+    }
+    search.addEventListener("input", render);
+    window.addEventListener("load", render);
+  }
+
   // Keep the current layer visible in a long layer bar (horizontal scroll only, never the page).
   const bar = document.querySelector(".layerbar");
   const here = bar && bar.querySelector('[aria-current="page"]');
@@ -627,7 +679,9 @@
 
   const list = document.getElementById("channels");
   const search = document.getElementById("layer-search");
+  const featureSearch = document.getElementById("feature-search");
   if (list) setupLayerPage(list);
   else if (search) setupIndex(search);
+  else if (featureSearch) setupFeatureIndex(featureSearch);
   else setupPageKeys();
 })();
