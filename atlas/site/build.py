@@ -46,7 +46,7 @@ from atlas.store.safefs import folder_mode, remove, swap_folder
 from atlas.store.store import JOB, Store, UnitRecord
 
 SUMMARY_FILE = "build.json"
-DETAILS_FILE = "details.js"
+DETAILS_FILE = "details.js"  # of a layer's first page; page n > 1 loads details.p<n>.js
 SAMPLES_PER_LAYER = 6
 SKIPPED_PAGE = "skipped.html"
 SKIPPED_SHOWN = 10_000  # rows on the skipped-inputs page; the store's `skipped` table has them all
@@ -312,7 +312,6 @@ def _build_layer(
     summary.samples = _samples(channels, content.layout, all_columns)
     summary.has_interactions = interactions is not None
     summary.sprite_keys = {str(c.channel): c.sprite_key for c in channels if c.sprite is not None}
-    _write_details(images.folder / DETAILS_FILE, summary.slug, channels)
     columns = _row_columns(channels, common["job"], all_columns)
     shown = {column.name for column in columns}
     fits = _row_fits(content.layout, [column.name for column in columns])
@@ -354,7 +353,11 @@ def _build_layer(
     )
     kinds = {column.name.replace("_", "-"): column.kind for column in columns}
     for number, (this, part) in enumerate(pages):
+        # the channel view's extras, per page: a layer of 49,152 SAE features would load megabytes
+        details = details_file(number)
+        _write_details(images.folder / details, summary.slug, channels[part])
         env.get_template("layer.html").stream(
+            details=f"img/{summary.slug}/{details}",
             channels=channels[part],
             columns=columns,
             grids=grids,
@@ -420,6 +423,11 @@ def _previous_sprites(previous: dict | None, site: Path, layer: str) -> Previous
     if slug != layer_slugs([slug]).get(slug):  # only a clean slug may name a folder to read from
         return None
     return PreviousSprites(site / "img" / slug, dict(recorded.get("keys") or {}))
+
+
+def details_file(page: int) -> str:
+    """The details script of a layer's `page` (0-based), in the layer's image folder."""
+    return DETAILS_FILE if page == 0 else f"details.p{page + 1}.js"
 
 
 def _write_details(path: Path, slug: str, channels: list[ChannelEntry]) -> None:
