@@ -325,8 +325,9 @@ def scan(job: Path, out: str | None, force: bool) -> None:
 )
 def plan(job: Path, out: str | None, price: float | None, throughput: Path | None) -> None:
     """List the units a job would run, without running them, and what they would cost."""
-    from atlas.run.cost import Throughput, estimate
-    from atlas.run.job import prepare
+    from atlas.run.cost import Throughput, estimate, without_visualizations
+    from atlas.run.job import merge_units, prepare
+    from atlas.run.phases import densest_left
     from atlas.store.store import Store
 
     spec = _load(job, out)
@@ -335,12 +336,14 @@ def plan(job: Path, out: str | None, price: float | None, throughput: Path | Non
     for unit in prepared.plan.units:
         counts[unit.kind] = counts.get(unit.kind, 0) + 1
         click.echo(f"{unit.key}  {unit.label}")
-    from atlas.run.job import merge_units
-
     later = len(merge_units(prepared, prepared.plan.keys()))
     summary = ", ".join(f"{n} {kind}" for kind, n in counts.items())
     click.echo(f"{len(prepared.plan.units)} units ({summary}) + {later} examples units after the scan")
-    todo = _explain(prepared, Store(prepared.spec.out), prepared.plan.units)
+    store = Store(prepared.spec.out)
+    densest = densest_left(prepared, store)
+    if densest:
+        click.echo(f"+ {len(densest)} render units of the densest channels, chosen after the scan")
+    todo = _explain(prepared, store, prepared.plan.units)
     if prepared.spec.model.checkpoints:
         from atlas.site.series import describe_order
 
@@ -352,9 +355,12 @@ def plan(job: Path, out: str | None, price: float | None, throughput: Path | Non
         )
         return
     speed = Throughput.load(Path(figures), spec.render.batch)
-    found = estimate(todo, spec, speed)
     rate = spec.cost.price_per_gpu_hour if price is None else price
-    click.echo(f"{len(todo)} units left: {found.describe(rate)} on {speed.device} (figures: {figures})")
+    left = [*todo, *densest]
+    found = estimate(left, spec, speed)
+    click.echo(f"{len(left)} units left: {found.describe(rate)} on {speed.device} (figures: {figures})")
+    bare = without_visualizations(left)
+    click.echo(f"without visualizations, {len(bare)} units: {estimate(bare, spec, speed).describe(rate)}")
 
 
 @main.command()

@@ -6,11 +6,17 @@ then builds the site in a child process and reports wall time, peak RSS and the 
 page. A second child builds a store holding only the largest layer: if the full build's peak
 RSS is close to that one, memory is bounded by a layer, not by the atlas.
 
+With `--sae FEATURES` it builds one SAE layer of that many features instead (ViT-B-like, 14 x 14
+tokens): quantile groups, decoder neighbours, logit effects and densities for every feature, and
+reports build time, peak RSS, the largest page and sprite, the channel view's details and the
+feature index, the files a reader's browser loads for one feature.
+
 With `--before REV` it writes only the largest layer's store and builds its site twice, with the
 builder of git revision REV (its `atlas/` exported to a temporary folder) and with this tree, so
 two versions' peak RSS compare in one run.
 
     python scripts/bench_site.py [--out bench-out/site] [--image-size 32] [--crop-size 24]
+    python scripts/bench_site.py --sae 49152 --image-size 64 --crop-size 32 --examples-k 5
     python scripts/bench_site.py --layers inception5b --image-size 128 --crop-size 96 --noise 8 --before main
 """
 
@@ -19,10 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from atlas.models import load_model
@@ -124,6 +132,39 @@ def folder_size(path: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
+def sae_layer(out: Path, features: int, options: SyntheticOptions) -> None:
+    """Build the site of one SAE layer of `features` features and report its costs."""
+    layer = SyntheticLayer("blocks.6@sae:bench", features, 14, 14, "tokens")
+    start = time.perf_counter()
+    fresh_store(out, [layer], replace(options, sae=True))
+    shards, size = folder_size(out / "shards")
+    print(
+        f"store of {features} SAE features written in {time.perf_counter() - start:.1f} s: {shards} shards, {size / 1e6:.0f} MB"
+    )
+    built = build_in_child(out, site=out / "site-sae")
+    site = Path(built["index"]).parent
+    pages = [
+        p
+        for p in site.glob("*.html")
+        if re.fullmatch(r"[^.]+(\.p\d+)?\.html", p.name) and p.name != "index.html"
+    ]
+    sprites = [p.stat().st_size for p in site.glob("img/*/*.jpg")]
+    details = max(p.stat().st_size for p in site.glob("img/*/details*.js"))
+    index = max(p.stat().st_size for p in site.glob("*.features.js"))
+    files, total = folder_size(site)
+    print(
+        f"SAE build: {built['seconds']:.1f} s wall, {built['cpu']:.1f} s CPU in the main process for {features} "
+        f"features ({1000 * built['seconds'] / features:.1f} ms per feature); peak RSS {built['peak_mib']:.0f} MiB; "
+        f"load average {load_average()}"
+    )
+    print(
+        f"  per feature: a layer page of 256 features ({len(pages)} pages, largest {max(p.stat().st_size for p in pages) / 1e3:.0f} kB), "
+        f"its sprite (largest {max(sprites) / 1e3:.0f} kB, mean {sum(sprites) / len(sprites) / 1e3:.0f} kB), "
+        f"the channel view's details of its page (largest {details / 1e3:.0f} kB); feature index {index / 1e6:.2f} MB"
+    )
+    print(f"  site: {files} files, {total / 1e6:.0f} MB on disk at {site}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench-out/site"))
@@ -137,9 +178,24 @@ def main() -> None:
     parser.add_argument("--layers", help="comma-separated subset, e.g. inception4a (default: all nine)")
     parser.add_argument("--workers", type=int, help="sprite processes (default: the builder's choice)")
     parser.add_argument(
+        "--sae", type=int, metavar="FEATURES", help="build one SAE layer of FEATURES features"
+    )
+    parser.add_argument(
         "--before", metavar="REV", help="compare git revision REV with this tree on the largest layer"
     )
     args = parser.parse_args()
+    options = SyntheticOptions(
+        image_size=args.image_size,
+        crop_size=args.crop_size,
+        examples_k=args.examples_k,
+        diversity=args.diversity,
+        bins=32,
+        channels_per_unit=64,
+        noise=args.noise,
+    )
+    if args.sae:
+        sae_layer(args.out / "sae", args.sae, options)
+        return
 
     layers = googlenet_mixed_layers()
     if args.layers:
@@ -151,15 +207,6 @@ def main() -> None:
     print(f"layers: {', '.join(f'{layer.name} {layer.channels}' for layer in layers)}")
     if not args.layers:
         print(f"channels: {total} (the issue says {ISSUE_CHANNEL_COUNT}; these are torchvision's counts)")
-    options = SyntheticOptions(
-        image_size=args.image_size,
-        crop_size=args.crop_size,
-        examples_k=args.examples_k,
-        diversity=args.diversity,
-        bins=32,
-        channels_per_unit=64,
-        noise=args.noise,
-    )
     largest = max(layers, key=lambda layer: layer.channels)
     if args.before:
         compare(args.out / "largest", largest, options, args.before, args.workers)

@@ -17,7 +17,16 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from atlas.core.schema import EXAMPLES_SCHEMA, HISTOGRAM_SCHEMA, QUALITY_SCHEMA, RENDER_SCHEMA, TRUST_SCHEMA
+from atlas.core.schema import (
+    EXAMPLES_SCHEMA,
+    FEATURES_SCHEMA,
+    HISTOGRAM_SCHEMA,
+    QUALITY_SCHEMA,
+    QUANTILE_GROUPS,
+    QUANTILE_PER_GROUP,
+    RENDER_SCHEMA,
+    TRUST_SCHEMA,
+)
 from atlas.site.columns import atlas_columns, columns_json
 from atlas.store.store import Store, UnitRecord
 
@@ -54,6 +63,9 @@ class SyntheticOptions:
     noise: float = 0.0  # pixel noise in every image (see _pattern_png)
     zero_bottom: tuple[int, ...] = ()  # channels whose bottom examples all tie at 0, as on a ReLU layer
     seed: int = 0
+    # SAE layers' dashboards: job.json `sae`, quantile groups, the shares where features fire and
+    # a `features` table (decoder neighbours, logit effects)
+    sae: bool = False
 
 
 class PatternPool:
@@ -118,6 +130,7 @@ def write_synthetic_store(
                     "height": layer.height,
                     "width": layer.width,
                     "layout": layer.layout,
+                    **({"sae": True} if options.sae else {}),
                 }
                 for layer in layers
             ],
@@ -180,8 +193,64 @@ def _write_channel_units(
         tables["examples"] = _table(rows, EXAMPLES_SCHEMA, scan_key)
     if options.histograms:
         rows = [_histogram_row(layer, c, options.bins) for c in channels]
+        if options.sae:
+            for row in rows:  # every seventh feature is dead
+                row["active"] = 0.0 if row["channel"] % 7 == 0 else 0.002 * (1 + row["channel"] % 50)
+                row["images_active"] = 0.0 if row["channel"] % 7 == 0 else min(1.0, 10 * row["active"])
         tables["histogram"] = _table(rows, HISTOGRAM_SCHEMA, scan_key)
+    if options.sae and options.examples:
+        tables["examples"] = pa.concat_tables(
+            [
+                tables["examples"],
+                _table(_quantile_rows(pool, layer, channels, options), EXAMPLES_SCHEMA, scan_key),
+            ]
+        )
     store.write_unit_tables(scan_key, "examples", layer, tables, channels)
+    if options.sae:
+        features_key = _key("features", layer, channels[0], options.seed)
+        rows = [
+            {
+                "layer": layer,
+                "channel": c,
+                "nearest": [(c + d) % 49_152 for d in (1, 2, 3, 4, 5)],
+                "nearest_cosine": [0.9, 0.8, 0.7, 0.6, 0.5],
+                "raises": [(c * 7 + d) % 1000 for d in range(5)],
+                "raises_by": [5.0, 4.0, 3.0, 2.0, 1.0],
+                "lowers": [(c * 11 + d) % 1000 for d in range(5)],
+                "lowers_by": [-5.0, -4.0, -3.0, -2.0, -1.0],
+            }
+            for c in channels
+        ]
+        store.write_unit_tables(
+            features_key,
+            "features",
+            layer,
+            {"features": _table(rows, FEATURES_SCHEMA, features_key)},
+            channels,
+        )
+
+
+def _quantile_rows(
+    pool: PatternPool, layer: str, channels: list[int], options: SyntheticOptions
+) -> list[dict]:
+    """Every group of every live feature full: the largest sprite an SAE feature can have."""
+    return [
+        {
+            "layer": layer,
+            "channel": c,
+            "bucket": "quantile",
+            "rank": rank,
+            "activation": 3.0 * (1 - rank / (QUANTILE_GROUPS * QUANTILE_PER_GROUP)),
+            "source_id": f"synthetic/{(c * 17 + rank) % 500}.png",
+            "x": rank % 7,
+            "y": rank % 5,
+            "crop": pool.png(options.crop_size, c * 5 + rank),
+            "thumb": pool.png(options.crop_size, c + rank),
+        }
+        for c in channels
+        if c % 7
+        for rank in range(QUANTILE_GROUPS * QUANTILE_PER_GROUP)
+    ]
 
 
 def _render_row(

@@ -161,6 +161,8 @@ LAYER_FAULTS = (
     "chanels = [0]",
     'channels = "3:1"',
     "dictionary = 3",
+    'visualize = "densest:0"',
+    'visualize = "5:2"',
 )
 
 

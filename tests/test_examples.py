@@ -189,7 +189,16 @@ def test_finalize_writes_the_contract_tables(
         "thumb",
         "unit_key",
     ]
-    assert histogram.schema.names == ["layer", "channel", "edges", "counts", "active", "unit_key"]
+    assert histogram.schema.names == [
+        "layer",
+        "channel",
+        "edges",
+        "counts",
+        "active",
+        "images_active",  # SAE layers' dashboards only: null here
+        "unit_key",
+    ]
+    assert histogram.column("images_active").null_count == histogram.num_rows
     rows = examples.to_pylist()
     for channel in (PLANT_CHANNEL, 0):
         for bucket in ("max", "min", "slightly_positive", "slightly_negative"):

@@ -3,20 +3,27 @@ and a job whose colour detectors are enriched for the folder of their colour."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import re
 import shutil
 import textwrap
+from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from atlas.cli import main
-from atlas.site.labels import enrichment, label_counts, upper_tail
+from atlas.data.open import open_source
+from atlas.data.source import SourceError, row_label
+from atlas.site.labels import enrichment, label_counts, label_of, upper_tail
 
 HERE = Path(__file__).resolve().parent
 
@@ -47,14 +54,27 @@ def test_the_most_significant_label_wins_over_the_most_frequent() -> None:
     assert enrichment(["elsewhere/x"], counts) is None
 
 
-def test_a_colour_detectors_top_images_are_enriched_for_their_folder(tmp_path: Path) -> None:
+def _colour_dataset(tmp_path: Path, layout: str) -> str:
+    """36 photos, every third a red disk, labelled "red" or "other": as ImageFolder class folders,
+    or as rows of a Parquet file with a `colour` column. Returns the [examples] lines."""
     from fooling import write_photos
 
-    photos = write_photos(tmp_path / "flat", count=36)
-    for index, path in enumerate(sorted(photos.glob("*.png"))):  # red disks are every third image
-        folder = tmp_path / "photos" / ("red" if index % 3 == 0 else "other")
+    photos = sorted(write_photos(tmp_path / "flat", count=36).glob("*.png"))
+    labels = ["red" if index % 3 == 0 else "other" for index in range(len(photos))]
+    if layout == "parquet":
+        table = pa.table({"image": [path.read_bytes() for path in photos], "colour": labels})
+        pq.write_table(table, tmp_path / "photos.parquet", row_group_size=10)
+        return 'source = "photos.parquet"\nlabel_column = "colour"'
+    for path, label in zip(photos, labels, strict=True):
+        folder = tmp_path / "photos" / label
         folder.mkdir(parents=True, exist_ok=True)
         shutil.move(path, folder / path.name)
+    return 'source = "photos"'
+
+
+@pytest.mark.parametrize("layout", ["folders", "parquet"])
+def test_a_colour_detectors_top_images_are_enriched_for_their_label(tmp_path: Path, layout: str) -> None:
+    source = _colour_dataset(tmp_path, layout)
     shutil.copy(HERE / "fooling.py", tmp_path / "fooling.py")
     spec = tmp_path / "job.toml"
     spec.write_text(
@@ -70,12 +90,12 @@ def test_a_colour_detectors_top_images_are_enriched_for_their_folder(tmp_path: P
             [render]
             enabled = false
             [examples]
-            source = "photos"
+            SOURCE
             k = 6
             [interactions]
             random_directions = 0
             """
-        )
+        ).replace("SOURCE", source)
     )
     result = CliRunner().invoke(main, ["run", str(spec)])
     assert result.exit_code == 0, result.output
@@ -87,3 +107,47 @@ def test_a_colour_detectors_top_images_are_enriched_for_their_folder(tmp_path: P
     assert sorted(labels) == [0, 1]
     assert labels[0][:3] == ["red", 6, 6] and labels[0][4] < 0.01  # the redness detector's top six: red disks
     assert labels[1][0] == "other"  # the greenness channel's: green stripes
+
+
+LABEL_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+LABEL_COLUMNS = st.one_of(  # a column of one type: text (any characters, `/` included) or class numbers
+    st.lists(st.one_of(LABEL_TEXT, st.none()), min_size=2, max_size=12),
+    st.lists(st.one_of(st.integers(-5, 1000), st.none()), min_size=2, max_size=12),
+)
+
+
+@settings(max_examples=20, deadline=None)
+@given(labels=LABEL_COLUMNS, group=st.integers(1, 5))
+def test_a_parquet_label_column_labels_every_row_it_loads(tmp_path_factory, labels: list, group: int) -> None:
+    """Ids carry the row's label in the ImageFolder form; the images are the rows' own."""
+    folder = tmp_path_factory.mktemp("parquet")
+    pixels = [bytes([i * 20 % 256, 40, 200]) for i in range(len(labels))]
+    images = []
+    for colour in pixels:
+        buffer = io.BytesIO()
+        Image.new("RGB", (16, 16), tuple(colour)).save(buffer, "PNG")
+        images.append(buffer.getvalue())
+    column = pa.array(labels, pa.string() if any(isinstance(v, str) for v in labels) else None)
+    pq.write_table(pa.table({"image": images, "label": column}), folder / "d.parquet", row_group_size=group)
+    plain = open_source(folder / "d.parquet")
+    labelled = open_source(folder / "d.parquet", labels="label")
+    ids = labelled.ids()
+    assert [label_of(i) for i in ids] == [row_label(v) for v in labels]
+    assert all("/" not in row_label(v) for v in labels)
+    assert [i.rpartition("/")[2] for i in ids] == plain.ids()
+    assert plain.fingerprint() != labelled.fingerprint()
+    loaded = dict(labelled.load_many(list(reversed(ids))))
+    for source_id, colour in zip(ids, pixels, strict=True):
+        assert loaded[source_id].image.getpixel((0, 0)) == tuple(colour)
+    distinct = {row_label(v) for v in labels}
+    expected = dict(sorted(Counter(row_label(v) for v in labels).items())) if len(distinct) > 1 else {}
+    assert label_counts(ids) == expected
+
+
+def test_a_label_column_must_exist_and_belong_to_a_parquet_file(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"image": [b"x"], "label": ["a"]}), tmp_path / "d.parquet")
+    with pytest.raises(SourceError, match=r"no label column 'labels'; columns: image, label"):
+        open_source(tmp_path / "d.parquet", labels="labels")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(SourceError, match="drop label_column"):
+        open_source(tmp_path / "folder", labels="label")

@@ -251,7 +251,8 @@ def test_an_sae_layer_runs_as_a_job_and_its_examples_rank_by_the_feature(tmp_pat
     assert sorted(features) == [0, 1, 2, 3]
     built = CliRunner().invoke(main, ["site", str(tmp_path / "out")])
     assert built.exit_code == 0, built.output
-    page = next((tmp_path / "out" / "site").glob("conv2-sae*.html")).read_text()
+    pages = (tmp_path / "out" / "site").glob("conv2-sae*.html")
+    page = next(p for p in pages if p.name.count(".") == 1).read_text()  # not its .features.html
     assert page.count("data-features=") == 4 and page.count("data-active=") == 4
     actives = store.read("histogram", layers[0]).column("active").to_pylist()
     assert len(actives) == 4 and all(0 <= a <= 1 for a in actives)

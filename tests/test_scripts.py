@@ -293,3 +293,19 @@ def test_every_script_runs_its_smoke_settings(name: str, smoke_runs: dict[str, F
 
 def test_no_entry_names_a_script_that_is_gone() -> None:
     assert sorted(SMOKE) == LISTED
+
+
+# A second mode of bench_site.py: one SAE layer (quantile groups, neighbours, the feature index),
+# 300 features so that the layer has two pages.
+SAE_SITE = Run(
+    ("--out", "{tmp}/site", "--sae", "300", "--image-size", "16", "--crop-size", "8")
+    + ("--examples-k", "1", "--diversity", "1"),
+    r"SAE build: [0-9.]+ s wall.* for 300 features.*peak RSS \d+ MiB(?s:.*)2 pages, largest \d+ kB",
+)
+
+
+def test_bench_site_measures_an_sae_layer(tmp_path: Path) -> None:
+    done, seconds = _run(_command("bench_site.py", SAE_SITE.args, tmp_path), None)
+    print(f"bench_site.py --sae: {seconds:.1f} s")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(SAE_SITE.prints, done.stdout), done.stdout[-3000:]

@@ -26,6 +26,11 @@ RENDER_SCHEMA = pa.schema(
     ]
 )
 
+# The `quantile` bucket of an SAE layer's examples: groups of equal width across (0, max], and at
+# most this many images per group; rank r lies in group QUANTILE_GROUPS - 1 - r // QUANTILE_PER_GROUP.
+QUANTILE_GROUPS = 10
+QUANTILE_PER_GROUP = 5
+
 EXAMPLES_SCHEMA = pa.schema(
     [
         ("layer", pa.string()),
@@ -49,6 +54,7 @@ HISTOGRAM_SCHEMA = pa.schema(
         ("edges", pa.list_(pa.float32())),
         ("counts", pa.list_(pa.int64())),
         ("active", pa.float32()),
+        ("images_active", pa.float32()),
         ("unit_key", pa.string()),
     ]
 )
@@ -262,8 +268,9 @@ TABLES = {
         {
             "layer": "layer name",
             "channel": "channel; random direction i is channel -1 - i",
-            "bucket": "`max`, `min`, `slightly_positive`, `slightly_negative`",
-            "rank": "0 = most extreme in its bucket",
+            "bucket": "`max`, `min`, `slightly_positive`, `slightly_negative`; SAE layers also `quantile`: "
+            "10 groups of up to 5 images across (0, max], group 9 the highest",
+            "rank": "0 = most extreme in its bucket; `quantile`: group 9 - rank // 5",
             "activation": "the channel's spatial maximum (`min`, `slightly_negative`: minimum) on the image",
             "source_id": "the image, e.g. `demo:horse.png@328x328+0+0` or a path relative to the folder",
             "x": "column of the position in the layer's activation map (the patch, on token layers)",
@@ -284,6 +291,8 @@ TABLES = {
             "counts": "positions (of every image) per bin",
             "active": "share of those positions where the activation is at least 2^-10 (about 0.001): "
             "where the unit fires (null in stores written before it was recorded)",
+            "images_active": "share of the images where the unit fires somewhere (spatial maximum at least "
+            "2^-10); SAE layers only, null elsewhere",
             "unit_key": "content key of the unit that wrote the row",
         },
     ),

@@ -22,10 +22,16 @@ from atlas.data.source import (
 from atlas.store.location import check_uri
 
 
-def open_source(source: str | Path, column: str | None = None) -> ImageSource:
+def open_source(source: str | Path, column: str | None = None, labels: str | None = None) -> ImageSource:
     """`demo`, a folder of images, a `.parquet` file, a folder of Parquet shards or a bucket prefix
-    (`s3://...`, any URI pyarrow.fs opens); fails now (not mid-scan) when unusable."""
+    (`s3://...`, any URI pyarrow.fs opens); fails now (not mid-scan) when unusable. `labels` names
+    a label column of a `.parquet` file (label enrichment; folders have theirs in their paths)."""
     check_uri(str(source), "the dataset source")
+    if labels is not None and ("://" in str(source) or Path(source).suffix.lower() != ".parquet"):
+        raise SourceError(
+            f"examples.label_column names a column of a .parquet file, but the source is {str(source)!r}; "
+            "drop label_column (an ImageFolder's labels are its folder names) or point source at a .parquet file"
+        )
     if str(source) == "demo":
         demo = DemoSource()
         if not demo.ids():
@@ -47,7 +53,7 @@ def open_source(source: str | Path, column: str | None = None) -> ImageSource:
             )
         return folder
     if path.suffix.lower() == ".parquet":
-        return _open_parquet(path.resolve(), column)
+        return _open_parquet(path.resolve(), column, labels)
     raise SourceError(
         f"dataset source {path} is neither a folder nor a .parquet file; use 'demo', a folder or a .parquet file"
     )
@@ -57,7 +63,7 @@ def _has_images(folder: Path) -> bool:
     return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*"))
 
 
-def _open_parquet(path: Path, column: str | None) -> ParquetSource:
+def _open_parquet(path: Path, column: str | None, labels: str | None = None) -> ParquetSource:
     try:
         schema = pq.read_schema(path)
         rows = pq.ParquetFile(path).metadata.num_rows
@@ -81,4 +87,8 @@ def _open_parquet(path: Path, column: str | None) -> ParquetSource:
         )
     if rows == 0:
         raise SourceError(f"Parquet file {path} has no rows; it must hold at least one image")
-    return ParquetSource(path, column)
+    if labels is not None and labels not in schema.names:
+        raise SourceError(
+            f"Parquet file {path} has no label column {labels!r}; columns: {', '.join(schema.names)}"
+        )
+    return ParquetSource(path, column, labels)

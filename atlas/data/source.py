@@ -335,10 +335,13 @@ class FolderSource(ImageSource):
 
 @dataclass
 class ParquetSource(ImageSource):
-    """One image per row of a Parquet file; ids are `<file name>#row<i>`."""
+    """One image per row of a Parquet file; ids are `<file name>#row<i>`, or with a label column
+    `<label>/<file name>#row<i>`, the ImageFolder form that label enrichment reads
+    (atlas.site.labels; a `/` inside a label becomes `_`)."""
 
     path: Path
     column: str
+    label_column: str | None = None
 
     @property
     def description(self) -> str:  # type: ignore[override]
@@ -349,14 +352,21 @@ class ParquetSource(ImageSource):
         return pq.ParquetFile(self.path).metadata.num_rows
 
     def ids(self) -> list[str]:
-        return [f"{self.path.name}#row{i}" for i in range(self._num_rows)]
+        rows = [f"{self.path.name}#row{i}" for i in range(self._num_rows)]
+        if self.label_column is None:
+            return rows
+        labels = pq.read_table(self.path, columns=[self.label_column]).column(0).to_pylist()
+        return [f"{row_label(label)}/{row}" for label, row in zip(labels, rows, strict=True)]
 
     def fingerprint(self) -> str:
         stat = self.path.stat()
-        return _hash_lines([self.path.name, self.column, str(stat.st_size), str(stat.st_mtime_ns)])
+        labelled = [] if self.label_column is None else [f"labels:{self.label_column}"]  # other ids
+        return _hash_lines([self.path.name, self.column, str(stat.st_size), str(stat.st_mtime_ns), *labelled])
 
     def _row(self, source_id: str) -> int | None:
         prefix = f"{self.path.name}#row"
+        if self.label_column is not None:
+            source_id = source_id.rpartition("/")[2]
         if not source_id.startswith(prefix) or not source_id[len(prefix) :].isdigit():
             return None
         row = int(source_id[len(prefix) :])
@@ -388,6 +398,12 @@ class ParquetSource(ImageSource):
                 cached_column = _image_bytes(parquet.read_row_group(group, columns=[self.column]).column(0))
             value = cached_column[row - starts[group]].as_py()
             yield source_id, value if isinstance(value, bytes) and value else None
+
+
+def row_label(value: object) -> str:
+    """A label column's value as the label part of an id: text without `/`; a missing or empty
+    value is `(none)`."""
+    return "(none)" if value is None or value == "" else str(value).replace("/", "_")
 
 
 def _image_bytes(column: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -70,7 +70,9 @@ class WorkerContext:
     def source(self) -> ImageSource:
         """Opened on first use: workers that only render never list the dataset."""
         if self._source is None:
-            self._source = open_source(self.examples.source, column=self.examples.column)
+            self._source = open_source(
+                self.examples.source, column=self.examples.column, labels=self.examples.label_column
+            )
         return self._source
 
     def on_checkpoint(self, checkpoint: str) -> WorkerContext:

@@ -3,7 +3,7 @@ optimized on a worker (atlas.optvis) into the `render` table, with a quality rec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -13,7 +13,7 @@ from atlas.core.schema import RENDER_SCHEMA, keyed_table
 from atlas.kinds.context import WorkerContext, png_bytes
 from atlas.optvis import iter_channel_sets, render_directions, render_pair
 from atlas.plan.kinds import PlanInputs, Speed, Tables, register_kind
-from atlas.plan.spec import JobSpec, RenderSpec
+from atlas.plan.spec import Densest, JobSpec, LayerSpec, RenderSpec
 from atlas.plan.units import ModelFacts, Unit, chunks, layer_channels, make_unit, render_for
 from atlas.plan.work import Work, render_key_settings
 from atlas.quality.record import quality_table
@@ -104,15 +104,57 @@ def _pair(ctx: WorkerContext, unit: Unit, work: PairWork) -> Tables:
     return {"render": ctx.later(rendered_table, images, unit.key)}
 
 
+def _layer_renders(spec: JobSpec, facts: ModelFacts, layer: LayerSpec, channels: Sequence[int]) -> list[Unit]:
+    """The render units of `channels` of one [[layers]] entry, in chunks of channels_per_unit."""
+    work = RenderWork(render_for(spec, facts, layer.name))
+    return [
+        make_unit(facts.digest, layer.name, chunk, work)
+        for chunk in chunks(channels, spec.render.channels_per_unit)
+    ]
+
+
 def render_units(spec: JobSpec, facts: ModelFacts, inputs: PlanInputs) -> list[Unit]:
+    """Every layer's channels chosen for visualizations (`visualize`; all of them by default),
+    except the layers that choose the densest: those are planned after the scan (`densest_units`)."""
     if not spec.render.enabled:
         return []
     units = []
     for layer in spec.layers:
-        work = RenderWork(render_for(spec, facts, layer.name))
-        for chunk in chunks(layer_channels(layer, facts), spec.render.channels_per_unit):
-            units.append(make_unit(facts.digest, layer.name, chunk, work))
+        if not isinstance(layer.visualize, Densest):
+            units += _layer_renders(spec, facts, layer, layer.visualize or layer_channels(layer, facts))
     return units
+
+
+def densest(density: Mapping[int, float], count: int) -> tuple[int, ...]:
+    """The `count` channels of highest `density` (ties: the lower channel), in channel order."""
+    ranked = sorted(density, key=lambda channel: (-density[channel], channel))
+    return tuple(sorted(ranked[:count]))
+
+
+def densest_units(spec: JobSpec, facts: ModelFacts, density: Mapping[str, Mapping[int, float]]) -> list[Unit]:
+    """The render units of the `visualize = "densest:N"` layers, from each channel's share of
+    positions where it fires (`histogram.active`, by layer). A layer is planned only once the
+    density of every one of its channels is known."""
+    if not spec.render.enabled:
+        return []
+    units = []
+    for layer in spec.layers:
+        known = density.get(layer.name, {})
+        if isinstance(layer.visualize, Densest) and set(layer_channels(layer, facts)) <= set(known):
+            chosen = {channel: known[channel] for channel in layer_channels(layer, facts)}
+            units += _layer_renders(spec, facts, layer, densest(chosen, layer.visualize.count))
+    return units
+
+
+def densest_stand_ins(spec: JobSpec, facts: ModelFacts) -> list[Unit]:
+    """Units as many and as large as the densest layers' renders will be, for cost estimates
+    before the scan says which channels they hold (every channel taken as equally dense)."""
+    flat = {
+        layer.name: dict.fromkeys(layer_channels(layer, facts), 0.0)
+        for layer in spec.layers
+        if isinstance(layer.visualize, Densest)
+    }
+    return densest_units(spec, facts, flat)
 
 
 def directions_units(spec: JobSpec, facts: ModelFacts, inputs: PlanInputs) -> list[Unit]:

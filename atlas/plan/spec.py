@@ -107,6 +107,14 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class Densest:
+    """`visualize = "densest:N"`: the N channels that fire at the largest share of positions
+    (`histogram.active`), known once the dataset is scanned."""
+
+    count: int
+
+
+@dataclass(frozen=True)
 class LayerSpec:
     name: str
     channels: tuple[int, ...] | None = None  # None: every channel of the layer
@@ -114,6 +122,9 @@ class LayerSpec:
         None  # (K, C) directions that replace the layer's channels (atlas.plan.dictionary)
     )
     sae: Path | None = None  # a sparse autoencoder whose features replace the channels (atlas.plan.sae)
+    # The channels that get visualizations (renders); None: every one of `channels`. Examples and
+    # statistics still cover every channel (atlas.kinds.render.render_units).
+    visualize: tuple[int, ...] | Densest | None = None
 
     @property
     def derived(self) -> bool:
@@ -150,6 +161,7 @@ class ExamplesSpec:
     enabled: Bool = True
     source: Text = "demo"
     column: OptionalText = None
+    label_column: OptionalText = None  # a .parquet source's column of labels, for label enrichment
     k: Annotated[Int, Ge(1)] = 10
     shard_size: Annotated[Int, Ge(1)] = 64
     batch_size: Int = 32
@@ -343,19 +355,20 @@ def _section(ctx: _Context, name: str, cls: type, raw: Any) -> tuple[Any, list[P
     return validate_section(cls, raw, hint)
 
 
-def _channels(ctx: _Context, value: Any, entry: int) -> tuple[int, ...] | None:
-    """Channels are "all", a "start:stop" range, or an array of integers."""
+CHANNELS_FORM = '"all", "start:stop" or an array of integers'
+
+
+def _channels(
+    ctx: _Context, value: Any, entry: int, key: str = "channels", form: str = CHANNELS_FORM
+) -> tuple[int, ...] | None:
+    """Channels are "all", a "start:stop" range, or an array of integers (`key` of the entry-th
+    [[layers]] table; `form` is what the error says it may be)."""
     if value == "all":
         return None
     if isinstance(value, str):
         match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", value)
         if not match or int(match.group(2)) <= int(match.group(1)):
-            raise ctx.error(
-                "layers",
-                "channels",
-                f'expected "all", "start:stop" or an array of integers, got {value!r}',
-                entry,
-            )
+            raise ctx.error("layers", key, f"expected {form}, got {value!r}", entry)
         return tuple(range(int(match.group(1)), int(match.group(2))))
     if (
         isinstance(value, list)
@@ -363,11 +376,34 @@ def _channels(ctx: _Context, value: Any, entry: int) -> tuple[int, ...] | None:
         and all(isinstance(c, int) and not isinstance(c, bool) for c in value)
     ):
         if any(c < 0 for c in value):
-            raise ctx.error("layers", "channels", f"channels must be >= 0, got {value!r}", entry)
+            raise ctx.error("layers", key, f"channels must be >= 0, got {value!r}", entry)
         return tuple(dict.fromkeys(value))
-    raise ctx.error(
-        "layers", "channels", f'expected "all", "start:stop" or an array of integers, got {value!r}', entry
-    )
+    raise ctx.error("layers", key, f"expected {form}, got {value!r}", entry)
+
+
+VISUALIZE_FORM = '"all", "start:stop", "densest:N" (N >= 1) or an array of integers'
+
+
+def _visualize(
+    ctx: _Context, value: Any, entry: int, channels: tuple[int, ...] | None
+) -> tuple[int, ...] | Densest | None:
+    """Which of the entry's channels get visualizations: `_channels`' forms, or "densest:N"."""
+    if isinstance(value, str) and value.strip().startswith("densest"):
+        match = re.fullmatch(r"\s*densest\s*:\s*(\d+)\s*", value)
+        if not match or int(match.group(1)) < 1:
+            raise ctx.error("layers", "visualize", f"expected {VISUALIZE_FORM}, got {value!r}", entry)
+        return Densest(int(match.group(1)))
+    chosen = _channels(ctx, value, entry, "visualize", VISUALIZE_FORM)
+    outside = [c for c in chosen or () if channels is not None and c not in channels]
+    if outside:
+        raise ctx.error(
+            "layers",
+            "visualize",
+            f"{outside} not among the entry's channels: visualizations are chosen from `channels`; "
+            "add them there or drop them here",
+            entry,
+        )
+    return chosen
 
 
 def _layers(ctx: _Context, raw: Any) -> tuple[LayerSpec, ...]:
@@ -380,7 +416,7 @@ def _layers(ctx: _Context, raw: Any) -> tuple[LayerSpec, ...]:
             continue
         if not isinstance(item, dict):
             raise ctx.error("layers", None, f"expected a table or a layer name, got {type_name(item)}", entry)
-        keys = ["name", "channels", "dictionary", "sae"]
+        keys = ["name", "channels", "dictionary", "sae", "visualize"]
         unknown = set(item) - set(keys)
         if unknown:
             key = sorted(unknown)[0]
@@ -404,7 +440,8 @@ def _layers(ctx: _Context, raw: Any) -> tuple[LayerSpec, ...]:
         dictionary = Path(item["dictionary"]) if item.get("dictionary") else None
         sae = Path(item["sae"]) if item.get("sae") else None
         channels = _channels(ctx, item.get("channels", "all"), entry)
-        layers.append(LayerSpec(item["name"], channels, dictionary, sae))
+        visualize = _visualize(ctx, item.get("visualize", "all"), entry, channels)
+        layers.append(LayerSpec(item["name"], channels, dictionary, sae, visualize))
     return tuple(layers)
 
 
@@ -431,6 +468,19 @@ def _check_atlas(ctx: _Context, spec: JobSpec) -> None:
             "layers",
             "activation atlases sample vectors during the dataset scan: enable [examples]",
         )
+
+
+def _check_densest(ctx: _Context, spec: JobSpec) -> None:
+    """ "densest:N" ranks channels by the scan's histograms: it needs the dataset scan."""
+    for entry, layer in enumerate(spec.layers):
+        if isinstance(layer.visualize, Densest) and not spec.examples.enabled:
+            raise ctx.error(
+                "layers",
+                "visualize",
+                f'"densest:{layer.visualize.count}" ranks channels by how often they fire on the '
+                'dataset: enable [examples], or choose them by number ("start:stop" or an array)',
+                entry,
+            )
 
 
 def _check_model_input(ctx: _Context, model: ModelSpec) -> None:
@@ -576,6 +626,7 @@ def parse_spec(text: str, source: str = "<spec>", base: Path | None = None) -> J
     )
     _check_diversity(ctx, spec.render)
     _check_atlas(ctx, spec)
+    _check_densest(ctx, spec)
     _check_budget(ctx, spec.cost)
     _check_model_input(ctx, spec.model)
     return _resolve_paths(ctx, spec, base or Path.cwd())
@@ -627,6 +678,7 @@ def check_against_model(spec: JobSpec, model: Any) -> None:
                 f"layer {layer.name!r} has {count} channels (0..{count - 1}); {bad} out of range",
                 entry,
             )
+        _check_visualize_range(ctx, layer, count, entry)
     for layer, a, b in spec.interactions.pairs:
         count = model.channels(layer)
         if not (0 <= a < count and 0 <= b < count):
@@ -635,6 +687,29 @@ def check_against_model(spec: JobSpec, model: Any) -> None:
                 "pairs",
                 f"layer {layer!r} has {count} channels; pair ({a}, {b}) is out of range",
             )
+
+
+def _check_visualize_range(ctx: _Context, layer: LayerSpec, count: int, entry: int) -> None:
+    """The channels chosen for visualizations exist; "densest:N" asks for at most the entry's."""
+    if isinstance(layer.visualize, Densest):
+        available = len(layer.channels) if layer.channels is not None else count
+        if layer.visualize.count > available:
+            raise ctx.error(
+                "layers",
+                "visualize",
+                f'"densest:{layer.visualize.count}" asks for more than the {available} channels of '
+                f'layer {layer.name!r}: write at most densest:{available}, or "all"',
+                entry,
+            )
+        return
+    bad = [c for c in layer.visualize or () if c >= count]
+    if bad:
+        raise ctx.error(
+            "layers",
+            "visualize",
+            f"layer {layer.name!r} has {count} channels (0..{count - 1}); {bad} out of range",
+            entry,
+        )
 
 
 def spec_to_dict(spec: JobSpec) -> dict:

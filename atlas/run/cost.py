@@ -105,6 +105,11 @@ def estimate(units: Iterable[Unit], spec: JobSpec, speed: Throughput) -> Estimat
     return Estimate(hours)
 
 
+def without_visualizations(units: Iterable[Unit]) -> list[Unit]:
+    """`units` less the visualizations: the kinds that write rendered pictures (`render` table)."""
+    return [unit for unit in units if "render" not in UNIT_KINDS.get(unit.kind).tables]
+
+
 def throughput_for(spec: JobSpec) -> Throughput | None:
     return Throughput.load(spec.cost.throughput, spec.render.batch) if spec.cost.throughput else None
 

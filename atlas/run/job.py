@@ -67,7 +67,7 @@ def open_dataset(spec: JobSpec) -> tuple[ImageSource, list[ShardRef], list[str]]
     """The examples source, its shards and each shard's fingerprint for the scan units' keys."""
     from atlas.data.open import open_source
 
-    source = open_source(spec.examples.source, column=spec.examples.column)
+    source = open_source(spec.examples.source, column=spec.examples.column, labels=spec.examples.label_column)
     shards = source.shards(spec.examples.shard_size)
     whole = source.fingerprint()  # any change to the data rescans: top-k are global
     return source, shards, [f"{whole}:{shard.index}:{len(shard.source_ids)}" for shard in shards]
@@ -99,7 +99,8 @@ def job_info(prepared: Prepared, started: str, finished: str | None = None) -> d
         "input_size": model.input_size,
         "input": model_input(model),
         "layers": layers,
-        # ImageFolder datasets (`<label>/<image>`): images per label, for label enrichment on the site
+        # ImageFolder datasets (`<label>/<image>`) and Parquet label columns: images per label, for
+        # label enrichment on the site
         "labels": label_counts(prepared.source.ids()) if prepared.source is not None else {},
         "spec": spec_to_dict(spec),
         "started": started,

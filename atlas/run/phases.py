@@ -10,7 +10,8 @@ job that knows such kinds; atlas.run.job loops over these tables):
   units read the merged partial scans of their layer);
 - `STAGES`: a stage after the merge phase, which plans and runs units as it computes (the
   activation atlases; the trust units, which judge stored pictures against stored examples). `announced` gives the units it knows before it runs, for progress totals
-  and `atlas status`; `run` returns the keys it owns (retention keeps them).
+  and `atlas status`; `run` returns the keys it owns (retention keeps them). The renders of the layers
+  that visualize their densest channels are such a stage: the examples' histograms rank them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 from atlas.core.registry import Registry
 from atlas.kinds.examples import PartialScan, direction_layer
 from atlas.plan.kinds import PlanInputs
+from atlas.plan.spec import Densest
 from atlas.plan.units import ModelFacts, Plan, Unit, plan_phase
 from atlas.run.driver import Driver
 
@@ -148,7 +150,46 @@ def _trust_run(driver: Driver, prepared: Prepared, finished: dict[str, tuple[str
     return {unit.key for unit in units}
 
 
+def _densest_renders(prepared: Prepared, finished: dict[str, tuple[str, ...]], store: Store) -> list[Unit]:
+    """The render units of the `visualize = "densest:N"` layers, once the examples planned from
+    the `finished` scans hold the density of every channel of the layer."""
+    from atlas.kinds.examples.units import stored_density
+    from atlas.kinds.render import densest_units
+
+    spec, facts = prepared.spec, prepared.facts
+    if not any(isinstance(layer.visualize, Densest) for layer in spec.layers):
+        return []
+    examples = plan_phase("merge", spec, facts, PlanInputs(finished=finished))
+    return densest_units(spec, facts, stored_density(store, examples))
+
+
+def _densest_announced(prepared: Prepared, store: Store) -> list[Unit]:
+    """The densest layers' renders, known once their layer's examples are stored."""
+    return _densest_renders(prepared, prepared.plan.keys(), store)
+
+
+def densest_left(prepared: Prepared, store: Store) -> list[Unit]:
+    """The densest layers' renders left to compute, for `atlas plan`'s estimate: those known from
+    stored examples that are not stored yet, and stand-ins of the same size for the layers whose
+    channels the scan has yet to rank (atlas.kinds.render.densest_stand_ins)."""
+    from atlas.kinds.render import densest_stand_ins
+
+    known = _densest_announced(prepared, store)
+    ranked = {unit.layer for unit in known}
+    later = [unit for unit in densest_stand_ins(prepared.spec, prepared.facts) if unit.layer not in ranked]
+    left = set(store.pending([unit.key for unit in known]))
+    return [unit for unit in known if unit.key in left] + later
+
+
+def _densest_run(driver: Driver, prepared: Prepared, finished: dict[str, tuple[str, ...]]) -> set[str]:
+    """Render the densest channels of the layers that ask for them; returns the keys."""
+    units = _densest_renders(prepared, finished, driver.store)
+    driver.execute(driver.pending(units))
+    return {unit.key for unit in units}
+
+
 RUNNERS.register("scan", _run_scans)
 INPUTS.register("examples", _merged_inputs)
 STAGES.register("activation atlas", Stage(("scan",), _atlas_announced, _atlas_run))
 STAGES.register("trust", Stage(("render", "scan"), _trust_announced, _trust_run))
+STAGES.register("densest renders", Stage(("scan",), _densest_announced, _densest_run))

@@ -6,8 +6,10 @@
     <slug>.html                   one page per layer: every channel, appendix and spectrum views,
                                   the channel view at `<slug>.html#channel-<n>`
     <slug>.interactions.html      random directions beside basis channels, pairs, interpolation
+    <slug>.features.html, .js     an SAE layer's index of every feature (number, label, class, density)
     img/<slug>/<channel>.jpg      one sprite per channel: optimized images, diversity, examples
     img/<slug>/details.js         loss curves and example sources, loaded by the channel view
+                                  (details.p<n>.js for page n of a paged layer)
     img/<slug>/direction-*, pair-*  interaction images
     static/atlas.css, atlas.js    the only style and script; nothing is fetched from elsewhere
     build.json                    unit keys and sprite keys, for "what changed" and for reuse

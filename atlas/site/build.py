@@ -22,13 +22,14 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from atlas.core.errors import AtlasError
+from atlas.core.schema import QUANTILE_GROUPS
 from atlas.data.skipped import REASONS, count_reasons, read_skipped
 from atlas.plan.layer_names import base_layer
 from atlas.site.actatlas import Dictionary, read_atlas, read_places
 from atlas.site.changes import build_summary, channel_ranges, diff_builds, load_summary
-from atlas.site.channels import BUCKETS, ChannelEntry, PreviousSprites, read_layer
+from atlas.site.channels import BUCKETS, QUANTILE, ChannelEntry, PreviousSprites, read_layer
 from atlas.site.columns import Column, job_columns
-from atlas.site.features import feature_health, read_features
+from atlas.site.features import feature_health, feature_index, index_file, read_features, write_feature_index
 from atlas.site.images import LayerImages, Picture
 from atlas.site.interactions import read_interactions
 from atlas.site.labels import top_labels
@@ -45,7 +46,7 @@ from atlas.store.safefs import folder_mode, remove, swap_folder
 from atlas.store.store import JOB, Store, UnitRecord
 
 SUMMARY_FILE = "build.json"
-DETAILS_FILE = "details.js"
+DETAILS_FILE = "details.js"  # of a layer's first page; page n > 1 loads details.p<n>.js
 SAMPLES_PER_LAYER = 6
 SKIPPED_PAGE = "skipped.html"
 SKIPPED_SHOWN = 10_000  # rows on the skipped-inputs page; the store's `skipped` table has them all
@@ -311,7 +312,6 @@ def _build_layer(
     summary.samples = _samples(channels, content.layout, all_columns)
     summary.has_interactions = interactions is not None
     summary.sprite_keys = {str(c.channel): c.sprite_key for c in channels if c.sprite is not None}
-    _write_details(images.folder / DETAILS_FILE, summary.slug, channels)
     columns = _row_columns(channels, common["job"], all_columns)
     shown = {column.name for column in columns}
     fits = _row_fits(content.layout, [column.name for column in columns])
@@ -321,6 +321,8 @@ def _build_layer(
     summary.has_atlas = bool(atlas_grids)
     atlas_layer, places = read_places(store, summary.name)  # a dictionary's directions in an atlas
     slugs = {s.name: s.slug for s in common["nav"]}
+    features = read_features(store, summary.name)
+    enriched = top_labels(channels, common["job"].get("labels") or {})
     page = {
         "current": summary,
         "layer": summary,
@@ -328,9 +330,9 @@ def _build_layer(
         "next_layer": neighbours[1],
         "names": layer.get("names") or [],
         "places": places,
-        "features": read_features(store, summary.name),  # an SAE layer's decoder neighbours, logit effects
+        "features": features,  # an SAE layer's decoder neighbours, logit effects
         "health": feature_health(channels) if layer.get("sae") else None,
-        "enriched": top_labels(channels, common["job"].get("labels") or {}),
+        "enriched": enriched,
         "atlas_page": f"{slugs[atlas_layer]}.atlas.html" if atlas_layer in slugs else "",
         "views": layer_views(store, summary.name),  # units of kinds with a registered view
         "fits": fits,
@@ -341,12 +343,25 @@ def _build_layer(
     pages = split([c.channel for c in channels], summary.slug)
     summary.pages = [p for p, _ in pages]
     grids = {c: [r.columns, r.rows] for c, r in layout.regions.items() if c in shown} if layout else {}
+    quantile = layout.regions.get(QUANTILE) if layout else None  # shown by the channel view only
+    # where the channel view finds the quantile groups' cells: [x, y, cell width, cell height,
+    # cells a row, sprite width, sprite height, groups]
+    quantile_cells = (
+        [*quantile.cell(0), quantile.columns, layout.width, layout.height, QUANTILE_GROUPS]
+        if quantile and layout
+        else []
+    )
     kinds = {column.name.replace("_", "-"): column.kind for column in columns}
     for number, (this, part) in enumerate(pages):
+        # the channel view's extras, per page: a layer of 49,152 SAE features would load megabytes
+        details = details_file(number)
+        _write_details(images.folder / details, summary.slug, channels[part])
         env.get_template("layer.html").stream(
+            details=f"img/{summary.slug}/{details}",
             channels=channels[part],
             columns=columns,
             grids=grids,
+            quantile_cells=quantile_cells,
             kinds=kinds,
             measures=MEASURES,
             explained=EXPLAINED,
@@ -356,6 +371,11 @@ def _build_layer(
             this_page=number,
             **page,
         ).dump(str(root / this.href), encoding="utf-8")
+    if layer.get("sae"):  # every feature, searchable by number, label, top class and density
+        write_feature_index(root, summary.slug, feature_index(channels, features, enriched))
+        env.get_template("features.html").stream(index_script=index_file(summary.slug), **page).dump(
+            str(root / f"{summary.slug}.features.html"), encoding="utf-8"
+        )
     if interactions is not None:
         by_channel = {c.channel: c for c in channels if c.sprite is not None}
         basis = [c for c in channels if c.sprite is not None and "channel" in c.values]
@@ -405,12 +425,21 @@ def _previous_sprites(previous: dict | None, site: Path, layer: str) -> Previous
     return PreviousSprites(site / "img" / slug, dict(recorded.get("keys") or {}))
 
 
+def details_file(page: int) -> str:
+    """The details script of a layer's `page` (0-based), in the layer's image folder."""
+    return DETAILS_FILE if page == 0 else f"details.p{page + 1}.js"
+
+
 def _write_details(path: Path, slug: str, channels: list[ChannelEntry]) -> None:
     """Per-channel extras the channel view loads on demand, as a script (file:// has no fetch)."""
     details = {
-        str(entry.channel): {"loss": entry.losses, "sources": entry.sources}
+        str(entry.channel): {
+            "loss": entry.losses,
+            "sources": entry.sources,
+            **({"quantiles": entry.quantiles} if entry.quantiles else {}),
+        }
         for entry in channels
-        if entry.losses or entry.sources
+        if entry.losses or entry.sources or entry.quantiles
     }
     text = json.dumps(details, separators=(",", ":"), allow_nan=False)
     path.write_text(

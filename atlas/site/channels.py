@@ -13,9 +13,11 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
+from atlas.core.schema import QUANTILE_PER_GROUP
 from atlas.site.columns import Column
 from atlas.site.images import LayerImages, Picture
 from atlas.site.sheets import png_size
@@ -25,13 +27,17 @@ from atlas.site.unitwalk import UnitWalk, layer_units
 from atlas.store.store import Store
 
 INTERACTION_OBJECTIVES = ("direction", "pair", "interpolation")
-BUCKETS = ("max", "min", "slightly_positive", "slightly_negative")
+QUANTILE = "quantile"
+BUCKETS = ("max", "min", "slightly_positive", "slightly_negative", QUANTILE)
+# Buckets whose pictures sit in the cell of their rank, one group a row (the quantile groups of an
+# SAE feature; a group may hold fewer than its share), with that many cells a row.
+SLOTTED = {QUANTILE: QUANTILE_PER_GROUP}
 
 RENDER_COLUMNS = ["channel", "channel_b", "objective", "variant", "label", "image", "activation", "loss"]
 EXAMPLE_COLUMNS = ["channel", "bucket", "rank", "activation", "source_id", "x", "y", "crop"]
 SPRITE_FORMAT = 1  # bump when sprites are drawn differently, so earlier ones are not reused
 LOSS_POINTS = 48  # a loss curve is drawn from this many samples: enough for its shape
-HISTOGRAM_COLUMNS = ["channel", "edges", "counts", "active"]
+HISTOGRAM_COLUMNS = ["channel", "edges", "counts", "active", "images_active"]
 # What the first pass reads (no pixels), and the one column of pictures per table kind.
 RENDER_NUMBERS = ["channel", "objective", "variant", "activation", "loss"]
 PEAK_COLUMNS = ["channel", "objective", "variant", "peak_activation"]
@@ -67,6 +73,11 @@ class ChannelEntry:
     # The quality record (atlas/site/quality.py): measure -> value, and the measures that fail.
     quality: dict[str, float | list[float]] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
+    # Share of the dataset's images where the channel fires somewhere (SAE layers; else None).
+    images_active: float | None = None
+    # The quantile groups (SAE layers; the channel view only): "top", the channel's largest
+    # activation, whose range the groups cut, and "examples", each [rank, activation, source_id, x, y].
+    quantiles: dict[str, Any] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -104,13 +115,19 @@ class _Rows:
     # bucket -> rank -> example
     buckets: dict[str, dict[int, _Image]] = field(default_factory=lambda: defaultdict(dict))
 
-    def pictures(self, diverse: str) -> list[tuple[str, str, list[_Image]]]:
-        """(table kind, sprite region, its pictures in order), in the order a sprite places them."""
-        regions = [("render", objective, [image]) for objective, image in self.optimized.items()]
+    def pictures(self, diverse: str) -> list[tuple[str, str, list[_Image], list[int] | None]]:
+        """(table kind, sprite region, its pictures in order, their cells where the region is
+        SLOTTED), in the order a sprite places them."""
+        regions: list[tuple[str, str, list[_Image], list[int] | None]] = [
+            ("render", objective, [image], None) for objective, image in self.optimized.items()
+        ]
         if self.diversity:
-            regions.append(("render", diverse, [self.diversity[v] for v in sorted(self.diversity)]))
+            regions.append(("render", diverse, [self.diversity[v] for v in sorted(self.diversity)], None))
         for bucket, by_rank in self.buckets.items():
-            regions.append(("examples", bucket, [by_rank[rank] for rank in sorted(by_rank)]))
+            ranks = sorted(by_rank)
+            regions.append(
+                ("examples", bucket, [by_rank[r] for r in ranks], ranks if bucket in SLOTTED else None)
+            )
         return regions
 
 
@@ -173,6 +190,7 @@ def read_layer(
                 entry = entries.setdefault(row["channel"], ChannelEntry(row["channel"]))
                 entry.histogram = histogram_shape(row["edges"], row["counts"])
                 entry.active = row.get("active")
+                entry.images_active = row.get("images_active")
     return LayerContent(
         [entries[c] for c in sorted(entries)], layout, interaction_renders, direction_examples
     )
@@ -252,7 +270,7 @@ def _layout(
         return None
     objectives = [o for o in optimized if any(o in r.optimized for r in rows.values())]
     diversity = max(len(r.diversity) for r in rows.values())
-    buckets = [(b, max(len(r.buckets.get(b, ())) for r in rows.values())) for b in BUCKETS]
+    buckets = [(b, max(_cells(b, r.buckets.get(b, {})) for r in rows.values())) for b in BUCKETS]
     buckets = [(bucket, count) for bucket, count in buckets if count]
     first_render = next(
         (i for r in rows.values() for i in [*r.optimized.values(), *r.diversity.values()]), None
@@ -262,7 +280,14 @@ def _layout(
     )
     optimized_size = (1, 1) if first_render is None else png_size(_picture(store, "render", first_render))
     crop_size = (1, 1) if first_crop is None else png_size(_picture(store, "examples", first_crop))
-    return sprite_layout(objectives, optimized_size, diversity, buckets, crop_size, diverse)
+    return sprite_layout(objectives, optimized_size, diversity, buckets, crop_size, diverse, SLOTTED)
+
+
+def _cells(bucket: str, by_rank: dict[int, _Image]) -> int:
+    """Cells a bucket's pictures take: one each, or up to the last rank where they are SLOTTED."""
+    if bucket in SLOTTED and by_rank:
+        return max(by_rank) + 1
+    return len(by_rank)
 
 
 def _picture(store: Store, kind: str, image: _Image) -> bytes:
@@ -271,7 +296,14 @@ def _picture(store: Store, kind: str, image: _Image) -> bytes:
 
 def _keep_numbers(entry: ChannelEntry, rows: _Rows, diverse: str) -> None:
     """The numbers a page shows for the channel: values reached, loss curves, example sources."""
-    for kind, region, pictures in rows.pictures(diverse):
+    for kind, region, pictures, slots in rows.pictures(diverse):
+        if region == QUANTILE:
+            best = rows.buckets.get("max", {}).get(0)
+            examples = [
+                [rank, image.value, *image.source] for rank, image in zip(slots or (), pictures, strict=True)
+            ]
+            entry.quantiles = {"top": best.value if best else examples[0][1], "examples": examples}
+            continue
         entry.values[region] = tuple(image.value for image in pictures)
         if not all(image.peak for image in pictures):
             entry.objective_values.append(region)
@@ -294,12 +326,15 @@ def _compose_sprites(
 ) -> None:
     """Second pass: queue each channel's sprite, holding only the units that channel uses."""
     regions = [rows[entry.channel].pictures(diverse) for entry in entries]
-    steps = [[(kind, image.unit) for kind, _, pictures in parts for image in pictures] for parts in regions]
+    steps = [
+        [(kind, image.unit) for kind, _, pictures, _ in parts for image in pictures] for parts in regions
+    ]
     walk = UnitWalk(store, steps, PIXELS)
     for step, (entry, parts) in enumerate(zip(entries, regions, strict=True)):
         placements = []
-        for kind, region, pictures in parts:
-            placements += layout.placements(region, [walk.picture(kind, p.unit, p.row) for p in pictures])
+        for kind, region, pictures, slots in parts:
+            pngs = [walk.picture(kind, p.unit, p.row) for p in pictures]
+            placements += layout.placements(region, pngs, slots)
         if placements:
             entry.sprite = images.compose(
                 str(entry.channel), layout.width, layout.height, placements, layout.boxes()

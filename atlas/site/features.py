@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from atlas.site.channels import ChannelEntry
 from atlas.store.store import Store
@@ -32,16 +34,51 @@ def read_features(store: Store, layer: str) -> dict[int, dict[str, list]]:
 
 
 def feature_health(channels: Sequence[ChannelEntry]) -> dict[str, list[int] | int]:
-    """An SAE layer's dead features (never firing on the dataset) and dense ones (firing at more
-    than DENSE of all positions), from the scan's histograms (else the best example's value)."""
+    """An SAE layer's dead features (firing in no image of the dataset) and dense ones (firing at
+    more than DENSE of all positions), from the scan's counts of images (else its histograms, else
+    the best example's value)."""
     dead, dense, recorded = [], [], 0
     for entry in channels:
         best = entry.values.get("max", (None,))[0]
         if entry.active is None and best is None:
             continue
         recorded += 1
-        if (entry.active == 0.0) if entry.active is not None else best < FIRES:
+        if entry.images_active is not None:
+            never = entry.images_active == 0.0
+        else:
+            never = (entry.active == 0.0) if entry.active is not None else best < FIRES
+        if never:
             dead.append(entry.channel)
         elif entry.active is not None and entry.active > DENSE:
             dense.append(entry.channel)
     return {"recorded": recorded, "dead": dead, "dense": dense}
+
+
+def feature_index(
+    channels: Sequence[ChannelEntry], features: Mapping[int, dict[str, list]], enriched: Mapping[int, list]
+) -> list[list]:
+    """One row per feature of an SAE layer for its searchable index: [feature, its enriched label
+    ("" without one), the class it raises most (None before its `features` unit), share of
+    positions and share of images where it fires (None when not recorded)]."""
+    return [
+        [
+            entry.channel,
+            enriched[entry.channel][0] if entry.channel in enriched else "",
+            features[entry.channel]["up"][0][0] if features.get(entry.channel, {}).get("up") else None,
+            None if entry.active is None else float(f"{entry.active:.4g}"),
+            None if entry.images_active is None else float(f"{entry.images_active:.4g}"),
+        ]
+        for entry in channels
+    ]
+
+
+def index_file(slug: str) -> str:
+    """The script that holds a layer's feature index, beside its page `<slug>.features.html`."""
+    return f"{slug}.features.js"
+
+
+def write_feature_index(folder: Path, slug: str, rows: list[list]) -> None:
+    """The index's rows as a script (file:// has no fetch): about 40 bytes a feature, so a layer of
+    49,152 features is about 2 MB, loaded by its index page only."""
+    text = json.dumps(rows, separators=(",", ":"), allow_nan=False)
+    (folder / index_file(slug)).write_text(f"window.atlasFeatureIndex = {text};\n", encoding="utf-8")

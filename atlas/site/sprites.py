@@ -7,7 +7,7 @@ per-image styles, and rows line up before any image has loaded.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from atlas.site.sheets import Placement, grid_columns
@@ -68,9 +68,14 @@ class SpriteLayout:
         """Every region as (x, y, width, height): the edges to extend into the gutters."""
         return [(r.x, r.y, r.width, r.height) for r in self.regions.values()]
 
-    def placements(self, column: str, pngs: Sequence[bytes]) -> list[Placement]:
+    def placements(
+        self, column: str, pngs: Sequence[bytes], slots: Sequence[int] | None = None
+    ) -> list[Placement]:
+        """The pictures of one region in its cells: in reading order, or each in the cell of its
+        slot (a quantile group's images start its row, whatever the groups before hold)."""
         region = self.regions[column]
-        return [(*region.cell(index), png) for index, png in enumerate(pngs)]
+        cells = range(len(pngs)) if slots is None else slots
+        return [(*region.cell(index), png) for index, png in zip(cells, pngs, strict=True)]
 
 
 def sprite_layout(
@@ -80,9 +85,11 @@ def sprite_layout(
     buckets: Sequence[tuple[str, int]],
     crop_size: tuple[int, int],
     diverse: str = "diversity",
+    widths: Mapping[str, int] | None = None,
 ) -> SpriteLayout:
     """Optimized images and the diversity set (column `diverse`) on the first row, example grids
-    on the second."""
+    on the second; `widths` fixes the columns of some buckets' grids (the quantile groups: one
+    group a row)."""
     regions: dict[str, Region] = {}
     opt_w, opt_h = optimized_size
     x = 0
@@ -96,7 +103,7 @@ def sprite_layout(
     crop_w, crop_h = crop_size
     bucket_x, grid_height = 0, 0
     for bucket, count in buckets:
-        columns = grid_columns(count)
+        columns = (widths or {}).get(bucket) or grid_columns(count)
         rows = -(-count // columns)
         regions[bucket] = Region(bucket_x, first_row_height, crop_w * columns, crop_h * rows, columns, rows)
         bucket_x += crop_w * columns + GUTTER

@@ -4,6 +4,12 @@
 the sampled images nearest to it; it trims the fixed fine histogram's empty bins and merges
 neighbours down to `bins` (exact), with the true extremes as outer edges. Crops are the layer's
 receptive field around the recorded position (token layers: the whole image with a heatmap).
+
+A feature dashboard (`dashboard`, SAE layers) adds the `quantile` bucket, sae_vis's quantile
+groups: the activation range (0, max] cut into GROUPS intervals of equal width, and in each up to
+PER_GROUP images drawn from the partial's uniform sample of images (those of smallest hash, so a
+uniform draw among the group's images), topped up from the top-k where the sample holds too few
+(the upper groups of a rare feature). And it records the share of images where each unit fires.
 """
 
 from __future__ import annotations
@@ -16,9 +22,19 @@ import pyarrow as pa
 from PIL import Image
 
 from atlas.core.schema import EXAMPLES_SCHEMA, HISTOGRAM_SCHEMA, keyed_table
+from atlas.core.schema import QUANTILE_GROUPS as GROUPS
+from atlas.core.schema import QUANTILE_PER_GROUP as PER_GROUP
 from atlas.data.source import ImageSource, png, view_crop
 from atlas.kinds.examples import heatmaps
-from atlas.kinds.examples.partial import HIST_BINS, HIST_EDGES, LayerScan, PartialScan, ScanError, base_layer
+from atlas.kinds.examples.partial import (
+    FIRES,
+    HIST_BINS,
+    HIST_EDGES,
+    LayerScan,
+    PartialScan,
+    ScanError,
+    base_layer,
+)
 from atlas.models import LoadedModel
 from atlas.models.receptive import ReceptiveField, receptive_field
 
@@ -47,6 +63,7 @@ def finalize_layer(
     channels: Sequence[int] | None = None,
     quantiles: tuple[float, float] = (0.25, 0.75),
     bins: int = 32,
+    dashboard: bool = False,
 ) -> tuple[pa.Table, pa.Table]:
     """The `examples` and `histogram` tables of one (pseudo-)layer from the merged scan.
 
@@ -55,6 +72,8 @@ def finalize_layer(
     `quantiles[0]` quantile of all images' minima, `slightly_positive` those whose maximum is
     nearest the `quantiles[1]` quantile of the maxima. Rank 0 is the most extreme in every bucket
     (highest for max / slightly_positive, lowest for min / slightly_negative).
+    With `dashboard`, the `quantile` bucket (`quantile_groups`; rank r is in group
+    GROUPS - 1 - r // PER_GROUP, so rank 0 is the highest) and the `images_active` column.
     Crops are the layer's receptive field around the position, cut from the centered square the
     model saw; on token layers (ViTs) they are that whole square with the unit's per-patch
     heatmap (atlas.kinds.examples.heatmaps). Thumbs show the whole image, longest side `thumb_size`.
@@ -69,6 +88,8 @@ def finalize_layer(
     if bad:
         raise ScanError(f"layer {layer!r} has {scan.channels} channels; no channel {bad[0]}")
     picks = [p for c in wanted for p in _picks(scan, partial.sample_ids, c, partial.k, quantiles)]
+    if dashboard:
+        picks += [p for c in wanted for p in quantile_groups(scan, partial.sample_ids, c)]
     field_ = receptive_field(model, base_layer(layer))
     images = _cut(source, picks, field_, crop_size, thumb_size)
     kept = [p for p in picks if p.source_id in images]
@@ -101,6 +122,9 @@ def finalize_layer(
             "edges": pa.array([h[0] for h in histograms], pa.list_(pa.float32())),
             "counts": pa.array([h[1] for h in histograms], pa.list_(pa.int64())),
             "active": pa.array([active_share(scan, c) for c in wanted], pa.float32()),
+            "images_active": pa.array(
+                [images_share(scan, c) if dashboard else None for c in wanted], pa.float32()
+            ),
         },
         HISTOGRAM_SCHEMA,
         unit_key,
@@ -152,6 +176,50 @@ def _picks(
     return picks
 
 
+def quantile_groups(scan: LayerScan, sample_ids: np.ndarray, channel: int) -> list[_Pick]:
+    """The `quantile` bucket of one channel: up to PER_GROUP images in each of GROUPS intervals
+    of equal width across (0, the channel's maximum]; see the module docstring."""
+    top = float(scan.top.values[channel, 0])
+    if not top >= FIRES:  # never fires (or nothing was scanned): no range to cut
+        return []
+    sampled = scan.sample_max[:, channel]
+    candidates = [  # the sample first, in its order (smallest hash first), then the top-k
+        (
+            float(value),
+            str(sample_ids[row]),
+            int(scan.sample_max_y[row, channel]),
+            int(scan.sample_max_x[row, channel]),
+        )
+        for row, value in enumerate(sampled)
+        if value >= FIRES
+    ]
+    candidates += [
+        (float(value), str(source), int(y), int(x))
+        for value, source, y, x in zip(
+            scan.top.values[channel],
+            scan.top.ids[channel],
+            scan.top.ys[channel],
+            scan.top.xs[channel],
+            strict=True,
+        )
+        if source and value >= FIRES
+    ]
+    groups: list[dict[str, tuple[float, str, int, int]]] = [{} for _ in range(GROUPS)]
+    for value, source, y, x in candidates:
+        group = groups[min(GROUPS - 1, max(0, int(np.ceil(value / top * GROUPS)) - 1))]
+        if len(group) < PER_GROUP and source not in group:
+            group[source] = (value, source, y, x)
+    picks = []
+    for index, group in enumerate(groups):
+        first = (GROUPS - 1 - index) * PER_GROUP
+        ranked = sorted(group.values(), key=lambda pick: (-pick[0], pick[1]))
+        picks += [
+            _Pick(channel, "quantile", first + offset, value, source, y, x)
+            for offset, (value, source, y, x) in enumerate(ranked)
+        ]
+    return picks
+
+
 def _cut(
     source: ImageSource, picks: Sequence[_Pick], field_: ReceptiveField, crop_size: int, thumb_size: int
 ) -> dict[str, tuple[dict[tuple[int, int], bytes], bytes]]:
@@ -183,6 +251,14 @@ def active_share(scan: LayerScan, channel: int) -> float:
     counts = scan.histogram[channel]
     total = int(counts.sum())
     return float(counts[HIST_BINS // 2 + 1 :].sum()) / total if total else 0.0
+
+
+def images_share(scan: LayerScan, channel: int) -> float | None:
+    """Share of the scanned images where the channel fires somewhere (its spatial maximum is at
+    least FIRES); None for scans stored before it was counted."""
+    if scan.fired is None or not scan.images:
+        return None
+    return float(scan.fired[channel]) / scan.images
 
 
 def _coarse_histogram(scan: LayerScan, channel: int, bins: int) -> tuple[list[float], list[int]]:

@@ -14,6 +14,9 @@ spatial maximum and minimum with their positions. Every piece merges exactly:
   partial keeps a bounded uniform sample of images (bottom-m hashing: the m images with the
   smallest hash of their source id, which is the same subset whatever the sharding) with every
   channel's extremes and positions. Memory stays bounded by m, never by the dataset.
+- images where a channel fires (its spatial maximum at least 2^-10, FIRES) and images scanned:
+  counts add. Scans stored before they were counted read back as unknown (None), and a merge
+  with an unknown part is unknown.
 
 Directions in activation space are kept like extra channels of the pseudo-layer
 `<layer>@direction` (`direction_layer`).
@@ -37,6 +40,7 @@ from atlas.data.source import SkippedInput
 
 DIRECTION_SUFFIX = "@direction"
 DEFAULT_SAMPLE_SIZE = 512
+FIRES = 2.0**-10  # a unit fires where it is at least this: the histogram's first edge above 0
 # Histogram edges: 0 and +-(1 + q/4) * 2^e for e in -10..9, q in 0..3, and +-2^10. These are the
 # float32 values whose low 21 bits are zero, so a bin is read off the float's bits (sign, exponent,
 # two mantissa bits) instead of searched for; that keeps the histogram cheap next to the forward.
@@ -105,10 +109,18 @@ class LayerScan:
     sample_min: np.ndarray
     sample_min_y: np.ndarray
     sample_min_x: np.ndarray
+    fired: np.ndarray | None = None  # [C] int64: images whose spatial maximum is at least FIRES
+    images: int | None = None  # images scanned, with `fired`
 
     @property
     def channels(self) -> int:
         return self.histogram.shape[0]
+
+    def merge_fired(self, other: LayerScan) -> dict[str, np.ndarray | int | None]:
+        """`fired` and `images` of both, added; unknown when either is."""
+        if self.fired is None or other.fired is None or self.images is None or other.images is None:
+            return {"fired": None, "images": None}
+        return {"fired": self.fired + other.fired, "images": self.images + other.images}
 
 
 _SAMPLE_FIELDS = ("sample_max", "sample_max_y", "sample_max_x", "sample_min", "sample_min_y", "sample_min_x")
@@ -139,6 +151,8 @@ class PartialScan:
                     np.zeros((0, count), np.float32 if "_y" not in f and "_x" not in f else np.int32)
                     for f in _SAMPLE_FIELDS
                 ),
+                fired=np.zeros(count, np.int64),
+                images=0,
             )
             for name, count in channels.items()
         }
@@ -169,6 +183,7 @@ class PartialScan:
                 mine.bottom.merge(theirs.bottom),
                 mine.histogram + theirs.histogram,
                 **sampled,
+                **mine.merge_fired(theirs),
             )
         stats = Counter(self.stats)
         stats.update(other.stats)
@@ -209,6 +224,9 @@ class PartialScan:
         columns["histogram"] = _list_column([s.histogram for s in scans])
         for name in _SAMPLE_FIELDS:
             columns[name] = _list_column([getattr(s, name) for s in scans])
+        if all(s.fired is not None for s in scans):
+            columns["fired"] = _list_column([s.fired for s in scans])
+            columns["images"] = pa.array([s.images for s in scans], pa.int64())
         return pa.table(columns)
 
     @classmethod
@@ -231,7 +249,14 @@ class PartialScan:
             ]
             tops = [replace(t, ids=t.ids.astype(str)) for t in tops]
             sampled = {f: grid(f, (m, channels)) for f in _SAMPLE_FIELDS}
-            layers[name] = LayerScan(*tops, grid("histogram", (channels, HIST_BINS)), **sampled)
+            counted = "fired" in table.column_names  # scans stored before it was counted: unknown
+            layers[name] = LayerScan(
+                *tops,
+                grid("histogram", (channels, HIST_BINS)),
+                **sampled,
+                fired=_rows(table, "fired")[i] if counted else None,
+                images=table.column("images")[i].as_py() if counted else None,
+            )
         return cls(
             k,
             table.column("sample_size")[0].as_py(),

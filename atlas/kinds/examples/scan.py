@@ -20,6 +20,7 @@ from atlas.kinds.examples.decode import Batch, Decoder, scan_decoder
 from atlas.kinds.examples.partial import (
     _SAMPLE_FIELDS,
     DEFAULT_SAMPLE_SIZE,
+    FIRES,
     HIST_BINS,
     LayerScan,
     PartialScan,
@@ -251,7 +252,8 @@ class _RunningTopK:
 
 class RunningScan:
     """A shard's statistics kept on the scan's device between batches (top-k, bottom-k,
-    histograms, the sampled images' extremes); `partial()` reads them back in one copy."""
+    histograms, the sampled images' extremes, the images where each channel fires); `partial()`
+    reads them back in one copy."""
 
     def __init__(self, channels: Mapping[str, int], k: int, sample_size: int, device: torch.device):
         self.k, self.sample_size, self.device = k, sample_size, device
@@ -266,6 +268,7 @@ class RunningScan:
                     torch.zeros((0, count), dtype=torch.float32 if i % 3 == 0 else torch.int32, device=device)
                     for i in range(len(_SAMPLE_FIELDS))
                 ],
+                torch.zeros(count, dtype=torch.int64, device=device),  # images where it fires
             )
             for name, count in channels.items()
         }
@@ -286,12 +289,13 @@ class RunningScan:
         self.sample_ids, self.sample_priority = sample_ids[keep], priority[keep]
         keep_rows = self._upload(keep.astype(np.int64))
         for name, act in maps.items():
-            top, bottom, histogram, sample = self.layers[name]
+            top, bottom, histogram, sample, fired = self.layers[name]
             width = act.shape[3]
             max_v, max_i, min_v, min_i, counts = _reduce(act, in_numpy=act.device.type == "cpu")
             top.merge(max_v.T, images, max_i.T, width, rank)
             bottom.merge(-min_v.T, images, min_i.T, width, rank)
             histogram += counts
+            fired += (max_v >= FIRES).sum(dim=0)
             batch = [max_v, (max_i // width).int(), (max_i % width).int()]
             batch += [min_v, (min_i // width).int(), (min_i % width).int()]
             for i, rows in enumerate(batch):
@@ -300,8 +304,8 @@ class RunningScan:
     def partial(self) -> PartialScan:
         """The `PartialScan` of every batch added so far: one copy from the device."""
         pieces = []
-        for top, bottom, histogram, sample in self.layers.values():
-            for t in [*top.tensors(), *bottom.tensors(), histogram, *sample]:
+        for top, bottom, histogram, sample, fired in self.layers.values():
+            for t in [*top.tensors(), *bottom.tensors(), histogram, *sample, fired]:
                 pieces.append(t.contiguous().view(torch.int32).flatten())
         host = torch.cat(pieces).cpu().numpy() if pieces else np.zeros(0, np.int32)
         names = np.array([*self.ids, ""])  # image number -1 is a pad's id, ''
@@ -314,7 +318,7 @@ class RunningScan:
             offset += count
             return array
 
-        for name, (_, _, histogram, _) in self.layers.items():
+        for name, (_, _, histogram, _, _) in self.layers.items():
             channels, m = histogram.shape[0], len(self.sample_ids)
             tops = []
             for _ in range(2):
@@ -323,5 +327,6 @@ class RunningScan:
                 tops.append(TopK(values, names[images], ys, xs))
             counts = take((channels, HIST_BINS), np.int64)
             sampled = [take((m, channels), np.float32 if i % 3 == 0 else np.int32) for i in range(6)]
-            layers[name] = LayerScan(*tops, counts, *sampled)
+            fired = take((channels,), np.int64)
+            layers[name] = LayerScan(*tops, counts, *sampled, fired=fired, images=len(self.ids))
         return PartialScan(self.k, self.sample_size, layers, self.sample_ids, self.sample_priority, {})

@@ -3,6 +3,7 @@ examples and histograms of a chunk of a layer's channels from the merged scans."
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -18,6 +19,7 @@ from atlas.plan.kinds import PlanInputs, register_kind
 from atlas.plan.spec import JobSpec
 from atlas.plan.units import ModelFacts, Unit, chunks, layer_channels, make_unit
 from atlas.plan.work import Work
+from atlas.store.store import Store
 
 # Channels per examples unit: bounds the size of one result (crops and thumbnails are PNG bytes).
 EXAMPLES_CHANNELS_PER_UNIT = 64
@@ -62,6 +64,15 @@ class ExamplesWork(Work):
     quantiles: tuple[float, float]
     directions: int
     with_directions: bool  # also crop the layer's random directions (the layer's first chunk)
+    # A feature dashboard (SAE layers): quantile groups and the share of images where it fires
+    dashboard: bool = False
+
+    def key_settings(self) -> dict[str, Any]:
+        """Without a dashboard the key stays what it was before dashboards existed."""
+        settings = super().key_settings()
+        if not self.dashboard:
+            del settings["dashboard"]
+        return settings
 
 
 def _scan(ctx: WorkerContext, unit: Unit, work: ScanWork) -> dict[str, pa.Table]:
@@ -101,6 +112,7 @@ def _examples(ctx: WorkerContext, unit: Unit, work: ExamplesWork) -> dict[str, p
             bins=work.bins,
             quantiles=work.quantiles,
             channels=unit.channels if name == unit.layer else None,
+            dashboard=work.dashboard and name == unit.layer,
         )
         if name != unit.layer:
             tables = tuple(_as_directions(t, unit.layer) for t in tables)
@@ -160,9 +172,26 @@ def examples_units(spec: JobSpec, facts: ModelFacts, inputs: PlanInputs) -> list
                 quantiles=tuple(ex.quantiles),
                 directions=directions,
                 with_directions=index == 0 and bool(directions),
+                dashboard=layer.sae is not None,
             )
             units.append(make_unit(facts.digest, layer.name, chunk, work))
     return units
+
+
+def stored_density(store: Store, units: Sequence[Unit]) -> dict[str, dict[int, float]]:
+    """Each channel's share of positions where it fires (`histogram.active`), by layer, from the
+    examples `units` that are stored (their random directions left out)."""
+    missing = set(store.pending([unit.key for unit in units]))
+    density: dict[str, dict[int, float]] = {}
+    for unit in units:
+        if unit.kind != ExamplesWork.kind or unit.key in missing:
+            continue
+        table = store.read_unit(unit.key, "histogram", ["channel", "active"]).to_pydict()
+        found = density.setdefault(unit.layer, {})
+        for channel, active in zip(table["channel"], table["active"], strict=True):
+            if channel >= 0 and active is not None:
+                found[channel] = active
+    return density
 
 
 def _scan_seconds(unit: Unit, spec: JobSpec, speed: Any) -> float:

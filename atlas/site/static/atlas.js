@@ -6,6 +6,7 @@
   const CHANNEL_HASH = /^#channel-(\d+)$/;
   const BIG_CELL = 88; // px per example in the channel view
   const BIG_DIVERSITY = 112; // px per diversity image in the channel view
+  const QUANTILE_CELL = 56; // px per image of a quantile group in the channel view
   const SVG = "http://www.w3.org/2000/svg"; // a namespace name, never fetched
 
   function storageGet(key) {
@@ -234,6 +235,42 @@
       return figure;
     }
 
+    // An SAE feature's quantile groups: equal intervals of its activation range, highest first,
+    // each with the examples drawn from it, cut out of the channel's sprite.
+    function quantileFigure(row, found) {
+      const cells = JSON.parse(list.dataset.quantile); // x, y, cell w, cell h, per row, sprite w, h, groups
+      const image = row.querySelector(".cell img");
+      if (!image || !found.examples.length) return null;
+      const scale = QUANTILE_CELL / cells[2];
+      const figure = make("section", "quantiles");
+      figure.appendChild(make("h3", "group-title", "Quantile groups"));
+      figure.appendChild(make("p", "defs", "The activation range (0, " + found.top.toPrecision(3) + "] cut into " +
+        cells[7] + " intervals of equal width, with up to " + cells[4] + " dataset images of each, drawn " +
+        "from a uniform sample of the dataset (topped up from the top examples where it holds too few)."));
+      for (let group = cells[7] - 1; group >= 0; group--) {
+        const first = (cells[7] - 1 - group) * cells[4];
+        const members = found.examples.filter(function (e) { return e[0] >= first && e[0] < first + cells[4]; });
+        const line = make("div", "quantile-group");
+        line.appendChild(make("span", "range", (found.top * group / cells[7]).toPrecision(3) + " – " +
+          (found.top * (group + 1) / cells[7]).toPrecision(3)));
+        if (!members.length) line.appendChild(make("span", "empty", "no image of the sample or the top examples"));
+        members.forEach(function (example) {
+          const slot = example[0];
+          const tile = make("span", "tile");
+          tile.style.width = tile.style.height = QUANTILE_CELL + "px";
+          tile.style.backgroundImage = "url(" + JSON.stringify(image.getAttribute("src")) + ")";
+          tile.style.backgroundSize = (cells[5] * scale) + "px " + (cells[6] * scale) + "px";
+          const x = cells[0] + (slot % cells[4]) * cells[2];
+          const y = cells[1] + Math.floor(slot / cells[4]) * cells[3];
+          tile.style.backgroundPosition = (-x * scale) + "px " + (-y * scale) + "px";
+          tile.title = example[2] + " at (" + example[3] + ", " + example[4] + ") · " + example[1];
+          line.appendChild(tile);
+        });
+        figure.appendChild(line);
+      }
+      return figure;
+    }
+
     function fill(row) {
       const channel = row.id.slice("channel-".length);
       title.textContent = "Channel " + channel + (row.dataset.name ? " · " + row.dataset.name : "");
@@ -271,8 +308,14 @@
       const svg = row.querySelector("svg.hist");
       if (svg) body.appendChild(histogramFigure(svg));
       if (row.dataset.active) {
+        const images = row.dataset.imagesActive;
         body.appendChild(make("p", "defs", "Fires (at least 0.001) at " +
-          (100 * Number(row.dataset.active)).toPrecision(3) + "% of all positions of the dataset's images."));
+          (100 * Number(row.dataset.active)).toPrecision(3) + "% of all positions of the dataset's images" +
+          (images ? ", and somewhere in " + (100 * Number(images)).toPrecision(3) + "% of the images." : ".")));
+      }
+      if (extra.quantiles && list.dataset.quantile) {
+        const groups = quantileFigure(row, extra.quantiles);
+        if (groups) body.appendChild(groups);
       }
       if (row.dataset.places) body.appendChild(placesFigure(row));
       if (row.dataset.features) body.appendChild(featuresFigure(row));
@@ -577,6 +620,58 @@
     });
   }
 
+  // ---- Feature index page (SAE layers) ------------------------------------------------------
+  // rows of window.atlasFeatureIndex: [feature, label, class raised most, positions, images]
+  function setupFeatureIndex(search) {
+    const status = document.getElementById("feature-status");
+    const results = document.getElementById("feature-results");
+    const MAX_ROWS = 200;
+
+    function test(token) {
+      const bound = /^(images)?([<>])(\d*\.?\d+(?:e-?\d+)?)$/.exec(token);
+      if (bound) {
+        const column = bound[1] ? 4 : 3;
+        const limit = Number(bound[3]);
+        return function (row) { return row[column] !== null && (bound[2] === ">" ? row[column] > limit : row[column] < limit); };
+      }
+      if (/^\d+$/.test(token)) return function (row) { return row[0] === Number(token); };
+      const word = token.toLowerCase();
+      return function (row) { return String(row[1]).toLowerCase().indexOf(word) >= 0; };
+    }
+    function tests(text) {
+      // "class 207" (or class:207) is one test: the class the feature raises most
+      const found = [];
+      text.trim().replace(/class[\s:]+(\d+)/gi, function (_, number) {
+        found.push(function (row) { return row[2] === Number(number); });
+        return " ";
+      }).split(/\s+/).filter(Boolean).forEach(function (token) { found.push(test(token)); });
+      return found;
+    }
+    function percent(value) { return value === null ? "–" : (100 * value).toPrecision(3) + "%"; }
+    function render() {
+      const rows = window.atlasFeatureIndex || [];
+      const checks = tests(search.value);
+      const hits = rows.filter(function (row) { return checks.every(function (check) { return check(row); }); });
+      results.replaceChildren();
+      hits.slice(0, MAX_ROWS).forEach(function (row) {
+        const line = make("tr");
+        const cell = make("td");
+        const link = make("a", "", "#" + row[0]);
+        link.href = search.dataset.layerPage + "#channel-" + row[0];
+        cell.appendChild(link);
+        line.appendChild(cell);
+        [row[1], row[2] === null ? "–" : "class " + row[2], percent(row[3]), percent(row[4])].forEach(function (text) {
+          line.appendChild(make("td", "", String(text)));
+        });
+        results.appendChild(line);
+      });
+      status.textContent = hits.length + " of " + rows.length + " features" +
+        (hits.length > MAX_ROWS ? " (first " + MAX_ROWS + " shown)" : "");
+    }
+    search.addEventListener("input", render);
+    window.addEventListener("load", render);
+  }
+
   // Keep the current layer visible in a long layer bar (horizontal scroll only, never the page).
   const bar = document.querySelector(".layerbar");
   const here = bar && bar.querySelector('[aria-current="page"]');
@@ -584,7 +679,9 @@
 
   const list = document.getElementById("channels");
   const search = document.getElementById("layer-search");
+  const featureSearch = document.getElementById("feature-search");
   if (list) setupLayerPage(list);
   else if (search) setupIndex(search);
+  else if (featureSearch) setupFeatureIndex(featureSearch);
   else setupPageKeys();
 })();
