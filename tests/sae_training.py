@@ -5,7 +5,8 @@
 ReLU SAE (L1 penalty on activations times decoder norms, unit decoder rows) or a TopK SAE to
 them with full-batch Adam, in a few seconds on one CPU core, the same weights for the same seed.
 `save_saelens` writes `cfg.json` and `sae_weights.safetensors` (W_enc (C, K), b_enc, W_dec
-(K, C), b_dec), the folder `[[layers]] sae = ...` reads.
+(K, C), b_dec), the folder `[[layers]] sae = ...` reads. `planted_vectors` makes data whose
+features are known: sparse sums of planted directions, which every SAE trained on it recovers.
 """
 
 from __future__ import annotations
@@ -52,6 +53,21 @@ def layer_positions(model: LoadedModel, per_family: int, seed: int) -> tuple[np.
     positions = maps.shape[2] * maps.shape[3]
     vectors = maps.movedim(1, -1).reshape(-1, maps.shape[1]).numpy()
     return vectors.astype(np.float32), np.repeat(labels.numpy(), positions)
+
+
+def planted_vectors(
+    directions: int, width: int, count: int, seed: int, active: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """(count, width) vectors, each a sum of `active` of `directions` planted unit directions with
+    weights in [1, 2] plus a little noise, and the planted directions (directions, width)."""
+    rng = np.random.default_rng(seed)
+    planted = rng.normal(size=(directions, width))
+    planted /= np.linalg.norm(planted, axis=1, keepdims=True)
+    codes = np.zeros((count, directions))
+    for row in codes:
+        row[rng.choice(directions, active, replace=False)] = rng.uniform(1.0, 2.0, active)
+    vectors = codes @ planted + 0.01 * rng.normal(size=(count, width))
+    return vectors.astype(np.float32), planted.astype(np.float32)
 
 
 def train_sae(

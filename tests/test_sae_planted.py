@@ -6,7 +6,9 @@ images (one folder per family).
   the site enriches its page for that family's folder (atlas/site/labels.py);
 - a feature made dead (its encoder bias far below zero) is listed dead in the layer's health line;
 - a feature whose decoder row is wired to one class (the gradient of that class's logit over the
-  others at the layer) names that class first among the classes it raises.
+  others at the layer) names that class first among the classes it raises;
+- with `sae_compare` naming an SAE of another seed, every feature's one-to-one match is stored and
+  shown (the channel view's line, the layer's distribution).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from PIL import Image
 from sae_training import family_selectivity, layer_positions, save_saelens, train_sae
 
 from atlas.cli import main
+from atlas.kinds.stability import match_features
+from atlas.site.stability import distribution
 from atlas.store.store import open_store
 
 HERE = Path(__file__).resolve().parent
@@ -42,6 +46,7 @@ class PlantedJob:
     by_family: list[int]  # the feature that responds most to each family
     dead: int
     wired: int
+    decoders: tuple[np.ndarray, np.ndarray]  # the SAE's and the compared SAE's
 
 
 def _class_direction(module: torch.nn.Module, layer_output: torch.Tensor, target: int) -> np.ndarray:
@@ -73,6 +78,8 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> PlantedJob:
     b_enc = sae.b_enc.copy()
     b_enc[dead] = -1e4  # never fires
     save_saelens(replace(sae, w_dec=w_dec, b_enc=b_enc), root / "sae")
+    other = train_sae(vectors, features=4 * vectors.shape[1], seed=1, steps=200, l1=0.1)
+    save_saelens(other, root / "other")
     images, labels = family_images(8, seed=5)
     for index, (image, label) in enumerate(zip(images, labels.tolist(), strict=True)):
         folder = root / "images" / FOLDERS[label]
@@ -92,6 +99,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> PlantedJob:
             [[layers]]
             name = "{FAMILY_LAYER}"
             sae = "sae"
+            sae_compare = "other"
             channels = {channels}
             [render]
             enabled = false
@@ -106,7 +114,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> PlantedJob:
     result = CliRunner().invoke(main, ["run", str(spec)])
     assert result.exit_code == 0, result.output
     (layer,) = open_store(root / "out").layers("features")
-    return PlantedJob(root / "out", layer, by_family, dead, wired)
+    return PlantedJob(root / "out", layer, by_family, dead, wired, (w_dec, other.w_dec))
 
 
 def _page(job: PlantedJob) -> str:
@@ -143,3 +151,23 @@ def test_a_decoder_row_wired_to_a_class_raises_that_class_first(planted: Planted
     wired = rows[planted.wired]
     assert wired["raises"][0] == WIRED_CLASS
     assert wired["raises_by"][0] > 0 and WIRED_CLASS not in wired["lowers"][:1]
+
+
+def test_each_features_match_in_the_compared_sae_is_stored_and_shown(planted: PlantedJob) -> None:
+    rows = open_store(planted.out).read("stability", planted.layer).to_pylist()
+    expected = match_features(*planted.decoders)
+    assert [r["channel"] for r in rows] == list(range(len(expected.partner)))  # every feature, not only shown
+    assert [r["partner"] for r in rows] == expected.partner.tolist()
+    np.testing.assert_allclose([r["cosine"] for r in rows], expected.cosine, atol=1e-5)
+    np.testing.assert_allclose([r["best"] for r in rows], expected.best, atol=1e-5)
+    page = _page(planted)
+    line = distribution(expected.partner, expected.cosine).line()
+    assert f'<p class="stability">{line}.</p>' in page.replace("&gt;", ">")
+    shown = {
+        int(c): json.loads(v)
+        for v, c in re.findall(r"data-match='(\[[^']*\])'[^>]*id=\"channel-(\d+)\"", page)
+    }
+    assert sorted(shown) == sorted([*planted.by_family, planted.dead, planted.wired])
+    for feature, (partner, cosine, best, best_partner) in shown.items():
+        assert partner == expected.partner[feature] and best_partner == expected.best_partner[feature]
+        assert cosine == pytest.approx(expected.cosine[feature], abs=1e-3) and best >= cosine - 1e-3

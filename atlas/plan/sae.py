@@ -194,14 +194,15 @@ def _checked(path: Path, tensors: dict[str, np.ndarray], name: str, shape: tuple
     return values
 
 
-def load_sae(path: Path | str, layer: str, channels: int) -> Sae:
-    """Read and check an SAE of `layer` (which has `channels` channels: C)."""
+def load_sae(path: Path | str, layer: str, channels: int | None) -> Sae:
+    """Read and check an SAE of `layer` (which has `channels` channels: C; None takes C from W_enc)."""
     path = Path(path)
     if not path.exists():
         raise SaeError(f"SAE {path} does not exist; check the path in the job spec")
     tensors, settings, stem = _read(path)
     if "W_enc" not in tensors or np.ndim(tensors["W_enc"]) != 2:
         raise SaeError(f"SAE {path} needs a 2-D W_enc tensor (C, K) beside b_enc, W_dec and b_dec")
+    channels = int(np.shape(tensors["W_enc"])[0]) if channels is None else channels
     count = int(np.shape(tensors["W_enc"])[1])
     for name, expected in (("d_in", channels), ("d_sae", count)):
         if name in settings and settings[name] != str(expected):
@@ -241,6 +242,17 @@ def load_sae(path: Path | str, layer: str, channels: int) -> Sae:
     return Sae(layer, w_enc, b_enc, w_dec, b_dec, activation, k, threshold, shift, stem)
 
 
+def sae_digest(path: Path | str) -> str:
+    """A digest of an SAE's bytes (a folder: cfg.json and the weights), for content keys."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for part in [path / CONFIG_FILE, path / WEIGHTS_FILE] if path.is_dir() else [path]:
+        with part.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
 def layer_sae(model: LoadedModel, layer: LayerSpec) -> Sae:
     """The SAE of a `[[layers]]` entry, checked against its base layer's channels (its C)."""
     base = model.resolve_layer(base_layer(layer.name))
@@ -249,6 +261,8 @@ def layer_sae(model: LoadedModel, layer: LayerSpec) -> Sae:
             f"layer {layer.name!r} has no map or tokens to encode: an SAE stands on a layer that "
             f"`atlas layers {model.name}` lists (not logits or a class token)"
         )
+    if layer.sae_compare is not None:  # checked now, before any work; matched by a stability unit
+        load_sae(layer.sae_compare, base, model.channels(base))
     return load_sae(layer.sae, base, model.channels(base))
 
 

@@ -114,6 +114,7 @@ class LayerSpec:
         None  # (K, C) directions that replace the layer's channels (atlas.plan.dictionary)
     )
     sae: Path | None = None  # a sparse autoencoder whose features replace the channels (atlas.plan.sae)
+    sae_compare: Path | None = None  # another SAE of the layer, matched to `sae` (atlas.kinds.stability)
 
     @property
     def derived(self) -> bool:
@@ -380,7 +381,7 @@ def _layers(ctx: _Context, raw: Any) -> tuple[LayerSpec, ...]:
             continue
         if not isinstance(item, dict):
             raise ctx.error("layers", None, f"expected a table or a layer name, got {type_name(item)}", entry)
-        keys = ["name", "channels", "dictionary", "sae"]
+        keys = ["name", "channels", "dictionary", "sae", "sae_compare"]
         unknown = set(item) - set(keys)
         if unknown:
             key = sorted(unknown)[0]
@@ -391,9 +392,17 @@ def _layers(ctx: _Context, raw: Any) -> tuple[LayerSpec, ...]:
             raise ctx.error(
                 "layers", "dictionary", "expected a path string to a .npy or .safetensors file", entry
             )
-        if not isinstance(item.get("sae", ""), str):
+        for key in ("sae", "sae_compare"):
+            if not isinstance(item.get(key, ""), str):
+                raise ctx.error(
+                    "layers", key, "expected a path string to an SAE folder, .safetensors or .npz file", entry
+                )
+        if item.get("sae_compare") and not item.get("sae"):
             raise ctx.error(
-                "layers", "sae", "expected a path string to an SAE folder, .safetensors or .npz file", entry
+                "layers",
+                "sae_compare",
+                'needs sae = "..." in the same table: the SAE it is compared with',
+                entry,
             )
         if item.get("dictionary") and item.get("sae"):
             raise ctx.error(
@@ -403,8 +412,9 @@ def _layers(ctx: _Context, raw: Any) -> tuple[LayerSpec, ...]:
             raise ctx.error("layers", "name", 'every [[layers]] table needs name = "<layer>"', entry)
         dictionary = Path(item["dictionary"]) if item.get("dictionary") else None
         sae = Path(item["sae"]) if item.get("sae") else None
+        compare = Path(item["sae_compare"]) if item.get("sae_compare") else None
         channels = _channels(ctx, item.get("channels", "all"), entry)
-        layers.append(LayerSpec(item["name"], channels, dictionary, sae))
+        layers.append(LayerSpec(item["name"], channels, dictionary, sae, compare))
     return tuple(layers)
 
 
@@ -489,11 +499,13 @@ def _resolve_paths(ctx: _Context, spec: JobSpec, base: Path) -> JobSpec:
             if not path.is_file():
                 raise ctx.error("layers", "dictionary", f"file {path} does not exist", entry)
             layer = replace(layer, dictionary=path)
-        if layer.sae is not None:
-            path = layer.sae if layer.sae.is_absolute() else base / layer.sae
-            if not path.exists():
-                raise ctx.error("layers", "sae", f"{path} does not exist", entry)
-            layer = replace(layer, sae=path)
+        for key in ("sae", "sae_compare"):
+            given = getattr(layer, key)
+            if given is not None:
+                path = given if given.is_absolute() else base / given
+                if not path.exists():
+                    raise ctx.error("layers", key, f"{path} does not exist", entry)
+                layer = replace(layer, **{key: path})
         layers.append(layer)
     cost = spec.cost
     if cost.throughput:
