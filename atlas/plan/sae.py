@@ -9,7 +9,9 @@ position (or patch token) of the layer:
     topk:     the k largest `pre` per position, through relu; every other feature 0
 
 with W_enc (C, K), b_enc (K,), W_dec (K, C), b_dec (C,) and, for JumpReLU, threshold (K,) (or
-log_threshold). Like a dictionary of directions (atlas.plan.dictionary) the SAE becomes a derived
+log_threshold). With `[[layers]] sae_objective = "decoder"` a unit is instead the projection
+of each position's vector onto its decoder row, `x . W_dec[i]` (what the feature writes, not
+what reads it); the layer's name then differs, an encoder layer's stays as it was. Like a dictionary of directions (atlas.plan.dictionary) the SAE becomes a derived
 layer of the model, `<layer>@<stem>:<hash>`, so renders optimize the feature's real activation
 and scans rank images by it, from the same code as channels. Three files are read:
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,7 @@ class Sae:
     threshold: np.ndarray | None = None  # jumprelu only, (K,)
     apply_b_dec_to_input: bool = False
     stem: str = "sae"
+    objective: str = "encoder"  # "decoder": a unit is the projection onto its decoder row instead
 
     @property
     def features(self) -> int:
@@ -74,15 +77,19 @@ class Sae:
         for array in (self.w_enc, self.b_enc, self.w_dec, self.b_dec, self.threshold):
             digest.update(b"-" if array is None else array.tobytes())
         digest.update(f"{self.activation}|{self.k}|{self.apply_b_dec_to_input}".encode())
+        if self.objective != "encoder":  # encoder layers keep the names (and content keys) they had
+            digest.update(f"|{self.objective}".encode())
         return f"{self.layer}{DICTIONARY_MARK}{self.stem}:{digest.hexdigest()[:8]}"
 
 
 class SaeEncoder(nn.Module):
-    """Channel i of the output is SAE feature i's activation at each position of a (B, C, ...) map."""
+    """Channel i of the output is SAE feature i's activation at each position of a (B, C, ...) map;
+    with the "decoder" objective, the projection of each position's vector onto decoder row i."""
 
     def __init__(self, sae: Sae):
         super().__init__()
         self.activation, self.k, self.shift = sae.activation, sae.k, sae.apply_b_dec_to_input
+        self.objective = sae.objective
         self.register_buffer("w_enc", torch.from_numpy(sae.w_enc))
         self.register_buffer("b_enc", torch.from_numpy(sae.b_enc))
         self.register_buffer("b_dec", torch.from_numpy(sae.b_dec))
@@ -92,6 +99,8 @@ class SaeEncoder(nn.Module):
 
     def forward(self, acts: torch.Tensor) -> torch.Tensor:
         x = acts.float().movedim(1, -1)  # (B, ..., C)
+        if self.objective == "decoder":
+            return (x @ self.w_dec.T).movedim(-1, 1)
         if self.shift:
             x = x - self.b_dec
         pre = x @ self.w_enc + self.b_enc
@@ -263,7 +272,7 @@ def layer_sae(model: LoadedModel, layer: LayerSpec) -> Sae:
         )
     if layer.sae_compare is not None:  # checked now, before any work; matched by a stability unit
         load_sae(layer.sae_compare, base, model.channels(base))
-    return load_sae(layer.sae, base, model.channels(base))
+    return replace(load_sae(layer.sae, base, model.channels(base)), objective=layer.sae_objective)
 
 
 def attach_sae(model: LoadedModel, sae: Sae) -> str:

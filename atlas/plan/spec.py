@@ -106,6 +106,9 @@ class ModelSpec:
         return stated
 
 
+SAE_OBJECTIVES = ("encoder", "decoder")  # what `[[layers]] sae_objective` may be
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     name: str
@@ -115,6 +118,7 @@ class LayerSpec:
     )
     sae: Path | None = None  # a sparse autoencoder whose features replace the channels (atlas.plan.sae)
     sae_compare: Path | None = None  # another SAE of the layer, matched to `sae` (atlas.kinds.stability)
+    sae_objective: str = "encoder"  # an SAE layer's units: "encoder" activations, "decoder" projections
 
     @property
     def derived(self) -> bool:
@@ -381,7 +385,7 @@ def _layers(ctx: _Context, raw: Any) -> tuple[LayerSpec, ...]:
             continue
         if not isinstance(item, dict):
             raise ctx.error("layers", None, f"expected a table or a layer name, got {type_name(item)}", entry)
-        keys = ["name", "channels", "dictionary", "sae", "sae_compare"]
+        keys = ["name", "channels", "dictionary", "sae", "sae_compare", "sae_objective"]
         unknown = set(item) - set(keys)
         if unknown:
             key = sorted(unknown)[0]
@@ -397,11 +401,15 @@ def _layers(ctx: _Context, raw: Any) -> tuple[LayerSpec, ...]:
                 raise ctx.error(
                     "layers", key, "expected a path string to an SAE folder, .safetensors or .npz file", entry
                 )
-        if item.get("sae_compare") and not item.get("sae"):
+        for key in ("sae_compare", "sae_objective"):
+            if key in item and not item.get("sae"):
+                raise ctx.error("layers", key, 'needs sae = "..." in the same table', entry)
+        if item.get("sae_objective", "encoder") not in SAE_OBJECTIVES:
             raise ctx.error(
                 "layers",
-                "sae_compare",
-                'needs sae = "..." in the same table: the SAE it is compared with',
+                "sae_objective",
+                f"{item['sae_objective']!r} is not one of {', '.join(map(repr, SAE_OBJECTIVES))}: the SAE's "
+                "feature activation (encoder) or the projection onto its decoder row (decoder)",
                 entry,
             )
         if item.get("dictionary") and item.get("sae"):
@@ -414,7 +422,8 @@ def _layers(ctx: _Context, raw: Any) -> tuple[LayerSpec, ...]:
         sae = Path(item["sae"]) if item.get("sae") else None
         compare = Path(item["sae_compare"]) if item.get("sae_compare") else None
         channels = _channels(ctx, item.get("channels", "all"), entry)
-        layers.append(LayerSpec(item["name"], channels, dictionary, sae, compare))
+        objective = item.get("sae_objective", "encoder")
+        layers.append(LayerSpec(item["name"], channels, dictionary, sae, compare, objective))
     return tuple(layers)
 
 
