@@ -201,3 +201,26 @@ def test_a_bad_sae_compare_is_one_error_line_before_any_work(
     assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
     assert message in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stability_unit_is_keyed_by_the_compared_sae_and_leaves_other_keys_alone(tmp_path: Path) -> None:
+    from atlas.plan.spec import load_spec
+    from atlas.run.job import prepare
+
+    _saved(tmp_path / "a", 32, 32, 0)
+    for name, seed in (("b", 1), ("c", 2)):
+        _saved(tmp_path / name, 32, 32, seed)
+
+    def units(compare: str) -> dict[str, set[str]]:
+        table = 'name = "conv2"\nsae = "a"\nchannels = "0:4"\n' + compare
+        plan = prepare(load_spec(_spec(tmp_path, "[[layers]]\n" + table))).plan
+        found: dict[str, set[str]] = {}
+        for unit in plan.units:
+            found.setdefault(unit.kind, set()).add(unit.key)
+        return found
+
+    alone, with_b, with_c = units(""), units('sae_compare = "b"'), units('sae_compare = "c"')
+    assert "stability" not in alone and len(with_b["stability"]) == len(with_c["stability"]) == 1
+    assert with_b["stability"] != with_c["stability"]  # another compared SAE: recomputed
+    for found in (with_b, with_c):  # every other unit keeps its key
+        assert {kind: keys for kind, keys in found.items() if kind != "stability"} == alone
