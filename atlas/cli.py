@@ -549,6 +549,41 @@ def verify(out: str, dry_run: bool) -> None:
         sys.exit(1)
 
 
+@main.command("sae-match")
+@click.argument("first", type=_LocalPath())
+@click.argument("second", type=_LocalPath())
+@click.option("--layer", default="", help="The layer both SAEs encode (a label for the output).")
+@click.option(
+    "--candidates",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Partners per feature, each way, when the SAEs are too large for a dense assignment.",
+)
+@click.option("--csv", "table", type=_LocalPath(dir_okay=False), help="Also write one row per feature here.")
+def sae_match(first: Path, second: Path, layer: str, candidates: int, table: Path | None) -> None:
+    """Match the features of two SAEs of one layer by decoder cosine (one to one) and print the
+    distribution of the match cosines: how many of FIRST's features SECOND also learned."""
+    from atlas.kinds.stability import match_features
+    from atlas.plan.sae import load_sae
+    from atlas.site.stability import distribution
+
+    a = load_sae(first, layer, None)
+    b = load_sae(second, layer, None)
+    found = match_features(a.w_dec, b.w_dec, candidates)
+    summary = distribution(found.partner, found.cosine)
+    named = f"{layer}: " if layer else ""
+    click.echo(
+        f"{named}{first} ({a.features} features) against {second} ({b.features}), {found.method} assignment"
+    )
+    click.echo(summary.line())
+    if table is not None:
+        rows = zip(found.partner, found.cosine, found.best, found.best_partner, strict=True)
+        lines = ["feature,partner,cosine,best,best_partner"]
+        lines += [f"{i},{p},{c:.6f},{b:.6f},{q}" for i, (p, c, b, q) in enumerate(rows)]
+        table.write_text("\n".join(lines) + "\n")
+
+
 @main.command()
 @click.option("--model", "model_name", default="efficientnet-lite0", show_default=True)
 @click.option(

@@ -73,9 +73,9 @@ def family_images(per_family: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels)
 
 
-def family_model(steps: int = 150, seed: int = 0) -> LoadedModel:
-    """The four-family CNN, trained `steps` Adam steps (seeded; about 3 s on one CPU core)."""
-    torch.manual_seed(seed)
+def family_network() -> nn.Module:
+    """The four-family CNN, untrained, declaring its input (32 px in [0, 1]): what a job spec loads
+    as `module:families:family_network` with the trained weights as its checkpoint."""
     module = nn.Sequential(
         nn.Conv2d(3, 16, 3, stride=2, padding=1),  # 16 x 16
         nn.ReLU(),
@@ -90,6 +90,15 @@ def family_model(steps: int = 150, seed: int = 0) -> LoadedModel:
         nn.Flatten(),
         nn.Linear(32, len(FAMILIES)),
     )
+    module.input_size = SIDE
+    module.input_mean, module.input_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    return module
+
+
+def family_model(steps: int = 150, seed: int = 0) -> LoadedModel:
+    """The four-family CNN, trained `steps` Adam steps (seeded; about 3 s on one CPU core)."""
+    torch.manual_seed(seed)
+    module = family_network()
     images, labels = family_images(64, seed=seed + 1)
     optimizer = torch.optim.Adam(module.parameters(), lr=0.01)
     generator = torch.Generator().manual_seed(seed)

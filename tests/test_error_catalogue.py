@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -37,7 +38,7 @@ SPEC_COMMANDS = ("run", "scan", "plan", "calibrate", "timeline", "status")
 
 def catalogue() -> dict[str, tuple[str, ...]]:
     """class -> the commands it applies to, from the docs' table (`every`: every command)."""
-    rows = re.findall(r"^\| `([a-z-]+)` \| ([a-z, ]+) \|", DOCS.read_text(), flags=re.M)
+    rows = re.findall(r"^\| `([a-z-]+)` \| ([a-z, -]+) \|", DOCS.read_text(), flags=re.M)
     return {
         name: COMMANDS if commands.strip() == "every" else tuple(c.strip() for c in commands.split(","))
         for name, commands in rows
@@ -97,7 +98,21 @@ class Case:
             "render": self.render(),
             "site": ["site", str(store)],
             "verify": ["verify", str(store)],
+            "sae-match": ["sae-match", str(self.sae("a", 8)), str(self.sae("b", 8))],
         }[self.command]
+
+    def sae(self, name: str, width: int) -> Path:
+        """A small random ReLU SAE of `width` channels and 16 features, as a .npz file."""
+        rng = np.random.default_rng(width)
+        path = self.tmp / f"{name}.npz"
+        np.savez(
+            path,
+            W_enc=rng.normal(size=(width, 16)).astype(np.float32),
+            b_enc=np.zeros(16, np.float32),
+            W_dec=rng.normal(size=(16, width)).astype(np.float32),
+            b_dec=np.zeros(width, np.float32),
+        )
+        return path
 
 
 def good_checkpoint(tmp: Path) -> Path:
@@ -265,6 +280,13 @@ def broken_plugin(case: Case) -> list[str]:
     return case.valid()
 
 
+def sae_file(case: Case) -> list[str]:
+    """Drawn from the family: an SAE that does not exist, or two SAEs of different widths."""
+    first = case.sae("a", 8)
+    second = case.rng.choice([case.tmp / f"{case.word()}.npz", case.sae("b", case.rng.randint(2, 7))])
+    return [case.command, str(first), str(second)]
+
+
 def option(case: Case) -> list[str]:
     return [case.command, f"--{case.word()}"]
 
@@ -287,6 +309,7 @@ BAD_INPUTS: dict[str, Callable[[Case], list[str]]] = {
     "not-a-store": not_a_store,
     "damaged-manifest": damaged_manifest,
     "broken-plugin": broken_plugin,
+    "sae-file": sae_file,
     "option": option,
 }
 # What the one line must name, per class: the problem, not some other failure on the way.
@@ -308,6 +331,7 @@ NAMES = {
     "not-a-store": r"not an atlas store|neither job\.json",
     "damaged-manifest": r"manifest\.json is not a valid manifest",
     "broken-plugin": r"plugin 'broken' \(broken_plugin_module\) failed to import",
+    "sae-file": r"does not exist|different widths C",
     "option": r"No such option",
 }
 WALK = [(command, name) for name, commands in catalogue().items() for command in commands]

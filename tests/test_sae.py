@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import textwrap
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,10 @@ from atlas.api import as_model
 from atlas.cli import main
 from atlas.kinds.features import logit_effects, nearest_features
 from atlas.models import load_model
-from atlas.plan.sae import SaeError, attach_sae, load_sae
+from atlas.optvis import objectives as obj
+from atlas.optvis.objectives import StepState
+from atlas.plan.sae import SaeError, attach_sae, layer_sae, load_sae
+from atlas.plan.spec import LayerSpec
 from atlas.store.store import open_store
 
 LAYER, C = "conv2", 32  # tiny-cnn's conv2
@@ -323,3 +327,44 @@ def test_the_share_of_positions_a_unit_fires_at_is_counted_exactly() -> None:
     assert sorted(active) == list(range(maps.shape[1]))
     np.testing.assert_allclose([active[c] for c in range(maps.shape[1])], expected.numpy(), atol=1e-6)
     assert min(active.values()) < max(active.values())  # some channels fire more often than others
+
+
+def test_the_decoder_objective_is_the_projection_onto_the_decoder_row(tmp_path) -> None:
+    """`sae_objective = "decoder"`: a unit is x . W_dec[i] at each position, not the encoder's
+    feature activation; an encoder layer keeps its name (its content keys), a decoder one differs."""
+    weights = _weights(48, 7, "relu")
+    path = _save(tmp_path, "saelens", weights, "relu", 0, True)
+    model = load_model("tiny-cnn")
+    given = LayerSpec(LAYER, sae=path)
+    encoder, decoder = (layer_sae(model, replace(given, sae_objective=o)) for o in ("encoder", "decoder"))
+    names = attach_sae(model, encoder), attach_sae(model, decoder)
+    assert names[0] == load_sae(path, LAYER, C).layer_name != names[1]
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        outputs = model.activations(images, [LAYER, *names])
+    projection = torch.einsum("bchw,kc->bkhw", outputs[LAYER].float(), torch.from_numpy(weights["W_dec"]))
+    torch.testing.assert_close(outputs[names[1]], projection, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(outputs[names[0]], _formula(outputs[LAYER], weights, "relu", 0, True))
+    for feature in (0, 5, 47):  # the render objective (channel: mean over positions) follows the layer
+        scores = [
+            obj.channel(name, feature)(StepState(images=images, activations={name: outputs[name]}))
+            for name in names
+        ]
+        torch.testing.assert_close(scores[1], projection[:, feature].mean(dim=(1, 2)))
+        assert not torch.allclose(scores[0], scores[1])
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ('sae = "sae.npz"\nsae_objective = "logit"', "'logit' is not one of 'encoder', 'decoder'"),
+        ('sae_objective = "decoder"', 'needs sae = "..." in the same table'),
+    ],
+)
+def test_a_bad_sae_objective_is_one_error_line(tmp_path, table: str, message: str) -> None:
+    _save(tmp_path, "npz", _weights(16, 3, "relu"), "relu", 0, False)
+    spec = _spec(tmp_path, "sae.npz")
+    spec.write_text(spec.read_text().replace('sae = "sae.npz"', table))
+    result = CliRunner().invoke(main, ["plan", str(spec)])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output

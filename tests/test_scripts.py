@@ -163,6 +163,10 @@ SMOKE: dict[str, Run | str] = {
         ("--features", "256", "--images", "8,16", "--batch-size", "4", "--shard-size", "8"),
         r"16 images: scan [0-9.]+ s \([0-9.]+ images/s\), peak RSS \d+ MiB .*finalize 256 features",
     ),
+    "bench_sae_match.py": Run(
+        ("--features", "300", "--width", "16", "--candidates", "4", "--dense-max", "0"),
+        r"sparse \(4 candidates each way\)(.|\n)*^match [0-9.]+ s, peak RSS \d+ MiB .*planted pairs recovered",
+    ),
     "bench_scan.py": Run(
         ("--images", "8", "--batch-size", "4", "--shard-size", "8", "--k", "2", "--rounds", "1"),
         r"scan_shard +: +[0-9.]+ images/s",

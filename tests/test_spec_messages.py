@@ -177,7 +177,7 @@ GOLDEN = [
     ("layers_item", "job.toml: [layers]: expected a table or a layer name, got integer"),
     (
         "layers_key",
-        "job.toml, line 13: layers.chanels: unknown key. did you mean 'channels'? Valid keys: name, channels, dictionary, sae, visualize",
+        "job.toml, line 13: layers.chanels: unknown key. did you mean 'channels'? Valid keys: name, channels, dictionary, sae, visualize, sae_compare, sae_objective",
     ),
     ("layers_name", 'job.toml, line 11: layers.name: every [[layers]] table needs name = "<layer>"'),
     (

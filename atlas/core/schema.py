@@ -103,6 +103,18 @@ FEATURES_SCHEMA = pa.schema(
     ]
 )
 
+STABILITY_SCHEMA = pa.schema(
+    [
+        ("layer", pa.string()),
+        ("channel", pa.int32()),
+        ("partner", pa.int32()),
+        ("cosine", pa.float32()),
+        ("best", pa.float32()),
+        ("best_partner", pa.int32()),
+        ("unit_key", pa.string()),
+    ]
+)
+
 SKIPPED_SCHEMA = pa.schema(
     [
         ("source_id", pa.string()),
@@ -350,6 +362,20 @@ TABLES = {
             "lowers": "the classes whose logits fall most, the same way",
             "lowers_by": "those logit changes (negative)",
             "unit_key": "the features unit",
+        },
+    ),
+    "stability": StoredTable(
+        STABILITY_SCHEMA,
+        "one row per feature of an SAE layer with `[[layers]] sae_compare`: its match in the other SAE",
+        {
+            "layer": "the SAE layer, `<layer>@<stem>:<hash>`",
+            "channel": "the feature",
+            "partner": "the other SAE's feature matched to it one to one (an optimal assignment by decoder "
+            "cosine, atlas.kinds.stability); -1 when it is left unmatched",
+            "cosine": "the decoder cosine with the partner; for an unmatched feature, its best cosine",
+            "best": "the highest decoder cosine with any feature of the other SAE",
+            "best_partner": "the feature of that cosine",
+            "unit_key": "the stability unit",
         },
     ),
     "skipped": StoredTable(

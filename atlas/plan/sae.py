@@ -11,7 +11,9 @@ position (or patch token) of the layer:
               rescale_acts_by_decoder_norm)
 
 with W_enc (C, K), b_enc (K,), W_dec (K, C), b_dec (C,) and, for JumpReLU, threshold (K,) (or
-log_threshold). Like a dictionary of directions (atlas.plan.dictionary) the SAE becomes a derived
+log_threshold). With `[[layers]] sae_objective = "decoder"` a unit is instead the projection
+of each position's vector onto its decoder row, `x . W_dec[i]` (what the feature writes, not
+what reads it); the layer's name then differs, an encoder layer's stays as it was. Like a dictionary of directions (atlas.plan.dictionary) the SAE becomes a derived
 layer of the model, `<layer>@<stem>:<hash>`, so renders optimize the feature's real activation
 and scans rank images by it, from the same code as channels. Three files are read:
 
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,7 @@ class Sae:
     apply_b_dec_to_input: bool = False
     stem: str = "sae"
     rescale_by_decoder_norm: bool = False  # topk only: pre-activations times each decoder row's norm
+    objective: str = "encoder"  # "decoder": a unit is the projection onto its decoder row instead
 
     @property
     def features(self) -> int:
@@ -81,16 +84,20 @@ class Sae:
         digest.update(f"{self.activation}|{self.k}|{self.apply_b_dec_to_input}".encode())
         if self.rescale_by_decoder_norm:  # only then: the names of SAEs without it stay as they were
             digest.update(b"|rescale")
+        if self.objective != "encoder":  # encoder layers keep the names (and content keys) they had
+            digest.update(f"|{self.objective}".encode())
         return f"{self.layer}{DICTIONARY_MARK}{self.stem}:{digest.hexdigest()[:8]}"
 
 
 class SaeEncoder(nn.Module):
-    """Channel i of the output is SAE feature i's activation at each position of a (B, C, ...) map."""
+    """Channel i of the output is SAE feature i's activation at each position of a (B, C, ...) map;
+    with the "decoder" objective, the projection of each position's vector onto decoder row i."""
 
     def __init__(self, sae: Sae):
         super().__init__()
         self.activation, self.k, self.shift = sae.activation, sae.k, sae.apply_b_dec_to_input
         self.rescale = sae.rescale_by_decoder_norm
+        self.objective = sae.objective
         self.register_buffer("w_enc", torch.from_numpy(sae.w_enc))
         self.register_buffer("b_enc", torch.from_numpy(sae.b_enc))
         self.register_buffer("b_dec", torch.from_numpy(sae.b_dec))
@@ -100,6 +107,8 @@ class SaeEncoder(nn.Module):
 
     def forward(self, acts: torch.Tensor) -> torch.Tensor:
         x = acts.float().movedim(1, -1)  # (B, ..., C)
+        if self.objective == "decoder":
+            return (x @ self.w_dec.T).movedim(-1, 1)
         if self.shift:
             x = x - self.b_dec
         pre = x @ self.w_enc + self.b_enc
@@ -213,14 +222,15 @@ def _checked(path: Path, tensors: dict[str, np.ndarray], name: str, shape: tuple
     return values
 
 
-def load_sae(path: Path | str, layer: str, channels: int) -> Sae:
-    """Read and check an SAE of `layer` (which has `channels` channels: C)."""
+def load_sae(path: Path | str, layer: str, channels: int | None) -> Sae:
+    """Read and check an SAE of `layer` (which has `channels` channels: C; None takes C from W_enc)."""
     path = Path(path)
     if not path.exists():
         raise SaeError(f"SAE {path} does not exist; check the path in the job spec")
     tensors, settings, stem = _read(path)
     if "W_enc" not in tensors or np.ndim(tensors["W_enc"]) != 2:
         raise SaeError(f"SAE {path} needs a 2-D W_enc tensor (C, K) beside b_enc, W_dec and b_dec")
+    channels = int(np.shape(tensors["W_enc"])[0]) if channels is None else channels
     count = int(np.shape(tensors["W_enc"])[1])
     for name, expected in (("d_in", channels), ("d_sae", count)):
         if name in settings and settings[name] != str(expected):
@@ -265,6 +275,17 @@ def load_sae(path: Path | str, layer: str, channels: int) -> Sae:
     return Sae(layer, w_enc, b_enc, w_dec, b_dec, activation, k, threshold, shift, stem, rescale)
 
 
+def sae_digest(path: Path | str) -> str:
+    """A digest of an SAE's bytes (a folder: cfg.json and the weights), for content keys."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for part in [path / CONFIG_FILE, path / WEIGHTS_FILE] if path.is_dir() else [path]:
+        with part.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
 def layer_sae(model: LoadedModel, layer: LayerSpec) -> Sae:
     """The SAE of a `[[layers]]` entry, checked against its base layer's channels (its C)."""
     base = model.resolve_layer(base_layer(layer.name))
@@ -273,7 +294,9 @@ def layer_sae(model: LoadedModel, layer: LayerSpec) -> Sae:
             f"layer {layer.name!r} has no map or tokens to encode: an SAE stands on a layer that "
             f"`atlas layers {model.name}` lists (not logits or a class token)"
         )
-    return load_sae(layer.sae, base, model.channels(base))
+    if layer.sae_compare is not None:  # checked now, before any work; matched by a stability unit
+        load_sae(layer.sae_compare, base, model.channels(base))
+    return replace(load_sae(layer.sae, base, model.channels(base)), objective=layer.sae_objective)
 
 
 def attach_sae(model: LoadedModel, sae: Sae) -> str:

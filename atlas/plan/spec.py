@@ -106,6 +106,9 @@ class ModelSpec:
         return stated
 
 
+SAE_OBJECTIVES = ("encoder", "decoder")  # what `[[layers]] sae_objective` may be
+
+
 @dataclass(frozen=True)
 class Densest:
     """`visualize = "densest:N"`: the N channels that fire at the largest share of positions
@@ -125,6 +128,8 @@ class LayerSpec:
     # The channels that get visualizations (renders); None: every one of `channels`. Examples and
     # statistics still cover every channel (atlas.kinds.render.render_units).
     visualize: tuple[int, ...] | Densest | None = None
+    sae_compare: Path | None = None  # another SAE of the layer, matched to `sae` (atlas.kinds.stability)
+    sae_objective: str = "encoder"  # an SAE layer's units: "encoder" activations, "decoder" projections
 
     @property
     def derived(self) -> bool:
@@ -416,7 +421,7 @@ def _layers(ctx: _Context, raw: Any) -> tuple[LayerSpec, ...]:
             continue
         if not isinstance(item, dict):
             raise ctx.error("layers", None, f"expected a table or a layer name, got {type_name(item)}", entry)
-        keys = ["name", "channels", "dictionary", "sae", "visualize"]
+        keys = ["name", "channels", "dictionary", "sae", "visualize", "sae_compare", "sae_objective"]
         unknown = set(item) - set(keys)
         if unknown:
             key = sorted(unknown)[0]
@@ -427,9 +432,21 @@ def _layers(ctx: _Context, raw: Any) -> tuple[LayerSpec, ...]:
             raise ctx.error(
                 "layers", "dictionary", "expected a path string to a .npy or .safetensors file", entry
             )
-        if not isinstance(item.get("sae", ""), str):
+        for key in ("sae", "sae_compare"):
+            if not isinstance(item.get(key, ""), str):
+                raise ctx.error(
+                    "layers", key, "expected a path string to an SAE folder, .safetensors or .npz file", entry
+                )
+        for key in ("sae_compare", "sae_objective"):
+            if key in item and not item.get("sae"):
+                raise ctx.error("layers", key, 'needs sae = "..." in the same table', entry)
+        if item.get("sae_objective", "encoder") not in SAE_OBJECTIVES:
             raise ctx.error(
-                "layers", "sae", "expected a path string to an SAE folder, .safetensors or .npz file", entry
+                "layers",
+                "sae_objective",
+                f"{item['sae_objective']!r} is not one of {', '.join(map(repr, SAE_OBJECTIVES))}: the SAE's "
+                "feature activation (encoder) or the projection onto its decoder row (decoder)",
+                entry,
             )
         if item.get("dictionary") and item.get("sae"):
             raise ctx.error(
@@ -439,9 +456,11 @@ def _layers(ctx: _Context, raw: Any) -> tuple[LayerSpec, ...]:
             raise ctx.error("layers", "name", 'every [[layers]] table needs name = "<layer>"', entry)
         dictionary = Path(item["dictionary"]) if item.get("dictionary") else None
         sae = Path(item["sae"]) if item.get("sae") else None
+        compare = Path(item["sae_compare"]) if item.get("sae_compare") else None
         channels = _channels(ctx, item.get("channels", "all"), entry)
         visualize = _visualize(ctx, item.get("visualize", "all"), entry, channels)
-        layers.append(LayerSpec(item["name"], channels, dictionary, sae, visualize))
+        objective = item.get("sae_objective", "encoder")
+        layers.append(LayerSpec(item["name"], channels, dictionary, sae, visualize, compare, objective))
     return tuple(layers)
 
 
@@ -539,11 +558,13 @@ def _resolve_paths(ctx: _Context, spec: JobSpec, base: Path) -> JobSpec:
             if not path.is_file():
                 raise ctx.error("layers", "dictionary", f"file {path} does not exist", entry)
             layer = replace(layer, dictionary=path)
-        if layer.sae is not None:
-            path = layer.sae if layer.sae.is_absolute() else base / layer.sae
-            if not path.exists():
-                raise ctx.error("layers", "sae", f"{path} does not exist", entry)
-            layer = replace(layer, sae=path)
+        for key in ("sae", "sae_compare"):
+            given = getattr(layer, key)
+            if given is not None:
+                path = given if given.is_absolute() else base / given
+                if not path.exists():
+                    raise ctx.error("layers", key, f"{path} does not exist", entry)
+                layer = replace(layer, **{key: path})
         layers.append(layer)
     cost = spec.cost
     if cost.throughput:

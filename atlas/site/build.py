@@ -37,6 +37,7 @@ from atlas.site.paging import SEARCH_FILE, Page, ranges, split, write_search
 from atlas.site.quality import EXPLAINED, MEASURES, attach_quality, layer_spread, thresholds_for_page
 from atlas.site.slugs import layer_slugs
 from atlas.site.sprites import SpriteLayout
+from atlas.site.stability import read_stability
 from atlas.site.timeline import ALERTS_SHOWN as TIMELINE_ALERTS_SHOWN
 from atlas.site.timeline import build_timeline, has_timeline
 from atlas.site.views import layer_views
@@ -332,6 +333,7 @@ def _build_layer(
         "places": places,
         "features": features,  # an SAE layer's decoder neighbours, logit effects
         "health": feature_health(channels) if layer.get("sae") else None,
+        "matches": read_stability(store, summary.name),  # each feature's match in a compared SAE
         "enriched": enriched,
         "atlas_page": f"{slugs[atlas_layer]}.atlas.html" if atlas_layer in slugs else "",
         "views": layer_views(store, summary.name),  # units of kinds with a registered view

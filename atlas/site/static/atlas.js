@@ -319,6 +319,14 @@
       }
       if (row.dataset.places) body.appendChild(placesFigure(row));
       if (row.dataset.features) body.appendChild(featuresFigure(row));
+      if (row.dataset.match) {
+        const match = JSON.parse(row.dataset.match); // [partner or -1, cosine, best cosine, best partner]
+        body.appendChild(make("p", "defs", match[0] >= 0
+          ? "In the compared SAE: matched one to one to feature " + match[0] + " (decoder cosine " + match[1] +
+            "); its best cosine there is " + match[2] + " (feature " + match[3] + ")."
+          : "In the compared SAE: left unmatched; its best decoder cosine there is " + match[2] +
+            " (feature " + match[3] + ")."));
+      }
       const quality = qualityFigure(row);
       if (quality) {
         body.appendChild(make("h3", "group-title", "flags" in row.dataset
