@@ -344,7 +344,7 @@ def test_the_decoder_objective_is_the_projection_onto_the_decoder_row(tmp_path) 
         outputs = model.activations(images, [LAYER, *names])
     projection = torch.einsum("bchw,kc->bkhw", outputs[LAYER].float(), torch.from_numpy(weights["W_dec"]))
     torch.testing.assert_close(outputs[names[1]], projection, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(outputs[names[0]], _formula(outputs[LAYER], weights, "relu", 0, True))
+    torch.testing.assert_close(outputs[names[0]], _formula(outputs[LAYER], weights, "relu", 0, True)[0])
     for feature in (0, 5, 47):  # the render objective (channel: mean over positions) follows the layer
         scores = [
             obj.channel(name, feature)(StepState(images=images, activations={name: outputs[name]}))
