@@ -17,6 +17,7 @@ from atlas.optvis import objectives as obj
 from atlas.plan.spec import ExamplesSpec, RenderSpec
 from atlas.plan.units import Unit
 from atlas.quality import CHECK_SET, check_activations, diversity_similarity, flags, high_frequency_share
+from atlas.quality.thresholds import THRESHOLDS
 from atlas.run.worker import WorkerContext, run_unit
 from atlas.site.layer_quality import layer_records
 from atlas.store.store import Store
@@ -44,9 +45,9 @@ def test_high_frequency_share_tells_smooth_images_from_pixel_noise() -> None:
 def test_added_high_frequency_noise_raises_the_share_past_the_threshold() -> None:
     y, x = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
     picture = torch.stack([torch.sin(6 * x), torch.cos(5 * y), x * y]).unsqueeze(0) * 0.4 + 0.5
-    noise = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 0.15
+    noise = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 0.4
     clean, noisy = high_frequency_share(torch.cat([picture, (picture + noise).clamp(0, 1)])).tolist()
-    assert clean < 0.05 < 0.20 < noisy
+    assert clean < 0.05 < THRESHOLDS["high_frequency"][1] < noisy
     assert flags({"high_frequency": clean}) == [] and flags({"high_frequency": noisy}) == ["high_frequency"]
 
 
