@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 # share (natural images set the bar for what a unit tolerates); the absolute share is shown only.
 THRESHOLDS: dict[str, tuple[str, float]] = {
     "robust_relative": ("min", 0.60),  # share kept over the top examples' share (scripts/calibrate_flags.py)
-    "high_frequency": ("max", 0.40),  # spectral power above half Nyquist: good <= 0.30, pixel-space >= 0.51 (calibrate_flags)
+    "high_frequency": ("max", 0.40),  # power above half Nyquist; good <= 0.30, pixel-space >= 0.51
     "relative_activation": ("min", 1.00),  # peak over the best dataset example's peak
     "natural_path": ("min", 0.25),  # 0: as close to the top examples' path as a random photo, 1: as they are
 }
