@@ -21,11 +21,11 @@ render against lucent's (timed in this run, same model, same thread count).
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from bench_common import timed
 from bench_lucent import install_shim, lucent_renderer
 from bench_render import model_input_size
 
@@ -52,10 +52,11 @@ def judge(model: LoadedModel, layer: str, channels: Sequence[int], images: torch
     return maps.flatten(2).mean(dim=2)[rows, torch.tensor(list(channels))].cpu().numpy()
 
 
-def timed(call: object) -> tuple[object, float]:
-    start = time.perf_counter()
-    result = call()  # type: ignore[operator]
-    return result, time.perf_counter() - start
+def measured(run: Callable[[], torch.Tensor], device: torch.device) -> tuple[torch.Tensor, float]:
+    """The pictures ``run`` returns and the wall seconds it took (``bench_common.timed``)."""
+    kept: list[torch.Tensor] = []
+    wall, _cpu = timed(lambda: kept.append(run()), device)
+    return kept[0], wall
 
 
 def ours(model: LoadedModel, layer: str, channels: Sequence[int], size: int, steps: int) -> torch.Tensor:
@@ -90,8 +91,7 @@ def main() -> None:
         args.lucent_steps,
         model_input_size(args.size, "standard"),
     )
-    pictures, lucent_seconds = timed(run)
-    theirs = as_batch(pictures)  # type: ignore[arg-type]
+    theirs, lucent_seconds = measured(lambda: as_batch(run()), model.device)
     their_act = judge(model, args.layer, channels, theirs)
     their_hf = float(high_frequency_share(theirs).mean())
     print(
@@ -107,11 +107,13 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     equal = None
     for steps in ladder:
-        images, seconds = timed(lambda steps=steps: ours(model, args.layer, channels, args.size, steps))
-        act = judge(model, args.layer, channels, images)  # type: ignore[arg-type]
+        images, seconds = measured(
+            lambda steps=steps: ours(model, args.layer, channels, args.size, steps), model.device
+        )
+        act = judge(model, args.layer, channels, images)
         mean = float(act.mean())
         ratio = f" (x{mean / their_act.mean():.2f})" if their_act.mean() > 0 else ""
-        hf = float(high_frequency_share(images).mean())  # type: ignore[arg-type]
+        hf = float(high_frequency_share(images).mean())
         print(
             f"| {steps} | {mean:.3f}{ratio} | {int((act >= their_act).sum())}/{len(channels)} | {hf:.3f} "
             f"| {seconds:.1f} | {seconds / lucent_seconds:.2f} |"
