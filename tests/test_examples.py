@@ -11,6 +11,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from atlas.data.open import open_source
@@ -24,6 +26,7 @@ from atlas.kinds.examples import (
     scan_shard,
     source_priority,
 )
+from atlas.kinds.examples.partial import HIST_BINS, bin_index
 from atlas.models import LoadedModel, load_model
 from atlas.models.receptive import receptive_field
 
@@ -335,6 +338,33 @@ def test_reductions_match_numpy_histogram_on_both_backends() -> None:
     upper = int(np.searchsorted(HIST_EDGES, 2.5))  # 2.5 opens the bin [2.5, 3)
     lower = int(np.searchsorted(HIST_EDGES, -2.5)) - 1  # -2.5 closes the bin (-3, -2.5]
     assert histogram[upper] == histogram[lower] == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 40), st.integers(1, 30)),
+    share=st.sampled_from([0.0, 0.001, 0.05, 0.1, 0.5, 1.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_sparse_histogram_equals_binning_every_value(
+    shape: tuple[int, int, int], share: float, seed: int
+) -> None:
+    """SAE features are zero almost everywhere: the histogram that bins only nonzero values (and
+    counts the zeros) must give the counts of binning every value, whatever the sparsity, with
+    -0.0, values below the first edge, edges, beyond +-1024, inf and nan among the nonzero ones."""
+    from atlas.kinds.examples import scan as scan_module
+
+    rng = np.random.default_rng(seed)
+    special = np.array([-0.0, 1e-6, -1e-6, 2.0**-10, 2.5, -2.5, 5000.0, -5000.0, np.inf, -np.inf, np.nan])
+    values = np.where(rng.random(shape) < 0.2, rng.choice(special, shape), rng.normal(0, 4, shape))
+    flat = np.where(rng.random(shape) < share, values, 0.0).astype(np.float32)
+    sparse = scan_module._histogram_numpy(flat)
+    offsets = (np.arange(shape[1]) * HIST_BINS)[None, :, None]
+    every = np.bincount(
+        (bin_index(flat.view(np.int32), np) + offsets).ravel(), minlength=shape[1] * HIST_BINS
+    )
+    assert sparse.tolist() == every.reshape(shape[1], HIST_BINS).tolist()
+    assert int(sparse.sum()) == flat.size
 
 
 @pytest.mark.parametrize("tensors", [False, True], ids=["pil", "tensor-decoder"])

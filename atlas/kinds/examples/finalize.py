@@ -28,8 +28,8 @@ from atlas.data.source import ImageSource, png, view_crop
 from atlas.kinds.examples import heatmaps
 from atlas.kinds.examples.partial import (
     FIRES,
-    HIST_BINS,
     HIST_EDGES,
+    ZERO_BIN,
     LayerScan,
     PartialScan,
     ScanError,
@@ -250,7 +250,7 @@ def active_share(scan: LayerScan, channel: int) -> float:
     histogram's bins above [0, 2^-10), which holds the exact zeros of a ReLU (or SAE) unit."""
     counts = scan.histogram[channel]
     total = int(counts.sum())
-    return float(counts[HIST_BINS // 2 + 1 :].sum()) / total if total else 0.0
+    return float(counts[ZERO_BIN + 1 :].sum()) / total if total else 0.0
 
 
 def images_share(scan: LayerScan, channel: int) -> float | None:

@@ -49,6 +49,7 @@ _POSITIVE_EDGES = (1 + (_STEPS % 4) / 4) * 2.0 ** (-10 + _STEPS // 4)
 HIST_EDGES = np.concatenate([-_POSITIVE_EDGES[::-1], [0.0], _POSITIVE_EDGES]).astype(np.float32)
 HIST_BINS = len(HIST_EDGES) - 1  # the outermost bins also hold everything beyond +-1024
 _SIDE_BINS = HIST_BINS // 2
+ZERO_BIN = _SIDE_BINS  # [0, 2^-10): zero, -0.0 and the values too small to fire
 _FIRST_CODE = (127 - 10) * 4 - 1  # (biased exponent, 2 mantissa bits) code of 2^-10, minus one
 
 
