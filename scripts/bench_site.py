@@ -9,7 +9,7 @@ RSS is close to that one, memory is bounded by a layer, not by the atlas.
 With `--sae FEATURES` it builds one SAE layer of that many features instead (ViT-B-like, 14 x 14
 tokens): quantile groups, decoder neighbours, logit effects and densities for every feature, and
 reports build time, peak RSS, the largest page and sprite, the channel view's details and the
-feature index, the files a reader's browser loads for one feature.
+feature index, and what a reader's browser loads for one feature on its own page.
 
 With `--before REV` it writes only the largest layer's store and builds its site twice, with the
 builder of git revision REV (its `atlas/` exported to a temporary folder) and with this tree, so
@@ -151,6 +151,8 @@ def sae_layer(out: Path, features: int, options: SyntheticOptions) -> None:
     sprites = [p.stat().st_size for p in site.glob("img/*/*.jpg")]
     details = max(p.stat().st_size for p in site.glob("img/*/details*.js"))
     index = max(p.stat().st_size for p in site.glob("*.features.js"))
+    own = [p.stat().st_size for p in site.glob("img/*/f/*.js")]  # each feature's file on its own page
+    shared = max(p.stat().st_size for p in site.glob("*.feature.html"))
     files, total = folder_size(site)
     print(
         f"SAE build: {built['seconds']:.1f} s wall, {built['cpu']:.1f} s CPU in the main process for {features} "
@@ -161,6 +163,11 @@ def sae_layer(out: Path, features: int, options: SyntheticOptions) -> None:
         f"  per feature: a layer page of 256 features ({len(pages)} pages, largest {max(p.stat().st_size for p in pages) / 1e3:.0f} kB), "
         f"its sprite (largest {max(sprites) / 1e3:.0f} kB, mean {sum(sprites) / len(sprites) / 1e3:.0f} kB), "
         f"the channel view's details of its page (largest {details / 1e3:.0f} kB); feature index {index / 1e6:.2f} MB"
+    )
+    print(
+        f"  a feature on its own page: its file (largest {max(own) / 1e3:.1f} kB, mean {sum(own) / len(own) / 1e3:.1f} kB, "
+        f"{len(own)} files) and its sprite: 2 requests, at most {(max(own) + max(sprites)) / 1e3:.0f} kB; "
+        f"the shared page {shared / 1e3:.0f} kB (+ static/atlas.css and atlas.js), loaded once"
     )
     print(f"  site: {files} files, {total / 1e6:.0f} MB on disk at {site}")
 

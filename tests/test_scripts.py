@@ -304,7 +304,7 @@ def test_no_entry_names_a_script_that_is_gone() -> None:
 SAE_SITE = Run(
     ("--out", "{tmp}/site", "--sae", "300", "--image-size", "16", "--crop-size", "8")
     + ("--examples-k", "1", "--diversity", "1"),
-    r"SAE build: [0-9.]+ s wall.* for 300 features.*peak RSS \d+ MiB(?s:.*)2 pages, largest \d+ kB",
+    r"SAE build: [0-9.]+ s wall.* for 300 features.*peak RSS \d+ MiB(?s:.*)2 pages, largest \d+ kB(?s:.*)300 files\) and its sprite: 2 requests",
 )
 
 

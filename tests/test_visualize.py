@@ -254,6 +254,14 @@ def test_a_job_visualizes_its_densest_features_and_scans_them_all(tmp_path: Path
             r["activation"] for r in rows if (r["channel"], r["bucket"], r["rank"]) == (channel, "max", 0)
         )
         assert groups["top"] == pytest.approx(best) and all(e[1] <= groups["top"] for e in groups["examples"])
+    feature_page = site / f"{layer_page.stem}.feature.html"  # each feature alone: a shared page
+    files = {int(f.stem): f for f in site.glob(f"img/{layer_page.stem}/f/*.js")}  # + a file each
+    assert sorted(files) == list(range(12))
+    assert all(f.stat().st_size < 300_000 for f in files.values())
+    for number, file in files.items():  # a feature's file holds its row of the layer page
+        feature, row, extra = json.loads(file.read_text().split(".apply(null, ", 1)[1].rstrip(");\n"))
+        assert feature == number and f'id="channel-{number}"' in row and f'id="channel-{number}"' in page
+        assert extra.get("quantiles") == shown.get(number)
     if CHROMIUM.exists():  # the channel view draws the groups: ten rows, one tile per example
         channel, groups = max(shown.items(), key=lambda item: len(item[1]["examples"]))
         url = layer_page.as_uri() + f"#channel-{channel}"
@@ -269,12 +277,17 @@ def test_a_job_visualizes_its_densest_features_and_scans_them_all(tmp_path: Path
             assert page.locator("#channel-view .quantile-group").count() == 10
             assert page.locator("#channel-view .quantiles .tile").count() == len(groups["examples"])
             assert "of the images" in page.locator("#channel-view").inner_text()
+            own_page = page.locator("#channel-view a", has_text="on its own page")
+            assert own_page.get_attribute("href") == f"{feature_page.name}#channel-{channel}"
             assert not errors
+            _feature_page_loads_one_feature_at_a_time(browser, feature_page, channel, len(groups["examples"]))
             index = browser.new_page()  # the feature index: every feature, and each search narrows it
             index.on("pageerror", lambda error: errors.append(str(error)))
             index.goto(next(site.glob("conv2-sae*.features.html")).as_uri())
             index.wait_for_selector("#feature-results tr")
             assert index.locator("#feature-results tr").count() == 12
+            first = index.locator("#feature-results tr a").first.get_attribute("href")
+            assert first == f"{feature_page.name}#channel-0"  # the index opens a feature on its own
             ranked = sorted(set(density.values()))
             cut = (ranked[-4] + ranked[-5]) / 2  # between two densities: rounding cannot cross it
             for query, expected in [
@@ -286,3 +299,44 @@ def test_a_job_visualizes_its_densest_features_and_scans_them_all(tmp_path: Path
                 shown_rows = index.locator("#feature-results tr td:first-child").all_inner_texts()
                 assert [int(text.lstrip("#")) for text in shown_rows] == expected, query
             assert not errors
+
+
+def _feature_page_loads_one_feature_at_a_time(browser, feature_page: Path, channel: int, tiles: int) -> None:
+    """An SAE feature's own page: besides the page, its stylesheet and script (shared by every
+    feature), a feature costs two requests, its file and its sprite, under 300 KB together; the
+    next feature is two more, and a number outside the layer says so."""
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    shared = {feature_page.name, "atlas.css", "atlas.js"}
+
+    def own() -> list[Path]:
+        paths = [Path(url.removeprefix("file://")) for url in requested]
+        return [p for p in paths if p.name not in shared]
+
+    page.goto(feature_page.as_uri() + f"#channel-{channel}")
+    page.wait_for_selector("#channel-view .quantiles .tile")
+    assert page.locator("#channel-view-title").inner_text() == f"Feature {channel}"
+    assert page.locator("#channel-view .quantiles .tile").count() == tiles
+    loaded = own()
+    assert sorted((p.parent.name, p.stem) for p in loaded) == sorted(
+        [("f", str(channel)), (feature_page.stem.split(".")[0], str(channel))]
+    ), loaded
+    assert sum(p.stat().st_size for p in loaded) < 300_000
+    step = 1 if channel < 11 else -1
+    requested.clear()
+    page.click("#channel-view a.next" if step > 0 else "#channel-view a.prev")
+    page.wait_for_function(
+        f"document.getElementById('channel-view-title').textContent === 'Feature {channel + step}'"
+    )
+    assert page.locator("article.ch").count() == 1  # the page holds the feature shown, no other
+    assert len(own()) == 2
+    page.fill("#jump", "99")
+    page.dispatch_event("#jump", "change")
+    page.wait_for_function(
+        "document.getElementById('filter-status').textContent.includes('not in this layer')"
+    )
+    assert not errors

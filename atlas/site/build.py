@@ -47,6 +47,7 @@ from atlas.store.safefs import folder_mode, remove, swap_folder
 from atlas.store.store import JOB, Store, UnitRecord
 
 SUMMARY_FILE = "build.json"
+FEATURE_FOLDER = "f"  # an SAE layer's per-feature files, in its image folder
 DETAILS_FILE = "details.js"  # of a layer's first page; page n > 1 loads details.p<n>.js
 SAMPLES_PER_LAYER = 6
 SKIPPED_PAGE = "skipped.html"
@@ -354,6 +355,19 @@ def _build_layer(
         else []
     )
     kinds = {column.name.replace("_", "-"): column.kind for column in columns}
+    sae = bool(layer.get("sae"))
+    feature_page = feature_page_file(summary.slug) if sae else ""
+    shared = {
+        "grids": grids,
+        "quantile_cells": quantile_cells,
+        "kinds": kinds,
+        "measures": MEASURES,
+        "explained": EXPLAINED,
+        "thresholds": thresholds_for_page(),
+        "pages": summary.pages if len(pages) > 1 else [],
+        "page_ranges": ranges(summary.pages),
+        "feature_page": feature_page,
+    }
     for number, (this, part) in enumerate(pages):
         # the channel view's extras, per page: a layer of 49,152 SAE features would load megabytes
         details = details_file(number)
@@ -362,22 +376,42 @@ def _build_layer(
             details=f"img/{summary.slug}/{details}",
             channels=channels[part],
             columns=columns,
-            grids=grids,
-            quantile_cells=quantile_cells,
-            kinds=kinds,
-            measures=MEASURES,
-            explained=EXPLAINED,
-            thresholds=thresholds_for_page(),
-            pages=summary.pages if len(pages) > 1 else [],
-            page_ranges=ranges(summary.pages),
             this_page=number,
+            feature_files="",
+            **shared,
             **page,
         ).dump(str(root / this.href), encoding="utf-8")
-    if layer.get("sae"):  # every feature, searchable by number, label, top class and density
+    if sae:  # every feature on its own: one shared page, one small file per feature
+        row = env.get_template("_macros.html").module.channel_row  # type: ignore[attr-defined]
+        folder = images.folder / FEATURE_FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        for entry in channels:
+            html = row(
+                entry,
+                columns,
+                page["names"],
+                places,
+                features,
+                page["matches"],
+                enriched,
+                page["atlas_page"],
+                MEASURES,
+            )
+            _write_feature(folder / f"{entry.channel}.js", entry.channel, str(html), _details(entry))
+        env.get_template("layer.html").stream(
+            details="",
+            channels=[],
+            columns=columns,
+            this_page=-1,
+            feature_files=f"img/{summary.slug}/{FEATURE_FOLDER}/",
+            **shared,
+            **page,
+        ).dump(str(root / feature_page), encoding="utf-8")
+    if sae:  # every feature, searchable by number, label, top class and density
         write_feature_index(root, summary.slug, feature_index(channels, features, enriched))
-        env.get_template("features.html").stream(index_script=index_file(summary.slug), **page).dump(
-            str(root / f"{summary.slug}.features.html"), encoding="utf-8"
-        )
+        env.get_template("features.html").stream(
+            index_script=index_file(summary.slug), feature_page=feature_page, **page
+        ).dump(str(root / f"{summary.slug}.features.html"), encoding="utf-8")
     if interactions is not None:
         by_channel = {c.channel: c for c in channels if c.sprite is not None}
         basis = [c for c in channels if c.sprite is not None and "channel" in c.values]
@@ -432,14 +466,24 @@ def details_file(page: int) -> str:
     return DETAILS_FILE if page == 0 else f"details.p{page + 1}.js"
 
 
+def feature_page_file(slug: str) -> str:
+    """The page of an SAE layer that shows one feature at a time, `<page>#channel-<feature>`."""
+    return f"{slug}.feature.html"
+
+
+def _details(entry: ChannelEntry) -> dict:
+    """A channel's extras for the channel view: loss curves, example sources, quantile groups."""
+    return {
+        "loss": entry.losses,
+        "sources": entry.sources,
+        **({"quantiles": entry.quantiles} if entry.quantiles else {}),
+    }
+
+
 def _write_details(path: Path, slug: str, channels: list[ChannelEntry]) -> None:
     """Per-channel extras the channel view loads on demand, as a script (file:// has no fetch)."""
     details = {
-        str(entry.channel): {
-            "loss": entry.losses,
-            "sources": entry.sources,
-            **({"quantiles": entry.quantiles} if entry.quantiles else {}),
-        }
+        str(entry.channel): _details(entry)
         for entry in channels
         if entry.losses or entry.sources or entry.quantiles
     }
@@ -449,6 +493,13 @@ def _write_details(path: Path, slug: str, channels: list[ChannelEntry]) -> None:
         f"window.atlasDetails[{json.dumps(slug)}] = {text};\n",
         encoding="utf-8",
     )
+
+
+def _write_feature(path: Path, feature: int, row: str, details: dict) -> None:
+    """One SAE feature's file, all its page needs besides its sprite: its row of the layer page
+    and its extras, handed to the page's `atlasFeature` (a script: file:// has no fetch)."""
+    text = json.dumps([feature, row, details], separators=(",", ":"), allow_nan=False)
+    path.write_text(f"window.atlasFeature && window.atlasFeature.apply(null, {text});\n", encoding="utf-8")
 
 
 def _samples(

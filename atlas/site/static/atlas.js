@@ -31,7 +31,11 @@
 
   // ---- Layer page -----------------------------------------------------------------------
   function setupLayerPage(list) {
-    const rows = Array.from(list.querySelectorAll("article.ch"));
+    let rows = Array.from(list.querySelectorAll("article.ch"));
+    // An SAE layer's feature page holds no rows: it loads one feature's file at a time
+    // (<featureFiles><number>.js, which calls window.atlasFeature with the row and its details).
+    const featureFiles = list.dataset.featureFiles || "";
+    const unit = list.dataset.unit || "Channel";
     const view = document.getElementById("channel-view");
     const body = view.querySelector(".channel-view-body");
     const title = document.getElementById("channel-view-title");
@@ -61,10 +65,40 @@
     }
     function goElsewhere(channel) {
       // true when the channel lives on another page of this layer, which is then opened
+      if (featureFiles) { loadFeature(Number(channel)); return true; }
       const page = pageOf(channel);
       if (!page || page[2] === here) return false;
       window.location.href = page[2] + "#channel-" + channel;
       return true;
+    }
+
+    function loadFeature(number) {
+      if (!pageOf(number)) {
+        status.textContent = unit + " " + number + " is not in this layer.";
+        view.hidden = true;
+        return;
+      }
+      window.atlasFeature = function (feature, html, extra) {
+        if (feature !== number) return; // a file that arrived after another feature was asked for
+        const holder = document.createElement("template");
+        holder.innerHTML = html;
+        const row = holder.content.firstElementChild;
+        rows.forEach(function (old) { old.remove(); });
+        list.appendChild(row);
+        rows = [row];
+        const all = window.atlasDetails = window.atlasDetails || {};
+        (all[list.dataset.slug] = all[list.dataset.slug] || {})[feature] = extra;
+        status.textContent = "";
+        open(row);
+      };
+      const script = document.createElement("script");
+      script.src = featureFiles + number + ".js";
+      script.onerror = function () {
+        status.textContent = unit + " " + number + " has no file in this build of the atlas.";
+        view.hidden = true;
+      };
+      document.head.appendChild(script);
+      script.onload = function () { script.remove(); };
     }
 
     function details(channel) {
@@ -273,7 +307,7 @@
 
     function fill(row) {
       const channel = row.id.slice("channel-".length);
-      title.textContent = "Channel " + channel + (row.dataset.name ? " · " + row.dataset.name : "");
+      title.textContent = unit + " " + channel + (row.dataset.name ? " · " + row.dataset.name : "");
       body.replaceChildren();
       const groups = { optimized: [], examples: [] };
       const extra = details(channel);
@@ -327,6 +361,14 @@
           : "In the compared SAE: left unmatched; its best decoder cosine there is " + match[2] +
             " (feature " + match[3] + ")."));
       }
+      if (list.dataset.featurePage && !featureFiles) {
+        const own = make("p", "defs", "");
+        const link = make("a", "", "This feature on its own page");
+        link.href = list.dataset.featurePage + "#channel-" + channel;
+        own.appendChild(link);
+        own.appendChild(document.createTextNode(" (a link to share; it loads this feature only)."));
+        body.appendChild(own);
+      }
       const quality = qualityFigure(row);
       if (quality) {
         body.appendChild(make("h3", "group-title", "flags" in row.dataset
@@ -336,9 +378,10 @@
       if (!body.childElementCount) body.appendChild(make("p", "empty", "Nothing has been computed for this channel yet."));
       const order = visibleRows();
       const index = order.indexOf(row);
-      [[prevLink, order[index - 1]], [nextLink, order[index + 1]]].forEach(function (pair) {
-        const target = index >= 0 ? pair[1] : undefined;
-        pair[0].setAttribute("href", target ? "#" + target.id : "#");
+      [[prevLink, order[index - 1], -1], [nextLink, order[index + 1], 1]].forEach(function (pair) {
+        const number = Number(channel) + pair[2]; // a feature page steps by number
+        const target = featureFiles ? (pageOf(number) ? "channel-" + number : "") : (index >= 0 && pair[1] ? pair[1].id : "");
+        pair[0].setAttribute("href", "#" + target);
         pair[0].setAttribute("aria-disabled", target ? "false" : "true");
       });
     }
@@ -364,6 +407,7 @@
 
     function fromHash() {
       const match = CHANNEL_HASH.exec(window.location.hash);
+      if (!match && featureFiles && pages.length && !current) { loadFeature(pages[0][0]); return; }
       if (!match) { view.hidden = true; return; }
       const row = rowFor(match[1]);
       if (row && row === current && !view.hidden) return;
@@ -391,6 +435,11 @@
     }
 
     function step(delta) {
+      if (featureFiles) {
+        const number = current ? channelOf(current) + delta : pages.length ? pages[0][0] : -1;
+        if (pageOf(number)) window.location.hash = "channel-" + number;
+        return;
+      }
       const order = visibleRows();
       if (!order.length) return;
       const index = current ? order.indexOf(current) : -1;
@@ -508,12 +557,12 @@
     const saved = storageGet("atlas-view");
     if (saved === "spectrum" || saved === "appendix") setView(saved);
 
-    filter.addEventListener("input", applyFilter);
+    if (filter) filter.addEventListener("input", applyFilter);
     if (show) show.addEventListener("change", applyFilter);
     if (sort) sort.addEventListener("change", applySort);
     jump.addEventListener("change", function () {
       if (jump.value === "") return;
-      if (rowFor(jump.value)) {
+      if (rowFor(jump.value) || featureFiles) {
         window.location.hash = "channel-" + jump.value;
         status.textContent = "";
       } else if (!goElsewhere(jump.value)) {
@@ -538,7 +587,7 @@
         case "j": case "ArrowRight": step(1); break;
         case "k": case "ArrowLeft": step(-1); break;
         case "Escape": close(); break;
-        case "/": close(); filter.focus(); break;
+        case "/": close(); if (filter) filter.focus(); break;
         case "[": followRel("prev"); break;
         case "]": followRel("next"); break;
         default: return;
