@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from atlas.data.open import open_source
 from atlas.data.source import ShardRef
@@ -340,3 +343,70 @@ def test_places_rank_directions_per_cell_by_projection_and_cells_per_direction_b
     np.testing.assert_allclose(
         found.cosine[(found.cell == 12) & (found.direction == 0)], [2**-0.5], rtol=1e-6
     )
+
+
+@settings(max_examples=12, deadline=None)
+@given(features=st.sampled_from([16, 32, 2048]), seed=st.integers(0, 2**16))
+def test_an_sae_feature_is_placed_where_the_atlas_points_along_its_decoder_row(
+    tmp_path_factory: pytest.TempPathFactory, features: int, seed: int
+) -> None:
+    """An SAE layer over an atlas layer gets places like a dictionary's, with its decoder rows as
+    directions from b_dec: a cell whose mean is b_dec plus a multiple of feature f's decoder row
+    is f's first place, whatever the SAE's width (K < C, K = C, K = 64 x C) and b_dec."""
+    from safetensors.numpy import save_file
+
+    from atlas.kinds.actatlas.stage import PlacesWork, _grid_extras, places_table
+    from atlas.plan.dictionary import attach_layers
+    from atlas.plan.spec import parse_spec
+    from atlas.plan.units import make_unit
+
+    rng = np.random.default_rng(seed)
+    width = 32  # tiny-cnn's conv2
+    w_dec = rng.normal(size=(features, width)).astype(np.float32)
+    w_dec /= np.linalg.norm(w_dec, axis=1, keepdims=True)
+    b_dec = rng.normal(0, 3, width).astype(np.float32)
+    folder = tmp_path_factory.mktemp("sae")
+    save_file(
+        {
+            "W_enc": w_dec.T.copy(),
+            "b_enc": np.zeros(features, np.float32),
+            "W_dec": w_dec,
+            "b_dec": b_dec,
+        },
+        str(folder / "sae.safetensors"),
+    )
+    text = f"""
+    [job]
+    out = "{folder / "out"}"
+    [model]
+    name = "tiny-cnn"
+    [[layers]]
+    name = "conv2"
+    [[layers]]
+    name = "conv2"
+    sae = "{folder / "sae.safetensors"}"
+    [examples]
+    source = "demo"
+    [activation_atlas]
+    layers = ["conv2"]
+    grids = [4]
+    """
+    spec = parse_spec(text.replace("\n    ", "\n"), source="<test spec>")
+    model = load_model("tiny-cnn")
+    spec = spec.replace(layers=attach_layers(model, spec.layers))
+    sae_layer = spec.layers[1].name
+    grid_unit = make_unit("digest", "conv2", (), PlacesWork("grid-key", 4))
+    extras = _grid_extras(spec, "digest", grid_unit)
+    (unit,) = [u for u in extras if isinstance(u.work, PlacesWork)]  # one for the SAE layer
+    assert unit.layer == sae_layer
+    planted = rng.choice(features, size=4, replace=False)
+    noise = rng.normal(0, 0.05, (4, width)).astype(np.float32)
+    means = b_dec + 5 * w_dec[planted] + noise  # cell i points along feature planted[i]'s row
+    cells = pa.table({"cell": np.arange(4, dtype=np.int64), "mean": [list(map(float, m)) for m in means]})
+    table = places_table(spec, model, cells, unit).to_pylist()
+    for cell, feature in enumerate(planted):
+        ranked = [r for r in table if r["direction"] == feature and r["place_rank"] == 0]
+        assert [r["cell"] for r in ranked] == [cell]
+        assert ranked[0]["cosine"] > 0.95
+        first = [r for r in table if r["cell"] == cell and r["cell_rank"] == 0]
+        assert [r["direction"] for r in first] == [feature]

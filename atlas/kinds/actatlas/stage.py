@@ -44,6 +44,7 @@ from atlas.models import LoadedModel
 from atlas.plan.dictionary import layer_dictionary
 from atlas.plan.kinds import register_kind
 from atlas.plan.layer_names import base_layer
+from atlas.plan.sae import layer_sae
 from atlas.plan.spec import ActivationAtlasSpec, JobSpec, LayerSpec, RenderSpec
 from atlas.plan.units import Unit, make_unit
 from atlas.plan.work import Work, render_key_settings
@@ -192,8 +193,19 @@ def _grid_units(spec: JobSpec, digest: str, layer: str, layout_key: str) -> list
 
 
 def dictionaries(spec: JobSpec, layer: str) -> list[LayerSpec]:
-    """The job's dictionary layers over `layer` (already attached: named `<layer>@<file>:<hash>`)."""
-    return [d for d in spec.layers if d.dictionary and base_layer(d.name) == layer]
+    """The job's dictionary and SAE layers over `layer` (already attached: named
+    `<layer>@<file>:<hash>`)."""
+    return [d for d in spec.layers if (d.dictionary or d.sae) and base_layer(d.name) == layer]
+
+
+def _directions(model: LoadedModel, entry: LayerSpec) -> tuple[np.ndarray, np.ndarray]:
+    """A dictionary layer's (K, C) directions and the point they start from (C,): its vectors
+    from the origin, or an SAE's decoder rows from b_dec (what the decoder adds its features to)."""
+    if entry.sae is not None:
+        sae = layer_sae(model, entry)
+        return sae.w_dec, sae.b_dec
+    vectors = layer_dictionary(model, entry).vectors
+    return vectors, np.zeros(vectors.shape[1], np.float32)
 
 
 def _grid_extras(spec: JobSpec, digest: str, grid_unit: Unit) -> list[Unit]:
@@ -321,8 +333,8 @@ def places_table(spec: JobSpec, model: LoadedModel, cells: pa.Table, unit: Unit)
     layer = base_layer(unit.layer)
     (entry,) = [d for d in dictionaries(spec, layer) if d.name == unit.layer]
     means = np.array(cells.column("mean").to_pylist(), np.float32)  # (cells, C) on the base layer
-    vectors = layer_dictionary(model, entry).vectors  # (K, C)
-    ranked = places(cells.column("cell").to_numpy(), means, vectors)
+    vectors, origin = _directions(model, entry)  # (K, C), (C,)
+    ranked = places(cells.column("cell").to_numpy(), means - origin, vectors)
     count = len(ranked.cell)
     columns = {
         "layer": [unit.layer] * count,
