@@ -223,6 +223,8 @@ def test_a_job_visualizes_its_densest_features_and_scans_them_all(tmp_path: Path
     density = dict(zip(histogram["channel"], histogram["active"], strict=True))
     rendered = sorted(set(store.read("render", layer).column("channel").to_pylist()))
     assert rendered == list(densest(density, 3))
+    trusted = store.read("trust", layer)  # the densest renders are judged like any render
+    assert sorted(trusted.column("channel").to_pylist()) == rendered
     assert len(set(density.values())) > 3  # the choice is a real one: densities differ
     # the dashboard of an SAE layer: a share of images beside the share of positions, never below
     # it (a position fires only in an image that fires), and quantile groups in every firing feature

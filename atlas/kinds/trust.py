@@ -237,18 +237,22 @@ def trust_units(
     renders: Sequence[Unit],
     examples: Sequence[Unit],
 ) -> list[Unit]:
-    """One trust unit per stored render unit of channels whose examples unit is stored too."""
-    by_chunk = {(u.layer, u.channels): u for u in examples}
+    """One trust unit per stored render unit and stored examples unit that share channels, for
+    those channels: a render unit of the same chunk as its examples unit gets one, a render unit
+    of chosen channels (`visualize`, the densest features) one per examples unit it draws on."""
+    holder = {(u.layer, c): u for u in examples for c in u.channels}
     baseline = baseline_ids(source)
     units = []
     for render in renders:
-        matched = by_chunk.get((render.layer, render.channels))
-        if matched is None:
-            continue
-        work = TrustWork(
-            render.key, matched.key, spec.render.size, REFERENCES, baseline, lower_layers(model, render.layer)
-        )
-        units.append(make_unit(digest, render.layer, render.channels, work))
+        shares: dict[str, tuple[Unit, list[int]]] = {}
+        for channel in render.channels:
+            matched = holder.get((render.layer, channel))
+            if matched is not None:
+                shares.setdefault(matched.key, (matched, []))[1].append(channel)
+        lower = lower_layers(model, render.layer)
+        for matched, channels in shares.values():
+            work = TrustWork(render.key, matched.key, spec.render.size, REFERENCES, baseline, lower)
+            units.append(make_unit(digest, render.layer, tuple(channels), work))
     return units
 
 

@@ -115,16 +115,20 @@ def _atlas_run(driver: Driver, prepared: Prepared, finished: dict[str, tuple[str
 
 
 def _trust_units(
-    prepared: Prepared, finished: dict[str, tuple[str, ...]], store: Store | None = None
+    prepared: Prepared,
+    finished: dict[str, tuple[str, ...]],
+    store: Store | None = None,
+    densest: Sequence[Unit] = (),
 ) -> list[Unit]:
-    """The trust units of the `finished` render units and of the examples units planned from
-    `finished` (only those stored in `store`, when given)."""
+    """The trust units of the `finished` render units and the `densest` renders (planned after
+    the scan), against the examples units planned from `finished` (only those stored in `store`,
+    when given)."""
     if not prepared.spec.examples.enabled or prepared.source is None:
         return []
     from atlas.kinds.trust import trust_units
 
     done = set(finished.get("render", ()))
-    renders = [unit for unit in prepared.plan.by_kind("render") if unit.key in done]
+    renders = [unit for unit in prepared.plan.by_kind("render") if unit.key in done] + list(densest)
     merged = plan_phase("merge", prepared.spec, prepared.facts, PlanInputs(finished=finished))
     examples = [unit for unit in merged if unit.kind == "examples"]
     if store is not None:
@@ -138,14 +142,17 @@ def _trust_units(
 def _trust_announced(prepared: Prepared, store: Store) -> list[Unit]:
     """Every trust unit the job will have once its renders and examples are all stored: their keys
     are known from the plan, so the progress total counts them from the start."""
-    return _trust_units(prepared, prepared.plan.keys())
+    return _trust_units(prepared, prepared.plan.keys(), densest=_densest_announced(prepared, store))
 
 
 def _trust_run(driver: Driver, prepared: Prepared, finished: dict[str, tuple[str, ...]]) -> set[str]:
     """Judge the stored pictures against their channels' stored top examples; returns the keys."""
     from atlas.kinds.trust import read_inputs
 
-    units = _trust_units(prepared, finished, driver.store)
+    densest = _densest_renders(prepared, finished, driver.store)  # run by the stage before this one
+    missing = set(driver.store.pending([unit.key for unit in densest]))
+    stored = [unit for unit in densest if unit.key not in missing]
+    units = _trust_units(prepared, finished, driver.store, stored)
     driver.execute([read_inputs(driver.store, unit) for unit in driver.pending(units)])
     return {unit.key for unit in units}
 
@@ -191,5 +198,5 @@ def _densest_run(driver: Driver, prepared: Prepared, finished: dict[str, tuple[s
 RUNNERS.register("scan", _run_scans)
 INPUTS.register("examples", _merged_inputs)
 STAGES.register("activation atlas", Stage(("scan",), _atlas_announced, _atlas_run))
-STAGES.register("trust", Stage(("render", "scan"), _trust_announced, _trust_run))
 STAGES.register("densest renders", Stage(("scan",), _densest_announced, _densest_run))
+STAGES.register("trust", Stage(("render", "scan"), _trust_announced, _trust_run))  # densest ones too
