@@ -372,3 +372,18 @@ def test_site_holds_about_one_unit_of_pictures_at_a_time(tmp_path: Path, monkeyp
     site = build_site(tmp_path, workers=1).parent
     assert len(list((site / "img" / "mixed3a").glob("*.jpg"))) == 32  # every channel's sprite drawn
     assert 0 < peak <= render_rows + example_rows < (render_rows + example_rows) * 8  # the layer is 8 units
+
+
+@pytest.mark.parametrize("quality", [True, False], ids=["quality-record", "before-quality-records"])
+def test_optimized_pictures_say_whether_their_value_is_a_peak_or_the_objective(
+    tmp_path: Path, quality: bool
+) -> None:
+    """A render unit with a quality record shows each picture's peak; one without (a store from
+    before quality records) shows the objective, and every optimized cell says so."""
+    write_synthetic_store(tmp_path, [SyntheticLayer("mixed3a", 3)], _small(quality=quality))
+    html = (build_site(tmp_path).parent / "mixed3a.html").read_text()
+    for channel in range(3):
+        row = re.search(rf'<article class="row ch"[^>]* id="channel-{channel}">(.*?)</article>', html, re.S)
+        for column in ("channel", "neuron", "negative", "diversity"):
+            cell = re.search(rf'<div class="cell k-{column}"><img [^>]*>', row.group(1)).group(0)
+            assert ('data-objective="1"' in cell) is not quality, (channel, column)

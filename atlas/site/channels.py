@@ -94,16 +94,24 @@ class LayerContent:
     direction_examples: pa.Table | None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Image:
-    """Where one picture of a channel lies (unit and row) and the numbers shown beside it."""
+    """Where one picture of a channel lies (unit and row) and the numbers shown beside it (one
+    per picture of the layer: slots, no per-object dict, at 49,152 features x 70 examples)."""
 
     unit: str
     row: int
     value: float
-    source: tuple[str, int, int] = ("", 0, 0)  # examples: source_id, x, y
+    source_id: str = ""  # examples: the image, and where in it (x, y)
+    x: int = 0
+    y: int = 0
     loss: list[float | None] = field(default_factory=list)  # optimized images: the loss curve, downsampled
     peak: bool = True  # the value is the picture's peak (else an optimized picture's objective)
+
+    @property
+    def source(self) -> list:
+        """[source_id, x, y], as the channel view reads an example's origin."""
+        return [self.source_id, self.x, self.y]
 
 
 @dataclass
@@ -215,7 +223,7 @@ def _index_renders(
             elif channel >= 0 and objectives[row] in optimized:
                 loss = downsample(losses[row].as_py() or [], LOSS_POINTS)
                 rows[channel].optimized[objectives[row]] = _Image(
-                    key, row, value, peak is not None, loss=loss
+                    key, row, value, peak=peak is not None, loss=loss
                 )
         if any(o in INTERACTION_OBJECTIVES for o in objectives):
             whole = store.read_unit(key, "render", RENDER_COLUMNS)
@@ -244,6 +252,7 @@ def _peaks(store: Store, key: str) -> dict[tuple[int, str, int], float]:
 def _index_examples(store: Store, layer: str, rows: dict[int, _Rows]) -> pa.Table | None:
     """First pass over the examples units: each example's place, value and source; directions kept."""
     directions = []
+    ids: dict[str, str] = {}
     for key in layer_units(store, "examples", layer):
         table = store.read_unit(key, "examples", EXAMPLE_NUMBERS)
         channels = table.column("channel").to_pylist()
@@ -252,9 +261,9 @@ def _index_examples(store: Store, layer: str, rows: dict[int, _Rows]) -> pa.Tabl
         xs, ys = table.column("x").to_pylist(), table.column("y").to_pylist()
         for row, channel in enumerate(channels):
             if channel >= 0 and buckets[row] in BUCKETS:
-                where = (sources[row], xs[row], ys[row])
+                source_id = ids.setdefault(sources[row], sources[row])  # one string per image
                 rows[channel].buckets[buckets[row]][ranks[row]] = _Image(
-                    key, row, _number(values[row]), where
+                    key, row, _number(values[row]), source_id, xs[row], ys[row]
                 )
         if any(c < 0 for c in channels):
             whole = store.read_unit(key, "examples", EXAMPLE_COLUMNS)
@@ -308,7 +317,7 @@ def _keep_numbers(entry: ChannelEntry, rows: _Rows, diverse: str) -> None:
         if not all(image.peak for image in pictures):
             entry.objective_values.append(region)
         if kind == "examples":
-            entry.sources[region] = [list(image.source) for image in pictures]
+            entry.sources[region] = [image.source for image in pictures]
             values = entry.values[region]
             if len(values) > 1 and math.isfinite(values[0]) and all(v == values[0] for v in values):
                 entry.ties[region] = values[0]
