@@ -211,6 +211,7 @@ def test_a_label_column_labels_every_row_of_a_folder_of_shards(
     rows = _write_labelled(folder, *shards)
     plain, labelled = open_source(folder), open_source(folder, labels="label")
     assert isinstance(labelled, FileSystemSource) and labelled.label_column == "label"
+    assert "_labels" not in labelled.__dict__  # opening (as every worker does) reads no label
     assert plain.fingerprint() == _old_fingerprint(folder)  # sources without labels: unchanged keys
     assert plain.ids() == [f"{rel}#row{row}" for rel, row in _plain_order(rows)]
     _check_labelled(labelled, plain, rows)

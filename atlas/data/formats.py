@@ -117,12 +117,8 @@ class FileSystemSource(ImageSource):
             return self.column if self.column in names else None
         return "image" if "image" in names else (names[0] if names else None)
 
-    @cached_property
-    def _labels(self) -> dict[str, list[str]]:
-        """The label part of each row's id, per Parquet file (only with a label column)."""
-        if self.label_column is None:
-            return {}
-        fs, _ = _filesystem(self.uri)
+    def _check_only_parquet(self) -> None:
+        """With a label column every file must be a Parquet file (an image has no column)."""
         images = [rel for rel, _, _ in self._listing if rel not in self._row_counts]
         if images:
             raise SourceError(
@@ -130,6 +126,22 @@ class FileSystemSource(ImageSource):
                 f"({images[0]}{f' and {len(images) - 1} more' if len(images) > 1 else ''}); "
                 "drop label_column or point examples.source at a prefix of Parquet files only"
             )
+
+    def holds_images(self) -> bool:
+        """Whether there is anything to scan: checked from the listing and the Parquet footers (with
+        a label column, no label is read: workers open the source too)."""
+        if self.label_column is None:
+            return bool(self.ids())
+        self._check_only_parquet()
+        return any(self._row_counts.values())
+
+    @cached_property
+    def _labels(self) -> dict[str, list[str]]:
+        """The label part of each row's id, per Parquet file (only with a label column)."""
+        if self.label_column is None:
+            return {}
+        fs, _ = _filesystem(self.uri)
+        self._check_only_parquet()
         labels = {}
         for rel in self._row_counts:
             with fs.open_input_file(self._path(rel)) as handle:
@@ -210,7 +222,7 @@ def open_filesystem_source(
     """A bucket prefix or a folder of Parquet shards; fails now (not mid-scan) when unusable
     (a shard without the image or label column, a label column of other than text or integers)."""
     source = FileSystemSource(uri, column, label_column)
-    if not source.ids():
+    if not source.holds_images():
         raise SourceError(
             f"{uri} holds no images and no Parquet rows (looked recursively for "
             f"{', '.join(IMAGE_SUFFIXES)} and .parquet); point examples.source at a prefix with images"
