@@ -3,10 +3,11 @@
 A folder dataset laid out as ImageFolder (`<label>/<image>`) names each image's label, and so
 do Parquet rows read with a label column (`<label>/<file>#row<i>`); the job records how many
 images each label has (job.json `labels`). Rows without a label are `(none)` (UNLABELLED): they
-count in the dataset (the population the top images are drawn from) but are never reported. For a unit's top examples, the label
-with the smallest chance of turning up that often by luck is reported with that chance: the
-upper tail of the hypergeometric distribution (drawing the examples without replacement from the
-dataset), exact, no scipy. Torch-free: the site computes it from the store and job.json.
+count in the dataset (the population the top images are drawn from) but are never reported (an
+ImageFolder folder named `(none)` reads the same). For a unit's top examples, the label with the
+smallest chance of turning up that often by luck is reported with that chance: the upper tail of
+the hypergeometric distribution (drawing the examples without replacement from the dataset),
+exact, no scipy. Torch-free: the site computes it from the store and job.json.
 """
 
 from __future__ import annotations
