@@ -18,33 +18,43 @@ from atlas.data.source import (
     ParquetSource,
     SourceError,
     _is_image_column,
+    check_label_column,
 )
 from atlas.store.location import check_uri
 
 
 def open_source(source: str | Path, column: str | None = None, labels: str | None = None) -> ImageSource:
     """`demo`, a folder of images, a `.parquet` file, a folder of Parquet shards or a bucket prefix
-    (`s3://...`, any URI pyarrow.fs opens); fails now (not mid-scan) when unusable. `labels` names
-    a label column of a `.parquet` file (label enrichment; folders have theirs in their paths)."""
+    (`s3://...`, any URI pyarrow.fs opens); fails now (not mid-scan) when unusable.
+
+    `labels` names a label column of Parquet sources (label enrichment): each row's id then starts
+    with its label, `<label>/<file>#row<i>`, as in an ImageFolder; a folder of images has its
+    labels in its paths already and the demo photos have none, so both refuse it.
+    """
     check_uri(str(source), "the dataset source")
-    if labels is not None and ("://" in str(source) or Path(source).suffix.lower() != ".parquet"):
-        raise SourceError(
-            f"examples.label_column names a column of a .parquet file, but the source is {str(source)!r}; "
-            "drop label_column (an ImageFolder's labels are its folder names) or point source at a .parquet file"
-        )
     if str(source) == "demo":
+        if labels is not None:
+            raise SourceError(
+                "examples.label_column names a column of Parquet files, but the source is 'demo' "
+                "(the demo photos have no labels); drop label_column or point examples.source at Parquet files"
+            )
         demo = DemoSource()
         if not demo.ids():
             raise SourceError("the demo photos were not found: reinstall scikit-image and scikit-learn")
         return demo
     if "://" in str(source) or (Path(source).is_dir() and not _has_images(Path(source))):
-        return open_filesystem_source(str(source), column)
+        return open_filesystem_source(str(source), column, labels)
     path = Path(source).expanduser()
     if not path.exists():
         raise SourceError(
             f"dataset source {str(source)!r} does not exist; use 'demo', a folder of images or a .parquet file"
         )
     if path.is_dir():
+        if labels is not None:
+            raise SourceError(
+                f"examples.label_column names a column of Parquet files, but {str(source)!r} is a folder "
+                "of images; drop label_column (an ImageFolder's labels are its folder names: <label>/<image>)"
+            )
         folder = FolderSource(path.resolve())
         if not folder.ids():
             raise SourceError(
@@ -87,8 +97,6 @@ def _open_parquet(path: Path, column: str | None, labels: str | None = None) -> 
         )
     if rows == 0:
         raise SourceError(f"Parquet file {path} has no rows; it must hold at least one image")
-    if labels is not None and labels not in schema.names:
-        raise SourceError(
-            f"Parquet file {path} has no label column {labels!r}; columns: {', '.join(schema.names)}"
-        )
+    if labels is not None:
+        check_label_column(f"Parquet file {path}", schema, labels)
     return ParquetSource(path, column, labels)

@@ -337,7 +337,8 @@ class FolderSource(ImageSource):
 class ParquetSource(ImageSource):
     """One image per row of a Parquet file; ids are `<file name>#row<i>`, or with a label column
     `<label>/<file name>#row<i>`, the ImageFolder form that label enrichment reads
-    (atlas.site.labels; a `/` inside a label becomes `_`)."""
+    (atlas.site.labels; a `/` inside a label becomes `_`, a null or empty label is `(none)`,
+    UNLABELLED, which enrichment counts in the dataset but never reports)."""
 
     path: Path
     column: str
@@ -400,10 +401,41 @@ class ParquetSource(ImageSource):
             yield source_id, value if isinstance(value, bytes) and value else None
 
 
+# The label part of the id of a row whose label is missing (null or empty text). Label enrichment
+# (atlas.site.labels) counts such rows in the dataset but never reports `(none)` as a label.
+UNLABELLED = "(none)"
+
+
 def row_label(value: object) -> str:
-    """A label column's value as the label part of an id: text without `/`; a missing or empty
-    value is `(none)`."""
-    return "(none)" if value is None or value == "" else str(value).replace("/", "_")
+    """A label column's value as the label part of an id: text (an integer as its digits) with
+    each `/` made `_`; a missing or empty value is UNLABELLED (`(none)`)."""
+    return UNLABELLED if value is None or value == "" else str(value).replace("/", "_")
+
+
+def check_label_column(where: str, schema: pa.Schema, label_column: str) -> None:
+    """Raise SourceError unless `schema` (of the Parquet file `where`) has `label_column` holding
+    text or integers (dictionary-encoded too; an all-null column is every row unlabelled)."""
+    if label_column not in schema.names:
+        raise SourceError(
+            f"{where} has no label column {label_column!r}; columns: {', '.join(schema.names)}. "
+            "Set examples.label_column to the column of labels"
+        )
+    kind = schema.field(label_column).type
+    value = kind.value_type if pa.types.is_dictionary(kind) else kind
+    is_view = getattr(pa.types, "is_string_view", lambda _: False)
+    if pa.types.is_string(value) or pa.types.is_large_string(value) or is_view(value):
+        return
+    if pa.types.is_integer(value) or pa.types.is_null(value):
+        return
+    hint = (
+        " (pandas stores integer labels with missing values as floats: cast the column to Int64 or to text)"
+        if pa.types.is_floating(value)
+        else ""
+    )
+    raise SourceError(
+        f"label column {label_column!r} of {where} is {kind}, not text or integers{hint}; "
+        "set examples.label_column to a column of class names or class numbers"
+    )
 
 
 def _image_bytes(column: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -90,6 +90,11 @@ class LoadedModel:
     def input_size(self) -> int:
         return self.preprocessing.input_size
 
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """One name per logit, where the model's source knows them (see Preprocessing)."""
+        return self.preprocessing.class_names
+
     @cached_property
     def fixed_size(self) -> bool:
         """The model takes only input_size: its source says so, or it has patch tokens (learned
@@ -481,6 +486,8 @@ def load_model(
         preprocessing = replace(preprocessing, **changed)  # type: ignore[arg-type]
     try:
         return freeze(name, module, preprocessing, device, fold, stated=changed or None)
+    except ModelError:
+        raise
     except (AssertionError, RuntimeError, ValueError) as err:  # the model refuses the probe input
         side = preprocessing.input_size
         reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
@@ -516,7 +523,24 @@ def freeze(
     loaded.module = loaded.module.to(loaded.device, memory_format=torch.channels_last)
     loaded.folded = loaded.folded.to(loaded.device)
     loaded.layers()  # layouts are found once, now, by one probe pass before anyone hooks the model
+    if preprocessing.class_names is not None:
+        check_class_names(loaded)
     return loaded
+
+
+def check_class_names(model: LoadedModel) -> None:
+    """Raise ModelError unless the model's output is (batch, classes) with one name per class."""
+    names = model.class_names or ()
+    side = model.input_size
+    with torch.no_grad():
+        out = model.activations(torch.zeros(1, 3, side, side, device=model.device), [LOGITS])[LOGITS]
+    classes = int(out.shape[1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+    if classes != len(names):
+        what = f"{classes} classes" if classes is not None else "no (batch, classes) output"
+        raise ModelError(
+            f"{model.name} declares {len(names)} class_names but its output has {what}; declare one "
+            "string per output class (class_names[i] names logit i) or drop class_names"
+        )
 
 
 def pick_device(prefer: str = "auto") -> torch.device:

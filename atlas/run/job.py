@@ -98,6 +98,9 @@ def job_info(prepared: Prepared, started: str, finished: str | None = None) -> d
         "model_digest": prepared.facts.digest,
         "input_size": model.input_size,
         "input": model_input(model),
+        # one name per logit where the model declares them: the site names the classes an SAE
+        # feature's logit effects raise and lower
+        **({"classes": list(model.class_names)} if model.class_names else {}),
         "layers": layers,
         # ImageFolder datasets (`<label>/<image>`) and Parquet label columns: images per label, for
         # label enrichment on the site

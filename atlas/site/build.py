@@ -323,7 +323,8 @@ def _build_layer(
     summary.has_atlas = bool(atlas_grids)
     atlas_layer, places = read_places(store, summary.name)  # a dictionary's directions in an atlas
     slugs = {s.name: s.slug for s in common["nav"]}
-    features = read_features(store, summary.name)
+    classes = model_classes(common["job"])
+    features = read_features(store, summary.name, classes)
     enriched = top_labels(channels, common["job"].get("labels") or {})
     page = {
         "current": summary,
@@ -408,7 +409,7 @@ def _build_layer(
             **page,
         ).dump(str(root / feature_page), encoding="utf-8")
     if sae:  # every feature, searchable by number, label, top class and density
-        write_feature_index(root, summary.slug, feature_index(channels, features, enriched))
+        write_feature_index(root, summary.slug, feature_index(channels, features, enriched, classes))
         env.get_template("features.html").stream(
             index_script=index_file(summary.slug), feature_page=feature_page, **page
         ).dump(str(root / f"{summary.slug}.features.html"), encoding="utf-8")
@@ -424,6 +425,14 @@ def _build_layer(
     if atlas_grids:
         page_file = str(root / f"{summary.slug}.atlas.html")
         env.get_template("actatlas.html").stream(grids=atlas_grids, **page).dump(page_file, encoding="utf-8")
+
+
+def model_classes(job: dict) -> list[str] | None:
+    """The model's class names from job.json (`classes`), when it has them as a list of text."""
+    classes = job.get("classes")
+    if isinstance(classes, list) and classes and all(isinstance(name, str) for name in classes):
+        return classes
+    return None
 
 
 def _dictionaries_over(layer: str, common: dict) -> list[Dictionary]:

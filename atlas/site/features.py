@@ -15,8 +15,11 @@ DENSE = 0.10  # a feature active at more than this share of positions is dense
 COLUMNS = ["channel", "nearest", "nearest_cosine", "raises", "raises_by", "lowers", "lowers_by"]
 
 
-def read_features(store: Store, layer: str) -> dict[int, dict[str, list]]:
-    """Feature -> {"near": [[feature, cosine]], "up": [[class, change]], "down": [[class, change]]}."""
+def read_features(
+    store: Store, layer: str, classes: Sequence[str] | None = None
+) -> dict[int, dict[str, list]]:
+    """Feature -> {"near": [[feature, cosine]], "up": [[class, change]], "down": [[class, change]]};
+    with the model's class names (job.json `classes`) each class pair is [class, change, name]."""
     table = store.read("features", layer, COLUMNS)
     if table is None:
         return {}
@@ -30,7 +33,17 @@ def read_features(store: Store, layer: str) -> dict[int, dict[str, list]]:
                 ("down", "lowers", "lowers_by"),
             )
         }
+        if classes:
+            for pair in found[row["channel"]]["up"] + found[row["channel"]]["down"]:
+                pair.append(class_name(classes, pair[0]))
     return found
+
+
+def class_name(classes: Sequence[str] | None, number: int | None) -> str:
+    """Class `number`'s name, or "" where the model has no names (or none that far)."""
+    if not classes or number is None or not 0 <= number < len(classes):
+        return ""
+    return str(classes[number])
 
 
 def feature_health(channels: Sequence[ChannelEntry]) -> dict[str, list[int] | int]:
@@ -55,21 +68,27 @@ def feature_health(channels: Sequence[ChannelEntry]) -> dict[str, list[int] | in
 
 
 def feature_index(
-    channels: Sequence[ChannelEntry], features: Mapping[int, dict[str, list]], enriched: Mapping[int, list]
+    channels: Sequence[ChannelEntry],
+    features: Mapping[int, dict[str, list]],
+    enriched: Mapping[int, list],
+    classes: Sequence[str] | None = None,
 ) -> list[list]:
     """One row per feature of an SAE layer for its searchable index: [feature, its enriched label
     ("" without one), the class it raises most (None before its `features` unit), share of
-    positions and share of images where it fires (None when not recorded)]."""
-    return [
-        [
+    positions and share of images where it fires (None when not recorded)], and when the model
+    names its classes (job.json `classes`) that class's name ("" without a class)."""
+    rows = []
+    for entry in channels:
+        raised = features[entry.channel]["up"][0][0] if features.get(entry.channel, {}).get("up") else None
+        row = [
             entry.channel,
             enriched[entry.channel][0] if entry.channel in enriched else "",
-            features[entry.channel]["up"][0][0] if features.get(entry.channel, {}).get("up") else None,
+            raised,
             None if entry.active is None else float(f"{entry.active:.4g}"),
             None if entry.images_active is None else float(f"{entry.images_active:.4g}"),
         ]
-        for entry in channels
-    ]
+        rows.append([*row, class_name(classes, raised)] if classes else row)
+    return rows
 
 
 def index_file(slug: str) -> str:

@@ -259,9 +259,10 @@
         near.appendChild(document.createTextNode(" " + pair[1]));
       });
       figure.appendChild(near);
+      // a class is [number, change] or, where the model names its classes, [number, change, name]
       [["up", "Raises the logits of classes "], ["down", "Lowers the logits of classes "]].forEach(function (part) {
         figure.appendChild(make("p", "", part[1] + found[part[0]].map(function (pair) {
-          return pair[0] + " (" + (pair[1] > 0 ? "+" : "") + pair[1] + ")";
+          return pair[0] + (pair[2] ? " " + pair[2] : "") + " (" + (pair[1] > 0 ? "+" : "") + pair[1] + ")";
         }).join(", ")));
       });
       figure.appendChild(make("p", "defs", "Logit changes when the decoder direction, scaled to the " +
@@ -678,7 +679,8 @@
   }
 
   // ---- Feature index page (SAE layers) ------------------------------------------------------
-  // rows of window.atlasFeatureIndex: [feature, label, class raised most, positions, images]
+  // rows of window.atlasFeatureIndex: [feature, label, class raised most, positions, images], and
+  // where the model names its classes, the name of the class raised most
   function setupFeatureIndex(search) {
     const status = document.getElementById("feature-status");
     const results = document.getElementById("feature-results");
@@ -693,7 +695,9 @@
       }
       if (/^\d+$/.test(token)) return function (row) { return row[0] === Number(token); };
       const word = token.toLowerCase();
-      return function (row) { return String(row[1]).toLowerCase().indexOf(word) >= 0; };
+      return function (row) {
+        return String(row[1]).toLowerCase().indexOf(word) >= 0 || String(row[5] || "").toLowerCase().indexOf(word) >= 0;
+      };
     }
     function tests(text) {
       // "class 207" (or class:207) is one test: the class the feature raises most
@@ -717,7 +721,8 @@
         link.href = search.dataset.layerPage + "#channel-" + row[0];
         cell.appendChild(link);
         line.appendChild(cell);
-        [row[1], row[2] === null ? "–" : "class " + row[2], percent(row[3]), percent(row[4])].forEach(function (text) {
+        const raised = row[2] === null ? "–" : row[5] ? row[2] + " " + row[5] : "class " + row[2];
+        [row[1], raised, percent(row[3]), percent(row[4])].forEach(function (text) {
           line.appendChild(make("td", "", String(text)));
         });
         results.appendChild(line);
