@@ -254,9 +254,10 @@ def test_tiny_job_into_a_bucket_reruns_nothing_and_publishes(s3, tmp_path, monke
             patch.setattr(Store, "write_shards", driver_writes)
             first = CliRunner().invoke(main, ["run", str(spec_path)])
         assert first.exit_code == 0, first.output
-        assert "6 units done, 0 already done" in first.output  # 3 renders, 2 scans, 1 examples
+        # 3 renders, 2 scans, 1 examples and 3 trust units (each render against the examples unit)
+        assert "9 units done, 0 already done" in first.output
         second = CliRunner().invoke(main, ["run", str(spec_path), "--no-site"])
-        assert "0 units done, 6 already done" in second.output, second.output
+        assert "0 units done, 9 already done" in second.output, second.output
         session = Path(ray._private.worker._global_node.get_session_dir_path())
     objects = s3.objects()
     assert len([k for k in objects if k.startswith("job/shards/render/")]) == 3

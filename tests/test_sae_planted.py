@@ -118,7 +118,8 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> PlantedJob:
 
 
 def _page(job: PlantedJob) -> str:
-    return next((job.out / "site").glob(f"{FAMILY_LAYER}-sae*.html")).read_text()
+    pages = (job.out / "site").glob(f"{FAMILY_LAYER}-sae*.html")
+    return next(p for p in pages if p.name.count(".") == 1).read_text()  # the layer page, not the feature's
 
 
 def test_a_familys_feature_has_that_familys_images_on_top_and_its_label(planted: PlantedJob) -> None:
