@@ -408,7 +408,7 @@ def _build_layer(
             **shared,
             **page,
         ).dump(str(root / feature_page), encoding="utf-8")
-    if sae:  # every feature, searchable by number, label, top class and density
+        # and every feature in one index, searchable by number, label, top class and density
         write_feature_index(root, summary.slug, feature_index(channels, features, enriched, classes))
         env.get_template("features.html").stream(
             index_script=index_file(summary.slug), feature_page=feature_page, **page

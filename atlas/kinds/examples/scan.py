@@ -227,11 +227,11 @@ def _histogram_numpy(flat: np.ndarray) -> np.ndarray:
     batch, channels, positions = flat.shape
     bits = flat.view(np.int32)
     nonzero = (bits & 0x7FFFFFFF) != 0  # -0.0 is zero too, as bin_index has it
-    found = np.flatnonzero(nonzero)
-    if len(found) > SPARSE_SHARE * flat.size:
+    if np.count_nonzero(nonzero) > SPARSE_SHARE * flat.size:  # dense: no index array of every value
         offsets = (np.arange(channels, dtype=np.int32) * HIST_BINS)[None, :, None]
         bins = bin_index(bits, np) + offsets
         return np.bincount(bins.ravel(), minlength=channels * HIST_BINS).reshape(channels, HIST_BINS)
+    found = np.flatnonzero(nonzero)
     channel = (found // positions) % channels
     bins = bin_index(bits.ravel()[found], np) + channel * HIST_BINS
     histogram = np.bincount(bins, minlength=channels * HIST_BINS).reshape(channels, HIST_BINS)
